@@ -32,7 +32,10 @@ pub(crate) fn decode(
     let size = header_len + remaining;
     // Rejected from the fixed header alone, before the body arrives.
     if size > max_size {
-        return Err(DecodeError::TooLarge { size, max: max_size });
+        return Err(DecodeError::TooLarge {
+            size,
+            max: max_size,
+        });
     }
     if buf.len() < size {
         return Ok(None);
@@ -129,28 +132,54 @@ fn connect(r: &mut Reader<'_>) -> Result<Connect> {
     if !will_flag && (will_qos_bits != 0 || will_retain) {
         // Will Flag 0: Will QoS and Will Retain MUST be 0 (3.1.1 [MQTT-3.1.2-11],
         // [MQTT-3.1.2-13], [MQTT-3.1.2-15]; v5 [MQTT-3.1.2-11], [MQTT-3.1.2-13]).
-        return Err(DecodeError::Malformed("will QoS or retain without will flag"));
+        return Err(DecodeError::Malformed(
+            "will QoS or retain without will flag",
+        ));
     }
     // Will QoS MUST NOT be 3 (3.1.1 [MQTT-3.1.2-14], v5 [MQTT-3.1.2-12]).
     let will_qos = QoS::from_u8(will_qos_bits).ok_or(DecodeError::Malformed("will QoS 3"))?;
     // 3.1.1 [MQTT-3.1.2-22]: password flag without user name flag. MQTT 5.0 allows it.
     if !v5 && password_flag && !username_flag {
-        return Err(DecodeError::Malformed("password flag without user name flag"));
+        return Err(DecodeError::Malformed(
+            "password flag without user name flag",
+        ));
     }
     let keep_alive = r.u16("keep alive")?;
-    let properties = if v5 { props::connect(r)? } else { Default::default() };
+    let properties = if v5 {
+        props::connect(r)?
+    } else {
+        Default::default()
+    };
     // [MQTT-3.1.3-3] / [MQTT-3.1.3-4]: the Client Identifier is present, a UTF-8 string.
     let client_id = r.string("client identifier")?;
     let will = if will_flag {
-        let properties = if v5 { props::will(r)? } else { Default::default() };
+        let properties = if v5 {
+            props::will(r)?
+        } else {
+            Default::default()
+        };
         let topic = r.string("will topic")?;
         let payload = r.bin("will payload")?;
-        Some(Will { topic, payload, qos: will_qos, retain: will_retain, properties })
+        Some(Will {
+            topic,
+            payload,
+            qos: will_qos,
+            retain: will_retain,
+            properties,
+        })
     } else {
         None
     };
-    let username = if username_flag { Some(r.string("user name")?) } else { None };
-    let password = if password_flag { Some(r.bin("password")?) } else { None };
+    let username = if username_flag {
+        Some(r.string("user name")?)
+    } else {
+        None
+    };
+    let password = if password_flag {
+        Some(r.bin("password")?)
+    } else {
+        None
+    };
     Ok(Connect {
         protocol,
         clean_start,
@@ -174,12 +203,20 @@ fn connack(r: &mut Reader<'_>, v5: bool) -> Result<ConnAck> {
     if v5 {
         let code = reason(r)?;
         let properties = props::connack(r)?;
-        Ok(ConnAck { session_present, code, properties })
+        Ok(ConnAck {
+            session_present,
+            code,
+            properties,
+        })
     } else {
         let rc = r.u8("connect return code")?;
         let code = ReasonCode::from_v3_connack(rc)
             .ok_or(DecodeError::Malformed("unknown CONNACK return code"))?;
-        Ok(ConnAck { session_present, code, properties: Default::default() })
+        Ok(ConnAck {
+            session_present,
+            code,
+            properties: Default::default(),
+        })
     }
 }
 
@@ -198,15 +235,33 @@ fn publish(flags: u8, r: &mut Reader<'_>, v5: bool) -> Result<Publish> {
     if has_wildcard(&topic) {
         return Err(DecodeError::Protocol("wildcard in PUBLISH topic"));
     }
-    let packet_id = if qos == QoS::AtMostOnce { None } else { Some(packet_id(r)?) };
-    let properties = if v5 { props::publish(r)? } else { Default::default() };
+    let packet_id = if qos == QoS::AtMostOnce {
+        None
+    } else {
+        Some(packet_id(r)?)
+    };
+    let properties = if v5 {
+        props::publish(r)?
+    } else {
+        Default::default()
+    };
     // v5 §3.3.2.1: a zero-length Topic Name without a Topic Alias is a Protocol Error.
     // 3.1.1 [MQTT-4.7.3-1]: Topic Names MUST be at least one character long.
     if topic.is_empty() && properties.topic_alias.is_none() {
-        return Err(DecodeError::Protocol("empty topic name without topic alias"));
+        return Err(DecodeError::Protocol(
+            "empty topic name without topic alias",
+        ));
     }
     let payload = Bytes::copy_from_slice(r.rest());
-    Ok(Publish { dup, qos, retain, topic, packet_id, properties, payload })
+    Ok(Publish {
+        dup,
+        qos,
+        retain,
+        topic,
+        packet_id,
+        properties,
+        payload,
+    })
 }
 
 /// PUBACK, PUBREC, PUBREL, PUBCOMP (§3.4-§3.7). In v5 the Reason Code may be omitted
@@ -214,7 +269,10 @@ fn publish(flags: u8, r: &mut Reader<'_>, v5: bool) -> Result<Publish> {
 /// (§3.4.2.1).
 fn pub_resp(r: &mut Reader<'_>, v5: bool) -> Result<PubResp> {
     let packet_id = packet_id(r)?;
-    let mut p = PubResp { packet_id, ..Default::default() };
+    let mut p = PubResp {
+        packet_id,
+        ..Default::default()
+    };
     if v5 && !r.is_empty() {
         p.reason = reason(r)?;
         if !r.is_empty() {
@@ -227,8 +285,11 @@ fn pub_resp(r: &mut Reader<'_>, v5: bool) -> Result<PubResp> {
 /// SUBSCRIBE (§3.8).
 fn subscribe(r: &mut Reader<'_>, v5: bool) -> Result<Subscribe> {
     let packet_id = packet_id(r)?;
-    let (subscription_identifier, user_properties) =
-        if v5 { props::subscribe(r)? } else { (None, Vec::new()) };
+    let (subscription_identifier, user_properties) = if v5 {
+        props::subscribe(r)?
+    } else {
+        (None, Vec::new())
+    };
     let mut filters = Vec::new();
     while !r.is_empty() {
         let filter = r.string("topic filter")?;
@@ -236,7 +297,9 @@ fn subscribe(r: &mut Reader<'_>, v5: bool) -> Result<Subscribe> {
         let options = if v5 {
             // [MQTT-3.8.3-5]: reserved bits 6-7 MUST be 0, else malformed.
             if o & 0xC0 != 0 {
-                return Err(DecodeError::Malformed("subscription options reserved bits set"));
+                return Err(DecodeError::Malformed(
+                    "subscription options reserved bits set",
+                ));
             }
             // §3.8.3.1: "It is a Protocol Error if the Maximum QoS field has the value 3"
             // and "It is a Protocol Error to send a Retain Handling value of 3".
@@ -261,10 +324,15 @@ fn subscribe(r: &mut Reader<'_>, v5: bool) -> Result<Subscribe> {
         } else {
             // 3.1.1 [MQTT-3-8.3-4]: reserved bits non-zero or QoS 3 is malformed.
             if o & 0xFC != 0 {
-                return Err(DecodeError::Malformed("subscription options reserved bits set"));
+                return Err(DecodeError::Malformed(
+                    "subscription options reserved bits set",
+                ));
             }
             let qos = QoS::from_u8(o).ok_or(DecodeError::Malformed("subscription QoS 3"))?;
-            SubscriptionOptions { qos, ..Default::default() }
+            SubscriptionOptions {
+                qos,
+                ..Default::default()
+            }
         };
         filters.push(SubscribeFilter { filter, options });
     }
@@ -273,13 +341,22 @@ fn subscribe(r: &mut Reader<'_>, v5: bool) -> Result<Subscribe> {
     if filters.is_empty() {
         return Err(DecodeError::Protocol("SUBSCRIBE without topic filters"));
     }
-    Ok(Subscribe { packet_id, filters, subscription_identifier, user_properties })
+    Ok(Subscribe {
+        packet_id,
+        filters,
+        subscription_identifier,
+        user_properties,
+    })
 }
 
 /// SUBACK (§3.9).
 fn suback(r: &mut Reader<'_>, v5: bool) -> Result<SubAck> {
     let packet_id = packet_id(r)?;
-    let properties = if v5 { props::ack(r)? } else { Default::default() };
+    let properties = if v5 {
+        props::ack(r)?
+    } else {
+        Default::default()
+    };
     let mut reasons = Vec::with_capacity(r.remaining());
     while !r.is_empty() {
         let code = if v5 {
@@ -296,13 +373,21 @@ fn suback(r: &mut Reader<'_>, v5: bool) -> Result<SubAck> {
         };
         reasons.push(code);
     }
-    Ok(SubAck { packet_id, reasons, properties })
+    Ok(SubAck {
+        packet_id,
+        reasons,
+        properties,
+    })
 }
 
 /// UNSUBSCRIBE (§3.10).
 fn unsubscribe(r: &mut Reader<'_>, v5: bool) -> Result<Unsubscribe> {
     let packet_id = packet_id(r)?;
-    let user_properties = if v5 { props::unsubscribe(r)? } else { Vec::new() };
+    let user_properties = if v5 {
+        props::unsubscribe(r)?
+    } else {
+        Vec::new()
+    };
     let mut filters = Vec::new();
     while !r.is_empty() {
         filters.push(r.string("topic filter")?);
@@ -312,13 +397,20 @@ fn unsubscribe(r: &mut Reader<'_>, v5: bool) -> Result<Unsubscribe> {
     if filters.is_empty() {
         return Err(DecodeError::Protocol("UNSUBSCRIBE without topic filters"));
     }
-    Ok(Unsubscribe { packet_id, filters, user_properties })
+    Ok(Unsubscribe {
+        packet_id,
+        filters,
+        user_properties,
+    })
 }
 
 /// UNSUBACK (§3.11). No payload before v5.
 fn unsuback(r: &mut Reader<'_>, v5: bool) -> Result<UnsubAck> {
     let packet_id = packet_id(r)?;
-    let mut p = UnsubAck { packet_id, ..Default::default() };
+    let mut p = UnsubAck {
+        packet_id,
+        ..Default::default()
+    };
     if v5 {
         p.properties = props::ack(r)?;
         p.reasons.reserve_exact(r.remaining());

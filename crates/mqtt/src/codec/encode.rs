@@ -5,8 +5,8 @@
 use bytes::{BufMut, BytesMut};
 
 use crate::packet::{
-    Auth, ConnAck, Connect, Disconnect, Packet, Protocol, PubResp, Publish, QoS, SubAck,
-    Subscribe, UnsubAck, Unsubscribe,
+    Auth, ConnAck, Connect, Disconnect, Packet, Protocol, PubResp, Publish, QoS, SubAck, Subscribe,
+    UnsubAck, Unsubscribe,
 };
 use crate::reason::ReasonCode;
 
@@ -102,7 +102,11 @@ fn body<O: Out>(packet: &Packet, protocol: Protocol, o: &mut O) {
 /// CONNECT (§3.1), in the version named by the packet itself.
 fn connect<O: Out>(c: &Connect, o: &mut O) {
     let v5 = c.protocol.is_v5();
-    let name = if c.protocol == Protocol::V31 { "MQIsdp" } else { "MQTT" };
+    let name = if c.protocol == Protocol::V31 {
+        "MQIsdp"
+    } else {
+        "MQTT"
+    };
     o.str(name, "protocol name");
     o.u8(c.protocol.level());
     let mut flags = 0u8;
@@ -192,7 +196,10 @@ fn options_byte(f: &crate::packet::SubscriptionOptions, v5: bool) -> u8 {
 fn subscribe<O: Out>(s: &Subscribe, v5: bool, o: &mut O) {
     o.u16(s.packet_id);
     if v5 {
-        props_block(o, &SubscribeProps(s.subscription_identifier, &s.user_properties));
+        props_block(
+            o,
+            &SubscribeProps(s.subscription_identifier, &s.user_properties),
+        );
     }
     for f in &s.filters {
         o.str(&f.filter, "topic filter");

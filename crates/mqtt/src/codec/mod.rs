@@ -157,7 +157,9 @@ impl SharedPublish {
     /// Like [`SharedPublish::new`], but reports a field too long for MQTT instead of
     /// panicking.
     pub fn try_new(publish: &Publish) -> Result<SharedPublish, EncodeError> {
-        Ok(SharedPublish { inner: Arc::new(shared_publish::prepare(publish)?) })
+        Ok(SharedPublish {
+            inner: Arc::new(shared_publish::prepare(publish)?),
+        })
     }
 
     /// The topic name.

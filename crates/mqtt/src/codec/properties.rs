@@ -75,7 +75,9 @@ fn read_props<'a>(
         }
         seen |= bit(id);
         if !f(id, &mut pr)? {
-            return Err(DecodeError::Malformed("property not allowed in this packet"));
+            return Err(DecodeError::Malformed(
+                "property not allowed in this packet",
+            ));
         }
     }
     Ok(())
@@ -231,27 +233,35 @@ pub(crate) fn connack(r: &mut Reader<'_>) -> Result<ConnAckProperties> {
 /// PUBLISH properties (§3.3.2.3).
 pub(crate) fn publish(r: &mut Reader<'_>) -> Result<PublishProperties> {
     let mut p = PublishProperties::default();
-    read_props(r, bit(USER_PROPERTY) | bit(SUBSCRIPTION_IDENTIFIER), |id, r| {
-        match id {
-            PAYLOAD_FORMAT_INDICATOR => p.payload_format_indicator = Some(payload_format(r)?),
-            MESSAGE_EXPIRY_INTERVAL => p.message_expiry_interval = Some(r.u32("message expiry")?),
-            TOPIC_ALIAS => {
-                // §3.3.2.3.4: "A Topic Alias of 0 is not permitted" [MQTT-3.3.2-8].
-                let a = r.u16("topic alias")?;
-                if a == 0 {
-                    return Err(DecodeError::Protocol("topic alias of 0"));
+    read_props(
+        r,
+        bit(USER_PROPERTY) | bit(SUBSCRIPTION_IDENTIFIER),
+        |id, r| {
+            match id {
+                PAYLOAD_FORMAT_INDICATOR => p.payload_format_indicator = Some(payload_format(r)?),
+                MESSAGE_EXPIRY_INTERVAL => {
+                    p.message_expiry_interval = Some(r.u32("message expiry")?)
                 }
-                p.topic_alias = Some(a);
+                TOPIC_ALIAS => {
+                    // §3.3.2.3.4: "A Topic Alias of 0 is not permitted" [MQTT-3.3.2-8].
+                    let a = r.u16("topic alias")?;
+                    if a == 0 {
+                        return Err(DecodeError::Protocol("topic alias of 0"));
+                    }
+                    p.topic_alias = Some(a);
+                }
+                RESPONSE_TOPIC => p.response_topic = Some(response_topic(r)?),
+                CORRELATION_DATA => p.correlation_data = Some(r.bin("correlation data")?),
+                USER_PROPERTY => p.user_properties.push(r.string_pair("user property")?),
+                SUBSCRIPTION_IDENTIFIER => {
+                    p.subscription_identifiers.push(subscription_identifier(r)?)
+                }
+                CONTENT_TYPE => p.content_type = Some(r.string("content type")?),
+                _ => return Ok(false),
             }
-            RESPONSE_TOPIC => p.response_topic = Some(response_topic(r)?),
-            CORRELATION_DATA => p.correlation_data = Some(r.bin("correlation data")?),
-            USER_PROPERTY => p.user_properties.push(r.string_pair("user property")?),
-            SUBSCRIPTION_IDENTIFIER => p.subscription_identifiers.push(subscription_identifier(r)?),
-            CONTENT_TYPE => p.content_type = Some(r.string("content type")?),
-            _ => return Ok(false),
-        }
-        Ok(true)
-    })?;
+            Ok(true)
+        },
+    )?;
     Ok(p)
 }
 
@@ -340,11 +350,25 @@ impl PropSet for ConnectProperties {
         o.p_u16(RECEIVE_MAXIMUM, self.receive_maximum);
         o.p_u32(MAXIMUM_PACKET_SIZE, self.maximum_packet_size);
         o.p_u16(TOPIC_ALIAS_MAXIMUM, self.topic_alias_maximum);
-        o.p_bool(REQUEST_RESPONSE_INFORMATION, self.request_response_information);
-        o.p_bool(REQUEST_PROBLEM_INFORMATION, self.request_problem_information);
+        o.p_bool(
+            REQUEST_RESPONSE_INFORMATION,
+            self.request_response_information,
+        );
+        o.p_bool(
+            REQUEST_PROBLEM_INFORMATION,
+            self.request_problem_information,
+        );
         o.p_users(&self.user_properties);
-        o.p_str(AUTHENTICATION_METHOD, self.authentication_method.as_deref(), "auth method");
-        o.p_bin(AUTHENTICATION_DATA, self.authentication_data.as_deref(), "auth data");
+        o.p_str(
+            AUTHENTICATION_METHOD,
+            self.authentication_method.as_deref(),
+            "auth method",
+        );
+        o.p_bin(
+            AUTHENTICATION_DATA,
+            self.authentication_data.as_deref(),
+            "auth data",
+        );
     }
 }
 
@@ -354,8 +378,16 @@ impl PropSet for WillProperties {
         o.p_u8(PAYLOAD_FORMAT_INDICATOR, self.payload_format_indicator);
         o.p_u32(MESSAGE_EXPIRY_INTERVAL, self.message_expiry_interval);
         o.p_str(CONTENT_TYPE, self.content_type.as_deref(), "content type");
-        o.p_str(RESPONSE_TOPIC, self.response_topic.as_deref(), "response topic");
-        o.p_bin(CORRELATION_DATA, self.correlation_data.as_deref(), "correlation data");
+        o.p_str(
+            RESPONSE_TOPIC,
+            self.response_topic.as_deref(),
+            "response topic",
+        );
+        o.p_bin(
+            CORRELATION_DATA,
+            self.correlation_data.as_deref(),
+            "correlation data",
+        );
         o.p_users(&self.user_properties);
     }
 }
@@ -370,19 +402,38 @@ impl PropSet for ConnAckProperties {
         let aci = self.assigned_client_identifier.as_deref();
         o.p_str(ASSIGNED_CLIENT_IDENTIFIER, aci, "assigned client id");
         o.p_u16(TOPIC_ALIAS_MAXIMUM, self.topic_alias_maximum);
-        o.p_str(REASON_STRING, self.reason_string.as_deref(), "reason string");
+        o.p_str(
+            REASON_STRING,
+            self.reason_string.as_deref(),
+            "reason string",
+        );
         o.p_users(&self.user_properties);
         let wsa = self.wildcard_subscription_available;
         o.p_bool(WILDCARD_SUBSCRIPTION_AVAILABLE, wsa);
         let sia = self.subscription_identifiers_available;
         o.p_bool(SUBSCRIPTION_IDENTIFIER_AVAILABLE, sia);
-        o.p_bool(SHARED_SUBSCRIPTION_AVAILABLE, self.shared_subscription_available);
+        o.p_bool(
+            SHARED_SUBSCRIPTION_AVAILABLE,
+            self.shared_subscription_available,
+        );
         o.p_u16(SERVER_KEEP_ALIVE, self.server_keep_alive);
         let ri = self.response_information.as_deref();
         o.p_str(RESPONSE_INFORMATION, ri, "response information");
-        o.p_str(SERVER_REFERENCE, self.server_reference.as_deref(), "server reference");
-        o.p_str(AUTHENTICATION_METHOD, self.authentication_method.as_deref(), "auth method");
-        o.p_bin(AUTHENTICATION_DATA, self.authentication_data.as_deref(), "auth data");
+        o.p_str(
+            SERVER_REFERENCE,
+            self.server_reference.as_deref(),
+            "server reference",
+        );
+        o.p_str(
+            AUTHENTICATION_METHOD,
+            self.authentication_method.as_deref(),
+            "auth method",
+        );
+        o.p_bin(
+            AUTHENTICATION_DATA,
+            self.authentication_data.as_deref(),
+            "auth data",
+        );
     }
 }
 
@@ -406,15 +457,27 @@ impl PropSet for ConstPublishProps<'_> {
         let p = self.0;
         o.p_u8(PAYLOAD_FORMAT_INDICATOR, p.payload_format_indicator);
         o.p_str(CONTENT_TYPE, p.content_type.as_deref(), "content type");
-        o.p_str(RESPONSE_TOPIC, p.response_topic.as_deref(), "response topic");
-        o.p_bin(CORRELATION_DATA, p.correlation_data.as_deref(), "correlation data");
+        o.p_str(
+            RESPONSE_TOPIC,
+            p.response_topic.as_deref(),
+            "response topic",
+        );
+        o.p_bin(
+            CORRELATION_DATA,
+            p.correlation_data.as_deref(),
+            "correlation data",
+        );
         o.p_users(&p.user_properties);
     }
 }
 
 impl PropSet for AckProperties {
     fn emit<O: Out>(&self, o: &mut O) {
-        o.p_str(REASON_STRING, self.reason_string.as_deref(), "reason string");
+        o.p_str(
+            REASON_STRING,
+            self.reason_string.as_deref(),
+            "reason string",
+        );
         o.p_users(&self.user_properties);
     }
 }
@@ -443,17 +506,37 @@ impl PropSet for UserProps<'_> {
 impl PropSet for DisconnectProperties {
     fn emit<O: Out>(&self, o: &mut O) {
         o.p_u32(SESSION_EXPIRY_INTERVAL, self.session_expiry_interval);
-        o.p_str(REASON_STRING, self.reason_string.as_deref(), "reason string");
+        o.p_str(
+            REASON_STRING,
+            self.reason_string.as_deref(),
+            "reason string",
+        );
         o.p_users(&self.user_properties);
-        o.p_str(SERVER_REFERENCE, self.server_reference.as_deref(), "server reference");
+        o.p_str(
+            SERVER_REFERENCE,
+            self.server_reference.as_deref(),
+            "server reference",
+        );
     }
 }
 
 impl PropSet for AuthProperties {
     fn emit<O: Out>(&self, o: &mut O) {
-        o.p_str(AUTHENTICATION_METHOD, self.authentication_method.as_deref(), "auth method");
-        o.p_bin(AUTHENTICATION_DATA, self.authentication_data.as_deref(), "auth data");
-        o.p_str(REASON_STRING, self.reason_string.as_deref(), "reason string");
+        o.p_str(
+            AUTHENTICATION_METHOD,
+            self.authentication_method.as_deref(),
+            "auth method",
+        );
+        o.p_bin(
+            AUTHENTICATION_DATA,
+            self.authentication_data.as_deref(),
+            "auth data",
+        );
+        o.p_str(
+            REASON_STRING,
+            self.reason_string.as_deref(),
+            "reason string",
+        );
         o.p_users(&self.user_properties);
     }
 }

@@ -38,7 +38,9 @@ pub(crate) fn varint_prefix(buf: &[u8]) -> Result<VarintPrefix> {
             return Ok(VarintPrefix::Value(value, i + 1));
         }
     }
-    Err(DecodeError::Malformed("variable byte integer longer than 4 bytes"))
+    Err(DecodeError::Malformed(
+        "variable byte integer longer than 4 bytes",
+    ))
 }
 
 /// A cursor over the body of one complete packet. Every read checks the bytes left
@@ -122,7 +124,8 @@ impl<'a> Reader<'a> {
     /// surrogates) is malformed [MQTT-1.5.4-1], and so is U+0000 [MQTT-1.5.4-2].
     pub(crate) fn str_ref(&mut self, what: &'static str) -> Result<&'a str> {
         let raw = self.bin_slice(what)?;
-        let s = std::str::from_utf8(raw).map_err(|_| DecodeError::Malformed("invalid UTF-8 string"))?;
+        let s =
+            std::str::from_utf8(raw).map_err(|_| DecodeError::Malformed("invalid UTF-8 string"))?;
         // [MQTT-1.5.4-2]: a string MUST NOT include U+0000.
         if raw.contains(&0) {
             return Err(DecodeError::Malformed("U+0000 in a string"));

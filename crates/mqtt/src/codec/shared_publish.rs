@@ -156,14 +156,26 @@ pub(crate) fn to_publish(inner: &Arc<Inner>, d: &Delivery<'_>) -> Publish {
     let mut properties = inner.const_props.clone();
     properties.message_expiry_interval = d.message_expiry;
     properties.topic_alias = d.topic_alias;
-    properties.subscription_identifiers =
-        d.subscription_ids.iter().copied().filter(|&s| valid_sub_id(s)).collect();
+    properties.subscription_identifiers = d
+        .subscription_ids
+        .iter()
+        .copied()
+        .filter(|&s| valid_sub_id(s))
+        .collect();
     Publish {
         dup: d.dup,
         qos: d.qos,
         retain: d.retain,
-        topic: if d.send_topic { inner.topic.clone() } else { String::new() },
-        packet_id: if d.qos == QoS::AtMostOnce { None } else { d.packet_id },
+        topic: if d.send_topic {
+            inner.topic.clone()
+        } else {
+            String::new()
+        },
+        packet_id: if d.qos == QoS::AtMostOnce {
+            None
+        } else {
+            d.packet_id
+        },
         properties,
         payload: inner.payload.clone(),
     }
