@@ -16,11 +16,19 @@ use toml::{Table, Value};
 
 /// AstraMQ, a distributed MQTT broker.
 #[derive(Debug, Parser)]
-#[command(name = "astramq", version, about)]
+#[command(
+    name = "astramq",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     /// What to run; `broker` when omitted.
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// Broker flags, for `astramq` without a subcommand.
+    #[command(flatten)]
+    pub broker: BrokerArgs,
 }
 
 /// The subcommands.

@@ -16,7 +16,7 @@ use cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command.unwrap_or(Command::Broker(Default::default())) {
+    let result = match cli.command.unwrap_or(Command::Broker(cli.broker)) {
         Command::Broker(args) => run_broker(args),
         Command::Passwd(args) => passwd::run(args),
     };
@@ -56,6 +56,7 @@ fn init_logging(level: &str) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     Ok(())
 }
