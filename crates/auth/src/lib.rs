@@ -8,5 +8,5 @@
 pub mod acl;
 pub mod password;
 
-pub use acl::{Access, AclFile};
-pub use password::PasswordFile;
+pub use acl::{Access, AclError, AclFile};
+pub use password::{PasswordError, PasswordFile};
