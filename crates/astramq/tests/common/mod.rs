@@ -515,6 +515,10 @@ impl BgSub {
         BgSub { child }
     }
 
+    pub fn has_exited(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_some()
+    }
+
     pub async fn finish(self, timeout: Duration) -> Output {
         let out = tokio::time::timeout(timeout, self.child.wait_with_output())
             .await

@@ -906,11 +906,11 @@ impl RawClient {
                     return decode(self.version, first, &body).map_err(ReadError::Decode);
                 }
             }
-            let mut chunk = [0u8; 65536];
-            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+            self.buf.reserve(16 * 1024);
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
                 Err(_) => return Err(ReadError::Timeout),
                 Ok(Ok(0)) => return Err(ReadError::Closed),
-                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(Ok(_)) => {}
                 // A reset after the server closes counts as closed.
                 Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
                     return Err(ReadError::Closed)
