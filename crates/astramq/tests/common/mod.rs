@@ -494,41 +494,70 @@ pub async fn mosquitto_sub(broker: &Broker, args: &[&str]) -> Output {
     run_cmd(cmd, Duration::from_secs(15)).await
 }
 
-/// Start `mosquitto_sub` in the background; returns once the broker has
-/// accepted its subscription (checked by publishing probes on `probe_topic`,
-/// which the filter must match, until one is printed).
+/// `mosquitto_sub` running in the background; its stdout lines arrive on a
+/// channel so a test can wait for "subscribed and receiving".
 pub struct BgSub {
     child: tokio::process::Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
 }
 
 impl BgSub {
     pub fn spawn(broker: &Broker, args: &[&str]) -> BgSub {
-        let child = tokio::process::Command::new(required_tool("/usr/bin/mosquitto_sub"))
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(required_tool("/usr/bin/mosquitto_sub"))
             .args(["-h", "127.0.0.1", "-p", &broker.port().to_string()])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .expect("spawn mosquitto_sub");
-        BgSub { child }
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut r = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(l)) = r.next_line().await {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        BgSub { child, lines }
     }
 
-    pub fn has_exited(&mut self) -> bool {
-        self.child.try_wait().expect("try_wait").is_some()
+    /// Publish `payload` on `topic` every 50 ms (QoS 0, 3.1.1) until
+    /// mosquitto_sub prints a line; returns that line. This is how a test
+    /// knows the subscription is in place (mosquitto_sub has no ready signal).
+    pub async fn probe(&mut self, broker: &Broker, topic: &str, payload: &[u8]) -> String {
+        let mut p = broker.client(Version::V311, "bgsub-probe").await;
+        let deadline = tokio::time::Instant::now() + T;
+        loop {
+            p.publish(topic, payload, 0, false).await;
+            match tokio::time::timeout(Duration::from_millis(50), self.lines.recv()).await {
+                Ok(Some(l)) => return l,
+                Ok(None) => panic!("mosquitto_sub exited before receiving anything"),
+                Err(_) if tokio::time::Instant::now() > deadline => {
+                    panic!("mosquitto_sub received nothing within {T:?}")
+                }
+                Err(_) => {}
+            }
+        }
     }
 
-    pub async fn finish(self, timeout: Duration) -> Output {
-        let out = tokio::time::timeout(timeout, self.child.wait_with_output())
+    pub async fn next_line(&mut self, timeout: Duration) -> Option<String> {
+        tokio::time::timeout(timeout, self.lines.recv()).await.ok().flatten()
+    }
+
+    pub fn kill(&mut self) {
+        self.child.start_kill().expect("kill mosquitto_sub");
+    }
+
+    pub async fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        tokio::time::timeout(timeout, self.child.wait())
             .await
             .expect("mosquitto_sub did not exit in time")
-            .unwrap();
-        Output {
-            status: out.status,
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+            .unwrap()
     }
 }
 
@@ -539,6 +568,7 @@ impl BgSub {
 /// rumqttc MQTT 3.1.1 client with its event loop in a task.
 pub struct V4Client {
     pub client: rumqttc::AsyncClient,
+    task: tokio::task::JoinHandle<()>,
     events: tokio::sync::mpsc::UnboundedReceiver<Result<rumqttc::Event, String>>,
     pub connack: rumqttc::ConnAck,
 }
@@ -557,7 +587,7 @@ impl V4Client {
     pub async fn connect_with(opts: rumqttc::MqttOptions) -> V4Client {
         let (client, mut el) = rumqttc::AsyncClient::new(opts, 100);
         let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             loop {
                 let ev = el.poll().await.map_err(|e| e.to_string());
                 let stop = ev.is_err();
@@ -577,6 +607,7 @@ impl V4Client {
         };
         V4Client {
             client,
+            task,
             events,
             connack,
         }
@@ -614,6 +645,11 @@ impl V4Client {
         .await
     }
 
+    /// Stop the event loop (drops the socket; no DISCONNECT is sent).
+    pub fn shutdown(&self) {
+        self.task.abort();
+    }
+
     pub async fn recv_publish(&mut self, timeout: Duration) -> rumqttc::Publish {
         self.wait_incoming(timeout, "PUBLISH", |p| match p {
             rumqttc::Packet::Publish(p) => Some(p.clone()),
@@ -642,6 +678,7 @@ impl V4Client {
 /// rumqttc MQTT 5 client with its event loop in a task.
 pub struct V5Client {
     pub client: rumqttc::v5::AsyncClient,
+    task: tokio::task::JoinHandle<()>,
     events: tokio::sync::mpsc::UnboundedReceiver<Result<rumqttc::v5::Event, String>>,
     pub connack: rumqttc::v5::mqttbytes::v5::ConnAck,
 }
@@ -662,7 +699,7 @@ impl V5Client {
     pub async fn connect_with(opts: rumqttc::v5::MqttOptions) -> V5Client {
         let (client, mut el) = rumqttc::v5::AsyncClient::new(opts, 100);
         let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             loop {
                 let ev = el.poll().await.map_err(|e| e.to_string());
                 let stop = ev.is_err();
@@ -682,6 +719,7 @@ impl V5Client {
         };
         V5Client {
             client,
+            task,
             events,
             connack,
         }
@@ -720,6 +758,11 @@ impl V5Client {
             _ => None,
         })
         .await
+    }
+
+    /// Stop the event loop (drops the socket; no DISCONNECT is sent).
+    pub fn shutdown(&self) {
+        self.task.abort();
     }
 
     pub async fn recv_publish(&mut self, timeout: Duration) -> rumqttc::v5::mqttbytes::v5::Publish {
