@@ -236,7 +236,7 @@ impl Broker {
         let port = free_port();
         let mut conf = format!(
             "listener {port} 127.0.0.1\npersistence false\nlog_dest stderr\nlog_type all\n\
-             set_tcp_nodelay true\n"
+             set_tcp_nodelay true\nuser root\n"
         );
         let mut allow_anon = "true".to_string();
         let mut set = |key: &str, val: String, conf: &mut String| match key {
