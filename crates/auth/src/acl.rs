@@ -50,7 +50,13 @@ impl AclFile {
 
     /// Whether client `client_id` authenticated as `username` (None = anonymous) may
     /// have `access` to `topic` (a topic name for Write, a topic name or filter for Read).
-    pub fn allowed(&self, client_id: &str, username: Option<&str>, topic: &str, access: Access) -> bool {
+    pub fn allowed(
+        &self,
+        client_id: &str,
+        username: Option<&str>,
+        topic: &str,
+        access: Access,
+    ) -> bool {
         let _ = (client_id, username, topic, access);
         todo!("auth helper")
     }

@@ -10,11 +10,12 @@ use bytes::Bytes;
 use crate::reason::ReasonCode;
 
 /// The protocol version a connection speaks, fixed by its CONNECT.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub enum Protocol {
     /// MQTT 3.1: protocol name `MQIsdp`, level 3.
     V31,
     /// MQTT 3.1.1: protocol name `MQTT`, level 4.
+    #[default]
     V311,
     /// MQTT 5.0: protocol name `MQTT`, level 5.
     V5,
@@ -140,12 +141,6 @@ pub struct Connect {
     pub password: Option<Bytes>,
     /// v5 CONNECT properties.
     pub properties: ConnectProperties,
-}
-
-impl Default for Protocol {
-    fn default() -> Self {
-        Protocol::V311
-    }
 }
 
 /// v5 CONNECT properties.

@@ -9,8 +9,20 @@
 //!   payload) once, and writes the per-subscriber header (QoS bits, packet id, topic
 //!   alias, subscription identifiers, remaining expiry) for each delivery.
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
 use thiserror::Error;
+
+mod decode;
+mod encode;
+mod properties;
+mod read;
+mod shared_publish;
+mod write;
+
+#[cfg(test)]
+mod tests;
 
 use crate::packet::{Packet, Protocol, Publish, QoS};
 use crate::reason::ReasonCode;
@@ -80,20 +92,21 @@ pub fn decode(
     protocol: Option<Protocol>,
     max_size: usize,
 ) -> Result<Option<Packet>, DecodeError> {
-    let _ = (buf, protocol, max_size);
-    todo!("codec helper")
+    decode::decode(buf, protocol, max_size)
 }
 
-/// Appends `packet` encoded for `protocol` to `out`.
+/// Appends `packet` encoded for `protocol` to `out`, with the minimal Remaining Length
+/// and, in v5, the short forms of acknowledgements (no reason code for Success without
+/// properties, no Property Length without properties). Fields that do not exist before
+/// v5 are dropped for 3.1/3.1.1. CONNECT is encoded in the version its own `protocol`
+/// field names. On error nothing is appended.
 pub fn encode(packet: &Packet, protocol: Protocol, out: &mut BytesMut) -> Result<(), EncodeError> {
-    let _ = (packet, protocol, out);
-    todo!("codec helper")
+    encode::encode(packet, protocol, out)
 }
 
-/// The number of bytes [`encode`] would append.
+/// The number of bytes [`encode`] would append; 0 when [`encode`] would fail.
 pub fn encoded_len(packet: &Packet, protocol: Protocol) -> usize {
-    let _ = (packet, protocol);
-    todo!("codec helper")
+    encode::encoded_len(packet, protocol)
 }
 
 /// What differs between two deliveries of one message.
@@ -122,43 +135,77 @@ pub struct Delivery<'a> {
 /// `Bytes`).
 #[derive(Debug, Clone)]
 pub struct SharedPublish {
-    _private: (),
+    inner: Arc<shared_publish::Inner>,
 }
 
 impl SharedPublish {
     /// Prepares `publish` (its topic, fixed properties and payload) for fan-out.
     /// The topic alias, subscription identifiers and expiry of `publish` are ignored:
     /// they are per delivery.
+    ///
+    /// # Panics
+    ///
+    /// If the topic or a property is longer than 65,535 bytes, which no decoded PUBLISH
+    /// can be; see [`SharedPublish::try_new`] for values built otherwise.
     pub fn new(publish: &Publish) -> SharedPublish {
-        let _ = publish;
-        todo!("codec helper")
+        match SharedPublish::try_new(publish) {
+            Ok(s) => s,
+            Err(e) => panic!("SharedPublish::new: {e}"),
+        }
+    }
+
+    /// Like [`SharedPublish::new`], but reports a field too long for MQTT instead of
+    /// panicking.
+    pub fn try_new(publish: &Publish) -> Result<SharedPublish, EncodeError> {
+        Ok(SharedPublish {
+            inner: Arc::new(shared_publish::prepare(publish)?),
+        })
     }
 
     /// The topic name.
     pub fn topic(&self) -> &str {
-        todo!("codec helper")
+        &self.inner.topic
     }
 
     /// The payload.
     pub fn payload(&self) -> &Bytes {
-        todo!("codec helper")
+        &self.inner.payload
+    }
+
+    /// The Message Expiry Interval the message was published with, from which the
+    /// remaining expiry of each delivery is computed.
+    pub fn message_expiry(&self) -> Option<u32> {
+        self.inner.message_expiry
+    }
+
+    /// The QoS the message was published with.
+    pub fn qos(&self) -> QoS {
+        self.inner.qos
+    }
+
+    /// The RETAIN flag the message was published with.
+    pub fn retain(&self) -> bool {
+        self.inner.retain
     }
 
     /// The size of the packet [`SharedPublish::encode`] would write.
     pub fn encoded_len(&self, protocol: Protocol, delivery: &Delivery<'_>) -> usize {
-        let _ = (protocol, delivery);
-        todo!("codec helper")
+        shared_publish::encoded_len(&self.inner, protocol, delivery)
     }
 
-    /// Appends the PUBLISH for one delivery to `out`.
+    /// Appends the PUBLISH for one delivery to `out`: the fixed header with the
+    /// delivery's DUP/QoS/RETAIN, the topic (empty in v5 when `send_topic` is false),
+    /// the packet id when QoS > 0 (0 if `packet_id` is missing), and for v5 the
+    /// per-delivery properties followed by the constant ones, then the payload. Before
+    /// v5 the topic is always sent and properties are dropped. Subscription
+    /// identifiers outside 1..=268,435,455 are skipped.
     pub fn encode(&self, protocol: Protocol, delivery: &Delivery<'_>, out: &mut BytesMut) {
-        let _ = (protocol, delivery, out);
-        todo!("codec helper")
+        shared_publish::encode(&self.inner, protocol, delivery, out)
     }
 
     /// Reconstructs a [`Publish`] value (for storage, tests and the will path).
+    /// The result is what a v5 receiver decodes from [`SharedPublish::encode`].
     pub fn to_publish(&self, delivery: &Delivery<'_>) -> Publish {
-        let _ = delivery;
-        todo!("codec helper")
+        shared_publish::to_publish(&self.inner, delivery)
     }
 }

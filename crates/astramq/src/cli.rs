@@ -1,0 +1,244 @@
+//! Command-line flags and configuration layering.
+//!
+//! Precedence, lowest first: built-in defaults, the TOML file (`--config` or
+//! `ASTRAMQ_CONFIG`), `ASTRAMQ_*` environment variables, command-line flags. All
+//! layers are merged as TOML values and deserialized once, so every error, whatever
+//! layer it came from, names the configuration key.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use broker::Config;
+use clap::{Args, Parser, Subcommand};
+use toml::{Table, Value};
+
+/// AstraMQ, a distributed MQTT broker.
+#[derive(Debug, Parser)]
+#[command(
+    name = "astramq",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// What to run; `broker` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Broker flags, for `astramq` without a subcommand.
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a broker node (the default).
+    Broker(BrokerArgs),
+    /// Create or update a Mosquitto-compatible password file.
+    Passwd(crate::passwd::PasswdArgs),
+}
+
+/// Flags of `astramq broker`; each also has a config key and an `ASTRAMQ_*` variable.
+#[derive(Debug, Default, Args)]
+pub struct BrokerArgs {
+    /// Address to accept MQTT on (repeatable). Key `listen`, env `ASTRAMQ_LISTEN`
+    /// (comma-separated). Default 127.0.0.1:1883.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Vec<SocketAddr>,
+    /// TOML configuration file. Env `ASTRAMQ_CONFIG`.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Whether clients without a user name may connect. Key `allow_anonymous`,
+    /// env `ASTRAMQ_ALLOW_ANONYMOUS`.
+    #[arg(long, value_name = "BOOL")]
+    pub allow_anonymous: Option<bool>,
+    /// Mosquitto password file. Key `password_file`, env `ASTRAMQ_PASSWORD_FILE`.
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Mosquitto ACL file. Key `acl_file`, env `ASTRAMQ_ACL_FILE`.
+    #[arg(long, value_name = "FILE")]
+    pub acl_file: Option<PathBuf>,
+    /// Log level or tracing filter. Key `log_level`, env `ASTRAMQ_LOG_LEVEL`.
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+}
+
+/// The `ASTRAMQ_*` variables of the process: the one place the environment is read.
+pub fn environment() -> HashMap<String, String> {
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with("ASTRAMQ_"))
+        .collect()
+}
+
+/// Builds the configuration from flags, environment and file.
+pub fn load_config(args: &BrokerArgs, env: &HashMap<String, String>) -> anyhow::Result<Config> {
+    let path = args
+        .config
+        .clone()
+        .or_else(|| env.get("ASTRAMQ_CONFIG").map(PathBuf::from));
+    let mut table = match &path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read config file {}", p.display()))?;
+            // Parse alone first so a syntax or type error names its key and file.
+            Config::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            text.parse::<Table>()?
+        }
+        None => Table::new(),
+    };
+    apply_env(&mut table, env)?;
+    apply_flags(&mut table, args);
+    let text = toml::to_string(&table)?;
+    let config = Config::from_toml(&text)?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// Top-level keys and the sections whose keys map to `ASTRAMQ_<SECTION>_<KEY>`.
+const TOP_KEYS: &[&str] = &[
+    "listen",
+    "allow_anonymous",
+    "password_file",
+    "acl_file",
+    "log_level",
+];
+const SECTIONS: &[&str] = &["limits", "shutdown"];
+
+fn apply_env(table: &mut Table, env: &HashMap<String, String>) -> anyhow::Result<()> {
+    let mut vars: Vec<_> = env.iter().collect();
+    vars.sort();
+    for (name, raw) in vars {
+        let Some(rest) = name.strip_prefix("ASTRAMQ_") else {
+            continue;
+        };
+        let rest = rest.to_ascii_lowercase();
+        if rest == "config" {
+            continue;
+        }
+        if rest == "listen" {
+            let addrs = raw
+                .split(',')
+                .map(|a| Value::String(a.trim().to_string()))
+                .collect();
+            table.insert(rest, Value::Array(addrs));
+        } else if TOP_KEYS.contains(&rest.as_str()) {
+            table.insert(rest, env_value(raw));
+        } else if let Some((section, key)) = SECTIONS
+            .iter()
+            .find_map(|s| rest.strip_prefix(&format!("{s}_")).map(|k| (*s, k)))
+        {
+            let entry = table
+                .entry(section)
+                .or_insert_with(|| Value::Table(Table::new()));
+            let Value::Table(t) = entry else {
+                anyhow::bail!("invalid configuration: {section}: must be a table");
+            };
+            t.insert(key.to_string(), env_value(raw));
+        } else {
+            anyhow::bail!("unknown environment variable {name}: no such configuration key");
+        }
+    }
+    Ok(())
+}
+
+/// An environment value as TOML: a number or boolean when it reads as one, else a string.
+fn env_value(raw: &str) -> Value {
+    if let Ok(b) = raw.parse::<bool>() {
+        Value::Boolean(b)
+    } else if let Ok(i) = raw.parse::<i64>() {
+        Value::Integer(i)
+    } else {
+        Value::String(raw.to_string())
+    }
+}
+
+fn apply_flags(table: &mut Table, args: &BrokerArgs) {
+    if !args.listen.is_empty() {
+        let addrs = args
+            .listen
+            .iter()
+            .map(|a| Value::String(a.to_string()))
+            .collect();
+        table.insert("listen".into(), Value::Array(addrs));
+    }
+    if let Some(b) = args.allow_anonymous {
+        table.insert("allow_anonymous".into(), Value::Boolean(b));
+    }
+    let path = |p: &PathBuf| Value::String(p.display().to_string());
+    if let Some(p) = &args.password_file {
+        table.insert("password_file".into(), path(p));
+        // A password file without an explicit choice means "users only".
+        table
+            .entry("allow_anonymous")
+            .or_insert(Value::Boolean(false));
+    }
+    if let Some(p) = &args.acl_file {
+        table.insert("acl_file".into(), path(p));
+    }
+    if let Some(l) = &args.log_level {
+        table.insert("log_level".into(), Value::String(l.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_without_anything() {
+        let c = load_config(&BrokerArgs::default(), &env(&[])).unwrap();
+        assert_eq!(c.listen, vec!["127.0.0.1:1883".parse().unwrap()]);
+    }
+
+    #[test]
+    fn env_sets_section_keys_and_flags_win() {
+        let args = BrokerArgs {
+            listen: vec!["127.0.0.1:2000".parse().unwrap()],
+            ..Default::default()
+        };
+        let c = load_config(
+            &args,
+            &env(&[
+                ("ASTRAMQ_LISTEN", "127.0.0.1:1000,127.0.0.1:1001"),
+                ("ASTRAMQ_LIMITS_MAX_QUEUED_MESSAGES", "7"),
+                ("ASTRAMQ_LIMITS_QUEUE_OVERFLOW", "drop-newest"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.listen, vec!["127.0.0.1:2000".parse().unwrap()]);
+        assert_eq!(c.limits.max_queued_messages, 7);
+        assert_eq!(
+            c.limits.queue_overflow,
+            broker::config::QueueOverflow::DropNewest
+        );
+    }
+
+    #[test]
+    fn bad_env_value_names_the_key() {
+        let e = load_config(
+            &BrokerArgs::default(),
+            &env(&[("ASTRAMQ_LIMITS_MAX_PACKET_SIZE", "huge")]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("limits.max_packet_size"), "{e}");
+    }
+
+    #[test]
+    fn unknown_env_key_is_an_error() {
+        let e = load_config(
+            &BrokerArgs::default(),
+            &env(&[("ASTRAMQ_LIMITS_NOPE", "1")]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("ASTRAMQ_LIMITS_NOPE"), "{e}");
+    }
+}

@@ -1,0 +1,79 @@
+//! The `astramq` command: `astramq broker` (the default), `astramq passwd`.
+//!
+//! - [`cli`]: command-line flags, and how flags, `ASTRAMQ_*` variables and the config
+//!   file combine into one validated [`broker::Config`].
+//! - [`passwd`]: `astramq passwd`, a `mosquitto_passwd` work-alike.
+
+mod cli;
+mod passwd;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Broker(cli.broker)) {
+        Command::Broker(args) => run_broker(args),
+        Command::Passwd(args) => passwd::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line naming what is wrong, as the README promises.
+            eprintln!("astramq: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_broker(args: cli::BrokerArgs) -> anyhow::Result<()> {
+    let config = cli::load_config(&args, &cli::environment())?;
+    init_logging(&config.log_level)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let server = broker::Server::bind(config).await?;
+        let mut stdout = std::io::stdout();
+        for addr in server.local_addrs() {
+            tracing::info!(%addr, "listening");
+            writeln!(stdout, "listening on {addr}")?;
+        }
+        stdout.flush()?;
+        server.run(shutdown_signal()).await;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+fn init_logging(level: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .map_err(|e| anyhow::anyhow!("invalid configuration: log_level: {e}"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,294 @@
+//! The CONNECT handshake: from the first byte to CONNACK and the resend of a resumed
+//! session's in-flight messages.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mqtt::codec::Delivery as Wire;
+use mqtt::topic::valid_topic_name;
+use mqtt::{
+    ConnAck, ConnAckProperties, Connect, DecodeError, Packet, Protocol, PubResp, ReasonCode,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, watch};
+
+use super::Client;
+use crate::broker::{Broker, PendingWill};
+use crate::connection::{Connection, ReadError};
+use crate::mailbox::Mailbox;
+use crate::metrics::Metrics;
+use crate::registry::Owner;
+use crate::session::{Outbound, Session};
+
+/// The largest Maximum Packet Size value (the remaining-length limit plus the header).
+const PROTOCOL_MAX_PACKET: u32 = 268_435_460;
+
+/// Reads and answers CONNECT. `None` when the connection was refused or closed.
+pub(super) async fn handshake<R, W>(
+    broker: Arc<Broker>,
+    mut conn: Connection<R, W>,
+    peer: String,
+    shutdown: watch::Receiver<bool>,
+) -> Option<Client<R, W>>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let timeout = Duration::from_secs(broker.config.limits.connect_timeout_secs);
+    let connect = match tokio::time::timeout(timeout, conn.rx.read_packet(None)).await {
+        Err(_) => {
+            tracing::debug!(%peer, "closing: no CONNECT within limits.connect_timeout_secs");
+            return None;
+        }
+        Ok(Err(ReadError::Closed)) => return None,
+        Ok(Err(ReadError::Decode(DecodeError::UnsupportedProtocol(level)))) => {
+            // [MQTT-3.1.2-2] Unsupported level: CONNACK 0x01 (3.1.1) / 0x84 (5.0), close.
+            let protocol = if level > 5 {
+                Protocol::V5
+            } else {
+                Protocol::V311
+            };
+            tracing::debug!(%peer, level, "refusing unsupported protocol level");
+            refuse(&mut conn, protocol, ReasonCode::UnsupportedProtocolVersion).await;
+            return None;
+        }
+        Ok(Err(ReadError::Decode(e))) => {
+            tracing::debug!(%peer, error = %e, "closing: malformed CONNECT");
+            Metrics::add(&broker.metrics.protocol_errors, 1);
+            return None;
+        }
+        Ok(Ok(Packet::Connect(c))) => c,
+        Ok(Ok(other)) => {
+            // [MQTT-3.1.0-1] The first packet must be CONNECT.
+            tracing::debug!(%peer, packet = other.name(), "closing: first packet is not CONNECT");
+            Metrics::add(&broker.metrics.protocol_errors, 1);
+            return None;
+        }
+    };
+    accept(broker, conn, peer, shutdown, *connect).await
+}
+
+/// Sends a refusing CONNACK and closes.
+async fn refuse<R, W>(conn: &mut Connection<R, W>, protocol: Protocol, code: ReasonCode)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let ack = ConnAck {
+        session_present: false,
+        code,
+        properties: ConnAckProperties::default(),
+    };
+    conn.tx.queue(&Packet::ConnAck(ack), protocol);
+    let _ = tokio::time::timeout(Duration::from_secs(1), conn.tx.close()).await;
+}
+
+async fn accept<R, W>(
+    broker: Arc<Broker>,
+    mut conn: Connection<R, W>,
+    peer: String,
+    shutdown: watch::Receiver<bool>,
+    c: Connect,
+) -> Option<Client<R, W>>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let protocol = c.protocol;
+    let limits = &broker.config.limits;
+
+    // Enhanced authentication is not supported [MQTT-4.12.0-1].
+    if c.properties.authentication_method.is_some() {
+        refuse(&mut conn, protocol, ReasonCode::BadAuthenticationMethod).await;
+        return None;
+    }
+
+    // Client identifier: assign one to an empty id where the protocol allows it.
+    let mut assigned = None;
+    let client_id: Arc<str> = if c.client_id.is_empty() {
+        // [MQTT-3.1.3-8] (3.1.1) An empty id needs Clean Session; 3.1 needs an id.
+        if protocol == Protocol::V31 || (protocol == Protocol::V311 && !c.clean_start) {
+            refuse(&mut conn, protocol, ReasonCode::ClientIdentifierNotValid).await;
+            return None;
+        }
+        let id = format!("astramq-{:016x}", rand::random::<u64>());
+        if protocol.is_v5() {
+            // [MQTT-3.2.2-16] Tell a v5 client the id it was given.
+            assigned = Some(id.clone());
+        }
+        id.into()
+    } else {
+        c.client_id.as_str().into()
+    };
+
+    if let Err(code) = broker
+        .auth
+        .connect(c.username.as_deref(), c.password.as_deref())
+    {
+        tracing::info!(%peer, client_id = %client_id, username = ?c.username, ?code, "connection refused");
+        refuse(&mut conn, protocol, code).await;
+        return None;
+    }
+
+    if let Some(w) = &c.will {
+        if !valid_topic_name(&w.topic) {
+            refuse(&mut conn, protocol, ReasonCode::TopicNameInvalid).await;
+            return None;
+        }
+    }
+
+    // Session Expiry: v5 says it; 3.1.1's Clean Session 0 means "never expires".
+    let requested_expiry = if protocol.is_v5() {
+        c.properties.session_expiry_interval.unwrap_or(0)
+    } else if c.clean_start {
+        0
+    } else {
+        u32::MAX
+    };
+    let expiry = requested_expiry.min(limits.max_session_expiry_secs);
+
+    // Claim the client id; a current owner is taken over [MQTT-3.1.4-3].
+    let conn_id = broker.registry.next_conn_id();
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let (exited_tx, exited_rx) = watch::channel(());
+    let claim = broker
+        .registry
+        .claim(
+            &client_id,
+            Owner {
+                conn_id,
+                control: control_tx,
+                exited: exited_rx,
+            },
+        )
+        .await;
+
+    // [MQTT-3.1.2-4] Clean Start discards any existing session; else it resumes.
+    let (mut session, session_present) = match claim.previous {
+        Some(prev) if !c.clean_start => (prev, true),
+        prev => {
+            if let Some(prev) = prev {
+                broker.end_session(&prev);
+            }
+            let mailbox = Mailbox::new(broker.mailbox_limits());
+            (Session::new(client_id.clone(), mailbox, expiry), false)
+        }
+    };
+    session.expiry_secs = expiry;
+    session.mailbox.set_online(true);
+
+    let keep_alive_secs = if limits.server_keep_alive_secs > 0 {
+        limits.server_keep_alive_secs
+    } else {
+        c.keep_alive
+    };
+
+    let props = &c.properties;
+    let client_receive_max = if protocol.is_v5() {
+        props.receive_maximum.unwrap_or(u16::MAX)
+    } else {
+        u16::MAX
+    };
+    let mut ack_props = ConnAckProperties::default();
+    if protocol.is_v5() {
+        ack_props.assigned_client_identifier = assigned;
+        if expiry != requested_expiry {
+            ack_props.session_expiry_interval = Some(expiry);
+        }
+        if limits.receive_maximum < u16::MAX {
+            ack_props.receive_maximum = Some(limits.receive_maximum);
+        }
+        if limits.max_packet_size < PROTOCOL_MAX_PACKET {
+            ack_props.maximum_packet_size = Some(limits.max_packet_size);
+        }
+        if limits.topic_alias_maximum > 0 {
+            ack_props.topic_alias_maximum = Some(limits.topic_alias_maximum);
+        }
+        if limits.server_keep_alive_secs > 0 {
+            // [MQTT-3.2.2-21] The client must use the Server Keep Alive.
+            ack_props.server_keep_alive = Some(limits.server_keep_alive_secs);
+        }
+    }
+    conn.tx.queue(
+        &Packet::ConnAck(ConnAck {
+            session_present,
+            code: ReasonCode::Success,
+            properties: ack_props,
+        }),
+        protocol,
+    );
+
+    Metrics::add(&broker.metrics.clients_connected, 1);
+    tracing::debug!(%peer, client_id = %client_id, ?protocol, session_present, "client connected");
+
+    let will = c.will.map(|will| PendingWill {
+        client_id: client_id.clone(),
+        username: c.username.as_deref().map(Arc::from),
+        will,
+    });
+    let mut client = Client {
+        username: c.username.as_deref().map(Arc::from),
+        broker: broker.clone(),
+        conn,
+        protocol,
+        peer,
+        conn_id,
+        client_id,
+        session,
+        will,
+        control: control_rx,
+        _exited: exited_tx,
+        shutdown,
+        keep_alive: (keep_alive_secs > 0).then(|| Duration::from_secs(u64::from(keep_alive_secs))),
+        last_packet: Instant::now(),
+        send_window: usize::from(client_receive_max.min(limits.max_inflight)),
+        max_out: props
+            .maximum_packet_size
+            .unwrap_or(PROTOCOL_MAX_PACKET)
+            .min(PROTOCOL_MAX_PACKET) as usize,
+        aliases_in: HashMap::new(),
+        aliases_out: HashMap::new(),
+        alias_out_max: props.topic_alias_maximum.unwrap_or(0),
+        pending: VecDeque::new(),
+        scratch: Vec::new(),
+    };
+    if session_present {
+        client.resend_inflight();
+    }
+    Some(client)
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Client<R, W> {
+    /// Resends a resumed session's unacknowledged messages in their original order:
+    /// PUBLISH with DUP set, PUBREL as is [MQTT-4.4.0-1, MQTT-3.3.1-1].
+    fn resend_inflight(&mut self) {
+        let protocol = self.protocol;
+        for (id, out) in self.session.pending_outbound() {
+            match out {
+                Outbound::Published(d) => {
+                    let wire = Wire {
+                        qos: d.qos,
+                        retain: d.retain,
+                        dup: true,
+                        packet_id: Some(id),
+                        topic_alias: None,
+                        send_topic: true,
+                        subscription_ids: if protocol.is_v5() { &d.sub_ids } else { &[] },
+                        message_expiry: d.msg.remaining_expiry(Instant::now()),
+                    };
+                    d.msg
+                        .publish
+                        .encode(protocol, &wire, &mut self.conn.tx.wbuf);
+                }
+                Outbound::Released => {
+                    let rel = PubResp {
+                        packet_id: id,
+                        ..Default::default()
+                    };
+                    self.conn.tx.queue(&Packet::PubRel(rel), protocol);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! One client connection, from its first byte to its close.
+//!
+//! - [`connect`]: the CONNECT handshake (validation, authentication, session claim,
+//!   CONNACK, resend of in-flight messages).
+//! - [`publish`]: PUBLISH in both directions and the QoS 1/2 acknowledgement flows.
+//! - [`subscribe`]: SUBSCRIBE and UNSUBSCRIBE, with retained-message delivery.
+//!
+//! After the handshake one task runs [`Client::run`]: a `select!` over the socket
+//! (read and write), the session's mailbox, control requests (takeover), shutdown and
+//! the keep-alive deadline. Reading and writing in one loop keeps a client that does
+//! not read from blocking our reads of its acknowledgements.
+
+mod connect;
+mod publish;
+mod subscribe;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mqtt::{Disconnect, DisconnectProperties, Packet, Protocol, ReasonCode};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, watch};
+
+use crate::broker::{Broker, PendingWill};
+use crate::connection::{Connection, ReadError, WRITE_HIGH_WATER};
+use crate::mailbox::Delivery;
+use crate::metrics::Metrics;
+use crate::registry::Control;
+use crate::router::Target;
+use crate::session::Session;
+
+/// Serves one accepted socket until it closes or the broker shuts down.
+pub async fn serve<R, W>(
+    broker: Arc<Broker>,
+    reader: R,
+    writer: W,
+    peer: String,
+    shutdown: watch::Receiver<bool>,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let conn = Connection::new(
+        reader,
+        writer,
+        broker.config.limits.max_packet_size as usize,
+    );
+    if let Some(mut client) = connect::handshake(broker, conn, peer, shutdown).await {
+        let exit = client.run().await;
+        client.finish(exit).await;
+    }
+}
+
+/// Why the client loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exit {
+    /// The client sent DISCONNECT 0x00: discard the will.
+    Normal,
+    /// The client sent DISCONNECT 0x04: publish the will [MQTT-3.14.4-3].
+    WithWill,
+    /// The network connection closed or failed.
+    Lost,
+    /// We close the connection with this reason (v5 DISCONNECT sent first).
+    Server(ReasonCode),
+}
+
+/// A connected client: its protocol state and what it negotiated.
+struct Client<R, W> {
+    broker: Arc<Broker>,
+    conn: Connection<R, W>,
+    protocol: Protocol,
+    peer: String,
+    conn_id: u64,
+    client_id: Arc<str>,
+    username: Option<Arc<str>>,
+    session: Session,
+    will: Option<PendingWill>,
+    control: mpsc::UnboundedReceiver<Control>,
+    /// Dropped when this task ends, telling a waiting claimer it may proceed.
+    _exited: watch::Sender<()>,
+    shutdown: watch::Receiver<bool>,
+    /// Keep alive in force (server override applied), `None` = disabled.
+    keep_alive: Option<Duration>,
+    last_packet: Instant,
+    /// Outbound window: the client's Receive Maximum capped by `limits.max_inflight`.
+    send_window: usize,
+    /// Largest packet the client accepts.
+    max_out: usize,
+    /// Topic aliases the client set toward us.
+    aliases_in: HashMap<u16, String>,
+    /// Topic aliases we set toward the client, and how many it allows.
+    aliases_out: HashMap<Arc<str>, u16>,
+    alias_out_max: u16,
+    /// Deliveries taken from the mailbox, not yet sent (window full).
+    pending: VecDeque<Delivery>,
+    /// Reused by every publish for routing.
+    scratch: Vec<Target>,
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Client<R, W> {
+    /// The main loop. Returns why it ended.
+    async fn run(&mut self) -> Exit {
+        loop {
+            // Handle everything already buffered before waiting again.
+            loop {
+                match self.conn.rx.next_buffered(Some(self.protocol)) {
+                    Ok(Some(packet)) => {
+                        self.last_packet = Instant::now();
+                        if let Some(exit) = self.handle(packet) {
+                            return exit;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return self.decode_error(e),
+                }
+            }
+            self.pump();
+            let keep_alive_deadline = self
+                .keep_alive
+                .map(|k| self.last_packet + k + k / 2)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
+            let can_take = self.conn.tx.wbuf.len() < WRITE_HIGH_WATER
+                && (self.pending.is_empty() || self.window_open());
+            tokio::select! {
+                r = self.conn.rx.fill() => match r {
+                    Ok(()) => {}
+                    Err(ReadError::Closed) => return Exit::Lost,
+                    Err(ReadError::Decode(e)) => return self.decode_error(e),
+                },
+                r = self.conn.tx.write_some(), if !self.conn.tx.wbuf.is_empty() => {
+                    if r.is_err() {
+                        return Exit::Lost;
+                    }
+                }
+                _ = self.session.mailbox.notified(), if can_take => {}
+                c = self.control.recv() => match c {
+                    Some(Control::TakenOver) | None => {
+                        return Exit::Server(ReasonCode::SessionTakenOver);
+                    }
+                },
+                _ = self.shutdown.changed() => {
+                    return Exit::Server(ReasonCode::ServerShuttingDown);
+                }
+                _ = tokio::time::sleep_until(keep_alive_deadline.into()), if self.keep_alive.is_some() => {
+                    if self.last_packet.elapsed() >= self.keep_alive.unwrap_or_default() * 3 / 2 {
+                        tracing::debug!(client_id = %self.client_id, "keep alive timeout");
+                        // [MQTT-3.1.2-22] (v5: 3.1.2-22; v3.1.1: 3.1.2-24)
+                        return Exit::Server(ReasonCode::KeepAliveTimeout);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Dispatches one packet. Returns `Some` when the connection must end.
+    fn handle(&mut self, packet: Packet) -> Option<Exit> {
+        match packet {
+            Packet::Publish(p) => self.on_publish(p),
+            Packet::PubAck(a) => {
+                self.session.puback(a.packet_id);
+                None
+            }
+            Packet::PubRec(a) => self.on_pubrec(a),
+            Packet::PubRel(a) => self.on_pubrel(a),
+            Packet::PubComp(a) => {
+                self.session.pubcomp(a.packet_id);
+                None
+            }
+            Packet::Subscribe(s) => self.on_subscribe(s),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(u),
+            Packet::PingReq => {
+                self.conn.tx.queue(&Packet::PingResp, self.protocol);
+                None
+            }
+            Packet::Disconnect(d) => self.on_disconnect(d),
+            // [MQTT-3.1.0-2] A second CONNECT is a protocol violation.
+            Packet::Connect(_) => Some(Exit::Server(ReasonCode::ProtocolError)),
+            // No authentication method was accepted at CONNECT, so AUTH is a protocol
+            // error [MQTT-4.12.0-1 requires the method to match].
+            Packet::Auth(_) => Some(Exit::Server(ReasonCode::ProtocolError)),
+            // Server-to-client packets from a client.
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                Some(Exit::Server(ReasonCode::ProtocolError))
+            }
+        }
+    }
+
+    fn on_disconnect(&mut self, d: Disconnect) -> Option<Exit> {
+        if let Some(expiry) = d.properties.session_expiry_interval {
+            // [MQTT-3.14.2-2] A session that expired at close cannot be revived here.
+            if self.session.expiry_secs == 0 && expiry != 0 {
+                return Some(Exit::Server(ReasonCode::ProtocolError));
+            }
+            self.session.expiry_secs =
+                expiry.min(self.broker.config.limits.max_session_expiry_secs);
+        }
+        Some(if d.reason == ReasonCode::DisconnectWithWill {
+            Exit::WithWill
+        } else {
+            Exit::Normal
+        })
+    }
+
+    fn decode_error(&mut self, e: mqtt::DecodeError) -> Exit {
+        tracing::debug!(client_id = %self.client_id, peer = %self.peer, error = %e, "closing: bad packet");
+        Metrics::add(&self.broker.metrics.protocol_errors, 1);
+        Exit::Server(e.reason_code())
+    }
+
+    /// Sends DISCONNECT if due, closes the socket, and hands the session back.
+    async fn finish(mut self, exit: Exit) {
+        if let Exit::Server(reason) = exit {
+            // v3 has no server DISCONNECT: the connection is just closed.
+            if self.protocol.is_v5() {
+                let d = Disconnect {
+                    reason,
+                    properties: DisconnectProperties::default(),
+                };
+                self.conn.tx.queue(&Packet::Disconnect(d), self.protocol);
+            }
+        }
+        let grace = Duration::from_secs(1);
+        let _ = tokio::time::timeout(grace, self.conn.tx.close()).await;
+        let will = match exit {
+            Exit::Normal => None,
+            // A shutting-down node does not fire the wills of clients it sends away.
+            Exit::Server(ReasonCode::ServerShuttingDown) => None,
+            _ => self.will.take(),
+        };
+        Metrics::sub(&self.broker.metrics.clients_connected, 1);
+        // Deliveries taken from the mailbox but not yet sent (beyond the window) go
+        // back to its front, so a persistent session keeps them in order.
+        for d in self.pending.drain(..).rev() {
+            if d.qos != mqtt::QoS::AtMostOnce {
+                self.session.mailbox.push_front(d);
+            }
+        }
+        tracing::debug!(client_id = %self.client_id, peer = %self.peer, ?exit, "client disconnected");
+        self.broker.disconnected(self.conn_id, self.session, will);
+    }
+}

@@ -1,0 +1,257 @@
+//! PUBLISH in both directions: inbound messages (topic aliases, ACL, routing, QoS 1/2
+//! acknowledgement) and outbound deliveries from the mailbox (in-flight window,
+//! outbound topic aliases, Maximum Packet Size, message expiry).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use mqtt::codec::Delivery as Wire;
+use mqtt::topic::valid_topic_name;
+use mqtt::{Packet, PubResp, Publish, QoS, ReasonCode};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{Client, Exit};
+use crate::connection::WRITE_HIGH_WATER;
+use crate::mailbox::Delivery;
+use crate::message::Message;
+use crate::metrics::Metrics;
+
+/// Deliveries taken from the mailbox per lock.
+const DRAIN_BATCH: usize = 64;
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Client<R, W> {
+    /// An inbound PUBLISH.
+    pub(super) fn on_publish(&mut self, mut p: Publish) -> Option<Exit> {
+        let limits = &self.broker.config.limits;
+        // [MQTT-3.3.4-9] More unacknowledged QoS > 0 PUBLISHes than our Receive Maximum.
+        if p.qos == QoS::ExactlyOnce
+            && self.session.inbound_pending() >= usize::from(limits.receive_maximum)
+        {
+            return Some(Exit::Server(ReasonCode::ReceiveMaximumExceeded));
+        }
+        if let Some(alias) = p.properties.topic_alias.take() {
+            // [MQTT-3.3.2-9, MQTT-3.3.2-10] Alias 0 or above our maximum.
+            if alias == 0 || alias > limits.topic_alias_maximum {
+                return Some(Exit::Server(ReasonCode::TopicAliasInvalid));
+            }
+            if p.topic.is_empty() {
+                match self.aliases_in.get(&alias) {
+                    Some(t) => p.topic = t.clone(),
+                    // An alias never set by this connection [MQTT-3.3.2-12 context].
+                    None => return Some(Exit::Server(ReasonCode::ProtocolError)),
+                }
+            } else {
+                self.aliases_in.insert(alias, p.topic.clone());
+            }
+        }
+        if !valid_topic_name(&p.topic) {
+            // [MQTT-3.3.2-1, MQTT-4.7.3-1] A topic name must be present and valid.
+            return Some(Exit::Server(ReasonCode::TopicNameInvalid));
+        }
+        // [MQTT-3.3.4-6] Subscription identifiers are for the server to send.
+        if !p.properties.subscription_identifiers.is_empty() {
+            return Some(Exit::Server(ReasonCode::ProtocolError));
+        }
+        Metrics::add(&self.broker.metrics.publish_received, 1);
+
+        let packet_id = p.packet_id.unwrap_or(0);
+        if p.qos == QoS::ExactlyOnce && !self.session.receive_qos2(packet_id) {
+            // [MQTT-4.3.3-9] A redelivery before PUBREL: acknowledge, do not route again.
+            self.ack(Packet::PubRec, packet_id, ReasonCode::Success);
+            return None;
+        }
+
+        let reason = if !self.broker.auth.can_write(
+            &self.client_id,
+            self.username.as_deref(),
+            &p.topic,
+        ) {
+            tracing::debug!(client_id = %self.client_id, topic = %p.topic, "PUBLISH denied by ACL");
+            ReasonCode::NotAuthorized
+        } else if p.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&p.payload).is_err()
+        {
+            // The payload claims to be UTF-8 and is not (v5 §3.3.2.3.2).
+            ReasonCode::PayloadFormatInvalid
+        } else {
+            let msg = Arc::new(Message::new(
+                &p,
+                Some(self.client_id.clone()),
+                Instant::now(),
+            ));
+            let routed = self.broker.publish(&msg, &mut self.scratch);
+            if routed.delivered == 0 {
+                ReasonCode::NoMatchingSubscribers
+            } else {
+                ReasonCode::Success
+            }
+        };
+        // 3.1.1 has no way to say "refused": the message is dropped and acknowledged.
+        let reason = if self.protocol.is_v5() {
+            reason
+        } else {
+            ReasonCode::Success
+        };
+        match p.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.ack(Packet::PubAck, packet_id, reason),
+            QoS::ExactlyOnce => {
+                if reason.is_error() {
+                    // A failed PUBREC ends the exchange: no PUBREL will follow.
+                    self.session.release_qos2(packet_id);
+                }
+                self.ack(Packet::PubRec, packet_id, reason);
+            }
+        }
+        None
+    }
+
+    /// PUBREL from the client: the inbound QoS 2 exchange completes.
+    pub(super) fn on_pubrel(&mut self, a: PubResp) -> Option<Exit> {
+        let reason = if self.session.release_qos2(a.packet_id) {
+            ReasonCode::Success
+        } else {
+            ReasonCode::PacketIdentifierNotFound
+        };
+        self.ack(Packet::PubComp, a.packet_id, reason);
+        None
+    }
+
+    /// PUBREC from the client for one of our QoS 2 deliveries.
+    pub(super) fn on_pubrec(&mut self, a: PubResp) -> Option<Exit> {
+        if self.session.pubrec(a.packet_id, a.reason.is_error()) {
+            self.ack(Packet::PubRel, a.packet_id, ReasonCode::Success);
+        } else if !a.reason.is_error() {
+            self.ack(
+                Packet::PubRel,
+                a.packet_id,
+                ReasonCode::PacketIdentifierNotFound,
+            );
+        }
+        None
+    }
+
+    /// Queues an acknowledgement; reason codes exist only in v5.
+    fn ack(&mut self, kind: fn(PubResp) -> Packet, packet_id: u16, reason: ReasonCode) {
+        let reason = if self.protocol.is_v5() {
+            reason
+        } else {
+            ReasonCode::Success
+        };
+        let packet = kind(PubResp {
+            packet_id,
+            reason,
+            properties: Default::default(),
+        });
+        self.conn.tx.queue(&packet, self.protocol);
+    }
+
+    /// Whether another QoS 1/2 delivery may be sent now.
+    pub(super) fn window_open(&self) -> bool {
+        self.session.inflight() < self.send_window
+    }
+
+    /// Moves deliveries from the mailbox to the socket's write buffer while the
+    /// in-flight window and the write buffer allow.
+    pub(super) fn pump(&mut self) {
+        while self.conn.tx.wbuf.len() < WRITE_HIGH_WATER {
+            if self.pending.is_empty() {
+                self.session
+                    .mailbox
+                    .drain_into(&mut self.pending, DRAIN_BATCH);
+                if self.pending.is_empty() {
+                    return;
+                }
+            }
+            // Order is kept: a QoS 0 message waits behind a QoS 1/2 one that waits for
+            // the window.
+            let front_qos = self.pending.front().map(|d| d.qos).unwrap_or_default();
+            if front_qos != QoS::AtMostOnce && !self.window_open() {
+                return;
+            }
+            let Some(d) = self.pending.pop_front() else {
+                return;
+            };
+            self.send(d);
+        }
+    }
+
+    /// Encodes one delivery, or drops it if it expired or is too large for the client.
+    fn send(&mut self, d: Delivery) {
+        let now = Instant::now();
+        let metrics = &self.broker.metrics;
+        if d.msg.is_expired(now) {
+            // [MQTT-3.3.2-5] Not delivered after its expiry.
+            Metrics::add(&metrics.expired_dropped, 1);
+            return;
+        }
+        let v5 = self.protocol.is_v5();
+        let topic = d.msg.topic();
+        let (topic_alias, new_alias) = match self.aliases_out.get(topic) {
+            Some(&a) => (Some(a), false),
+            None if v5 && usize::from(self.alias_out_max) > self.aliases_out.len() => {
+                (Some(self.aliases_out.len() as u16 + 1), true)
+            }
+            None => (None, false),
+        };
+        let expiry = d.msg.remaining_expiry(now);
+        let send_topic = topic_alias.is_none() || new_alias;
+        // The packet id's value does not change the size, only its presence.
+        let placeholder_id = (d.qos != QoS::AtMostOnce).then_some(1);
+        if d.msg.publish.encoded_len(
+            self.protocol,
+            &wire_for(&d, v5, placeholder_id, topic_alias, send_topic, expiry),
+        ) > self.max_out
+        {
+            // [MQTT-3.1.2-25] Never send more than the client's Maximum Packet Size:
+            // the message is discarded as if delivered.
+            Metrics::add(&metrics.oversize_dropped, 1);
+            tracing::debug!(client_id = %self.client_id, topic, "message exceeds the client's maximum packet size; dropped");
+            return;
+        }
+        if new_alias {
+            if let Some(a) = topic_alias {
+                self.aliases_out.insert(Arc::from(topic), a);
+            }
+        }
+        if d.qos == QoS::AtMostOnce {
+            d.msg.publish.encode(
+                self.protocol,
+                &wire_for(&d, v5, None, topic_alias, send_topic, expiry),
+                &mut self.conn.tx.wbuf,
+            );
+            return;
+        }
+        let Some(id) = self.session.start_outbound(d) else {
+            return;
+        };
+        if let Some(d) = self.session.outbound(id) {
+            d.msg.publish.encode(
+                self.protocol,
+                &wire_for(d, v5, Some(id), topic_alias, send_topic, expiry),
+                &mut self.conn.tx.wbuf,
+            );
+        }
+    }
+}
+
+/// The per-delivery part of an outgoing PUBLISH.
+fn wire_for(
+    d: &Delivery,
+    v5: bool,
+    packet_id: Option<u16>,
+    topic_alias: Option<u16>,
+    send_topic: bool,
+    message_expiry: Option<u32>,
+) -> Wire<'_> {
+    Wire {
+        qos: d.qos,
+        retain: d.retain,
+        dup: false,
+        packet_id,
+        topic_alias,
+        send_topic,
+        subscription_ids: if v5 { &d.sub_ids } else { &[] },
+        message_expiry,
+    }
+}

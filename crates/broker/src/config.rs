@@ -1,0 +1,259 @@
+//! The broker's configuration: typed, validated once, with the defaults a new user gets.
+//!
+//! The TOML file maps one-to-one onto these structs; the binary layers command-line
+//! flags and `ASTRAMQ_*` environment variables on top before calling [`Config::validate`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// A configuration value that cannot be used, naming the key.
+#[derive(Debug, Error)]
+#[error("invalid configuration: {key}: {reason}")]
+pub struct ConfigError {
+    /// The configuration key (`limits.max_packet_size`).
+    pub key: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl ConfigError {
+    /// An error for `key`.
+    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Everything the broker needs to run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// TCP addresses to accept MQTT connections on.
+    pub listen: Vec<SocketAddr>,
+    /// Whether clients without a user name may connect.
+    pub allow_anonymous: bool,
+    /// A `mosquitto_passwd` password file.
+    pub password_file: Option<PathBuf>,
+    /// A Mosquitto `acl_file`.
+    pub acl_file: Option<PathBuf>,
+    /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing filter).
+    pub log_level: String,
+    /// Protocol limits and queue bounds.
+    pub limits: Limits,
+    /// Shutdown behaviour.
+    pub shutdown: Shutdown,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 1883))],
+            allow_anonymous: true,
+            password_file: None,
+            acl_file: None,
+            log_level: "info".into(),
+            limits: Limits::default(),
+            shutdown: Shutdown::default(),
+        }
+    }
+}
+
+/// What to do when a session's queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QueueOverflow {
+    /// Drop the oldest queued message to make room (the default: fresh data wins).
+    DropOldest,
+    /// Drop the message that does not fit (Mosquitto's behaviour).
+    DropNewest,
+}
+
+/// Protocol limits and per-session bounds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest packet accepted, in bytes; sent as Maximum Packet Size in v5 CONNACK.
+    pub max_packet_size: u32,
+    /// Inbound QoS 1/2 window per client; sent as Receive Maximum in v5 CONNACK.
+    pub receive_maximum: u16,
+    /// Cap on the outbound in-flight window (the client's Receive Maximum may lower it).
+    pub max_inflight: u16,
+    /// Topic aliases a client may use toward us (0 = none); sent in v5 CONNACK.
+    pub topic_alias_maximum: u16,
+    /// When non-zero, the keep alive imposed on every client (Server Keep Alive).
+    pub server_keep_alive_secs: u16,
+    /// Time a new connection has to send CONNECT.
+    pub connect_timeout_secs: u64,
+    /// Messages queued per session (offline, or beyond the in-flight window).
+    pub max_queued_messages: usize,
+    /// Bytes of payload queued per session.
+    pub max_queued_bytes: usize,
+    /// Which message to drop when a session queue is full.
+    pub queue_overflow: QueueOverflow,
+    /// Upper bound on the Session Expiry Interval a client may ask for, in seconds.
+    pub max_session_expiry_secs: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_packet_size: 268_435_455,
+            receive_maximum: 65_535,
+            max_inflight: 65_535,
+            topic_alias_maximum: 65_535,
+            server_keep_alive_secs: 0,
+            connect_timeout_secs: 10,
+            max_queued_messages: 1000,
+            max_queued_bytes: 16 * 1024 * 1024,
+            queue_overflow: QueueOverflow::DropOldest,
+            max_session_expiry_secs: u32::MAX,
+        }
+    }
+}
+
+/// Shutdown behaviour.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Shutdown {
+    /// How long clients get to be told and flushed before the process exits.
+    pub grace_period_secs: u64,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Shutdown {
+            grace_period_secs: 10,
+        }
+    }
+}
+
+impl Config {
+    /// Parses a TOML document; the error names the offending key.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let key = e.span().map(|s| key_at(text, s.start)).unwrap_or_default();
+            ConfigError::new(
+                if key.is_empty() { "config".into() } else { key },
+                e.message().to_string(),
+            )
+        })
+    }
+
+    /// Checks values that parse but cannot work together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.is_empty() {
+            return Err(ConfigError::new("listen", "at least one address is needed"));
+        }
+        let l = &self.limits;
+        if l.max_packet_size < 64 || l.max_packet_size > 268_435_455 {
+            return Err(ConfigError::new(
+                "limits.max_packet_size",
+                "must be between 64 and 268435455 bytes",
+            ));
+        }
+        if l.receive_maximum == 0 {
+            return Err(ConfigError::new(
+                "limits.receive_maximum",
+                "must be at least 1",
+            ));
+        }
+        if l.max_inflight == 0 {
+            return Err(ConfigError::new(
+                "limits.max_inflight",
+                "must be at least 1",
+            ));
+        }
+        if l.max_queued_messages == 0 {
+            return Err(ConfigError::new(
+                "limits.max_queued_messages",
+                "must be at least 1",
+            ));
+        }
+        if l.max_queued_bytes == 0 {
+            return Err(ConfigError::new(
+                "limits.max_queued_bytes",
+                "must be at least 1",
+            ));
+        }
+        if l.connect_timeout_secs == 0 {
+            return Err(ConfigError::new(
+                "limits.connect_timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        if !self.allow_anonymous && self.password_file.is_none() {
+            return Err(ConfigError::new(
+                "allow_anonymous",
+                "false without a password_file would refuse every client",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The dotted key whose value starts nearest before byte `pos` of a TOML document.
+fn key_at(text: &str, pos: usize) -> String {
+    let mut section = String::new();
+    let mut key = String::new();
+    for line in text[..pos.min(text.len())].lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            section = t.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+            key.clear();
+        } else if let Some((k, _)) = t.split_once('=') {
+            key = k.trim().to_string();
+        }
+    }
+    // The error may sit on the line that holds the key itself.
+    if let Some(line) = text[pos.min(text.len())..].lines().next() {
+        if key.is_empty() {
+            if let Some((k, _)) = line.split_once('=') {
+                key = k.trim().to_string();
+            }
+        }
+    }
+    match (section.is_empty(), key.is_empty()) {
+        (true, _) => key,
+        (false, true) => section,
+        (false, false) => format!("{section}.{key}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_local_only() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.listen, vec!["127.0.0.1:1883".parse().unwrap()]);
+        assert!(c.allow_anonymous);
+    }
+
+    #[test]
+    fn error_names_the_key() {
+        let e = Config::from_toml("[limits]\nmax_packet_size = \"big\"\n").unwrap_err();
+        assert_eq!(e.key, "limits.max_packet_size", "{e}");
+        let e = Config::from_toml("listen = [\"nope\"]\n").unwrap_err();
+        assert_eq!(e.key, "listen", "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let e = Config::from_toml("[limits]\nmax_pakcet_size = 10\n").unwrap_err();
+        assert!(e.to_string().contains("max_pakcet_size"), "{e}");
+    }
+
+    #[test]
+    fn validate_names_the_key() {
+        let mut c = Config::default();
+        c.limits.receive_maximum = 0;
+        assert_eq!(c.validate().unwrap_err().key, "limits.receive_maximum");
+    }
+}

@@ -1,0 +1,135 @@
+//! Bytes ⇄ packets on one socket: a read buffer the codec decodes from and a write
+//! buffer packets are encoded into, flushed by the client loop.
+//!
+//! Buffers start empty and grow only as traffic needs, so an idle connection costs
+//! little; the read buffer never grows past the maximum packet size because the codec
+//! rejects an oversize packet from its fixed header.
+
+use bytes::BytesMut;
+use mqtt::{decode, encode, DecodeError, Packet, Protocol};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Stop encoding more deliveries once this many bytes wait to be written.
+pub const WRITE_HIGH_WATER: usize = 64 * 1024;
+
+/// What reading from the socket produced.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The peer closed or the socket failed.
+    Closed,
+    /// The bytes are not a valid packet.
+    Decode(DecodeError),
+}
+
+/// The read side of a client socket: bytes in, packets out.
+#[derive(Debug)]
+pub struct Reader<R> {
+    reader: R,
+    rbuf: BytesMut,
+    /// Largest packet accepted from the peer.
+    pub max_in: usize,
+}
+
+/// The write side of a client socket: encoded packets waiting to be written.
+#[derive(Debug)]
+pub struct Writer<W> {
+    writer: W,
+    /// Encoded packets waiting to be written.
+    pub wbuf: BytesMut,
+}
+
+/// One client socket with its buffers, as two halves that a `select!` can drive at
+/// the same time.
+#[derive(Debug)]
+pub struct Connection<R, W> {
+    /// The read half.
+    pub rx: Reader<R>,
+    /// The write half.
+    pub tx: Writer<W>,
+}
+
+impl<R: AsyncRead + Unpin> Reader<R> {
+    /// The next complete packet already buffered, if any.
+    pub fn next_buffered(
+        &mut self,
+        protocol: Option<Protocol>,
+    ) -> Result<Option<Packet>, DecodeError> {
+        if self.rbuf.is_empty() {
+            return Ok(None);
+        }
+        decode(&mut self.rbuf, protocol, self.max_in)
+    }
+
+    /// Reads more bytes from the socket. Cancel-safe: usable in `select!`.
+    pub async fn fill(&mut self) -> Result<(), ReadError> {
+        if self.rbuf.capacity() - self.rbuf.len() < 512 {
+            self.rbuf.reserve(4096);
+        }
+        match self.reader.read_buf(&mut self.rbuf).await {
+            Ok(0) | Err(_) => Err(ReadError::Closed),
+            Ok(_) => Ok(()),
+        }
+    }
+
+    /// Reads until one whole packet is buffered, and returns it.
+    pub async fn read_packet(&mut self, protocol: Option<Protocol>) -> Result<Packet, ReadError> {
+        loop {
+            if let Some(p) = self.next_buffered(protocol).map_err(ReadError::Decode)? {
+                return Ok(p);
+            }
+            self.fill().await?;
+        }
+    }
+}
+
+impl<W: AsyncWrite + Unpin> Writer<W> {
+    /// Encodes `packet` into the write buffer.
+    pub fn queue(&mut self, packet: &Packet, protocol: Protocol) {
+        // Encoding our own packets fails only on values we never build (AUTH on v3,
+        // 64 KiB strings); dropping such a packet is the safe reaction.
+        if let Err(e) = encode(packet, protocol, &mut self.wbuf) {
+            tracing::error!(packet = packet.name(), error = %e, "could not encode packet");
+        }
+    }
+
+    /// Writes some of the write buffer. Cancel-safe: usable in `select!`.
+    pub async fn write_some(&mut self) -> std::io::Result<()> {
+        self.writer.write_buf(&mut self.wbuf).await?;
+        if self.wbuf.is_empty() && self.wbuf.capacity() > 4 * WRITE_HIGH_WATER {
+            // Give back a buffer a burst made large.
+            self.wbuf = BytesMut::new();
+        }
+        Ok(())
+    }
+
+    /// Writes everything buffered and flushes.
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        while !self.wbuf.is_empty() {
+            self.writer.write_buf(&mut self.wbuf).await?;
+        }
+        self.writer.flush().await
+    }
+
+    /// Flushes, then closes the write side.
+    pub async fn close(&mut self) {
+        let _ = self.flush().await;
+        let _ = self.writer.shutdown().await;
+    }
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
+    /// Wraps the two halves of a socket.
+    pub fn new(reader: R, writer: W, max_in: usize) -> Self {
+        Connection {
+            rx: Reader {
+                reader,
+                rbuf: BytesMut::new(),
+                max_in,
+            },
+            tx: Writer {
+                writer,
+                wbuf: BytesMut::new(),
+            },
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! A session's mailbox: the bounded queue publishers push deliveries into and the
+//! session's connection drains. It outlives connections, so it is also the offline
+//! queue of a persistent session.
+//!
+//! Bounded in messages and bytes (`limits.max_queued_messages`, `max_queued_bytes`);
+//! when full, the configured [`QueueOverflow`] policy decides which message is dropped,
+//! and the drop is counted. A plain channel can bound only the count, and cannot drop
+//! its oldest entry, hence this small queue with a `Notify` for the reader.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use mqtt::QoS;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::config::QueueOverflow;
+use crate::message::Message;
+
+/// One message on its way to one session, with what this session's subscription(s)
+/// made of it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The shared message.
+    pub msg: Arc<Message>,
+    /// QoS granted for this delivery.
+    pub qos: QoS,
+    /// RETAIN flag to send.
+    pub retain: bool,
+    /// Subscription identifiers of every matching subscription.
+    pub sub_ids: Vec<u32>,
+}
+
+/// What happened to a pushed delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued.
+    Queued,
+    /// Queued, and the oldest queued message was dropped to make room.
+    DroppedOldest,
+    /// Not queued: the queue was full (drop-newest policy).
+    DroppedNew,
+    /// Not queued: QoS 0 to an offline session [MQTT-3.1.2-5 allows not storing QoS 0].
+    Discarded,
+}
+
+/// The bounds of a mailbox.
+#[derive(Debug, Clone, Copy)]
+pub struct MailboxLimits {
+    /// Maximum queued messages.
+    pub max_messages: usize,
+    /// Maximum queued bytes.
+    pub max_bytes: usize,
+    /// Overflow policy.
+    pub overflow: QueueOverflow,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Delivery>,
+    bytes: usize,
+}
+
+/// A session's bounded delivery queue.
+#[derive(Debug)]
+pub struct Mailbox {
+    queue: Mutex<Queue>,
+    notify: Notify,
+    online: AtomicBool,
+    limits: MailboxLimits,
+}
+
+impl Mailbox {
+    /// An empty mailbox.
+    pub fn new(limits: MailboxLimits) -> Arc<Mailbox> {
+        Arc::new(Mailbox {
+            queue: Mutex::new(Queue::default()),
+            notify: Notify::new(),
+            online: AtomicBool::new(false),
+            limits,
+        })
+    }
+
+    /// Marks whether a connection is draining this mailbox.
+    pub fn set_online(&self, online: bool) {
+        self.online.store(online, Ordering::Release);
+    }
+
+    /// Whether a connection is draining this mailbox.
+    pub fn is_online(&self) -> bool {
+        self.online.load(Ordering::Acquire)
+    }
+
+    /// Adds a delivery, applying the bounds.
+    pub fn push(&self, d: Delivery) -> Pushed {
+        if d.qos == QoS::AtMostOnce && !self.is_online() {
+            return Pushed::Discarded;
+        }
+        let size = d.msg.size;
+        let mut result = Pushed::Queued;
+        {
+            let mut q = self.queue.lock();
+            while !q.items.is_empty()
+                && (q.items.len() >= self.limits.max_messages
+                    || q.bytes + size > self.limits.max_bytes)
+            {
+                match self.limits.overflow {
+                    QueueOverflow::DropNewest => return Pushed::DroppedNew,
+                    QueueOverflow::DropOldest => {
+                        let old = q.items.pop_front().expect("non-empty");
+                        q.bytes -= old.msg.size;
+                        result = Pushed::DroppedOldest;
+                    }
+                }
+            }
+            if size > self.limits.max_bytes {
+                return Pushed::DroppedNew;
+            }
+            q.bytes += size;
+            q.items.push_back(d);
+        }
+        self.notify.notify_one();
+        result
+    }
+
+    /// Moves up to `max` deliveries into `out`, oldest first.
+    pub fn drain_into(&self, out: &mut impl Extend<Delivery>, max: usize) {
+        let mut q = self.queue.lock();
+        let n = max.min(q.items.len());
+        let bytes: usize = q.items.iter().take(n).map(|d| d.msg.size).sum();
+        q.bytes -= bytes;
+        out.extend(q.items.drain(..n));
+    }
+
+    /// Puts back a delivery taken but not sent, ahead of everything queued. It was
+    /// within the bounds when queued, so the bounds are not applied again.
+    pub fn push_front(&self, d: Delivery) {
+        let mut q = self.queue.lock();
+        q.bytes += d.msg.size;
+        q.items.push_front(d);
+    }
+
+    /// Queued message count.
+    pub fn len(&self) -> usize {
+        self.queue.lock().items.len()
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Resolves when something was pushed since the last call returned.
+    pub async fn notified(&self) {
+        self.notify.notified().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use mqtt::Publish;
+    use std::time::Instant;
+
+    fn delivery(n: u8, qos: QoS) -> Delivery {
+        let p = Publish {
+            topic: "t".into(),
+            qos,
+            packet_id: (qos != QoS::AtMostOnce).then_some(1),
+            payload: Bytes::from(vec![n; 9]),
+            ..Default::default()
+        };
+        Delivery {
+            msg: Arc::new(Message::new(&p, None, Instant::now())),
+            qos,
+            retain: false,
+            sub_ids: vec![],
+        }
+    }
+
+    fn payloads(m: &Mailbox) -> Vec<u8> {
+        let mut out = vec![];
+        m.drain_into(&mut out, usize::MAX);
+        out.iter().map(|d| d.msg.publish.payload()[0]).collect()
+    }
+
+    fn limits(max_messages: usize, overflow: QueueOverflow) -> MailboxLimits {
+        MailboxLimits {
+            max_messages,
+            max_bytes: 1000,
+            overflow,
+        }
+    }
+
+    #[test]
+    fn drop_oldest_keeps_the_newest() {
+        let m = Mailbox::new(limits(2, QueueOverflow::DropOldest));
+        assert_eq!(m.push(delivery(1, QoS::AtLeastOnce)), Pushed::Queued);
+        assert_eq!(m.push(delivery(2, QoS::AtLeastOnce)), Pushed::Queued);
+        assert_eq!(m.push(delivery(3, QoS::AtLeastOnce)), Pushed::DroppedOldest);
+        assert_eq!(payloads(&m), vec![2, 3]);
+    }
+
+    #[test]
+    fn drop_newest_keeps_the_oldest() {
+        let m = Mailbox::new(limits(2, QueueOverflow::DropNewest));
+        m.push(delivery(1, QoS::AtLeastOnce));
+        m.push(delivery(2, QoS::AtLeastOnce));
+        assert_eq!(m.push(delivery(3, QoS::AtLeastOnce)), Pushed::DroppedNew);
+        assert_eq!(payloads(&m), vec![1, 2]);
+    }
+
+    #[test]
+    fn byte_bound_holds() {
+        let m = Mailbox::new(MailboxLimits {
+            max_messages: 100,
+            max_bytes: 25, // each delivery is 10 bytes (topic 1 + payload 9)
+            overflow: QueueOverflow::DropOldest,
+        });
+        for i in 0..5 {
+            m.push(delivery(i, QoS::AtLeastOnce));
+        }
+        assert_eq!(payloads(&m), vec![3, 4]);
+    }
+
+    #[test]
+    fn qos0_is_not_stored_offline() {
+        let m = Mailbox::new(limits(2, QueueOverflow::DropOldest));
+        assert_eq!(m.push(delivery(1, QoS::AtMostOnce)), Pushed::Discarded);
+        m.set_online(true);
+        assert_eq!(m.push(delivery(1, QoS::AtMostOnce)), Pushed::Queued);
+    }
+}

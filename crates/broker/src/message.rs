@@ -1,0 +1,63 @@
+//! An application message inside the broker: prepared once for fan-out, shared by
+//! every subscriber it goes to.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mqtt::{Publish, QoS, SharedPublish};
+
+/// One PUBLISH as it travels through the broker (from a client, a will, or the
+/// retained store). Shared behind an `Arc`: subscribers never copy it.
+#[derive(Debug)]
+pub struct Message {
+    /// Topic, fixed properties and payload, encoded once.
+    pub publish: SharedPublish,
+    /// QoS the message was published with.
+    pub qos: QoS,
+    /// RETAIN flag as published.
+    pub retain: bool,
+    /// Client id of the publisher, for No Local.
+    pub origin: Option<Arc<str>>,
+    /// When the Message Expiry Interval runs out.
+    pub expires_at: Option<Instant>,
+    /// Bytes charged against a session's queue (topic + payload).
+    pub size: usize,
+}
+
+impl Message {
+    /// A message from a decoded PUBLISH (topic already resolved from any alias).
+    pub fn new(publish: &Publish, origin: Option<Arc<str>>, now: Instant) -> Message {
+        let expires_at = publish
+            .properties
+            .message_expiry_interval
+            .map(|s| now + Duration::from_secs(u64::from(s)));
+        Message {
+            publish: SharedPublish::new(publish),
+            qos: publish.qos,
+            retain: publish.retain,
+            origin,
+            expires_at,
+            size: publish.topic.len() + publish.payload.len(),
+        }
+    }
+
+    /// The topic name.
+    pub fn topic(&self) -> &str {
+        self.publish.topic()
+    }
+
+    /// Whether the message expired by `now` [MQTT-3.3.2-5].
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|t| t <= now)
+    }
+
+    /// The Message Expiry Interval to forward: what is left of it [MQTT-3.3.2-6].
+    pub fn remaining_expiry(&self, now: Instant) -> Option<u32> {
+        self.expires_at.map(|t| {
+            let left = t.saturating_duration_since(now);
+            // Round up, so a message with time left never goes out as "0 seconds".
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            secs.min(u64::from(u32::MAX)) as u32
+        })
+    }
+}

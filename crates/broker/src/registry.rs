@@ -1,0 +1,180 @@
+//! Which connection owns which session: one live connection per client id
+//! [MQTT-3.1.4-3], and the parked state of persistent sessions between connections.
+//!
+//! A new connection *claims* a client id: if another connection owns it, that one is
+//! told to go ([`Control::TakenOver`]) and the claimer waits until it has parked its
+//! session and exited. Each claim bumps the slot's generation, which is how timers
+//! (session expiry, will delay) started for an earlier connection know they are stale.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, watch};
+
+use crate::session::Session;
+
+/// How long a claimer waits for the previous owner to hand over before taking the
+/// slot anyway (the previous connection's state is then discarded).
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A request to a connection from outside its task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Another connection claimed this client id: disconnect (v5: 0x8E).
+    TakenOver,
+}
+
+/// The connection that currently owns a client id.
+#[derive(Debug)]
+pub struct Owner {
+    /// Unique id of the connection.
+    pub conn_id: u64,
+    /// Where to send it [`Control`] requests.
+    pub control: mpsc::UnboundedSender<Control>,
+    /// Closes (the sender is dropped) when the connection task has ended.
+    pub exited: watch::Receiver<()>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    owner: Option<Owner>,
+    parked: Option<Session>,
+    generation: u64,
+}
+
+/// What a successful claim hands the new owner.
+#[derive(Debug)]
+pub struct Claim {
+    /// The session that existed for this client id, if any.
+    pub previous: Option<Session>,
+    /// This ownership's generation.
+    pub generation: u64,
+}
+
+/// What releasing ownership leaves to do.
+#[derive(Debug)]
+pub enum Released {
+    /// The session was parked for a later connection.
+    Parked {
+        /// The generation it was parked at.
+        generation: u64,
+    },
+    /// The session ends now (expiry 0): the caller removes its subscriptions.
+    Ended(Session),
+    /// Another connection had already taken the slot (after a handover timeout): the
+    /// state is stale and must not touch shared state.
+    Stale,
+}
+
+/// Sessions by client id.
+#[derive(Debug, Default)]
+pub struct Registry {
+    slots: Mutex<HashMap<Arc<str>, Slot>>,
+    next_conn: AtomicU64,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    /// A fresh connection id.
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Makes `owner` the owner of `client_id`, taking over from any current owner.
+    pub async fn claim(&self, client_id: &Arc<str>, owner: Owner) -> Claim {
+        let mut owner = Some(owner);
+        loop {
+            let mut waiting = {
+                let mut slots = self.slots.lock();
+                let slot = slots.entry(client_id.clone()).or_default();
+                match &slot.owner {
+                    Some(current) => {
+                        let _ = current.control.send(Control::TakenOver);
+                        current.exited.clone()
+                    }
+                    None => {
+                        slot.owner = owner.take();
+                        slot.generation += 1;
+                        return Claim {
+                            previous: slot.parked.take(),
+                            generation: slot.generation,
+                        };
+                    }
+                }
+            };
+            // `changed` fails once the previous connection dropped its sender.
+            let handed_over = tokio::time::timeout(HANDOVER_TIMEOUT, async {
+                while waiting.changed().await.is_ok() {}
+            })
+            .await
+            .is_ok();
+            if !handed_over {
+                tracing::warn!(client_id = %client_id, "previous connection did not hand over its session in time; taking it");
+                let mut slots = self.slots.lock();
+                let slot = slots.entry(client_id.clone()).or_default();
+                slot.owner = None;
+            }
+        }
+    }
+
+    /// Ends `conn_id`'s ownership of `session`'s client id: parks the session if it
+    /// outlives the connection, else hands it back to be ended.
+    pub fn release(&self, conn_id: u64, session: Session) -> Released {
+        let mut slots = self.slots.lock();
+        let Some(slot) = slots.get_mut(&session.client_id) else {
+            return Released::Stale;
+        };
+        if slot.owner.as_ref().map(|o| o.conn_id) != Some(conn_id) {
+            return Released::Stale;
+        }
+        slot.owner = None;
+        if session.expiry_secs == 0 {
+            let id = session.client_id.clone();
+            slots.remove(&id);
+            Released::Ended(session)
+        } else {
+            slot.parked = Some(session);
+            Released::Parked {
+                generation: slot.generation,
+            }
+        }
+    }
+
+    /// Whether `client_id` is still parked, unclaimed since `generation`.
+    pub fn is_idle_since(&self, client_id: &str, generation: u64) -> bool {
+        self.slots
+            .lock()
+            .get(client_id)
+            .is_some_and(|s| s.owner.is_none() && s.generation == generation && s.parked.is_some())
+    }
+
+    /// Removes and returns the parked session of `client_id` if nobody claimed it since
+    /// `generation` (session expiry).
+    pub fn expire(&self, client_id: &str, generation: u64) -> Option<Session> {
+        let mut slots = self.slots.lock();
+        let slot = slots.get_mut(client_id)?;
+        if slot.owner.is_some() || slot.generation != generation {
+            return None;
+        }
+        let session = slot.parked.take();
+        slots.remove(client_id);
+        session
+    }
+
+    /// Number of known sessions (connected or parked).
+    pub fn len(&self) -> usize {
+        self.slots.lock().len()
+    }
+
+    /// Whether no session is known.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

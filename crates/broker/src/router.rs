@@ -1,0 +1,409 @@
+//! The subscription index and fan-out: which sessions a PUBLISH goes to.
+//!
+//! Like nats-server's `sublist`, the index is read-mostly shared state behind a
+//! read-write lock: every publishing connection matches in its own task, in parallel,
+//! and only SUBSCRIBE/UNSUBSCRIBE take the write lock. Deliveries then go into each
+//! session's [`Mailbox`] after the lock is released.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use mqtt::topic::{parse_shared, TopicTree};
+use mqtt::{QoS, SubscriptionOptions};
+use parking_lot::RwLock;
+
+use crate::mailbox::{Delivery, Mailbox, Pushed};
+use crate::message::Message;
+
+/// Who a subscription belongs to, within one topic filter.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SubKey {
+    /// A client's own subscription.
+    Client(Arc<str>),
+    /// A shared-subscription group (`$share/{group}/...`).
+    Group(Arc<str>),
+}
+
+/// One session's subscription to one filter.
+#[derive(Debug, Clone)]
+pub struct Subscriber {
+    /// The subscribing client.
+    pub client_id: Arc<str>,
+    /// Its user name, for per-message read checks.
+    pub username: Option<Arc<str>>,
+    /// Where its deliveries go.
+    pub mailbox: Arc<Mailbox>,
+    /// Options granted.
+    pub options: SubscriptionOptions,
+    /// Subscription Identifier.
+    pub id: Option<u32>,
+}
+
+/// The members of one shared-subscription group on one filter.
+#[derive(Debug, Default)]
+pub struct Group {
+    members: Vec<Subscriber>,
+    next: AtomicUsize,
+}
+
+/// A subscription entry in the index.
+#[derive(Debug)]
+pub enum Entry {
+    /// A client's subscription.
+    Client(Subscriber),
+    /// A shared group.
+    Group(Group),
+}
+
+/// Decides whether a subscriber may read a topic (the ACL), per delivery.
+pub type ReadCheck<'a> = &'a dyn Fn(&Subscriber, &str) -> bool;
+
+/// Counts from routing one message.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Routed {
+    /// Sessions the message was queued for.
+    pub delivered: usize,
+    /// Deliveries lost to a full queue (the dropped message may be an older one).
+    pub overflowed: usize,
+}
+
+/// A delivery target found while the index lock is held.
+#[derive(Debug)]
+pub struct Target {
+    mailbox: Arc<Mailbox>,
+    qos: QoS,
+    retain: bool,
+    sub_ids: Vec<u32>,
+    shared: bool,
+}
+
+/// The subscription index.
+#[derive(Debug, Default)]
+pub struct Router {
+    index: RwLock<TopicTree<SubKey, Entry>>,
+}
+
+impl Router {
+    /// An empty index.
+    pub fn new() -> Router {
+        Router::default()
+    }
+
+    /// Adds or replaces `sub`'s subscription to `filter` (which may be `$share/g/f`;
+    /// the caller validated it). Returns true if it replaced an existing one.
+    pub fn subscribe(&self, filter: &str, sub: Subscriber) -> bool {
+        let mut index = self.index.write();
+        match parse_shared(filter) {
+            Ok(Some((group, inner))) => {
+                let key = SubKey::Group(group.into());
+                let mut g = match index.remove(inner, &key) {
+                    Some(Entry::Group(g)) => g,
+                    _ => Group::default(),
+                };
+                let existed = match g.members.iter_mut().find(|m| m.client_id == sub.client_id) {
+                    Some(m) => {
+                        *m = sub;
+                        true
+                    }
+                    None => {
+                        g.members.push(sub);
+                        false
+                    }
+                };
+                index.insert(inner, key, Entry::Group(g));
+                existed
+            }
+            _ => {
+                let key = SubKey::Client(sub.client_id.clone());
+                index.insert(filter, key, Entry::Client(sub)).is_some()
+            }
+        }
+    }
+
+    /// Removes `client_id`'s subscription to `filter`; true if it existed.
+    pub fn unsubscribe(&self, filter: &str, client_id: &Arc<str>) -> bool {
+        let mut index = self.index.write();
+        match parse_shared(filter) {
+            Ok(Some((group, inner))) => {
+                let key = SubKey::Group(group.into());
+                let Some(Entry::Group(mut g)) = index.remove(inner, &key) else {
+                    return false;
+                };
+                let before = g.members.len();
+                g.members.retain(|m| &m.client_id != client_id);
+                let existed = g.members.len() != before;
+                if !g.members.is_empty() {
+                    index.insert(inner, key, Entry::Group(g));
+                }
+                existed
+            }
+            _ => index
+                .remove(filter, &SubKey::Client(client_id.clone()))
+                .is_some(),
+        }
+    }
+
+    /// Number of (filter, subscriber-or-group) entries.
+    pub fn len(&self) -> usize {
+        self.index.read().len()
+    }
+
+    /// Whether no subscription exists.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Queues `msg` for every session with a matching subscription: one delivery per
+    /// session for its own subscriptions (highest QoS, every subscription identifier
+    /// [MQTT-3.3.4-2, MQTT-3.3.4-3]) and one per shared group, to one member chosen
+    /// round robin, preferring connected members (v5 §4.8.2). `scratch` is reused
+    /// between calls so routing does not allocate per message.
+    pub fn route(
+        &self,
+        msg: &Arc<Message>,
+        can_read: Option<ReadCheck<'_>>,
+        scratch: &mut Vec<Target>,
+    ) -> Routed {
+        scratch.clear();
+        let topic = msg.topic();
+        {
+            let index = self.index.read();
+            index.for_each_match(topic, |_filter, _key, entry| match entry {
+                Entry::Client(s) => {
+                    // [MQTT-3.8.3-3] No Local: not to the connection that published it.
+                    if s.options.no_local && msg.origin.as_deref() == Some(&*s.client_id) {
+                        return;
+                    }
+                    if can_read.is_some_and(|f| !f(s, topic)) {
+                        return;
+                    }
+                    scratch.push(target(msg, s, false));
+                }
+                Entry::Group(g) => {
+                    if let Some(s) = g.pick(|s| can_read.is_none_or(|f| f(s, topic))) {
+                        scratch.push(target(msg, s, true));
+                    }
+                }
+            });
+        }
+        merge_per_session(scratch);
+        let mut routed = Routed::default();
+        for t in scratch.drain(..) {
+            let pushed = t.mailbox.push(Delivery {
+                msg: msg.clone(),
+                qos: t.qos,
+                retain: t.retain,
+                sub_ids: t.sub_ids,
+            });
+            match pushed {
+                Pushed::Queued => routed.delivered += 1,
+                Pushed::DroppedOldest => {
+                    routed.delivered += 1;
+                    routed.overflowed += 1;
+                }
+                Pushed::DroppedNew => routed.overflowed += 1,
+                Pushed::Discarded => {}
+            }
+        }
+        routed
+    }
+}
+
+impl Group {
+    /// The next member round robin, preferring connected members, among those `ok`
+    /// accepts.
+    fn pick(&self, ok: impl Fn(&Subscriber) -> bool) -> Option<&Subscriber> {
+        let n = self.members.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let candidates = (0..n).map(|i| &self.members[(start + i) % n]);
+        let mut fallback = None;
+        for m in candidates {
+            if !ok(m) {
+                continue;
+            }
+            if m.mailbox.is_online() {
+                return Some(m);
+            }
+            fallback.get_or_insert(m);
+        }
+        fallback
+    }
+}
+
+fn target(msg: &Message, s: &Subscriber, shared: bool) -> Target {
+    Target {
+        mailbox: s.mailbox.clone(),
+        qos: msg.qos.min(s.options.qos),
+        // [MQTT-3.3.1-12, MQTT-3.3.1-13] Retain As Published.
+        retain: s.options.retain_as_published && msg.retain,
+        sub_ids: s.id.into_iter().collect(),
+        shared,
+    }
+}
+
+/// Folds several non-shared targets of one session into one delivery.
+fn merge_per_session(targets: &mut Vec<Target>) {
+    if targets.len() < 2 {
+        return;
+    }
+    targets.sort_by_key(|t| (t.shared, Arc::as_ptr(&t.mailbox) as usize));
+    let mut out = 0;
+    for i in 0..targets.len() {
+        let same = out > 0
+            && !targets[i].shared
+            && !targets[out - 1].shared
+            && Arc::ptr_eq(&targets[out - 1].mailbox, &targets[i].mailbox);
+        if same {
+            let (head, tail) = targets.split_at_mut(i);
+            let (prev, cur) = (&mut head[out - 1], &mut tail[0]);
+            prev.qos = prev.qos.max(cur.qos);
+            prev.retain |= cur.retain;
+            prev.sub_ids.append(&mut cur.sub_ids);
+        } else {
+            targets.swap(out, i);
+            out += 1;
+        }
+    }
+    targets.truncate(out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::QueueOverflow;
+    use crate::mailbox::MailboxLimits;
+    use mqtt::Publish;
+    use std::time::Instant;
+
+    fn mailbox() -> Arc<Mailbox> {
+        let m = Mailbox::new(MailboxLimits {
+            max_messages: 100,
+            max_bytes: 100_000,
+            overflow: QueueOverflow::DropOldest,
+        });
+        m.set_online(true);
+        m
+    }
+
+    fn sub(client: &str, mb: &Arc<Mailbox>, qos: QoS, id: Option<u32>) -> Subscriber {
+        Subscriber {
+            client_id: client.into(),
+            username: None,
+            mailbox: mb.clone(),
+            options: SubscriptionOptions {
+                qos,
+                ..Default::default()
+            },
+            id,
+        }
+    }
+
+    fn msg(topic: &str, qos: QoS) -> Arc<Message> {
+        let p = Publish {
+            topic: topic.into(),
+            qos,
+            packet_id: (qos != QoS::AtMostOnce).then_some(1),
+            ..Default::default()
+        };
+        Arc::new(Message::new(&p, Some("pub".into()), Instant::now()))
+    }
+
+    fn drain(mb: &Mailbox) -> Vec<Delivery> {
+        let mut v = vec![];
+        mb.drain_into(&mut v, usize::MAX);
+        v
+    }
+
+    #[test]
+    fn overlapping_subscriptions_give_one_copy_at_highest_qos_with_all_ids() {
+        let r = Router::new();
+        let mb = mailbox();
+        r.subscribe("a/+", sub("c", &mb, QoS::AtMostOnce, Some(1)));
+        r.subscribe("a/#", sub("c", &mb, QoS::ExactlyOnce, Some(2)));
+        let routed = r.route(&msg("a/b", QoS::ExactlyOnce), None, &mut vec![]);
+        assert_eq!(routed.delivered, 1);
+        let d = drain(&mb);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].qos, QoS::ExactlyOnce);
+        let mut ids = d[0].sub_ids.clone();
+        ids.sort();
+        assert_eq!(ids, vec![1, 2]);
+    }
+
+    #[test]
+    fn shared_group_delivers_to_one_member_round_robin() {
+        let r = Router::new();
+        let (m1, m2) = (mailbox(), mailbox());
+        r.subscribe("$share/g/t", sub("c1", &m1, QoS::AtLeastOnce, None));
+        r.subscribe("$share/g/t", sub("c2", &m2, QoS::AtLeastOnce, None));
+        for _ in 0..10 {
+            assert_eq!(
+                r.route(&msg("t", QoS::AtLeastOnce), None, &mut vec![])
+                    .delivered,
+                1
+            );
+        }
+        assert_eq!((drain(&m1).len(), drain(&m2).len()), (5, 5));
+        assert!(r.unsubscribe("$share/g/t", &"c1".into()));
+        r.route(&msg("t", QoS::AtLeastOnce), None, &mut vec![]);
+        assert_eq!((drain(&m1).len(), drain(&m2).len()), (0, 1));
+    }
+
+    #[test]
+    fn shared_group_prefers_connected_members() {
+        let r = Router::new();
+        let (m1, m2) = (mailbox(), mailbox());
+        m1.set_online(false);
+        r.subscribe("$share/g/t", sub("c1", &m1, QoS::AtLeastOnce, None));
+        r.subscribe("$share/g/t", sub("c2", &m2, QoS::AtLeastOnce, None));
+        for _ in 0..4 {
+            r.route(&msg("t", QoS::AtLeastOnce), None, &mut vec![]);
+        }
+        assert_eq!((drain(&m1).len(), drain(&m2).len()), (0, 4));
+    }
+
+    #[test]
+    fn no_local_skips_the_publisher() {
+        let r = Router::new();
+        let mb = mailbox();
+        let mut s = sub("pub", &mb, QoS::AtLeastOnce, None);
+        s.options.no_local = true;
+        r.subscribe("t", s);
+        assert_eq!(
+            r.route(&msg("t", QoS::AtLeastOnce), None, &mut vec![])
+                .delivered,
+            0
+        );
+    }
+
+    #[test]
+    fn read_check_filters_deliveries() {
+        let r = Router::new();
+        let mb = mailbox();
+        r.subscribe("#", sub("c", &mb, QoS::AtLeastOnce, None));
+        let deny: ReadCheck = &|_, t| t != "secret";
+        assert_eq!(
+            r.route(&msg("secret", QoS::AtLeastOnce), Some(deny), &mut vec![])
+                .delivered,
+            0
+        );
+        assert_eq!(
+            r.route(&msg("open", QoS::AtLeastOnce), Some(deny), &mut vec![])
+                .delivered,
+            1
+        );
+    }
+
+    #[test]
+    fn unsubscribe_removes() {
+        let r = Router::new();
+        let mb = mailbox();
+        r.subscribe("t", sub("c", &mb, QoS::AtLeastOnce, None));
+        assert!(r.unsubscribe("t", &"c".into()));
+        assert!(!r.unsubscribe("t", &"c".into()));
+        assert!(r.is_empty());
+    }
+}

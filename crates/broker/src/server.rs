@@ -1,0 +1,143 @@
+//! Listening sockets, the accept loop, and shutdown.
+//!
+//! [`Server::bind`] validates the configuration, loads the auth files and binds every
+//! listener, so the binary can report what it listens on before serving.
+//! [`Server::run`] serves until the given future resolves, then stops accepting, tells
+//! every client (v5: DISCONNECT 0x8B) and waits for connections to flush, within the
+//! grace period.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{AuthLoadError, Authenticator};
+use crate::broker::Broker;
+use crate::client;
+use crate::config::{Config, ConfigError};
+
+/// Why the server could not start.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A password or ACL file could not be loaded.
+    #[error(transparent)]
+    Auth(#[from] AuthLoadError),
+    /// A listener could not be bound.
+    #[error("listen: cannot bind {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// A broker with its listeners bound, ready to serve.
+#[derive(Debug)]
+pub struct Server {
+    broker: Arc<Broker>,
+    listeners: Vec<TcpListener>,
+}
+
+impl Server {
+    /// Validates `config`, loads auth files and binds the listeners.
+    pub async fn bind(config: Config) -> Result<Server, ServerError> {
+        config.validate()?;
+        let auth = Authenticator::load(&config)?;
+        let mut listeners = Vec::new();
+        for &addr in &config.listen {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind { addr, source })?;
+            listeners.push(l);
+        }
+        Ok(Server {
+            broker: Broker::new(config, auth),
+            listeners,
+        })
+    }
+
+    /// The addresses actually bound (port 0 resolved).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// The shared broker state (for metrics and tests).
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// Serves until `shutdown` resolves, then shuts down gracefully.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let tracker = TaskTracker::new();
+        let mut accept_loops = Vec::new();
+        for listener in self.listeners {
+            let broker = self.broker.clone();
+            let stop = stop_rx.clone();
+            let tracker = tracker.clone();
+            accept_loops.push(tokio::spawn(accept_loop(broker, listener, stop, tracker)));
+        }
+        shutdown.await;
+        let grace = Duration::from_secs(self.broker.config.shutdown.grace_period_secs);
+        tracing::info!(grace_secs = grace.as_secs(), "shutting down");
+        let _ = stop_tx.send(true);
+        for a in accept_loops {
+            let _ = a.await;
+        }
+        tracker.close();
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            tracing::warn!(
+                remaining = tracker.len(),
+                "grace period over with connections still open"
+            );
+        }
+    }
+}
+
+async fn accept_loop(
+    broker: Arc<Broker>,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    tracker: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.changed() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                tracker.spawn(serve_tcp(broker.clone(), stream, peer, stop.clone()));
+            }
+            Err(e) => {
+                // Out of file descriptors or similar: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve_tcp(
+    broker: Arc<Broker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    stop: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let (r, w) = stream.into_split();
+    client::serve(broker, r, w, peer.to_string(), stop).await;
+}

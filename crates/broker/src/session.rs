@@ -1,0 +1,258 @@
+//! A session's protocol state, free of I/O: packet identifiers, the outbound in-flight
+//! window (QoS 1/2 deliveries awaiting acknowledgement), inbound QoS 2 messages awaiting
+//! PUBREL, and the subscriptions the session holds.
+//!
+//! A connection owns its session while connected and parks it in the registry when it
+//! goes away, so a persistent session resumes with its in-flight messages intact.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use mqtt::{QoS, SubscriptionOptions};
+
+use crate::mailbox::{Delivery, Mailbox};
+
+/// One subscription as the session remembers it (the router holds the live copy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    /// Options granted.
+    pub options: SubscriptionOptions,
+    /// Subscription Identifier, if the SUBSCRIBE carried one.
+    pub id: Option<u32>,
+}
+
+/// Where an outbound QoS 1/2 delivery stands.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// PUBLISH sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Published(Delivery),
+    /// PUBREL sent; waiting for PUBCOMP.
+    Released,
+}
+
+/// The state of one session.
+#[derive(Debug)]
+pub struct Session {
+    /// Client identifier.
+    pub client_id: Arc<str>,
+    /// Where deliveries for this session are queued.
+    pub mailbox: Arc<Mailbox>,
+    /// Subscriptions by full filter (`$share/...` included).
+    pub subscriptions: HashMap<String, Subscription>,
+    /// Session Expiry Interval in force, seconds (`u32::MAX` = never).
+    pub expiry_secs: u32,
+    /// Outbound QoS 1/2 deliveries by packet id, in send order (ids are allocated
+    /// increasing and wrap, so resend order is kept separately).
+    outbound: BTreeMap<u16, Outbound>,
+    order: Vec<u16>,
+    next_id: u16,
+    /// Inbound QoS 2 packet ids received but not yet released.
+    inbound_qos2: HashSet<u16>,
+}
+
+impl Session {
+    /// A new, empty session.
+    pub fn new(client_id: Arc<str>, mailbox: Arc<Mailbox>, expiry_secs: u32) -> Session {
+        Session {
+            client_id,
+            mailbox,
+            subscriptions: HashMap::new(),
+            expiry_secs,
+            outbound: BTreeMap::new(),
+            order: Vec::new(),
+            next_id: 1,
+            inbound_qos2: HashSet::new(),
+        }
+    }
+
+    /// Number of outbound messages awaiting acknowledgement.
+    pub fn inflight(&self) -> usize {
+        self.outbound.len()
+    }
+
+    /// Allocates a packet id not in use and records `delivery` as sent under it.
+    /// `None` when all 65,535 ids are in use.
+    pub fn start_outbound(&mut self, delivery: Delivery) -> Option<u16> {
+        if self.outbound.len() >= usize::from(u16::MAX) {
+            return None;
+        }
+        loop {
+            let id = self.next_id;
+            self.next_id = self.next_id.checked_add(1).unwrap_or(1);
+            if !self.outbound.contains_key(&id) {
+                self.outbound.insert(id, Outbound::Published(delivery));
+                self.order.push(id);
+                return Some(id);
+            }
+        }
+    }
+
+    /// The delivery sent under `id` and not yet acknowledged, if any.
+    pub fn outbound(&self, id: u16) -> Option<&Delivery> {
+        match self.outbound.get(&id) {
+            Some(Outbound::Published(d)) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// PUBACK for `id`: true if it completed a QoS 1 delivery.
+    pub fn puback(&mut self, id: u16) -> bool {
+        match self.outbound.get(&id) {
+            Some(Outbound::Published(d)) if d.qos == QoS::AtLeastOnce => {
+                self.finish(id);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// PUBREC for `id`: true if a QoS 2 delivery moves on to PUBREL. With `failed`
+    /// (a reason code ≥ 0x80) the delivery ends here (v5 §4.3.3: no PUBREL after an
+    /// error PUBREC).
+    pub fn pubrec(&mut self, id: u16, failed: bool) -> bool {
+        match self.outbound.get(&id) {
+            Some(Outbound::Published(d)) if d.qos == QoS::ExactlyOnce => {
+                if failed {
+                    self.finish(id);
+                    false
+                } else {
+                    self.outbound.insert(id, Outbound::Released);
+                    true
+                }
+            }
+            // A repeated PUBREC after our PUBREL: answer with PUBREL again.
+            Some(Outbound::Released) => !failed,
+            _ => false,
+        }
+    }
+
+    /// PUBCOMP for `id`: true if it completed a QoS 2 delivery.
+    pub fn pubcomp(&mut self, id: u16) -> bool {
+        if matches!(self.outbound.get(&id), Some(Outbound::Released)) {
+            self.finish(id);
+            true
+        } else {
+            false
+        }
+    }
+
+    fn finish(&mut self, id: u16) {
+        self.outbound.remove(&id);
+        if let Some(pos) = self.order.iter().position(|&x| x == id) {
+            self.order.remove(pos);
+        }
+    }
+
+    /// Every outbound message in send order, for resending on session resume
+    /// [MQTT-4.4.0-1]: PUBLISHes again with DUP set, PUBRELs again.
+    pub fn pending_outbound(&self) -> impl Iterator<Item = (u16, &Outbound)> {
+        self.order.iter().map(|id| (*id, &self.outbound[id]))
+    }
+
+    /// An inbound QoS 2 PUBLISH with `id` arrived: true if it is new (route it), false
+    /// if it is a redelivery of one not yet released (do not route again)
+    /// [MQTT-4.3.3-9].
+    pub fn receive_qos2(&mut self, id: u16) -> bool {
+        self.inbound_qos2.insert(id)
+    }
+
+    /// PUBREL for `id`: true if it was pending.
+    pub fn release_qos2(&mut self, id: u16) -> bool {
+        self.inbound_qos2.remove(&id)
+    }
+
+    /// Inbound QoS 2 messages awaiting PUBREL (counted against Receive Maximum).
+    pub fn inbound_pending(&self) -> usize {
+        self.inbound_qos2.len()
+    }
+
+    /// Forgets all in-flight state, both directions.
+    pub fn clear_inflight(&mut self) {
+        self.outbound.clear();
+        self.order.clear();
+        self.inbound_qos2.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::QueueOverflow;
+    use crate::mailbox::MailboxLimits;
+    use crate::message::Message;
+    use mqtt::Publish;
+    use std::time::Instant;
+
+    fn session() -> Session {
+        let mb = Mailbox::new(MailboxLimits {
+            max_messages: 10,
+            max_bytes: 1000,
+            overflow: QueueOverflow::DropOldest,
+        });
+        Session::new("c".into(), mb, 0)
+    }
+
+    fn delivery(qos: QoS) -> Delivery {
+        let p = Publish {
+            topic: "t".into(),
+            qos,
+            packet_id: Some(1),
+            ..Default::default()
+        };
+        Delivery {
+            msg: Arc::new(Message::new(&p, None, Instant::now())),
+            qos,
+            retain: false,
+            sub_ids: vec![],
+        }
+    }
+
+    #[test]
+    fn qos1_flow() {
+        let mut s = session();
+        let id = s.start_outbound(delivery(QoS::AtLeastOnce)).unwrap();
+        assert_eq!(s.inflight(), 1);
+        assert!(!s.pubrec(id, false), "PUBREC is not an answer to QoS 1");
+        assert!(s.puback(id));
+        assert!(!s.puback(id), "a second PUBACK finds nothing");
+        assert_eq!(s.inflight(), 0);
+    }
+
+    #[test]
+    fn qos2_flow_and_resend_order() {
+        let mut s = session();
+        let a = s.start_outbound(delivery(QoS::ExactlyOnce)).unwrap();
+        let b = s.start_outbound(delivery(QoS::AtLeastOnce)).unwrap();
+        assert!(s.pubrec(a, false));
+        let pending: Vec<_> = s
+            .pending_outbound()
+            .map(|(id, o)| (id, matches!(o, Outbound::Released)))
+            .collect();
+        assert_eq!(pending, vec![(a, true), (b, false)]);
+        assert!(!s.puback(a));
+        assert!(s.pubcomp(a));
+        assert!(s.puback(b));
+        assert_eq!(s.inflight(), 0);
+    }
+
+    #[test]
+    fn ids_skip_those_in_use_and_never_zero() {
+        let mut s = session();
+        s.next_id = u16::MAX;
+        let a = s.start_outbound(delivery(QoS::AtLeastOnce)).unwrap();
+        let b = s.start_outbound(delivery(QoS::AtLeastOnce)).unwrap();
+        assert_eq!((a, b), (u16::MAX, 1));
+    }
+
+    #[test]
+    fn inbound_qos2_is_routed_once() {
+        let mut s = session();
+        assert!(s.receive_qos2(7));
+        assert!(
+            !s.receive_qos2(7),
+            "redelivery before PUBREL is not routed again"
+        );
+        assert!(s.release_qos2(7));
+        assert!(!s.release_qos2(7));
+    }
+}
