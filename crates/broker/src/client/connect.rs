@@ -184,6 +184,7 @@ where
         c.keep_alive
     };
 
+    let keep_alive = Duration::from_secs(u64::from(keep_alive_secs));
     let props = &c.properties;
     let client_receive_max = if protocol.is_v5() {
         props.receive_maximum.unwrap_or(u16::MAX)
@@ -240,8 +241,9 @@ where
         control: control_rx,
         _exited: exited_tx,
         shutdown,
-        keep_alive: (keep_alive_secs > 0).then(|| Duration::from_secs(u64::from(keep_alive_secs))),
+        keep_alive: (!keep_alive.is_zero()).then_some(keep_alive),
         last_packet: Instant::now(),
+        keep_alive_timer: Box::pin(tokio::time::sleep(keep_alive * 3 / 2)),
         send_window: usize::from(client_receive_max.min(limits.max_inflight)),
         max_out: props
             .maximum_packet_size

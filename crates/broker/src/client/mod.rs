@@ -15,12 +15,14 @@ mod publish;
 mod subscribe;
 
 use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mqtt::{Disconnect, DisconnectProperties, Packet, Protocol, ReasonCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Sleep;
 
 use crate::broker::{Broker, PendingWill};
 use crate::connection::{Connection, ReadError, WRITE_HIGH_WATER};
@@ -83,6 +85,8 @@ struct Client<R, W> {
     /// Keep alive in force (server override applied), `None` = disabled.
     keep_alive: Option<Duration>,
     last_packet: Instant,
+    /// Fires at the earliest time the keep alive can have run out.
+    keep_alive_timer: Pin<Box<Sleep>>,
     /// Outbound window: the client's Receive Maximum capped by `limits.max_inflight`.
     send_window: usize,
     /// Largest packet the client accepts.
@@ -116,10 +120,6 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Client<R, W> {
                 }
             }
             self.pump();
-            let keep_alive_deadline = self
-                .keep_alive
-                .map(|k| self.last_packet + k + k / 2)
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
             let can_take = self.conn.tx.wbuf.len() < WRITE_HIGH_WATER
                 && (self.pending.is_empty() || self.window_open());
             tokio::select! {
@@ -142,12 +142,18 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Client<R, W> {
                 _ = self.shutdown.changed() => {
                     return Exit::Server(ReasonCode::ServerShuttingDown);
                 }
-                _ = tokio::time::sleep_until(keep_alive_deadline.into()), if self.keep_alive.is_some() => {
-                    if self.last_packet.elapsed() >= self.keep_alive.unwrap_or_default() * 3 / 2 {
+                _ = &mut self.keep_alive_timer, if self.keep_alive.is_some() => {
+                    // The timer is re-armed only when it fires, not per packet: most
+                    // packets arrive well before it.
+                    let grace = self.keep_alive.unwrap_or_default() * 3 / 2;
+                    let deadline = self.last_packet + grace;
+                    if Instant::now() >= deadline {
+                        // [MQTT-3.1.2-22] (3.1.1: MQTT-3.1.2-24) No packet within one and
+                        // a half times the Keep Alive: close (v5: DISCONNECT 0x8D).
                         tracing::debug!(client_id = %self.client_id, "keep alive timeout");
-                        // [MQTT-3.1.2-22] (v5: 3.1.2-22; v3.1.1: 3.1.2-24)
                         return Exit::Server(ReasonCode::KeepAliveTimeout);
                     }
+                    self.keep_alive_timer.as_mut().reset(deadline.into());
                 }
             }
         }

@@ -848,22 +848,21 @@ fn proto_and_packet() -> impl Strategy<Value = (Protocol, Packet)> {
     any_proto().prop_flat_map(|proto| (Just(proto), packet(proto)))
 }
 
+/// The varying fields of a [`Delivery`]: QoS, retain, dup, packet id, topic alias,
+/// send topic, subscription ids, message expiry.
+type DeliveryParts = (
+    QoS,
+    bool,
+    bool,
+    u16,
+    Option<u16>,
+    bool,
+    Vec<u32>,
+    Option<u32>,
+);
+
 /// A v5 PUBLISH that can be fanned out, and one delivery of it.
-fn publish_and_delivery() -> impl Strategy<
-    Value = (
-        Publish,
-        (
-            QoS,
-            bool,
-            bool,
-            u16,
-            Option<u16>,
-            bool,
-            Vec<u32>,
-            Option<u32>,
-        ),
-    ),
-> {
+fn publish_and_delivery() -> impl Strategy<Value = (Publish, DeliveryParts)> {
     (
         publish(true),
         (
