@@ -8,7 +8,7 @@
 use std::collections::{btree_map, BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use mqtt::{QoS, SubscriptionOptions};
+use mqtt::{QoS, SubscriptionOptions, Will};
 
 use crate::mailbox::{Delivery, Mailbox};
 
@@ -19,6 +19,17 @@ pub struct Subscription {
     pub options: SubscriptionOptions,
     /// Subscription Identifier, if the SUBSCRIBE carried one.
     pub id: Option<u32>,
+}
+
+/// A will waiting for its connection to end.
+#[derive(Debug, Clone)]
+pub struct PendingWill {
+    /// The client it belongs to.
+    pub client_id: Arc<str>,
+    /// Its user name (the ACL is checked when the will is published).
+    pub username: Option<Arc<str>>,
+    /// The will as sent in CONNECT.
+    pub will: Will,
 }
 
 /// Where an outbound QoS 1/2 delivery stands.
