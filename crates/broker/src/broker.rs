@@ -123,7 +123,8 @@ impl Broker {
         }
         let generation = match self.registry.release(conn_id, session, will_later) {
             Released::Stale => return,
-            Released::Ended(session, will) => {
+            Released::Ended(ended) => {
+                let (session, will) = *ended;
                 self.end_session(&session);
                 if let Some(w) = will {
                     self.publish_will(w);

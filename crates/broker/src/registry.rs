@@ -66,7 +66,7 @@ pub enum Released {
     },
     /// The session ends now (expiry 0): the caller removes its subscriptions and
     /// publishes the will, if any.
-    Ended(Session, Option<PendingWill>),
+    Ended(Box<(Session, Option<PendingWill>)>),
     /// Another connection had already taken the slot (after a handover timeout): the
     /// state is stale and must not touch shared state.
     Stale,
@@ -145,7 +145,7 @@ impl Registry {
         if session.expiry_secs == 0 {
             let id = session.client_id.clone();
             slots.remove(&id);
-            Released::Ended(session, will)
+            Released::Ended(Box::new((session, will)))
         } else {
             slot.parked = Some(session);
             slot.will = will;
