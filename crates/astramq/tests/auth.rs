@@ -44,7 +44,15 @@ async fn password_file(dir: &Path, tool: &str) -> PathBuf {
 }
 
 fn secured(pw: &Path) -> Broker {
-    Broker::start_with("", &["--allow-anonymous", "false", "--password-file", path_str(pw)])
+    Broker::start_with(
+        "",
+        &[
+            "--allow-anonymous",
+            "false",
+            "--password-file",
+            path_str(pw),
+        ],
+    )
 }
 
 async fn check_credentials(v: Version, tool: &str) {
@@ -52,15 +60,27 @@ async fn check_credentials(v: Version, tool: &str) {
     let pw = password_file(dir.path(), tool).await;
     let b = secured(&pw);
     for (user, pass) in [("alice", "s3cret"), ("bob", "hunter2")] {
-        let (_c, ca) = RawClient::connect(b.addr(), Connect::new(v, user).credentials(user, Some(pass))).await;
+        let (_c, ca) = RawClient::connect(
+            b.addr(),
+            Connect::new(v, user).credentials(user, Some(pass)),
+        )
+        .await;
         assert_eq!(ca.code, 0, "{tool}: {user} with the right password");
     }
     // 3.1.1 [MQTT-3.2.2-?] 0x04 / 5 0x86 Bad User Name or Password, then close.
-    for (user, pass) in [("alice", Some("wrong")), ("mallory", Some("s3cret")), ("alice", None)] {
-        let (mut c, ca) = RawClient::connect(b.addr(), Connect::new(v, "x").credentials(user, pass)).await;
+    for (user, pass) in [
+        ("alice", Some("wrong")),
+        ("mallory", Some("s3cret")),
+        ("alice", None),
+    ] {
+        let (mut c, ca) =
+            RawClient::connect(b.addr(), Connect::new(v, "x").credentials(user, pass)).await;
         assert_eq!(
             ca.code,
-            v.pick(rc::V3_BAD_USERNAME_OR_PASSWORD, rc::BAD_USERNAME_OR_PASSWORD),
+            v.pick(
+                rc::V3_BAD_USERNAME_OR_PASSWORD,
+                rc::BAD_USERNAME_OR_PASSWORD
+            ),
             "{tool}: {user}/{pass:?} must be refused"
         );
         c.expect_closed(T).await;
@@ -88,7 +108,11 @@ async fn astramq_passwd_delete() {
     let text = std::fs::read_to_string(&pw).unwrap();
     assert!(text.contains("alice:") && !text.contains("bob:"), "{text}");
     let b = secured(&pw);
-    let (_c, ca) = RawClient::connect(b.addr(), Connect::new(Version::V5, "b").credentials("bob", Some("hunter2"))).await;
+    let (_c, ca) = RawClient::connect(
+        b.addr(),
+        Connect::new(Version::V5, "b").credentials("bob", Some("hunter2")),
+    )
+    .await;
     assert_eq!(ca.code, rc::BAD_USERNAME_OR_PASSWORD);
 }
 
@@ -110,9 +134,17 @@ async fn mosquitto_pub_with_credentials() {
     let dir = tempfile::tempdir().unwrap();
     let pw = password_file(dir.path(), "mosquitto").await;
     let b = secured(&pw);
-    let mut s = RawClient::connect_ok(b.addr(), Connect::new(Version::V5, "s").credentials("bob", Some("hunter2"))).await;
+    let mut s = RawClient::connect_ok(
+        b.addr(),
+        Connect::new(Version::V5, "s").credentials("bob", Some("hunter2")),
+    )
+    .await;
     s.sub("cred", 0).await;
-    let out = mosquitto_pub(&b, &["-u", "alice", "-P", "s3cret", "-t", "cred", "-m", "ok"]).await;
+    let out = mosquitto_pub(
+        &b,
+        &["-u", "alice", "-P", "s3cret", "-t", "cred", "-m", "ok"],
+    )
+    .await;
     assert!(out.status.success(), "{out:?}");
     assert_eq!(s.recv_publish(T).await.payload, b"ok");
     let out = mosquitto_pub(&b, &["-u", "alice", "-P", "nope", "-t", "cred", "-m", "x"]).await;
@@ -135,7 +167,15 @@ pattern read users/%u/#
 fn acl_broker(dir: &Path, pw: &Path) -> Broker {
     let acl = dir.join("acl");
     std::fs::write(&acl, ACL).unwrap();
-    Broker::start_with("", &["--password-file", path_str(pw), "--acl-file", path_str(&acl)])
+    Broker::start_with(
+        "",
+        &[
+            "--password-file",
+            path_str(pw),
+            "--acl-file",
+            path_str(&acl),
+        ],
+    )
 }
 
 // [MQTT-3.9.3 / 5.4.2] a denied subscription: SUBACK 0x80 (3.1.1) / 0x87 Not
@@ -144,9 +184,18 @@ async fn acl_denied_subscribe(v: Version) {
     let dir = tempfile::tempdir().unwrap();
     let pw = password_file(dir.path(), "astramq").await;
     let b = acl_broker(dir.path(), &pw);
-    let mut alice = RawClient::connect_ok(b.addr(), Connect::new(v, "alice-c").credentials("alice", Some("s3cret"))).await;
+    let mut alice = RawClient::connect_ok(
+        b.addr(),
+        Connect::new(v, "alice-c").credentials("alice", Some("s3cret")),
+    )
+    .await;
     let codes = alice
-        .subscribe(&[("alice/x", 1), ("bob/x", 1), ("public/news", 0), ("inbox/alice", 0)])
+        .subscribe(&[
+            ("alice/x", 1),
+            ("bob/x", 1),
+            ("public/news", 0),
+            ("inbox/alice", 0),
+        ])
         .await;
     let denied = v.pick(rc::V3_FAILURE, rc::NOT_AUTHORIZED);
     assert_eq!(codes, vec![1, denied, 0, denied]);
@@ -159,14 +208,26 @@ async fn acl_denied_publish(v: Version) {
     let dir = tempfile::tempdir().unwrap();
     let pw = password_file(dir.path(), "astramq").await;
     let b = acl_broker(dir.path(), &pw);
-    let mut watcher = RawClient::connect_ok(b.addr(), Connect::new(v, "w").credentials("alice", Some("s3cret"))).await;
+    let mut watcher = RawClient::connect_ok(
+        b.addr(),
+        Connect::new(v, "w").credentials("alice", Some("s3cret")),
+    )
+    .await;
     watcher.sub("alice/#", 1).await;
-    let mut bob = RawClient::connect_ok(b.addr(), Connect::new(v, "bob-c").credentials("bob", Some("hunter2"))).await;
+    let mut bob = RawClient::connect_ok(
+        b.addr(),
+        Connect::new(v, "bob-c").credentials("bob", Some("hunter2")),
+    )
+    .await;
     let code = bob.publish("alice/secret", b"intrusion", 1, false).await;
     assert_eq!(code, v.pick(0, rc::NOT_AUTHORIZED));
     watcher.expect_no_publish(ABSENCE).await;
     // alice may publish there.
-    let mut alice = RawClient::connect_ok(b.addr(), Connect::new(v, "a").credentials("alice", Some("s3cret"))).await;
+    let mut alice = RawClient::connect_ok(
+        b.addr(),
+        Connect::new(v, "a").credentials("alice", Some("s3cret")),
+    )
+    .await;
     assert!(alice.publish("alice/ok", b"fine", 1, false).await < 0x80);
     assert_eq!(watcher.recv_publish(T).await.payload, b"fine");
 }
@@ -177,10 +238,19 @@ async fn acl_patterns(v: Version) {
     let dir = tempfile::tempdir().unwrap();
     let pw = password_file(dir.path(), "astramq").await;
     let b = acl_broker(dir.path(), &pw);
-    let mut c = RawClient::connect_ok(b.addr(), Connect::new(v, "dev42").credentials("bob", Some("hunter2"))).await;
+    let mut c = RawClient::connect_ok(
+        b.addr(),
+        Connect::new(v, "dev42").credentials("bob", Some("hunter2")),
+    )
+    .await;
     let denied = v.pick(rc::V3_FAILURE, rc::NOT_AUTHORIZED);
     let codes = c
-        .subscribe(&[("clients/dev42/#", 0), ("clients/dev43/#", 0), ("users/bob/#", 0), ("users/alice/#", 0)])
+        .subscribe(&[
+            ("clients/dev42/#", 0),
+            ("clients/dev43/#", 0),
+            ("users/bob/#", 0),
+            ("users/alice/#", 0),
+        ])
         .await;
     assert_eq!(codes, vec![0, denied, 0, denied]);
     // write through %c works, write to the read-only %u area is dropped.

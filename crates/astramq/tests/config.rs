@@ -20,14 +20,30 @@ async fn expect_config_error(config: Option<&str>, args: &[&str], env: &[(&str, 
     }
     a.extend_from_slice(args);
     let out = run_astramq(&a, env, Duration::from_secs(10)).await;
-    assert!(!out.status.success(), "must exit non-zero for bad {key}: {out:?}");
+    assert!(
+        !out.status.success(),
+        "must exit non-zero for bad {key}: {out:?}"
+    );
     assert!(
         !out.stdout.contains("listening on"),
         "must not start listening with a bad config: {out:?}"
     );
-    let lines: Vec<&str> = out.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "exactly one error line for bad {key}: {:?}", out.stderr);
-    assert!(lines[0].contains(key), "error line must name {key}: {:?}", lines[0]);
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "exactly one error line for bad {key}: {:?}",
+        out.stderr
+    );
+    assert!(
+        lines[0].contains(key),
+        "error line must name {key}: {:?}",
+        lines[0]
+    );
 }
 
 #[tokio::test]
@@ -35,12 +51,21 @@ async fn bad_values_in_config_file() {
     let cases = [
         ("[limits]\nmax_packet_size = \"huge\"\n", "max_packet_size"),
         ("[limits]\nreceive_maximum = 0\n", "receive_maximum"),
-        ("[limits]\nqueue_overflow = \"sideways\"\n", "queue_overflow"),
-        ("[limits]\nconnect_timeout_secs = -1\n", "connect_timeout_secs"),
+        (
+            "[limits]\nqueue_overflow = \"sideways\"\n",
+            "queue_overflow",
+        ),
+        (
+            "[limits]\nconnect_timeout_secs = -1\n",
+            "connect_timeout_secs",
+        ),
         ("allow_anonymous = \"maybe\"\n", "allow_anonymous"),
         ("log_level = 3\n", "log_level"),
         ("[limits]\nno_such_key = 1\n", "no_such_key"),
-        ("[shutdown]\ngrace_period_secs = \"soon\"\n", "grace_period_secs"),
+        (
+            "[shutdown]\ngrace_period_secs = \"soon\"\n",
+            "grace_period_secs",
+        ),
     ];
     for (cfg, key) in cases {
         expect_config_error(Some(cfg), &[], &[], key).await;
@@ -50,7 +75,13 @@ async fn bad_values_in_config_file() {
 #[tokio::test]
 async fn invalid_toml_is_an_error() {
     let out = run_astramq(
-        &["broker", "--listen", "127.0.0.1:0", "--config", "/nonexistent/astramq.toml"],
+        &[
+            "broker",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            "/nonexistent/astramq.toml",
+        ],
         &[],
         Duration::from_secs(10),
     )
@@ -60,7 +91,13 @@ async fn invalid_toml_is_an_error() {
     let p = dir.path().join("broken.toml");
     std::fs::write(&p, "[limits\nmax_packet_size = 1").unwrap();
     let out = run_astramq(
-        &["broker", "--listen", "127.0.0.1:0", "--config", p.to_str().unwrap()],
+        &[
+            "broker",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            p.to_str().unwrap(),
+        ],
         &[],
         Duration::from_secs(10),
     )
@@ -70,21 +107,50 @@ async fn invalid_toml_is_an_error() {
 
 #[tokio::test]
 async fn bad_values_in_environment() {
-    expect_config_error(None, &[], &[("ASTRAMQ_LIMITS_MAX_PACKET_SIZE", "huge")], "max_packet_size").await;
-    expect_config_error(None, &[], &[("ASTRAMQ_SHUTDOWN_GRACE_PERIOD_SECS", "soon")], "grace_period_secs").await;
-    expect_config_error(None, &[], &[("ASTRAMQ_ALLOW_ANONYMOUS", "maybe")], "allow_anonymous").await;
+    expect_config_error(
+        None,
+        &[],
+        &[("ASTRAMQ_LIMITS_MAX_PACKET_SIZE", "huge")],
+        "max_packet_size",
+    )
+    .await;
+    expect_config_error(
+        None,
+        &[],
+        &[("ASTRAMQ_SHUTDOWN_GRACE_PERIOD_SECS", "soon")],
+        "grace_period_secs",
+    )
+    .await;
+    expect_config_error(
+        None,
+        &[],
+        &[("ASTRAMQ_ALLOW_ANONYMOUS", "maybe")],
+        "allow_anonymous",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn bad_flag_value_exits_nonzero() {
     let out = run_astramq(
-        &["broker", "--listen", "127.0.0.1:0", "--allow-anonymous", "perhaps"],
+        &[
+            "broker",
+            "--listen",
+            "127.0.0.1:0",
+            "--allow-anonymous",
+            "perhaps",
+        ],
         &[],
         Duration::from_secs(10),
     )
     .await;
     assert!(!out.status.success(), "{out:?}");
-    let out = run_astramq(&["broker", "--listen", "not-an-address"], &[], Duration::from_secs(10)).await;
+    let out = run_astramq(
+        &["broker", "--listen", "not-an-address"],
+        &[],
+        Duration::from_secs(10),
+    )
+    .await;
     assert!(!out.status.success(), "{out:?}");
 }
 
@@ -121,7 +187,12 @@ async fn env_allow_anonymous_and_flag_precedence() {
     let dir = tempfile::tempdir().unwrap();
     let pw = dir.path().join("pw");
     let pws = pw.to_str().unwrap();
-    let out = run_astramq(&["passwd", "-c", "-b", pws, "u", "p"], &[], Duration::from_secs(30)).await;
+    let out = run_astramq(
+        &["passwd", "-c", "-b", pws, "u", "p"],
+        &[],
+        Duration::from_secs(30),
+    )
+    .await;
     assert!(out.status.success(), "{out:?}");
     let b = Broker::builder()
         .env("ASTRAMQ_ALLOW_ANONYMOUS", "false")
@@ -129,8 +200,16 @@ async fn env_allow_anonymous_and_flag_precedence() {
         .start();
     let (_c, ca) = RawClient::connect(b.addr(), Connect::new(Version::V5, "anon")).await;
     assert_eq!(ca.code, rc::NOT_AUTHORIZED);
-    let (_c, ca) = RawClient::connect(b.addr(), Connect::new(Version::V5, "u").credentials("u", Some("p"))).await;
-    assert_eq!(ca.code, rc::SUCCESS, "password file from ASTRAMQ_PASSWORD_FILE");
+    let (_c, ca) = RawClient::connect(
+        b.addr(),
+        Connect::new(Version::V5, "u").credentials("u", Some("p")),
+    )
+    .await;
+    assert_eq!(
+        ca.code,
+        rc::SUCCESS,
+        "password file from ASTRAMQ_PASSWORD_FILE"
+    );
     let b = Broker::builder()
         .env("ASTRAMQ_ALLOW_ANONYMOUS", "false")
         .env("ASTRAMQ_PASSWORD_FILE", pws)

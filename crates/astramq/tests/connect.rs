@@ -63,7 +63,8 @@ versions_test!(empty_client_id_clean);
 #[tokio::test]
 async fn empty_client_id_persistent_v311_rejected() {
     let b = Broker::start();
-    let (mut c, ca) = RawClient::connect(b.addr(), Connect::new(Version::V311, "").clean(false)).await;
+    let (mut c, ca) =
+        RawClient::connect(b.addr(), Connect::new(Version::V311, "").clean(false)).await;
     assert_eq!(ca.code, rc::V3_IDENTIFIER_REJECTED);
     c.expect_closed(T).await;
 }
@@ -97,7 +98,10 @@ async fn unsupported_protocol_level_refused() {
         let mut c = b.raw().await;
         c.send(&connect_with_level(level)).await;
         let bytes = c.read_bytes(T).await.expect("CONNACK before close");
-        assert_eq!(bytes[0], 0x20, "level {level}: expected CONNACK, got {bytes:02x?}");
+        assert_eq!(
+            bytes[0], 0x20,
+            "level {level}: expected CONNACK, got {bytes:02x?}"
+        );
         let ok_v3 = bytes[..] == [0x20, 0x02, 0x00, rc::V3_UNACCEPTABLE_PROTOCOL];
         let ok_v5 = bytes.len() >= 4 && bytes[3] == rc::UNSUPPORTED_PROTOCOL_VERSION;
         assert!(ok_v3 || ok_v5, "level {level}: CONNACK {bytes:02x?}");
@@ -210,7 +214,8 @@ versions_test!(pings_keep_connection_alive);
 #[tokio::test]
 async fn server_keep_alive_sent_and_enforced_v5() {
     let b = Broker::start_with("[limits]\nserver_keep_alive_secs = 1\n", &[]);
-    let (mut c, ca) = RawClient::connect(b.addr(), Connect::new(Version::V5, "ska").keep_alive(60)).await;
+    let (mut c, ca) =
+        RawClient::connect(b.addr(), Connect::new(Version::V5, "ska").keep_alive(60)).await;
     assert_eq!(ca.code, 0);
     assert_eq!(ca.props.get_u32(prop::SERVER_KEEP_ALIVE), Some(1), "{ca:?}");
     c.expect_closed_with_any(&[rc::KEEP_ALIVE_TIMEOUT], Duration::from_secs(4))

@@ -195,7 +195,11 @@ const CASES: &[Case] = &[
         only: Only::Both,
         stage: Stage::Connected,
         bytes: |v| publish_raw(v, 0x30, b"a/+/b", None, &no_props()),
-        v5: &[rc::MALFORMED_PACKET, rc::PROTOCOL_ERROR, rc::TOPIC_NAME_INVALID],
+        v5: &[
+            rc::MALFORMED_PACKET,
+            rc::PROTOCOL_ERROR,
+            rc::TOPIC_NAME_INVALID,
+        ],
     },
     Case {
         name: "empty PUBLISH topic (no alias)",
@@ -203,7 +207,11 @@ const CASES: &[Case] = &[
         only: Only::Both,
         stage: Stage::Connected,
         bytes: |v| publish_raw(v, 0x30, b"", None, &no_props()),
-        v5: &[rc::MALFORMED_PACKET, rc::PROTOCOL_ERROR, rc::TOPIC_NAME_INVALID],
+        v5: &[
+            rc::MALFORMED_PACKET,
+            rc::PROTOCOL_ERROR,
+            rc::TOPIC_NAME_INVALID,
+        ],
     },
     Case {
         name: "PUBLISH QoS 3",
@@ -274,12 +282,23 @@ const CASES: &[Case] = &[
         spec: "[MQTT-3.8.2.1.2] Subscription Identifier 0 is a Protocol Error",
         only: Only::V5,
         stage: Stage::Connected,
-        bytes: |v| sub_raw(v, 0x82, 1, &[("a", 0)], &Props::new().varint(prop::SUBSCRIPTION_IDENTIFIER, 0).encode()),
+        bytes: |v| {
+            sub_raw(
+                v,
+                0x82,
+                1,
+                &[("a", 0)],
+                &Props::new()
+                    .varint(prop::SUBSCRIPTION_IDENTIFIER, 0)
+                    .encode(),
+            )
+        },
         v5: MAL_OR_PROTO,
     },
     Case {
         name: "duplicate Message Expiry Interval property",
-        spec: "[MQTT-2.2.2 / 3.3.2.3.3] a property other than User Property twice is a Protocol Error",
+        spec:
+            "[MQTT-2.2.2 / 3.3.2.3.3] a property other than User Property twice is a Protocol Error",
         only: Only::V5,
         stage: Stage::Connected,
         bytes: |v| {
@@ -304,7 +323,15 @@ const CASES: &[Case] = &[
         spec: "[MQTT-2.2.2.2] a property in a packet it is not defined for",
         only: Only::V5,
         stage: Stage::Connected,
-        bytes: |v| publish_raw(v, 0x30, b"a", None, &Props::new().u32(prop::SESSION_EXPIRY_INTERVAL, 1).encode()),
+        bytes: |v| {
+            publish_raw(
+                v,
+                0x30,
+                b"a",
+                None,
+                &Props::new().u32(prop::SESSION_EXPIRY_INTERVAL, 1).encode(),
+            )
+        },
         v5: MAL_OR_PROTO,
     },
     Case {
@@ -320,7 +347,15 @@ const CASES: &[Case] = &[
         spec: "[MQTT-3.3.2-8] Topic Alias 0 is not permitted (0x94 or Protocol Error)",
         only: Only::V5,
         stage: Stage::Connected,
-        bytes: |v| publish_raw(v, 0x30, b"a", None, &Props::new().u16(prop::TOPIC_ALIAS, 0).encode()),
+        bytes: |v| {
+            publish_raw(
+                v,
+                0x30,
+                b"a",
+                None,
+                &Props::new().u16(prop::TOPIC_ALIAS, 0).encode(),
+            )
+        },
         v5: &[rc::TOPIC_ALIAS_INVALID, rc::PROTOCOL_ERROR],
     },
     // --- CONNECT ---
@@ -383,7 +418,11 @@ const CASES: &[Case] = &[
             c[n - 1] = 0xff;
             c
         },
-        v5: &[rc::MALFORMED_PACKET, rc::PROTOCOL_ERROR, rc::CLIENT_ID_NOT_VALID],
+        v5: &[
+            rc::MALFORMED_PACKET,
+            rc::PROTOCOL_ERROR,
+            rc::CLIENT_ID_NOT_VALID,
+        ],
     },
 ];
 
@@ -420,7 +459,10 @@ async fn run_case(b: &Broker, v: Version, i: usize, case: &Case) -> Result<(), S
                 match p {
                     Packet::Connack(ca) if ca.code >= 0x80 || (!v.is_v5() && ca.code > 0) => {
                         if v.is_v5() && !case.v5.contains(&ca.code) {
-                            return Err(format!("CONNACK {:#04x} not in {:02x?}", ca.code, case.v5));
+                            return Err(format!(
+                                "CONNACK {:#04x} not in {:02x?}",
+                                ca.code, case.v5
+                            ));
                         }
                     }
                     other => return Err(format!("unexpected {other:?}")),
@@ -431,7 +473,12 @@ async fn run_case(b: &Broker, v: Version, i: usize, case: &Case) -> Result<(), S
             if v.is_v5() {
                 match seen.as_slice() {
                     [Packet::Disconnect(r, _)] if case.v5.contains(r) => {}
-                    other => return Err(format!("expected DISCONNECT in {:02x?}, saw {other:?}", case.v5)),
+                    other => {
+                        return Err(format!(
+                            "expected DISCONNECT in {:02x?}, saw {other:?}",
+                            case.v5
+                        ))
+                    }
                 }
             } else if !seen.is_empty() {
                 return Err(format!("3.1.1: expected a bare close, saw {seen:?}"));

@@ -20,18 +20,30 @@ async fn message_expiry() {
     c.sub("exp/#", 1).await;
     c.disconnect().await;
     let mut p = b.client(V, "p").await;
-    p.publish_msg(Publish::new("exp/short", b"dies", 1).props(Props::new().u32(prop::MESSAGE_EXPIRY_INTERVAL, 1)))
-        .await;
-    p.publish_msg(Publish::new("exp/long", b"lives", 1).props(Props::new().u32(prop::MESSAGE_EXPIRY_INTERVAL, 60)))
-        .await;
+    p.publish_msg(
+        Publish::new("exp/short", b"dies", 1)
+            .props(Props::new().u32(prop::MESSAGE_EXPIRY_INTERVAL, 1)),
+    )
+    .await;
+    p.publish_msg(
+        Publish::new("exp/long", b"lives", 1)
+            .props(Props::new().u32(prop::MESSAGE_EXPIRY_INTERVAL, 60)),
+    )
+    .await;
     // The wait is the feature: let the 1 s message expire (and at least one
     // second pass for the 60 s one).
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let mut c = RawClient::connect_ok(b.addr(), Connect::persistent(V, "exp", false, 60)).await;
     let m = c.recv_publish(T).await;
     assert_eq!(m.payload, b"lives", "expired message must not be delivered");
-    let left = m.props.get_u32(prop::MESSAGE_EXPIRY_INTERVAL).expect("expiry forwarded");
-    assert!(left < 60 && left >= 50, "remaining interval {left} must be reduced");
+    let left = m
+        .props
+        .get_u32(prop::MESSAGE_EXPIRY_INTERVAL)
+        .expect("expiry forwarded");
+    assert!(
+        (50..60).contains(&left),
+        "remaining interval {left} must be reduced"
+    );
     c.expect_no_publish(ABSENCE).await;
 }
 
@@ -41,10 +53,16 @@ async fn message_expiry() {
 async fn subscription_identifiers() {
     let b = Broker::start();
     let mut c = b.client(V, "sid").await;
-    c.subscribe_with(&[("sid/+", SubOpts::qos(1))], Props::new().varint(prop::SUBSCRIPTION_IDENTIFIER, 7))
-        .await;
-    c.subscribe_with(&[("sid/#", SubOpts::qos(1))], Props::new().varint(prop::SUBSCRIPTION_IDENTIFIER, 300))
-        .await;
+    c.subscribe_with(
+        &[("sid/+", SubOpts::qos(1))],
+        Props::new().varint(prop::SUBSCRIPTION_IDENTIFIER, 7),
+    )
+    .await;
+    c.subscribe_with(
+        &[("sid/#", SubOpts::qos(1))],
+        Props::new().varint(prop::SUBSCRIPTION_IDENTIFIER, 300),
+    )
+    .await;
     c.sub("other", 0).await; // no identifier
     let mut p = b.client(V, "p").await;
     p.publish("sid/x", b"m", 1, false).await;
@@ -53,7 +71,11 @@ async fn subscription_identifiers() {
     ids.extend(first.props.all_u32(prop::SUBSCRIPTION_IDENTIFIER));
     while let Ok(Packet::Publish(m)) = c.read(ABSENCE).await {
         let own = m.props.all_u32(prop::SUBSCRIPTION_IDENTIFIER);
-        assert_eq!(own.len(), 1, "a separate copy carries only its own id [MQTT-3.3.4-5]");
+        assert_eq!(
+            own.len(),
+            1,
+            "a separate copy carries only its own id [MQTT-3.3.4-5]"
+        );
         ids.extend(own);
     }
     ids.sort();
@@ -69,7 +91,10 @@ async fn subscription_identifiers() {
 async fn no_local() {
     let b = Broker::start();
     let mut c = b.client(V, "nl").await;
-    let o = SubOpts { no_local: true, ..SubOpts::qos(1) };
+    let o = SubOpts {
+        no_local: true,
+        ..SubOpts::qos(1)
+    };
     c.subscribe_with(&[("nl/t", o)], Props::new()).await;
     c.publish("nl/t", b"mine", 1, false).await;
     c.expect_no_publish(ABSENCE).await;
@@ -104,8 +129,12 @@ async fn topic_alias_out_of_range() {
     let b = Broker::start_with("[limits]\ntopic_alias_maximum = 2\n", &[]);
     let (mut p, ca) = RawClient::connect(b.addr(), Connect::new(V, "p")).await;
     assert_eq!(ca.props.get_u32(prop::TOPIC_ALIAS_MAXIMUM), Some(2));
-    p.send(&Publish::new("t", b"x", 0).props(Props::new().u16(prop::TOPIC_ALIAS, 3)).encode(V))
-        .await;
+    p.send(
+        &Publish::new("t", b"x", 0)
+            .props(Props::new().u16(prop::TOPIC_ALIAS, 3))
+            .encode(V),
+    )
+    .await;
     p.expect_disconnect(rc::TOPIC_ALIAS_INVALID, T).await;
 }
 
@@ -114,8 +143,12 @@ async fn topic_alias_out_of_range() {
 async fn topic_alias_unknown_is_protocol_error() {
     let b = Broker::start();
     let mut p = b.client(V, "p").await;
-    p.send(&Publish::new("", b"x", 0).props(Props::new().u16(prop::TOPIC_ALIAS, 1)).encode(V))
-        .await;
+    p.send(
+        &Publish::new("", b"x", 0)
+            .props(Props::new().u16(prop::TOPIC_ALIAS, 1))
+            .encode(V),
+    )
+    .await;
     p.expect_disconnect(rc::PROTOCOL_ERROR, T).await;
 }
 
@@ -127,7 +160,11 @@ async fn topic_alias_unknown_is_protocol_error() {
 #[tokio::test]
 async fn topic_alias_outbound() {
     let b = Broker::start();
-    let mut c = RawClient::connect_ok(b.addr(), Connect::new(V, "ta").props(Props::new().u16(prop::TOPIC_ALIAS_MAXIMUM, 2))).await;
+    let mut c = RawClient::connect_ok(
+        b.addr(),
+        Connect::new(V, "ta").props(Props::new().u16(prop::TOPIC_ALIAS_MAXIMUM, 2)),
+    )
+    .await;
     let mut none = b.client(V, "none").await;
     c.sub("out/+", 0).await;
     none.sub("out/+", 0).await;
@@ -142,19 +179,35 @@ async fn topic_alias_outbound() {
         let topic = match m.props.get_u32(prop::TOPIC_ALIAS) {
             Some(a) => {
                 used = true;
-                assert!((1..=2).contains(&a), "alias {a} outside the client's maximum 2");
+                assert!(
+                    (1..=2).contains(&a),
+                    "alias {a} outside the client's maximum 2"
+                );
                 if !m.topic.is_empty() {
                     aliases.insert(a, m.topic.clone());
                 }
-                aliases.get(&a).cloned().expect("alias used before being set")
+                aliases
+                    .get(&a)
+                    .cloned()
+                    .expect("alias used before being set")
             }
             None => m.topic.clone(),
         };
-        assert_eq!(topic.as_bytes(), &m.payload[..], "alias resolves to the right topic");
+        assert_eq!(
+            topic.as_bytes(),
+            &m.payload[..],
+            "alias resolves to the right topic"
+        );
     }
-    assert!(used, "server should use topic aliases when the client allows them");
+    assert!(
+        used,
+        "server should use topic aliases when the client allows them"
+    );
     for m in none.recv_publishes(topics.len(), T).await {
-        assert!(!m.props.has(prop::TOPIC_ALIAS), "no alias without client maximum");
+        assert!(
+            !m.props.has(prop::TOPIC_ALIAS),
+            "no alias without client maximum"
+        );
     }
 }
 
@@ -163,14 +216,22 @@ async fn topic_alias_outbound() {
 #[tokio::test]
 async fn client_maximum_packet_size_respected() {
     let b = Broker::start();
-    let mut c = RawClient::connect_ok(b.addr(), Connect::new(V, "small").props(Props::new().u32(prop::MAXIMUM_PACKET_SIZE, 128))).await;
+    let mut c = RawClient::connect_ok(
+        b.addr(),
+        Connect::new(V, "small").props(Props::new().u32(prop::MAXIMUM_PACKET_SIZE, 128)),
+    )
+    .await;
     c.sub("mps", 0).await;
     let mut p = b.client(V, "p").await;
     p.publish("mps", &[b'x'; 500], 0, false).await;
     p.publish("mps", b"small", 0, false).await;
     let m = c.recv_publish(T).await;
     assert_eq!(m.payload, b"small", "oversize message must be skipped");
-    assert!(c.received_sizes.iter().all(|&(_, n)| n <= 128), "{:?}", c.received_sizes);
+    assert!(
+        c.received_sizes.iter().all(|&(_, n)| n <= 128),
+        "{:?}",
+        c.received_sizes
+    );
 }
 
 // [MQTT-3.2.2 Maximum Packet Size] the configured limit is announced in
@@ -181,7 +242,8 @@ async fn server_maximum_packet_size_enforced() {
     let b = Broker::start_with("[limits]\nmax_packet_size = 1024\n", &[]);
     let (mut c, ca) = RawClient::connect(b.addr(), Connect::new(V, "big")).await;
     assert_eq!(ca.props.get_u32(prop::MAXIMUM_PACKET_SIZE), Some(1024));
-    c.send_lossy(&Publish::new("t", &[0u8; 2000], 0).encode(V)).await;
+    c.send_lossy(&Publish::new("t", &[0u8; 2000], 0).encode(V))
+        .await;
     c.expect_disconnect(rc::PACKET_TOO_LARGE, T).await;
 }
 
@@ -204,7 +266,8 @@ async fn receive_maximum_exceeded() {
     assert_eq!(ca.props.get_u32(prop::RECEIVE_MAXIMUM), Some(2));
     // QoS 2 PUBLISHes stay unacknowledged until PUBREL: send 3 without PUBREL.
     for pid in 1..=3u16 {
-        c.send_lossy(&Publish::new("rm", b"x", 2).pid(pid).encode(V)).await;
+        c.send_lossy(&Publish::new("rm", b"x", 2).pid(pid).encode(V))
+            .await;
     }
     c.expect_disconnect(rc::RECEIVE_MAXIMUM_EXCEEDED, T).await;
 }
@@ -214,7 +277,11 @@ async fn receive_maximum_exceeded() {
 #[tokio::test]
 async fn client_receive_maximum_respected() {
     let b = Broker::start();
-    let mut c = RawClient::connect_ok(b.addr(), Connect::new(V, "slow").props(Props::new().u16(prop::RECEIVE_MAXIMUM, 2))).await;
+    let mut c = RawClient::connect_ok(
+        b.addr(),
+        Connect::new(V, "slow").props(Props::new().u16(prop::RECEIVE_MAXIMUM, 2)),
+    )
+    .await;
     c.auto_ack = false;
     c.sub("crm", 1).await;
     let mut p = b.client(V, "p").await;
@@ -246,12 +313,16 @@ async fn application_properties_forwarded() {
         .user("a", "1")
         .user("b", "2")
         .user("a", "3");
-    p.publish_msg(Publish::new("app", b"hello", 1).props(props)).await;
+    p.publish_msg(Publish::new("app", b"hello", 1).props(props))
+        .await;
     let m = s.recv_publish(T).await;
     assert_eq!(m.props.get_u32(prop::PAYLOAD_FORMAT_INDICATOR), Some(1));
     assert_eq!(m.props.get_str(prop::CONTENT_TYPE), Some("text/plain"));
     assert_eq!(m.props.get_str(prop::RESPONSE_TOPIC), Some("reply/to"));
-    assert_eq!(m.props.get_bin(prop::CORRELATION_DATA), Some(&[0u8, 1, 2, 255][..]));
+    assert_eq!(
+        m.props.get_bin(prop::CORRELATION_DATA),
+        Some(&[0u8, 1, 2, 255][..])
+    );
     let user: Vec<(String, String)> = [("a", "1"), ("b", "2"), ("a", "3")]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -269,11 +340,31 @@ async fn mosquitto_pub_properties_to_rumqttc() {
     let out = mosquitto_pub(
         &b,
         &[
-            "-V", "mqttv5", "-q", "1", "-t", "mp/props", "-m", "x",
-            "-D", "publish", "response-topic", "r/t",
-            "-D", "publish", "correlation-data", "abc",
-            "-D", "publish", "content-type", "ct",
-            "-D", "publish", "user-property", "k", "v",
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+            "-t",
+            "mp/props",
+            "-m",
+            "x",
+            "-D",
+            "publish",
+            "response-topic",
+            "r/t",
+            "-D",
+            "publish",
+            "correlation-data",
+            "abc",
+            "-D",
+            "publish",
+            "content-type",
+            "ct",
+            "-D",
+            "publish",
+            "user-property",
+            "k",
+            "v",
         ],
     )
     .await;
@@ -294,8 +385,14 @@ async fn request_problem_information_zero() {
     let acl = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(acl.path(), "topic read allowed/#\n").unwrap();
     let b = Broker::start_with("", &["--acl-file", acl.path().to_str().unwrap()]);
-    let mut c = RawClient::connect_ok(b.addr(), Connect::new(V, "quiet").props(Props::new().byte(prop::REQUEST_PROBLEM_INFORMATION, 0))).await;
-    let s = c.subscribe_with(&[("denied/t", SubOpts::qos(0))], Props::new()).await;
+    let mut c = RawClient::connect_ok(
+        b.addr(),
+        Connect::new(V, "quiet").props(Props::new().byte(prop::REQUEST_PROBLEM_INFORMATION, 0)),
+    )
+    .await;
+    let s = c
+        .subscribe_with(&[("denied/t", SubOpts::qos(0))], Props::new())
+        .await;
     assert_eq!(s.codes, vec![rc::NOT_AUTHORIZED]);
     assert!(!s.props.has(prop::REASON_STRING), "{s:?}");
     assert!(s.props.user_props().is_empty(), "{s:?}");
@@ -312,7 +409,10 @@ async fn connack_announces_limits() {
     assert_eq!(ca.props.get_u32(prop::RECEIVE_MAXIMUM), Some(10));
     assert_eq!(ca.props.get_u32(prop::MAXIMUM_PACKET_SIZE), Some(4096));
     // 0 = aliases not accepted; absent also means 0.
-    assert!(matches!(ca.props.get_u32(prop::TOPIC_ALIAS_MAXIMUM), None | Some(0)));
+    assert!(matches!(
+        ca.props.get_u32(prop::TOPIC_ALIAS_MAXIMUM),
+        None | Some(0)
+    ));
 }
 
 // [MQTT-4.12.0-1] an Authentication Method the server does not support =>

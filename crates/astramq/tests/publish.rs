@@ -42,7 +42,10 @@ async fn qos1_inbound_puback(v: Version) {
     let code = p
         .publish_msg(Publish::new("nobody/here", b"x", 1).pid(777))
         .await;
-    assert!(code == rc::SUCCESS || code == rc::NO_MATCHING_SUBSCRIBERS, "{code:#x}");
+    assert!(
+        code == rc::SUCCESS || code == rc::NO_MATCHING_SUBSCRIBERS,
+        "{code:#x}"
+    );
 }
 versions_test!(qos1_inbound_puback);
 

@@ -18,7 +18,10 @@ async fn retained_delivered_on_subscribe(v: Version) {
     let mut s = b.client(v, "s").await;
     s.sub("r/#", 1).await;
     let got = s.recv_publish(T).await;
-    assert_eq!((got.topic.as_str(), &got.payload[..]), ("r/a", &b"kept"[..]));
+    assert_eq!(
+        (got.topic.as_str(), &got.payload[..]),
+        ("r/a", &b"kept"[..])
+    );
     assert!(got.retain, "retained copy has RETAIN 1");
     assert_eq!(got.qos, 1);
 }
@@ -63,7 +66,11 @@ async fn empty_retained_clears(v: Version) {
     live.sub("r/c", 1).await;
     assert_eq!(live.recv_publish(T).await.payload, b"old");
     p.publish("r/c", b"", 1, true).await;
-    assert_eq!(live.recv_publish(T).await.payload, b"", "empty message forwarded");
+    assert_eq!(
+        live.recv_publish(T).await.payload,
+        b"",
+        "empty message forwarded"
+    );
     let mut s = b.client(v, "s").await;
     s.sub("r/c", 1).await;
     s.expect_no_publish(ABSENCE).await;
@@ -93,7 +100,12 @@ async fn wildcard_gets_all_retained(v: Version) {
     }
     let mut s = b.client(v, "s").await;
     s.sub("w/#", 0).await;
-    let mut got: Vec<String> = s.recv_publishes(3, T).await.into_iter().map(|p| p.topic).collect();
+    let mut got: Vec<String> = s
+        .recv_publishes(3, T)
+        .await
+        .into_iter()
+        .map(|p| p.topic)
+        .collect();
     got.sort();
     assert_eq!(got, ["w/1", "w/2", "w/3/x"]);
     s.expect_no_publish(ABSENCE).await;
@@ -109,7 +121,10 @@ async fn retain_handling_0_every_subscribe_v5() {
     p.publish("rh/0", b"r", 0, true).await;
     let mut s = b.client(Version::V5, "s").await;
     for _ in 0..2 {
-        let o = SubOpts { retain_handling: 0, ..SubOpts::qos(0) };
+        let o = SubOpts {
+            retain_handling: 0,
+            ..SubOpts::qos(0)
+        };
         s.subscribe_with(&[("rh/0", o)], Props::new()).await;
         assert!(s.recv_publish(T).await.retain);
     }
@@ -123,7 +138,10 @@ async fn retain_handling_1_only_new_subscription_v5() {
     let mut p = b.client(Version::V5, "p").await;
     p.publish("rh/1", b"r", 0, true).await;
     let mut s = b.client(Version::V5, "s").await;
-    let o = SubOpts { retain_handling: 1, ..SubOpts::qos(0) };
+    let o = SubOpts {
+        retain_handling: 1,
+        ..SubOpts::qos(0)
+    };
     s.subscribe_with(&[("rh/1", o)], Props::new()).await;
     assert!(s.recv_publish(T).await.retain);
     s.subscribe_with(&[("rh/1", o)], Props::new()).await;
@@ -138,7 +156,10 @@ async fn retain_handling_2_never_v5() {
     let mut p = b.client(Version::V5, "p").await;
     p.publish("rh/2", b"r", 0, true).await;
     let mut s = b.client(Version::V5, "s").await;
-    let o = SubOpts { retain_handling: 2, ..SubOpts::qos(0) };
+    let o = SubOpts {
+        retain_handling: 2,
+        ..SubOpts::qos(0)
+    };
     s.subscribe_with(&[("rh/2", o)], Props::new()).await;
     s.expect_no_publish(ABSENCE).await;
     p.publish("rh/2", b"live", 0, false).await;
@@ -151,7 +172,10 @@ async fn retain_handling_2_never_v5() {
 async fn retain_as_published_v5() {
     let b = Broker::start();
     let mut rap = b.client(Version::V5, "rap").await;
-    let o = SubOpts { retain_as_published: true, ..SubOpts::qos(1) };
+    let o = SubOpts {
+        retain_as_published: true,
+        ..SubOpts::qos(1)
+    };
     rap.subscribe_with(&[("rap/t", o)], Props::new()).await;
     let mut plain = b.client(Version::V5, "plain").await;
     plain.sub("rap/t", 1).await;
@@ -168,9 +192,28 @@ async fn retain_as_published_v5() {
 // mosquitto_pub -r -n clears it.
 async fn mosquitto_clients_retain(v: Version) {
     let b = Broker::start();
-    let out = mosquitto_pub(&b, &["-V", v.cli(), "-t", "mr/t", "-m", "ret", "-r", "-q", "1"]).await;
+    let out = mosquitto_pub(
+        &b,
+        &["-V", v.cli(), "-t", "mr/t", "-m", "ret", "-r", "-q", "1"],
+    )
+    .await;
     assert!(out.status.success(), "{out:?}");
-    let out = mosquitto_sub(&b, &["-V", v.cli(), "-t", "mr/t", "-C", "1", "-W", "5", "-F", "%r %p"]).await;
+    let out = mosquitto_sub(
+        &b,
+        &[
+            "-V",
+            v.cli(),
+            "-t",
+            "mr/t",
+            "-C",
+            "1",
+            "-W",
+            "5",
+            "-F",
+            "%r %p",
+        ],
+    )
+    .await;
     assert!(out.status.success(), "{out:?}");
     assert_eq!(out.stdout.trim(), "1 ret");
     let out = mosquitto_pub(&b, &["-V", v.cli(), "-t", "mr/t", "-n", "-r", "-q", "1"]).await;

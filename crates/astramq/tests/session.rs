@@ -87,10 +87,12 @@ versions_test!(clean_start_drops_subscriptions);
 #[tokio::test]
 async fn session_expiry_zero_ends_with_connection_v5() {
     let b = Broker::start();
-    let mut c = RawClient::connect_ok(b.addr(), Connect::new(Version::V5, "se0").clean(false)).await;
+    let mut c =
+        RawClient::connect_ok(b.addr(), Connect::new(Version::V5, "se0").clean(false)).await;
     c.sub("se0", 1).await;
     c.disconnect().await;
-    let (_c, ca) = RawClient::connect(b.addr(), Connect::new(Version::V5, "se0").clean(false)).await;
+    let (_c, ca) =
+        RawClient::connect(b.addr(), Connect::new(Version::V5, "se0").clean(false)).await;
     assert!(!ca.session_present);
 }
 
@@ -101,13 +103,22 @@ async fn session_expiry_interval_elapses_v5() {
     let b = Broker::start();
     for id in ["short", "long"] {
         let exp = if id == "short" { 1 } else { 60 };
-        let c = RawClient::connect_ok(b.addr(), Connect::persistent(Version::V5, id, false, exp)).await;
+        let c =
+            RawClient::connect_ok(b.addr(), Connect::persistent(Version::V5, id, false, exp)).await;
         c.disconnect().await;
     }
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let (_a, ca) = RawClient::connect(b.addr(), Connect::persistent(Version::V5, "short", false, 60)).await;
+    let (_a, ca) = RawClient::connect(
+        b.addr(),
+        Connect::persistent(Version::V5, "short", false, 60),
+    )
+    .await;
     assert!(!ca.session_present, "1 s session must have expired");
-    let (_b, ca) = RawClient::connect(b.addr(), Connect::persistent(Version::V5, "long", false, 60)).await;
+    let (_b, ca) = RawClient::connect(
+        b.addr(),
+        Connect::persistent(Version::V5, "long", false, 60),
+    )
+    .await;
     assert!(ca.session_present, "60 s session must still exist");
 }
 
@@ -116,7 +127,8 @@ async fn session_expiry_interval_elapses_v5() {
 #[tokio::test]
 async fn disconnect_sets_session_expiry_zero_v5() {
     let b = Broker::start();
-    let mut c = RawClient::connect_ok(b.addr(), Connect::persistent(Version::V5, "d0", false, 60)).await;
+    let mut c =
+        RawClient::connect_ok(b.addr(), Connect::persistent(Version::V5, "d0", false, 60)).await;
     c.send(&encode_disconnect(
         Version::V5,
         0,
@@ -124,7 +136,8 @@ async fn disconnect_sets_session_expiry_zero_v5() {
     ))
     .await;
     c.expect_closed(T).await;
-    let (_c, ca) = RawClient::connect(b.addr(), Connect::persistent(Version::V5, "d0", false, 60)).await;
+    let (_c, ca) =
+        RawClient::connect(b.addr(), Connect::persistent(Version::V5, "d0", false, 60)).await;
     assert!(!ca.session_present);
 }
 
@@ -213,7 +226,10 @@ async fn inflight_resent_with_dup(v: Version) {
     while !(saw_publish && saw_pubrel) {
         match c.next(T).await {
             Packet::Publish(m) => {
-                assert_eq!(m.payload, b"one", "only the unacked QoS 1 message is resent: {m:?}");
+                assert_eq!(
+                    m.payload, b"one",
+                    "only the unacked QoS 1 message is resent: {m:?}"
+                );
                 assert_eq!(m.pid, q1.pid, "original packet id");
                 assert!(m.dup, "DUP set on redelivery [MQTT-3.3.1-1]");
                 c.send(&encode_ack(PUBACK, m.pid, 0, v)).await;

@@ -50,6 +50,9 @@ async fn stuck_client_does_not_block_exit() {
     }
     b.signal("TERM");
     let st = b.wait_exit(Duration::from_secs(4)).await;
-    assert!(st.is_some(), "broker must exit within the 1 s grace period (+slack)");
+    assert!(
+        st.is_some(),
+        "broker must exit within the 1 s grace period (+slack)"
+    );
     assert!(st.unwrap().success(), "{st:?}");
 }

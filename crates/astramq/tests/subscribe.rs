@@ -72,15 +72,21 @@ async fn wildcards_match(v: Version) {
         ("sport/+", &["sport/", "sport/tennis"]),
         ("sport/+/player1", &["sport/tennis/player1"]),
         ("+", &["sport"]),
-        ("+/+", &["sport/", "sport/tennis", "/finance", "Sport/tennis"]),
+        (
+            "+/+",
+            &["sport/", "sport/tennis", "/finance", "Sport/tennis"],
+        ),
         ("/+", &["/finance"]),
-        ("+/tennis/#", &[
-            "sport/tennis",
-            "sport/tennis/player1",
-            "sport/tennis/player1/ranking",
-            "sport/tennis/player1/score/wimbledon",
-            "Sport/tennis",
-        ]),
+        (
+            "+/tennis/#",
+            &[
+                "sport/tennis",
+                "sport/tennis/player1",
+                "sport/tennis/player1/ranking",
+                "sport/tennis/player1/score/wimbledon",
+                "Sport/tennis",
+            ],
+        ),
         // [MQTT-4.7.3-4] matching is case sensitive, no normalisation.
         ("Sport/tennis", &["Sport/tennis"]),
     ];
@@ -100,7 +106,10 @@ async fn dollar_topics_not_matched_by_wildcards(v: Version) {
     let b = Broker::start();
     let mut p = b.client(v, "pub").await;
     let mut wild = b.client(v, "wild").await;
-    assert_eq!(wild.subscribe(&[("#", 1), ("+/x", 1), ("+/+", 1)]).await, vec![1, 1, 1]);
+    assert_eq!(
+        wild.subscribe(&[("#", 1), ("+/x", 1), ("+/+", 1)]).await,
+        vec![1, 1, 1]
+    );
     let mut explicit = b.client(v, "explicit").await;
     explicit.sub("$test/#", 1).await;
 
@@ -163,7 +172,10 @@ async fn unsubscribe_stops_delivery(v: Version) {
         // 0x11 No subscription existed
         assert_eq!(nothing, vec![0x11]);
     } else {
-        assert!(codes.is_empty() && nothing.is_empty(), "3.1.1 UNSUBACK has no payload");
+        assert!(
+            codes.is_empty() && nothing.is_empty(),
+            "3.1.1 UNSUBACK has no payload"
+        );
     }
     p.publish("u/t", b"2", 1, false).await;
     c.expect_no_publish(ABSENCE).await;
@@ -177,14 +189,20 @@ versions_test!(unsubscribe_stops_delivery);
 async fn overlapping_subscriptions_max_qos(v: Version) {
     let b = Broker::start();
     let mut c = b.client(v, "c").await;
-    assert_eq!(c.subscribe(&[("o/+", 1), ("o/#", 2), ("o/x", 0)]).await, vec![1, 2, 0]);
+    assert_eq!(
+        c.subscribe(&[("o/+", 1), ("o/#", 2), ("o/x", 0)]).await,
+        vec![1, 2, 0]
+    );
     let mut p = b.client(v, "p").await;
     p.publish("o/x", b"m", 2, false).await;
     let mut copies = vec![c.recv_publish(T).await];
     while let Ok(Packet::Publish(x)) = c.read(ABSENCE).await {
         copies.push(x);
     }
-    assert!(copies.len() <= 3, "at most one copy per matching subscription: {copies:?}");
+    assert!(
+        copies.len() <= 3,
+        "at most one copy per matching subscription: {copies:?}"
+    );
     assert!(
         copies.iter().any(|x| x.qos == 2),
         "one copy must carry the maximum subscription QoS (2): {copies:?}"
@@ -226,8 +244,15 @@ async fn shared_subscription_distributes(v: Version) {
             }
         }
     }
-    assert_eq!(seen.len(), n, "every message delivered to the group: {seen:?}");
-    assert!(seen.values().all(|&c| c == 1), "no message to two members: {seen:?}");
+    assert_eq!(
+        seen.len(),
+        n,
+        "every message delivered to the group: {seen:?}"
+    );
+    assert!(
+        seen.values().all(|&c| c == 1),
+        "no message to two members: {seen:?}"
+    );
     assert!(
         per_member[0] > 0 && per_member[1] > 0,
         "both members get messages (round-robin): {per_member:?}"
@@ -268,8 +293,13 @@ async fn invalid_filters_rejected(v: Version) {
     for filter in filters {
         let mut c = b.client(v, "c").await;
         let pid = c.pid();
-        c.send(&encode_subscribe(v, pid, &Props::new(), &[(filter, SubOpts::qos(0))]))
-            .await;
+        c.send(&encode_subscribe(
+            v,
+            pid,
+            &Props::new(),
+            &[(filter, SubOpts::qos(0))],
+        ))
+        .await;
         match c.read(T).await {
             Ok(Packet::Suback(s)) => {
                 let want = v.pick(rc::V3_FAILURE, 0x8F);
@@ -277,7 +307,10 @@ async fn invalid_filters_rejected(v: Version) {
             }
             Ok(Packet::Disconnect(r, _)) => {
                 assert!(v.is_v5());
-                assert!([0x81, 0x82, 0x8F].contains(&r), "filter {filter:?}: DISCONNECT {r:#x}");
+                assert!(
+                    [0x81, 0x82, 0x8F].contains(&r),
+                    "filter {filter:?}: DISCONNECT {r:#x}"
+                );
                 c.expect_closed(T).await;
             }
             Err(ReadError::Closed) => {}
@@ -295,7 +328,9 @@ async fn rumqttc_subscribers_receive() {
     let mut s5 = V5Client::connect(&b, "r5").await;
     assert_eq!(
         s4.subscribe("r/+/x", rumqttc::QoS::AtLeastOnce).await,
-        vec![rumqttc::SubscribeReasonCode::Success(rumqttc::QoS::AtLeastOnce)]
+        vec![rumqttc::SubscribeReasonCode::Success(
+            rumqttc::QoS::AtLeastOnce
+        )]
     );
     s5.subscribe("r/#", rumqttc::v5::mqttbytes::QoS::ExactlyOnce)
         .await;

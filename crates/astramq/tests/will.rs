@@ -27,7 +27,10 @@ async fn will_on_abrupt_close(v: Version) {
     let c = RawClient::connect_ok(b.addr(), with_will(v, "dying", "will/a", b"gone", 1)).await;
     c.drop_abruptly();
     let m = w.recv_publish(T).await;
-    assert_eq!((m.topic.as_str(), &m.payload[..], m.qos), ("will/a", &b"gone"[..], 1));
+    assert_eq!(
+        (m.topic.as_str(), &m.payload[..], m.qos),
+        ("will/a", &b"gone"[..], 1)
+    );
     assert!(!m.retain);
 }
 versions_test!(will_on_abrupt_close);
@@ -51,8 +54,12 @@ async fn disconnect_with_will_0x04_v5() {
     let b = Broker::start();
     let mut w = watcher(&b, v, "will/#").await;
     let mut c = RawClient::connect_ok(b.addr(), with_will(v, "x04", "will/c", b"asked", 0)).await;
-    c.send(&encode_disconnect(v, rc::DISCONNECT_WITH_WILL, &Props::new()))
-        .await;
+    c.send(&encode_disconnect(
+        v,
+        rc::DISCONNECT_WITH_WILL,
+        &Props::new(),
+    ))
+    .await;
     c.expect_closed(T).await;
     assert_eq!(w.recv_publish(T).await.payload, b"asked");
 }
@@ -61,9 +68,16 @@ async fn disconnect_with_will_0x04_v5() {
 async fn will_on_keep_alive_timeout(v: Version) {
     let b = Broker::start();
     let mut w = watcher(&b, v, "will/#").await;
-    let _c = RawClient::connect_ok(b.addr(), with_will(v, "silent", "will/k", b"timeout", 0).keep_alive(1)).await;
+    let _c = RawClient::connect_ok(
+        b.addr(),
+        with_will(v, "silent", "will/k", b"timeout", 0).keep_alive(1),
+    )
+    .await;
     // 1.5 x 1 s plus slack: the wait is the feature.
-    assert_eq!(w.recv_publish(Duration::from_secs(4)).await.payload, b"timeout");
+    assert_eq!(
+        w.recv_publish(Duration::from_secs(4)).await.payload,
+        b"timeout"
+    );
 }
 versions_test!(will_on_keep_alive_timeout);
 
@@ -106,13 +120,20 @@ async fn will_delay_interval_v5() {
     let mut w = watcher(&b, v, "will/#").await;
     let mut will = Will::new("will/d", b"late");
     will.props = Props::new().u32(prop::WILL_DELAY_INTERVAL, 2);
-    let c = RawClient::connect_ok(b.addr(), Connect::new(v, "delayed").session_expiry(60).will(will)).await;
+    let c = RawClient::connect_ok(
+        b.addr(),
+        Connect::new(v, "delayed").session_expiry(60).will(will),
+    )
+    .await;
     let start = Instant::now();
     c.drop_abruptly();
     let m = w.recv_publish(Duration::from_secs(5)).await;
     assert_eq!(m.payload, b"late");
     let took = start.elapsed();
-    assert!(took >= Duration::from_millis(1800), "will sent after {took:?}, before the 2 s delay");
+    assert!(
+        took >= Duration::from_millis(1800),
+        "will sent after {took:?}, before the 2 s delay"
+    );
 }
 
 // 5:[MQTT-3.1.3-9] a client that reconnects (same id, session resumed)
@@ -124,7 +145,11 @@ async fn will_delay_cancelled_by_reconnect_v5() {
     let mut w = watcher(&b, v, "will/#").await;
     let mut will = Will::new("will/x", b"should not appear");
     will.props = Props::new().u32(prop::WILL_DELAY_INTERVAL, 1);
-    let c = RawClient::connect_ok(b.addr(), Connect::persistent(v, "back", false, 60).will(will)).await;
+    let c = RawClient::connect_ok(
+        b.addr(),
+        Connect::persistent(v, "back", false, 60).will(will),
+    )
+    .await;
     c.drop_abruptly();
     let _c = RawClient::connect_ok(b.addr(), Connect::persistent(v, "back", false, 60)).await;
     // Absence over the delay plus slack: 2.5 s.
@@ -140,9 +165,16 @@ async fn will_sent_at_session_end_before_delay_v5() {
     let mut w = watcher(&b, v, "will/#").await;
     let mut will = Will::new("will/s", b"session over");
     will.props = Props::new().u32(prop::WILL_DELAY_INTERVAL, 30);
-    let c = RawClient::connect_ok(b.addr(), Connect::persistent(v, "short", false, 1).will(will)).await;
+    let c = RawClient::connect_ok(
+        b.addr(),
+        Connect::persistent(v, "short", false, 1).will(will),
+    )
+    .await;
     c.drop_abruptly();
-    assert_eq!(w.recv_publish(Duration::from_secs(4)).await.payload, b"session over");
+    assert_eq!(
+        w.recv_publish(Duration::from_secs(4)).await.payload,
+        b"session over"
+    );
 }
 
 // 5: will properties (content type, user properties...) are forwarded.
@@ -159,9 +191,15 @@ async fn will_properties_forwarded_v5() {
     let c = RawClient::connect_ok(b.addr(), Connect::new(v, "wp").will(will)).await;
     c.drop_abruptly();
     let m = w.recv_publish(T).await;
-    assert_eq!(m.props.get_str(prop::CONTENT_TYPE), Some("application/json"));
+    assert_eq!(
+        m.props.get_str(prop::CONTENT_TYPE),
+        Some("application/json")
+    );
     assert_eq!(m.props.get_str(prop::RESPONSE_TOPIC), Some("reply/here"));
-    assert_eq!(m.props.user_props(), vec![("k".to_string(), "v".to_string())]);
+    assert_eq!(
+        m.props.user_props(),
+        vec![("k".to_string(), "v".to_string())]
+    );
 }
 
 // mosquitto_sub's --will-* options: killing it publishes the will.
@@ -172,7 +210,16 @@ async fn mosquitto_sub_will_on_kill() {
     let mut w = watcher(&b, v, "will/#").await;
     let mut sub = BgSub::spawn(
         &b,
-        &["-t", "x", "-i", "mswill", "--will-topic", "will/m", "--will-payload", "bye"],
+        &[
+            "-t",
+            "x",
+            "-i",
+            "mswill",
+            "--will-topic",
+            "will/m",
+            "--will-payload",
+            "bye",
+        ],
     );
     sub.probe(&b, "x", b"ready?").await;
     sub.kill();

@@ -182,7 +182,9 @@ impl Broker {
                 cmd.env_remove(k);
             }
         }
-        if !b.args.iter().any(|a| a == "--log-level") && b.env.iter().all(|(k, _)| k != "ASTRAMQ_LOG_LEVEL") {
+        if !b.args.iter().any(|a| a == "--log-level")
+            && b.env.iter().all(|(k, _)| k != "ASTRAMQ_LOG_LEVEL")
+        {
             cmd.env("ASTRAMQ_LOG_LEVEL", "debug");
         }
         for (k, v) in &b.env {
@@ -554,7 +556,10 @@ impl BgSub {
     }
 
     pub async fn next_line(&mut self, timeout: Duration) -> Option<String> {
-        tokio::time::timeout(timeout, self.lines.recv()).await.ok().flatten()
+        tokio::time::timeout(timeout, self.lines.recv())
+            .await
+            .ok()
+            .flatten()
     }
 
     pub fn kill(&mut self) {
@@ -644,7 +649,11 @@ impl V4Client {
         }
     }
 
-    pub async fn subscribe(&mut self, filter: &str, qos: rumqttc::QoS) -> Vec<rumqttc::SubscribeReasonCode> {
+    pub async fn subscribe(
+        &mut self,
+        filter: &str,
+        qos: rumqttc::QoS,
+    ) -> Vec<rumqttc::SubscribeReasonCode> {
         self.client.subscribe(filter, qos).await.unwrap();
         self.wait_incoming(T, "SUBACK", |p| match p {
             rumqttc::Packet::SubAck(s) => Some(s.return_codes.clone()),

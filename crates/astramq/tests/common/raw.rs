@@ -519,7 +519,12 @@ impl SubOpts {
     }
 }
 
-pub fn encode_subscribe(v: Version, pid: u16, props: &Props, filters: &[(&str, SubOpts)]) -> Vec<u8> {
+pub fn encode_subscribe(
+    v: Version,
+    pid: u16,
+    props: &Props,
+    filters: &[(&str, SubOpts)],
+) -> Vec<u8> {
     let mut b = Vec::new();
     put_u16(&mut b, pid);
     if v.is_v5() {
@@ -596,7 +601,10 @@ pub enum Packet {
     /// Reason code (0 when omitted) and properties.
     Disconnect(u8, Props),
     Auth(u8, Props),
-    Other { first: u8, body: Vec<u8> },
+    Other {
+        first: u8,
+        body: Vec<u8>,
+    },
 }
 
 impl Packet {
@@ -641,7 +649,10 @@ impl<'a> Cur<'a> {
     }
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if self.left() < n {
-            return Err(DecodeError(format!("truncated: need {n}, have {}", self.left())));
+            return Err(DecodeError(format!(
+                "truncated: need {n}, have {}",
+                self.left()
+            )));
         }
         let s = &self.b[self.i..self.i + n];
         self.i += n;
@@ -683,7 +694,9 @@ impl<'a> Cur<'a> {
         while self.i < end {
             let id = self.varint()? as u8;
             let v = match id {
-                0x01 | 0x17 | 0x19 | 0x24 | 0x25 | 0x28 | 0x29 | 0x2A => PropValue::Byte(self.u8()?),
+                0x01 | 0x17 | 0x19 | 0x24 | 0x25 | 0x28 | 0x29 | 0x2A => {
+                    PropValue::Byte(self.u8()?)
+                }
                 0x13 | 0x21 | 0x22 | 0x23 => PropValue::U16(self.u16()?),
                 0x02 | 0x11 | 0x18 | 0x27 => PropValue::U32(self.u32()?),
                 0x0B => PropValue::VarInt(self.varint()?),
@@ -769,7 +782,11 @@ pub fn decode(v: Version, first: u8, body: &[u8]) -> Result<Packet, DecodeError>
         PINGRESP => Packet::Pingresp,
         DISCONNECT | AUTH => {
             let reason = if c.left() > 0 { c.u8()? } else { 0 };
-            let props = if c.left() > 0 { c.props()? } else { Props::new() };
+            let props = if c.left() > 0 {
+                c.props()?
+            } else {
+                Props::new()
+            };
             if ptype == DISCONNECT {
                 Packet::Disconnect(reason, props)
             } else {
@@ -782,7 +799,11 @@ pub fn decode(v: Version, first: u8, body: &[u8]) -> Result<Packet, DecodeError>
         },
     };
     if c.left() != 0 {
-        return Err(DecodeError(format!("{} left {} trailing bytes", p.name(), c.left())));
+        return Err(DecodeError(format!(
+            "{} left {} trailing bytes",
+            p.name(),
+            c.left()
+        )));
     }
     Ok(p)
 }
@@ -941,7 +962,12 @@ impl RawClient {
     }
 
     /// Read until a packet for which `f` returns Some; others are queued.
-    pub async fn wait_packet<R>(&mut self, t: Duration, what: &str, mut f: impl FnMut(&Packet) -> Option<R>) -> R {
+    pub async fn wait_packet<R>(
+        &mut self,
+        t: Duration,
+        what: &str,
+        mut f: impl FnMut(&Packet) -> Option<R>,
+    ) -> R {
         // Look in the queue first.
         for i in 0..self.pending.len() {
             if let Some(r) = f(&self.pending[i]) {
@@ -1001,7 +1027,10 @@ impl RawClient {
                 "expected DISCONNECT {v5_reason:#04x} before close; saw {seen:?}"
             );
         } else {
-            assert!(discs.is_empty(), "3.1.1 server must not send DISCONNECT: {seen:?}");
+            assert!(
+                discs.is_empty(),
+                "3.1.1 server must not send DISCONNECT: {seen:?}"
+            );
         }
     }
 
@@ -1012,8 +1041,14 @@ impl RawClient {
         let mut reason = None;
         for p in &seen {
             if let Packet::Disconnect(r, _) = p {
-                assert!(self.version.is_v5(), "3.1.1 server must not send DISCONNECT");
-                assert!(allowed.contains(r), "DISCONNECT reason {r:#04x} not in {allowed:02x?}");
+                assert!(
+                    self.version.is_v5(),
+                    "3.1.1 server must not send DISCONNECT"
+                );
+                assert!(
+                    allowed.contains(r),
+                    "DISCONNECT reason {r:#04x} not in {allowed:02x?}"
+                );
                 reason = Some(*r);
             }
         }
@@ -1042,13 +1077,20 @@ impl RawClient {
             })
             .await;
         assert_eq!(s.pid, pid, "SUBACK packet id [MQTT-3.8.4-2]");
-        assert_eq!(s.codes.len(), filters.len(), "one SUBACK code per filter [MQTT-3.8.4-6]");
+        assert_eq!(
+            s.codes.len(),
+            filters.len(),
+            "one SUBACK code per filter [MQTT-3.8.4-6]"
+        );
         s
     }
 
     /// Subscribe and return the SUBACK codes.
     pub async fn subscribe(&mut self, filters: &[(&str, u8)]) -> Vec<u8> {
-        let f: Vec<_> = filters.iter().map(|(f, q)| (*f, SubOpts::qos(*q))).collect();
+        let f: Vec<_> = filters
+            .iter()
+            .map(|(f, q)| (*f, SubOpts::qos(*q)))
+            .collect();
         self.subscribe_with(&f, Props::new()).await.codes
     }
 
@@ -1209,7 +1251,9 @@ impl RawClient {
 
     pub async fn ping(&mut self) {
         self.send(&encode_pingreq()).await;
-        self.wait_packet(T, "PINGRESP", |p| matches!(p, Packet::Pingresp).then_some(()))
-            .await;
+        self.wait_packet(T, "PINGRESP", |p| {
+            matches!(p, Packet::Pingresp).then_some(())
+        })
+        .await;
     }
 }
