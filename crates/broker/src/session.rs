@@ -5,7 +5,7 @@
 //! A connection owns its session while connected and parks it in the registry when it
 //! goes away, so a persistent session resumes with its in-flight messages intact.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{btree_map, BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use mqtt::{QoS, SubscriptionOptions};
@@ -79,8 +79,8 @@ impl Session {
         loop {
             let id = self.next_id;
             self.next_id = self.next_id.checked_add(1).unwrap_or(1);
-            if !self.outbound.contains_key(&id) {
-                self.outbound.insert(id, Outbound::Published(delivery));
+            if let btree_map::Entry::Vacant(slot) = self.outbound.entry(id) {
+                slot.insert(Outbound::Published(delivery));
                 self.order.push(id);
                 return Some(id);
             }
