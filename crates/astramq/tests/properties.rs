@@ -41,7 +41,7 @@ async fn message_expiry() {
         .get_u32(prop::MESSAGE_EXPIRY_INTERVAL)
         .expect("expiry forwarded");
     assert!(
-        left < 60 && left >= 50,
+        (50..60).contains(&left),
         "remaining interval {left} must be reduced"
     );
     c.expect_no_publish(ABSENCE).await;

@@ -8,6 +8,13 @@ mod common;
 
 use common::*;
 
+/// Wait until the broker has processed everything `p` sent so far: a QoS 1
+/// PUBACK comes after the broker handled the earlier packets of the same
+/// connection, so retained QoS 0 messages before it are stored.
+async fn flush(p: &mut RawClient) {
+    p.publish("flush/sync", b"", 1, false).await;
+}
+
 // 3.1.1:[MQTT-3.3.1-5]/[MQTT-3.3.1-6]/[MQTT-3.3.1-8], 5:[MQTT-3.3.1-5]/[MQTT-3.3.1-9]:
 // a retained message is stored and sent, with RETAIN 1, to new subscribers,
 // at min(message QoS, subscription QoS).
@@ -46,6 +53,7 @@ async fn retained_replaced(v: Version) {
     let mut p = b.client(v, "p").await;
     p.publish("r/x", b"first", 1, true).await;
     p.publish("r/x", b"second", 0, true).await;
+    flush(&mut p).await;
     let mut s = b.client(v, "s").await;
     s.sub("r/x", 1).await;
     let got = s.recv_publish(T).await;
@@ -98,6 +106,7 @@ async fn wildcard_gets_all_retained(v: Version) {
     for t in ["w/1", "w/2", "w/3/x", "other"] {
         p.publish(t, t.as_bytes(), 0, true).await;
     }
+    flush(&mut p).await;
     let mut s = b.client(v, "s").await;
     s.sub("w/#", 0).await;
     let mut got: Vec<String> = s
@@ -119,6 +128,7 @@ async fn retain_handling_0_every_subscribe_v5() {
     let b = Broker::start();
     let mut p = b.client(Version::V5, "p").await;
     p.publish("rh/0", b"r", 0, true).await;
+    flush(&mut p).await;
     let mut s = b.client(Version::V5, "s").await;
     for _ in 0..2 {
         let o = SubOpts {
@@ -137,6 +147,7 @@ async fn retain_handling_1_only_new_subscription_v5() {
     let b = Broker::start();
     let mut p = b.client(Version::V5, "p").await;
     p.publish("rh/1", b"r", 0, true).await;
+    flush(&mut p).await;
     let mut s = b.client(Version::V5, "s").await;
     let o = SubOpts {
         retain_handling: 1,
@@ -155,6 +166,7 @@ async fn retain_handling_2_never_v5() {
     let b = Broker::start();
     let mut p = b.client(Version::V5, "p").await;
     p.publish("rh/2", b"r", 0, true).await;
+    flush(&mut p).await;
     let mut s = b.client(Version::V5, "s").await;
     let o = SubOpts {
         retain_handling: 2,

@@ -95,6 +95,7 @@ pub struct BrokerBuilder {
     args: Vec<String>,
     env: Vec<(String, String)>,
     listen: bool,
+    no_subcommand: bool,
 }
 
 impl BrokerBuilder {
@@ -109,6 +110,11 @@ impl BrokerBuilder {
     }
     pub fn env(mut self, key: &str, val: &str) -> Self {
         self.env.push((key.into(), val.into()));
+        self
+    }
+    /// Run plain `astramq FLAGS` (no `broker` subcommand).
+    pub fn no_subcommand(mut self) -> Self {
+        self.no_subcommand = true;
         self
     }
     /// Do not pass `--listen 127.0.0.1:0` (the listener comes from config/env).
@@ -158,7 +164,9 @@ impl Broker {
     fn start_astramq(b: BrokerBuilder) -> Broker {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut cmd = Command::new(astramq_bin());
-        cmd.arg("broker");
+        if !b.no_subcommand {
+            cmd.arg("broker");
+        }
         if b.listen {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }

@@ -121,9 +121,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Client<R, W> {
                     Err(TryRecvError::Closed) => Err(ClusterError("forwarder stopped".into())),
                 },
             };
-            let Some(ack) = self.acks.pop_front() else {
-                return None;
-            };
+            let ack = self.acks.pop_front()?;
             let reason = match outcome {
                 Ok(()) => ack.reason,
                 Err(e) => {
