@@ -64,6 +64,8 @@ pub(crate) struct Driver {
     /// foca timers, soonest first. foca asks for timers to be delivered in order
     /// (`Timer` sorts ties), which a heap keyed by deadline gives for free.
     pub timers: BinaryHeap<Reverse<(Instant, Timer<NodeIdentity>)>>,
+    /// Reused for sealing outgoing datagrams.
+    pub send_buf: Vec<u8>,
 }
 
 impl Driver {
@@ -205,11 +207,10 @@ impl Driver {
 
     /// Carries out what foca asked for, then republishes the view.
     async fn flush(&mut self) {
-        let mut send_buf = Vec::with_capacity(MAX_DATAGRAM);
         loop {
             while let Some((to, data)) = self.runtime.to_send() {
-                self.framer.seal(&data, &mut send_buf);
-                match self.socket.send_to(&send_buf, to.addr).await {
+                self.framer.seal(&data, &mut self.send_buf);
+                match self.socket.send_to(&self.send_buf, to.addr).await {
                     Ok(_) => {
                         self.counters.sent.fetch_add(1, Ordering::Relaxed);
                     }

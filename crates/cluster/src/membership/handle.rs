@@ -84,6 +84,7 @@ pub async fn spawn(config: MembershipConfig) -> Result<MembershipHandle, Members
         join_retry: config.join_retry,
         meta_refresh: config.meta_refresh,
         timers: BinaryHeap::new(),
+        send_buf: Vec::with_capacity(MAX_DATAGRAM),
     };
     let task = tokio::spawn(driver.run());
     tracing::info!(
