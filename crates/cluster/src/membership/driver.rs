@@ -1,0 +1,286 @@
+//! The membership task: one `select!` loop that owns the UDP socket, foca, the
+//! timer queue and the published view.
+//!
+//! Every input (a datagram, a due timer, a tick, a command) is handed to foca,
+//! which answers through its [`foca::AccumulatingRuntime`]: datagrams to send,
+//! timers to arm, notifications. [`Driver::flush`] then carries those out and
+//! republishes the view. Nothing else touches foca, so no locks are needed.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use foca::{AccumulatingRuntime, Foca, OwnedNotification, PostcardCodec, Timer};
+use rand::rngs::StdRng;
+use tokio::net::UdpSocket;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::time::{interval, sleep_until, Instant, MissedTickBehavior};
+use tracing::{debug, info, trace};
+
+use super::config::{NodeMeta, MAX_DATAGRAM};
+use super::frame::Framer;
+use super::identity::NodeIdentity;
+use super::meta::{MetaHandler, MetaInbox, MetaRecord};
+use super::view::{Member, MemberEvent, View};
+
+pub(crate) type Swim = Foca<NodeIdentity, PostcardCodec, StdRng, MetaHandler>;
+
+/// Requests from the handle that need an answer.
+pub(crate) enum Command {
+    /// Announce a clean leave, send it, then stop. Answered once sent.
+    Leave(oneshot::Sender<()>),
+}
+
+/// Counters shared with the handle (see [`super::MembershipStats`]).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub received: AtomicU64,
+    pub sent: AtomicU64,
+    pub rejected_auth: AtomicU64,
+    pub rejected_invalid: AtomicU64,
+}
+
+/// Everything the task owns.
+pub(crate) struct Driver {
+    pub foca: Swim,
+    pub runtime: AccumulatingRuntime<NodeIdentity>,
+    pub socket: UdpSocket,
+    pub framer: Framer,
+    pub seeds: Vec<SocketAddr>,
+    pub inbox: MetaInbox,
+    pub view: View,
+    pub meta: NodeMeta,
+    /// Version of our own metadata record; bumped on every re-advertisement.
+    pub meta_version: u64,
+    pub members_tx: watch::Sender<Vec<Member>>,
+    pub events_tx: broadcast::Sender<MemberEvent>,
+    pub meta_rx: watch::Receiver<NodeMeta>,
+    pub commands: mpsc::Receiver<Command>,
+    pub counters: Arc<Counters>,
+    pub join_retry: std::time::Duration,
+    pub meta_refresh: std::time::Duration,
+    /// foca timers, soonest first. foca asks for timers to be delivered in order
+    /// (`Timer` sorts ties), which a heap keyed by deadline gives for free.
+    pub timers: BinaryHeap<Reverse<(Instant, Timer<NodeIdentity>)>>,
+    /// Reused for sealing outgoing datagrams.
+    pub send_buf: Vec<u8>,
+}
+
+impl Driver {
+    /// Runs until the handle leaves (clean) or is dropped (silent, like a crash).
+    pub async fn run(mut self) {
+        let mut join_tick = interval(self.join_retry);
+        join_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut refresh_tick = interval(self.meta_refresh);
+        refresh_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        refresh_tick.reset(); // the first advertisement is already queued
+        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+
+        self.advertise();
+        loop {
+            let next_timer = self.timers.peek().map(|Reverse((at, _))| *at);
+            tokio::select! {
+                received = self.socket.recv_from(&mut buf) => match received {
+                    Ok((len, from)) => self.on_datagram(&buf[..len], from),
+                    // ICMP port-unreachable from a dead peer surfaces here on some
+                    // platforms; it says nothing SWIM does not find out itself.
+                    Err(e) => trace!(error = %e, "gossip recv error"),
+                },
+                () = sleep_until(next_timer.unwrap_or_else(Instant::now)), if next_timer.is_some() => {
+                    self.on_due_timers();
+                }
+                _ = join_tick.tick() => self.rejoin_if_alone(),
+                _ = refresh_tick.tick() => self.advertise(),
+                changed = self.meta_rx.changed() => {
+                    if changed.is_err() {
+                        debug!("membership handle dropped; stopping without leave");
+                        return;
+                    }
+                    self.meta = self.meta_rx.borrow_and_update().clone();
+                    self.advertise();
+                    // Push the change now instead of waiting for the next probe or
+                    // gossip round to piggyback it.
+                    log_foca(self.foca.broadcast(&mut self.runtime));
+                }
+                command = self.commands.recv() => match command {
+                    None => {
+                        debug!("membership handle dropped; stopping without leave");
+                        return;
+                    }
+                    Some(Command::Leave(done)) => {
+                        self.leave().await;
+                        let _ = done.send(());
+                        return;
+                    }
+                },
+            }
+            self.flush().await;
+        }
+    }
+
+    fn on_datagram(&mut self, datagram: &[u8], from: SocketAddr) {
+        self.counters.received.fetch_add(1, Ordering::Relaxed);
+        if datagram.len() > MAX_DATAGRAM {
+            self.counters
+                .rejected_invalid
+                .fetch_add(1, Ordering::Relaxed);
+            debug!(%from, len = datagram.len(), "oversized gossip datagram dropped");
+            return;
+        }
+        let Some(payload) = self.framer.open(datagram) else {
+            self.counters.rejected_auth.fetch_add(1, Ordering::Relaxed);
+            debug!(%from, "gossip datagram failed authentication; dropped");
+            return;
+        };
+        if let Err(e) = self.foca.handle_data(payload, &mut self.runtime) {
+            self.counters
+                .rejected_invalid
+                .fetch_add(1, Ordering::Relaxed);
+            debug!(%from, error = %e, "gossip datagram rejected by foca");
+        }
+    }
+
+    fn on_due_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse((at, _))) = self.timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((_, timer))) = self.timers.pop() else {
+                break;
+            };
+            log_foca(self.foca.handle_timer(timer, &mut self.runtime));
+        }
+    }
+
+    /// Announces to the seeds while we know nobody: at start, when seeds start
+    /// after us, and after a partition left us alone.
+    fn rejoin_if_alone(&mut self) {
+        if self.foca.num_members() > 0 {
+            return;
+        }
+        let own = self.foca.identity().addr;
+        for &seed in &self.seeds {
+            if seed != own {
+                log_foca(
+                    self.foca
+                        .announce(NodeIdentity::seed(seed), &mut self.runtime),
+                );
+            }
+        }
+    }
+
+    /// Queues a new version of our metadata record for gossip.
+    fn advertise(&mut self) {
+        self.queue_record(false);
+    }
+
+    fn queue_record(&mut self, leaving: bool) {
+        self.meta_version += 1;
+        let me = self.foca.identity();
+        let record = MetaRecord {
+            node_id: me.node_id.clone(),
+            addr: me.addr,
+            generation: me.generation,
+            version: self.meta_version,
+            leaving,
+            meta: self.meta.clone(),
+        };
+        // Size was checked at spawn for the initial metadata; a later set_meta
+        // that grew too big is refused by foca and logged.
+        match postcard::to_allocvec(&record) {
+            Ok(bytes) => log_foca(self.foca.add_broadcast(&bytes).map(drop)),
+            Err(e) => debug!(error = %e, "cannot encode own metadata"),
+        }
+    }
+
+    /// Clean leave: a final metadata record marked `leaving` plus foca's own
+    /// "declare myself down" update, pushed to a few members right away.
+    async fn leave(&mut self) {
+        self.queue_record(true);
+        log_foca(self.foca.leave_cluster(&mut self.runtime));
+        self.flush().await;
+        info!("left the cluster");
+    }
+
+    /// Carries out what foca asked for, then republishes the view.
+    async fn flush(&mut self) {
+        loop {
+            while let Some((to, data)) = self.runtime.to_send() {
+                self.framer.seal(&data, &mut self.send_buf);
+                match self.socket.send_to(&self.send_buf, to.addr).await {
+                    Ok(_) => {
+                        self.counters.sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => trace!(to = %to.addr, error = %e, "gossip send failed"),
+                }
+            }
+            let now = Instant::now();
+            while let Some((after, timer)) = self.runtime.to_schedule() {
+                self.timers.push(Reverse((now + after, timer)));
+            }
+            let mut readvertise = false;
+            while let Some(notification) = self.runtime.to_notify() {
+                match notification {
+                    OwnedNotification::MemberUp(id) => {
+                        debug!(member = ?id, "member up");
+                        self.view.member_up(&id);
+                        // A newcomer knows nothing of our metadata: foca's join
+                        // reply carries identities only, and our last broadcast
+                        // may be done spreading.
+                        readvertise = true;
+                    }
+                    OwnedNotification::MemberDown(id) => {
+                        debug!(member = ?id, "member down");
+                        self.view.member_down(&id);
+                    }
+                    OwnedNotification::Rename(old, new) => {
+                        debug!(?old, ?new, "member restarted");
+                        self.view.member_renamed(&old, &new);
+                    }
+                    OwnedNotification::Rejoin(id) => {
+                        // The cluster declared us down and foca renewed our
+                        // identity: our record must carry the new generation.
+                        info!(identity = ?id, "declared down by the cluster; rejoined");
+                        readvertise = true;
+                    }
+                    other => debug!(notification = ?other, "foca"),
+                }
+            }
+            let records: Vec<MetaRecord> = std::mem::take(
+                &mut *self
+                    .inbox
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            );
+            for record in records {
+                self.view.record(record);
+            }
+            let events = self.view.publish(std::time::Instant::now());
+            if !events.is_empty() {
+                self.members_tx.send_replace(self.view.members());
+                for event in events {
+                    debug!(?event, "membership event");
+                    // No subscribers is fine: members() still tells the state.
+                    let _ = self.events_tx.send(event);
+                }
+            }
+            if readvertise {
+                self.advertise();
+            }
+            if self.runtime.backlog() == 0 {
+                break;
+            }
+        }
+    }
+}
+
+/// foca reports protocol oddities (data from a stale identity, a malformed
+/// packet, a late timer) as errors; none of them stops membership.
+fn log_foca(result: Result<(), foca::Error>) {
+    if let Err(e) = result {
+        debug!(error = %e, "foca");
+    }
+}
