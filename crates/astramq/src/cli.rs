@@ -63,6 +63,23 @@ pub struct BrokerArgs {
     /// Log level or tracing filter. Key `log_level`, env `ASTRAMQ_LOG_LEVEL`.
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// This node's id in the cluster. Key `node_id`, env `ASTRAMQ_NODE_ID`.
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<String>,
+    /// Redis URL; joins a cluster (`redis://`, `rediss://`, `redis+cluster://h:p,h:p`,
+    /// `redis+sentinel://h:p/master`). Key `redis`, env `ASTRAMQ_REDIS`.
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
+    /// UDP address for gossip. Key `gossip_listen`, env `ASTRAMQ_GOSSIP_LISTEN`.
+    #[arg(long, value_name = "ADDR")]
+    pub gossip_listen: Option<SocketAddr>,
+    /// Gossip addresses of nodes to join (comma-separated). Key `join`, env
+    /// `ASTRAMQ_JOIN`.
+    #[arg(long, value_name = "ADDR[,ADDR...]", value_delimiter = ',')]
+    pub join: Vec<SocketAddr>,
+    /// Shared secret authenticating gossip. Key `cluster_key`, env `ASTRAMQ_CLUSTER_KEY`.
+    #[arg(long, value_name = "SECRET")]
+    pub cluster_key: Option<String>,
 }
 
 /// The `ASTRAMQ_*` variables of the process: the one place the environment is read.
@@ -103,8 +120,16 @@ const TOP_KEYS: &[&str] = &[
     "password_file",
     "acl_file",
     "log_level",
+    "node_id",
+    "redis",
+    "gossip_listen",
+    "gossip_advertise",
+    "join",
+    "cluster_key",
 ];
-const SECTIONS: &[&str] = &["limits", "shutdown"];
+/// Keys whose environment value is a comma-separated list.
+const LIST_KEYS: &[&str] = &["listen", "join"];
+const SECTIONS: &[&str] = &["limits", "shutdown", "cluster"];
 
 fn apply_env(table: &mut Table, env: &HashMap<String, String>) -> anyhow::Result<()> {
     let mut vars: Vec<_> = env.iter().collect();
@@ -117,7 +142,7 @@ fn apply_env(table: &mut Table, env: &HashMap<String, String>) -> anyhow::Result
         if rest == "config" {
             continue;
         }
-        if rest == "listen" {
+        if LIST_KEYS.contains(&rest.as_str()) {
             let addrs = raw
                 .split(',')
                 .map(|a| Value::String(a.trim().to_string()))
@@ -177,8 +202,25 @@ fn apply_flags(table: &mut Table, args: &BrokerArgs) {
     if let Some(p) = &args.acl_file {
         table.insert("acl_file".into(), path(p));
     }
+    let text = |s: &str| Value::String(s.to_string());
     if let Some(l) = &args.log_level {
-        table.insert("log_level".into(), Value::String(l.clone()));
+        table.insert("log_level".into(), text(l));
+    }
+    if let Some(v) = &args.node_id {
+        table.insert("node_id".into(), text(v));
+    }
+    if let Some(v) = &args.redis {
+        table.insert("redis".into(), text(v));
+    }
+    if let Some(v) = &args.gossip_listen {
+        table.insert("gossip_listen".into(), text(&v.to_string()));
+    }
+    if !args.join.is_empty() {
+        let addrs = args.join.iter().map(|a| text(&a.to_string())).collect();
+        table.insert("join".into(), Value::Array(addrs));
+    }
+    if let Some(v) = &args.cluster_key {
+        table.insert("cluster_key".into(), text(v));
     }
 }
 

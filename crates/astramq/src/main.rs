@@ -37,14 +37,35 @@ fn run_broker(args: cli::BrokerArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        let cluster_settings = config.cluster_settings();
         let server = broker::Server::bind(config).await?;
+        // Join the cluster before accepting anyone, so no client sees a half-joined node.
+        let node = match cluster_settings {
+            Some(settings) => {
+                let node = cluster::ClusterNode::start(
+                    &settings,
+                    server.broker().clone(),
+                    server.local_addrs(),
+                )
+                .await?;
+                server.broker().set_cluster(node.clone());
+                Some(node)
+            }
+            None => None,
+        };
         let mut stdout = std::io::stdout();
         for addr in server.local_addrs() {
             tracing::info!(%addr, "listening");
             writeln!(stdout, "listening on {addr}")?;
         }
+        if let Some(gossip) = node.as_ref().and_then(|n| n.gossip_addr()) {
+            writeln!(stdout, "gossip on {gossip}")?;
+        }
         stdout.flush()?;
         server.run(shutdown_signal()).await;
+        if let Some(node) = node {
+            node.shutdown().await;
+        }
         tracing::info!("stopped");
         Ok(())
     })

@@ -171,10 +171,11 @@ impl Broker {
         routed
     }
 
-    /// Another node took `client_id` over: disconnect it here (v5: 0x8E) or drop its
-    /// parked session.
-    pub fn kick(&self, client_id: &str) {
-        if let Some(session) = self.registry.kick(client_id) {
+    /// Another node took `client_id` over with ownership `epoch`: disconnect it here
+    /// (v5: 0x8E) or drop its parked session; a connection here with an older epoch
+    /// can no longer claim it.
+    pub fn kick(&self, client_id: &str, epoch: u64) {
+        if let Some(session) = self.registry.kick(client_id, epoch) {
             self.end_session(&session);
         }
     }

@@ -47,6 +47,61 @@ pub struct Config {
     pub limits: Limits,
     /// Shutdown behaviour.
     pub shutdown: Shutdown,
+    /// This node's id in the cluster (required with `redis`).
+    pub node_id: Option<String>,
+    /// Redis URL: joins a cluster. Without it the node is a single-node broker on the
+    /// embedded store.
+    pub redis: Option<String>,
+    /// UDP address for gossip.
+    pub gossip_listen: SocketAddr,
+    /// Gossip address other nodes should use, when not `gossip_listen` (NAT).
+    pub gossip_advertise: Option<SocketAddr>,
+    /// Gossip addresses of nodes to join through.
+    pub join: Vec<SocketAddr>,
+    /// Shared secret authenticating gossip messages.
+    pub cluster_key: Option<String>,
+    /// Cluster tuning.
+    pub cluster: ClusterTuning,
+}
+
+/// Cluster settings that rarely change.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterTuning {
+    /// Prefix of every Redis key.
+    pub key_prefix: String,
+    /// How long start-up waits for Redis before giving up.
+    pub redis_connect_timeout_secs: u64,
+}
+
+impl Default for ClusterTuning {
+    fn default() -> Self {
+        ClusterTuning {
+            key_prefix: "astramq".into(),
+            redis_connect_timeout_secs: 5,
+        }
+    }
+}
+
+/// Everything a clustered node needs, resolved from [`Config`].
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// This node's id.
+    pub node_id: String,
+    /// Redis URL.
+    pub redis: String,
+    /// Gossip UDP address.
+    pub gossip_listen: SocketAddr,
+    /// Advertised gossip address.
+    pub gossip_advertise: Option<SocketAddr>,
+    /// Seeds.
+    pub join: Vec<SocketAddr>,
+    /// Gossip authentication key.
+    pub cluster_key: Option<String>,
+    /// Redis key prefix.
+    pub key_prefix: String,
+    /// Start-up wait for Redis.
+    pub redis_connect_timeout_secs: u64,
 }
 
 impl Default for Config {
@@ -59,6 +114,13 @@ impl Default for Config {
             log_level: "info".into(),
             limits: Limits::default(),
             shutdown: Shutdown::default(),
+            node_id: None,
+            redis: None,
+            gossip_listen: SocketAddr::from(([127, 0, 0, 1], 7946)),
+            gossip_advertise: None,
+            join: Vec::new(),
+            cluster_key: None,
+            cluster: ClusterTuning::default(),
         }
     }
 }
@@ -186,6 +248,23 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if self.redis.is_some() && self.node_id.as_deref().is_none_or(str::is_empty) {
+            return Err(ConfigError::new("node_id", "required when redis is set"));
+        }
+        if let Some(id) = &self.node_id {
+            if id.is_empty() || id.len() > 200 || id.contains(['\n', '{', '}']) {
+                return Err(ConfigError::new(
+                    "node_id",
+                    "must be 1-200 characters without newlines or braces",
+                ));
+            }
+        }
+        if self.cluster.redis_connect_timeout_secs == 0 {
+            return Err(ConfigError::new(
+                "cluster.redis_connect_timeout_secs",
+                "must be at least 1",
+            ));
+        }
         if !self.allow_anonymous && self.password_file.is_none() {
             return Err(ConfigError::new(
                 "allow_anonymous",
@@ -193,6 +272,23 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The cluster settings, when `redis` is set.
+    pub fn cluster_settings(&self) -> Option<ClusterSettings> {
+        let redis = self.redis.clone()?;
+        Some(ClusterSettings {
+            node_id: self.node_id.clone().unwrap_or_default(),
+            redis,
+            gossip_listen: self.gossip_listen,
+            gossip_advertise: self.gossip_advertise,
+            join: self.join.clone(),
+            cluster_key: self.cluster_key.clone(),
+            key_prefix: self.cluster.key_prefix.clone(),
+            redis_connect_timeout_secs: self.cluster.redis_connect_timeout_secs,
+        })
     }
 }
 

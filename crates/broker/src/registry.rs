@@ -36,6 +36,8 @@ pub struct Owner {
     pub control: mpsc::UnboundedSender<Control>,
     /// Closes (the sender is dropped) when the connection task has ended.
     pub exited: watch::Receiver<()>,
+    /// The cluster ownership epoch the connection holds (0 on a single node).
+    pub epoch: u64,
 }
 
 #[derive(Debug, Default)]
@@ -45,6 +47,9 @@ struct Slot {
     /// A will waiting for its delay while the session is parked.
     will: Option<PendingWill>,
     generation: u64,
+    /// The highest cluster epoch seen for this client id: a connection holding an
+    /// older one lost a race on another node and may not own it.
+    fence: u64,
 }
 
 /// What a successful claim hands the new owner.
@@ -91,12 +96,18 @@ impl Registry {
     }
 
     /// Makes `owner` the owner of `client_id`, taking over from any current owner.
-    pub async fn claim(&self, client_id: &Arc<str>, owner: Owner) -> Claim {
+    /// `None` when a newer cluster epoch fenced this claim out.
+    pub async fn claim(&self, client_id: &Arc<str>, owner: Owner) -> Option<Claim> {
         let mut owner = Some(owner);
         loop {
             let mut waiting = {
                 let mut slots = self.slots.lock();
                 let slot = slots.entry(client_id.clone()).or_default();
+                let epoch = owner.as_ref().map_or(0, |o| o.epoch);
+                if epoch < slot.fence {
+                    return None;
+                }
+                slot.fence = epoch;
                 match &slot.owner {
                     Some(current) => {
                         let _ = current.control.send(Control::TakenOver);
@@ -108,10 +119,10 @@ impl Registry {
                         // [MQTT-3.1.3-9] A new connection before the Will Delay
                         // Interval ran out: the will is not sent.
                         slot.will = None;
-                        return Claim {
+                        return Some(Claim {
                             previous: slot.parked.take(),
                             generation: slot.generation,
-                        };
+                        });
                     }
                 }
             };
@@ -183,11 +194,14 @@ impl Registry {
 
     /// Another node owns `client_id` now: a connected owner is told to go; a parked
     /// session is removed and returned, to be ended.
-    pub fn kick(&self, client_id: &str) -> Option<Session> {
+    pub fn kick(&self, client_id: &str, epoch: u64) -> Option<Session> {
         let mut slots = self.slots.lock();
-        let slot = slots.get_mut(client_id)?;
+        let slot = slots.entry(Arc::from(client_id)).or_default();
+        slot.fence = slot.fence.max(epoch);
         if let Some(owner) = &slot.owner {
-            let _ = owner.control.send(Control::TakenOver);
+            if owner.epoch < epoch {
+                let _ = owner.control.send(Control::TakenOver);
+            }
             return None;
         }
         slots.remove(client_id).and_then(|s| s.parked)

@@ -33,6 +33,11 @@ impl RetainStore {
         }
     }
 
+    /// Clears the retained message of `topic`.
+    pub fn remove(&self, topic: &str) {
+        self.by_topic.write().remove(topic);
+    }
+
     /// The unexpired retained messages whose topic matches `filter`; expired ones are
     /// dropped on the way [MQTT-3.3.2-5].
     pub fn matching(&self, filter: &str, now: Instant) -> Vec<Arc<Message>> {

@@ -6,4 +6,24 @@
 //!   once; with a cluster key every datagram is authenticated. The load balancer
 //!   joins the same gossip with [`membership::Role::LoadBalancer`].
 
+//! - [`conn`] — connections to Redis (single, TLS, Sentinel, Cluster) and the key
+//!   layout (prefix and hash tags).
+//! - [`routes`] — the cluster route table in memory: which nodes need a message, and
+//!   which node serves each shared-subscription group.
+//! - [`wire`] — the records nodes exchange through Redis.
+//! - [`feed`] — routes and retained messages in Redis, and the change feed that keeps
+//!   every node's copy current.
+//! - [`bus`] — the inbox streams: batched forwarding, and the consumer that delivers
+//!   what other nodes sent.
+//! - [`node`] — [`node::ClusterNode`]: starts all of the above and implements the
+//!   broker's `Cluster` interface.
+
+pub mod bus;
+pub mod conn;
+pub mod feed;
 pub mod membership;
+pub mod node;
+pub mod routes;
+pub mod wire;
+
+pub use node::{ClusterNode, StartError};

@@ -150,13 +150,17 @@ where
 
     // Claim the client id; a current owner is taken over [MQTT-3.1.4-3], first
     // cluster-wide (a connection on another node is told to go), then on this node.
-    if let Some(cluster) = broker.cluster() {
-        if let Err(e) = cluster.claim(&client_id).await {
-            tracing::warn!(%peer, client_id = %client_id, error = %e, "connection refused: cannot claim the client id");
-            refuse(&mut conn, protocol, ReasonCode::ServerUnavailable).await;
-            return None;
-        }
-    }
+    let epoch = match broker.cluster() {
+        None => 0,
+        Some(cluster) => match cluster.claim(&client_id).await {
+            Ok(claim) => claim.epoch,
+            Err(e) => {
+                tracing::warn!(%peer, client_id = %client_id, error = %e, "connection refused: cannot claim the client id");
+                refuse(&mut conn, protocol, ReasonCode::ServerUnavailable).await;
+                return None;
+            }
+        },
+    };
     let conn_id = broker.registry.next_conn_id();
     let (control_tx, control_rx) = mpsc::unbounded_channel();
     let (exited_tx, exited_rx) = watch::channel(());
@@ -168,9 +172,15 @@ where
                 conn_id,
                 control: control_tx,
                 exited: exited_rx,
+                epoch,
             },
         )
         .await;
+    let Some(claim) = claim else {
+        // Another node claimed this client id after us [MQTT-3.1.4-3]: it wins.
+        refuse(&mut conn, protocol, ReasonCode::SessionTakenOver).await;
+        return None;
+    };
 
     // [MQTT-3.1.2-4] Clean Start discards any existing session; else it resumes.
     let (mut session, session_present) = match claim.previous {

@@ -1,0 +1,312 @@
+//! Connections to Redis, whichever way it is deployed, and the key layout.
+//!
+//! `--redis` accepts:
+//! - `redis://host:port[/db]` or `rediss://...` (TLS): one server, through a
+//!   `ConnectionManager` that reconnects by itself;
+//! - `redis+cluster://host:port,host:port,...`: a Redis Cluster seed list;
+//! - `redis+sentinel://host:port[,host:port...]/master`: Sentinel, asked for the
+//!   current master at connect time.
+//!
+//! Every key carries the configured prefix and a hash tag, so that each key group used
+//! by one command lives in one Redis Cluster slot: `{routes}`, `{retained}`, `{feed}`,
+//! one `{inbox:<node>}` stream per node, one `{s:<client id>}` hash per session.
+//!
+//! Blocking stream reads (`XREAD`/`XREADGROUP ... BLOCK`) each get a dedicated
+//! connection whose response timeout exceeds the BLOCK time; everything else shares
+//! one multiplexed connection.
+
+use std::time::Duration;
+
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisFuture, Value};
+use thiserror::Error;
+
+/// Redis could not be reached or used.
+#[derive(Debug, Error)]
+pub enum RedisError {
+    /// The URL is not one of the accepted forms.
+    #[error("redis: invalid URL {url:?}: {reason}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No connection within the timeout.
+    #[error("redis: cannot connect to {url} within {secs} s: {reason}")]
+    Unreachable {
+        /// The URL.
+        url: String,
+        /// The timeout.
+        secs: u64,
+        /// The last error.
+        reason: String,
+    },
+    /// A command failed.
+    #[error("redis: {0}")]
+    Command(#[from] redis::RedisError),
+}
+
+/// A connection of any deployment kind, usable with `redis::cmd(...).query_async`.
+#[derive(Clone)]
+pub enum Conn {
+    /// One server, reconnecting.
+    Managed(ConnectionManager),
+    /// One server, plain multiplexed (dedicated readers, Sentinel).
+    Plain(MultiplexedConnection),
+    /// Redis Cluster.
+    Cluster(ClusterConnection),
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Conn::Managed(_) => "Conn::Managed",
+            Conn::Plain(_) => "Conn::Plain",
+            Conn::Cluster(_) => "Conn::Cluster",
+        })
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Managed(c) => c.req_packed_command(cmd),
+            Conn::Plain(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Managed(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Plain(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Managed(c) => c.get_db(),
+            Conn::Plain(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Target {
+    Single(Client),
+    Cluster(Box<ClusterClient>),
+    Sentinel {
+        sentinels: Vec<String>,
+        master: String,
+    },
+}
+
+/// A Redis deployment: the shared connection, and a way to open dedicated ones.
+#[derive(Clone)]
+pub struct Redis {
+    url: String,
+    target: Target,
+    shared: Conn,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis").field("url", &self.url).finish()
+    }
+}
+
+/// How long a command may take before it counts as failed (blocking reads excepted).
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Redis {
+    /// Connects, failing if Redis does not answer a PING within `timeout`.
+    pub async fn connect(url: &str, timeout: Duration) -> Result<Redis, RedisError> {
+        let bad = |reason: &str| RedisError::Url {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
+        let target = if let Some(rest) = url.strip_prefix("redis+cluster://") {
+            let seeds: Vec<String> = rest.split(',').map(|h| format!("redis://{h}")).collect();
+            let client = ClusterClient::builder(seeds)
+                .connection_timeout(timeout)
+                .response_timeout(RESPONSE_TIMEOUT)
+                .build()
+                .map_err(|e| bad(&e.to_string()))?;
+            Target::Cluster(Box::new(client))
+        } else if let Some(rest) = url.strip_prefix("redis+sentinel://") {
+            let (hosts, master) = rest
+                .split_once('/')
+                .ok_or_else(|| bad("expected redis+sentinel://host:port[,host:port]/master"))?;
+            Target::Sentinel {
+                sentinels: hosts.split(',').map(|h| format!("redis://{h}")).collect(),
+                master: master.to_string(),
+            }
+        } else {
+            Target::Single(Client::open(url).map_err(|e| bad(&e.to_string()))?)
+        };
+        let unreachable = |reason: String| RedisError::Unreachable {
+            url: url.to_string(),
+            secs: timeout.as_secs(),
+            reason,
+        };
+        let connect = async {
+            let mut conn = match &target {
+                Target::Single(client) => {
+                    let config = ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(timeout))
+                        .set_response_timeout(Some(RESPONSE_TIMEOUT));
+                    Conn::Managed(client.get_connection_manager_with_config(config).await?)
+                }
+                other => open(other, RESPONSE_TIMEOUT).await?,
+            };
+            let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+            Ok::<Conn, redis::RedisError>(conn)
+        };
+        let shared = tokio::time::timeout(timeout, connect)
+            .await
+            .map_err(|_| unreachable("timed out".into()))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        Ok(Redis {
+            url: url.to_string(),
+            target,
+            shared,
+            timeout,
+        })
+    }
+
+    /// The shared connection (cheap to clone; multiplexed).
+    pub fn conn(&self) -> Conn {
+        self.shared.clone()
+    }
+
+    /// A new connection for a blocking reader: its response timeout is `block` plus a
+    /// margin, so a BLOCK that returns empty is not mistaken for a dead server.
+    pub async fn dedicated(&self, block: Duration) -> Result<Conn, RedisError> {
+        let response = block + RESPONSE_TIMEOUT;
+        match tokio::time::timeout(self.timeout, open(&self.target, response)).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(RedisError::Unreachable {
+                url: self.url.clone(),
+                secs: self.timeout.as_secs(),
+                reason: "timed out".into(),
+            }),
+        }
+    }
+}
+
+async fn open(target: &Target, response: Duration) -> Result<Conn, redis::RedisError> {
+    Ok(match target {
+        Target::Single(client) => {
+            let config = AsyncConnectionConfig::new().set_response_timeout(Some(response));
+            Conn::Plain(
+                client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?,
+            )
+        }
+        Target::Cluster(client) => {
+            let config = redis::cluster::ClusterConfig::new().set_response_timeout(response);
+            Conn::Cluster(client.get_async_connection_with_config(config).await?)
+        }
+        Target::Sentinel { sentinels, master } => {
+            let mut client = redis::sentinel::SentinelClient::build(
+                sentinels.clone(),
+                master.clone(),
+                None,
+                redis::sentinel::SentinelServerType::Master,
+            )?;
+            let config = AsyncConnectionConfig::new().set_response_timeout(Some(response));
+            Conn::Plain(client.get_async_connection_with_config(&config).await?)
+        }
+    })
+}
+
+/// The names of every key AstraMQ uses, under one prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Keys under `prefix`.
+    pub fn new(prefix: &str) -> Keys {
+        Keys {
+            prefix: prefix.to_string(),
+        }
+    }
+
+    /// Hash of every node's routes: field `<node>\n<filter>`.
+    pub fn routes(&self) -> String {
+        format!("{}:{{routes}}", self.prefix)
+    }
+
+    /// Hash of retained messages by topic.
+    pub fn retained(&self) -> String {
+        format!("{}:{{retained}}", self.prefix)
+    }
+
+    /// The change feed stream (routes and retained messages).
+    pub fn feed(&self) -> String {
+        format!("{}:{{feed}}", self.prefix)
+    }
+
+    /// A node's inbox stream.
+    pub fn inbox(&self, node: &str) -> String {
+        format!("{}:{{inbox:{node}}}", self.prefix)
+    }
+
+    /// A session's ownership hash (owner node, epoch).
+    pub fn session(&self, client_id: &str) -> String {
+        format!("{}:{{s:{client_id}}}", self.prefix)
+    }
+}
+
+/// The consumer group every inbox is read through.
+pub const INBOX_GROUP: &str = "astramq";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_carry_hash_tags() {
+        let k = Keys::new("amq");
+        assert_eq!(k.inbox("n1"), "amq:{inbox:n1}");
+        assert_eq!(k.session("dev/42"), "amq:{s:dev/42}");
+        assert_eq!(k.routes(), "amq:{routes}");
+    }
+
+    #[tokio::test]
+    async fn unreachable_redis_is_a_clear_error() {
+        // Port 1 on loopback: nothing listens there.
+        let e = Redis::connect("redis://127.0.0.1:1", Duration::from_millis(500))
+            .await
+            .unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("cannot connect to redis://127.0.0.1:1"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_url_is_a_clear_error() {
+        let e = Redis::connect("redis+sentinel://nohost", Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RedisError::Url { .. }), "{e}");
+    }
+}

@@ -1,0 +1,299 @@
+//! Cluster-wide state in Redis and the change feed that keeps every node's copy
+//! current.
+//!
+//! - [`writer`]: applies this node's changes (routes added or removed, retained
+//!   messages set or cleared) to the Redis hashes and appends them to the feed stream,
+//!   in order, pipelining whatever accumulated.
+//! - [`resync`]: loads the whole route table and every retained message (at start, and
+//!   whenever the feed reader reconnects), returning the feed position to read from.
+//! - [`reader`]: follows the feed and applies other nodes' changes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker::broker::Broker;
+use parking_lot::Mutex;
+use redis::streams::StreamReadReply;
+use tokio::sync::{mpsc, watch};
+
+use crate::conn::{Conn, Keys, Redis};
+use crate::routes::RouteTable;
+use crate::wire::{read_retained, retained_value, FeedRecord};
+
+/// A change made on this node.
+#[derive(Debug)]
+pub enum Change {
+    /// First local subscriber to a filter.
+    RouteAdded(String),
+    /// Last local subscriber of a filter left.
+    RouteRemoved(String),
+    /// A retained message was set (value) or cleared (`None`).
+    Retained {
+        /// The topic.
+        topic: String,
+        /// The stored value ([`retained_value`]), `None` to clear.
+        value: Option<Vec<u8>>,
+    },
+}
+
+/// Feed entries kept (approximately); a node that falls further behind resyncs.
+const FEED_MAXLEN: usize = 100_000;
+
+/// Writes this node's changes to Redis, in order.
+pub async fn writer(
+    redis: Redis,
+    keys: Keys,
+    node: String,
+    mut rx: mpsc::UnboundedReceiver<Change>,
+) {
+    let mut conn = redis.conn();
+    let mut batch = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while let Ok(c) = rx.try_recv() {
+            batch.push(c);
+        }
+        let mut pipe = redis::pipe();
+        for change in &batch {
+            let record = match change {
+                Change::RouteAdded(filter) => {
+                    pipe.cmd("HSET")
+                        .arg(keys.routes())
+                        .arg(route_field(&node, filter))
+                        .arg(1)
+                        .ignore();
+                    FeedRecord::RouteAdded {
+                        node: node.clone(),
+                        filter: filter.clone(),
+                    }
+                }
+                Change::RouteRemoved(filter) => {
+                    pipe.cmd("HDEL")
+                        .arg(keys.routes())
+                        .arg(route_field(&node, filter))
+                        .ignore();
+                    FeedRecord::RouteRemoved {
+                        node: node.clone(),
+                        filter: filter.clone(),
+                    }
+                }
+                Change::Retained { topic, value } => {
+                    match value {
+                        Some(v) => pipe
+                            .cmd("HSET")
+                            .arg(keys.retained())
+                            .arg(topic)
+                            .arg(v)
+                            .ignore(),
+                        None => pipe.cmd("HDEL").arg(keys.retained()).arg(topic).ignore(),
+                    };
+                    FeedRecord::Retained {
+                        node: node.clone(),
+                        topic: topic.clone(),
+                    }
+                }
+            };
+            pipe.cmd("XADD")
+                .arg(keys.feed())
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(FEED_MAXLEN)
+                .arg("*")
+                .arg(&record.to_fields()[..])
+                .ignore();
+        }
+        // Retried until Redis takes it: losing a route change would leave other
+        // nodes with a wrong table until their next resync.
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match pipe.query_async::<()>(&mut conn).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, changes = batch.len(), "cannot store cluster state changes; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+/// The routes-hash field of one route.
+pub fn route_field(node: &str, filter: &str) -> String {
+    format!("{node}\n{filter}")
+}
+
+/// Loads every route and retained message into memory; returns the feed id to follow
+/// from. The feed position is taken first, so no change between it and the load is
+/// missed (one may be applied twice, which is harmless).
+pub async fn resync(
+    conn: &mut Conn,
+    keys: &Keys,
+    me: &str,
+    routes: &Mutex<RouteTable>,
+    broker: &Broker,
+) -> Result<String, redis::RedisError> {
+    let last: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+        .arg(keys.feed())
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(conn)
+        .await?;
+    let from = last
+        .first()
+        .map(|(id, _)| id.clone())
+        .unwrap_or_else(|| "0-0".into());
+    let all: Vec<(String, String)> = redis::cmd("HGETALL")
+        .arg(keys.routes())
+        .query_async(conn)
+        .await?;
+    {
+        let mut table = routes.lock();
+        let mine = table.filters_of(me);
+        *table = RouteTable::new();
+        for f in mine {
+            table.add(me, &f);
+        }
+        for (field, _) in all {
+            if let Some((node, filter)) = field.split_once('\n') {
+                if node != me {
+                    table.add(node, filter);
+                }
+            }
+        }
+    }
+    let retained: Vec<(String, Vec<u8>)> = redis::cmd("HGETALL")
+        .arg(keys.retained())
+        .query_async(conn)
+        .await?;
+    for (topic, value) in retained {
+        apply_retained(broker, &topic, Some(&value));
+    }
+    Ok(from)
+}
+
+fn apply_retained(broker: &Broker, topic: &str, value: Option<&[u8]>) {
+    match value.map(read_retained) {
+        Some(Ok(Some(msg))) => broker.retained.set(&msg),
+        Some(Ok(None)) | None => broker.retained.remove(topic),
+        Some(Err(e)) => tracing::error!(topic, error = %e, "skipping undecodable retained message"),
+    }
+}
+
+/// Follows the change feed, applying other nodes' changes, until `stop`.
+pub async fn reader(
+    redis: Redis,
+    keys: Keys,
+    me: String,
+    routes: Arc<Mutex<RouteTable>>,
+    broker: Arc<Broker>,
+    mut from: String,
+    mut stop: watch::Receiver<bool>,
+) {
+    const BLOCK: Duration = Duration::from_millis(1000);
+    let mut conn: Option<Conn> = None;
+    let mut shared = redis.conn();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let c = match &mut conn {
+            Some(c) => c,
+            None => match redis.dedicated(BLOCK).await {
+                Ok(c) => {
+                    // After a disconnection anything may have been missed: reload.
+                    match resync(&mut shared, &keys, &me, &routes, &broker).await {
+                        Ok(id) => from = id,
+                        Err(e) => tracing::warn!(error = %e, "feed: resync failed"),
+                    }
+                    conn.insert(c)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "feed: cannot connect to redis; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            },
+        };
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT")
+            .arg(512)
+            .arg("BLOCK")
+            .arg(BLOCK.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(keys.feed())
+            .arg(&from);
+        let read = cmd.query_async::<Option<StreamReadReply>>(c);
+        let reply = tokio::select! {
+            r = read => r,
+            _ = stop.changed() => return,
+        };
+        let reply = match reply {
+            Ok(r) => {
+                backoff = Duration::from_millis(100);
+                r
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "feed: read failed; reconnecting");
+                conn = None;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let Some(reply) = reply else { continue };
+        for entry in reply.keys.into_iter().flat_map(|k| k.ids) {
+            from = entry.id.clone();
+            let field = |name: &str| -> Option<String> {
+                match entry.map.get(name) {
+                    Some(redis::Value::BulkString(b)) => String::from_utf8(b.clone()).ok(),
+                    _ => None,
+                }
+            };
+            let (Some(kind), Some(node), Some(value)) = (field("k"), field("n"), field("v")) else {
+                continue;
+            };
+            if node == me {
+                continue;
+            }
+            match FeedRecord::from_fields(&kind, node, value) {
+                Some(FeedRecord::RouteAdded { node, filter }) => routes.lock().add(&node, &filter),
+                Some(FeedRecord::RouteRemoved { node, filter }) => {
+                    routes.lock().remove(&node, &filter)
+                }
+                Some(FeedRecord::Retained { topic, .. }) => {
+                    let value: Option<Vec<u8>> = match redis::cmd("HGET")
+                        .arg(keys.retained())
+                        .arg(&topic)
+                        .query_async(&mut shared)
+                        .await
+                    {
+                        Ok(v) => v,
+                        Err(e) => {
+                            tracing::warn!(error = %e, %topic, "feed: cannot read retained message");
+                            continue;
+                        }
+                    };
+                    apply_retained(&broker, &topic, value.as_deref());
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+/// The value to store for a retained message (empty payload clears).
+pub fn retained_change(msg: &broker::message::Message) -> Change {
+    Change::Retained {
+        topic: msg.topic().to_string(),
+        value: (!msg.publish.payload().is_empty()).then(|| retained_value(msg)),
+    }
+}

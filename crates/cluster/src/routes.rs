@@ -1,0 +1,183 @@
+//! The cluster route table: which nodes hold subscribers for which filters, kept in
+//! every node's memory (from Redis at start, then from the change feed).
+//!
+//! Matching a topic gives the nodes that need a copy, and for every shared
+//! subscription group the one node that serves it this time (round robin over the
+//! nodes holding members), so each message reaches exactly one member cluster-wide.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use mqtt::topic::{parse_shared, TopicTree};
+
+/// The nodes holding members of one shared group on one filter.
+#[derive(Debug, Default)]
+struct GroupNodes {
+    nodes: BTreeSet<String>,
+    next: AtomicUsize,
+}
+
+/// Where one message must go.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// Other nodes and, per node, the shared groups (group, filter) it serves.
+    pub remote: HashMap<String, Vec<(String, String)>>,
+    /// Shared groups this node serves.
+    pub local_groups: Vec<(String, String)>,
+}
+
+/// Routes of every node.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    plain: TopicTree<String, ()>,
+    shared: TopicTree<String, GroupNodes>,
+    by_node: HashMap<String, HashSet<String>>,
+}
+
+impl RouteTable {
+    /// An empty table.
+    pub fn new() -> RouteTable {
+        RouteTable::default()
+    }
+
+    /// `node` has subscribers for `filter` (full filter).
+    pub fn add(&mut self, node: &str, filter: &str) {
+        if !self
+            .by_node
+            .entry(node.to_string())
+            .or_default()
+            .insert(filter.to_string())
+        {
+            return;
+        }
+        match parse_shared(filter) {
+            Ok(Some((group, inner))) => {
+                let mut g = self
+                    .shared
+                    .remove(inner, &group.to_string())
+                    .unwrap_or_default();
+                g.nodes.insert(node.to_string());
+                self.shared.insert(inner, group.to_string(), g);
+            }
+            Ok(None) => {
+                self.plain.insert(filter, node.to_string(), ());
+            }
+            Err(()) => {}
+        }
+    }
+
+    /// `node` no longer has subscribers for `filter`.
+    pub fn remove(&mut self, node: &str, filter: &str) {
+        let Some(filters) = self.by_node.get_mut(node) else {
+            return;
+        };
+        if !filters.remove(filter) {
+            return;
+        }
+        if filters.is_empty() {
+            self.by_node.remove(node);
+        }
+        match parse_shared(filter) {
+            Ok(Some((group, inner))) => {
+                if let Some(mut g) = self.shared.remove(inner, &group.to_string()) {
+                    g.nodes.remove(node);
+                    if !g.nodes.is_empty() {
+                        self.shared.insert(inner, group.to_string(), g);
+                    }
+                }
+            }
+            Ok(None) => {
+                self.plain.remove(filter, &node.to_string());
+            }
+            Err(()) => {}
+        }
+    }
+
+    /// Drops every route of `node` (it left or died).
+    pub fn remove_node(&mut self, node: &str) {
+        let filters: Vec<String> = self
+            .by_node
+            .get(node)
+            .map(|f| f.iter().cloned().collect())
+            .unwrap_or_default();
+        for f in filters {
+            self.remove(node, &f);
+        }
+    }
+
+    /// The filters `node` has routes for.
+    pub fn filters_of(&self, node: &str) -> Vec<String> {
+        self.by_node
+            .get(node)
+            .map(|f| f.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Where a message on `topic` must go, seen from node `me`.
+    pub fn place(&self, topic: &str, me: &str) -> Placement {
+        let mut p = Placement::default();
+        self.plain.for_each_match(topic, |_, node, ()| {
+            if node != me {
+                p.remote.entry(node.clone()).or_default();
+            }
+        });
+        self.shared.for_each_match(topic, |filter, group, g| {
+            let n = g.nodes.len();
+            if n == 0 {
+                return;
+            }
+            let i = g.next.fetch_add(1, Ordering::Relaxed) % n;
+            let Some(node) = g.nodes.iter().nth(i) else {
+                return;
+            };
+            let entry = (group.clone(), filter.to_string());
+            if node == me {
+                p.local_groups.push(entry);
+            } else {
+                p.remote.entry(node.clone()).or_default().push(entry);
+            }
+        });
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_routes_go_to_other_nodes_once() {
+        let mut t = RouteTable::new();
+        t.add("a", "x/#");
+        t.add("b", "x/+");
+        t.add("b", "x/y");
+        t.add("c", "z");
+        let p = t.place("x/y", "a");
+        assert_eq!(p.remote.len(), 1);
+        assert!(p.remote["b"].is_empty());
+        t.remove("b", "x/+");
+        t.remove("b", "x/y");
+        assert!(t.place("x/y", "a").remote.is_empty());
+    }
+
+    #[test]
+    fn a_shared_group_is_served_by_one_node_per_message_round_robin() {
+        let mut t = RouteTable::new();
+        t.add("a", "$share/g/s/+");
+        t.add("b", "$share/g/s/+");
+        let mut served = HashMap::new();
+        for _ in 0..10 {
+            let p = t.place("s/1", "a");
+            let local = p.local_groups.len();
+            let remote: usize = p.remote.values().map(Vec::len).sum();
+            assert_eq!(local + remote, 1, "exactly one node serves the group");
+            let who = if local == 1 { "a" } else { "b" };
+            *served.entry(who).or_insert(0) += 1;
+        }
+        assert_eq!((served["a"], served["b"]), (5, 5));
+        t.remove_node("b");
+        for _ in 0..3 {
+            assert_eq!(t.place("s/1", "a").local_groups.len(), 1);
+        }
+    }
+}
