@@ -241,6 +241,8 @@ mod tests {
             &env(&[("ASTRAMQ_LIMITS_NOPE", "1")]),
         )
         .unwrap_err();
-        assert!(e.to_string().contains("ASTRAMQ_LIMITS_NOPE"), "{e}");
+        assert!(e.to_string().contains("limits.nope"), "{e}");
+        let e = load_config(&BrokerArgs::default(), &env(&[("ASTRAMQ_NOPE", "1")])).unwrap_err();
+        assert!(e.to_string().contains("ASTRAMQ_NOPE"), "{e}");
     }
 }

@@ -1,9 +1,9 @@
 //! The `astramq` command: `astramq broker` (the default), `astramq passwd`,
 //! `astramq bench` (the load generator, in the `bench` crate).
 //!
-//! - [`cli`]: command-line flags, and how flags, `ASTRAMQ_*` variables and the config
+//! - [`cli`] — command-line flags, and how flags, `ASTRAMQ_*` variables and the config
 //!   file combine into one validated [`broker::Config`].
-//! - [`passwd`]: `astramq passwd`, a `mosquitto_passwd` work-alike.
+//! - [`passwd`] — `astramq passwd`, a `mosquitto_passwd` work-alike.
 
 mod cli;
 mod passwd;

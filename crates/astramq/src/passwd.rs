@@ -53,7 +53,7 @@ pub fn run(args: PasswdArgs) -> anyhow::Result<()> {
             (false, Some(_)) => bail!("a password on the command line needs -b"),
             (false, None) => read_password()?,
         };
-        file.set(&args.username, &password)?;
+        file.set(&args.username, password.as_bytes())?;
     }
     file.save(&args.file)?;
     Ok(())

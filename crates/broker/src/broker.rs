@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mqtt::{Publish, Will};
+use mqtt::Publish;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
@@ -14,18 +14,7 @@ use crate::metrics::Metrics;
 use crate::registry::{Registry, Released};
 use crate::retain::RetainStore;
 use crate::router::{ReadCheck, Routed, Router, Subscriber, Target};
-use crate::session::Session;
-
-/// A will waiting for its connection to end.
-#[derive(Debug, Clone)]
-pub struct PendingWill {
-    /// The client it belongs to.
-    pub client_id: Arc<str>,
-    /// Its user name (the ACL is checked when the will is published).
-    pub username: Option<Arc<str>>,
-    /// The will as sent in CONNECT.
-    pub will: Will,
-}
+use crate::session::{PendingWill, Session};
 
 /// Everything the connections of one broker share.
 #[derive(Debug)]
@@ -116,49 +105,58 @@ impl Broker {
         let expiry = session.expiry_secs;
         let client_id = session.client_id.clone();
         session.mailbox.set_online(false);
-        let generation = match self.registry.release(conn_id, session) {
-            Released::Stale => return,
-            Released::Ended(session) => {
-                self.end_session(&session);
-                None
-            }
-            Released::Parked { generation } => Some(generation),
-        };
-        if let Some(will) = will {
-            // The will waits for its delay or the end of the session, whichever is first
-            // [MQTT-3.1.3-9].
-            let delay = will
-                .will
+        // The will waits for its delay or the end of the session, whichever comes first
+        // [MQTT-3.1.3-9]; a will without delay goes now.
+        let delay = will.as_ref().map(|w| {
+            w.will
                 .properties
                 .will_delay_interval
                 .unwrap_or(0)
-                .min(expiry);
-            match generation {
-                Some(g) if delay > 0 => {
-                    let broker = self.clone();
-                    let id = client_id.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
-                        // A new connection for this client id cancels the will.
-                        if broker.registry.is_idle_since(&id, g) {
-                            broker.publish_will(will);
-                        }
-                    });
-                }
-                _ => self.publish_will(will),
-            }
+                .min(expiry)
+        });
+        let (will_now, will_later) = match delay {
+            Some(0) => (will, None),
+            _ => (None, will),
+        };
+        if let Some(w) = will_now {
+            self.publish_will(w);
         }
-        if let Some(g) = generation {
-            if expiry != u32::MAX {
-                let broker = self.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
-                    if let Some(session) = broker.registry.expire(&client_id, g) {
-                        tracing::debug!(client_id = %client_id, "session expired");
-                        broker.end_session(&session);
-                    }
-                });
+        let generation = match self.registry.release(conn_id, session, will_later) {
+            Released::Stale => return,
+            Released::Ended(ended) => {
+                let (session, will) = *ended;
+                self.end_session(&session);
+                if let Some(w) = will {
+                    self.publish_will(w);
+                }
+                return;
             }
+            Released::Parked { generation } => generation,
+        };
+        if let Some(delay) = delay.filter(|d| *d > 0) {
+            let broker = self.clone();
+            let id = client_id.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
+                // A new connection for this client id took the will away.
+                if let Some(w) = broker.registry.take_will(&id, generation) {
+                    broker.publish_will(w);
+                }
+            });
+        }
+        if expiry != u32::MAX {
+            let broker = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
+                if let Some((session, will)) = broker.registry.expire(&client_id, generation) {
+                    tracing::debug!(client_id = %client_id, "session expired");
+                    // A will still waiting goes out when its session ends.
+                    if let Some(w) = will {
+                        broker.publish_will(w);
+                    }
+                    broker.end_session(&session);
+                }
+            });
         }
     }
 

@@ -1,18 +1,18 @@
 //! The AstraMQ broker: a complete MQTT 3.1 / 3.1.1 / 5.0 broker node.
 //!
-//! - [`config`]: typed configuration and its validation.
-//! - [`server`]: listeners, accept loop, graceful shutdown.
-//! - [`connection`]: bytes ⇄ packets on one socket.
-//! - [`client`]: one connection's life: CONNECT, PUBLISH flows, SUBSCRIBE.
-//! - [`session`]: a session's protocol state (packet ids, in-flight window), no I/O.
-//! - [`mailbox`]: a session's bounded delivery queue (also its offline queue).
-//! - [`router`]: the subscription index and fan-out, shared subscriptions.
-//! - [`retain`]: retained messages.
-//! - [`registry`]: one connection per client id, takeover, parked sessions.
-//! - [`broker`]: the state shared by all connections; publish, wills, session end.
-//! - [`message`]: a message as it travels through the broker.
-//! - [`auth`]: anonymous access, password file and ACL decisions.
-//! - [`metrics`]: counters.
+//! - [`config`] — typed configuration and its validation.
+//! - [`server`] — listeners, accept loop, graceful shutdown.
+//! - [`connection`] — bytes ⇄ packets on one socket.
+//! - [`client`] — one connection's life: CONNECT, PUBLISH flows, SUBSCRIBE.
+//! - [`session`] — a session's protocol state (packet ids, in-flight window), no I/O.
+//! - [`mailbox`] — a session's bounded delivery queue (also its offline queue).
+//! - [`router`] — the subscription index and fan-out, shared subscriptions.
+//! - [`retain`] — retained messages.
+//! - [`registry`] — one connection per client id, takeover, parked sessions.
+//! - [`broker`] — the state shared by all connections; publish, wills, session end.
+//! - [`message`] — a message as it travels through the broker.
+//! - [`auth`] — anonymous access, password file and ACL decisions.
+//! - [`metrics`] — counters.
 
 pub mod auth;
 pub mod broker;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 
-use crate::session::Session;
+use crate::session::{PendingWill, Session};
 
 /// How long a claimer waits for the previous owner to hand over before taking the
 /// slot anyway (the previous connection's state is then discarded).
@@ -42,6 +42,8 @@ pub struct Owner {
 struct Slot {
     owner: Option<Owner>,
     parked: Option<Session>,
+    /// A will waiting for its delay while the session is parked.
+    will: Option<PendingWill>,
     generation: u64,
 }
 
@@ -62,8 +64,9 @@ pub enum Released {
         /// The generation it was parked at.
         generation: u64,
     },
-    /// The session ends now (expiry 0): the caller removes its subscriptions.
-    Ended(Session),
+    /// The session ends now (expiry 0): the caller removes its subscriptions and
+    /// publishes the will, if any.
+    Ended(Box<(Session, Option<PendingWill>)>),
     /// Another connection had already taken the slot (after a handover timeout): the
     /// state is stale and must not touch shared state.
     Stale,
@@ -102,6 +105,9 @@ impl Registry {
                     None => {
                         slot.owner = owner.take();
                         slot.generation += 1;
+                        // [MQTT-3.1.3-9] A new connection before the Will Delay
+                        // Interval ran out: the will is not sent.
+                        slot.will = None;
                         return Claim {
                             previous: slot.parked.take(),
                             generation: slot.generation,
@@ -125,8 +131,9 @@ impl Registry {
     }
 
     /// Ends `conn_id`'s ownership of `session`'s client id: parks the session if it
-    /// outlives the connection, else hands it back to be ended.
-    pub fn release(&self, conn_id: u64, session: Session) -> Released {
+    /// outlives the connection (with `will`, waiting for its delay), else hands both
+    /// back to be ended.
+    pub fn release(&self, conn_id: u64, session: Session, will: Option<PendingWill>) -> Released {
         let mut slots = self.slots.lock();
         let Some(slot) = slots.get_mut(&session.client_id) else {
             return Released::Stale;
@@ -138,34 +145,40 @@ impl Registry {
         if session.expiry_secs == 0 {
             let id = session.client_id.clone();
             slots.remove(&id);
-            Released::Ended(session)
+            Released::Ended(Box::new((session, will)))
         } else {
             slot.parked = Some(session);
+            slot.will = will;
             Released::Parked {
                 generation: slot.generation,
             }
         }
     }
 
-    /// Whether `client_id` is still parked, unclaimed since `generation`.
-    pub fn is_idle_since(&self, client_id: &str, generation: u64) -> bool {
-        self.slots
-            .lock()
-            .get(client_id)
-            .is_some_and(|s| s.owner.is_none() && s.generation == generation && s.parked.is_some())
-    }
-
-    /// Removes and returns the parked session of `client_id` if nobody claimed it since
-    /// `generation` (session expiry).
-    pub fn expire(&self, client_id: &str, generation: u64) -> Option<Session> {
+    /// Takes the waiting will of `client_id` if nobody claimed it since `generation`.
+    pub fn take_will(&self, client_id: &str, generation: u64) -> Option<PendingWill> {
         let mut slots = self.slots.lock();
         let slot = slots.get_mut(client_id)?;
         if slot.owner.is_some() || slot.generation != generation {
             return None;
         }
-        let session = slot.parked.take();
-        slots.remove(client_id);
-        session
+        slot.will.take()
+    }
+
+    /// Removes and returns the parked session of `client_id` if nobody claimed it since
+    /// `generation` (session expiry), with its will if one is still waiting.
+    pub fn expire(
+        &self,
+        client_id: &str,
+        generation: u64,
+    ) -> Option<(Session, Option<PendingWill>)> {
+        let mut slots = self.slots.lock();
+        let slot = slots.get(client_id)?;
+        if slot.owner.is_some() || slot.generation != generation {
+            return None;
+        }
+        let slot = slots.remove(client_id)?;
+        Some((slot.parked?, slot.will))
     }
 
     /// Number of known sessions (connected or parked).

@@ -5,10 +5,10 @@
 //! A connection owns its session while connected and parks it in the registry when it
 //! goes away, so a persistent session resumes with its in-flight messages intact.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{btree_map, BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use mqtt::{QoS, SubscriptionOptions};
+use mqtt::{QoS, SubscriptionOptions, Will};
 
 use crate::mailbox::{Delivery, Mailbox};
 
@@ -19,6 +19,17 @@ pub struct Subscription {
     pub options: SubscriptionOptions,
     /// Subscription Identifier, if the SUBSCRIBE carried one.
     pub id: Option<u32>,
+}
+
+/// A will waiting for its connection to end.
+#[derive(Debug, Clone)]
+pub struct PendingWill {
+    /// The client it belongs to.
+    pub client_id: Arc<str>,
+    /// Its user name (the ACL is checked when the will is published).
+    pub username: Option<Arc<str>>,
+    /// The will as sent in CONNECT.
+    pub will: Will,
 }
 
 /// Where an outbound QoS 1/2 delivery stands.
@@ -79,8 +90,8 @@ impl Session {
         loop {
             let id = self.next_id;
             self.next_id = self.next_id.checked_add(1).unwrap_or(1);
-            if !self.outbound.contains_key(&id) {
-                self.outbound.insert(id, Outbound::Published(delivery));
+            if let btree_map::Entry::Vacant(slot) = self.outbound.entry(id) {
+                slot.insert(Outbound::Published(delivery));
                 self.order.push(id);
                 return Some(id);
             }

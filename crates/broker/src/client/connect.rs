@@ -14,12 +14,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 
 use super::Client;
-use crate::broker::{Broker, PendingWill};
+use crate::broker::Broker;
 use crate::connection::{Connection, ReadError};
 use crate::mailbox::Mailbox;
 use crate::metrics::Metrics;
 use crate::registry::Owner;
-use crate::session::{Outbound, Session};
+use crate::session::{Outbound, PendingWill, Session};
 
 /// The largest Maximum Packet Size value (the remaining-length limit plus the header).
 const PROTOCOL_MAX_PACKET: u32 = 268_435_460;

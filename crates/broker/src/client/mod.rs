@@ -24,13 +24,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Sleep;
 
-use crate::broker::{Broker, PendingWill};
+use crate::broker::Broker;
 use crate::connection::{Connection, ReadError, WRITE_HIGH_WATER};
 use crate::mailbox::Delivery;
 use crate::metrics::Metrics;
 use crate::registry::Control;
 use crate::router::Target;
-use crate::session::Session;
+use crate::session::{PendingWill, Session};
 
 /// Serves one accepted socket until it closes or the broker shuts down.
 pub async fn serve<R, W>(
