@@ -1,12 +1,13 @@
 //! The state one broker node shares between its connections, and the operations that
 //! span them: publishing, ending sessions, wills.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use mqtt::Publish;
 
 use crate::auth::Authenticator;
+use crate::cluster::{Cluster, ClusterError, LocalGroups};
 use crate::config::Config;
 use crate::mailbox::MailboxLimits;
 use crate::message::Message;
@@ -31,6 +32,20 @@ pub struct Broker {
     pub auth: Authenticator,
     /// Counters.
     pub metrics: Metrics,
+    /// The cluster this node belongs to, if any (set once at start).
+    cluster: OnceLock<Arc<dyn Cluster>>,
+}
+
+/// The outcome of publishing one message on this node.
+#[derive(Debug, Default)]
+pub struct Published {
+    /// Local deliveries.
+    pub routed: Routed,
+    /// Whether other nodes received copies.
+    pub forwarded: bool,
+    /// Resolves once the remote copies are durable (QoS 1/2 acknowledgement waits for
+    /// it); `None` when there are none.
+    pub durable: Option<tokio::sync::oneshot::Receiver<Result<(), ClusterError>>>,
 }
 
 impl Broker {
@@ -43,7 +58,40 @@ impl Broker {
             registry: Registry::new(),
             auth,
             metrics: Metrics::default(),
+            cluster: OnceLock::new(),
         })
+    }
+
+    /// Joins this broker to a cluster. Only the first call has an effect.
+    pub fn set_cluster(&self, cluster: Arc<dyn Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// The cluster, if this node is in one.
+    pub fn cluster(&self) -> Option<&Arc<dyn Cluster>> {
+        self.cluster.get()
+    }
+
+    /// Adds a local subscription (telling the cluster); true if it replaced one.
+    pub fn subscribe(&self, filter: &str, sub: Subscriber) -> bool {
+        let existed = self.router.subscribe(filter, sub);
+        if !existed {
+            if let Some(c) = self.cluster() {
+                c.subscribed(filter);
+            }
+        }
+        existed
+    }
+
+    /// Removes a local subscription (telling the cluster); true if it existed.
+    pub fn unsubscribe(&self, filter: &str, client_id: &Arc<str>) -> bool {
+        let existed = self.router.unsubscribe(filter, client_id);
+        if existed {
+            if let Some(c) = self.cluster() {
+                c.unsubscribed(filter);
+            }
+        }
+        existed
     }
 
     /// The bounds every session mailbox gets.
@@ -55,12 +103,49 @@ impl Broker {
         }
     }
 
-    /// Publishes `msg`: updates the retained store if it is retained, and queues it for
-    /// every matching subscription.
-    pub fn publish(&self, msg: &Arc<Message>, scratch: &mut Vec<Target>) -> Routed {
+    /// Publishes a message that arrived on this node: updates the retained store if it
+    /// is retained, hands it to the cluster (if any) and queues it for every matching
+    /// local subscription.
+    pub fn publish(&self, msg: &Arc<Message>, scratch: &mut Vec<Target>) -> Published {
         if msg.retain {
             self.retained.set(msg);
         }
+        let cluster = self.cluster();
+        let forwarded = cluster.map(|c| {
+            if msg.retain {
+                c.retained(msg);
+            }
+            c.forward(msg)
+        });
+        let (groups, durable) = match forwarded {
+            Some(f) => (Some(f.local_groups), f.durable),
+            None => (None, None),
+        };
+        let routed = self.route_locally(msg, groups.as_ref(), scratch);
+        Published {
+            routed,
+            forwarded: durable.is_some(),
+            durable,
+        }
+    }
+
+    /// Delivers a message forwarded by another node to local subscribers only (it is
+    /// never forwarded again), serving the shared groups that node assigned to us.
+    pub fn deliver_remote(
+        &self,
+        msg: &Arc<Message>,
+        groups: &LocalGroups,
+        scratch: &mut Vec<Target>,
+    ) -> Routed {
+        self.route_locally(msg, Some(groups), scratch)
+    }
+
+    fn route_locally(
+        &self,
+        msg: &Arc<Message>,
+        groups: Option<&LocalGroups>,
+        scratch: &mut Vec<Target>,
+    ) -> Routed {
         let read_check = |s: &Subscriber, topic: &str| {
             self.auth
                 .can_read(&s.client_id, s.username.as_deref(), topic)
@@ -70,7 +155,7 @@ impl Broker {
         } else {
             None
         };
-        let routed = self.router.route(msg, check, scratch);
+        let routed = self.router.route(msg, check, groups, scratch);
         Metrics::add(&self.metrics.deliveries, routed.delivered as u64);
         if routed.overflowed > 0 {
             Metrics::add(
@@ -86,10 +171,18 @@ impl Broker {
         routed
     }
 
+    /// Another node took `client_id` over: disconnect it here (v5: 0x8E) or drop its
+    /// parked session.
+    pub fn kick(&self, client_id: &str) {
+        if let Some(session) = self.registry.kick(client_id) {
+            self.end_session(&session);
+        }
+    }
+
     /// Removes every subscription of a session that ends.
     pub fn end_session(&self, session: &Session) {
         for filter in session.subscriptions.keys() {
-            self.router.unsubscribe(filter, &session.client_id);
+            self.unsubscribe(filter, &session.client_id);
         }
     }
 

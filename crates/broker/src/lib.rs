@@ -10,6 +10,7 @@
 //! - [`retain`] — retained messages.
 //! - [`registry`] — one connection per client id, takeover, parked sessions.
 //! - [`broker`] — the state shared by all connections; publish, wills, session end.
+//! - [`cluster`] — the interface a cluster offers the broker (none on a single node).
 //! - [`message`] — a message as it travels through the broker.
 //! - [`auth`] — anonymous access, password file and ACL decisions.
 //! - [`metrics`] — counters.
@@ -17,6 +18,7 @@
 pub mod auth;
 pub mod broker;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod mailbox;

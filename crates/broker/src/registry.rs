@@ -181,6 +181,18 @@ impl Registry {
         Some((slot.parked?, slot.will))
     }
 
+    /// Another node owns `client_id` now: a connected owner is told to go; a parked
+    /// session is removed and returned, to be ended.
+    pub fn kick(&self, client_id: &str) -> Option<Session> {
+        let mut slots = self.slots.lock();
+        let slot = slots.get_mut(client_id)?;
+        if let Some(owner) = &slot.owner {
+            let _ = owner.control.send(Control::TakenOver);
+            return None;
+        }
+        slots.remove(client_id).and_then(|s| s.parked)
+    }
+
     /// Number of known sessions (connected or parked).
     pub fn len(&self) -> usize {
         self.slots.lock().len()

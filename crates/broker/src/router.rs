@@ -12,6 +12,7 @@ use mqtt::topic::{parse_shared, TopicTree};
 use mqtt::{QoS, SubscriptionOptions};
 use parking_lot::RwLock;
 
+use crate::cluster::LocalGroups;
 use crate::mailbox::{Delivery, Mailbox, Pushed};
 use crate::message::Message;
 
@@ -158,17 +159,21 @@ impl Router {
     /// [MQTT-3.3.4-2, MQTT-3.3.4-3]) and one per shared group, to one member chosen
     /// round robin, preferring connected members (v5 §4.8.2). `scratch` is reused
     /// between calls so routing does not allocate per message.
+    ///
+    /// In a cluster, `groups` names the shared groups this node serves for this message
+    /// (another node serves the others); `None` serves every group.
     pub fn route(
         &self,
         msg: &Arc<Message>,
         can_read: Option<ReadCheck<'_>>,
+        groups: Option<&LocalGroups>,
         scratch: &mut Vec<Target>,
     ) -> Routed {
         scratch.clear();
         let topic = msg.topic();
         {
             let index = self.index.read();
-            index.for_each_match(topic, |_filter, _key, entry| match entry {
+            index.for_each_match(topic, |filter, key, entry| match entry {
                 Entry::Client(s) => {
                     // [MQTT-3.8.3-3] No Local: not to the connection that published it.
                     if s.options.no_local && msg.origin.as_deref() == Some(&*s.client_id) {
@@ -180,6 +185,11 @@ impl Router {
                     scratch.push(target(msg, s, false));
                 }
                 Entry::Group(g) => {
+                    if let (Some(local), SubKey::Group(name)) = (groups, key) {
+                        if !local.contains(name, filter) {
+                            return;
+                        }
+                    }
                     if let Some(s) = g.pick(|s| can_read.is_none_or(|f| f(s, topic))) {
                         scratch.push(target(msg, s, true));
                     }
@@ -323,7 +333,7 @@ mod tests {
         let mb = mailbox();
         r.subscribe("a/+", sub("c", &mb, QoS::AtMostOnce, Some(1)));
         r.subscribe("a/#", sub("c", &mb, QoS::ExactlyOnce, Some(2)));
-        let routed = r.route(&msg("a/b", QoS::ExactlyOnce), None, &mut vec![]);
+        let routed = r.route(&msg("a/b", QoS::ExactlyOnce), None, None, &mut vec![]);
         assert_eq!(routed.delivered, 1);
         let d = drain(&mb);
         assert_eq!(d.len(), 1);
@@ -341,14 +351,14 @@ mod tests {
         r.subscribe("$share/g/t", sub("c2", &m2, QoS::AtLeastOnce, None));
         for _ in 0..10 {
             assert_eq!(
-                r.route(&msg("t", QoS::AtLeastOnce), None, &mut vec![])
+                r.route(&msg("t", QoS::AtLeastOnce), None, None, &mut vec![])
                     .delivered,
                 1
             );
         }
         assert_eq!((drain(&m1).len(), drain(&m2).len()), (5, 5));
         assert!(r.unsubscribe("$share/g/t", &"c1".into()));
-        r.route(&msg("t", QoS::AtLeastOnce), None, &mut vec![]);
+        r.route(&msg("t", QoS::AtLeastOnce), None, None, &mut vec![]);
         assert_eq!((drain(&m1).len(), drain(&m2).len()), (0, 1));
     }
 
@@ -360,9 +370,26 @@ mod tests {
         r.subscribe("$share/g/t", sub("c1", &m1, QoS::AtLeastOnce, None));
         r.subscribe("$share/g/t", sub("c2", &m2, QoS::AtLeastOnce, None));
         for _ in 0..4 {
-            r.route(&msg("t", QoS::AtLeastOnce), None, &mut vec![]);
+            r.route(&msg("t", QoS::AtLeastOnce), None, None, &mut vec![]);
         }
         assert_eq!((drain(&m1).len(), drain(&m2).len()), (0, 4));
+    }
+
+    #[test]
+    fn cluster_decides_which_groups_are_served_here() {
+        let r = Router::new();
+        let (m1, m2) = (mailbox(), mailbox());
+        r.subscribe("$share/a/t/+", sub("c1", &m1, QoS::AtLeastOnce, None));
+        r.subscribe("$share/b/t/+", sub("c2", &m2, QoS::AtLeastOnce, None));
+        let here = LocalGroups(vec![("b".into(), "t/+".into())]);
+        let routed = r.route(
+            &msg("t/x", QoS::AtLeastOnce),
+            None,
+            Some(&here),
+            &mut vec![],
+        );
+        assert_eq!(routed.delivered, 1);
+        assert_eq!((drain(&m1).len(), drain(&m2).len()), (0, 1));
     }
 
     #[test]
@@ -373,7 +400,7 @@ mod tests {
         s.options.no_local = true;
         r.subscribe("t", s);
         assert_eq!(
-            r.route(&msg("t", QoS::AtLeastOnce), None, &mut vec![])
+            r.route(&msg("t", QoS::AtLeastOnce), None, None, &mut vec![])
                 .delivered,
             0
         );
@@ -386,13 +413,23 @@ mod tests {
         r.subscribe("#", sub("c", &mb, QoS::AtLeastOnce, None));
         let deny: ReadCheck = &|_, t| t != "secret";
         assert_eq!(
-            r.route(&msg("secret", QoS::AtLeastOnce), Some(deny), &mut vec![])
-                .delivered,
+            r.route(
+                &msg("secret", QoS::AtLeastOnce),
+                Some(deny),
+                None,
+                &mut vec![]
+            )
+            .delivered,
             0
         );
         assert_eq!(
-            r.route(&msg("open", QoS::AtLeastOnce), Some(deny), &mut vec![])
-                .delivered,
+            r.route(
+                &msg("open", QoS::AtLeastOnce),
+                Some(deny),
+                None,
+                &mut vec![]
+            )
+            .delivered,
             1
         );
     }

@@ -148,7 +148,15 @@ where
     };
     let expiry = requested_expiry.min(limits.max_session_expiry_secs);
 
-    // Claim the client id; a current owner is taken over [MQTT-3.1.4-3].
+    // Claim the client id; a current owner is taken over [MQTT-3.1.4-3], first
+    // cluster-wide (a connection on another node is told to go), then on this node.
+    if let Some(cluster) = broker.cluster() {
+        if let Err(e) = cluster.claim(&client_id).await {
+            tracing::warn!(%peer, client_id = %client_id, error = %e, "connection refused: cannot claim the client id");
+            refuse(&mut conn, protocol, ReasonCode::ServerUnavailable).await;
+            return None;
+        }
+    }
     let conn_id = broker.registry.next_conn_id();
     let (control_tx, control_rx) = mpsc::unbounded_channel();
     let (exited_tx, exited_rx) = watch::channel(());
@@ -254,6 +262,7 @@ where
         alias_out_max: props.topic_alias_maximum.unwrap_or(0),
         pending: VecDeque::new(),
         scratch: Vec::new(),
+        acks: VecDeque::new(),
     };
     if session_present {
         client.resend_inflight();

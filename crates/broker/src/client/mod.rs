@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Sleep;
 
 use crate::broker::Broker;
+use crate::cluster::ClusterError;
 use crate::connection::{Connection, ReadError, WRITE_HIGH_WATER};
 use crate::mailbox::Delivery;
 use crate::metrics::Metrics;
@@ -51,6 +52,21 @@ pub async fn serve<R, W>(
     if let Some(mut client) = connect::handshake(broker, conn, peer, shutdown).await {
         let exit = client.run().await;
         client.finish(exit).await;
+    }
+}
+
+/// Resolves when the oldest pending acknowledgement's message is durable.
+/// Cancel-safe: the receiver stays in place until it has resolved.
+async fn wait_durable(acks: &mut VecDeque<PendingAck>) {
+    let Some(ack) = acks.front_mut() else {
+        return;
+    };
+    if let Some(rx) = ack.durable.as_mut() {
+        let outcome = rx
+            .await
+            .unwrap_or_else(|_| Err(ClusterError("forwarder stopped".into())));
+        ack.durable = None;
+        ack.failed = outcome.err();
     }
 }
 
@@ -100,6 +116,20 @@ struct Client<R, W> {
     pending: VecDeque<Delivery>,
     /// Reused by every publish for routing.
     scratch: Vec<Target>,
+    /// Acknowledgements of inbound PUBLISHes, in arrival order, some waiting for their
+    /// message to be stored by the cluster.
+    acks: VecDeque<PendingAck>,
+}
+
+/// A PUBACK or PUBREC not sent yet.
+struct PendingAck {
+    /// PUBREC (QoS 2) rather than PUBACK (QoS 1).
+    qos2: bool,
+    packet_id: u16,
+    reason: ReasonCode,
+    durable: Option<tokio::sync::oneshot::Receiver<Result<(), ClusterError>>>,
+    /// Set when the cluster could not store the message.
+    failed: Option<ClusterError>,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Client<R, W> {
@@ -134,6 +164,11 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Client<R, W> {
                     }
                 }
                 _ = self.session.mailbox.notified(), if can_take => {}
+                _ = wait_durable(&mut self.acks), if self.acks.front().is_some_and(|a| a.durable.is_some()) => {
+                    if let Some(exit) = self.flush_acks() {
+                        return exit;
+                    }
+                }
                 c = self.control.recv() => match c {
                     Some(Control::TakenOver) | None => {
                         return Exit::Server(ReasonCode::SessionTakenOver);

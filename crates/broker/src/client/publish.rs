@@ -10,11 +10,13 @@ use mqtt::topic::valid_topic_name;
 use mqtt::{Packet, PubResp, Publish, QoS, ReasonCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{Client, Exit};
+use super::{Client, Exit, PendingAck};
+use crate::cluster::ClusterError;
 use crate::connection::WRITE_HIGH_WATER;
 use crate::mailbox::Delivery;
 use crate::message::Message;
 use crate::metrics::Metrics;
+use tokio::sync::oneshot::error::TryRecvError;
 
 /// Deliveries taken from the mailbox per lock.
 const DRAIN_BATCH: usize = 64;
@@ -61,6 +63,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Client<R, W> {
             return None;
         }
 
+        let mut durable = None;
         let reason = if !self.broker.auth.can_write(
             &self.client_id,
             self.username.as_deref(),
@@ -79,29 +82,68 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Client<R, W> {
                 Some(self.client_id.clone()),
                 Instant::now(),
             ));
-            let routed = self.broker.publish(&msg, &mut self.scratch);
-            if routed.delivered == 0 {
+            let published = self.broker.publish(&msg, &mut self.scratch);
+            durable = published.durable;
+            if published.routed.delivered == 0 && !published.forwarded {
                 ReasonCode::NoMatchingSubscribers
             } else {
                 ReasonCode::Success
             }
         };
+        if p.qos == QoS::AtMostOnce {
+            return None;
+        }
+        let qos2 = p.qos == QoS::ExactlyOnce;
+        if reason.is_error() && qos2 && self.protocol.is_v5() {
+            // A failed PUBREC ends the exchange: no PUBREL will follow.
+            self.session.release_qos2(packet_id);
+        }
         // 3.1.1 has no way to say "refused": the message is dropped and acknowledged.
-        let reason = if self.protocol.is_v5() {
-            reason
-        } else {
-            ReasonCode::Success
-        };
-        match p.qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.ack(Packet::PubAck, packet_id, reason),
-            QoS::ExactlyOnce => {
-                if reason.is_error() {
-                    // A failed PUBREC ends the exchange: no PUBREL will follow.
-                    self.session.release_qos2(packet_id);
+        self.acks.push_back(PendingAck {
+            qos2,
+            packet_id,
+            reason,
+            durable,
+            failed: None,
+        });
+        self.flush_acks()
+    }
+
+    /// Sends the acknowledgements at the front of the queue whose messages are durable,
+    /// in the order their PUBLISHes arrived [MQTT-4.6.0-2, MQTT-4.6.0-3].
+    pub(super) fn flush_acks(&mut self) -> Option<Exit> {
+        while let Some(front) = self.acks.front_mut() {
+            let outcome = match &mut front.durable {
+                None => front.failed.take().map_or(Ok(()), Err),
+                Some(rx) => match rx.try_recv() {
+                    Ok(r) => r,
+                    Err(TryRecvError::Empty) => return None,
+                    Err(TryRecvError::Closed) => Err(ClusterError("forwarder stopped".into())),
+                },
+            };
+            let Some(ack) = self.acks.pop_front() else {
+                return None;
+            };
+            let reason = match outcome {
+                Ok(()) => ack.reason,
+                Err(e) => {
+                    tracing::warn!(client_id = %self.client_id, error = %e, "message not acknowledged: cluster copies not stored");
+                    if !self.protocol.is_v5() {
+                        // 3.1.1 cannot refuse: close, so the client resends it later.
+                        return Some(Exit::Server(ReasonCode::ServerUnavailable));
+                    }
+                    if ack.qos2 {
+                        self.session.release_qos2(ack.packet_id);
+                    }
+                    ReasonCode::UnspecifiedError
                 }
-                self.ack(Packet::PubRec, packet_id, reason);
-            }
+            };
+            let kind = if ack.qos2 {
+                Packet::PubRec
+            } else {
+                Packet::PubAck
+            };
+            self.ack(kind, ack.packet_id, reason);
         }
         None
     }

@@ -65,7 +65,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Client<R, W> {
             tracing::debug!(client_id = %self.client_id, filter = %f.filter, "SUBSCRIBE denied by ACL");
             return Ok(ReasonCode::NotAuthorized);
         }
-        let existed = broker.router.subscribe(
+        let existed = broker.subscribe(
             &f.filter,
             Subscriber {
                 client_id: self.client_id.clone(),
@@ -122,7 +122,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Client<R, W> {
             .filters
             .iter()
             .map(|f| {
-                let existed = self.broker.router.unsubscribe(f, &self.client_id);
+                let existed = self.broker.unsubscribe(f, &self.client_id);
                 self.session.subscriptions.remove(f);
                 if existed {
                     ReasonCode::Success

@@ -1,0 +1,74 @@
+//! What the broker needs from a cluster, as a trait the `cluster` crate implements.
+//!
+//! A single node runs without one. With one, the broker tells it about local
+//! subscriptions (so other nodes can route to us) and retained messages, hands it every
+//! message published here (it forwards to nodes whose routes match and decides where
+//! each shared-subscription group's copy goes), and claims client ids cluster-wide.
+//! Messages arriving from other nodes come back through [`Broker::deliver_remote`],
+//! takeover requests through [`Broker::kick`].
+//!
+//! [`Broker::deliver_remote`]: crate::broker::Broker::deliver_remote
+//! [`Broker::kick`]: crate::broker::Broker::kick
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use thiserror::Error;
+use tokio::sync::oneshot;
+
+use crate::message::Message;
+
+/// A cluster operation that could not be done (Redis unreachable, timeout).
+#[derive(Debug, Clone, Error)]
+#[error("cluster unavailable: {0}")]
+pub struct ClusterError(pub String);
+
+/// The shared-subscription groups (`group`, inner filter) this node must serve for
+/// one message; other groups are served by other nodes.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LocalGroups(pub Vec<(String, String)>);
+
+impl LocalGroups {
+    /// Whether this node serves `group` on `filter`.
+    pub fn contains(&self, group: &str, filter: &str) -> bool {
+        self.0.iter().any(|(g, f)| g == group && f == filter)
+    }
+}
+
+/// The outcome of handing a message to the cluster.
+#[derive(Debug, Default)]
+pub struct Forwarded {
+    /// The groups to deliver to locally.
+    pub local_groups: LocalGroups,
+    /// Resolves once every remote copy is stored in the cluster (`Ok`) or could not be
+    /// (`Err`); `None` when no other node needed the message.
+    pub durable: Option<oneshot::Receiver<Result<(), ClusterError>>>,
+}
+
+/// The result of claiming a client id cluster-wide.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterClaim {
+    /// The ownership epoch this connection holds.
+    pub epoch: u64,
+}
+
+/// A boxed future, for object-safe async methods.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The cluster as the broker sees it.
+pub trait Cluster: Send + Sync + Debug + 'static {
+    /// A local session subscribed to `filter` (full filter, `$share/...` included).
+    fn subscribed(&self, filter: &str);
+    /// A local session dropped its subscription to `filter`.
+    fn unsubscribed(&self, filter: &str);
+    /// Sends a message published on this node to the other nodes that need it.
+    fn forward(&self, msg: &Arc<Message>) -> Forwarded;
+    /// A retained message was set (or cleared, with an empty payload) on this node.
+    fn retained(&self, msg: &Arc<Message>);
+    /// Claims `client_id` for a connection on this node, taking it over from any
+    /// other node.
+    fn claim<'a>(&'a self, client_id: &'a str)
+        -> BoxFuture<'a, Result<ClusterClaim, ClusterError>>;
+}
