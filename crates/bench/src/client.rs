@@ -38,6 +38,8 @@ use crate::stats::{Local, Shared};
 const MAX_PACKET: usize = 16 << 20;
 /// A publisher stops encoding when this much waits to be written.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
+/// How far a rate-limited publisher may fall behind its schedule and still catch up.
+const MAX_LAG: Duration = Duration::from_millis(100);
 
 /// Why a connection failed.
 #[derive(Debug, Error)]
@@ -519,8 +521,10 @@ impl Publisher {
                     break;
                 }
                 self.next_send += period;
-                // After a stall (window full, slow socket) do not burst to catch up.
-                if self.next_send + period < now {
+                // Timers fire a millisecond or two late, so messages that fell due
+                // meanwhile go out together; after a longer stall (window full, slow
+                // socket) the lost time is given up rather than sent as a burst.
+                if now.saturating_duration_since(self.next_send) > MAX_LAG {
                     self.next_send = now;
                 }
             }
