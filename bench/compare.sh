@@ -11,7 +11,9 @@
 # (docs/benchmarks.svg). Raw JSON lines go to docs/benchmarks/results.jsonl.
 #
 # Environment: REPEAT (3), DURATION (8s), BROKER_CPU (0), BENCH_CPU (1), MICRO (1: run the
-# codec and topic criterion benchmarks briefly), CONNS (19000), CARGO_TARGET_DIR.
+# codec and topic criterion benchmarks briefly), CONNS (19000), CARGO_TARGET_DIR,
+# RENDER_ONLY (1: skip the runs and rewrite the docs from docs/benchmarks/*, e.g. after
+# editing bench/notes.md, the hand-written findings included in the page).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,6 +26,9 @@ CONNS=${CONNS:-19000}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 DOCS=$ROOT/docs
 RAW=$DOCS/benchmarks/results.jsonl
+MICRO_OUT=$DOCS/benchmarks/micro.txt
+MACHINE=$DOCS/benchmarks/machine.txt
+RENDER_ONLY=${RENDER_ONLY:-0}
 WORK=$(mktemp -d /tmp/astramq-compare.XXXXXX)
 BROKER_PID=
 
@@ -43,9 +48,11 @@ if [[ -z $MOSQUITTO ]]; then
     MOSQUITTO=/usr/sbin/mosquitto
 fi
 command -v taskset >/dev/null || { log "taskset missing (util-linux)"; exit 1; }
-log "building astramq (release)"
-(cd "$ROOT" && cargo build --release -q -p astramq)
 ASTRAMQ=$CARGO_TARGET_DIR/release/astramq
+if [[ $RENDER_ONLY != 1 ]]; then
+    log "building astramq (release)"
+    (cd "$ROOT" && cargo build --release -q -p astramq)
+fi
 ulimit -n "$(ulimit -Hn)"
 
 # --- brokers -------------------------------------------------------------------------
@@ -119,10 +126,11 @@ SCENARIOS=(
 )
 
 mkdir -p "$DOCS/benchmarks"
-: >"$RAW"
 printf '%s\n' "${SCENARIOS[@]}" >"$WORK/scenarios.txt"
+[[ $RENDER_ONLY == 1 ]] && REPEAT_RUNS=0 || REPEAT_RUNS=$REPEAT
+[[ $RENDER_ONLY == 1 ]] || : >"$RAW"
 run_no=0
-for rep in $(seq 1 "$REPEAT"); do
+for rep in $(seq 1 "$REPEAT_RUNS"); do
     for entry in "${SCENARIOS[@]}"; do
         name=${entry%%|*}
         args=${entry#*|}
@@ -154,26 +162,27 @@ for rep in $(seq 1 "$REPEAT"); do
 done
 
 # --- micro-benchmarks -------------------------------------------------------------------
-: >"$WORK/micro.txt"
-if [[ $MICRO == 1 ]]; then
+if [[ $MICRO == 1 && $RENDER_ONLY != 1 ]]; then
     log "criterion: codec and topic (short measurement)"
     (cd "$ROOT" && cargo bench -q -p astramq-mqtt --bench codec --bench topic -- \
-        --warm-up-time 1 --measurement-time 2 --noplot 2>/dev/null) | tee "$WORK/micro.txt" >&2 || true
+        --warm-up-time 1 --measurement-time 2 --noplot 2>/dev/null) | tee "$MICRO_OUT" >&2 || true
+elif [[ $RENDER_ONLY != 1 ]]; then
+    : >"$MICRO_OUT"
 fi
 
 # --- report -------------------------------------------------------------------------------
-{
+[[ $RENDER_ONLY == 1 ]] || {
     echo "lscpu: $(lscpu | grep -E 'Model name' | sed 's/.*: *//')," \
         "$(nproc) CPUs available, $(free -g | awk '/Mem:/ {print $2}') GiB RAM"
     echo "uname: $(uname -srmo)"
     echo "mosquitto: $($MOSQUITTO -h 2>/dev/null | head -n 1)"
     echo "astramq: $(cd "$ROOT" && git rev-parse --short HEAD) ($(rustc -V))"
     echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"
-} >"$WORK/machine.txt"
-python3 "$ROOT/bench/render.py" --results "$RAW" --machine "$WORK/machine.txt" \
-    --micro "$WORK/micro.txt" --scenarios "$WORK/scenarios.txt" \
-    --astramq-conf "$WORK/astramq.toml" --mosquitto-conf "$WORK/mosquitto.conf" \
-    --astramq-cmd "$A_CMD" --mosquitto-cmd "$M_CMD" \
+} >"$MACHINE"
+python3 "$ROOT/bench/render.py" --results "$RAW" --machine "$MACHINE" \
+    --micro "$MICRO_OUT" --scenarios "$WORK/scenarios.txt" \
+    --astramq-conf "$WORK/astramq.toml" --mosquitto-conf <(sed "s/$PORT_M/PORT/" "$WORK/mosquitto.conf") \
+    --astramq-cmd "$(echo "${A_CMD//$PORT_A/PORT}" | sed "s|$ASTRAMQ|astramq|")" --mosquitto-cmd "$M_CMD" \
     --notes "$ROOT/bench/notes.md" --repeat "$REPEAT" --md "$DOCS/benchmarks.md" --svg "$DOCS/benchmarks.svg"
 log "wrote docs/benchmarks.md, docs/benchmarks.svg, $RAW"
 rm -rf "$WORK"

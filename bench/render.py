@@ -237,6 +237,8 @@ def main():
     md.append("")
 
     md.append("## Exact commands\n")
+    md.append(f"The whole run: `REPEAT={args.repeat} bench/compare.sh` (release build of `astramq`, "
+              "which is both the broker and, as `astramq bench`, the load generator).\n")
     md.append("Brokers (one fresh process per run, from a scratch directory holding these files):\n")
     md.append("```sh\n" + args.astramq_cmd + "\n" + args.mosquitto_cmd + "\n```\n")
     md.append("`astramq.toml`:\n\n```toml\n" + open(args.astramq_conf).read().rstrip() + "\n```\n")
