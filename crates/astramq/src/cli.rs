@@ -38,6 +38,8 @@ pub enum Command {
     Broker(BrokerArgs),
     /// Create or update a Mosquitto-compatible password file.
     Passwd(crate::passwd::PasswdArgs),
+    /// Load-test an MQTT broker (scenarios conn, pub, sub, fanin, fanout, pairs).
+    Bench(bench::BenchArgs),
 }
 
 /// Flags of `astramq broker`; each also has a config key and an `ASTRAMQ_*` variable.

@@ -1,4 +1,5 @@
-//! The `astramq` command: `astramq broker` (the default), `astramq passwd`.
+//! The `astramq` command: `astramq broker` (the default), `astramq passwd`,
+//! `astramq bench` (the load generator, in the `bench` crate).
 //!
 //! - [`cli`] — command-line flags, and how flags, `ASTRAMQ_*` variables and the config
 //!   file combine into one validated [`broker::Config`].
@@ -19,6 +20,7 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Broker(cli.broker)) {
         Command::Broker(args) => run_broker(args),
         Command::Passwd(args) => passwd::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,751 @@
+//! The lean MQTT client: one tokio task and two buffers per connection.
+//!
+//! [`Conn::connect`] does TCP (from an optional source address), CONNECT and CONNACK;
+//! [`Conn::subscribe`] one SUBSCRIBE/SUBACK. [`drive`] then runs the connection until
+//! the run is over: a publisher stamps and writes PUBLISH packets (QoS 0, 1 or 2 with
+//! PUBREC/PUBREL/PUBCOMP) within its rate and in-flight window; a subscriber
+//! acknowledges, checks the stamp against what it expects, and records latency.
+//!
+//! The loop is single-task and non-blocking (`readable`/`try_read`,
+//! `writable`/`try_write`), so a connection never stalls writing while the broker
+//! waits for it to read; writes are batched: everything encoded since the last write
+//! leaves in one `write` call.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use mqtt::{
+    Connect, ConnectProperties, DecodeError, Disconnect, EncodeError, Packet, Protocol, PubResp,
+    Publish, QoS, ReasonCode, Subscribe, SubscribeFilter, SubscriptionOptions,
+};
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::layout::{ClientSpec, Expects, Role};
+use crate::payload::{now_ns, Stamp};
+use crate::seqset::SeqSet;
+use crate::stats::{Local, Shared};
+
+/// Largest packet the client accepts.
+const MAX_PACKET: usize = 16 << 20;
+/// A publisher stops encoding when this much waits to be written.
+const WRITE_HIGH_WATER: usize = 64 * 1024;
+/// How far a rate-limited publisher may fall behind its schedule and still catch up.
+const MAX_LAG: Duration = Duration::from_millis(100);
+
+/// Why a connection failed.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// A socket error.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The broker closed the connection.
+    #[error("connection closed by the broker")]
+    Closed,
+    /// The broker sent bytes the codec rejects.
+    #[error("bad packet from the broker: {0}")]
+    Decode(#[from] DecodeError),
+    /// A packet could not be encoded (a topic too long, ...).
+    #[error("cannot encode: {0}")]
+    Encode(#[from] EncodeError),
+    /// CONNACK refused the connection.
+    #[error("connection refused: {0:?}")]
+    Refused(ReasonCode),
+    /// SUBACK refused the subscription.
+    #[error("subscription refused: {0:?}")]
+    SubscribeRefused(ReasonCode),
+    /// The broker sent DISCONNECT.
+    #[error("disconnected by the broker: {0:?}")]
+    Disconnected(ReasonCode),
+    /// A packet that makes no sense at this point.
+    #[error("unexpected {0}")]
+    Unexpected(&'static str),
+}
+
+/// Where the run is; the runner moves every task through these in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Connections are being made; nobody publishes.
+    Connecting,
+    /// Publishers publish.
+    Running,
+    /// Publishers finish their in-flight messages and leave; subscribers keep reading.
+    Draining,
+    /// Everyone disconnects.
+    Done,
+}
+
+/// Connection settings common to all clients of a run.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// MQTT version.
+    pub protocol: Protocol,
+    /// Clean Session / Clean Start.
+    pub clean: bool,
+    /// Session Expiry Interval (MQTT 5).
+    pub session_expiry: Option<u32>,
+    /// Keep Alive, seconds.
+    pub keep_alive: u16,
+    /// QoS of publishes and subscriptions.
+    pub qos: QoS,
+    /// Payload size.
+    pub payload: usize,
+    /// Messages per second per publisher, `None` = unlimited.
+    pub rate: Option<f64>,
+    /// In-flight window per publisher.
+    pub inflight: u16,
+}
+
+/// An open MQTT connection with its buffers.
+#[derive(Debug)]
+pub struct Conn {
+    stream: TcpStream,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    protocol: Protocol,
+    /// The broker's Receive Maximum (65,535 when it sent none).
+    receive_maximum: u16,
+}
+
+impl Conn {
+    /// Opens TCP to `spec.host` (from `spec.source` when given) and completes
+    /// CONNECT/CONNACK.
+    pub async fn connect(spec: &ClientSpec, opts: &ClientOptions) -> Result<Conn, ClientError> {
+        let socket = match spec.host {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        if let Some(ip) = spec.source {
+            socket.bind(SocketAddr::new(ip, 0))?;
+        }
+        let stream = socket.connect(spec.host).await?;
+        stream.set_nodelay(true)?;
+        let mut conn = Conn {
+            stream,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            protocol: opts.protocol,
+            receive_maximum: u16::MAX,
+        };
+        let connect = Connect {
+            protocol: opts.protocol,
+            clean_start: opts.clean,
+            keep_alive: opts.keep_alive,
+            client_id: spec.client_id.clone(),
+            properties: ConnectProperties {
+                session_expiry_interval: opts.session_expiry,
+                ..ConnectProperties::default()
+            },
+            ..Connect::default()
+        };
+        conn.send(&Packet::Connect(Box::new(connect))).await?;
+        match conn.recv().await? {
+            Packet::ConnAck(a) if a.code.is_error() => Err(ClientError::Refused(a.code)),
+            Packet::ConnAck(a) => {
+                conn.receive_maximum = a.properties.receive_maximum.unwrap_or(u16::MAX);
+                Ok(conn)
+            }
+            other => Err(ClientError::Unexpected(other.name())),
+        }
+    }
+
+    /// Subscribes to `filter` at `qos` and waits for the SUBACK.
+    pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> Result<(), ClientError> {
+        let sub = Subscribe {
+            packet_id: 1,
+            filters: vec![SubscribeFilter {
+                filter: filter.to_string(),
+                options: SubscriptionOptions {
+                    qos,
+                    ..SubscriptionOptions::default()
+                },
+            }],
+            ..Subscribe::default()
+        };
+        self.send(&Packet::Subscribe(sub)).await?;
+        loop {
+            match self.recv().await? {
+                Packet::SubAck(a) if a.packet_id == 1 => {
+                    return match a.reasons.first() {
+                        Some(r) if !r.is_error() => Ok(()),
+                        Some(r) => Err(ClientError::SubscribeRefused(*r)),
+                        None => Err(ClientError::Unexpected("empty SUBACK")),
+                    };
+                }
+                // Messages of an earlier session may arrive first; they are not ours.
+                Packet::Publish(_) | Packet::PingResp => {}
+                other => return Err(ClientError::Unexpected(other.name())),
+            }
+        }
+    }
+
+    async fn send(&mut self, packet: &Packet) -> Result<(), ClientError> {
+        mqtt::encode(packet, self.protocol, &mut self.wbuf)?;
+        self.stream.write_all(&self.wbuf).await?;
+        self.wbuf.clear();
+        Ok(())
+    }
+
+    async fn recv(&mut self) -> Result<Packet, ClientError> {
+        loop {
+            if let Some(p) = mqtt::decode(&mut self.rbuf, Some(self.protocol), MAX_PACKET)? {
+                return Ok(p);
+            }
+            self.rbuf.reserve(4096);
+            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+                return Err(ClientError::Closed);
+            }
+        }
+    }
+
+    /// One non-blocking read; `Ok(false)` when nothing was there after all.
+    fn read_some(&mut self, chunk: usize) -> Result<bool, ClientError> {
+        self.rbuf.reserve(chunk);
+        match self.stream.try_read_buf(&mut self.rbuf) {
+            Ok(0) => Err(ClientError::Closed),
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// One non-blocking write of whatever is pending.
+    fn write_some(&mut self) -> Result<(), ClientError> {
+        match self.stream.try_write(&self.wbuf) {
+            Ok(n) => {
+                self.wbuf.advance(n);
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn queue(&mut self, packet: &Packet) -> Result<(), ClientError> {
+        mqtt::encode(packet, self.protocol, &mut self.wbuf)?;
+        Ok(())
+    }
+
+    /// Sends DISCONNECT after what is pending, giving up after a short while.
+    async fn close(mut self) {
+        let d = Packet::Disconnect(Disconnect::default());
+        if self.queue(&d).is_ok() {
+            let _ = tokio::time::timeout(
+                Duration::from_millis(500),
+                self.stream.write_all(&self.wbuf),
+            )
+            .await;
+        }
+    }
+}
+
+/// What a connection leaves for the final accounting.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// A publisher's index and the sequences the broker acknowledged.
+    pub publisher: Option<(u32, SeqSet)>,
+    /// A subscriber's expectations and receptions.
+    pub subscriber: Option<SubOutcome>,
+}
+
+/// A subscriber's view at the end of the run.
+#[derive(Debug)]
+pub struct SubOutcome {
+    /// Whom it had to hear from.
+    pub expects: Expects,
+    /// Received sequences per publisher index.
+    pub received: HashMap<u32, SeqSet>,
+}
+
+/// Runs a connected client in `role` until the run reaches [`Phase::Done`] (or, for a
+/// publisher, until its in-flight messages are settled after [`Phase::Running`]).
+pub async fn drive(
+    mut conn: Conn,
+    role: Role,
+    opts: Arc<ClientOptions>,
+    shared: Arc<Shared>,
+    phase: watch::Receiver<Phase>,
+) -> Outcome {
+    let mut publisher = match &role {
+        Role::Publisher { index, topic } => Some(Publisher::new(*index, topic, &opts, &conn)),
+        _ => None,
+    };
+    let mut subscriber = match role {
+        Role::Subscriber { expects, .. } => Some(Subscriber::new(expects)),
+        _ => None,
+    };
+    let mut local = Local::default();
+    let result = event_loop(
+        &mut conn,
+        &mut publisher,
+        &mut subscriber,
+        &opts,
+        &shared,
+        &mut local,
+        phase,
+    )
+    .await;
+    let pub_index = publisher.as_ref().map(|p| p.index);
+    local.flush(&shared, pub_index, true);
+    match result {
+        Ok(()) => conn.close().await,
+        Err(e) => {
+            shared
+                .dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            shared.record_error(format!("connection lost: {e}"));
+        }
+    }
+    Outcome {
+        publisher: publisher.map(|p| (p.index, p.acked)),
+        subscriber: subscriber.map(|s| SubOutcome {
+            expects: s.expects,
+            received: s.received,
+        }),
+    }
+}
+
+async fn event_loop(
+    conn: &mut Conn,
+    publisher: &mut Option<Publisher>,
+    subscriber: &mut Option<Subscriber>,
+    opts: &ClientOptions,
+    shared: &Shared,
+    local: &mut Local,
+    mut phase: watch::Receiver<Phase>,
+) -> Result<(), ClientError> {
+    let keep_alive = Duration::from_secs(opts.keep_alive.max(1).into());
+    let pinging = opts.keep_alive > 0;
+    let mut ping = pin!(tokio::time::sleep(keep_alive));
+    let mut wake = pin!(tokio::time::sleep(Duration::ZERO));
+    let read_chunk = match (&publisher, &subscriber) {
+        (_, Some(_)) => 64 * 1024,
+        (Some(_), None) => 4096,
+        (None, None) => 256,
+    };
+    let pub_index = publisher.as_ref().map(|p| p.index);
+    let mut current = *phase.borrow_and_update();
+    loop {
+        if current == Phase::Running {
+            if let Some(p) = publisher.as_mut() {
+                p.fill(&mut conn.wbuf, Instant::now(), shared.run, local)?;
+            }
+        }
+        local.flush(shared, pub_index, false);
+        match (current, publisher.as_ref()) {
+            (Phase::Done, _) => return Ok(()),
+            (Phase::Draining, Some(p)) if p.settled() && conn.wbuf.is_empty() => return Ok(()),
+            _ => {}
+        }
+        let next_send = match (current, publisher.as_ref()) {
+            (Phase::Running, Some(p)) => p.wake_at(conn.wbuf.len()),
+            _ => None,
+        };
+        if let Some(at) = next_send {
+            if wake.deadline() != at {
+                wake.as_mut().reset(at);
+            }
+        }
+        let writing = !conn.wbuf.is_empty();
+        tokio::select! {
+            biased;
+            r = conn.stream.readable() => {
+                r?;
+                if conn.read_some(read_chunk)? {
+                    while let Some(packet) =
+                        mqtt::decode(&mut conn.rbuf, Some(conn.protocol), MAX_PACKET)?
+                    {
+                        handle(conn, packet, publisher, subscriber, shared.run, local)?;
+                    }
+                }
+            }
+            r = conn.stream.writable(), if writing => {
+                r?;
+                conn.write_some()?;
+            }
+            () = &mut wake, if next_send.is_some() => {}
+            () = &mut ping, if pinging => {
+                conn.queue(&Packet::PingReq)?;
+                ping.as_mut().reset(Instant::now() + keep_alive);
+            }
+            r = phase.changed() => {
+                current = if r.is_ok() { *phase.borrow_and_update() } else { Phase::Done };
+            }
+        }
+    }
+}
+
+/// Reacts to one packet from the broker.
+fn handle(
+    conn: &mut Conn,
+    packet: Packet,
+    publisher: &mut Option<Publisher>,
+    subscriber: &mut Option<Subscriber>,
+    run: u32,
+    local: &mut Local,
+) -> Result<(), ClientError> {
+    let resp = |packet_id| PubResp {
+        packet_id,
+        ..PubResp::default()
+    };
+    match packet {
+        Packet::Publish(p) => {
+            match (p.qos, p.packet_id) {
+                (QoS::AtLeastOnce, Some(id)) => conn.queue(&Packet::PubAck(resp(id)))?,
+                (QoS::ExactlyOnce, Some(id)) => conn.queue(&Packet::PubRec(resp(id)))?,
+                _ => {}
+            }
+            match subscriber {
+                Some(s) => s.receive(&p.payload, run, local),
+                None => local.unexpected += 1,
+            }
+        }
+        Packet::PubRel(r) => conn.queue(&Packet::PubComp(resp(r.packet_id)))?,
+        Packet::PubAck(r) | Packet::PubComp(r) => {
+            if let Some(p) = publisher {
+                p.settle(r.packet_id, r.reason, local);
+            }
+        }
+        Packet::PubRec(r) => {
+            if let Some(p) = publisher {
+                if p.received(r.packet_id, r.reason, local) {
+                    conn.queue(&Packet::PubRel(resp(r.packet_id)))?;
+                }
+            }
+        }
+        Packet::Disconnect(d) => return Err(ClientError::Disconnected(d.reason)),
+        Packet::PingResp | Packet::SubAck(_) | Packet::UnsubAck(_) => {}
+        other => return Err(ClientError::Unexpected(other.name())),
+    }
+    Ok(())
+}
+
+/// An in-flight slot of a QoS 1/2 publisher; packet id = slot index + 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Free,
+    /// PUBLISH sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Published(u64),
+    /// PUBREL sent, waiting for PUBCOMP.
+    Released,
+}
+
+/// A publisher's state.
+#[derive(Debug)]
+struct Publisher {
+    index: u32,
+    /// The PUBLISH to encode, with a zero payload the stamp is written over.
+    packet: Packet,
+    payload_len: usize,
+    qos: QoS,
+    protocol: Protocol,
+    period: Option<Duration>,
+    next_send: Instant,
+    seq: u64,
+    slots: Vec<Slot>,
+    free: Vec<u16>,
+    acked: SeqSet,
+}
+
+impl Publisher {
+    fn new(index: u32, topic: &str, opts: &ClientOptions, conn: &Conn) -> Publisher {
+        let window = opts.inflight.min(conn.receive_maximum).max(1);
+        let window = if opts.qos == QoS::AtMostOnce {
+            0
+        } else {
+            window
+        };
+        let period = opts.rate.map(|r| Duration::from_secs_f64(1.0 / r));
+        // Start publishers at spread-out offsets so a rate-limited fleet does not send
+        // in lockstep bursts.
+        let offset = period.map_or(Duration::ZERO, |p| {
+            p.mul_f64((index as f64 * 0.618_033_988_7).fract())
+        });
+        Publisher {
+            index,
+            packet: Packet::Publish(Publish {
+                qos: opts.qos,
+                topic: topic.to_string(),
+                payload: Bytes::from(vec![0u8; opts.payload]),
+                ..Publish::default()
+            }),
+            payload_len: opts.payload,
+            qos: opts.qos,
+            protocol: opts.protocol,
+            period,
+            next_send: Instant::now() + offset,
+            seq: 0,
+            slots: vec![Slot::Free; window as usize],
+            // Popped from the end: ids 1, 2, 3, … first.
+            free: (0..window).rev().collect(),
+            acked: SeqSet::new(),
+        }
+    }
+
+    /// Whether a QoS 1/2 window slot is free (always true at QoS 0).
+    fn has_room(&self) -> bool {
+        self.qos == QoS::AtMostOnce || !self.free.is_empty()
+    }
+
+    /// Whether nothing is in flight.
+    fn settled(&self) -> bool {
+        self.free.len() == self.slots.len()
+    }
+
+    /// When to wake up to send the next message, for a rate-limited publisher with room.
+    fn wake_at(&self, pending: usize) -> Option<Instant> {
+        self.period?;
+        (self.has_room() && pending < WRITE_HIGH_WATER).then_some(self.next_send)
+    }
+
+    /// Encodes as many publishes into `out` as rate, window and buffer allow.
+    fn fill(
+        &mut self,
+        out: &mut BytesMut,
+        now: Instant,
+        run: u32,
+        local: &mut Local,
+    ) -> Result<(), ClientError> {
+        let mut stamp_ns = 0;
+        while out.len() < WRITE_HIGH_WATER && self.has_room() {
+            if let Some(period) = self.period {
+                if now < self.next_send {
+                    break;
+                }
+                self.next_send += period;
+                // Timers fire a millisecond or two late, so messages that fell due
+                // meanwhile go out together; after a longer stall (window full, slow
+                // socket) the lost time is given up rather than sent as a burst.
+                if now.saturating_duration_since(self.next_send) > MAX_LAG {
+                    self.next_send = now;
+                }
+            }
+            let packet_id = if self.qos == QoS::AtMostOnce {
+                None
+            } else {
+                let slot = self.free.pop().expect("has_room checked");
+                self.slots[slot as usize] = Slot::Published(self.seq);
+                Some(slot + 1)
+            };
+            if let Packet::Publish(p) = &mut self.packet {
+                p.packet_id = packet_id;
+            }
+            mqtt::encode(&self.packet, self.protocol, out)?;
+            if stamp_ns == 0 {
+                // One clock read per burst: a burst is written in one call anyway.
+                stamp_ns = now_ns();
+            }
+            let end = out.len();
+            Stamp {
+                run,
+                publisher: self.index,
+                seq: self.seq,
+                sent_ns: stamp_ns,
+            }
+            .write(&mut out[end - self.payload_len..end]);
+            self.seq += 1;
+            local.sent += 1;
+        }
+        Ok(())
+    }
+
+    /// PUBREC for `packet_id`: counts the acknowledgement; returns whether to send
+    /// PUBREL.
+    fn received(&mut self, packet_id: u16, reason: ReasonCode, local: &mut Local) -> bool {
+        let i = packet_id.wrapping_sub(1) as usize;
+        let Some(Slot::Published(seq)) = self.slots.get(i).copied() else {
+            return false;
+        };
+        if reason.is_error() {
+            local.rejected += 1;
+            self.free_slot(i);
+            return false;
+        }
+        if self.acked.insert(seq) {
+            local.acked += 1;
+        }
+        self.slots[i] = Slot::Released;
+        true
+    }
+
+    /// PUBACK (QoS 1) or PUBCOMP (QoS 2) for `packet_id`: frees its slot.
+    fn settle(&mut self, packet_id: u16, reason: ReasonCode, local: &mut Local) {
+        let i = packet_id.wrapping_sub(1) as usize;
+        match self.slots.get(i).copied() {
+            Some(Slot::Published(seq)) if self.qos == QoS::AtLeastOnce => {
+                if reason.is_error() {
+                    local.rejected += 1;
+                } else if self.acked.insert(seq) {
+                    local.acked += 1;
+                }
+                self.free_slot(i);
+            }
+            Some(Slot::Released) => self.free_slot(i),
+            _ => {}
+        }
+    }
+
+    fn free_slot(&mut self, i: usize) {
+        self.slots[i] = Slot::Free;
+        self.free.push(i as u16);
+    }
+}
+
+/// A subscriber's state.
+#[derive(Debug)]
+struct Subscriber {
+    expects: Expects,
+    received: HashMap<u32, SeqSet>,
+}
+
+impl Subscriber {
+    fn new(expects: Expects) -> Subscriber {
+        let received = match &expects {
+            Expects::Publishers(ps) => ps.iter().map(|&p| (p, SeqSet::new())).collect(),
+            Expects::Any => HashMap::new(),
+        };
+        Subscriber { expects, received }
+    }
+
+    fn receive(&mut self, payload: &[u8], run: u32, local: &mut Local) {
+        let Some(stamp) = Stamp::read(payload) else {
+            local.unexpected += 1;
+            return;
+        };
+        let set = match self.expects {
+            Expects::Publishers(_) if stamp.run != run => None,
+            Expects::Publishers(_) => self.received.get_mut(&stamp.publisher),
+            Expects::Any => Some(self.received.entry(stamp.publisher).or_default()),
+        };
+        let Some(set) = set else {
+            local.unexpected += 1;
+            return;
+        };
+        local.received += 1;
+        if set.insert(stamp.seq) {
+            local.unique += 1;
+        } else {
+            local.duplicates += 1;
+        }
+        let latency_us = now_ns().saturating_sub(stamp.sent_ns) / 1000;
+        local.latencies.push(latency_us);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local_publisher(qos: QoS, inflight: u16) -> Publisher {
+        let window = if qos == QoS::AtMostOnce { 0 } else { inflight };
+        Publisher {
+            index: 3,
+            packet: Packet::Publish(Publish {
+                qos,
+                topic: "t".into(),
+                payload: Bytes::from(vec![0u8; 32]),
+                ..Publish::default()
+            }),
+            payload_len: 32,
+            qos,
+            protocol: Protocol::V311,
+            period: None,
+            next_send: Instant::now(),
+            seq: 0,
+            slots: vec![Slot::Free; window as usize],
+            free: (0..window).rev().collect(),
+            acked: SeqSet::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn window_limits_and_acks_free_slots() {
+        let mut p = local_publisher(QoS::AtLeastOnce, 4);
+        let mut out = BytesMut::new();
+        let mut local = Local::default();
+        p.fill(&mut out, Instant::now(), 9, &mut local).unwrap();
+        assert_eq!(local.sent, 4, "window of 4");
+        // The encoded packets carry ids 1..=4 and stamps 0..=3.
+        let mut ids = vec![];
+        while let Some(Packet::Publish(pk)) =
+            mqtt::decode(&mut out, Some(Protocol::V311), 1 << 20).unwrap()
+        {
+            let s = Stamp::read(&pk.payload).unwrap();
+            assert_eq!((s.run, s.publisher), (9, 3));
+            ids.push((pk.packet_id.unwrap(), s.seq));
+        }
+        assert_eq!(ids, vec![(1, 0), (2, 1), (3, 2), (4, 3)]);
+        p.settle(2, ReasonCode::Success, &mut local);
+        p.settle(2, ReasonCode::Success, &mut local); // a stray repeat changes nothing
+        assert_eq!(local.acked, 1);
+        assert!(p.acked.contains(1));
+        p.fill(&mut out, Instant::now(), 9, &mut local).unwrap();
+        assert_eq!(local.sent, 5);
+        assert!(!p.settled());
+    }
+
+    #[tokio::test]
+    async fn qos2_acks_on_pubrec_and_frees_on_pubcomp() {
+        let mut p = local_publisher(QoS::ExactlyOnce, 1);
+        let mut out = BytesMut::new();
+        let mut local = Local::default();
+        p.fill(&mut out, Instant::now(), 0, &mut local).unwrap();
+        assert!(!p.has_room());
+        assert!(p.received(1, ReasonCode::Success, &mut local));
+        assert_eq!(local.acked, 1);
+        assert!(!p.has_room(), "slot held until PUBCOMP");
+        p.settle(1, ReasonCode::Success, &mut local);
+        assert!(p.settled() && p.has_room());
+    }
+
+    #[test]
+    fn rejected_publish_is_not_acknowledged() {
+        let mut p = local_publisher(QoS::AtLeastOnce, 1);
+        let mut local = Local::default();
+        p.fill(&mut BytesMut::new(), Instant::now(), 0, &mut local)
+            .unwrap();
+        p.settle(1, ReasonCode::NotAuthorized, &mut local);
+        assert_eq!((local.acked, local.rejected), (0, 1));
+        assert!(p.acked.is_empty() && p.settled());
+    }
+
+    #[test]
+    fn subscriber_counts_duplicates_and_strangers() {
+        let mut s = Subscriber::new(Expects::Publishers(vec![1]));
+        let mut local = Local::default();
+        let mut buf = [0u8; 24];
+        let mut send = |s: &mut Subscriber, run, publisher, seq| {
+            Stamp {
+                run,
+                publisher,
+                seq,
+                sent_ns: now_ns(),
+            }
+            .write(&mut buf);
+            s.receive(&buf, 5, &mut local);
+        };
+        send(&mut s, 5, 1, 0);
+        send(&mut s, 5, 1, 0);
+        send(&mut s, 5, 2, 0); // not expected
+        send(&mut s, 6, 1, 1); // another run
+        assert_eq!(
+            (
+                local.received,
+                local.unique,
+                local.duplicates,
+                local.unexpected
+            ),
+            (2, 1, 1, 2)
+        );
+        s.receive(b"short", 5, &mut local);
+        assert_eq!(local.unexpected, 3);
+    }
+}
