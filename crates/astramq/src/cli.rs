@@ -38,6 +38,8 @@ pub enum Command {
     Broker(BrokerArgs),
     /// Create or update a Mosquitto-compatible password file.
     Passwd(crate::passwd::PasswdArgs),
+    /// Run a load balancer in front of the broker nodes.
+    Lb(lb::LbArgs),
 }
 
 /// Flags of `astramq broker`; each also has a config key and an `ASTRAMQ_*` variable.
@@ -47,6 +49,11 @@ pub struct BrokerArgs {
     /// (comma-separated). Default 127.0.0.1:1883.
     #[arg(long, value_name = "ADDR")]
     pub listen: Vec<SocketAddr>,
+    /// Address to accept MQTT on behind a load balancer (repeatable): every
+    /// connection must start with a PROXY protocol v2 header. Key `proxy_listen`,
+    /// env `ASTRAMQ_PROXY_LISTEN` (comma-separated).
+    #[arg(long, value_name = "ADDR")]
+    pub proxy_listen: Vec<SocketAddr>,
     /// TOML configuration file. Env `ASTRAMQ_CONFIG`.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -99,6 +106,7 @@ pub fn load_config(args: &BrokerArgs, env: &HashMap<String, String>) -> anyhow::
 /// Top-level keys and the sections whose keys map to `ASTRAMQ_<SECTION>_<KEY>`.
 const TOP_KEYS: &[&str] = &[
     "listen",
+    "proxy_listen",
     "allow_anonymous",
     "password_file",
     "acl_file",
@@ -117,7 +125,7 @@ fn apply_env(table: &mut Table, env: &HashMap<String, String>) -> anyhow::Result
         if rest == "config" {
             continue;
         }
-        if rest == "listen" {
+        if rest == "listen" || rest == "proxy_listen" {
             let addrs = raw
                 .split(',')
                 .map(|a| Value::String(a.trim().to_string()))
@@ -162,6 +170,14 @@ fn apply_flags(table: &mut Table, args: &BrokerArgs) {
             .map(|a| Value::String(a.to_string()))
             .collect();
         table.insert("listen".into(), Value::Array(addrs));
+    }
+    if !args.proxy_listen.is_empty() {
+        let addrs = args
+            .proxy_listen
+            .iter()
+            .map(|a| Value::String(a.to_string()))
+            .collect();
+        table.insert("proxy_listen".into(), Value::Array(addrs));
     }
     if let Some(b) = args.allow_anonymous {
         table.insert("allow_anonymous".into(), Value::Boolean(b));

@@ -1,4 +1,4 @@
-//! The `astramq` command: `astramq broker` (the default), `astramq passwd`.
+//! The `astramq` command: `astramq broker` (the default), `astramq lb`, `astramq passwd`.
 //!
 //! - [`cli`] — command-line flags, and how flags, `ASTRAMQ_*` variables and the config
 //!   file combine into one validated [`broker::Config`].
@@ -19,6 +19,7 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Broker(cli.broker)) {
         Command::Broker(args) => run_broker(args),
         Command::Passwd(args) => passwd::run(args),
+        Command::Lb(args) => run_lb(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -43,8 +44,35 @@ fn run_broker(args: cli::BrokerArgs) -> anyhow::Result<()> {
             tracing::info!(%addr, "listening");
             writeln!(stdout, "listening on {addr}")?;
         }
+        // After the plain listeners: the test harness reads `--listen` lines first.
+        for addr in server.proxy_addrs() {
+            tracing::info!(%addr, "listening (PROXY protocol v2 required)");
+            writeln!(stdout, "listening on {addr} (proxy)")?;
+        }
         stdout.flush()?;
         server.run(shutdown_signal()).await;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+fn run_lb(args: lb::LbArgs) -> anyhow::Result<()> {
+    let config = args.to_config()?;
+    init_logging(&args.log_level)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let balancer = lb::LoadBalancer::bind(config).await?;
+        let addr = balancer.local_addr();
+        if let Some(gossip) = balancer.gossip_addr() {
+            tracing::info!(%gossip, "gossip membership joined");
+        }
+        tracing::info!(%addr, "load balancer listening");
+        let mut stdout = std::io::stdout();
+        writeln!(stdout, "listening on {addr}")?;
+        stdout.flush()?;
+        balancer.run(shutdown_signal()).await;
         tracing::info!("stopped");
         Ok(())
     })
