@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::balance::{self, Candidate};
@@ -169,6 +170,8 @@ pub(crate) struct Pool {
     backends: RwLock<Vec<Arc<Backend>>>,
     /// Round-robin position (also rotates least-connections ties).
     turn: AtomicUsize,
+    /// Woken on every [`replace`](Self::replace).
+    changed: Notify,
 }
 
 impl Pool {
@@ -177,6 +180,7 @@ impl Pool {
         Pool {
             backends: RwLock::new(backends),
             turn: AtomicUsize::new(0),
+            changed: Notify::new(),
         }
     }
 
@@ -200,6 +204,13 @@ impl Pool {
                 old.gone.cancel();
             }
         }
+        self.changed.notify_waiters();
+    }
+
+    /// Resolves at the next [`replace`](Self::replace). Create it before checking
+    /// the pool, so a change in between is not missed.
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
     }
 
     /// Total connections proxied now.

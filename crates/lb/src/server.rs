@@ -195,16 +195,27 @@ async fn serve(
 }
 
 /// Connects to a node chosen by the strategy; when it refuses or times out, marks
-/// it failed and tries the next choice, until every node has been tried.
+/// it failed and tries the next choice, until every node has been tried. With no
+/// node known at all (gossip has not found one yet, or all are draining), waits up
+/// to the connect timeout for one to appear.
 async fn connect(shared: &Shared, client_id: Option<&str>) -> Option<(TcpStream, ActiveGuard)> {
     let config = &shared.config;
     let mut tried: Vec<Arc<Backend>> = Vec::new();
-    while let Some(backend) = shared.pool.pick(
-        config.strategy,
-        client_id,
-        config.hash_balance_factor,
-        &tried,
-    ) {
+    let deadline = tokio::time::Instant::now() + config.connect_timeout;
+    loop {
+        let changed = shared.pool.changed();
+        let pick = shared.pool.pick(
+            config.strategy,
+            client_id,
+            config.hash_balance_factor,
+            &tried,
+        );
+        let Some(backend) = pick else {
+            if tried.is_empty() && tokio::time::timeout_at(deadline, changed).await.is_ok() {
+                continue;
+            }
+            return None;
+        };
         // Counted from the choice on, so concurrent choices see it.
         let guard = backend.track();
         match tokio::time::timeout(config.connect_timeout, TcpStream::connect(backend.addr())).await
@@ -226,5 +237,4 @@ async fn connect(shared: &Shared, client_id: Option<&str>) -> Option<(TcpStream,
         drop(guard);
         tried.push(backend);
     }
-    None
 }
