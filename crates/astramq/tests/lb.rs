@@ -702,7 +702,24 @@ async fn haproxy_cfg_sticks_client_ids_sends_proxy_v2_and_checks_health() {
             }
         }
     }
-    let _haproxy = Kill(child, out, err);
+    let _haproxy = Kill(child, out.clone(), err);
+    // haproxy logs a session when it ends (`option tcplog`), with the client id.
+    let closed = |id: &str, times: usize| {
+        let out = out.clone();
+        let suffix = format!(" client_id={id}");
+        let what = format!("haproxy to log {id}'s session {times}×");
+        async move {
+            wait_for(T, &what, || {
+                out.lock()
+                    .unwrap()
+                    .lines()
+                    .filter(|l| l.ends_with(&suffix))
+                    .count()
+                    >= times
+            })
+            .await
+        }
+    };
 
     // Health checks reach every node (an MQTT CONNECT behind a PROXY header).
     wait_for(
@@ -740,7 +757,11 @@ async fn haproxy_cfg_sticks_client_ids_sends_proxy_v2_and_checks_health() {
             .unwrap();
         assert_eq!(ack, [0x20, 0x02, 0x00, 0x00], "{id}");
         s.write_all(&[0xe0, 0x00]).await.unwrap();
+        drop(s);
         let node = landed_on(&nodes, id, 1).await;
+        // leastconn counts open sessions: each one is over before the next
+        // starts, so that the first placements are spread.
+        closed(id, 1).await;
         let needle = format!("peer={me} ");
         wait_for(
             T,
@@ -753,10 +774,12 @@ async fn haproxy_cfg_sticks_client_ids_sends_proxy_v2_and_checks_health() {
     let used: std::collections::HashSet<_> = home.iter().collect();
     assert!(used.len() >= 2, "9 ids all on one node: {home:?}");
     for (id, &node) in ids.iter().zip(&home) {
-        let (_c, ack) =
+        let (c, ack) =
             RawClient::connect(listen, Connect::persistent(Version::V311, id, false, 0)).await;
+        assert_eq!(landed_on(&nodes, id, 2).await, node, "{id} moved");
         assert!(ack.session_present, "{id} lost its session through haproxy");
-        assert_eq!(landed_on(&nodes, id, 2).await, node);
+        drop(c);
+        closed(id, 2).await;
     }
 
     // Kill a node: new connections keep succeeding (redispatch, then the health
