@@ -168,8 +168,9 @@ mod tests {
 
     #[test]
     fn scores_are_stable_across_builds() {
-        // Pinned: several balancer instances (and versions) must agree.
-        assert_eq!(score("node-a", "client-1"), score("node-a", "client-1"));
+        // Pinned (computed independently): several balancer instances, and
+        // versions, must agree, so changing the hash is a breaking change.
+        assert_eq!(score("node-a", "client-1"), 0x18fa_5db7_dfcc_3bd8);
         assert_ne!(score("node-a", "client-1"), score("node-b", "client-1"));
         assert_ne!(score("ab", "c"), score("a", "bc"));
     }
