@@ -239,6 +239,22 @@ mod tests {
     }
 
     #[test]
+    fn proxy_listen_from_env_and_flag() {
+        let c = load_config(
+            &BrokerArgs::default(),
+            &env(&[("ASTRAMQ_PROXY_LISTEN", "127.0.0.1:1884,127.0.0.1:1885")]),
+        )
+        .unwrap();
+        assert_eq!(c.proxy_listen.len(), 2);
+        let args = BrokerArgs {
+            proxy_listen: vec!["127.0.0.1:2884".parse().unwrap()],
+            ..Default::default()
+        };
+        let c = load_config(&args, &env(&[])).unwrap();
+        assert_eq!(c.proxy_listen, vec!["127.0.0.1:2884".parse().unwrap()]);
+    }
+
+    #[test]
     fn bad_env_value_names_the_key() {
         let e = load_config(
             &BrokerArgs::default(),
