@@ -40,6 +40,8 @@ pub enum Command {
     Passwd(crate::passwd::PasswdArgs),
     /// Load-test an MQTT broker (scenarios conn, pub, sub, fanin, fanout, pairs).
     Bench(bench::BenchArgs),
+    /// Run a load balancer in front of the broker nodes.
+    Lb(lb::LbArgs),
 }
 
 /// Flags of `astramq broker`; each also has a config key and an `ASTRAMQ_*` variable.
@@ -49,6 +51,11 @@ pub struct BrokerArgs {
     /// (comma-separated). Default 127.0.0.1:1883.
     #[arg(long, value_name = "ADDR")]
     pub listen: Vec<SocketAddr>,
+    /// Address to accept MQTT on behind a load balancer (repeatable): every
+    /// connection must start with a PROXY protocol v2 header. Key `proxy_listen`,
+    /// env `ASTRAMQ_PROXY_LISTEN` (comma-separated).
+    #[arg(long, value_name = "ADDR")]
+    pub proxy_listen: Vec<SocketAddr>,
     /// TOML configuration file. Env `ASTRAMQ_CONFIG`.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -118,6 +125,7 @@ pub fn load_config(args: &BrokerArgs, env: &HashMap<String, String>) -> anyhow::
 /// Top-level keys and the sections whose keys map to `ASTRAMQ_<SECTION>_<KEY>`.
 const TOP_KEYS: &[&str] = &[
     "listen",
+    "proxy_listen",
     "allow_anonymous",
     "password_file",
     "acl_file",
@@ -130,7 +138,7 @@ const TOP_KEYS: &[&str] = &[
     "cluster_key",
 ];
 /// Keys whose environment value is a comma-separated list.
-const LIST_KEYS: &[&str] = &["listen", "join"];
+const LIST_KEYS: &[&str] = &["listen", "proxy_listen", "join"];
 const SECTIONS: &[&str] = &["limits", "shutdown", "cluster"];
 
 fn apply_env(table: &mut Table, env: &HashMap<String, String>) -> anyhow::Result<()> {
@@ -189,6 +197,14 @@ fn apply_flags(table: &mut Table, args: &BrokerArgs) {
             .map(|a| Value::String(a.to_string()))
             .collect();
         table.insert("listen".into(), Value::Array(addrs));
+    }
+    if !args.proxy_listen.is_empty() {
+        let addrs = args
+            .proxy_listen
+            .iter()
+            .map(|a| Value::String(a.to_string()))
+            .collect();
+        table.insert("proxy_listen".into(), Value::Array(addrs));
     }
     if let Some(b) = args.allow_anonymous {
         table.insert("allow_anonymous".into(), Value::Boolean(b));
@@ -264,6 +280,22 @@ mod tests {
             c.limits.queue_overflow,
             broker::config::QueueOverflow::DropNewest
         );
+    }
+
+    #[test]
+    fn proxy_listen_from_env_and_flag() {
+        let c = load_config(
+            &BrokerArgs::default(),
+            &env(&[("ASTRAMQ_PROXY_LISTEN", "127.0.0.1:1884,127.0.0.1:1885")]),
+        )
+        .unwrap();
+        assert_eq!(c.proxy_listen.len(), 2);
+        let args = BrokerArgs {
+            proxy_listen: vec!["127.0.0.1:2884".parse().unwrap()],
+            ..Default::default()
+        };
+        let c = load_config(&args, &env(&[])).unwrap();
+        assert_eq!(c.proxy_listen, vec!["127.0.0.1:2884".parse().unwrap()]);
     }
 
     #[test]

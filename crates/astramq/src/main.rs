@@ -1,4 +1,4 @@
-//! The `astramq` command: `astramq broker` (the default), `astramq passwd`,
+//! The `astramq` command: `astramq broker` (the default), `astramq lb`, `astramq passwd`,
 //! `astramq bench` (the load generator, in the `bench` crate).
 //!
 //! - [`cli`] — command-line flags, and how flags, `ASTRAMQ_*` variables and the config
@@ -21,6 +21,7 @@ fn main() -> ExitCode {
         Command::Broker(args) => run_broker(args),
         Command::Passwd(args) => passwd::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Lb(args) => run_lb(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -60,6 +61,11 @@ fn run_broker(args: cli::BrokerArgs) -> anyhow::Result<()> {
             tracing::info!(%addr, "listening");
             writeln!(stdout, "listening on {addr}")?;
         }
+        // After the plain listeners: the test harness reads `--listen` lines first.
+        for addr in server.proxy_addrs() {
+            tracing::info!(%addr, "listening (PROXY protocol v2 required)");
+            writeln!(stdout, "listening on {addr} (proxy)")?;
+        }
         if let Some(gossip) = node.as_ref().and_then(|n| n.gossip_addr()) {
             writeln!(stdout, "gossip on {gossip}")?;
         }
@@ -71,6 +77,36 @@ fn run_broker(args: cli::BrokerArgs) -> anyhow::Result<()> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+fn run_lb(args: lb::LbArgs) -> anyhow::Result<()> {
+    let config = args.to_config()?;
+    init_logging(&args.log_level)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let balancer = lb::LoadBalancer::bind(config).await?;
+        let addr = balancer.local_addr();
+        if let Some(gossip) = balancer.gossip_addr() {
+            tracing::info!(%gossip, "gossip membership joined");
+        }
+        tracing::info!(%addr, "load balancer listening");
+        let mut stdout = std::io::stdout();
+        writeln!(stdout, "listening on {addr}")?;
+        stdout.flush()?;
+        balancer.run(shutdown_signal()).await;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+/// The MQTT addresses a node advertises through gossip: PROXY-protocol listeners
+/// first, since the load balancer (PROXY v2 on by default) connects to the first one.
+fn advertised(server: &broker::Server) -> Vec<std::net::SocketAddr> {
+    let mut addrs = server.proxy_addrs();
+    addrs.extend(server.local_addrs());
+    addrs
 }
 
 fn init_logging(level: &str) -> anyhow::Result<()> {

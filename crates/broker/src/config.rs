@@ -35,6 +35,10 @@ impl ConfigError {
 pub struct Config {
     /// TCP addresses to accept MQTT connections on.
     pub listen: Vec<SocketAddr>,
+    /// TCP addresses where every connection must start with a PROXY protocol v2
+    /// header (from a load balancer); the client address it carries is the one
+    /// logged and used. See [`crate::proxy`].
+    pub proxy_listen: Vec<SocketAddr>,
     /// Whether clients without a user name may connect.
     pub allow_anonymous: bool,
     /// A `mosquitto_passwd` password file.
@@ -108,6 +112,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 1883))],
+            proxy_listen: Vec::new(),
             allow_anonymous: true,
             password_file: None,
             acl_file: None,
@@ -208,7 +213,7 @@ impl Config {
 
     /// Checks values that parse but cannot work together.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.listen.is_empty() {
+        if self.listen.is_empty() && self.proxy_listen.is_empty() {
             return Err(ConfigError::new("listen", "at least one address is needed"));
         }
         let l = &self.limits;

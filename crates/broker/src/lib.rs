@@ -2,6 +2,7 @@
 //!
 //! - [`config`] — typed configuration and its validation.
 //! - [`server`] — listeners, accept loop, graceful shutdown.
+//! - [`proxy`] — PROXY protocol v2 headers on `proxy_listen` listeners.
 //! - [`connection`] — bytes ⇄ packets on one socket.
 //! - [`client`] — one connection's life: CONNECT, PUBLISH flows, SUBSCRIBE.
 //! - [`session`] — a session's protocol state (packet ids, in-flight window), no I/O.
@@ -24,6 +25,7 @@ pub mod connection;
 pub mod mailbox;
 pub mod message;
 pub mod metrics;
+pub mod proxy;
 pub mod registry;
 pub mod retain;
 pub mod router;

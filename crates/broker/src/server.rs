@@ -5,6 +5,9 @@
 //! [`Server::run`] serves until the given future resolves, then stops accepting, tells
 //! every client (v5: DISCONNECT 0x8B) and waits for connections to flush, within the
 //! grace period.
+//!
+//! Listeners from `proxy_listen` read a PROXY protocol v2 header first (within
+//! `limits.connect_timeout_secs`) and report the client address it carries.
 
 use std::future::Future;
 use std::io;
@@ -21,6 +24,7 @@ use crate::auth::{AuthLoadError, Authenticator};
 use crate::broker::Broker;
 use crate::client;
 use crate::config::{Config, ConfigError};
+use crate::proxy;
 
 /// Why the server could not start.
 #[derive(Debug, Error)]
@@ -46,6 +50,7 @@ pub enum ServerError {
 pub struct Server {
     broker: Arc<Broker>,
     listeners: Vec<TcpListener>,
+    proxy_listeners: Vec<TcpListener>,
 }
 
 impl Server {
@@ -53,25 +58,23 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
         config.validate()?;
         let auth = Authenticator::load(&config)?;
-        let mut listeners = Vec::new();
-        for &addr in &config.listen {
-            let l = TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServerError::Bind { addr, source })?;
-            listeners.push(l);
-        }
+        let listeners = bind_all(&config.listen).await?;
+        let proxy_listeners = bind_all(&config.proxy_listen).await?;
         Ok(Server {
             broker: Broker::new(config, auth),
             listeners,
+            proxy_listeners,
         })
     }
 
-    /// The addresses actually bound (port 0 resolved).
+    /// The addresses actually bound (port 0 resolved), `proxy_listen` excluded.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners
-            .iter()
-            .filter_map(|l| l.local_addr().ok())
-            .collect()
+        addrs(&self.listeners)
+    }
+
+    /// The `proxy_listen` addresses actually bound (port 0 resolved).
+    pub fn proxy_addrs(&self) -> Vec<SocketAddr> {
+        addrs(&self.proxy_listeners)
     }
 
     /// The shared broker state (for metrics and tests).
@@ -84,11 +87,15 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         let tracker = TaskTracker::new();
         let mut accept_loops = Vec::new();
-        for listener in self.listeners {
+        let listeners = self.listeners.into_iter().map(|l| (l, false));
+        let proxied = self.proxy_listeners.into_iter().map(|l| (l, true));
+        for (listener, proxied) in listeners.chain(proxied) {
             let broker = self.broker.clone();
             let stop = stop_rx.clone();
             let tracker = tracker.clone();
-            accept_loops.push(tokio::spawn(accept_loop(broker, listener, stop, tracker)));
+            accept_loops.push(tokio::spawn(accept_loop(
+                broker, listener, proxied, stop, tracker,
+            )));
         }
         shutdown.await;
         let grace = Duration::from_secs(self.broker.config.shutdown.grace_period_secs);
@@ -107,9 +114,28 @@ impl Server {
     }
 }
 
+async fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, ServerError> {
+    let mut listeners = Vec::new();
+    for &addr in addrs {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind { addr, source })?;
+        listeners.push(l);
+    }
+    Ok(listeners)
+}
+
+fn addrs(listeners: &[TcpListener]) -> Vec<SocketAddr> {
+    listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect()
+}
+
 async fn accept_loop(
     broker: Arc<Broker>,
     listener: TcpListener,
+    proxied: bool,
     mut stop: watch::Receiver<bool>,
     tracker: TaskTracker,
 ) {
@@ -120,7 +146,13 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                tracker.spawn(serve_tcp(broker.clone(), stream, peer, stop.clone()));
+                tracker.spawn(serve_tcp(
+                    broker.clone(),
+                    stream,
+                    peer,
+                    proxied,
+                    stop.clone(),
+                ));
             }
             Err(e) => {
                 // Out of file descriptors or similar: back off instead of spinning.
@@ -135,9 +167,27 @@ async fn serve_tcp(
     broker: Arc<Broker>,
     stream: TcpStream,
     peer: SocketAddr,
+    proxied: bool,
     stop: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    let (r, w) = stream.into_split();
+    let (mut r, w) = stream.into_split();
+    let peer = if proxied {
+        // The header is part of connecting: same time limit as the CONNECT.
+        let limit = Duration::from_secs(broker.config.limits.connect_timeout_secs);
+        match tokio::time::timeout(limit, proxy::read_header(&mut r)).await {
+            Ok(Ok(header)) => header.source.unwrap_or(peer),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "closing: bad PROXY protocol header");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "closing: no PROXY protocol header in time");
+                return;
+            }
+        }
+    } else {
+        peer
+    };
     client::serve(broker, r, w, peer.to_string(), stop).await;
 }
