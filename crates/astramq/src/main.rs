@@ -48,7 +48,7 @@ fn run_broker(args: cli::BrokerArgs) -> anyhow::Result<()> {
                 let node = cluster::ClusterNode::start(
                     &settings,
                     server.broker().clone(),
-                    server.local_addrs(),
+                    advertised(&server),
                 )
                 .await?;
                 server.broker().set_cluster(node.clone());
