@@ -19,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 use redis::streams::StreamReadReply;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::conn::{Keys, Redis, INBOX_GROUP};
+use crate::conn::{run_per_key, Keys, Redis, INBOX_GROUP};
 use crate::wire::{put_handover, read_records, BusRecord};
 use broker::session::SessionSnapshot;
 use parking_lot::Mutex;
@@ -82,7 +82,7 @@ const MAX_BATCH: usize = 1024;
 
 /// Appends outgoing records to the destination inboxes, batching.
 pub async fn forwarder(redis: Redis, keys: Keys, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
-    let mut conn = redis.conn();
+    let conn = redis.conn();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -101,16 +101,18 @@ pub async fn forwarder(redis: Redis, keys: Keys, mut rx: mpsc::UnboundedReceiver
                     .extend_from_slice(record);
             }
         }
-        let mut pipe = redis::pipe();
-        for (node, records) in &per_node {
-            pipe.cmd("XADD")
-                .arg(keys.inbox(node))
-                .arg("*")
-                .arg("b")
-                .arg(records.as_ref())
-                .ignore();
-        }
-        let result: Result<(), redis::RedisError> = pipe.query_async(&mut conn).await;
+        let cmds = per_node
+            .iter()
+            .map(|(node, records)| {
+                let mut c = redis::cmd("XADD");
+                c.arg(keys.inbox(node))
+                    .arg("*")
+                    .arg("b")
+                    .arg(records.as_ref());
+                (keys.inbox(node), c)
+            })
+            .collect();
+        let result = run_per_key(&conn, cmds).await;
         let outcome = result.map_err(|e| ClusterError(e.to_string()));
         if let Err(e) = &outcome {
             tracing::warn!(error = %e, messages = batch.len(), "could not forward messages to other nodes");

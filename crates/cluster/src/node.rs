@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::bus::{self, Outgoing};
-use crate::conn::{Keys, Redis, RedisError};
+use crate::conn::{run_per_key, Keys, Redis, RedisError};
 use crate::feed::{self, Change};
 use crate::membership::{self, MemberEvent, MembershipConfig, MembershipHandle, NodeMeta};
 use crate::routes::RouteTable;
@@ -176,6 +176,38 @@ impl ClusterNode {
         Ok(node)
     }
 
+    /// Whether gossip currently sees `node_id` alive.
+    fn is_alive(&self, node_id: &str) -> bool {
+        self.membership
+            .lock()
+            .as_ref()
+            .is_some_and(|m| m.members().borrow().iter().any(|x| x.node_id == node_id))
+    }
+
+    /// Replaces what this node knows of `node_id`'s routes with what Redis holds.
+    async fn reload_routes_of(&self, node_id: &str) {
+        let fields: Vec<String> = match redis::cmd("HKEYS")
+            .arg(self.keys.routes())
+            .query_async(&mut self.redis.conn())
+            .await
+        {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(node = %node_id, error = %e, "cannot reload a node's routes");
+                return;
+            }
+        };
+        let mut table = self.routes.lock();
+        table.remove_node(node_id);
+        for field in &fields {
+            if let Some((n, filter)) = field.split_once('\n') {
+                if n == node_id {
+                    table.add(n, filter);
+                }
+            }
+        }
+    }
+
     /// This node's id.
     pub fn node_id(&self) -> &str {
         &self.me
@@ -190,30 +222,30 @@ impl ClusterNode {
     /// the tasks.
     pub async fn shutdown(&self) {
         let filters: Vec<String> = self.local_filters.lock().drain().map(|(f, _)| f).collect();
-        let mut conn = self.redis.conn();
-        let mut pipe = redis::pipe();
-        for f in &filters {
-            pipe.cmd("HDEL")
-                .arg(self.keys.routes())
-                .arg(feed::route_field(&self.me, f))
-                .ignore();
-            let record = crate::wire::FeedRecord::RouteRemoved {
-                node: self.me.clone(),
-                filter: f.clone(),
-            };
-            pipe.cmd("XADD")
-                .arg(self.keys.feed())
-                .arg("*")
-                .arg(&record.to_fields()[..])
-                .ignore();
-        }
-        if !filters.is_empty() {
-            if let Err(e) =
-                tokio::time::timeout(Duration::from_secs(2), pipe.query_async::<()>(&mut conn))
-                    .await
-            {
-                tracing::warn!(error = %e, "could not remove this node's routes at shutdown");
+        let conn = self.redis.conn();
+        let removed = async {
+            let hdel = filters.iter().map(|f| {
+                let mut c = redis::cmd("HDEL");
+                c.arg(self.keys.routes())
+                    .arg(feed::route_field(&self.me, f));
+                (self.keys.routes(), c)
+            });
+            run_per_key(&conn, hdel.collect()).await?;
+            let announce = filters.iter().map(|f| {
+                let record = crate::wire::FeedRecord::RouteRemoved {
+                    node: self.me.clone(),
+                    filter: f.clone(),
+                };
+                (self.keys.feed(), feed::feed_entry(&self.keys, &record))
+            });
+            run_per_key(&conn, announce.collect()).await
+        };
+        match tokio::time::timeout(Duration::from_secs(2), removed).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not remove this node's routes at shutdown")
             }
+            Err(_) => tracing::warn!("timed out removing this node's routes at shutdown"),
         }
         let membership = self.membership.lock().take();
         if let Some(m) = membership {
@@ -224,6 +256,73 @@ impl ClusterNode {
         for t in tasks {
             t.abort();
         }
+    }
+}
+
+/// How long after a failure survivors wait before removing the dead node's routes
+/// from Redis: a node restarting with the same id gets time to show up in gossip.
+const REPAIR_DELAY: Duration = Duration::from_secs(3);
+
+/// Removes a dead node's routes from Redis (and announces it), so a node started later
+/// does not load them. One survivor does it, chosen by a Redis lock; the others'
+/// attempts find the lock taken. Skipped if the node is back by then.
+async fn repair_routes(node: Arc<ClusterNode>, dead: String) {
+    tokio::time::sleep(REPAIR_DELAY).await;
+    if node.is_alive(&dead) {
+        return;
+    }
+    let mut conn = node.redis.conn();
+    let lock = format!("{}:{{repair:{dead}}}", node.keys.prefix());
+    let won: Option<String> = redis::cmd("SET")
+        .arg(&lock)
+        .arg(&node.me)
+        .arg("NX")
+        .arg("PX")
+        .arg(30_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap_or(None);
+    if won.is_none() {
+        return;
+    }
+    let fields: Vec<String> = match redis::cmd("HKEYS")
+        .arg(node.keys.routes())
+        .query_async(&mut conn)
+        .await
+    {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(node = %dead, error = %e, "route repair: cannot read routes");
+            return;
+        }
+    };
+    let filters: Vec<&str> = fields
+        .iter()
+        .filter_map(|f| f.split_once('\n'))
+        .filter(|(n, _)| *n == dead)
+        .map(|(_, f)| f)
+        .collect();
+    let hdel = filters.iter().map(|f| {
+        let mut c = redis::cmd("HDEL");
+        c.arg(node.keys.routes()).arg(feed::route_field(&dead, f));
+        (node.keys.routes(), c)
+    });
+    let announce = filters.iter().map(|f| {
+        let record = crate::wire::FeedRecord::RouteRemoved {
+            node: dead.clone(),
+            filter: f.to_string(),
+        };
+        (node.keys.feed(), feed::feed_entry(&node.keys, &record))
+    });
+    let done = async {
+        run_per_key(&conn, hdel.collect()).await?;
+        run_per_key(&conn, announce.collect()).await
+    };
+    match done.await {
+        Ok(()) => {
+            tracing::info!(node = %dead, routes = filters.len(), "removed a failed node's routes from redis")
+        }
+        Err(e) => tracing::warn!(node = %dead, error = %e, "route repair failed"),
     }
 }
 
@@ -240,12 +339,24 @@ async fn watch_members(
         tokio::select! {
             e = events.recv() => match e {
                 Ok(MemberEvent::Down { node_id, .. }) => {
-                    tracing::warn!(node = %node_id, "node failed; dropping its routes");
-                    node.routes.lock().remove_node(&node_id);
+                    // A restarted node with the same id may already be back: its
+                    // routes are current and must stay.
+                    if !node.is_alive(&node_id) {
+                        tracing::warn!(node = %node_id, "node failed; dropping its routes");
+                        node.routes.lock().remove_node(&node_id);
+                        tokio::spawn(repair_routes(node.clone(), node_id));
+                    }
                 }
                 Ok(MemberEvent::Left { node_id, .. }) => {
-                    tracing::info!(node = %node_id, "node left");
-                    node.routes.lock().remove_node(&node_id);
+                    if !node.is_alive(&node_id) {
+                        tracing::info!(node = %node_id, "node left");
+                        node.routes.lock().remove_node(&node_id);
+                    }
+                }
+                Ok(MemberEvent::Up(member)) => {
+                    // Routes of a node that came back (or whose failure we saw after its
+                    // restart) are reloaded from Redis, where it wrote them.
+                    node.reload_routes_of(&member.node_id).await;
                 }
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}

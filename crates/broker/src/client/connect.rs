@@ -11,14 +11,14 @@ use mqtt::{
     ConnAck, ConnAckProperties, Connect, DecodeError, Packet, Protocol, PubResp, ReasonCode,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use super::Client;
 use crate::broker::Broker;
 use crate::connection::{Connection, ReadError};
 use crate::mailbox::Mailbox;
 use crate::metrics::Metrics;
-use crate::registry::Owner;
+use crate::registry::{ConnLink, ExitGuard, Owner};
 use crate::session::{Outbound, PendingWill, Session, SessionSnapshot};
 
 /// The largest Maximum Packet Size value (the remaining-length limit plus the header).
@@ -162,16 +162,14 @@ where
         },
     };
     let conn_id = broker.registry.next_conn_id();
-    let (control_tx, control_rx) = mpsc::unbounded_channel();
-    let (exited_tx, exited_rx) = watch::channel(());
+    let link = ConnLink::new();
     let claim = broker
         .registry
         .claim(
             &client_id,
             Owner {
                 conn_id,
-                control: control_tx,
-                exited: exited_rx,
+                link: link.clone(),
                 epoch,
             },
         )
@@ -250,10 +248,12 @@ where
     Metrics::add(&broker.metrics.clients_connected, 1);
     tracing::debug!(%peer, client_id = %client_id, ?protocol, session_present, "client connected");
 
-    let will = c.will.map(|will| PendingWill {
-        client_id: client_id.clone(),
-        username: c.username.as_deref().map(Arc::from),
-        will,
+    let will = c.will.map(|will| {
+        Box::new(PendingWill {
+            client_id: client_id.clone(),
+            username: c.username.as_deref().map(Arc::from),
+            will,
+        })
     });
     let mut client = Client {
         username: c.username.as_deref().map(Arc::from),
@@ -265,8 +265,7 @@ where
         client_id,
         session,
         will,
-        control: control_rx,
-        _exited: exited_tx,
+        exit_guard: ExitGuard(link),
         shutdown,
         keep_alive: (!keep_alive.is_zero()).then_some(keep_alive),
         last_packet: Instant::now(),

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use mqtt::{Disconnect, DisconnectProperties, Packet, Protocol, ReasonCode};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Sleep;
 
 use crate::broker::Broker;
@@ -29,7 +29,7 @@ use crate::cluster::ClusterError;
 use crate::connection::{Connection, ReadError, WRITE_HIGH_WATER};
 use crate::mailbox::Delivery;
 use crate::metrics::Metrics;
-use crate::registry::Control;
+use crate::registry::ExitGuard;
 use crate::router::{Blocked, Target};
 use crate::session::{PendingWill, Session};
 
@@ -103,10 +103,10 @@ struct Client<R, W> {
     client_id: Arc<str>,
     username: Option<Arc<str>>,
     session: Session,
-    will: Option<PendingWill>,
-    control: mpsc::UnboundedReceiver<Control>,
-    /// Dropped when this task ends, telling a waiting claimer it may proceed.
-    _exited: watch::Sender<()>,
+    will: Option<Box<PendingWill>>,
+    /// Marks this connection exited when the task ends, telling a waiting claimer
+    /// it may proceed; also carries takeover requests.
+    exit_guard: ExitGuard,
     shutdown: watch::Receiver<bool>,
     /// Keep alive in force (server override applied), `None` = disabled.
     keep_alive: Option<Duration>,
@@ -193,11 +193,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Client<R, W> {
                         return exit;
                     }
                 }
-                c = self.control.recv() => match c {
-                    Some(Control::TakenOver) | None => {
-                        return Exit::Server(ReasonCode::SessionTakenOver);
-                    }
-                },
+                _ = self.exit_guard.0.taken_over() => {
+                    return Exit::Server(ReasonCode::SessionTakenOver);
+                }
                 _ = self.shutdown.changed() => {
                     return Exit::Server(ReasonCode::ServerShuttingDown);
                 }
@@ -302,6 +300,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Client<R, W> {
             }
         }
         tracing::debug!(client_id = %self.client_id, peer = %self.peer, ?exit, "client disconnected");
-        self.broker.disconnected(self.conn_id, self.session, will);
+        self.broker
+            .disconnected(self.conn_id, self.session, will.map(|w| *w));
     }
 }

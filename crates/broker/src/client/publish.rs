@@ -58,9 +58,18 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Client<R, W> {
 
         let packet_id = p.packet_id.unwrap_or(0);
         if p.qos == QoS::ExactlyOnce && !self.session.receive_qos2(packet_id) {
-            // [MQTT-4.3.3-9] A redelivery before PUBREL: acknowledge, do not route again.
-            self.ack(Packet::PubRec, packet_id, ReasonCode::Success);
-            return None;
+            // [MQTT-4.3.3-9] A redelivery before PUBREL: acknowledge, do not route
+            // again. Queued behind earlier acknowledgements, so a PUBREC never
+            // overtakes the first copy's (which may wait for the cluster).
+            self.acks.push_back(PendingAck {
+                qos2: true,
+                packet_id,
+                reason: ReasonCode::Success,
+                durable: None,
+                failed: None,
+                held: false,
+            });
+            return self.flush_acks();
         }
 
         let mut durable = None;
