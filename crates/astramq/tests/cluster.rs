@@ -445,13 +445,13 @@ async fn answers_ping(c: &mut RawClient, disconnects: &mut Vec<u8>) -> bool {
 
 // Invariant 2: two clients racing to connect with one id on two nodes end with
 // exactly one live connection, and Redis names that connection's node as the owner
-// (epoch fencing). The loser, if it had been accepted, is told 0x8E (MQTT 5). Eight
+// (epoch fencing). The loser, if it had been accepted, is told 0x8E (MQTT 5). Sixteen
 // ids race at once.
 async fn racing_connects_same_id_two_nodes_leave_one_live(v: Version) {
     let c = TestCluster::start(2).await;
     let (a, b) = (c.node(0).addr(), c.node(1).addr());
     let mut races = Vec::new();
-    for r in 0..8 {
+    for r in 0..16 {
         let id = format!("race-{r}");
         races.push(tokio::spawn(async move {
             let ((mut ca, acka), (mut cb, ackb)) = tokio::join!(
