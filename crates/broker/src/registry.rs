@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::session::{PendingWill, Session};
 
@@ -50,6 +50,8 @@ struct Slot {
     /// The highest cluster epoch seen for this client id: a connection holding an
     /// older one lost a race on another node and may not own it.
     fence: u64,
+    /// Another node asked for this session: the connection hands it here on exit.
+    handover: Option<oneshot::Sender<Session>>,
 }
 
 /// What a successful claim hands the new owner.
@@ -75,6 +77,19 @@ pub enum Released {
     /// Another connection had already taken the slot (after a handover timeout): the
     /// state is stale and must not touch shared state.
     Stale,
+    /// Another node took the client id over and received the session.
+    HandedOver,
+}
+
+/// What a takeover by another node finds here.
+#[derive(Debug)]
+pub enum Kicked {
+    /// No session for this client id.
+    Nothing,
+    /// A parked session, removed.
+    Now(Session),
+    /// A connected session: it arrives once its connection has closed.
+    Later(oneshot::Receiver<Session>),
 }
 
 /// Sessions by client id.
@@ -153,6 +168,15 @@ impl Registry {
             return Released::Stale;
         }
         slot.owner = None;
+        if let Some(to) = slot.handover.take() {
+            let id = session.client_id.clone();
+            slots.remove(&id);
+            if let Err(session) = to.send(session) {
+                // The requester gave up waiting: the session ends here.
+                return Released::Ended(Box::new((session, will)));
+            }
+            return Released::HandedOver;
+        }
         if session.expiry_secs == 0 {
             let id = session.client_id.clone();
             slots.remove(&id);
@@ -192,19 +216,26 @@ impl Registry {
         Some((slot.parked?, slot.will))
     }
 
-    /// Another node owns `client_id` now: a connected owner is told to go; a parked
-    /// session is removed and returned, to be ended.
-    pub fn kick(&self, client_id: &str, epoch: u64) -> Option<Session> {
+    /// Another node owns `client_id` now, with `epoch`: a connected owner is told to
+    /// go and its session arrives through the returned receiver once it has; a parked
+    /// session is removed and returned at once.
+    pub fn kick(&self, client_id: &str, epoch: u64) -> Kicked {
         let mut slots = self.slots.lock();
         let slot = slots.entry(Arc::from(client_id)).or_default();
         slot.fence = slot.fence.max(epoch);
         if let Some(owner) = &slot.owner {
-            if owner.epoch < epoch {
-                let _ = owner.control.send(Control::TakenOver);
+            if owner.epoch >= epoch {
+                return Kicked::Nothing;
             }
-            return None;
+            let _ = owner.control.send(Control::TakenOver);
+            let (tx, rx) = oneshot::channel();
+            slot.handover = Some(tx);
+            return Kicked::Later(rx);
         }
-        slots.remove(client_id).and_then(|s| s.parked)
+        match slots.remove(client_id).and_then(|s| s.parked) {
+            Some(session) => Kicked::Now(session),
+            None => Kicked::Nothing,
+        }
     }
 
     /// Number of known sessions (connected or parked).

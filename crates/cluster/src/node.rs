@@ -47,6 +47,10 @@ redis.call('HSET', KEYS[1], 'owner', ARGV[1])
 return {prev or '', epoch}
 ";
 
+/// How long a claim waits for the previous node to hand its session over (it closes
+/// the old connection first, which may take a moment).
+const HANDOVER_WAIT: Duration = Duration::from_secs(3);
+
 /// This node, as a member of the cluster.
 pub struct ClusterNode {
     me: String,
@@ -58,6 +62,7 @@ pub struct ClusterNode {
     changes: mpsc::UnboundedSender<Change>,
     outgoing: mpsc::UnboundedSender<Outgoing>,
     claim_script: redis::Script,
+    handovers: Arc<bus::Handovers>,
     membership: Mutex<Option<MembershipHandle>>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -108,6 +113,7 @@ impl ClusterNode {
         let from = feed::resync(&mut conn, &keys, &me, &routes, &broker).await?;
 
         let (outgoing_tx, outgoing_rx) = mpsc::unbounded_channel();
+        let handovers = Arc::new(bus::Handovers::default());
         let (stop_tx, stop_rx) = watch::channel(false);
         let tasks = vec![
             tokio::spawn(feed::writer(
@@ -122,6 +128,7 @@ impl ClusterNode {
                 keys.clone(),
                 me.clone(),
                 broker.clone(),
+                handovers.clone(),
                 stop_rx.clone(),
             )),
             tokio::spawn(feed::reader(
@@ -153,6 +160,7 @@ impl ClusterNode {
             changes: changes_tx,
             outgoing: outgoing_tx,
             claim_script: redis::Script::new(CLAIM_SCRIPT),
+            handovers,
             membership: Mutex::new(None),
             stop: stop_tx,
             tasks: Mutex::new(tasks),
@@ -328,20 +336,37 @@ impl Cluster for ClusterNode {
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| ClusterError(e.to_string()))?;
-            if !prev.is_empty() && prev != self.me {
-                // [MQTT-3.1.4-3] The other node disconnects its connection (0x8E).
-                let mut record = BytesMut::new();
-                put_kick(&mut record, client_id, epoch);
-                redis::cmd("XADD")
-                    .arg(self.keys.inbox(&prev))
-                    .arg("*")
-                    .arg("b")
-                    .arg(record.as_ref())
-                    .query_async::<()>(&mut conn)
-                    .await
-                    .map_err(|e| ClusterError(e.to_string()))?;
+            if prev.is_empty() || prev == self.me {
+                return Ok(ClusterClaim {
+                    epoch,
+                    session: None,
+                });
             }
-            Ok(ClusterClaim { epoch })
+            // [MQTT-3.1.4-3] The other node disconnects its connection (0x8E) and
+            // hands the session over through our inbox.
+            let handed = self.handovers.expect(client_id, epoch);
+            let mut record = BytesMut::new();
+            put_kick(&mut record, client_id, epoch, &self.me);
+            let kicked = redis::cmd("XADD")
+                .arg(self.keys.inbox(&prev))
+                .arg("*")
+                .arg("b")
+                .arg(record.as_ref())
+                .query_async::<()>(&mut conn)
+                .await;
+            if let Err(e) = kicked {
+                self.handovers.cancel(client_id, epoch);
+                return Err(ClusterError(e.to_string()));
+            }
+            let session = match tokio::time::timeout(HANDOVER_WAIT, handed).await {
+                Ok(Ok(session)) => session,
+                _ => {
+                    self.handovers.cancel(client_id, epoch);
+                    tracing::warn!(%client_id, previous = %prev, "previous node did not hand the session over in time; starting without it");
+                    None
+                }
+            };
+            Ok(ClusterClaim { epoch, session })
         })
     }
 }

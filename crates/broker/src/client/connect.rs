@@ -19,7 +19,7 @@ use crate::connection::{Connection, ReadError};
 use crate::mailbox::Mailbox;
 use crate::metrics::Metrics;
 use crate::registry::Owner;
-use crate::session::{Outbound, PendingWill, Session};
+use crate::session::{Outbound, PendingWill, Session, SessionSnapshot};
 
 /// The largest Maximum Packet Size value (the remaining-length limit plus the header).
 const PROTOCOL_MAX_PACKET: u32 = 268_435_460;
@@ -150,10 +150,10 @@ where
 
     // Claim the client id; a current owner is taken over [MQTT-3.1.4-3], first
     // cluster-wide (a connection on another node is told to go), then on this node.
-    let epoch = match broker.cluster() {
-        None => 0,
+    let (epoch, handed_over) = match broker.cluster() {
+        None => (0, None),
         Some(cluster) => match cluster.claim(&client_id).await {
-            Ok(claim) => claim.epoch,
+            Ok(claim) => (claim.epoch, claim.session),
             Err(e) => {
                 tracing::warn!(%peer, client_id = %client_id, error = %e, "connection refused: cannot claim the client id");
                 refuse(&mut conn, protocol, ReasonCode::ServerUnavailable).await;
@@ -190,7 +190,16 @@ where
                 broker.end_session(&prev);
             }
             let mailbox = Mailbox::new(broker.mailbox_limits());
-            (Session::new(client_id.clone(), mailbox, expiry), false)
+            let mut session = Session::new(client_id.clone(), mailbox, expiry);
+            // A session another node handed over resumes here [MQTT-3.2.2-2].
+            let present = match handed_over {
+                Some(snapshot) if !c.clean_start => {
+                    resume_here(&broker, &mut session, snapshot, c.username.as_deref());
+                    true
+                }
+                _ => false,
+            };
+            (session, present)
         }
     };
     session.expiry_secs = expiry;
@@ -273,11 +282,36 @@ where
         pending: VecDeque::new(),
         scratch: Vec::new(),
         acks: VecDeque::new(),
+        blocked: VecDeque::new(),
+        blocked_until: Instant::now(),
     };
     if session_present {
         client.resend_inflight();
     }
     Some(client)
+}
+
+/// Installs a session handed over by another node: its subscriptions (routes move
+/// here), queued and in-flight messages.
+fn resume_here(
+    broker: &Broker,
+    session: &mut Session,
+    snapshot: SessionSnapshot,
+    username: Option<&str>,
+) {
+    for (filter, sub) in &snapshot.subscriptions {
+        broker.subscribe(
+            filter,
+            crate::router::Subscriber {
+                client_id: session.client_id.clone(),
+                username: username.map(Arc::from),
+                mailbox: session.mailbox.clone(),
+                options: sub.options,
+                id: sub.id,
+            },
+        );
+    }
+    session.restore(snapshot);
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Client<R, W> {
