@@ -8,8 +8,8 @@
 //! feed in Redis), so before counting messages a test passes the
 //! [`TestCluster::sync_feed`] barrier; it never sleeps and hopes.
 //!
-//! Persistent sessions moving between nodes are not built yet: those tests are
-//! `#[ignore]`d with the reason, to be enabled when they land
+//! A persistent session resuming after its node died is not built yet: that test is
+//! `#[ignore]`d with the reason, to be enabled when it lands
 //! (`cargo test --test cluster -- --ignored`).
 
 mod common;
@@ -24,7 +24,7 @@ use common::*;
 const DETECTION: Duration = Duration::from_secs(10);
 
 /// Run `async fn $name(Version)` for 3.1.1 and 5.0, ignored until persistent sessions
-/// work across nodes.
+/// survive the death of their node.
 macro_rules! persistent_session_test {
     ($name:ident) => {
         mod $name {
@@ -756,7 +756,7 @@ async fn redis_cluster_3_masters_cross_node_delivery() {
 }
 
 // ---------------------------------------------------------------------------
-// Persistent sessions across nodes (not built yet)
+// Persistent sessions across nodes
 // ---------------------------------------------------------------------------
 
 const EXPIRY: u32 = 300;
@@ -790,7 +790,7 @@ async fn persistent_session_resumes_on_other_node(v: Version) {
     assert_eq!(got.payload, b"after-move");
     b.expect_no_publish_default().await;
 }
-persistent_session_test!(persistent_session_resumes_on_other_node);
+versions_test!(persistent_session_resumes_on_other_node);
 
 // Invariant 1: QoS 1 and QoS 2 messages acknowledged while a persistent session was
 // offline (3.1.1:[MQTT-3.1.2-5] / 5:[MQTT-3.1.2-5]: stored for it) are delivered
@@ -825,7 +825,7 @@ async fn persistent_session_queued_messages_delivered_on_other_node(v: Version) 
     assert_eq!(payloads(&got), sent, "queued messages, once each, in order");
     b.expect_no_publish_default().await;
 }
-persistent_session_test!(persistent_session_queued_messages_delivered_on_other_node);
+versions_test!(persistent_session_queued_messages_delivered_on_other_node);
 
 // Invariants 1 and 3: a persistent session whose node is killed (SIGKILL) while the
 // client is offline resumes on a survivor with its subscription and the QoS 1
@@ -880,4 +880,4 @@ async fn persistent_session_takeover_across_nodes_keeps_session(v: Version) {
     p.publish("pt/x", b"to-b", 1, false).await;
     assert_eq!(b.recv_publish(T).await.payload, b"to-b");
 }
-persistent_session_test!(persistent_session_takeover_across_nodes_keeps_session);
+versions_test!(persistent_session_takeover_across_nodes_keeps_session);
