@@ -29,12 +29,12 @@ macro_rules! persistent_session_test {
     ($name:ident) => {
         mod $name {
             #[tokio::test]
-            #[ignore = "persistent sessions across nodes: not built yet"]
+            #[ignore = "needs dead-node repair of sessions (issue #6): a killed node's parked sessions are lost"]
             async fn v311() {
                 super::$name($crate::common::Version::V311).await
             }
             #[tokio::test]
-            #[ignore = "persistent sessions across nodes: not built yet"]
+            #[ignore = "needs dead-node repair of sessions (issue #6): a killed node's parked sessions are lost"]
             async fn v5() {
                 super::$name($crate::common::Version::V5).await
             }

@@ -261,10 +261,10 @@ impl Config {
             return Err(ConfigError::new("node_id", "required when redis is set"));
         }
         if let Some(id) = &self.node_id {
-            if id.is_empty() || id.len() > 200 || id.contains(['\n', '{', '}']) {
+            if id.is_empty() || id.len() > 200 || id.contains(['\n', '{', '}', '@']) {
                 return Err(ConfigError::new(
                     "node_id",
-                    "must be 1-200 characters without newlines or braces",
+                    "must be 1-200 characters without newlines, braces or @",
                 ));
             }
         }

@@ -54,6 +54,8 @@ const HANDOVER_WAIT: Duration = Duration::from_secs(3);
 /// This node, as a member of the cluster.
 pub struct ClusterNode {
     me: String,
+    /// This run's name in the route table: `id@generation`.
+    me_route: String,
     keys: Keys,
     redis: Redis,
     routes: Arc<Mutex<RouteTable>>,
@@ -89,28 +91,35 @@ impl ClusterNode {
         let redis = Redis::connect(&settings.redis, timeout).await?;
         let keys = Keys::new(&settings.key_prefix);
         let mut conn = redis.conn();
+        bus::ensure_group(&mut conn, &keys.inbox(&me)).await?;
 
-        // Routes of an earlier run of this node id are stale: remove them (and tell
-        // the others through the feed).
+        // Gossip first: its generation names this run's routes (`id@generation`), so
+        // the failure of one run never touches the routes of the next.
+        let mut meta = NodeMeta::broker();
+        meta.mqtt = mqtt;
+        let mut gossip = MembershipConfig::new(me.clone(), settings.gossip_listen, meta);
+        gossip.join = settings.join.clone();
+        gossip.cluster_key = settings.cluster_key.clone();
+        gossip.advertise = settings.gossip_advertise;
+        let membership = membership::spawn(gossip).await?;
+        let me_route = route_identity(&me, membership.generation());
+
+        // Routes of earlier runs of this node id are stale: remove them (and tell the
+        // others through the feed).
         let fields: Vec<String> = redis::cmd("HKEYS")
             .arg(keys.routes())
             .query_async(&mut conn)
             .await?;
-        let stale: Vec<&str> = fields
+        let stale: Vec<(&str, &str)> = fields
             .iter()
-            .filter(|f| f.split_once('\n').is_some_and(|(n, _)| n == me))
-            .map(String::as_str)
+            .filter_map(|f| f.split_once('\n'))
+            .filter(|(identity, _)| node_of(identity) == me)
             .collect();
-        bus::ensure_group(&mut conn, &keys.inbox(&me)).await?;
+        remove_routes(&conn, &keys, &stale).await?;
 
         let routes = Arc::new(Mutex::new(RouteTable::new()));
         let (changes_tx, changes_rx) = mpsc::unbounded_channel();
-        for field in &stale {
-            if let Some((_, filter)) = field.split_once('\n') {
-                let _ = changes_tx.send(Change::RouteRemoved(filter.to_string()));
-            }
-        }
-        let from = feed::resync(&mut conn, &keys, &me, &routes, &broker).await?;
+        let from = feed::resync(&mut conn, &keys, &me_route, &routes, &broker).await?;
 
         let (outgoing_tx, outgoing_rx) = mpsc::unbounded_channel();
         let handovers = Arc::new(bus::Handovers::default());
@@ -119,7 +128,7 @@ impl ClusterNode {
             tokio::spawn(feed::writer(
                 redis.clone(),
                 keys.clone(),
-                me.clone(),
+                me_route.clone(),
                 changes_rx,
             )),
             tokio::spawn(bus::forwarder(redis.clone(), keys.clone(), outgoing_rx)),
@@ -134,7 +143,7 @@ impl ClusterNode {
             tokio::spawn(feed::reader(
                 redis.clone(),
                 keys.clone(),
-                me.clone(),
+                me_route.clone(),
                 routes.clone(),
                 broker.clone(),
                 from,
@@ -142,17 +151,11 @@ impl ClusterNode {
             )),
         ];
 
-        let mut meta = NodeMeta::broker();
-        meta.mqtt = mqtt;
-        let mut gossip = MembershipConfig::new(me.clone(), settings.gossip_listen, meta);
-        gossip.join = settings.join.clone();
-        gossip.cluster_key = settings.cluster_key.clone();
-        gossip.advertise = settings.gossip_advertise;
-        let membership = membership::spawn(gossip).await?;
         tracing::info!(node_id = %me, gossip = %membership.local_addr(), redis = %settings.redis, "joined the cluster");
 
         let node = Arc::new(ClusterNode {
             me,
+            me_route,
             keys,
             redis,
             routes,
@@ -174,38 +177,6 @@ impl ClusterNode {
         node.tasks.lock().push(watcher);
         *node.membership.lock() = Some(membership);
         Ok(node)
-    }
-
-    /// Whether gossip currently sees `node_id` alive.
-    fn is_alive(&self, node_id: &str) -> bool {
-        self.membership
-            .lock()
-            .as_ref()
-            .is_some_and(|m| m.members().borrow().iter().any(|x| x.node_id == node_id))
-    }
-
-    /// Replaces what this node knows of `node_id`'s routes with what Redis holds.
-    async fn reload_routes_of(&self, node_id: &str) {
-        let fields: Vec<String> = match redis::cmd("HKEYS")
-            .arg(self.keys.routes())
-            .query_async(&mut self.redis.conn())
-            .await
-        {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::warn!(node = %node_id, error = %e, "cannot reload a node's routes");
-                return;
-            }
-        };
-        let mut table = self.routes.lock();
-        table.remove_node(node_id);
-        for field in &fields {
-            if let Some((n, filter)) = field.split_once('\n') {
-                if n == node_id {
-                    table.add(n, filter);
-                }
-            }
-        }
     }
 
     /// This node's id.
@@ -233,7 +204,7 @@ impl ClusterNode {
             run_per_key(&conn, hdel.collect()).await?;
             let announce = filters.iter().map(|f| {
                 let record = crate::wire::FeedRecord::RouteRemoved {
-                    node: self.me.clone(),
+                    node: self.me_route.clone(),
                     filter: f.clone(),
                 };
                 (self.keys.feed(), feed::feed_entry(&self.keys, &record))
@@ -259,26 +230,18 @@ impl ClusterNode {
     }
 }
 
-/// How long after a failure survivors wait before removing the dead node's routes
-/// from Redis: a node restarting with the same id gets time to show up in gossip.
-const REPAIR_DELAY: Duration = Duration::from_secs(3);
-
-/// Removes a dead node's routes from Redis (and announces it), so a node started later
-/// does not load them. One survivor does it, chosen by a Redis lock; the others'
-/// attempts find the lock taken. Skipped if the node is back by then.
+/// Removes a dead run's routes from Redis (and announces it), so a node started later
+/// does not load them. One survivor does it, chosen by a Redis lock; the others find
+/// the lock taken.
 async fn repair_routes(node: Arc<ClusterNode>, dead: String) {
-    tokio::time::sleep(REPAIR_DELAY).await;
-    if node.is_alive(&dead) {
-        return;
-    }
     let mut conn = node.redis.conn();
     let lock = format!("{}:{{repair:{dead}}}", node.keys.prefix());
     let won: Option<String> = redis::cmd("SET")
         .arg(&lock)
-        .arg(&node.me)
+        .arg(&node.me_route)
         .arg("NX")
         .arg("PX")
-        .arg(30_000)
+        .arg(60_000)
         .query_async(&mut conn)
         .await
         .unwrap_or(None);
@@ -296,34 +259,50 @@ async fn repair_routes(node: Arc<ClusterNode>, dead: String) {
             return;
         }
     };
-    let filters: Vec<&str> = fields
+    let routes: Vec<(&str, &str)> = fields
         .iter()
         .filter_map(|f| f.split_once('\n'))
-        .filter(|(n, _)| *n == dead)
-        .map(|(_, f)| f)
+        .filter(|(identity, _)| *identity == dead)
         .collect();
-    let hdel = filters.iter().map(|f| {
-        let mut c = redis::cmd("HDEL");
-        c.arg(node.keys.routes()).arg(feed::route_field(&dead, f));
-        (node.keys.routes(), c)
-    });
-    let announce = filters.iter().map(|f| {
-        let record = crate::wire::FeedRecord::RouteRemoved {
-            node: dead.clone(),
-            filter: f.to_string(),
-        };
-        (node.keys.feed(), feed::feed_entry(&node.keys, &record))
-    });
-    let done = async {
-        run_per_key(&conn, hdel.collect()).await?;
-        run_per_key(&conn, announce.collect()).await
-    };
-    match done.await {
+    match remove_routes(&conn, &node.keys, &routes).await {
         Ok(()) => {
-            tracing::info!(node = %dead, routes = filters.len(), "removed a failed node's routes from redis")
+            tracing::info!(node = %dead, routes = routes.len(), "removed a failed node's routes from redis")
         }
         Err(e) => tracing::warn!(node = %dead, error = %e, "route repair failed"),
     }
+}
+
+/// Deletes `(identity, filter)` routes from Redis, then announces each removal.
+async fn remove_routes(
+    conn: &crate::conn::Conn,
+    keys: &Keys,
+    routes: &[(&str, &str)],
+) -> Result<(), redis::RedisError> {
+    let hdel = routes.iter().map(|(identity, filter)| {
+        let mut c = redis::cmd("HDEL");
+        c.arg(keys.routes())
+            .arg(feed::route_field(identity, filter));
+        (keys.routes(), c)
+    });
+    run_per_key(conn, hdel.collect()).await?;
+    let announce = routes.iter().map(|(identity, filter)| {
+        let record = crate::wire::FeedRecord::RouteRemoved {
+            node: identity.to_string(),
+            filter: filter.to_string(),
+        };
+        (keys.feed(), feed::feed_entry(keys, &record))
+    });
+    run_per_key(conn, announce.collect()).await
+}
+
+/// A run's name in the route table.
+pub fn route_identity(node_id: &str, generation: u64) -> String {
+    format!("{node_id}@{generation}")
+}
+
+/// The node id of a route identity (the inbox its messages go to).
+pub fn node_of(identity: &str) -> &str {
+    identity.rsplit_once('@').map_or(identity, |(n, _)| n)
 }
 
 /// Follows gossip: drops the routes of nodes that die or leave, and keeps this node's
@@ -338,25 +317,17 @@ async fn watch_members(
     loop {
         tokio::select! {
             e = events.recv() => match e {
-                Ok(MemberEvent::Down { node_id, .. }) => {
-                    // A restarted node with the same id may already be back: its
-                    // routes are current and must stay.
-                    if !node.is_alive(&node_id) {
-                        tracing::warn!(node = %node_id, "node failed; dropping its routes");
-                        node.routes.lock().remove_node(&node_id);
-                        tokio::spawn(repair_routes(node.clone(), node_id));
-                    }
+                Ok(MemberEvent::Down { node_id, generation, .. }) => {
+                    // Only that run's routes: a restarted node with the same id has
+                    // routes of its own under its new generation.
+                    let identity = route_identity(&node_id, generation);
+                    tracing::warn!(node = %node_id, generation, "node failed; dropping its routes");
+                    node.routes.lock().remove_node(&identity);
+                    tokio::spawn(repair_routes(node.clone(), identity));
                 }
-                Ok(MemberEvent::Left { node_id, .. }) => {
-                    if !node.is_alive(&node_id) {
-                        tracing::info!(node = %node_id, "node left");
-                        node.routes.lock().remove_node(&node_id);
-                    }
-                }
-                Ok(MemberEvent::Up(member)) => {
-                    // Routes of a node that came back (or whose failure we saw after its
-                    // restart) are reloaded from Redis, where it wrote them.
-                    node.reload_routes_of(&member.node_id).await;
+                Ok(MemberEvent::Left { node_id, generation }) => {
+                    tracing::info!(node = %node_id, "node left");
+                    node.routes.lock().remove_node(&route_identity(&node_id, generation));
                 }
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
@@ -378,7 +349,7 @@ impl Cluster for ClusterNode {
         let n = local.entry(filter.to_string()).or_insert(0);
         *n += 1;
         if *n == 1 {
-            self.routes.lock().add(&self.me, filter);
+            self.routes.lock().add(&self.me_route, filter);
             let _ = self.changes.send(Change::RouteAdded(filter.to_string()));
         }
     }
@@ -391,13 +362,13 @@ impl Cluster for ClusterNode {
         *n -= 1;
         if *n == 0 {
             local.remove(filter);
-            self.routes.lock().remove(&self.me, filter);
+            self.routes.lock().remove(&self.me_route, filter);
             let _ = self.changes.send(Change::RouteRemoved(filter.to_string()));
         }
     }
 
     fn forward(&self, msg: &Arc<Message>) -> Forwarded {
-        let placement = self.routes.lock().place(msg.topic(), &self.me);
+        let placement = self.routes.lock().place(msg.topic(), &self.me_route);
         let local_groups = LocalGroups(placement.local_groups);
         if placement.remote.is_empty() {
             return Forwarded {
@@ -406,13 +377,22 @@ impl Cluster for ClusterNode {
             };
         }
         let publish = publish_bytes(msg);
-        let dests = placement
-            .remote
+        // Two runs of one node id (a restart not yet noticed) share one inbox: one
+        // record for both.
+        let mut per_node: HashMap<&str, Vec<(String, String)>> = HashMap::new();
+        for (identity, groups) in &placement.remote {
+            per_node
+                .entry(node_of(identity))
+                .or_default()
+                .extend(groups.iter().cloned());
+        }
+        let dests = per_node
             .into_iter()
+            .filter(|(node, _)| *node != self.me)
             .map(|(node, groups)| {
                 let mut record = BytesMut::with_capacity(publish.len() + 64);
                 put_message(&mut record, msg.origin.as_deref(), &groups, &publish);
-                (node, record.freeze())
+                (node.to_string(), record.freeze())
             })
             .collect();
         let (done, durable) = if msg.qos == mqtt::QoS::AtMostOnce {

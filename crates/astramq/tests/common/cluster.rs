@@ -614,7 +614,14 @@ impl TestCluster {
             .cmd(&["HKEYS", &self.key("{routes}")])
             .strings()
             .into_iter()
-            .filter_map(|f| f.split_once('\n').map(|(n, f)| (n.into(), f.into())))
+            .filter_map(|field| {
+                // Fields are `node@generation\nfilter`: one node id, several runs.
+                let (n, f) = field.split_once('\n')?;
+                Some((
+                    n.rsplit_once('@').map_or(n, |(id, _)| id).to_string(),
+                    f.to_string(),
+                ))
+            })
             .collect();
         routes.sort();
         routes
