@@ -9,6 +9,20 @@ use bytes::BytesMut;
 use mqtt::{decode, encode, DecodeError, Packet, Protocol};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+/// The read half of a client transport. [`ReadSide::readable`] lets an idle
+/// connection wait for data without holding a read buffer (4 KiB per connection adds
+/// up with a hundred thousand idle clients).
+pub trait ReadSide: AsyncRead + Unpin + Send {
+    /// Resolves when a read would find data (or the peer closed).
+    fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
+}
+
+impl ReadSide for tokio::net::tcp::OwnedReadHalf {
+    fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+        tokio::net::tcp::OwnedReadHalf::readable(self)
+    }
+}
+
 /// Stop encoding more deliveries once this many bytes wait to be written.
 pub const WRITE_HIGH_WATER: usize = 64 * 1024;
 
@@ -48,7 +62,7 @@ pub struct Connection<R, W> {
     pub tx: Writer<W>,
 }
 
-impl<R: AsyncRead + Unpin> Reader<R> {
+impl<R: ReadSide> Reader<R> {
     /// The next complete packet already buffered, if any.
     pub fn next_buffered(
         &mut self,
@@ -70,6 +84,13 @@ impl<R: AsyncRead + Unpin> Reader<R> {
 
     /// Reads more bytes from the socket. Cancel-safe: usable in `select!`.
     pub async fn fill(&mut self) -> Result<(), ReadError> {
+        if self.rbuf.capacity() == 0 {
+            // Allocate only once there is something to read.
+            self.reader
+                .readable()
+                .await
+                .map_err(|_| ReadError::Closed)?;
+        }
         if self.rbuf.capacity() - self.rbuf.len() < 512 {
             self.rbuf.reserve(4096);
         }
@@ -125,7 +146,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     }
 }
 
-impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
+impl<R: ReadSide, W: AsyncWrite + Unpin> Connection<R, W> {
     /// Wraps the two halves of a socket.
     pub fn new(reader: R, writer: W, max_in: usize) -> Self {
         Connection {

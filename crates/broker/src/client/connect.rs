@@ -10,7 +10,9 @@ use mqtt::topic::valid_topic_name;
 use mqtt::{
     ConnAck, ConnAckProperties, Connect, DecodeError, Packet, Protocol, PubResp, ReasonCode,
 };
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::AsyncWrite;
+
+use crate::connection::ReadSide;
 use tokio::sync::watch;
 
 use super::Client;
@@ -32,7 +34,7 @@ pub(super) async fn handshake<R, W>(
     shutdown: watch::Receiver<bool>,
 ) -> Option<Client<R, W>>
 where
-    R: AsyncRead + Unpin,
+    R: ReadSide,
     W: AsyncWrite + Unpin,
 {
     let timeout = Duration::from_secs(broker.config.limits.connect_timeout_secs);
@@ -72,7 +74,7 @@ where
 /// Sends a refusing CONNACK and closes.
 async fn refuse<R, W>(conn: &mut Connection<R, W>, protocol: Protocol, code: ReasonCode)
 where
-    R: AsyncRead + Unpin,
+    R: ReadSide,
     W: AsyncWrite + Unpin,
 {
     let ack = ConnAck {
@@ -92,7 +94,7 @@ async fn accept<R, W>(
     c: Connect,
 ) -> Option<Client<R, W>>
 where
-    R: AsyncRead + Unpin,
+    R: ReadSide,
     W: AsyncWrite + Unpin,
 {
     let protocol = c.protocol;
@@ -313,7 +315,7 @@ fn resume_here(
     session.restore(snapshot);
 }
 
-impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Client<R, W> {
+impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
     /// Resends a resumed session's unacknowledged messages in their original order:
     /// PUBLISH with DUP set, PUBREL as is [MQTT-4.4.0-1, MQTT-3.3.1-1].
     fn resend_inflight(&mut self) {

@@ -20,7 +20,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mqtt::{Disconnect, DisconnectProperties, Packet, Protocol, ReasonCode};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::AsyncWrite;
+
+use crate::connection::ReadSide;
 use tokio::sync::watch;
 use tokio::time::Sleep;
 
@@ -41,7 +43,7 @@ pub async fn serve<R, W>(
     peer: String,
     shutdown: watch::Receiver<bool>,
 ) where
-    R: AsyncRead + Unpin,
+    R: ReadSide,
     W: AsyncWrite + Unpin,
 {
     let conn = Connection::new(
@@ -149,7 +151,7 @@ struct PendingAck {
     held: bool,
 }
 
-impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Client<R, W> {
+impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
     /// The main loop. Returns why it ended.
     async fn run(&mut self) -> Exit {
         loop {

@@ -8,7 +8,9 @@ use std::time::Instant;
 use mqtt::codec::Delivery as Wire;
 use mqtt::topic::valid_topic_name;
 use mqtt::{Packet, PubResp, Publish, QoS, ReasonCode};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::AsyncWrite;
+
+use crate::connection::ReadSide;
 
 use super::{Client, Exit, PendingAck};
 use crate::cluster::ClusterError;
@@ -21,7 +23,7 @@ use tokio::sync::oneshot::error::TryRecvError;
 /// Deliveries taken from the mailbox per lock.
 const DRAIN_BATCH: usize = 64;
 
-impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Client<R, W> {
+impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
     /// An inbound PUBLISH.
     pub(super) fn on_publish(&mut self, mut p: Publish) -> Option<Exit> {
         let limits = &self.broker.config.limits;

@@ -8,14 +8,16 @@ use mqtt::{
     Packet, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, SubscribeFilter, UnsubAck,
     Unsubscribe,
 };
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::AsyncWrite;
+
+use crate::connection::ReadSide;
 
 use super::{Client, Exit};
 use crate::mailbox::Delivery;
 use crate::router::Subscriber;
 use crate::session::Subscription;
 
-impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Client<R, W> {
+impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
     /// SUBSCRIBE: one reason code per filter, then retained messages [MQTT-3.8.4-1].
     pub(super) fn on_subscribe(&mut self, s: Subscribe) -> Option<Exit> {
         let mut reasons = Vec::with_capacity(s.filters.len());
