@@ -1,7 +1,7 @@
 //! One broker node's membership in the cluster: starts the Redis tasks and gossip,
 //! and implements the broker's [`Cluster`] interface on top of them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -219,8 +219,13 @@ impl ClusterNode {
     }
 }
 
-/// Follows gossip: drops the routes of nodes that die or leave, and keeps this node's
-/// advertised connection count current.
+/// Follows gossip: drops the routes of nodes that die or leave, reloads them from
+/// Redis when such a node is up again, and keeps this node's advertised connection
+/// count current.
+///
+/// The reload matters after a false failure detection: the node was alive all
+/// along, rejoined gossip under a new generation, and still has its subscribers and
+/// its routes in Redis, but it has no reason to announce those routes again.
 async fn watch_members(
     node: Arc<ClusterNode>,
     mut events: tokio::sync::broadcast::Receiver<MemberEvent>,
@@ -228,16 +233,23 @@ async fn watch_members(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Nodes whose routes were dropped, to reload when they are up again.
+    let mut dropped: HashSet<String> = HashSet::new();
     loop {
         tokio::select! {
             e = events.recv() => match e {
                 Ok(MemberEvent::Down { node_id, .. }) => {
                     tracing::warn!(node = %node_id, "node failed; dropping its routes");
                     node.routes.lock().remove_node(&node_id);
+                    dropped.insert(node_id);
                 }
                 Ok(MemberEvent::Left { node_id, .. }) => {
                     tracing::info!(node = %node_id, "node left");
                     node.routes.lock().remove_node(&node_id);
+                    dropped.insert(node_id);
+                }
+                Ok(MemberEvent::Up(member)) if dropped.remove(&member.node_id) => {
+                    node.reload_routes(&member.node_id).await;
                 }
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
@@ -249,6 +261,26 @@ async fn watch_members(
                 }
             }
             _ = stop.changed() => return,
+        }
+    }
+}
+
+impl ClusterNode {
+    /// Reloads `other`'s routes from Redis (see [`watch_members`]). Changes the feed
+    /// delivers meanwhile are applied on top, so the table converges either way.
+    async fn reload_routes(&self, other: &str) {
+        let mut conn = self.redis.conn();
+        let reload = feed::reload_node(&mut conn, &self.keys, other, &self.routes);
+        match tokio::time::timeout(Duration::from_secs(5), reload).await {
+            Ok(Ok(n)) => {
+                tracing::info!(node = %other, routes = n, "node is back; reloaded its routes")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(node = %other, error = %e, "cannot reload the routes of a node that is back")
+            }
+            Err(_) => {
+                tracing::warn!(node = %other, "timed out reloading the routes of a node that is back")
+            }
         }
     }
 }
