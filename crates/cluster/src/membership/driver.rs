@@ -58,6 +58,9 @@ pub(crate) struct Driver {
     pub foca: Swim,
     pub runtime: AccumulatingRuntime<NodeIdentity>,
     pub socket: UdpSocket,
+    /// The same socket, for reads that must not depend on tokio's cached readiness
+    /// (see [`Driver::drain_socket`]). Non-blocking, like `socket`.
+    pub socket_now: std::net::UdpSocket,
     pub framer: Framer,
     pub seeds: Vec<SocketAddr>,
     pub inbox: MetaInbox,
@@ -166,9 +169,14 @@ impl Driver {
     /// buffer, received by the kernel before the deadline. Handling the timer first
     /// would declare a member failed on the strength of our own delay; this is
     /// what turned short stalls of the observer into false `Down`s.
+    ///
+    /// Reads through a duplicate of the socket: tokio's `try_recv_from` answers
+    /// `WouldBlock` without asking the kernel until its reactor has seen the socket
+    /// become readable, which after a stall it may not have yet. (When tokio later
+    /// finds nothing to read it clears its readiness, as for any spurious wake-up.)
     fn drain_socket(&mut self, buf: &mut [u8]) {
         for _ in 0..DRAIN_MAX {
-            match self.socket.try_recv_from(buf) {
+            match self.socket_now.recv_from(buf) {
                 Ok((len, from)) => self.on_datagram(&buf[..len], from),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) => trace!(error = %e, "gossip recv error"),

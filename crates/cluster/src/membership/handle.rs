@@ -40,6 +40,7 @@ pub async fn spawn(config: MembershipConfig) -> Result<MembershipHandle, Members
     let std_socket = std::net::UdpSocket::bind(config.listen).map_err(bind_error)?;
     std_socket.set_nonblocking(true).map_err(bind_error)?;
     let local_addr = std_socket.local_addr().map_err(bind_error)?;
+    let socket_now = std_socket.try_clone().map_err(bind_error)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -77,6 +78,7 @@ pub async fn spawn(config: MembershipConfig) -> Result<MembershipHandle, Members
         foca,
         runtime: AccumulatingRuntime::new(),
         socket,
+        socket_now,
         framer,
         seeds: config.join.clone(),
         inbox,
@@ -95,7 +97,7 @@ pub async fn spawn(config: MembershipConfig) -> Result<MembershipHandle, Members
     };
     let (stopped_tx, stopped_rx) = oneshot::channel();
     std::thread::Builder::new()
-        .name(format!("gossip-{}", config.node_id))
+        .name("gossip".into())
         .spawn(move || {
             runtime.block_on(driver.run());
             let _ = stopped_tx.send(());
