@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it, on a fresh Debian machine: installs the system
-# packages the tests drive (Mosquitto's clients and mosquitto_passwd, HAProxy), then checks
+# packages the tests drive (Mosquitto's clients and mosquitto_passwd, HAProxy, Redis), then checks
 # formatting, lints, and runs every test (unit, property/fuzz, end-to-end).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +10,9 @@ command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
 command -v mosquitto_passwd >/dev/null 2>&1 || [ -x /usr/bin/mosquitto_passwd ] || missing+=(mosquitto)
 # tests/lb.rs runs deploy/haproxy.cfg with Debian's haproxy.
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+# tests/cluster.rs runs real redis-server processes (and redis-cli --cluster create).
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -21,7 +21,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cluster::membership::{self, MembershipConfig, MembershipHandle, NodeMeta, Role};
+// `::cluster` is the crate; `common::cluster` (the test harness) is glob-imported.
+use ::cluster::membership::{self, MembershipConfig, MembershipHandle, NodeMeta, Role};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

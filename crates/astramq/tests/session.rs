@@ -266,3 +266,76 @@ async fn rumqttc_v4_persistent_session() {
     assert!(c.connack.session_present);
     assert_eq!(c.recv_publish(T).await.payload, &b"while away"[..]);
 }
+
+/// A publisher that outpaces a connected subscriber: with QoS 1 and a full
+/// subscriber queue, the broker stops reading the publisher (backpressure) instead
+/// of dropping messages it acknowledged. Nothing is lost, order is kept, and the
+/// queue never exceeds `max_queued_messages` (DESIGN invariant 1, README "Queue
+/// overflow").
+async fn slow_subscriber_slows_publisher_without_loss(v: Version) {
+    let b = Broker::start_with(
+        "[limits]\nmax_queued_messages = 3\nmax_inflight = 1\nqueue_full_wait_ms = 60000\n",
+        &[],
+    );
+    let mut sub = b.client(v, "slow").await;
+    sub.auto_ack = false;
+    sub.sub("bp/t", 1).await;
+    let mut p = b.client(v, "fast").await;
+    const N: usize = 20;
+    let publisher = tokio::spawn(async move {
+        for i in 0..N {
+            p.publish("bp/t", i.to_string().as_bytes(), 1, false).await;
+        }
+        p
+    });
+    // One message in flight (window 1) and three queued: the publisher's fifth
+    // PUBLISH cannot be placed, so it must still be waiting. Bounded wait for an
+    // absence.
+    let first = sub.recv_publish(T).await;
+    tokio::time::sleep(ABSENCE).await;
+    assert!(!publisher.is_finished(), "publisher was not held back");
+    let mut got = vec![first.payload_str()];
+    sub.send(&encode_ack(PUBACK, first.pid, 0, v)).await;
+    sub.auto_ack = true;
+    for _ in 1..N {
+        got.push(sub.recv_publish(T).await.payload_str());
+    }
+    let want: Vec<String> = (0..N).map(|i| i.to_string()).collect();
+    assert_eq!(got, want, "every acknowledged message arrives, in order");
+    tokio::time::timeout(T, publisher)
+        .await
+        .expect("publisher finished")
+        .unwrap();
+}
+versions_test!(slow_subscriber_slows_publisher_without_loss);
+
+/// When the subscriber stays stuck past `queue_full_wait_ms`, the overflow policy
+/// applies after all, so one stuck client cannot stall publishers forever.
+async fn stuck_subscriber_gets_overflow_policy_after_wait(v: Version) {
+    let b = Broker::start_with(
+        "[limits]\nmax_queued_messages = 2\nmax_inflight = 1\nqueue_full_wait_ms = 200\nqueue_overflow = \"drop-newest\"\n",
+        &[],
+    );
+    let mut sub = b.client(v, "stuck").await;
+    sub.auto_ack = false;
+    sub.sub("bp/s", 1).await;
+    let mut p = b.client(v, "pub").await;
+    for i in 0..6 {
+        p.publish("bp/s", i.to_string().as_bytes(), 1, false).await;
+    }
+    // The publisher got all its PUBACKs although the subscriber never acknowledged:
+    // one in flight, two queued, the rest dropped after the wait.
+    let first = sub.recv_publish(T).await;
+    assert_eq!(first.payload_str(), "0");
+    sub.send(&encode_ack(PUBACK, first.pid, 0, v)).await;
+    sub.auto_ack = true;
+    let rest: Vec<String> = sub
+        .recv_publishes(2, T)
+        .await
+        .iter()
+        .map(|m| m.payload_str())
+        .collect();
+    assert_eq!(rest, ["1", "2"]);
+    sub.expect_no_publish(ABSENCE).await;
+}
+versions_test!(stuck_subscriber_gets_overflow_policy_after_wait);

@@ -9,13 +9,13 @@ use mqtt::Publish;
 use crate::auth::Authenticator;
 use crate::cluster::{Cluster, ClusterError, LocalGroups};
 use crate::config::Config;
-use crate::mailbox::MailboxLimits;
+use crate::mailbox::{Delivery, Mailbox, MailboxLimits, Pushed};
 use crate::message::Message;
 use crate::metrics::Metrics;
-use crate::registry::{Registry, Released};
+use crate::registry::{Kicked, Registry, Released};
 use crate::retain::RetainStore;
-use crate::router::{ReadCheck, Routed, Router, Subscriber, Target};
-use crate::session::{PendingWill, Session};
+use crate::router::{Blocked, ReadCheck, Routed, Router, Subscriber, Target};
+use crate::session::{PendingWill, Session, SessionSnapshot};
 
 /// Everything the connections of one broker share.
 #[derive(Debug)]
@@ -106,7 +106,15 @@ impl Broker {
     /// Publishes a message that arrived on this node: updates the retained store if it
     /// is retained, hands it to the cluster (if any) and queues it for every matching
     /// local subscription.
-    pub fn publish(&self, msg: &Arc<Message>, scratch: &mut Vec<Target>) -> Published {
+    ///
+    /// QoS 1/2 deliveries to connected sessions with a full queue land in `blocked`
+    /// (see [`Router::route`]); the publisher waits for room before reading on.
+    pub fn publish(
+        &self,
+        msg: &Arc<Message>,
+        scratch: &mut Vec<Target>,
+        blocked: &mut Vec<Blocked>,
+    ) -> Published {
         if msg.retain {
             self.retained.set(msg);
         }
@@ -121,7 +129,12 @@ impl Broker {
             Some(f) => (Some(f.local_groups), f.durable),
             None => (None, None),
         };
-        let routed = self.route_locally(msg, groups.as_ref(), scratch);
+        let routed = self.route_locally(
+            msg,
+            groups.as_ref(),
+            scratch,
+            self.waits().then_some(blocked),
+        );
         Published {
             routed,
             forwarded: durable.is_some(),
@@ -136,8 +149,46 @@ impl Broker {
         msg: &Arc<Message>,
         groups: &LocalGroups,
         scratch: &mut Vec<Target>,
+        blocked: &mut Vec<Blocked>,
     ) -> Routed {
-        self.route_locally(msg, Some(groups), scratch)
+        self.route_locally(msg, Some(groups), scratch, self.waits().then_some(blocked))
+    }
+
+    /// Whether publishers wait for room in full queues (`limits.queue_full_wait_ms`).
+    fn waits(&self) -> bool {
+        self.config.limits.queue_full_wait_ms > 0
+    }
+
+    /// Places deliveries that found their queue full: waits for room up to
+    /// `limits.queue_full_wait_ms` in all, then applies the overflow policy.
+    pub async fn place_blocked(&self, blocked: &mut Vec<Blocked>) {
+        let wait = Duration::from_millis(self.config.limits.queue_full_wait_ms);
+        let deadline = tokio::time::Instant::now() + wait;
+        for b in blocked.drain(..) {
+            let mut d = b.delivery;
+            loop {
+                match b.mailbox.try_push(d) {
+                    Ok(()) => break,
+                    Err(back) => d = back,
+                }
+                if tokio::time::timeout_at(deadline, b.mailbox.wait_room())
+                    .await
+                    .is_err()
+                {
+                    self.overflow(&b.mailbox, d);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Applies the overflow policy to a delivery that waited too long for room.
+    pub fn overflow(&self, mailbox: &Mailbox, d: Delivery) {
+        let topic = d.msg.topic().to_string();
+        if !matches!(mailbox.push(d), Pushed::Queued | Pushed::Discarded) {
+            Metrics::add(&self.metrics.queue_overflow_dropped, 1);
+            tracing::warn!(%topic, "session queue full past limits.queue_full_wait_ms; message dropped per limits.queue_overflow");
+        }
     }
 
     fn route_locally(
@@ -145,6 +196,7 @@ impl Broker {
         msg: &Arc<Message>,
         groups: Option<&LocalGroups>,
         scratch: &mut Vec<Target>,
+        blocked: Option<&mut Vec<Blocked>>,
     ) -> Routed {
         let read_check = |s: &Subscriber, topic: &str| {
             self.auth
@@ -155,7 +207,7 @@ impl Broker {
         } else {
             None
         };
-        let routed = self.router.route(msg, check, groups, scratch);
+        let routed = self.router.route(msg, check, groups, scratch, blocked);
         Metrics::add(&self.metrics.deliveries, routed.delivered as u64);
         if routed.overflowed > 0 {
             Metrics::add(
@@ -172,12 +224,20 @@ impl Broker {
     }
 
     /// Another node took `client_id` over with ownership `epoch`: disconnect it here
-    /// (v5: 0x8E) or drop its parked session; a connection here with an older epoch
-    /// can no longer claim it.
-    pub fn kick(&self, client_id: &str, epoch: u64) {
-        if let Some(session) = self.registry.kick(client_id, epoch) {
-            self.end_session(&session);
-        }
+    /// (v5: 0x8E), end the session here and return it for the new owner; a
+    /// connection here with an older epoch can no longer claim it.
+    pub async fn kick(&self, client_id: &str, epoch: u64) -> Option<SessionSnapshot> {
+        let mut session = match self.registry.kick(client_id, epoch) {
+            Kicked::Nothing => return None,
+            Kicked::Now(session) => session,
+            Kicked::Later(rx) => match tokio::time::timeout(Duration::from_secs(5), rx).await {
+                Ok(Ok(session)) => session,
+                _ => return None,
+            },
+        };
+        // Ending it here first removes the subscriptions (and this node's routes).
+        self.end_session(&session);
+        Some(session.take_snapshot())
     }
 
     /// Removes every subscription of a session that ends.
@@ -216,7 +276,7 @@ impl Broker {
             self.publish_will(w);
         }
         let generation = match self.registry.release(conn_id, session, will_later) {
-            Released::Stale => return,
+            Released::Stale | Released::HandedOver => return,
             Released::Ended(ended) => {
                 let (session, will) = *ended;
                 self.end_session(&session);
@@ -287,6 +347,11 @@ impl Broker {
             Some(pending.client_id),
             Instant::now(),
         ));
-        self.publish(&msg, &mut Vec::new());
+        // A will has no publisher to slow down: full queues get the overflow policy.
+        let mut blocked = Vec::new();
+        self.publish(&msg, &mut Vec::new(), &mut blocked);
+        for b in blocked {
+            self.overflow(&b.mailbox, b.delivery);
+        }
     }
 }

@@ -19,6 +19,7 @@ use thiserror::Error;
 use tokio::sync::oneshot;
 
 use crate::message::Message;
+use crate::session::SessionSnapshot;
 
 /// A cluster operation that could not be done (Redis unreachable, timeout).
 #[derive(Debug, Clone, Error)]
@@ -48,10 +49,12 @@ pub struct Forwarded {
 }
 
 /// The result of claiming a client id cluster-wide.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct ClusterClaim {
     /// The ownership epoch this connection holds.
     pub epoch: u64,
+    /// The session the previous owner (another node) handed over, if any.
+    pub session: Option<SessionSnapshot>,
 }
 
 /// A boxed future, for object-safe async methods.

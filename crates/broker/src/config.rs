@@ -162,6 +162,9 @@ pub struct Limits {
     pub max_queued_bytes: usize,
     /// Which message to drop when a session queue is full.
     pub queue_overflow: QueueOverflow,
+    /// How long a publisher waits for room in a connected subscriber's full queue
+    /// (QoS 1/2) before the overflow policy drops a message. 0 = never wait.
+    pub queue_full_wait_ms: u64,
     /// Upper bound on the Session Expiry Interval a client may ask for, in seconds.
     pub max_session_expiry_secs: u32,
 }
@@ -178,6 +181,7 @@ impl Default for Limits {
             max_queued_messages: 1000,
             max_queued_bytes: 16 * 1024 * 1024,
             queue_overflow: QueueOverflow::DropOldest,
+            queue_full_wait_ms: 5000,
             max_session_expiry_secs: u32::MAX,
         }
     }
@@ -257,10 +261,10 @@ impl Config {
             return Err(ConfigError::new("node_id", "required when redis is set"));
         }
         if let Some(id) = &self.node_id {
-            if id.is_empty() || id.len() > 200 || id.contains(['\n', '{', '}']) {
+            if id.is_empty() || id.len() > 200 || id.contains(['\n', '{', '}', '@']) {
                 return Err(ConfigError::new(
                     "node_id",
-                    "must be 1-200 characters without newlines or braces",
+                    "must be 1-200 characters without newlines, braces or @",
                 ));
             }
         }

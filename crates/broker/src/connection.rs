@@ -60,6 +60,14 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         decode(&mut self.rbuf, protocol, self.max_in)
     }
 
+    /// Gives the read buffer's memory back when nothing is buffered, so an idle
+    /// connection holds no buffer (the next read allocates a fresh one).
+    pub fn release_if_empty(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+            self.rbuf = BytesMut::new();
+        }
+    }
+
     /// Reads more bytes from the socket. Cancel-safe: usable in `select!`.
     pub async fn fill(&mut self) -> Result<(), ReadError> {
         if self.rbuf.capacity() - self.rbuf.len() < 512 {
@@ -95,8 +103,8 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     /// Writes some of the write buffer. Cancel-safe: usable in `select!`.
     pub async fn write_some(&mut self) -> std::io::Result<()> {
         self.writer.write_buf(&mut self.wbuf).await?;
-        if self.wbuf.is_empty() && self.wbuf.capacity() > 4 * WRITE_HIGH_WATER {
-            // Give back a buffer a burst made large.
+        if self.wbuf.is_empty() {
+            // Everything written: an idle connection keeps no write buffer.
             self.wbuf = BytesMut::new();
         }
         Ok(())

@@ -67,6 +67,8 @@ struct Queue {
 pub struct Mailbox {
     queue: Mutex<Queue>,
     notify: Notify,
+    /// Woken when draining frees room, for publishers waiting on a full queue.
+    room: Notify,
     online: AtomicBool,
     limits: MailboxLimits,
 }
@@ -77,6 +79,7 @@ impl Mailbox {
         Arc::new(Mailbox {
             queue: Mutex::new(Queue::default()),
             notify: Notify::new(),
+            room: Notify::new(),
             online: AtomicBool::new(false),
             limits,
         })
@@ -124,13 +127,60 @@ impl Mailbox {
         result
     }
 
+    /// Adds a delivery if it fits; gives it back if the queue is full, so the caller
+    /// can wait for [`Mailbox::room`] instead of dropping a message.
+    pub fn try_push(&self, d: Delivery) -> Result<(), Delivery> {
+        {
+            let mut q = self.queue.lock();
+            let size = d.msg.size;
+            let fits = q.items.is_empty()
+                || (q.items.len() < self.limits.max_messages
+                    && q.bytes + size <= self.limits.max_bytes);
+            if !fits {
+                return Err(d);
+            }
+            q.bytes += size;
+            q.items.push_back(d);
+        }
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    /// Resolves after the next drain that frees room.
+    pub async fn room(&self) {
+        self.room.notified().await
+    }
+
+    /// Resolves once the queue has room for one more message (at once if it has).
+    pub async fn wait_room(&self) {
+        let notified = self.room.notified();
+        tokio::pin!(notified);
+        // Registered before checking, so a drain in between is not missed.
+        notified.as_mut().enable();
+        if self.has_room() {
+            return;
+        }
+        notified.await
+    }
+
+    fn has_room(&self) -> bool {
+        let q = self.queue.lock();
+        q.items.len() < self.limits.max_messages && q.bytes < self.limits.max_bytes
+    }
+
     /// Moves up to `max` deliveries into `out`, oldest first.
     pub fn drain_into(&self, out: &mut impl Extend<Delivery>, max: usize) {
-        let mut q = self.queue.lock();
-        let n = max.min(q.items.len());
-        let bytes: usize = q.items.iter().take(n).map(|d| d.msg.size).sum();
-        q.bytes -= bytes;
-        out.extend(q.items.drain(..n));
+        let n = {
+            let mut q = self.queue.lock();
+            let n = max.min(q.items.len());
+            let bytes: usize = q.items.iter().take(n).map(|d| d.msg.size).sum();
+            q.bytes -= bytes;
+            out.extend(q.items.drain(..n));
+            n
+        };
+        if n > 0 {
+            self.room.notify_waiters();
+        }
     }
 
     /// Puts back a delivery taken but not sent, ahead of everything queued. It was
@@ -223,6 +273,32 @@ mod tests {
             m.push(delivery(i, QoS::AtLeastOnce));
         }
         assert_eq!(payloads(&m), vec![3, 4]);
+    }
+
+    #[test]
+    fn try_push_gives_back_what_does_not_fit() {
+        let m = Mailbox::new(limits(1, QueueOverflow::DropOldest));
+        assert!(m.try_push(delivery(1, QoS::AtLeastOnce)).is_ok());
+        let back = m.try_push(delivery(2, QoS::AtLeastOnce)).unwrap_err();
+        assert_eq!(back.msg.publish.payload()[0], 2);
+        assert_eq!(payloads(&m), vec![1], "nothing was dropped");
+        assert!(m.try_push(back).is_ok());
+    }
+
+    #[tokio::test]
+    async fn draining_wakes_a_waiting_publisher() {
+        let m = Mailbox::new(limits(1, QueueOverflow::DropOldest));
+        m.try_push(delivery(1, QoS::AtLeastOnce)).unwrap();
+        let waiter = {
+            let m = m.clone();
+            tokio::spawn(async move { m.room().await })
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(payloads(&m), vec![1]);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .unwrap();
     }
 
     #[test]

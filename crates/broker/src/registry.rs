@@ -2,17 +2,17 @@
 //! [MQTT-3.1.4-3], and the parked state of persistent sessions between connections.
 //!
 //! A new connection *claims* a client id: if another connection owns it, that one is
-//! told to go ([`Control::TakenOver`]) and the claimer waits until it has parked its
+//! told to go ([`ConnLink::take_over`]) and the claimer waits until it has parked its
 //! session and exited. Each claim bumps the slot's generation, which is how timers
 //! (session expiry, will delay) started for an earlier connection know they are stale.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{oneshot, Notify};
 
 use crate::session::{PendingWill, Session};
 
@@ -20,11 +20,63 @@ use crate::session::{PendingWill, Session};
 /// slot anyway (the previous connection's state is then discarded).
 const HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A request to a connection from outside its task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Control {
-    /// Another connection claimed this client id: disconnect (v5: 0x8E).
-    TakenOver,
+/// The registry's line to one connection: tell it that it was taken over, and learn
+/// when it has gone. Two flags and two `Notify`s: far smaller per connection than a
+/// channel pair, which matters with a hundred thousand idle clients.
+#[derive(Debug, Default)]
+pub struct ConnLink {
+    taken_over: AtomicBool,
+    exited: AtomicBool,
+    wake_conn: Notify,
+    wake_claimer: Notify,
+}
+
+impl ConnLink {
+    /// A new link.
+    pub fn new() -> Arc<ConnLink> {
+        Arc::new(ConnLink::default())
+    }
+
+    /// Tells the connection another one claimed its client id (v5: 0x8E).
+    pub fn take_over(&self) {
+        self.taken_over.store(true, Ordering::Release);
+        self.wake_conn.notify_one();
+    }
+
+    /// Resolves once the connection was taken over. Cancel-safe.
+    pub async fn taken_over(&self) {
+        while !self.taken_over.load(Ordering::Acquire) {
+            self.wake_conn.notified().await;
+        }
+    }
+
+    /// Marks the connection task as ended.
+    pub fn set_exited(&self) {
+        self.exited.store(true, Ordering::Release);
+        self.wake_claimer.notify_waiters();
+    }
+
+    /// Resolves once the connection task has ended.
+    pub async fn exited(&self) {
+        let notified = self.wake_claimer.notified();
+        tokio::pin!(notified);
+        // Registered before checking, so an exit in between is not missed.
+        notified.as_mut().enable();
+        if self.exited.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await
+    }
+}
+
+/// Marks its connection's [`ConnLink`] as exited when dropped, however the task ends.
+#[derive(Debug)]
+pub struct ExitGuard(pub Arc<ConnLink>);
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        self.0.set_exited();
+    }
 }
 
 /// The connection that currently owns a client id.
@@ -32,10 +84,8 @@ pub enum Control {
 pub struct Owner {
     /// Unique id of the connection.
     pub conn_id: u64,
-    /// Where to send it [`Control`] requests.
-    pub control: mpsc::UnboundedSender<Control>,
-    /// Closes (the sender is dropped) when the connection task has ended.
-    pub exited: watch::Receiver<()>,
+    /// The line to it.
+    pub link: Arc<ConnLink>,
     /// The cluster ownership epoch the connection holds (0 on a single node).
     pub epoch: u64,
 }
@@ -43,13 +93,15 @@ pub struct Owner {
 #[derive(Debug, Default)]
 struct Slot {
     owner: Option<Owner>,
-    parked: Option<Session>,
+    parked: Option<Box<Session>>,
     /// A will waiting for its delay while the session is parked.
-    will: Option<PendingWill>,
+    will: Option<Box<PendingWill>>,
     generation: u64,
     /// The highest cluster epoch seen for this client id: a connection holding an
     /// older one lost a race on another node and may not own it.
     fence: u64,
+    /// Another node asked for this session: the connection hands it here on exit.
+    handover: Option<oneshot::Sender<Session>>,
 }
 
 /// What a successful claim hands the new owner.
@@ -75,6 +127,19 @@ pub enum Released {
     /// Another connection had already taken the slot (after a handover timeout): the
     /// state is stale and must not touch shared state.
     Stale,
+    /// Another node took the client id over and received the session.
+    HandedOver,
+}
+
+/// What a takeover by another node finds here.
+#[derive(Debug)]
+pub enum Kicked {
+    /// No session for this client id.
+    Nothing,
+    /// A parked session, removed.
+    Now(Session),
+    /// A connected session: it arrives once its connection has closed.
+    Later(oneshot::Receiver<Session>),
 }
 
 /// Sessions by client id.
@@ -100,7 +165,7 @@ impl Registry {
     pub async fn claim(&self, client_id: &Arc<str>, owner: Owner) -> Option<Claim> {
         let mut owner = Some(owner);
         loop {
-            let mut waiting = {
+            let waiting = {
                 let mut slots = self.slots.lock();
                 let slot = slots.entry(client_id.clone()).or_default();
                 let epoch = owner.as_ref().map_or(0, |o| o.epoch);
@@ -110,8 +175,8 @@ impl Registry {
                 slot.fence = epoch;
                 match &slot.owner {
                     Some(current) => {
-                        let _ = current.control.send(Control::TakenOver);
-                        current.exited.clone()
+                        current.link.take_over();
+                        current.link.clone()
                     }
                     None => {
                         slot.owner = owner.take();
@@ -120,18 +185,15 @@ impl Registry {
                         // Interval ran out: the will is not sent.
                         slot.will = None;
                         return Some(Claim {
-                            previous: slot.parked.take(),
+                            previous: slot.parked.take().map(|s| *s),
                             generation: slot.generation,
                         });
                     }
                 }
             };
-            // `changed` fails once the previous connection dropped its sender.
-            let handed_over = tokio::time::timeout(HANDOVER_TIMEOUT, async {
-                while waiting.changed().await.is_ok() {}
-            })
-            .await
-            .is_ok();
+            let handed_over = tokio::time::timeout(HANDOVER_TIMEOUT, waiting.exited())
+                .await
+                .is_ok();
             if !handed_over {
                 tracing::warn!(client_id = %client_id, "previous connection did not hand over its session in time; taking it");
                 let mut slots = self.slots.lock();
@@ -153,13 +215,22 @@ impl Registry {
             return Released::Stale;
         }
         slot.owner = None;
+        if let Some(to) = slot.handover.take() {
+            let id = session.client_id.clone();
+            slots.remove(&id);
+            if let Err(session) = to.send(session) {
+                // The requester gave up waiting: the session ends here.
+                return Released::Ended(Box::new((session, will)));
+            }
+            return Released::HandedOver;
+        }
         if session.expiry_secs == 0 {
             let id = session.client_id.clone();
             slots.remove(&id);
             Released::Ended(Box::new((session, will)))
         } else {
-            slot.parked = Some(session);
-            slot.will = will;
+            slot.parked = Some(Box::new(session));
+            slot.will = will.map(Box::new);
             Released::Parked {
                 generation: slot.generation,
             }
@@ -173,7 +244,7 @@ impl Registry {
         if slot.owner.is_some() || slot.generation != generation {
             return None;
         }
-        slot.will.take()
+        slot.will.take().map(|w| *w)
     }
 
     /// Removes and returns the parked session of `client_id` if nobody claimed it since
@@ -189,22 +260,32 @@ impl Registry {
             return None;
         }
         let slot = slots.remove(client_id)?;
-        Some((slot.parked?, slot.will))
+        Some((*slot.parked?, slot.will.map(|w| *w)))
     }
 
-    /// Another node owns `client_id` now: a connected owner is told to go; a parked
-    /// session is removed and returned, to be ended.
-    pub fn kick(&self, client_id: &str, epoch: u64) -> Option<Session> {
+    /// Another node owns `client_id` now, with `epoch`: a connected owner is told to
+    /// go and its session arrives through the returned receiver once it has; a parked
+    /// session is removed and returned at once.
+    pub fn kick(&self, client_id: &str, epoch: u64) -> Kicked {
         let mut slots = self.slots.lock();
         let slot = slots.entry(Arc::from(client_id)).or_default();
         slot.fence = slot.fence.max(epoch);
         if let Some(owner) = &slot.owner {
-            if owner.epoch < epoch {
-                let _ = owner.control.send(Control::TakenOver);
+            if owner.epoch >= epoch {
+                return Kicked::Nothing;
             }
-            return None;
+            owner.link.take_over();
+            let (tx, rx) = oneshot::channel();
+            slot.handover = Some(tx);
+            return Kicked::Later(rx);
         }
-        slots.remove(client_id).and_then(|s| s.parked)
+        // The slot stays (without a session) so that its fence keeps out a local
+        // claim with an older epoch that is still on its way.
+        slot.will = None;
+        match slot.parked.take() {
+            Some(session) => Kicked::Now(*session),
+            None => Kicked::Nothing,
+        }
     }
 
     /// Number of known sessions (connected or parked).

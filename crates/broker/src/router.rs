@@ -78,6 +78,15 @@ pub struct Target {
     shared: bool,
 }
 
+/// A delivery waiting for room in a connected session's full queue.
+#[derive(Debug)]
+pub struct Blocked {
+    /// The full mailbox.
+    pub mailbox: Arc<Mailbox>,
+    /// What waits to go in.
+    pub delivery: Delivery,
+}
+
 /// The subscription index.
 #[derive(Debug, Default)]
 pub struct Router {
@@ -162,12 +171,18 @@ impl Router {
     ///
     /// In a cluster, `groups` names the shared groups this node serves for this message
     /// (another node serves the others); `None` serves every group.
+    ///
+    /// With `blocked`, a QoS 1/2 delivery to a connected session whose queue is full
+    /// is not dropped but handed back there, for the caller to wait for room
+    /// (backpressure); without it, or for offline sessions, the overflow policy
+    /// applies.
     pub fn route(
         &self,
         msg: &Arc<Message>,
         can_read: Option<ReadCheck<'_>>,
         groups: Option<&LocalGroups>,
         scratch: &mut Vec<Target>,
+        mut blocked: Option<&mut Vec<Blocked>>,
     ) -> Routed {
         scratch.clear();
         let topic = msg.topic();
@@ -199,12 +214,28 @@ impl Router {
         merge_per_session(scratch);
         let mut routed = Routed::default();
         for t in scratch.drain(..) {
-            let pushed = t.mailbox.push(Delivery {
+            let d = Delivery {
                 msg: msg.clone(),
                 qos: t.qos,
                 retain: t.retain,
                 sub_ids: t.sub_ids,
-            });
+            };
+            if let Some(blocked) = blocked.as_deref_mut() {
+                if d.qos != QoS::AtMostOnce && t.mailbox.is_online() {
+                    match t.mailbox.try_push(d) {
+                        Ok(()) => routed.delivered += 1,
+                        Err(d) => {
+                            routed.delivered += 1;
+                            blocked.push(Blocked {
+                                mailbox: t.mailbox,
+                                delivery: d,
+                            });
+                        }
+                    }
+                    continue;
+                }
+            }
+            let pushed = t.mailbox.push(d);
             match pushed {
                 Pushed::Queued => routed.delivered += 1,
                 Pushed::DroppedOldest => {
@@ -333,7 +364,7 @@ mod tests {
         let mb = mailbox();
         r.subscribe("a/+", sub("c", &mb, QoS::AtMostOnce, Some(1)));
         r.subscribe("a/#", sub("c", &mb, QoS::ExactlyOnce, Some(2)));
-        let routed = r.route(&msg("a/b", QoS::ExactlyOnce), None, None, &mut vec![]);
+        let routed = r.route(&msg("a/b", QoS::ExactlyOnce), None, None, &mut vec![], None);
         assert_eq!(routed.delivered, 1);
         let d = drain(&mb);
         assert_eq!(d.len(), 1);
@@ -351,14 +382,14 @@ mod tests {
         r.subscribe("$share/g/t", sub("c2", &m2, QoS::AtLeastOnce, None));
         for _ in 0..10 {
             assert_eq!(
-                r.route(&msg("t", QoS::AtLeastOnce), None, None, &mut vec![])
+                r.route(&msg("t", QoS::AtLeastOnce), None, None, &mut vec![], None)
                     .delivered,
                 1
             );
         }
         assert_eq!((drain(&m1).len(), drain(&m2).len()), (5, 5));
         assert!(r.unsubscribe("$share/g/t", &"c1".into()));
-        r.route(&msg("t", QoS::AtLeastOnce), None, None, &mut vec![]);
+        r.route(&msg("t", QoS::AtLeastOnce), None, None, &mut vec![], None);
         assert_eq!((drain(&m1).len(), drain(&m2).len()), (0, 1));
     }
 
@@ -370,7 +401,7 @@ mod tests {
         r.subscribe("$share/g/t", sub("c1", &m1, QoS::AtLeastOnce, None));
         r.subscribe("$share/g/t", sub("c2", &m2, QoS::AtLeastOnce, None));
         for _ in 0..4 {
-            r.route(&msg("t", QoS::AtLeastOnce), None, None, &mut vec![]);
+            r.route(&msg("t", QoS::AtLeastOnce), None, None, &mut vec![], None);
         }
         assert_eq!((drain(&m1).len(), drain(&m2).len()), (0, 4));
     }
@@ -387,6 +418,7 @@ mod tests {
             None,
             Some(&here),
             &mut vec![],
+            None,
         );
         assert_eq!(routed.delivered, 1);
         assert_eq!((drain(&m1).len(), drain(&m2).len()), (0, 1));
@@ -400,7 +432,7 @@ mod tests {
         s.options.no_local = true;
         r.subscribe("t", s);
         assert_eq!(
-            r.route(&msg("t", QoS::AtLeastOnce), None, None, &mut vec![])
+            r.route(&msg("t", QoS::AtLeastOnce), None, None, &mut vec![], None)
                 .delivered,
             0
         );
@@ -417,7 +449,8 @@ mod tests {
                 &msg("secret", QoS::AtLeastOnce),
                 Some(deny),
                 None,
-                &mut vec![]
+                &mut vec![],
+                None,
             )
             .delivered,
             0
@@ -427,7 +460,8 @@ mod tests {
                 &msg("open", QoS::AtLeastOnce),
                 Some(deny),
                 None,
-                &mut vec![]
+                &mut vec![],
+                None,
             )
             .delivered,
             1

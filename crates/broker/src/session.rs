@@ -32,6 +32,21 @@ pub struct PendingWill {
     pub will: Will,
 }
 
+/// A session as it moves between nodes.
+#[derive(Debug, Default)]
+pub struct SessionSnapshot {
+    /// Session Expiry Interval in force.
+    pub expiry_secs: u32,
+    /// Subscriptions by full filter.
+    pub subscriptions: Vec<(String, Subscription)>,
+    /// Unacknowledged outbound messages, in send order.
+    pub inflight: Vec<(u16, Outbound)>,
+    /// Inbound QoS 2 packet ids awaiting PUBREL.
+    pub inbound_qos2: Vec<u16>,
+    /// Deliveries queued, oldest first.
+    pub queued: Vec<Delivery>,
+}
+
 /// Where an outbound QoS 1/2 delivery stands.
 #[derive(Debug, Clone)]
 pub enum Outbound {
@@ -175,6 +190,42 @@ impl Session {
     /// Inbound QoS 2 messages awaiting PUBREL (counted against Receive Maximum).
     pub fn inbound_pending(&self) -> usize {
         self.inbound_qos2.len()
+    }
+
+    /// Takes everything a session carries to another node, leaving it empty: its
+    /// subscriptions, in-flight messages (in send order), inbound QoS 2 ids, and
+    /// queued deliveries.
+    pub fn take_snapshot(&mut self) -> SessionSnapshot {
+        let mut queued = Vec::new();
+        self.mailbox.drain_into(&mut queued, usize::MAX);
+        let order = std::mem::take(&mut self.order);
+        let mut outbound = std::mem::take(&mut self.outbound);
+        SessionSnapshot {
+            expiry_secs: self.expiry_secs,
+            subscriptions: self.subscriptions.drain().collect(),
+            inflight: order
+                .into_iter()
+                .filter_map(|id| outbound.remove(&id).map(|o| (id, o)))
+                .collect(),
+            inbound_qos2: self.inbound_qos2.drain().collect(),
+            queued,
+        }
+    }
+
+    /// Restores what [`Session::take_snapshot`] took (on another node). The caller
+    /// re-subscribes the subscriptions.
+    pub fn restore(&mut self, snapshot: SessionSnapshot) {
+        for (id, o) in snapshot.inflight {
+            self.outbound.insert(id, o);
+            self.order.push(id);
+        }
+        self.inbound_qos2.extend(snapshot.inbound_qos2);
+        for d in snapshot.queued {
+            // Restored in order; a queue that shrank in configuration drops the
+            // oldest as its policy says.
+            self.mailbox.push(d);
+        }
+        self.subscriptions.extend(snapshot.subscriptions);
     }
 
     /// Forgets all in-flight state, both directions.

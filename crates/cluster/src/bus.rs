@@ -19,8 +19,10 @@ use bytes::{Bytes, BytesMut};
 use redis::streams::StreamReadReply;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::conn::{Keys, Redis, INBOX_GROUP};
-use crate::wire::{read_records, BusRecord};
+use crate::conn::{run_per_key, Keys, Redis, INBOX_GROUP};
+use crate::wire::{put_handover, read_records, BusRecord};
+use broker::session::SessionSnapshot;
+use parking_lot::Mutex;
 
 /// One message on its way to other nodes.
 #[derive(Debug)]
@@ -31,12 +33,56 @@ pub struct Outgoing {
     pub done: Option<oneshot::Sender<Result<(), ClusterError>>>,
 }
 
+/// Where a handed-over session (or word that there is none) is delivered.
+type HandoverSender = oneshot::Sender<Option<SessionSnapshot>>;
+
+/// Claims on this node waiting for the previous owner to hand a session over.
+#[derive(Debug, Default)]
+pub struct Handovers {
+    waiting: Mutex<HashMap<(String, u64), HandoverSender>>,
+}
+
+impl Handovers {
+    /// Registers a claim of `client_id` at `epoch`; the receiver gets the session.
+    pub fn expect(
+        &self,
+        client_id: &str,
+        epoch: u64,
+    ) -> oneshot::Receiver<Option<SessionSnapshot>> {
+        let (tx, rx) = oneshot::channel();
+        self.waiting
+            .lock()
+            .insert((client_id.to_string(), epoch), tx);
+        rx
+    }
+
+    /// Forgets a claim that stopped waiting.
+    pub fn cancel(&self, client_id: &str, epoch: u64) {
+        self.waiting.lock().remove(&(client_id.to_string(), epoch));
+    }
+
+    fn complete(&self, client_id: &str, epoch: u64, session: Option<SessionSnapshot>) {
+        let waiter = self.waiting.lock().remove(&(client_id.to_string(), epoch));
+        match waiter {
+            Some(tx) => {
+                if let Err(Some(_)) = tx.send(session) {
+                    tracing::warn!(%client_id, "a handed-over session arrived after its claim gave up; it is lost");
+                }
+            }
+            None if session.is_some() => {
+                tracing::warn!(%client_id, epoch, "a handed-over session arrived for no waiting claim; it is lost");
+            }
+            None => {}
+        }
+    }
+}
+
 /// Most messages carried by one round trip.
 const MAX_BATCH: usize = 1024;
 
 /// Appends outgoing records to the destination inboxes, batching.
 pub async fn forwarder(redis: Redis, keys: Keys, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
-    let mut conn = redis.conn();
+    let conn = redis.conn();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -55,16 +101,18 @@ pub async fn forwarder(redis: Redis, keys: Keys, mut rx: mpsc::UnboundedReceiver
                     .extend_from_slice(record);
             }
         }
-        let mut pipe = redis::pipe();
-        for (node, records) in &per_node {
-            pipe.cmd("XADD")
-                .arg(keys.inbox(node))
-                .arg("*")
-                .arg("b")
-                .arg(records.as_ref())
-                .ignore();
-        }
-        let result: Result<(), redis::RedisError> = pipe.query_async(&mut conn).await;
+        let cmds = per_node
+            .iter()
+            .map(|(node, records)| {
+                let mut c = redis::cmd("XADD");
+                c.arg(keys.inbox(node))
+                    .arg("*")
+                    .arg("b")
+                    .arg(records.as_ref());
+                (keys.inbox(node), c)
+            })
+            .collect();
+        let result = run_per_key(&conn, cmds).await;
         let outcome = result.map_err(|e| ClusterError(e.to_string()));
         if let Err(e) = &outcome {
             tracing::warn!(error = %e, messages = batch.len(), "could not forward messages to other nodes");
@@ -86,6 +134,7 @@ pub async fn consumer(
     keys: Keys,
     node: String,
     broker: Arc<Broker>,
+    handovers: Arc<Handovers>,
     mut stop: watch::Receiver<bool>,
 ) {
     let key = keys.inbox(&node);
@@ -158,7 +207,9 @@ pub async fn consumer(
         for entry in entries {
             if let Some(redis::Value::BulkString(bytes)) = entry.map.get("b") {
                 match read_records(bytes) {
-                    Ok(records) => deliver(&broker, records, &mut scratch),
+                    Ok(records) => {
+                        deliver(&broker, &redis, &keys, &handovers, records, &mut scratch).await
+                    }
                     Err(e) => {
                         tracing::error!(id = %entry.id, error = %e, "inbox: skipping undecodable entry")
                     }
@@ -182,16 +233,55 @@ pub async fn consumer(
     }
 }
 
-fn deliver(broker: &Broker, records: Vec<BusRecord>, scratch: &mut Vec<broker::router::Target>) {
+/// Delivers records locally, in order. A QoS 1/2 delivery that finds a connected
+/// session's queue full waits for room (up to `limits.queue_full_wait_ms`) before the
+/// next record: the inbox then backs up in Redis instead of messages being dropped.
+async fn deliver(
+    broker: &Arc<Broker>,
+    redis: &Redis,
+    keys: &Keys,
+    handovers: &Handovers,
+    records: Vec<BusRecord>,
+    scratch: &mut Vec<broker::router::Target>,
+) {
+    let mut blocked = Vec::new();
     for record in records {
         match record {
             BusRecord::Message { msg, groups } => {
-                broker.deliver_remote(&msg, &groups, scratch);
+                broker.deliver_remote(&msg, &groups, scratch, &mut blocked);
+                if !blocked.is_empty() {
+                    broker.place_blocked(&mut blocked).await;
+                }
             }
-            BusRecord::Kick { client_id, epoch } => {
-                tracing::debug!(%client_id, epoch, "client id claimed by another node");
-                broker.kick(&client_id, epoch);
+            BusRecord::Kick {
+                client_id,
+                epoch,
+                to,
+            } => {
+                tracing::debug!(%client_id, epoch, %to, "client id claimed by another node");
+                // Waiting for the connection to close must not hold up the inbox.
+                let (broker, conn, keys) = (broker.clone(), redis.conn(), keys.clone());
+                tokio::spawn(async move {
+                    let session = broker.kick(&client_id, epoch).await;
+                    let mut record = BytesMut::new();
+                    put_handover(&mut record, &client_id, epoch, session.as_ref());
+                    let sent = redis::cmd("XADD")
+                        .arg(keys.inbox(&to))
+                        .arg("*")
+                        .arg("b")
+                        .arg(record.as_ref())
+                        .query_async::<()>(&mut conn.clone())
+                        .await;
+                    if let Err(e) = sent {
+                        tracing::warn!(%client_id, error = %e, "could not hand the session over");
+                    }
+                });
             }
+            BusRecord::Handover {
+                client_id,
+                epoch,
+                session,
+            } => handovers.complete(&client_id, epoch, session),
         }
     }
 }

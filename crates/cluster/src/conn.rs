@@ -234,6 +234,58 @@ async fn open(target: &Target, response: Duration) -> Result<Conn, redis::RedisE
     })
 }
 
+/// Runs commands, each on one key, as few round trips as the deployment allows: one
+/// pipeline on a single server; on Redis Cluster, where a pipeline may not cross
+/// slots, one pipeline per key, the keys in parallel. Order is kept per key.
+pub async fn run_per_key(
+    conn: &Conn,
+    cmds: Vec<(String, redis::Cmd)>,
+) -> Result<(), redis::RedisError> {
+    if cmds.is_empty() {
+        return Ok(());
+    }
+    if !matches!(conn, Conn::Cluster(_)) {
+        let mut pipe = redis::pipe();
+        for (_, cmd) in cmds {
+            pipe.add_command(cmd).ignore();
+        }
+        return pipe.query_async(&mut conn.clone()).await;
+    }
+    let mut per_key: Vec<(String, redis::Pipeline)> = Vec::new();
+    for (key, cmd) in cmds {
+        match per_key.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, pipe)) => {
+                pipe.add_command(cmd).ignore();
+            }
+            None => {
+                let mut pipe = redis::pipe();
+                pipe.add_command(cmd).ignore();
+                per_key.push((key, pipe));
+            }
+        }
+    }
+    let mut set = tokio::task::JoinSet::new();
+    for (_, pipe) in per_key {
+        let mut c = conn.clone();
+        set.spawn(async move { pipe.query_async::<()>(&mut c).await });
+    }
+    let mut result = Ok(());
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => result = Err(e),
+            Err(e) => {
+                result = Err(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "pipeline task failed",
+                    e.to_string(),
+                )))
+            }
+        }
+    }
+    result
+}
+
 /// The names of every key AstraMQ uses, under one prefix.
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -246,6 +298,11 @@ impl Keys {
         Keys {
             prefix: prefix.to_string(),
         }
+    }
+
+    /// The prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// Hash of every node's routes: field `<node>\n<filter>`.

@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use redis::streams::StreamReadReply;
 use tokio::sync::{mpsc, watch};
 
-use crate::conn::{Conn, Keys, Redis};
+use crate::conn::{run_per_key, Conn, Keys, Redis};
 use crate::routes::RouteTable;
 use crate::wire::{read_retained, retained_value, FeedRecord};
 
@@ -46,67 +46,68 @@ pub async fn writer(
     node: String,
     mut rx: mpsc::UnboundedReceiver<Change>,
 ) {
-    let mut conn = redis.conn();
+    let conn = redis.conn();
     let mut batch = Vec::new();
     while let Some(first) = rx.recv().await {
         batch.push(first);
         while let Ok(c) = rx.try_recv() {
             batch.push(c);
         }
-        let mut pipe = redis::pipe();
+        // The state first, then the feed entries that announce it, so a reader never
+        // sees an announcement before the value.
+        let mut state = Vec::new();
+        let mut feed = Vec::new();
         for change in &batch {
             let record = match change {
                 Change::RouteAdded(filter) => {
-                    pipe.cmd("HSET")
-                        .arg(keys.routes())
-                        .arg(route_field(&node, filter))
-                        .arg(1)
-                        .ignore();
+                    let mut c = redis::cmd("HSET");
+                    c.arg(keys.routes()).arg(route_field(&node, filter)).arg(1);
+                    state.push((keys.routes(), c));
                     FeedRecord::RouteAdded {
                         node: node.clone(),
                         filter: filter.clone(),
                     }
                 }
                 Change::RouteRemoved(filter) => {
-                    pipe.cmd("HDEL")
-                        .arg(keys.routes())
-                        .arg(route_field(&node, filter))
-                        .ignore();
+                    let mut c = redis::cmd("HDEL");
+                    c.arg(keys.routes()).arg(route_field(&node, filter));
+                    state.push((keys.routes(), c));
                     FeedRecord::RouteRemoved {
                         node: node.clone(),
                         filter: filter.clone(),
                     }
                 }
                 Change::Retained { topic, value } => {
-                    match value {
-                        Some(v) => pipe
-                            .cmd("HSET")
-                            .arg(keys.retained())
-                            .arg(topic)
-                            .arg(v)
-                            .ignore(),
-                        None => pipe.cmd("HDEL").arg(keys.retained()).arg(topic).ignore(),
+                    let c = match value {
+                        Some(v) => {
+                            let mut c = redis::cmd("HSET");
+                            c.arg(keys.retained()).arg(topic).arg(v);
+                            c
+                        }
+                        None => {
+                            let mut c = redis::cmd("HDEL");
+                            c.arg(keys.retained()).arg(topic);
+                            c
+                        }
                     };
+                    state.push((keys.retained(), c));
                     FeedRecord::Retained {
                         node: node.clone(),
                         topic: topic.clone(),
                     }
                 }
             };
-            pipe.cmd("XADD")
-                .arg(keys.feed())
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(FEED_MAXLEN)
-                .arg("*")
-                .arg(&record.to_fields()[..])
-                .ignore();
+            feed.push((keys.feed(), feed_entry(&keys, &record)));
         }
         // Retried until Redis takes it: losing a route change would leave other
         // nodes with a wrong table until their next resync.
         let mut backoff = Duration::from_millis(100);
         loop {
-            match pipe.query_async::<()>(&mut conn).await {
+            let stored = async {
+                run_per_key(&conn, state.clone()).await?;
+                run_per_key(&conn, feed.clone()).await
+            };
+            match stored.await {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, changes = batch.len(), "cannot store cluster state changes; retrying");
@@ -117,6 +118,18 @@ pub async fn writer(
         }
         batch.clear();
     }
+}
+
+/// The XADD announcing `record` on the feed.
+pub fn feed_entry(keys: &Keys, record: &FeedRecord) -> redis::Cmd {
+    let mut c = redis::cmd("XADD");
+    c.arg(keys.feed())
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(FEED_MAXLEN)
+        .arg("*")
+        .arg(&record.to_fields()[..]);
+    c
 }
 
 /// The routes-hash field of one route.

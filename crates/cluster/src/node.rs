@@ -1,7 +1,7 @@
 //! One broker node's membership in the cluster: starts the Redis tasks and gossip,
 //! and implements the broker's [`Cluster`] interface on top of them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::bus::{self, Outgoing};
-use crate::conn::{Keys, Redis, RedisError};
+use crate::conn::{run_per_key, Keys, Redis, RedisError};
 use crate::feed::{self, Change};
 use crate::membership::{self, MemberEvent, MembershipConfig, MembershipHandle, NodeMeta};
 use crate::routes::RouteTable;
@@ -47,9 +47,15 @@ redis.call('HSET', KEYS[1], 'owner', ARGV[1])
 return {prev or '', epoch}
 ";
 
+/// How long a claim waits for the previous node to hand its session over (it closes
+/// the old connection first, which may take a moment).
+const HANDOVER_WAIT: Duration = Duration::from_secs(3);
+
 /// This node, as a member of the cluster.
 pub struct ClusterNode {
     me: String,
+    /// This run's name in the route table: `id@generation`.
+    me_route: String,
     keys: Keys,
     redis: Redis,
     routes: Arc<Mutex<RouteTable>>,
@@ -58,6 +64,7 @@ pub struct ClusterNode {
     changes: mpsc::UnboundedSender<Change>,
     outgoing: mpsc::UnboundedSender<Outgoing>,
     claim_script: redis::Script,
+    handovers: Arc<bus::Handovers>,
     membership: Mutex<Option<MembershipHandle>>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -84,36 +91,44 @@ impl ClusterNode {
         let redis = Redis::connect(&settings.redis, timeout).await?;
         let keys = Keys::new(&settings.key_prefix);
         let mut conn = redis.conn();
+        bus::ensure_group(&mut conn, &keys.inbox(&me)).await?;
 
-        // Routes of an earlier run of this node id are stale: remove them (and tell
-        // the others through the feed).
+        // Gossip first: its generation names this run's routes (`id@generation`), so
+        // the failure of one run never touches the routes of the next.
+        let mut meta = NodeMeta::broker();
+        meta.mqtt = mqtt;
+        let mut gossip = MembershipConfig::new(me.clone(), settings.gossip_listen, meta);
+        gossip.join = settings.join.clone();
+        gossip.cluster_key = settings.cluster_key.clone();
+        gossip.advertise = settings.gossip_advertise;
+        let membership = membership::spawn(gossip).await?;
+        let me_route = route_identity(&me, membership.generation());
+
+        // Routes of earlier runs of this node id are stale: remove them (and tell the
+        // others through the feed).
         let fields: Vec<String> = redis::cmd("HKEYS")
             .arg(keys.routes())
             .query_async(&mut conn)
             .await?;
-        let stale: Vec<&str> = fields
+        let stale: Vec<(&str, &str)> = fields
             .iter()
-            .filter(|f| f.split_once('\n').is_some_and(|(n, _)| n == me))
-            .map(String::as_str)
+            .filter_map(|f| f.split_once('\n'))
+            .filter(|(identity, _)| node_of(identity) == me)
             .collect();
-        bus::ensure_group(&mut conn, &keys.inbox(&me)).await?;
+        remove_routes(&conn, &keys, &stale).await?;
 
         let routes = Arc::new(Mutex::new(RouteTable::new()));
         let (changes_tx, changes_rx) = mpsc::unbounded_channel();
-        for field in &stale {
-            if let Some((_, filter)) = field.split_once('\n') {
-                let _ = changes_tx.send(Change::RouteRemoved(filter.to_string()));
-            }
-        }
-        let from = feed::resync(&mut conn, &keys, &me, &routes, &broker).await?;
+        let from = feed::resync(&mut conn, &keys, &me_route, &routes, &broker).await?;
 
         let (outgoing_tx, outgoing_rx) = mpsc::unbounded_channel();
+        let handovers = Arc::new(bus::Handovers::default());
         let (stop_tx, stop_rx) = watch::channel(false);
         let tasks = vec![
             tokio::spawn(feed::writer(
                 redis.clone(),
                 keys.clone(),
-                me.clone(),
+                me_route.clone(),
                 changes_rx,
             )),
             tokio::spawn(bus::forwarder(redis.clone(), keys.clone(), outgoing_rx)),
@@ -122,12 +137,13 @@ impl ClusterNode {
                 keys.clone(),
                 me.clone(),
                 broker.clone(),
+                handovers.clone(),
                 stop_rx.clone(),
             )),
             tokio::spawn(feed::reader(
                 redis.clone(),
                 keys.clone(),
-                me.clone(),
+                me_route.clone(),
                 routes.clone(),
                 broker.clone(),
                 from,
@@ -135,17 +151,11 @@ impl ClusterNode {
             )),
         ];
 
-        let mut meta = NodeMeta::broker();
-        meta.mqtt = mqtt;
-        let mut gossip = MembershipConfig::new(me.clone(), settings.gossip_listen, meta);
-        gossip.join = settings.join.clone();
-        gossip.cluster_key = settings.cluster_key.clone();
-        gossip.advertise = settings.gossip_advertise;
-        let membership = membership::spawn(gossip).await?;
         tracing::info!(node_id = %me, gossip = %membership.local_addr(), redis = %settings.redis, "joined the cluster");
 
         let node = Arc::new(ClusterNode {
             me,
+            me_route,
             keys,
             redis,
             routes,
@@ -153,6 +163,7 @@ impl ClusterNode {
             changes: changes_tx,
             outgoing: outgoing_tx,
             claim_script: redis::Script::new(CLAIM_SCRIPT),
+            handovers,
             membership: Mutex::new(None),
             stop: stop_tx,
             tasks: Mutex::new(tasks),
@@ -182,30 +193,30 @@ impl ClusterNode {
     /// the tasks.
     pub async fn shutdown(&self) {
         let filters: Vec<String> = self.local_filters.lock().drain().map(|(f, _)| f).collect();
-        let mut conn = self.redis.conn();
-        let mut pipe = redis::pipe();
-        for f in &filters {
-            pipe.cmd("HDEL")
-                .arg(self.keys.routes())
-                .arg(feed::route_field(&self.me, f))
-                .ignore();
-            let record = crate::wire::FeedRecord::RouteRemoved {
-                node: self.me.clone(),
-                filter: f.clone(),
-            };
-            pipe.cmd("XADD")
-                .arg(self.keys.feed())
-                .arg("*")
-                .arg(&record.to_fields()[..])
-                .ignore();
-        }
-        if !filters.is_empty() {
-            if let Err(e) =
-                tokio::time::timeout(Duration::from_secs(2), pipe.query_async::<()>(&mut conn))
-                    .await
-            {
-                tracing::warn!(error = %e, "could not remove this node's routes at shutdown");
+        let conn = self.redis.conn();
+        let removed = async {
+            let hdel = filters.iter().map(|f| {
+                let mut c = redis::cmd("HDEL");
+                c.arg(self.keys.routes())
+                    .arg(feed::route_field(&self.me, f));
+                (self.keys.routes(), c)
+            });
+            run_per_key(&conn, hdel.collect()).await?;
+            let announce = filters.iter().map(|f| {
+                let record = crate::wire::FeedRecord::RouteRemoved {
+                    node: self.me_route.clone(),
+                    filter: f.clone(),
+                };
+                (self.keys.feed(), feed::feed_entry(&self.keys, &record))
+            });
+            run_per_key(&conn, announce.collect()).await
+        };
+        match tokio::time::timeout(Duration::from_secs(2), removed).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not remove this node's routes at shutdown")
             }
+            Err(_) => tracing::warn!("timed out removing this node's routes at shutdown"),
         }
         let membership = self.membership.lock().take();
         if let Some(m) = membership {
@@ -219,13 +230,83 @@ impl ClusterNode {
     }
 }
 
-/// Follows gossip: drops the routes of nodes that die or leave, reloads them from
-/// Redis when such a node is up again, and keeps this node's advertised connection
-/// count current.
-///
-/// The reload matters after a false failure detection: the node was alive all
-/// along, rejoined gossip under a new generation, and still has its subscribers and
-/// its routes in Redis, but it has no reason to announce those routes again.
+/// Removes a dead run's routes from Redis (and announces it), so a node started later
+/// does not load them. One survivor does it, chosen by a Redis lock; the others find
+/// the lock taken.
+async fn repair_routes(node: Arc<ClusterNode>, dead: String) {
+    let mut conn = node.redis.conn();
+    let lock = format!("{}:{{repair:{dead}}}", node.keys.prefix());
+    let won: Option<String> = redis::cmd("SET")
+        .arg(&lock)
+        .arg(&node.me_route)
+        .arg("NX")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap_or(None);
+    if won.is_none() {
+        return;
+    }
+    let fields: Vec<String> = match redis::cmd("HKEYS")
+        .arg(node.keys.routes())
+        .query_async(&mut conn)
+        .await
+    {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(node = %dead, error = %e, "route repair: cannot read routes");
+            return;
+        }
+    };
+    let routes: Vec<(&str, &str)> = fields
+        .iter()
+        .filter_map(|f| f.split_once('\n'))
+        .filter(|(identity, _)| *identity == dead)
+        .collect();
+    match remove_routes(&conn, &node.keys, &routes).await {
+        Ok(()) => {
+            tracing::info!(node = %dead, routes = routes.len(), "removed a failed node's routes from redis")
+        }
+        Err(e) => tracing::warn!(node = %dead, error = %e, "route repair failed"),
+    }
+}
+
+/// Deletes `(identity, filter)` routes from Redis, then announces each removal.
+async fn remove_routes(
+    conn: &crate::conn::Conn,
+    keys: &Keys,
+    routes: &[(&str, &str)],
+) -> Result<(), redis::RedisError> {
+    let hdel = routes.iter().map(|(identity, filter)| {
+        let mut c = redis::cmd("HDEL");
+        c.arg(keys.routes())
+            .arg(feed::route_field(identity, filter));
+        (keys.routes(), c)
+    });
+    run_per_key(conn, hdel.collect()).await?;
+    let announce = routes.iter().map(|(identity, filter)| {
+        let record = crate::wire::FeedRecord::RouteRemoved {
+            node: identity.to_string(),
+            filter: filter.to_string(),
+        };
+        (keys.feed(), feed::feed_entry(keys, &record))
+    });
+    run_per_key(conn, announce.collect()).await
+}
+
+/// A run's name in the route table.
+pub fn route_identity(node_id: &str, generation: u64) -> String {
+    format!("{node_id}@{generation}")
+}
+
+/// The node id of a route identity (the inbox its messages go to).
+pub fn node_of(identity: &str) -> &str {
+    identity.rsplit_once('@').map_or(identity, |(n, _)| n)
+}
+
+/// Follows gossip: drops the routes of nodes that die or leave, and keeps this node's
+/// advertised connection count current.
 async fn watch_members(
     node: Arc<ClusterNode>,
     mut events: tokio::sync::broadcast::Receiver<MemberEvent>,
@@ -233,23 +314,20 @@ async fn watch_members(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    // Nodes whose routes were dropped, to reload when they are up again.
-    let mut dropped: HashSet<String> = HashSet::new();
     loop {
         tokio::select! {
             e = events.recv() => match e {
-                Ok(MemberEvent::Down { node_id, .. }) => {
-                    tracing::warn!(node = %node_id, "node failed; dropping its routes");
-                    node.routes.lock().remove_node(&node_id);
-                    dropped.insert(node_id);
+                Ok(MemberEvent::Down { node_id, generation, .. }) => {
+                    // Only that run's routes: a restarted node with the same id has
+                    // routes of its own under its new generation.
+                    let identity = route_identity(&node_id, generation);
+                    tracing::warn!(node = %node_id, generation, "node failed; dropping its routes");
+                    node.routes.lock().remove_node(&identity);
+                    tokio::spawn(repair_routes(node.clone(), identity));
                 }
-                Ok(MemberEvent::Left { node_id, .. }) => {
+                Ok(MemberEvent::Left { node_id, generation }) => {
                     tracing::info!(node = %node_id, "node left");
-                    node.routes.lock().remove_node(&node_id);
-                    dropped.insert(node_id);
-                }
-                Ok(MemberEvent::Up(member)) if dropped.remove(&member.node_id) => {
-                    node.reload_routes(&member.node_id).await;
+                    node.routes.lock().remove_node(&route_identity(&node_id, generation));
                 }
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
@@ -265,33 +343,13 @@ async fn watch_members(
     }
 }
 
-impl ClusterNode {
-    /// Reloads `other`'s routes from Redis (see [`watch_members`]). Changes the feed
-    /// delivers meanwhile are applied on top, so the table converges either way.
-    async fn reload_routes(&self, other: &str) {
-        let mut conn = self.redis.conn();
-        let reload = feed::reload_node(&mut conn, &self.keys, other, &self.routes);
-        match tokio::time::timeout(Duration::from_secs(5), reload).await {
-            Ok(Ok(n)) => {
-                tracing::info!(node = %other, routes = n, "node is back; reloaded its routes")
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(node = %other, error = %e, "cannot reload the routes of a node that is back")
-            }
-            Err(_) => {
-                tracing::warn!(node = %other, "timed out reloading the routes of a node that is back")
-            }
-        }
-    }
-}
-
 impl Cluster for ClusterNode {
     fn subscribed(&self, filter: &str) {
         let mut local = self.local_filters.lock();
         let n = local.entry(filter.to_string()).or_insert(0);
         *n += 1;
         if *n == 1 {
-            self.routes.lock().add(&self.me, filter);
+            self.routes.lock().add(&self.me_route, filter);
             let _ = self.changes.send(Change::RouteAdded(filter.to_string()));
         }
     }
@@ -304,13 +362,13 @@ impl Cluster for ClusterNode {
         *n -= 1;
         if *n == 0 {
             local.remove(filter);
-            self.routes.lock().remove(&self.me, filter);
+            self.routes.lock().remove(&self.me_route, filter);
             let _ = self.changes.send(Change::RouteRemoved(filter.to_string()));
         }
     }
 
     fn forward(&self, msg: &Arc<Message>) -> Forwarded {
-        let placement = self.routes.lock().place(msg.topic(), &self.me);
+        let placement = self.routes.lock().place(msg.topic(), &self.me_route);
         let local_groups = LocalGroups(placement.local_groups);
         if placement.remote.is_empty() {
             return Forwarded {
@@ -319,13 +377,22 @@ impl Cluster for ClusterNode {
             };
         }
         let publish = publish_bytes(msg);
-        let dests = placement
-            .remote
+        // Two runs of one node id (a restart not yet noticed) share one inbox: one
+        // record for both.
+        let mut per_node: HashMap<&str, Vec<(String, String)>> = HashMap::new();
+        for (identity, groups) in &placement.remote {
+            per_node
+                .entry(node_of(identity))
+                .or_default()
+                .extend(groups.iter().cloned());
+        }
+        let dests = per_node
             .into_iter()
+            .filter(|(node, _)| *node != self.me)
             .map(|(node, groups)| {
                 let mut record = BytesMut::with_capacity(publish.len() + 64);
                 put_message(&mut record, msg.origin.as_deref(), &groups, &publish);
-                (node, record.freeze())
+                (node.to_string(), record.freeze())
             })
             .collect();
         let (done, durable) = if msg.qos == mqtt::QoS::AtMostOnce {
@@ -360,20 +427,37 @@ impl Cluster for ClusterNode {
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| ClusterError(e.to_string()))?;
-            if !prev.is_empty() && prev != self.me {
-                // [MQTT-3.1.4-3] The other node disconnects its connection (0x8E).
-                let mut record = BytesMut::new();
-                put_kick(&mut record, client_id, epoch);
-                redis::cmd("XADD")
-                    .arg(self.keys.inbox(&prev))
-                    .arg("*")
-                    .arg("b")
-                    .arg(record.as_ref())
-                    .query_async::<()>(&mut conn)
-                    .await
-                    .map_err(|e| ClusterError(e.to_string()))?;
+            if prev.is_empty() || prev == self.me {
+                return Ok(ClusterClaim {
+                    epoch,
+                    session: None,
+                });
             }
-            Ok(ClusterClaim { epoch })
+            // [MQTT-3.1.4-3] The other node disconnects its connection (0x8E) and
+            // hands the session over through our inbox.
+            let handed = self.handovers.expect(client_id, epoch);
+            let mut record = BytesMut::new();
+            put_kick(&mut record, client_id, epoch, &self.me);
+            let kicked = redis::cmd("XADD")
+                .arg(self.keys.inbox(&prev))
+                .arg("*")
+                .arg("b")
+                .arg(record.as_ref())
+                .query_async::<()>(&mut conn)
+                .await;
+            if let Err(e) = kicked {
+                self.handovers.cancel(client_id, epoch);
+                return Err(ClusterError(e.to_string()));
+            }
+            let session = match tokio::time::timeout(HANDOVER_WAIT, handed).await {
+                Ok(Ok(session)) => session,
+                _ => {
+                    self.handovers.cancel(client_id, epoch);
+                    tracing::warn!(%client_id, previous = %prev, "previous node did not hand the session over in time; starting without it");
+                    None
+                }
+            };
+            Ok(ClusterClaim { epoch, session })
         })
     }
 }

@@ -10,10 +10,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use broker::cluster::LocalGroups;
+use broker::mailbox::Delivery as Queued;
 use broker::message::Message;
+use broker::session::{Outbound, SessionSnapshot, Subscription};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use mqtt::codec::Delivery;
-use mqtt::{decode, Packet, Protocol};
+use mqtt::codec::Delivery as Wire;
+use mqtt::{decode, Packet, Protocol, QoS, RetainHandling, SubscriptionOptions};
 use thiserror::Error;
 
 /// A record that could not be decoded (a bug or a foreign writer): it is logged and
@@ -32,23 +34,36 @@ pub enum BusRecord {
         /// The shared groups this node serves for it.
         groups: LocalGroups,
     },
-    /// Another node claimed `client_id` with ownership `epoch`: drop ours.
+    /// Node `to` claimed `client_id` with ownership `epoch`: disconnect ours and hand
+    /// the session over.
     Kick {
         /// The client id.
         client_id: String,
         /// The new owner's epoch.
         epoch: u64,
+        /// The new owner's node id.
+        to: String,
+    },
+    /// The session a kicked node handed over (`None`: it had none).
+    Handover {
+        /// The client id.
+        client_id: String,
+        /// The epoch of the claim it answers.
+        epoch: u64,
+        /// The session.
+        session: Option<SessionSnapshot>,
     },
 }
 
 const MESSAGE: u8 = 1;
 const KICK: u8 = 2;
+const HANDOVER: u8 = 3;
 
 /// The v5 PUBLISH bytes of `msg` as forwarded now (remaining expiry), shared by every
 /// destination's record.
 pub fn publish_bytes(msg: &Message) -> Bytes {
     let now = Instant::now();
-    let delivery = Delivery {
+    let delivery = Wire {
         qos: msg.qos,
         retain: msg.retain,
         dup: false,
@@ -82,10 +97,154 @@ pub fn put_message(
 }
 
 /// Appends a takeover record to `out`.
-pub fn put_kick(out: &mut BytesMut, client_id: &str, epoch: u64) {
+pub fn put_kick(out: &mut BytesMut, client_id: &str, epoch: u64, to: &str) {
     out.put_u8(KICK);
     put_str(out, client_id);
     out.put_u64(epoch);
+    put_str(out, to);
+}
+
+/// Appends a handover record (the session moving to the node that claimed it).
+pub fn put_handover(
+    out: &mut BytesMut,
+    client_id: &str,
+    epoch: u64,
+    session: Option<&SessionSnapshot>,
+) {
+    out.put_u8(HANDOVER);
+    put_str(out, client_id);
+    out.put_u64(epoch);
+    let Some(s) = session else {
+        out.put_u8(0);
+        return;
+    };
+    out.put_u8(1);
+    out.put_u32(s.expiry_secs);
+    out.put_u32(s.subscriptions.len() as u32);
+    for (filter, sub) in &s.subscriptions {
+        put_str(out, filter);
+        out.put_u8(options_byte(&sub.options));
+        out.put_u32(sub.id.unwrap_or(0));
+    }
+    out.put_u32(s.inflight.len() as u32);
+    for (id, o) in &s.inflight {
+        out.put_u16(*id);
+        match o {
+            Outbound::Published(d) => {
+                out.put_u8(0);
+                put_delivery(out, d);
+            }
+            Outbound::Released => out.put_u8(1),
+        }
+    }
+    out.put_u32(s.inbound_qos2.len() as u32);
+    for id in &s.inbound_qos2 {
+        out.put_u16(*id);
+    }
+    out.put_u32(s.queued.len() as u32);
+    for d in &s.queued {
+        put_delivery(out, d);
+    }
+}
+
+fn options_byte(o: &SubscriptionOptions) -> u8 {
+    o.qos as u8
+        | u8::from(o.no_local) << 2
+        | u8::from(o.retain_as_published) << 3
+        | (o.retain_handling as u8) << 4
+}
+
+fn options_from(b: u8) -> Result<SubscriptionOptions, WireError> {
+    Ok(SubscriptionOptions {
+        qos: QoS::from_u8(b & 3).ok_or_else(|| WireError("bad qos".into()))?,
+        no_local: b & 4 != 0,
+        retain_as_published: b & 8 != 0,
+        retain_handling: match (b >> 4) & 3 {
+            0 => RetainHandling::SendAlways,
+            1 => RetainHandling::SendIfNew,
+            _ => RetainHandling::DoNotSend,
+        },
+    })
+}
+
+fn put_delivery(out: &mut BytesMut, d: &Queued) {
+    out.put_u8(d.qos as u8);
+    out.put_u8(u8::from(d.retain));
+    out.put_u16(d.sub_ids.len() as u16);
+    for id in &d.sub_ids {
+        out.put_u32(*id);
+    }
+    put_str(out, d.msg.origin.as_deref().unwrap_or(""));
+    let publish = publish_bytes(&d.msg);
+    out.put_u32(publish.len() as u32);
+    out.put_slice(&publish);
+}
+
+fn get_delivery(buf: &mut &[u8], now: Instant) -> Result<Queued, WireError> {
+    let qos = QoS::from_u8(get_u8(buf)?).ok_or_else(|| WireError("bad qos".into()))?;
+    let retain = get_u8(buf)? != 0;
+    let n = get_u16(buf)?;
+    let mut sub_ids = Vec::with_capacity(usize::from(n).min(64));
+    for _ in 0..n {
+        sub_ids.push(get_u32(buf)?);
+    }
+    let origin = get_str(buf)?;
+    let msg = get_publish(buf, &origin, now)?;
+    Ok(Queued {
+        msg,
+        qos,
+        retain,
+        sub_ids,
+    })
+}
+
+fn get_publish(buf: &mut &[u8], origin: &str, now: Instant) -> Result<Arc<Message>, WireError> {
+    let len = get_u32(buf)? as usize;
+    if buf.remaining() < len {
+        return Err(WireError("truncated publish".into()));
+    }
+    let mut packet = BytesMut::from(&buf[..len]);
+    buf.advance(len);
+    let publish = match decode(&mut packet, Some(Protocol::V5), usize::MAX) {
+        Ok(Some(Packet::Publish(p))) => p,
+        other => return Err(WireError(format!("not a PUBLISH: {other:?}"))),
+    };
+    let origin = (!origin.is_empty()).then(|| Arc::from(origin));
+    Ok(Arc::new(Message::new(&publish, origin, now)))
+}
+
+fn get_snapshot(buf: &mut &[u8], now: Instant) -> Result<SessionSnapshot, WireError> {
+    let mut s = SessionSnapshot {
+        expiry_secs: get_u32(buf)?,
+        ..Default::default()
+    };
+    for _ in 0..get_u32(buf)? {
+        let filter = get_str(buf)?;
+        let options = options_from(get_u8(buf)?)?;
+        let id = get_u32(buf)?;
+        s.subscriptions.push((
+            filter,
+            Subscription {
+                options,
+                id: (id != 0).then_some(id),
+            },
+        ));
+    }
+    for _ in 0..get_u32(buf)? {
+        let id = get_u16(buf)?;
+        let o = match get_u8(buf)? {
+            0 => Outbound::Published(get_delivery(buf, now)?),
+            _ => Outbound::Released,
+        };
+        s.inflight.push((id, o));
+    }
+    for _ in 0..get_u32(buf)? {
+        s.inbound_qos2.push(get_u16(buf)?);
+    }
+    for _ in 0..get_u32(buf)? {
+        s.queued.push(get_delivery(buf, now)?);
+    }
+    Ok(s)
 }
 
 /// Decodes every record of one stream entry.
@@ -101,30 +260,27 @@ pub fn read_records(mut buf: &[u8]) -> Result<Vec<BusRecord>, WireError> {
                 for _ in 0..n {
                     groups.push((get_str(&mut buf)?, get_str(&mut buf)?));
                 }
-                let len = get_u32(&mut buf)? as usize;
-                if buf.remaining() < len {
-                    return Err(WireError("truncated publish".into()));
-                }
-                let mut packet = BytesMut::from(&buf[..len]);
-                buf.advance(len);
-                let publish = match decode(&mut packet, Some(Protocol::V5), usize::MAX) {
-                    Ok(Some(Packet::Publish(p))) => p,
-                    other => return Err(WireError(format!("not a PUBLISH: {other:?}"))),
-                };
-                let origin = (!origin.is_empty()).then(|| Arc::from(origin.as_str()));
                 records.push(BusRecord::Message {
-                    msg: Arc::new(Message::new(&publish, origin, now)),
+                    msg: get_publish(&mut buf, &origin, now)?,
                     groups: LocalGroups(groups),
                 });
             }
-            KICK => {
+            KICK => records.push(BusRecord::Kick {
+                client_id: get_str(&mut buf)?,
+                epoch: get_u64(&mut buf)?,
+                to: get_str(&mut buf)?,
+            }),
+            HANDOVER => {
                 let client_id = get_str(&mut buf)?;
-                if buf.remaining() < 8 {
-                    return Err(WireError("truncated kick".into()));
-                }
-                records.push(BusRecord::Kick {
+                let epoch = get_u64(&mut buf)?;
+                let session = match get_u8(&mut buf)? {
+                    0 => None,
+                    _ => Some(get_snapshot(&mut buf, now)?),
+                };
+                records.push(BusRecord::Handover {
                     client_id,
-                    epoch: buf.get_u64(),
+                    epoch,
+                    session,
                 });
             }
             k => return Err(WireError(format!("unknown record kind {k}"))),
@@ -235,6 +391,20 @@ fn put_str(out: &mut BytesMut, s: &str) {
     out.put_slice(s.as_bytes());
 }
 
+fn get_u8(buf: &mut &[u8]) -> Result<u8, WireError> {
+    if buf.remaining() < 1 {
+        return Err(WireError("truncated".into()));
+    }
+    Ok(buf.get_u8())
+}
+
+fn get_u64(buf: &mut &[u8]) -> Result<u64, WireError> {
+    if buf.remaining() < 8 {
+        return Err(WireError("truncated".into()));
+    }
+    Ok(buf.get_u64())
+}
+
 fn get_u16(buf: &mut &[u8]) -> Result<u16, WireError> {
     if buf.remaining() < 2 {
         return Err(WireError("truncated".into()));
@@ -294,7 +464,7 @@ mod tests {
             &groups,
             &publish_bytes(&msg),
         );
-        put_kick(&mut out, "c1", 7);
+        put_kick(&mut out, "c1", 7, "n2");
         let records = read_records(&out).unwrap();
         assert_eq!(records.len(), 2);
         match &records[0] {
@@ -311,8 +481,73 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(
-            matches!(&records[1], BusRecord::Kick { client_id, epoch: 7 } if client_id == "c1")
+            matches!(&records[1], BusRecord::Kick { client_id, epoch: 7, to } if client_id == "c1" && to == "n2")
         );
+    }
+
+    #[test]
+    fn a_session_handover_round_trips() {
+        let msg = message();
+        let d = |qos| Queued {
+            msg: msg.clone(),
+            qos,
+            retain: false,
+            sub_ids: vec![3, 4],
+        };
+        let snapshot = SessionSnapshot {
+            expiry_secs: 300,
+            subscriptions: vec![(
+                "a/+".into(),
+                Subscription {
+                    options: SubscriptionOptions {
+                        qos: QoS::ExactlyOnce,
+                        no_local: true,
+                        retain_as_published: true,
+                        retain_handling: RetainHandling::SendIfNew,
+                    },
+                    id: Some(3),
+                },
+            )],
+            inflight: vec![
+                (7, Outbound::Published(d(QoS::AtLeastOnce))),
+                (9, Outbound::Released),
+            ],
+            inbound_qos2: vec![11],
+            queued: vec![d(QoS::ExactlyOnce)],
+        };
+        let mut out = BytesMut::new();
+        put_handover(&mut out, "c", 5, Some(&snapshot));
+        put_handover(&mut out, "d", 6, None);
+        let records = read_records(&out).unwrap();
+        let BusRecord::Handover {
+            client_id,
+            epoch: 5,
+            session: Some(s),
+        } = &records[0]
+        else {
+            panic!("{:?}", records[0]);
+        };
+        assert_eq!(client_id, "c");
+        assert_eq!(s.expiry_secs, 300);
+        assert_eq!(s.subscriptions, snapshot.subscriptions);
+        assert_eq!(s.inbound_qos2, vec![11]);
+        assert!(
+            matches!(&s.inflight[0], (7, Outbound::Published(q)) if q.qos == QoS::AtLeastOnce && q.sub_ids == vec![3, 4])
+        );
+        assert!(matches!(&s.inflight[1], (9, Outbound::Released)));
+        assert_eq!(s.queued.len(), 1);
+        assert_eq!(s.queued[0].msg.publish.payload().as_ref(), b"hello");
+        assert!(matches!(
+            &records[1],
+            BusRecord::Handover {
+                session: None,
+                epoch: 6,
+                ..
+            }
+        ));
+        for cut in 0..out.len() {
+            let _ = read_records(&out[..cut]);
+        }
     }
 
     #[test]

@@ -14,10 +14,13 @@
 //! - [`mosquitto_pub`] / [`mosquitto_sub`]: the Debian command-line clients.
 //! - [`wait_for`]: poll a condition with a timeout instead of sleeping.
 //! - [`versions_test!`]: run one `async fn(Version)` as a 3.1.1 and a 5.0 test.
+//! - [`cluster`]: `redis-server` processes and clusters of `astramq` nodes
+//!   (used by `tests/cluster.rs`).
 
 // Each test file compiles this module separately and uses only part of it.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod raw;
 
 pub use raw::*;
@@ -138,6 +141,8 @@ pub struct Broker {
     stderr: Arc<Mutex<String>>,
     dir: tempfile::TempDir,
     exited: Option<ExitStatus>,
+    /// The gossip address a clustered node printed (`gossip on ADDR`).
+    gossip: Option<SocketAddr>,
 }
 
 impl Broker {
@@ -212,6 +217,7 @@ impl Broker {
             stderr,
             dir,
             exited: None,
+            gossip: None,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         let expected = b.listen_count();
@@ -234,6 +240,31 @@ impl Broker {
                          (exit status: {status:?})\n--- stderr ---\n{}",
                         broker.stderr()
                     );
+                }
+            }
+        }
+        // A clustered node prints `gossip on ADDR` once it has joined.
+        if b.args.iter().any(|a| a == "--redis") {
+            while broker.gossip.is_none() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(line) => {
+                        if let Some(a) = line.strip_prefix("gossip on ") {
+                            let addr = a
+                                .trim()
+                                .parse()
+                                .unwrap_or_else(|e| panic!("bad gossip line {line:?}: {e}"));
+                            broker.gossip = Some(addr);
+                        }
+                    }
+                    Err(_) => {
+                        let status = broker.child.try_wait().ok().flatten();
+                        panic!(
+                            "astramq did not print `gossip on ADDR` within 10 s \
+                             (exit status: {status:?})\n--- stderr ---\n{}",
+                            broker.stderr()
+                        );
+                    }
                 }
             }
         }
@@ -311,6 +342,7 @@ impl Broker {
             stderr,
             dir,
             exited: None,
+            gossip: None,
         }
     }
 
@@ -325,6 +357,11 @@ impl Broker {
     }
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+    /// The gossip address of a clustered node (started with `--redis`).
+    pub fn gossip_addr(&self) -> SocketAddr {
+        self.gossip
+            .expect("not a clustered node: no `gossip on` line was printed")
     }
     /// Scratch directory that lives as long as the broker.
     pub fn dir(&self) -> &Path {

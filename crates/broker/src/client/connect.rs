@@ -11,15 +11,15 @@ use mqtt::{
     ConnAck, ConnAckProperties, Connect, DecodeError, Packet, Protocol, PubResp, ReasonCode,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use super::Client;
 use crate::broker::Broker;
 use crate::connection::{Connection, ReadError};
 use crate::mailbox::Mailbox;
 use crate::metrics::Metrics;
-use crate::registry::Owner;
-use crate::session::{Outbound, PendingWill, Session};
+use crate::registry::{ConnLink, ExitGuard, Owner};
+use crate::session::{Outbound, PendingWill, Session, SessionSnapshot};
 
 /// The largest Maximum Packet Size value (the remaining-length limit plus the header).
 const PROTOCOL_MAX_PACKET: u32 = 268_435_460;
@@ -150,10 +150,10 @@ where
 
     // Claim the client id; a current owner is taken over [MQTT-3.1.4-3], first
     // cluster-wide (a connection on another node is told to go), then on this node.
-    let epoch = match broker.cluster() {
-        None => 0,
+    let (epoch, handed_over) = match broker.cluster() {
+        None => (0, None),
         Some(cluster) => match cluster.claim(&client_id).await {
-            Ok(claim) => claim.epoch,
+            Ok(claim) => (claim.epoch, claim.session),
             Err(e) => {
                 tracing::warn!(%peer, client_id = %client_id, error = %e, "connection refused: cannot claim the client id");
                 refuse(&mut conn, protocol, ReasonCode::ServerUnavailable).await;
@@ -162,16 +162,14 @@ where
         },
     };
     let conn_id = broker.registry.next_conn_id();
-    let (control_tx, control_rx) = mpsc::unbounded_channel();
-    let (exited_tx, exited_rx) = watch::channel(());
+    let link = ConnLink::new();
     let claim = broker
         .registry
         .claim(
             &client_id,
             Owner {
                 conn_id,
-                control: control_tx,
-                exited: exited_rx,
+                link: link.clone(),
                 epoch,
             },
         )
@@ -190,7 +188,16 @@ where
                 broker.end_session(&prev);
             }
             let mailbox = Mailbox::new(broker.mailbox_limits());
-            (Session::new(client_id.clone(), mailbox, expiry), false)
+            let mut session = Session::new(client_id.clone(), mailbox, expiry);
+            // A session another node handed over resumes here [MQTT-3.2.2-2].
+            let present = match handed_over {
+                Some(snapshot) if !c.clean_start => {
+                    resume_here(&broker, &mut session, snapshot, c.username.as_deref());
+                    true
+                }
+                _ => false,
+            };
+            (session, present)
         }
     };
     session.expiry_secs = expiry;
@@ -241,10 +248,12 @@ where
     Metrics::add(&broker.metrics.clients_connected, 1);
     tracing::debug!(%peer, client_id = %client_id, ?protocol, session_present, "client connected");
 
-    let will = c.will.map(|will| PendingWill {
-        client_id: client_id.clone(),
-        username: c.username.as_deref().map(Arc::from),
-        will,
+    let will = c.will.map(|will| {
+        Box::new(PendingWill {
+            client_id: client_id.clone(),
+            username: c.username.as_deref().map(Arc::from),
+            will,
+        })
     });
     let mut client = Client {
         username: c.username.as_deref().map(Arc::from),
@@ -256,8 +265,7 @@ where
         client_id,
         session,
         will,
-        control: control_rx,
-        _exited: exited_tx,
+        exit_guard: ExitGuard(link),
         shutdown,
         keep_alive: (!keep_alive.is_zero()).then_some(keep_alive),
         last_packet: Instant::now(),
@@ -273,11 +281,36 @@ where
         pending: VecDeque::new(),
         scratch: Vec::new(),
         acks: VecDeque::new(),
+        blocked: VecDeque::new(),
+        blocked_until: Instant::now(),
     };
     if session_present {
         client.resend_inflight();
     }
     Some(client)
+}
+
+/// Installs a session handed over by another node: its subscriptions (routes move
+/// here), queued and in-flight messages.
+fn resume_here(
+    broker: &Broker,
+    session: &mut Session,
+    snapshot: SessionSnapshot,
+    username: Option<&str>,
+) {
+    for (filter, sub) in &snapshot.subscriptions {
+        broker.subscribe(
+            filter,
+            crate::router::Subscriber {
+                client_id: session.client_id.clone(),
+                username: username.map(Arc::from),
+                mailbox: session.mailbox.clone(),
+                options: sub.options,
+                id: sub.id,
+            },
+        );
+    }
+    session.restore(snapshot);
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Client<R, W> {

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use mqtt::{Disconnect, DisconnectProperties, Packet, Protocol, ReasonCode};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Sleep;
 
 use crate::broker::Broker;
@@ -29,8 +29,8 @@ use crate::cluster::ClusterError;
 use crate::connection::{Connection, ReadError, WRITE_HIGH_WATER};
 use crate::mailbox::Delivery;
 use crate::metrics::Metrics;
-use crate::registry::Control;
-use crate::router::Target;
+use crate::registry::ExitGuard;
+use crate::router::{Blocked, Target};
 use crate::session::{PendingWill, Session};
 
 /// Serves one accepted socket until it closes or the broker shuts down.
@@ -49,9 +49,12 @@ pub async fn serve<R, W>(
         writer,
         broker.config.limits.max_packet_size as usize,
     );
-    if let Some(mut client) = connect::handshake(broker, conn, peer, shutdown).await {
+    // Boxed: the handshake's state is large and short-lived; unboxed it would size
+    // every connection's task for the rest of its life.
+    if let Some(mut client) = Box::pin(connect::handshake(broker, conn, peer, shutdown)).await {
         let exit = client.run().await;
-        client.finish(exit).await;
+        // Boxed for the same reason: only the closing connection pays for its state.
+        Box::pin(client.finish(exit)).await;
     }
 }
 
@@ -67,6 +70,13 @@ async fn wait_durable(acks: &mut VecDeque<PendingAck>) {
             .unwrap_or_else(|_| Err(ClusterError("forwarder stopped".into())));
         ack.durable = None;
         ack.failed = outcome.err();
+    }
+}
+
+/// Resolves when the first blocked delivery's queue has room, or at `until`.
+async fn wait_room(blocked: &VecDeque<Blocked>, until: Instant) {
+    if let Some(b) = blocked.front() {
+        let _ = tokio::time::timeout_at(until.into(), b.mailbox.wait_room()).await;
     }
 }
 
@@ -93,10 +103,10 @@ struct Client<R, W> {
     client_id: Arc<str>,
     username: Option<Arc<str>>,
     session: Session,
-    will: Option<PendingWill>,
-    control: mpsc::UnboundedReceiver<Control>,
-    /// Dropped when this task ends, telling a waiting claimer it may proceed.
-    _exited: watch::Sender<()>,
+    will: Option<Box<PendingWill>>,
+    /// Marks this connection exited when the task ends, telling a waiting claimer
+    /// it may proceed; also carries takeover requests.
+    exit_guard: ExitGuard,
     shutdown: watch::Receiver<bool>,
     /// Keep alive in force (server override applied), `None` = disabled.
     keep_alive: Option<Duration>,
@@ -119,6 +129,11 @@ struct Client<R, W> {
     /// Acknowledgements of inbound PUBLISHes, in arrival order, some waiting for their
     /// message to be stored by the cluster.
     acks: VecDeque<PendingAck>,
+    /// Deliveries of the last PUBLISH waiting for room in full queues; while any wait,
+    /// this client's socket is not read (backpressure) and its acknowledgement is held.
+    blocked: VecDeque<Blocked>,
+    /// When waiting for room gives up and the overflow policy applies.
+    blocked_until: Instant,
 }
 
 /// A PUBACK or PUBREC not sent yet.
@@ -130,14 +145,17 @@ struct PendingAck {
     durable: Option<tokio::sync::oneshot::Receiver<Result<(), ClusterError>>>,
     /// Set when the cluster could not store the message.
     failed: Option<ClusterError>,
+    /// Held while the message waits for room in subscribers' queues.
+    held: bool,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Client<R, W> {
     /// The main loop. Returns why it ended.
     async fn run(&mut self) -> Exit {
         loop {
-            // Handle everything already buffered before waiting again.
-            loop {
+            // Handle everything already buffered before waiting again, unless a
+            // publish waits for room (then nothing more is read).
+            while self.blocked.is_empty() {
                 match self.conn.rx.next_buffered(Some(self.protocol)) {
                     Ok(Some(packet)) => {
                         self.last_packet = Instant::now();
@@ -149,11 +167,12 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Client<R, W> {
                     Err(e) => return self.decode_error(e),
                 }
             }
+            self.conn.rx.release_if_empty();
             self.pump();
-            let can_take = self.conn.tx.wbuf.len() < WRITE_HIGH_WATER
-                && (self.pending.is_empty() || self.window_open());
+            let can_take = self.conn.tx.wbuf.len() < WRITE_HIGH_WATER && self.window_open();
+            let reading = self.blocked.is_empty();
             tokio::select! {
-                r = self.conn.rx.fill() => match r {
+                r = self.conn.rx.fill(), if reading => match r {
                     Ok(()) => {}
                     Err(ReadError::Closed) => return Exit::Lost,
                     Err(ReadError::Decode(e)) => return self.decode_error(e),
@@ -164,16 +183,19 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Client<R, W> {
                     }
                 }
                 _ = self.session.mailbox.notified(), if can_take => {}
+                _ = wait_room(&self.blocked, self.blocked_until), if !reading => {
+                    if let Some(exit) = self.place_blocked() {
+                        return exit;
+                    }
+                }
                 _ = wait_durable(&mut self.acks), if self.acks.front().is_some_and(|a| a.durable.is_some()) => {
                     if let Some(exit) = self.flush_acks() {
                         return exit;
                     }
                 }
-                c = self.control.recv() => match c {
-                    Some(Control::TakenOver) | None => {
-                        return Exit::Server(ReasonCode::SessionTakenOver);
-                    }
-                },
+                _ = self.exit_guard.0.taken_over() => {
+                    return Exit::Server(ReasonCode::SessionTakenOver);
+                }
                 _ = self.shutdown.changed() => {
                     return Exit::Server(ReasonCode::ServerShuttingDown);
                 }
@@ -278,6 +300,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Client<R, W> {
             }
         }
         tracing::debug!(client_id = %self.client_id, peer = %self.peer, ?exit, "client disconnected");
-        self.broker.disconnected(self.conn_id, self.session, will);
+        self.broker
+            .disconnected(self.conn_id, self.session, will.map(|w| *w));
     }
 }

@@ -58,9 +58,18 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Client<R, W> {
 
         let packet_id = p.packet_id.unwrap_or(0);
         if p.qos == QoS::ExactlyOnce && !self.session.receive_qos2(packet_id) {
-            // [MQTT-4.3.3-9] A redelivery before PUBREL: acknowledge, do not route again.
-            self.ack(Packet::PubRec, packet_id, ReasonCode::Success);
-            return None;
+            // [MQTT-4.3.3-9] A redelivery before PUBREL: acknowledge, do not route
+            // again. Queued behind earlier acknowledgements, so a PUBREC never
+            // overtakes the first copy's (which may wait for the cluster).
+            self.acks.push_back(PendingAck {
+                qos2: true,
+                packet_id,
+                reason: ReasonCode::Success,
+                durable: None,
+                failed: None,
+                held: false,
+            });
+            return self.flush_acks();
         }
 
         let mut durable = None;
@@ -82,7 +91,20 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Client<R, W> {
                 Some(self.client_id.clone()),
                 Instant::now(),
             ));
-            let published = self.broker.publish(&msg, &mut self.scratch);
+            let mut blocked = Vec::new();
+            let published = self.broker.publish(&msg, &mut self.scratch, &mut blocked);
+            for b in blocked {
+                if Arc::ptr_eq(&b.mailbox, &self.session.mailbox) {
+                    // Our own queue drains only when we go on: waiting would deadlock.
+                    self.broker.overflow(&b.mailbox, b.delivery);
+                } else {
+                    self.blocked.push_back(b);
+                }
+            }
+            if !self.blocked.is_empty() {
+                let wait = self.broker.config.limits.queue_full_wait_ms;
+                self.blocked_until = Instant::now() + std::time::Duration::from_millis(wait);
+            }
             durable = published.durable;
             if published.routed.delivered == 0 && !published.forwarded {
                 ReasonCode::NoMatchingSubscribers
@@ -105,6 +127,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Client<R, W> {
             reason,
             durable,
             failed: None,
+            held: !self.blocked.is_empty(),
         });
         self.flush_acks()
     }
@@ -113,6 +136,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Client<R, W> {
     /// in the order their PUBLISHes arrived [MQTT-4.6.0-2, MQTT-4.6.0-3].
     pub(super) fn flush_acks(&mut self) -> Option<Exit> {
         while let Some(front) = self.acks.front_mut() {
+            if front.held {
+                return None;
+            }
             let outcome = match &mut front.durable {
                 None => front.failed.take().map_or(Ok(()), Err),
                 Some(rx) => match rx.try_recv() {
@@ -144,6 +170,29 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Client<R, W> {
             self.ack(kind, ack.packet_id, reason);
         }
         None
+    }
+
+    /// Moves blocked deliveries into queues that have room; past the deadline, the
+    /// overflow policy takes the rest. When none is left, the held acknowledgement goes.
+    pub(super) fn place_blocked(&mut self) -> Option<Exit> {
+        let expired = Instant::now() >= self.blocked_until;
+        while let Some(b) = self.blocked.pop_front() {
+            match b.mailbox.try_push(b.delivery) {
+                Ok(()) => {}
+                Err(d) if expired => self.broker.overflow(&b.mailbox, d),
+                Err(d) => {
+                    self.blocked.push_front(crate::router::Blocked {
+                        mailbox: b.mailbox,
+                        delivery: d,
+                    });
+                    return None;
+                }
+            }
+        }
+        for ack in self.acks.iter_mut() {
+            ack.held = false;
+        }
+        self.flush_acks()
     }
 
     /// PUBREL from the client: the inbound QoS 2 exchange completes.
@@ -196,9 +245,15 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Client<R, W> {
     pub(super) fn pump(&mut self) {
         while self.conn.tx.wbuf.len() < WRITE_HIGH_WATER {
             if self.pending.is_empty() {
+                // Take only what the window lets us send now: the rest stays in the
+                // mailbox, where the queue bounds apply.
+                let room = self.send_window.saturating_sub(self.session.inflight());
+                if room == 0 {
+                    return;
+                }
                 self.session
                     .mailbox
-                    .drain_into(&mut self.pending, DRAIN_BATCH);
+                    .drain_into(&mut self.pending, room.min(DRAIN_BATCH));
                 if self.pending.is_empty() {
                     return;
                 }

@@ -1,0 +1,727 @@
+//! Clusters of real processes for `tests/cluster.rs`: `redis-server` (one server, or a
+//! three-master Redis Cluster) and `astramq` nodes joined through gossip.
+//!
+//! - [`RedisServer`]: one `redis-server` on a free loopback port, no persistence,
+//!   killed on drop. [`RedisCluster`]: three of them in cluster mode, slots assigned
+//!   by `redis-cli --cluster create`. A missing `redis-server` fails the test.
+//! - [`resp`]: a tiny blocking RESP client (follows `MOVED`) to look at the keys the
+//!   nodes write (`astramq:{routes}`, the inbox streams, sessions).
+//! - [`TestCluster`]: Redis plus n nodes `n1..nN`; `n1` is the gossip seed every other
+//!   node joins. [`TestCluster::kill`] (SIGKILL), [`TestCluster::stop`] (SIGTERM),
+//!   [`TestCluster::restart`] (same node id, same gossip address).
+//! - Waiting, never sleeping: [`TestCluster::wait_formed`] (every node saw every
+//!   other come up), [`TestCluster::wait_route_visible`] (a route is in Redis),
+//!   [`TestCluster::sync_feed`] (a node has applied every route and retained change
+//!   another node made so far — the barrier to pass before asserting exact counts),
+//!   [`TestCluster::wait_log`], and [`super::wait_for`] for anything else.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{capture, free_port, tail, wait_for, Broker, RawClient, Version, T};
+
+/// The key prefix the nodes use (config `[cluster] key_prefix`, default).
+pub const PREFIX: &str = "astramq";
+
+/// How long a cluster (Redis, nodes, gossip) may take to come up.
+pub const STARTUP: Duration = Duration::from_secs(20);
+
+/// Finds a Redis command-line tool. Missing means a broken test environment, which
+/// must fail loudly rather than skip.
+pub fn redis_tool(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = std::env::split_paths(&path)
+        .chain(["/usr/bin", "/usr/local/bin", "/usr/sbin"].map(PathBuf::from));
+    for dir in dirs {
+        let p = dir.join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!(
+        "{name} is required by the cluster tests but is not installed: run scripts/test.sh, \
+         or `apt-get install redis-server redis-tools`"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// RESP
+// ---------------------------------------------------------------------------
+
+/// A minimal blocking Redis client: enough to read what the nodes wrote.
+pub mod resp {
+    use super::*;
+
+    /// A RESP2 reply.
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum Value {
+        Status(String),
+        Error(String),
+        Int(i64),
+        Bulk(Option<Vec<u8>>),
+        Array(Option<Vec<Value>>),
+    }
+
+    impl Value {
+        /// A status or bulk reply as text (`""` for nil).
+        pub fn text(&self) -> String {
+            match self {
+                Value::Status(s) => s.clone(),
+                Value::Bulk(Some(b)) => String::from_utf8_lossy(b).into_owned(),
+                Value::Bulk(None) | Value::Array(None) => String::new(),
+                other => panic!("expected a string reply, got {other:?}"),
+            }
+        }
+
+        /// An array of bulk strings (nil = empty).
+        pub fn strings(&self) -> Vec<String> {
+            match self {
+                Value::Array(Some(items)) => items.iter().map(Value::text).collect(),
+                Value::Array(None) => Vec::new(),
+                other => panic!("expected an array reply, got {other:?}"),
+            }
+        }
+
+        /// An integer reply.
+        pub fn int(&self) -> i64 {
+            match self {
+                Value::Int(n) => *n,
+                other => panic!("expected an integer reply, got {other:?}"),
+            }
+        }
+
+        /// A flat `[field, value, field, value...]` array: the value after `field`.
+        pub fn field(&self, field: &str) -> Option<&Value> {
+            match self {
+                Value::Array(Some(items)) => items
+                    .chunks(2)
+                    .find(|kv| kv.len() == 2 && kv[0].text() == field)
+                    .map(|kv| &kv[1]),
+                _ => None,
+            }
+        }
+    }
+
+    /// Runs one command at `addr`, following Redis Cluster redirections.
+    pub fn command(addr: SocketAddr, args: &[&str]) -> std::io::Result<Value> {
+        let mut addr = addr;
+        for _ in 0..5 {
+            match once(addr, args)? {
+                Value::Error(e) if e.starts_with("MOVED ") || e.starts_with("ASK ") => {
+                    let to = e.split_whitespace().nth(2).unwrap_or_default();
+                    addr = to
+                        .parse()
+                        .map_err(|_| std::io::Error::other(format!("bad redirection {e:?}")))?;
+                }
+                other => return Ok(other),
+            }
+        }
+        Err(std::io::Error::other("too many redirections"))
+    }
+
+    fn once(addr: SocketAddr, args: &[&str]) -> std::io::Result<Value> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut req = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            req.extend_from_slice(a.as_bytes());
+            req.extend_from_slice(b"\r\n");
+        }
+        (&stream).write_all(&req)?;
+        read_value(&mut BufReader::new(stream))
+    }
+
+    fn read_value(r: &mut impl BufRead) -> std::io::Result<Value> {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let line = line.trim_end_matches("\r\n");
+        let (kind, rest) = line.split_at(1);
+        let num = || -> std::io::Result<i64> {
+            rest.parse()
+                .map_err(|_| std::io::Error::other(format!("bad RESP line {line:?}")))
+        };
+        Ok(match kind {
+            "+" => Value::Status(rest.to_string()),
+            "-" => Value::Error(rest.to_string()),
+            ":" => Value::Int(num()?),
+            "$" => match num()? {
+                n if n < 0 => Value::Bulk(None),
+                n => {
+                    let mut b = vec![0u8; n as usize + 2];
+                    r.read_exact(&mut b)?;
+                    b.truncate(n as usize);
+                    Value::Bulk(Some(b))
+                }
+            },
+            "*" => match num()? {
+                n if n < 0 => Value::Array(None),
+                n => Value::Array(Some(
+                    (0..n).map(|_| read_value(r)).collect::<Result<_, _>>()?,
+                )),
+            },
+            _ => return Err(std::io::Error::other(format!("bad RESP line {line:?}"))),
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// redis-server
+// ---------------------------------------------------------------------------
+
+/// One `redis-server` on a free loopback port, killed on drop.
+pub struct RedisServer {
+    child: Child,
+    port: u16,
+    stderr: Arc<Mutex<String>>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Starts a standalone server: no snapshots, no AOF, loopback only.
+    pub fn start() -> RedisServer {
+        Self::spawn(false)
+    }
+
+    fn spawn(cluster_mode: bool) -> RedisServer {
+        let bin = redis_tool("redis-server");
+        let mut last_log = String::new();
+        // The port is free when picked but could be taken before redis binds it:
+        // retry on "Address already in use".
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let port = free_port();
+            let mut cmd = Command::new(&bin);
+            cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(dir.path())
+                .arg("--logfile")
+                .arg(dir.path().join("redis.log"));
+            if cluster_mode {
+                // An explicit bus port: the default (port + 10000) may not exist.
+                cmd.args(["--cluster-enabled", "yes"])
+                    .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                    .args(["--cluster-port", &free_port().to_string()])
+                    .args(["--cluster-node-timeout", "5000"]);
+            }
+            let mut child = cmd
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+            let stderr = capture(child.stderr.take().unwrap());
+            let mut server = RedisServer {
+                child,
+                port,
+                stderr,
+                dir,
+            };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if server.try_cmd(&["PING"]).is_ok_and(|v| v.text() == "PONG") {
+                    return server;
+                }
+                if let Ok(Some(status)) = server.child.try_wait() {
+                    last_log = server.log();
+                    if last_log.contains("Address already in use") {
+                        break;
+                    }
+                    panic!("redis-server exited at start ({status}):\n{last_log}");
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "redis-server on port {port} did not answer PING within 10 s:\n{}",
+                    server.log()
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        panic!("redis-server could not bind a free port in 5 attempts:\n{last_log}");
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// The URL nodes are given: `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn try_cmd(&self, args: &[&str]) -> std::io::Result<resp::Value> {
+        resp::command(self.addr(), args)
+    }
+
+    /// Runs a command; panics if Redis cannot be reached.
+    pub fn cmd(&self, args: &[&str]) -> resp::Value {
+        self.try_cmd(args)
+            .unwrap_or_else(|e| panic!("redis {args:?} on port {}: {e}", self.port))
+    }
+
+    /// The server's log file and standard error.
+    pub fn log(&self) -> String {
+        let file = std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default();
+        format!("{file}{}", self.stderr.lock().unwrap())
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- redis-server :{} log (last 2 KiB) ---\n{}",
+                self.port,
+                tail(&self.log(), 2048)
+            );
+        }
+    }
+}
+
+/// A Redis Cluster of three masters (no replicas) on free loopback ports.
+pub struct RedisCluster {
+    pub servers: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts three `redis-server --cluster-enabled yes`, joins them with
+    /// `redis-cli --cluster create`, and waits for `cluster_state:ok` on each.
+    pub fn start() -> RedisCluster {
+        let servers: Vec<RedisServer> = (0..3).map(|_| RedisServer::spawn(true)).collect();
+        let addrs: Vec<String> = servers.iter().map(|s| s.addr().to_string()).collect();
+        let out = Command::new(redis_tool("redis-cli"))
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create {addrs:?} failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deadline = Instant::now() + STARTUP;
+        for s in &servers {
+            loop {
+                let info = s.cmd(&["CLUSTER", "INFO"]).text();
+                if info.contains("cluster_state:ok")
+                    && info.contains("cluster_slots_assigned:16384")
+                    && info.contains("cluster_known_nodes:3")
+                {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "Redis Cluster not ok on port {} within {STARTUP:?}:\n{info}",
+                    s.port()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        RedisCluster { servers }
+    }
+
+    /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3`.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self.servers.iter().map(|s| s.addr().to_string()).collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+
+    /// Runs a command on whichever master holds the key (redirections followed).
+    pub fn cmd(&self, args: &[&str]) -> resp::Value {
+        resp::command(self.servers[0].addr(), args)
+            .unwrap_or_else(|e| panic!("redis cluster {args:?}: {e}"))
+    }
+}
+
+/// The Redis a [`TestCluster`] runs on.
+pub enum Backend {
+    Single(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Backend {
+    pub fn url(&self) -> String {
+        match self {
+            Backend::Single(s) => s.url(),
+            Backend::Cluster(c) => c.url(),
+        }
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> resp::Value {
+        match self {
+            Backend::Single(s) => s.cmd(args),
+            Backend::Cluster(c) => c.cmd(args),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// astramq nodes
+// ---------------------------------------------------------------------------
+
+/// Options for [`TestCluster`].
+pub struct ClusterBuilder {
+    nodes: usize,
+    redis_cluster: bool,
+    args: Vec<String>,
+}
+
+impl ClusterBuilder {
+    /// Run on a three-master Redis Cluster instead of one server.
+    pub fn redis_cluster(mut self) -> Self {
+        self.redis_cluster = true;
+        self
+    }
+
+    /// Extra command-line arguments for every node.
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// Starts Redis, then `n1` (the seed), then the others joining `n1`, and waits
+    /// until every node has seen every other come up.
+    pub async fn start(self) -> TestCluster {
+        let redis = if self.redis_cluster {
+            Backend::Cluster(RedisCluster::start())
+        } else {
+            Backend::Single(RedisServer::start())
+        };
+        let mut c = TestCluster {
+            nodes: Vec::new(),
+            redis,
+            ids: (1..=self.nodes).map(|i| format!("n{i}")).collect(),
+            args: self.args,
+            running: Vec::new(),
+            seq: AtomicU64::new(0),
+        };
+        for i in 0..self.nodes {
+            let join = (i > 0).then(|| c.nodes[0].gossip_addr());
+            let node = c.spawn_node(&c.ids[i], "127.0.0.1:0", join);
+            c.nodes.push(node);
+            c.running.push(true);
+        }
+        c.wait_formed().await;
+        c
+    }
+}
+
+/// Redis plus `n` astramq nodes `n1..nN` (index 0 is `n1`, the gossip seed).
+pub struct TestCluster {
+    // Field order is drop order: the nodes go before Redis.
+    /// Every node's latest process; a killed or stopped one stays for its logs.
+    nodes: Vec<Broker>,
+    redis: Backend,
+    ids: Vec<String>,
+    args: Vec<String>,
+    running: Vec<bool>,
+    seq: AtomicU64,
+}
+
+impl TestCluster {
+    pub fn builder(nodes: usize) -> ClusterBuilder {
+        ClusterBuilder {
+            nodes,
+            redis_cluster: false,
+            args: Vec::new(),
+        }
+    }
+
+    /// Redis and `n` nodes, formed.
+    pub async fn start(n: usize) -> TestCluster {
+        Self::builder(n).start().await
+    }
+
+    fn spawn_node(&self, id: &str, gossip: &str, join: Option<SocketAddr>) -> Broker {
+        let url = self.redis.url();
+        let mut args = vec!["--node-id", id, "--redis", &url, "--gossip-listen", gossip];
+        let join = join.map(|a| a.to_string());
+        if let Some(j) = &join {
+            args.extend(["--join", j.as_str()]);
+        }
+        // Debug for our crates (gossip events are logged at debug), not for the
+        // Redis client's chatter.
+        let mut b = Broker::builder().args(&args).env(
+            "ASTRAMQ_LOG_LEVEL",
+            "info,astramq_cluster=debug,astramq_broker=debug",
+        );
+        for a in &self.args {
+            b = b.args(&[a.as_str()]);
+        }
+        // Always astramq: the mosquitto reference mode has no cluster.
+        Broker::start_astramq(b)
+    }
+
+    /// Node `i` (0-based) as a [`Broker`]: `addr()`, `stderr()`, and every helper
+    /// that takes a broker (`V5Client::connect`, `mosquitto_pub`, ...).
+    pub fn node(&self, i: usize) -> &Broker {
+        &self.nodes[i]
+    }
+
+    /// Node `i`'s id (`n{i+1}`).
+    pub fn id(&self, i: usize) -> &str {
+        &self.ids[i]
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn redis(&self) -> &Backend {
+        &self.redis
+    }
+
+    /// A full key name: `key("{routes}")` is `astramq:{routes}`.
+    pub fn key(&self, tagged: &str) -> String {
+        format!("{PREFIX}:{tagged}")
+    }
+
+    /// A raw client on node `i`, connected (clean) with CONNACK success.
+    pub async fn client(&self, i: usize, v: Version, id: &str) -> RawClient {
+        self.node(i).client(v, id).await
+    }
+
+    /// SIGKILL node `i` and reap it (no goodbye: gossip must notice).
+    pub fn kill(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        let _ = n.child.kill();
+        n.exited = Some(n.child.wait().expect("wait for killed node"));
+        self.running[i] = false;
+    }
+
+    /// SIGTERM node `i` and wait for it to exit; returns its status.
+    pub async fn stop(&mut self, i: usize) -> ExitStatus {
+        self.nodes[i].signal("TERM");
+        let st = self.nodes[i].wait_exit(Duration::from_secs(15)).await;
+        self.running[i] = false;
+        st.unwrap_or_else(|| panic!("{} did not exit within 15 s of SIGTERM", self.ids[i]))
+    }
+
+    /// Starts node `i` again with the same node id and gossip address (as a node with
+    /// a fixed `gossip_listen` restarts), joining the first other running node. A node
+    /// still running is killed first.
+    pub async fn restart(&mut self, i: usize) {
+        if self.running[i] {
+            self.kill(i);
+        }
+        let gossip = self.nodes[i].gossip_addr().to_string();
+        let seed = (0..self.len())
+            .find(|&j| j != i && self.running[j])
+            .map(|j| self.nodes[j].gossip_addr());
+        let node = self.spawn_node(&self.ids[i], &gossip, seed);
+        self.nodes[i] = node;
+        self.running[i] = true;
+    }
+
+    /// Starts one more node (`n{len+1}`) joining the first running node, waits until
+    /// it and the running nodes see each other, and returns its index.
+    pub async fn add_node(&mut self) -> usize {
+        let i = self.len();
+        self.ids.push(format!("n{}", i + 1));
+        let seed = (0..i)
+            .find(|&j| self.running[j])
+            .map(|j| self.nodes[j].gossip_addr());
+        let node = self.spawn_node(&self.ids[i], "127.0.0.1:0", seed);
+        self.nodes.push(node);
+        self.running.push(true);
+        self.wait_formed().await;
+        i
+    }
+
+    pub fn is_running(&self, i: usize) -> bool {
+        self.running[i]
+    }
+
+    /// Waits until every running node has logged every other running node coming up
+    /// in gossip (the nodes log membership events at debug level).
+    pub async fn wait_formed(&self) {
+        let live: Vec<usize> = (0..self.len()).filter(|&i| self.running[i]).collect();
+        for &i in &live {
+            for &j in &live {
+                if i != j {
+                    let needle = format!("Up(Member {{ node_id: \"{}\"", self.ids[j]);
+                    self.wait_log(
+                        i,
+                        STARTUP,
+                        &format!("{} sees {} up", self.ids[i], self.ids[j]),
+                        |l| l.contains(&needle),
+                    )
+                    .await;
+                }
+            }
+        }
+    }
+
+    /// Waits until some line of node `i`'s log satisfies `pred`.
+    pub async fn wait_log(
+        &self,
+        i: usize,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&str) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.nodes[i].stderr().lines().any(&pred) {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what} in {}'s log:\n{}",
+                    self.ids[i],
+                    tail(&self.nodes[i].stderr(), 6000)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether node `i` logged that node `j` failed (and dropped its routes).
+    pub fn logged_failure_of(&self, i: usize, j: usize) -> bool {
+        let token = format!("node={}", self.ids[j]);
+        self.nodes[i].stderr().lines().any(|l| {
+            l.contains("node failed; dropping its routes")
+                && l.split_whitespace().any(|w| w == token)
+        })
+    }
+
+    /// Every `(node id, filter)` in `astramq:{routes}`.
+    pub fn routes(&self) -> Vec<(String, String)> {
+        let mut routes: Vec<(String, String)> = self
+            .redis
+            .cmd(&["HKEYS", &self.key("{routes}")])
+            .strings()
+            .into_iter()
+            .filter_map(|field| {
+                // Fields are `node@generation\nfilter`: one node id, several runs.
+                let (n, f) = field.split_once('\n')?;
+                Some((
+                    n.rsplit_once('@').map_or(n, |(id, _)| id).to_string(),
+                    f.to_string(),
+                ))
+            })
+            .collect();
+        routes.sort();
+        routes
+    }
+
+    fn has_route(&self, i: usize, filter: &str) -> bool {
+        self.routes()
+            .iter()
+            .any(|(n, f)| n == self.id(i) && f == filter)
+    }
+
+    /// Waits until node `i`'s route for `filter` is stored in Redis. This says the
+    /// route is written, not that the other nodes applied it: use
+    /// [`TestCluster::sync_feed`] before counting messages.
+    pub async fn wait_route_visible(&self, i: usize, filter: &str) {
+        let what = format!("route ({}, {filter}) in {PREFIX}:{{routes}}", self.id(i));
+        wait_for(T, &what, || self.has_route(i, filter)).await;
+    }
+
+    /// Waits until node `i`'s route for `filter` is gone from Redis.
+    pub async fn wait_route_gone(&self, i: usize, filter: &str) {
+        let what = format!("route ({}, {filter}) removed from Redis", self.id(i));
+        wait_for(T, &what, || !self.has_route(i, filter)).await;
+    }
+
+    /// Barrier: once this returns, node `reader` has applied every route and retained
+    /// change node `writer` made before the call.
+    ///
+    /// Each node writes its changes to the change feed in order and every node applies
+    /// the feed in order. A helper on `writer` subscribes to a fresh topic (a change
+    /// queued after all earlier ones); a helper on `reader` publishes QoS 1 probes to
+    /// it until one arrives, which proves `reader` applied that change and so
+    /// everything `writer` queued before it.
+    pub async fn sync_feed(&self, writer: usize, reader: usize) {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let topic = format!("astramq-test/sync/{n}");
+        let mut sub = self
+            .client(writer, Version::V311, &format!("sync-sub-{n}"))
+            .await;
+        sub.sub(&topic, 0).await;
+        if writer == reader {
+            sub.disconnect().await;
+            return;
+        }
+        let mut probe = self
+            .client(reader, Version::V311, &format!("sync-pub-{n}"))
+            .await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            probe.publish(&topic, b"sync", 1, false).await;
+            if sub
+                .read(Duration::from_millis(50))
+                .await
+                .is_ok_and(|p| matches!(p, super::Packet::Publish(_)))
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not see {}'s subscription to {topic} within 10 s",
+                self.id(reader),
+                self.id(writer)
+            );
+        }
+        probe.disconnect().await;
+        sub.disconnect().await;
+    }
+
+    /// [`TestCluster::sync_feed`] from `writer` to every other running node.
+    pub async fn sync_from(&self, writer: usize) {
+        for r in 0..self.len() {
+            if r != writer && self.running[r] {
+                self.sync_feed(writer, r).await;
+            }
+        }
+    }
+
+    /// Messages ever appended to node `i`'s inbox stream (`XINFO STREAM`
+    /// `entries-added`; entries are deleted once consumed, so `XLEN` would not do).
+    pub fn inbox_added(&self, i: usize) -> u64 {
+        let key = self.key(&format!("{{inbox:{}}}", self.id(i)));
+        match self.redis.cmd(&["XINFO", "STREAM", &key]) {
+            resp::Value::Error(e) if e.contains("no such key") => 0,
+            v => v
+                .field("entries-added")
+                .unwrap_or_else(|| panic!("XINFO STREAM {key}: no entries-added in {v:?}"))
+                .int() as u64,
+        }
+    }
+
+    /// Entries waiting in node `i`'s inbox stream.
+    pub fn inbox_len(&self, i: usize) -> u64 {
+        let key = self.key(&format!("{{inbox:{}}}", self.id(i)));
+        self.redis.cmd(&["XLEN", &key]).int() as u64
+    }
+
+    /// The node that owns `client_id`'s session in Redis, if any.
+    pub fn session_owner(&self, client_id: &str) -> Option<String> {
+        let key = self.key(&format!("{{s:{client_id}}}"));
+        let owner = self.redis.cmd(&["HGET", &key, "owner"]).text();
+        (!owner.is_empty()).then_some(owner)
+    }
+}
