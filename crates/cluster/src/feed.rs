@@ -188,33 +188,6 @@ pub async fn resync(
     Ok(from)
 }
 
-/// Re-reads the routes of one other node from Redis into the table; returns how many
-/// it has. For a node that was declared down and came back (a false positive, or a
-/// restart): its routes were dropped from the table on `Down`, and a node that did
-/// not restart does not announce them again.
-pub async fn reload_node(
-    conn: &mut Conn,
-    keys: &Keys,
-    node: &str,
-    routes: &Mutex<RouteTable>,
-) -> Result<usize, redis::RedisError> {
-    let all: Vec<(String, String)> = redis::cmd("HGETALL")
-        .arg(keys.routes())
-        .query_async(conn)
-        .await?;
-    let mut table = routes.lock();
-    let mut n = 0;
-    for (field, _) in all {
-        if let Some((owner, filter)) = field.split_once('\n') {
-            if owner == node {
-                table.add(node, filter);
-                n += 1;
-            }
-        }
-    }
-    Ok(n)
-}
-
 fn apply_retained(broker: &Broker, topic: &str, value: Option<&[u8]>) {
     match value.map(read_retained) {
         Some(Ok(Some(msg))) => broker.retained.set(&msg),
