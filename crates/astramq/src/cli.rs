@@ -42,6 +42,9 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Run a load balancer in front of the broker nodes.
     Lb(lb::LbArgs),
+    /// Run a local development cluster: redis-server, N broker nodes and a load
+    /// balancer, as child processes on loopback.
+    Cluster(crate::devcluster::DevClusterArgs),
 }
 
 /// Flags of `astramq broker`; each also has a config key and an `ASTRAMQ_*` variable.

@@ -1,11 +1,15 @@
 //! The `astramq` command: `astramq broker` (the default), `astramq lb`, `astramq passwd`,
-//! `astramq bench` (the load generator, in the `bench` crate).
+//! `astramq bench` (the load generator, in the `bench` crate), `astramq cluster` (a local
+//! development cluster).
 //!
 //! - [`cli`] — command-line flags, and how flags, `ASTRAMQ_*` variables and the config
 //!   file combine into one validated [`broker::Config`].
 //! - [`passwd`] — `astramq passwd`, a `mosquitto_passwd` work-alike.
+//! - [`devcluster`] — `astramq cluster`: redis-server, N nodes and a load balancer as
+//!   child processes, stopped together.
 
 mod cli;
+mod devcluster;
 mod passwd;
 
 use std::io::Write;
@@ -22,6 +26,7 @@ fn main() -> ExitCode {
         Command::Passwd(args) => passwd::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Lb(args) => run_lb(args),
+        Command::Cluster(args) => devcluster::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

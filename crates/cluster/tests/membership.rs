@@ -292,3 +292,63 @@ async fn restarted_node_with_the_same_id_and_address_is_up_again() {
     .await;
     wait_members(&b2, Duration::from_secs(3), "a", |m| ids(m) == ["a"]).await;
 }
+
+/// Regression test for false failure detection: a member whose *caller's* runtime is
+/// starved (every worker busy in synchronous code, as a debug build under load, a
+/// big fan-out or a blocking call can do) must still answer probes, because the
+/// protocol runs on its own thread. With the gossip task on the caller's runtime,
+/// `b` declared `a` down after about a second of this.
+#[test]
+fn member_on_a_starved_runtime_is_not_declared_down() {
+    // `b`, the observer, on a runtime of its own.
+    let observer_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    // `a` is started from a one-worker runtime that will then be kept busy.
+    let busy_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+
+    let b = observer_rt.block_on(start(config("b", &[], broker_meta(1884))));
+    let a = busy_rt.block_on(start(config("a", &[&b], broker_meta(1883))));
+    let mut events = observer_rt.block_on(async {
+        wait_members(&b, Duration::from_secs(3), "a", |m| ids(m) == ["a"]).await;
+        b.events()
+    });
+
+    // Starve `a`'s runtime: its only worker spins for several detection periods
+    // (for_test timers: a silent member is down after ~1 s).
+    let starve = Duration::from_secs(3);
+    busy_rt.spawn(async move {
+        let until = std::time::Instant::now() + starve;
+        while std::time::Instant::now() < until {
+            std::hint::spin_loop();
+        }
+    });
+    observer_rt.block_on(async {
+        let deadline = Instant::now() + starve + Duration::from_millis(500);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match timeout(left, events.recv()).await {
+                Err(_) => break,
+                Ok(Ok(MemberEvent::Down { node_id, .. })) => {
+                    panic!("{node_id} declared down while its runtime was busy")
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("event stream broke: {e}"),
+            }
+        }
+        assert_eq!(ids(&b.members().borrow()), ["a"]);
+    });
+    let stats = a.stats();
+    println!(
+        "a's largest timer lag while its caller's runtime was starved: {:?}",
+        stats.max_timer_lag
+    );
+    drop(a);
+    drop(b);
+}

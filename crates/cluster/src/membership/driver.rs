@@ -11,13 +11,14 @@ use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use foca::{AccumulatingRuntime, Foca, OwnedNotification, PostcardCodec, Timer};
 use rand::rngs::StdRng;
 use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::{interval, sleep_until, Instant, MissedTickBehavior};
-use tracing::{debug, info, trace};
+use tracing::{debug, info, trace, warn};
 
 use super::config::{NodeMeta, MAX_DATAGRAM};
 use super::frame::Framer;
@@ -40,13 +41,26 @@ pub(crate) struct Counters {
     pub sent: AtomicU64,
     pub rejected_auth: AtomicU64,
     pub rejected_invalid: AtomicU64,
+    /// Largest delay, in microseconds, between a timer's deadline and its handling.
+    pub max_timer_lag_us: AtomicU64,
 }
+
+/// A timer handled this late means the loop was starved (CPU, a blocked thread):
+/// worth a warning, since failure detection is only as prompt as this loop.
+const LAG_WARN: Duration = Duration::from_millis(100);
+
+/// At most this many queued datagrams are read before due timers are handled, so
+/// a flood cannot hold the timers back indefinitely.
+const DRAIN_MAX: usize = 256;
 
 /// Everything the task owns.
 pub(crate) struct Driver {
     pub foca: Swim,
     pub runtime: AccumulatingRuntime<NodeIdentity>,
     pub socket: UdpSocket,
+    /// The same socket, for reads that must not depend on tokio's cached readiness
+    /// (see [`Driver::drain_socket`]). Non-blocking, like `socket`.
+    pub socket_now: std::net::UdpSocket,
     pub framer: Framer,
     pub seeds: Vec<SocketAddr>,
     pub inbox: MetaInbox,
@@ -59,8 +73,8 @@ pub(crate) struct Driver {
     pub meta_rx: watch::Receiver<NodeMeta>,
     pub commands: mpsc::Receiver<Command>,
     pub counters: Arc<Counters>,
-    pub join_retry: std::time::Duration,
-    pub meta_refresh: std::time::Duration,
+    pub join_retry: Duration,
+    pub meta_refresh: Duration,
     /// foca timers, soonest first. foca asks for timers to be delivered in order
     /// (`Timer` sorts ties), which a heap keyed by deadline gives for free.
     pub timers: BinaryHeap<Reverse<(Instant, Timer<NodeIdentity>)>>,
@@ -89,6 +103,10 @@ impl Driver {
                     Err(e) => trace!(error = %e, "gossip recv error"),
                 },
                 () = sleep_until(next_timer.unwrap_or_else(Instant::now)), if next_timer.is_some() => {
+                    // Datagrams first: after the loop was held up, an ack or a
+                    // refutation that arrived in time must be seen before the timer
+                    // that would declare its sender failed.
+                    self.drain_socket(&mut buf);
                     self.on_due_timers();
                 }
                 _ = join_tick.tick() => self.rejoin_if_alone(),
@@ -142,8 +160,35 @@ impl Driver {
         }
     }
 
+    /// Hands foca every datagram already queued on the socket, without waiting.
+    ///
+    /// Called before due timers are handled. A timer is SWIM's "no answer by the
+    /// deadline": the end of a probe (no ack: suspect) or of a suspicion (no
+    /// refutation: down). When this loop is held up past a deadline (a starved or
+    /// paused process, a busy thread), the answer may be sitting in the socket
+    /// buffer, received by the kernel before the deadline. Handling the timer first
+    /// would declare a member failed on the strength of our own delay; this is
+    /// what turned short stalls of the observer into false `Down`s.
+    ///
+    /// Reads through a duplicate of the socket: tokio's `try_recv_from` answers
+    /// `WouldBlock` without asking the kernel until its reactor has seen the socket
+    /// become readable, which after a stall it may not have yet. (When tokio later
+    /// finds nothing to read it clears its readiness, as for any spurious wake-up.)
+    fn drain_socket(&mut self, buf: &mut [u8]) {
+        for _ in 0..DRAIN_MAX {
+            match self.socket_now.recv_from(buf) {
+                Ok((len, from)) => self.on_datagram(&buf[..len], from),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => trace!(error = %e, "gossip recv error"),
+            }
+        }
+    }
+
     fn on_due_timers(&mut self) {
         let now = Instant::now();
+        if let Some(Reverse((at, _))) = self.timers.peek() {
+            self.note_lag(now.saturating_duration_since(*at));
+        }
         while let Some(Reverse((at, _))) = self.timers.peek() {
             if *at > now {
                 break;
@@ -152,6 +197,21 @@ impl Driver {
                 break;
             };
             log_foca(self.foca.handle_timer(timer, &mut self.runtime));
+        }
+    }
+
+    /// Records how late the earliest due timer was handled.
+    fn note_lag(&self, lag: Duration) {
+        let us = u64::try_from(lag.as_micros()).unwrap_or(u64::MAX);
+        self.counters
+            .max_timer_lag_us
+            .fetch_max(us, Ordering::Relaxed);
+        if lag >= LAG_WARN {
+            warn!(
+                lag_ms = lag.as_millis() as u64,
+                "gossip timers handled late: this process was starved or paused; \
+                 failure detection may suspect members (or be suspected)"
+            );
         }
     }
 

@@ -22,6 +22,9 @@ pub enum MembershipError {
     /// `0.0.0.0` without [`advertise`](super::MembershipConfig::advertise)).
     #[error("cannot advertise {0}: set `advertise` to an address other members can reach")]
     Unadvertisable(SocketAddr),
+    /// The membership thread or its runtime could not be started.
+    #[error("cannot start the membership thread: {0}")]
+    Runtime(std::io::Error),
     /// The advertised metadata does not fit in one gossip datagram.
     #[error("node metadata encodes to {len} bytes, more than the {max} a datagram can carry")]
     MetaTooLarge {

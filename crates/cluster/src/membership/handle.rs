@@ -10,7 +10,6 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
 
 use super::config::{MembershipConfig, NodeMeta, MAX_DATAGRAM, MAX_META_LEN};
 use super::driver::{Command, Counters, Driver};
@@ -25,22 +24,31 @@ use super::view::{Member, MemberEvent, View};
 const EVENT_BUFFER: usize = 1024;
 
 /// Starts a gossip member: binds the UDP socket, announces to the seeds and runs
-/// the protocol on a tokio task until [`MembershipHandle::leave`] or until the
-/// handle is dropped.
+/// the protocol until [`MembershipHandle::leave`] or until the handle is dropped.
+///
+/// The protocol runs on a thread of its own (a single-threaded tokio runtime), not
+/// on the caller's runtime. Failure detection is only as prompt as this loop: on
+/// a shared runtime, a busy worker thread (a large fan-out, a slow synchronous call,
+/// a debug build under load) delays the gossip task, and a delayed ack or
+/// refutation gets a healthy node declared down. The thread needs next to no CPU.
 pub async fn spawn(config: MembershipConfig) -> Result<MembershipHandle, MembershipError> {
     config.validate()?;
-    let socket = UdpSocket::bind(config.listen)
-        .await
-        .map_err(|source| MembershipError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let local_addr = socket
-        .local_addr()
-        .map_err(|source| MembershipError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+    let bind_error = |source| MembershipError::Bind {
+        addr: config.listen,
+        source,
+    };
+    let std_socket = std::net::UdpSocket::bind(config.listen).map_err(bind_error)?;
+    std_socket.set_nonblocking(true).map_err(bind_error)?;
+    let local_addr = std_socket.local_addr().map_err(bind_error)?;
+    let socket_now = std_socket.try_clone().map_err(bind_error)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(MembershipError::Runtime)?;
+    let socket = {
+        let _context = runtime.enter();
+        UdpSocket::from_std(std_socket).map_err(bind_error)?
+    };
     let advertised = config.advertise.unwrap_or(local_addr);
     if advertised.ip().is_unspecified() {
         return Err(MembershipError::Unadvertisable(advertised));
@@ -70,6 +78,7 @@ pub async fn spawn(config: MembershipConfig) -> Result<MembershipHandle, Members
         foca,
         runtime: AccumulatingRuntime::new(),
         socket,
+        socket_now,
         framer,
         seeds: config.join.clone(),
         inbox,
@@ -86,7 +95,14 @@ pub async fn spawn(config: MembershipConfig) -> Result<MembershipHandle, Members
         timers: BinaryHeap::new(),
         send_buf: Vec::with_capacity(MAX_DATAGRAM),
     };
-    let task = tokio::spawn(driver.run());
+    let (stopped_tx, stopped_rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("gossip".into())
+        .spawn(move || {
+            runtime.block_on(driver.run());
+            let _ = stopped_tx.send(());
+        })
+        .map_err(MembershipError::Runtime)?;
     tracing::info!(
         node_id = %config.node_id,
         %local_addr,
@@ -105,7 +121,7 @@ pub async fn spawn(config: MembershipConfig) -> Result<MembershipHandle, Members
         events: events_tx,
         meta: meta_tx,
         commands: commands_tx,
-        task,
+        stopped: stopped_rx,
         counters,
     })
 }
@@ -149,7 +165,8 @@ pub struct MembershipHandle {
     events: broadcast::Sender<MemberEvent>,
     meta: watch::Sender<NodeMeta>,
     commands: mpsc::Sender<Command>,
-    task: JoinHandle<()>,
+    /// Completes when the membership thread has stopped.
+    stopped: oneshot::Receiver<()>,
     counters: Arc<Counters>,
 }
 
@@ -166,6 +183,11 @@ pub struct MembershipStats {
     /// Authenticated (or unkeyed) datagrams that were oversized or that foca could
     /// not use (malformed, from ourselves, from a stale identity).
     pub rejected_invalid: u64,
+    /// The latest a protocol timer was ever handled after its deadline. More than a
+    /// few milliseconds means the membership thread was starved or the process
+    /// paused; at `probe_period` and beyond, members may have been suspected
+    /// because of it (see `docs/membership.md`).
+    pub max_timer_lag: std::time::Duration,
 }
 
 impl MembershipHandle {
@@ -234,6 +256,9 @@ impl MembershipHandle {
             sent: c.sent.load(Ordering::Relaxed),
             rejected_auth: c.rejected_auth.load(Ordering::Relaxed),
             rejected_invalid: c.rejected_invalid.load(Ordering::Relaxed),
+            max_timer_lag: std::time::Duration::from_micros(
+                c.max_timer_lag_us.load(Ordering::Relaxed),
+            ),
         }
     }
 
@@ -244,6 +269,6 @@ impl MembershipHandle {
         if self.commands.send(Command::Leave(done_tx)).await.is_ok() {
             let _ = done_rx.await;
         }
-        let _ = self.task.await;
+        let _ = self.stopped.await;
     }
 }
