@@ -881,3 +881,38 @@ async fn persistent_session_takeover_across_nodes_keeps_session(v: Version) {
     assert_eq!(b.recv_publish(T).await.payload, b"to-b");
 }
 versions_test!(persistent_session_takeover_across_nodes_keeps_session);
+
+// Invariant 3 and its false-positive side (docs/membership.md): a node paused past the
+// failure timeout (SIGSTOP) is declared down and the survivors drop its routes; once it
+// resumes and rejoins, it announces its routes again under its new generation, so its
+// subscribers receive messages published on other nodes again.
+#[tokio::test]
+async fn paused_node_announces_its_routes_again() {
+    let c = TestCluster::start(2).await;
+    let mut s = c.client(1, Version::V5, "pz-sub").await;
+    s.sub("pz/#", 1).await;
+    c.wait_route_visible(1, "pz/#").await;
+    c.node(1).signal("STOP");
+    c.wait_log(0, DETECTION, "paused n2 declared down", |l| {
+        l.contains("node failed") && l.split_whitespace().any(|w| w == "node=n2")
+    })
+    .await;
+    c.node(1).signal("CONT");
+    let mut p = c.client(0, Version::V5, "pz-pub").await;
+    let deadline = tokio::time::Instant::now() + DETECTION;
+    let mut n = 0;
+    loop {
+        n += 1;
+        p.publish("pz/x", format!("m{n}").as_bytes(), 1, false)
+            .await;
+        if let Some(m) = try_recv_publish(&mut s, Duration::from_millis(200)).await {
+            assert!(m.payload_str().starts_with('m'));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the resumed node's subscriber never received from n1 again (routes: {:?})",
+            c.routes()
+        );
+    }
+}

@@ -23,12 +23,14 @@ use crate::wire::{read_retained, retained_value, FeedRecord};
 /// A change made on this node.
 #[derive(Debug)]
 pub enum Change {
-    /// First local subscriber to a filter.
-    RouteAdded(String),
-    /// Last local subscriber of a filter left.
-    RouteRemoved(String),
+    /// First local subscriber to a filter (route identity `node@generation`, filter).
+    RouteAdded(String, String),
+    /// Last local subscriber of a filter left (route identity, filter).
+    RouteRemoved(String, String),
     /// A retained message was set (value) or cleared (`None`).
     Retained {
+        /// This node's route identity, so its own feed entry is recognised.
+        node: String,
         /// The topic.
         topic: String,
         /// The stored value ([`retained_value`]), `None` to clear.
@@ -40,12 +42,7 @@ pub enum Change {
 const FEED_MAXLEN: usize = 100_000;
 
 /// Writes this node's changes to Redis, in order.
-pub async fn writer(
-    redis: Redis,
-    keys: Keys,
-    node: String,
-    mut rx: mpsc::UnboundedReceiver<Change>,
-) {
+pub async fn writer(redis: Redis, keys: Keys, mut rx: mpsc::UnboundedReceiver<Change>) {
     let conn = redis.conn();
     let mut batch = Vec::new();
     while let Some(first) = rx.recv().await {
@@ -59,25 +56,25 @@ pub async fn writer(
         let mut feed = Vec::new();
         for change in &batch {
             let record = match change {
-                Change::RouteAdded(filter) => {
+                Change::RouteAdded(node, filter) => {
                     let mut c = redis::cmd("HSET");
-                    c.arg(keys.routes()).arg(route_field(&node, filter)).arg(1);
+                    c.arg(keys.routes()).arg(route_field(node, filter)).arg(1);
                     state.push((keys.routes(), c));
                     FeedRecord::RouteAdded {
                         node: node.clone(),
                         filter: filter.clone(),
                     }
                 }
-                Change::RouteRemoved(filter) => {
+                Change::RouteRemoved(node, filter) => {
                     let mut c = redis::cmd("HDEL");
-                    c.arg(keys.routes()).arg(route_field(&node, filter));
+                    c.arg(keys.routes()).arg(route_field(node, filter));
                     state.push((keys.routes(), c));
                     FeedRecord::RouteRemoved {
                         node: node.clone(),
                         filter: filter.clone(),
                     }
                 }
-                Change::Retained { topic, value } => {
+                Change::Retained { node, topic, value } => {
                     let c = match value {
                         Some(v) => {
                             let mut c = redis::cmd("HSET");
@@ -200,7 +197,7 @@ fn apply_retained(broker: &Broker, topic: &str, value: Option<&[u8]>) {
 pub async fn reader(
     redis: Redis,
     keys: Keys,
-    me: String,
+    me: Arc<Mutex<String>>,
     routes: Arc<Mutex<RouteTable>>,
     broker: Arc<Broker>,
     mut from: String,
@@ -219,7 +216,8 @@ pub async fn reader(
             None => match redis.dedicated(BLOCK).await {
                 Ok(c) => {
                     // After a disconnection anything may have been missed: reload.
-                    match resync(&mut shared, &keys, &me, &routes, &broker).await {
+                    let current = me.lock().clone();
+                    match resync(&mut shared, &keys, &current, &routes, &broker).await {
                         Ok(id) => from = id,
                         Err(e) => tracing::warn!(error = %e, "feed: resync failed"),
                     }
@@ -274,7 +272,7 @@ pub async fn reader(
             let (Some(kind), Some(node), Some(value)) = (field("k"), field("n"), field("v")) else {
                 continue;
             };
-            if node == me {
+            if node == *me.lock() {
                 continue;
             }
             match FeedRecord::from_fields(&kind, node, value) {
@@ -304,8 +302,9 @@ pub async fn reader(
 }
 
 /// The value to store for a retained message (empty payload clears).
-pub fn retained_change(msg: &broker::message::Message) -> Change {
+pub fn retained_change(node: String, msg: &broker::message::Message) -> Change {
     Change::Retained {
+        node,
         topic: msg.topic().to_string(),
         value: (!msg.publish.payload().is_empty()).then(|| retained_value(msg)),
     }

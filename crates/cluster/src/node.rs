@@ -54,8 +54,11 @@ const HANDOVER_WAIT: Duration = Duration::from_secs(3);
 /// This node, as a member of the cluster.
 pub struct ClusterNode {
     me: String,
-    /// This run's name in the route table: `id@generation`.
-    me_route: String,
+    /// This run's name in the route table: `id@generation`. It changes if the cluster
+    /// declares this node down while it is alive (a pause) and it rejoins.
+    me_route: Arc<Mutex<String>>,
+    /// The gossip generation `me_route` was made from.
+    generation: std::sync::atomic::AtomicU64,
     keys: Keys,
     redis: Redis,
     routes: Arc<Mutex<RouteTable>>,
@@ -120,17 +123,14 @@ impl ClusterNode {
         let routes = Arc::new(Mutex::new(RouteTable::new()));
         let (changes_tx, changes_rx) = mpsc::unbounded_channel();
         let from = feed::resync(&mut conn, &keys, &me_route, &routes, &broker).await?;
+        let generation = std::sync::atomic::AtomicU64::new(membership.generation());
+        let me_route = Arc::new(Mutex::new(me_route));
 
         let (outgoing_tx, outgoing_rx) = mpsc::unbounded_channel();
         let handovers = Arc::new(bus::Handovers::default());
         let (stop_tx, stop_rx) = watch::channel(false);
         let tasks = vec![
-            tokio::spawn(feed::writer(
-                redis.clone(),
-                keys.clone(),
-                me_route.clone(),
-                changes_rx,
-            )),
+            tokio::spawn(feed::writer(redis.clone(), keys.clone(), changes_rx)),
             tokio::spawn(bus::forwarder(redis.clone(), keys.clone(), outgoing_rx)),
             tokio::spawn(bus::consumer(
                 redis.clone(),
@@ -156,6 +156,7 @@ impl ClusterNode {
         let node = Arc::new(ClusterNode {
             me,
             me_route,
+            generation,
             keys,
             redis,
             routes,
@@ -179,6 +180,36 @@ impl ClusterNode {
         Ok(node)
     }
 
+    /// This run's current route identity.
+    fn identity(&self) -> String {
+        self.me_route.lock().clone()
+    }
+
+    /// After the cluster declared this node down while it was alive (it rejoined with
+    /// a new gossip generation), the survivors dropped its routes: announce them again
+    /// under the new identity.
+    fn reidentify(&self, generation: u64) {
+        let new = route_identity(&self.me, generation);
+        let old = std::mem::replace(&mut *self.me_route.lock(), new.clone());
+        self.generation
+            .store(generation, std::sync::atomic::Ordering::Release);
+        let filters: Vec<String> = self.local_filters.lock().keys().cloned().collect();
+        tracing::warn!(old = %old, new = %new, routes = filters.len(), "this node was declared down by the cluster; announcing its routes again");
+        {
+            let mut table = self.routes.lock();
+            table.remove_node(&old);
+            for f in &filters {
+                table.add(&new, f);
+            }
+        }
+        for f in filters {
+            let _ = self
+                .changes
+                .send(Change::RouteRemoved(old.clone(), f.clone()));
+            let _ = self.changes.send(Change::RouteAdded(new.clone(), f));
+        }
+    }
+
     /// This node's id.
     pub fn node_id(&self) -> &str {
         &self.me
@@ -198,13 +229,13 @@ impl ClusterNode {
             let hdel = filters.iter().map(|f| {
                 let mut c = redis::cmd("HDEL");
                 c.arg(self.keys.routes())
-                    .arg(feed::route_field(&self.me, f));
+                    .arg(feed::route_field(&self.identity(), f));
                 (self.keys.routes(), c)
             });
             run_per_key(&conn, hdel.collect()).await?;
             let announce = filters.iter().map(|f| {
                 let record = crate::wire::FeedRecord::RouteRemoved {
-                    node: self.me_route.clone(),
+                    node: self.identity(),
                     filter: f.clone(),
                 };
                 (self.keys.feed(), feed::feed_entry(&self.keys, &record))
@@ -238,7 +269,7 @@ async fn repair_routes(node: Arc<ClusterNode>, dead: String) {
     let lock = format!("{}:{{repair:{dead}}}", node.keys.prefix());
     let won: Option<String> = redis::cmd("SET")
         .arg(&lock)
-        .arg(&node.me_route)
+        .arg(node.identity())
         .arg("NX")
         .arg("PX")
         .arg(60_000)
@@ -334,8 +365,14 @@ async fn watch_members(
                 Err(_) => return,
             },
             _ = tick.tick() => {
-                if let Some(m) = node.membership.lock().as_ref() {
+                let current = node.membership.lock().as_ref().map(|m| {
                     m.set_connections(Metrics::get(&broker.metrics.clients_connected));
+                    m.current_generation()
+                });
+                if let Some(g) = current {
+                    if g != node.generation.load(std::sync::atomic::Ordering::Acquire) {
+                        node.reidentify(g);
+                    }
                 }
             }
             _ = stop.changed() => return,
@@ -349,8 +386,11 @@ impl Cluster for ClusterNode {
         let n = local.entry(filter.to_string()).or_insert(0);
         *n += 1;
         if *n == 1 {
-            self.routes.lock().add(&self.me_route, filter);
-            let _ = self.changes.send(Change::RouteAdded(filter.to_string()));
+            let me = self.identity();
+            self.routes.lock().add(&me, filter);
+            let _ = self
+                .changes
+                .send(Change::RouteAdded(me, filter.to_string()));
         }
     }
 
@@ -362,13 +402,17 @@ impl Cluster for ClusterNode {
         *n -= 1;
         if *n == 0 {
             local.remove(filter);
-            self.routes.lock().remove(&self.me_route, filter);
-            let _ = self.changes.send(Change::RouteRemoved(filter.to_string()));
+            let me = self.identity();
+            self.routes.lock().remove(&me, filter);
+            let _ = self
+                .changes
+                .send(Change::RouteRemoved(me, filter.to_string()));
         }
     }
 
     fn forward(&self, msg: &Arc<Message>) -> Forwarded {
-        let placement = self.routes.lock().place(msg.topic(), &self.me_route);
+        let me = self.identity();
+        let placement = self.routes.lock().place(msg.topic(), &me);
         let local_groups = LocalGroups(placement.local_groups);
         if placement.remote.is_empty() {
             return Forwarded {
@@ -411,7 +455,9 @@ impl Cluster for ClusterNode {
     }
 
     fn retained(&self, msg: &Arc<Message>) {
-        let _ = self.changes.send(feed::retained_change(msg));
+        let _ = self
+            .changes
+            .send(feed::retained_change(self.identity(), msg));
     }
 
     fn claim<'a>(

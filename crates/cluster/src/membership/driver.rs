@@ -43,6 +43,9 @@ pub(crate) struct Counters {
     pub rejected_invalid: AtomicU64,
     /// Largest delay, in microseconds, between a timer's deadline and its handling.
     pub max_timer_lag_us: AtomicU64,
+    /// The generation of our current identity (renewed when the cluster declared us
+    /// down and we rejoined); 0 until the handle sets the first one.
+    pub generation: AtomicU64,
 }
 
 /// A timer handled this late means the loop was starved (CPU, a blocked thread):
@@ -304,6 +307,9 @@ impl Driver {
                         // The cluster declared us down and foca renewed our
                         // identity: our record must carry the new generation.
                         info!(identity = ?id, "declared down by the cluster; rejoined");
+                        self.counters
+                            .generation
+                            .store(id.generation, std::sync::atomic::Ordering::Release);
                         readvertise = true;
                     }
                     other => debug!(notification = ?other, "foca"),

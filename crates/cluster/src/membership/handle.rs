@@ -248,6 +248,15 @@ impl MembershipHandle {
         self.meta.borrow().clone()
     }
 
+    /// The generation of this node's identity now: higher than [`Self::generation`]
+    /// once the cluster declared this node down and it rejoined.
+    pub fn current_generation(&self) -> u64 {
+        self.counters
+            .generation
+            .load(Ordering::Acquire)
+            .max(self.generation)
+    }
+
     /// Datagram counters so far.
     pub fn stats(&self) -> MembershipStats {
         let c = &self.counters;
