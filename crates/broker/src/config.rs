@@ -174,7 +174,7 @@ impl Default for Limits {
         Limits {
             max_packet_size: 268_435_455,
             receive_maximum: 65_535,
-            max_inflight: 65_535,
+            max_inflight: 256,
             topic_alias_maximum: 65_535,
             server_keep_alive_secs: 0,
             connect_timeout_secs: 10,
