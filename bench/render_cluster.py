@@ -25,7 +25,7 @@ def fmt(v, unit="", digits=None):
     if v is None:
         return "–"
     if digits is not None:
-        return f"{v:.{digits}f}{unit}"
+        return f"{v:,.{digits}f}{unit}"
     if abs(v) >= 100:
         s = f"{v:,.0f}"
     elif abs(v) >= 1:
@@ -54,6 +54,14 @@ def redis_per_msg(rep):
     if not calls or not received:
         return None
     return sum(calls.values()) / received
+
+
+def redis_per_sent(rep):
+    calls = rep.get("redis_calls")
+    sent = rep["report"]["sent"]
+    if not calls or not sent:
+        return None
+    return sum(calls.values()) / sent
 
 
 def lost(reps):
@@ -123,7 +131,7 @@ def main():
         s = m("cluster", name, "single", tp)
         c = m("cluster", name, "cluster", tp)
         r = ratio(c, s)
-        unlimited = "10mps" not in name
+        unlimited = "mps" not in name
         md.append(f"| {name} | msgs/s received | {fmt(s)} | {fmt(c)} | {fmt(r, '×')} | "
                   f"{'≥ 0.5×' if unlimited else '(fixed rate)'} | "
                   f"{yes(None if r is None else r >= 0.5) if unlimited else '–'} |")
@@ -136,7 +144,7 @@ def main():
                   f"| | 0 | {yes(None if lc is None else lc == 0)} |")
     for name in names["cluster"]:
         c = m("cluster", name, "cluster", redis_per_msg)
-        under_load = "10mps" not in name
+        under_load = not name.endswith("10mps")
         md.append(f"| {name} | Redis commands per forwarded message | | {fmt(c, digits=4)} | | "
                   f"{'≤ 0.05 (under load)' if under_load else '(moderate load)'} | "
                   f"{yes(None if c is None else c <= 0.05) if under_load else '–'} |")
@@ -174,7 +182,7 @@ def main():
                 f"{fmt(m('cluster', name, config, lambda r: p(r, 'p50')))} | "
                 f"{fmt(m('cluster', name, config, lambda r: p(r, 'p99')))} | {lost_s} | "
                 f"{sum(r['report']['duplicates'] for r in reps)} | "
-                f"{fmt(m('cluster', name, config, redis_per_msg), digits=4) if config == 'cluster' else '–'} | "
+                f"{fmt(m('cluster', name, config, redis_per_msg), digits=4) + ' (' + fmt(m('cluster', name, config, redis_per_sent), digits=4) + ')' if config == 'cluster' else '–'} | "
                 f"{fmt(m('cluster', name, config, lambda r: r['cpu']['nodes']), ' %', 0)} | "
                 f"{fmt(m('cluster', name, config, lambda r: r['cpu']['redis']), ' %', 0)} | "
                 f"{fmt(m('cluster', name, config, lambda r: r['report']['bench_cpu_percent']), ' %', 0)} | "
@@ -240,7 +248,7 @@ def main():
         for name in names["lb"]:
             if not runs.get(("lb", name, lb_c)):
                 continue
-            unlimited = "10mps" not in name
+            unlimited = "mps" not in name
             l, d, h = (m("lb", name, c, tp) for c in (lb_c, direct_c, hap_c))
             lp99, dp99, hp99 = (m("lb", name, c, lambda r: p(r, "p99")) for c in (lb_c, direct_c, hap_c))
             if unlimited:
