@@ -33,7 +33,8 @@
 #
 # Environment: REPEAT (3), DURATION (6s), BROKER_CPU (0), BENCH_CPU (1), PAIRS (500),
 # PARTS ("cluster lb"), LB_CONFIGS ("direct lb haproxy lb-proxy haproxy-proxy"),
-# CARGO_TARGET_DIR, RENDER_ONLY.
+# CARGO_TARGET_DIR, RENDER_ONLY (1: skip the runs and rewrite the docs, e.g. after editing
+# the hand-written findings bench/notes-cluster.md and bench/notes-lb.md).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -81,6 +82,7 @@ trap cleanup EXIT
 
 render() {
     python3 "$ROOT/bench/render_cluster.py" --results "$RAW" --notes "$ROOT/bench/notes-cluster.md" \
+        --lb-notes "$ROOT/bench/notes-lb.md" \
         --repeat "$REPEAT" --duration "$DURATION" --pairs "$PAIRS" \
         --broker-cpu "$BROKER_CPU" --bench-cpu "$BENCH_CPU" --out "$DOCS/benchmarks/cluster.md"
     RENDER_ONLY=1 "$ROOT/bench/compare.sh"
@@ -151,6 +153,11 @@ sed -e "s|^    bind :1883|    bind 127.0.0.1:$LBP|" \
 grep -q "server node1 127.0.0.1:$PP" "$WORK/haproxy-proxy.cfg" || { log "haproxy template edit failed"; exit 1; }
 "$HAPROXY" -c -q -f "$WORK/haproxy.cfg"
 "$HAPROXY" -c -q -f "$WORK/haproxy-proxy.cfg"
+mkdir -p "$DOCS/benchmarks"
+for f in haproxy haproxy-proxy; do
+    sed -e "s/127.0.0.1:$LBP/127.0.0.1:L/" -e "s/127.0.0.1:$P1\$/127.0.0.1:P/" -e "s/127.0.0.1:$PP\$/127.0.0.1:PP/" \
+        "$WORK/$f.cfg" >"$DOCS/benchmarks/$f.cfg"
+done
 
 wait_port() {
     for _ in $(seq 1 200); do
@@ -330,8 +337,11 @@ if [[ -n $REDIS_PID ]]; then
     stop_pid "$REDIS_PID"
     REDIS_PID=
 fi
+# Warnings the processes logged, most frequent first (timestamps cut), for the run log.
 for f in "$WORK"/node-*.err "$WORK"/lb.err; do
-    [[ -s $f ]] && { log "$(basename "$f"):"; sort "$f" | uniq -c | sort -rn | head -n 5 >&2; }
+    [[ -s $f ]] || continue
+    log "$(basename "$f"), $(wc -l <"$f") lines:"
+    { cut -c28- "$f" | sed 's/[0-9][0-9]*/N/g' | sort | uniq -c | sort -rn | head -n 8 >&2; } || true
 done
 
 {
@@ -344,10 +354,5 @@ done
     echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"
     echo "load average before: $LOAD_BEFORE; after: $(cut -d' ' -f1-3 /proc/loadavg)"
 } >"$DOCS/benchmarks/cluster-machine.txt"
-cp "$WORK/haproxy.cfg" "$DOCS/benchmarks/haproxy-plain.cfg"
-cp "$WORK/haproxy-proxy.cfg" "$DOCS/benchmarks/haproxy-proxy.cfg"
-sed -i -e "s/127.0.0.1:$LBP/127.0.0.1:LB_PORT/" -e "s/127.0.0.1:$P1/127.0.0.1:NODE_PORT/" \
-    -e "s/127.0.0.1:$PP/127.0.0.1:NODE_PROXY_PORT/" \
-    "$DOCS/benchmarks/haproxy-plain.cfg" "$DOCS/benchmarks/haproxy-proxy.cfg"
 render
 log "wrote docs/benchmarks.md, docs/benchmarks/cluster.md, $RAW"

@@ -186,6 +186,11 @@ def main():
               "so both brokers get exactly one core. Chart: `benchmarks.svg`; raw JSON lines: "
               "`benchmarks/results.jsonl`.\n")
     md.append("![throughput and p99 latency per scenario](benchmarks.svg)\n")
+    if args.extra:
+        md.append("Cluster (three nodes and Redis against one node) and load-balancer "
+                  "(`astramq lb` and HAProxy against direct) rows: sections "
+                  "[Cluster](#cluster) and [Load balancer](#load-balancer), from "
+                  "`bench/cluster.sh`.\n")
 
     md.append("## Targets (issue #3)\n")
     md.append("| scenario | compared | AstraMQ | Mosquitto | ratio | target | met |")

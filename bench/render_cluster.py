@@ -82,7 +82,8 @@ def main():
     ap = argparse.ArgumentParser()
     for a in ["results", "out", "repeat", "duration", "pairs", "broker-cpu", "bench-cpu"]:
         ap.add_argument("--" + a, required=True)
-    ap.add_argument("--notes")
+    ap.add_argument("--notes", help="hand-written findings for the cluster section")
+    ap.add_argument("--lb-notes", help="hand-written findings for the load-balancer section")
     args = ap.parse_args()
 
     runs = defaultdict(list)  # (part, name, config) -> [run]
@@ -263,6 +264,12 @@ def main():
                 md.append(f"| (HAProxy's added p99{label}) | {name} | | {fmt(hp99, ' ms')} | {fmt(hadd, ' µs', 0)} | | |")
     md.append("")
 
+    if args.lb_notes:
+        try:
+            md.append(open(args.lb_notes).read().rstrip() + "\n")
+        except FileNotFoundError:
+            pass
+
     md.append("### Results (medians)\n")
     md.append("CPU: percent of one core over the load generator's run. Added p50/p99: the "
               "configuration's median minus `direct`'s median, in µs (negative values are noise).\n")
@@ -299,7 +306,7 @@ def main():
               "   # lb-proxy, haproxy-proxy")
     md.append(f"taskset -c {args.bench_cpu} astramq lb --listen 127.0.0.1:L --backends 127.0.0.1:P --proxy-protocol false --log-level warn")
     md.append(f"taskset -c {args.bench_cpu} astramq lb --listen 127.0.0.1:L --backends 127.0.0.1:PP --proxy-protocol true --log-level warn")
-    md.append(f"taskset -c {args.bench_cpu} haproxy -db -f haproxy-plain.cfg    # benchmarks/haproxy-plain.cfg")
+    md.append(f"taskset -c {args.bench_cpu} haproxy -db -f haproxy.cfg          # benchmarks/haproxy.cfg")
     md.append(f"taskset -c {args.bench_cpu} haproxy -db -f haproxy-proxy.cfg    # benchmarks/haproxy-proxy.cfg (from deploy/haproxy.cfg)")
     for name in names["lb"]:
         md.append(f"# {name} (direct: --hosts 127.0.0.1:P)")
