@@ -144,6 +144,9 @@ def main():
         ap.add_argument("--" + a, required=True)
     ap.add_argument("--repeat", type=int, required=True)
     ap.add_argument("--notes", help="hand-written findings to include (Markdown)")
+    ap.add_argument("--extra", action="append", default=[],
+                    help="Markdown sections to include before the commands (e.g. the "
+                         "cluster and load-balancer rows of bench/cluster.sh)")
     args = ap.parse_args()
 
     runs = defaultdict(list)  # (name, broker) -> [report]
@@ -183,6 +186,11 @@ def main():
               "so both brokers get exactly one core. Chart: `benchmarks.svg`; raw JSON lines: "
               "`benchmarks/results.jsonl`.\n")
     md.append("![throughput and p99 latency per scenario](benchmarks.svg)\n")
+    if args.extra:
+        md.append("Cluster (three nodes and Redis against one node) and load-balancer "
+                  "(`astramq lb` and HAProxy against direct) rows: sections "
+                  "[Cluster](#cluster) and [Load balancer](#load-balancer), from "
+                  "`bench/cluster.sh`.\n")
 
     md.append("## Targets (issue #3)\n")
     md.append("| scenario | compared | AstraMQ | Mosquitto | ratio | target | met |")
@@ -236,7 +244,13 @@ def main():
                 f"{'–' if rss is None else fmt(rss / 2**20, ' MiB')} |")
     md.append("")
 
-    md.append("## Exact commands\n")
+    for extra in args.extra:
+        try:
+            md.append(open(extra).read().rstrip() + "\n")
+        except FileNotFoundError:
+            pass
+
+    md.append("## Exact commands (single node against Mosquitto)\n")
     md.append(f"The whole run: `REPEAT={args.repeat} bench/compare.sh` (release build of `astramq`, "
               "which is both the broker and, as `astramq bench`, the load generator).\n")
     md.append("Brokers (one fresh process per run, from a scratch directory holding these files):\n")
