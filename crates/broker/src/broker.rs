@@ -186,8 +186,7 @@ impl Broker {
     pub fn overflow(&self, mailbox: &Mailbox, d: Delivery) {
         let topic = d.msg.topic().to_string();
         if !matches!(mailbox.push(d), Pushed::Queued | Pushed::Discarded) {
-            Metrics::add(&self.metrics.queue_overflow_dropped, 1);
-            tracing::warn!(%topic, "session queue full past limits.queue_full_wait_ms; message dropped per limits.queue_overflow");
+            self.count_drops(&topic, 1);
         }
     }
 
@@ -210,17 +209,23 @@ impl Broker {
         let routed = self.router.route(msg, check, groups, scratch, blocked);
         Metrics::add(&self.metrics.deliveries, routed.delivered as u64);
         if routed.overflowed > 0 {
-            Metrics::add(
-                &self.metrics.queue_overflow_dropped,
-                routed.overflowed as u64,
-            );
-            tracing::warn!(
-                topic = msg.topic(),
-                dropped = routed.overflowed,
-                "session queue full; message dropped per limits.queue_overflow"
-            );
+            self.count_drops(msg.topic(), routed.overflowed as u64);
         }
         routed
+    }
+
+    /// Counts messages dropped by the overflow policy, and logs at most one line a
+    /// second (with the count since the last line): an overloaded node must not spend
+    /// itself writing one line per dropped message.
+    fn count_drops(&self, topic: &str, n: u64) {
+        Metrics::add(&self.metrics.queue_overflow_dropped, n);
+        if let Some(since_last) = self.metrics.drop_log.due(n) {
+            tracing::warn!(
+                topic,
+                dropped = since_last,
+                "session queue full; messages dropped per limits.queue_overflow (count since the last line)"
+            );
+        }
     }
 
     /// Another node took `client_id` over with ownership `epoch`: disconnect it here

@@ -10,6 +10,7 @@
 //!   read first.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +32,9 @@ pub struct Outgoing {
     pub dests: Vec<(String, Bytes)>,
     /// Told when the records are stored (QoS 1/2 publishers wait for it).
     pub done: Option<oneshot::Sender<Result<(), ClusterError>>>,
+    /// Counted in the QoS 0 backlog until written (QoS 0 has no publisher waiting on
+    /// it, so nothing else would bound the queue).
+    pub backlog: Option<Arc<AtomicUsize>>,
 }
 
 /// Where a handed-over session (or word that there is none) is delivered.
@@ -120,6 +124,9 @@ pub async fn forwarder(redis: Redis, keys: Keys, mut rx: mpsc::UnboundedReceiver
         for o in batch.drain(..) {
             if let Some(done) = o.done {
                 let _ = done.send(outcome.clone());
+            }
+            if let Some(backlog) = o.backlog {
+                backlog.fetch_sub(1, Ordering::Relaxed);
             }
         }
     }

@@ -47,6 +47,12 @@ redis.call('HSET', KEYS[1], 'owner', ARGV[1])
 return {prev or '', epoch}
 ";
 
+/// QoS 0 messages waiting for the forwarder beyond which new ones are dropped (and
+/// counted): under a flood the bus must not grow without bound. QoS 1/2 need no such
+/// cap: each publisher's in-flight window bounds them, since their acknowledgement
+/// waits for the forwarder.
+const QOS0_BACKLOG: usize = 100_000;
+
 /// How long a claim waits for the previous node to hand its session over (it closes
 /// the old connection first, which may take a moment).
 const HANDOVER_WAIT: Duration = Duration::from_secs(3);
@@ -68,6 +74,11 @@ pub struct ClusterNode {
     outgoing: mpsc::UnboundedSender<Outgoing>,
     claim_script: redis::Script,
     handovers: Arc<bus::Handovers>,
+    /// QoS 0 messages queued for the forwarder.
+    qos0_backlog: Arc<std::sync::atomic::AtomicUsize>,
+    /// QoS 0 messages dropped because the backlog was full.
+    pub qos0_dropped: std::sync::atomic::AtomicU64,
+    drop_log: broker::metrics::LogLimiter,
     membership: Mutex<Option<MembershipHandle>>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -165,6 +176,9 @@ impl ClusterNode {
             outgoing: outgoing_tx,
             claim_script: redis::Script::new(CLAIM_SCRIPT),
             handovers,
+            qos0_backlog: Arc::default(),
+            qos0_dropped: Default::default(),
+            drop_log: Default::default(),
             membership: Mutex::new(None),
             stop: stop_tx,
             tasks: Mutex::new(tasks),
@@ -439,13 +453,33 @@ impl Cluster for ClusterNode {
                 (node.to_string(), record.freeze())
             })
             .collect();
-        let (done, durable) = if msg.qos == mqtt::QoS::AtMostOnce {
-            (None, None)
+        let (done, durable, backlog) = if msg.qos == mqtt::QoS::AtMostOnce {
+            use std::sync::atomic::Ordering::Relaxed;
+            if self.qos0_backlog.fetch_add(1, Relaxed) >= QOS0_BACKLOG {
+                self.qos0_backlog.fetch_sub(1, Relaxed);
+                self.qos0_dropped.fetch_add(1, Relaxed);
+                if let Some(n) = self.drop_log.due(1) {
+                    tracing::warn!(dropped = n, "bus backlog full; QoS 0 messages to other nodes dropped (count since the last line)");
+                }
+                return Forwarded {
+                    local_groups,
+                    durable: None,
+                };
+            }
+            (None, None, Some(self.qos0_backlog.clone()))
         } else {
             let (tx, rx) = oneshot::channel();
-            (Some(tx), Some(rx))
+            (Some(tx), Some(rx), None)
         };
-        if self.outgoing.send(Outgoing { dests, done }).is_err() {
+        if self
+            .outgoing
+            .send(Outgoing {
+                dests,
+                done,
+                backlog,
+            })
+            .is_err()
+        {
             tracing::error!("forwarder stopped; message not forwarded");
         }
         Forwarded {
