@@ -75,7 +75,16 @@ fn run_broker(args: cli::BrokerArgs) -> anyhow::Result<()> {
             writeln!(stdout, "gossip on {gossip}")?;
         }
         stdout.flush()?;
-        server.run(shutdown_signal()).await;
+        let drain_node = node.clone();
+        server
+            .run(async move {
+                shutdown_signal().await;
+                // First out of the load balancers' rotation, then the clients move away.
+                if let Some(n) = drain_node {
+                    n.set_draining();
+                }
+            })
+            .await;
         if let Some(node) = node {
             node.shutdown().await;
         }

@@ -916,3 +916,35 @@ async fn paused_node_announces_its_routes_again() {
         );
     }
 }
+
+// Issue #5 item 4, node drain: on SIGTERM a clustered node leaves the load balancers'
+// rotation, moves its clients away (MQTT 5: DISCONNECT 0x9C Use another server) and
+// waits for their persistent sessions to be claimed on another node, so the session
+// and the message queued for it while the client moved are not lost.
+#[tokio::test]
+async fn drain_moves_clients_and_their_sessions_away() {
+    let mut c = TestCluster::start(2).await;
+    let v = Version::V5;
+    let mut s = RawClient::connect_ok(
+        c.node(1).addr(),
+        Connect::persistent(v, "drainee", false, 300),
+    )
+    .await;
+    s.sub("dr/#", 1).await;
+    c.wait_route_visible(1, "dr/#").await;
+    c.node(1).signal("TERM");
+    s.expect_disconnect(0x9C, DETECTION).await;
+    // A message published while the client is between nodes waits in its session.
+    let mut p = c.client(0, v, "dr-pub").await;
+    p.publish("dr/x", b"while-moving", 1, false).await;
+    let (mut s2, ack) = try_connect(
+        c.node(0).addr(),
+        Connect::persistent(v, "drainee", false, 300),
+    )
+    .await;
+    let ack = ack.expect("CONNACK on the other node");
+    assert!(ack.session_present, "the session moved with the client");
+    assert_eq!(s2.recv_publish(T).await.payload_str(), "while-moving");
+    let st = c.stop(1).await;
+    assert!(st.success(), "a drained node exits 0: {st:?}");
+}

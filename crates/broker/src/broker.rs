@@ -319,6 +319,35 @@ impl Broker {
         }
     }
 
+    /// Drains this node before it stops: asks connected clients to leave one by one
+    /// over `period` (v5: DISCONNECT 0x9C Use another server), then waits, up to
+    /// `period` again, until their persistent sessions were taken over by other nodes
+    /// (each reconnect elsewhere claims its session and this node hands it over).
+    pub async fn drain(&self, period: Duration) {
+        let links = self.registry.connected();
+        tracing::info!(
+            clients = links.len(),
+            secs = period.as_secs(),
+            "draining: moving clients to other nodes"
+        );
+        let step = period / (links.len().max(1) as u32);
+        for link in links {
+            link.ask_to_leave(mqtt::ReasonCode::UseAnotherServer);
+            tokio::time::sleep(step).await;
+        }
+        let deadline = tokio::time::Instant::now() + period;
+        while self.registry.parked() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let left = self.registry.parked();
+        if left > 0 {
+            tracing::warn!(
+                sessions = left,
+                "draining over with persistent sessions not taken over; they end with this node"
+            );
+        }
+    }
+
     /// Publishes a will message, if the ACL lets its client write to the topic.
     pub fn publish_will(&self, pending: PendingWill) {
         let w = pending.will;

@@ -193,12 +193,18 @@ impl Default for Limits {
 pub struct Shutdown {
     /// How long clients get to be told and flushed before the process exits.
     pub grace_period_secs: u64,
+    /// Draining before shutdown: over this many seconds, connected clients are moved
+    /// away one by one (v5: DISCONNECT 0x9C Use another server) and the node waits
+    /// for their persistent sessions to be taken over elsewhere. Default: 5 s in a
+    /// cluster, 0 (no draining) on a single node.
+    pub drain_secs: Option<u64>,
 }
 
 impl Default for Shutdown {
     fn default() -> Self {
         Shutdown {
             grace_period_secs: 10,
+            drain_secs: None,
         }
     }
 }

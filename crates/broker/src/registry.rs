@@ -7,7 +7,9 @@
 //! (session expiry, will delay) started for an earlier connection know they are stale.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+
+use mqtt::ReasonCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +27,8 @@ const HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
 /// channel pair, which matters with a hundred thousand idle clients.
 #[derive(Debug, Default)]
 pub struct ConnLink {
-    taken_over: AtomicBool,
+    /// The reason code the connection is asked to leave with (0 = stay).
+    leave: AtomicU8,
     exited: AtomicBool,
     wake_conn: Notify,
     wake_claimer: Notify,
@@ -39,13 +42,23 @@ impl ConnLink {
 
     /// Tells the connection another one claimed its client id (v5: 0x8E).
     pub fn take_over(&self) {
-        self.taken_over.store(true, Ordering::Release);
+        self.ask_to_leave(ReasonCode::SessionTakenOver);
+    }
+
+    /// Asks the connection to close with `reason` (v5 DISCONNECT; 3.1.1: closed).
+    pub fn ask_to_leave(&self, reason: ReasonCode) {
+        self.leave.store(reason.as_u8(), Ordering::Release);
         self.wake_conn.notify_one();
     }
 
-    /// Resolves once the connection was taken over. Cancel-safe.
-    pub async fn taken_over(&self) {
-        while !self.taken_over.load(Ordering::Acquire) {
+    /// Resolves with the reason once the connection is asked to leave. Cancel-safe.
+    pub async fn asked_to_leave(&self) -> ReasonCode {
+        loop {
+            if let Some(r) =
+                ReasonCode::from_u8(self.leave.load(Ordering::Acquire)).filter(|r| r.is_error())
+            {
+                return r;
+            }
             self.wake_conn.notified().await;
         }
     }
@@ -286,6 +299,24 @@ impl Registry {
             Some(session) => Kicked::Now(*session),
             None => Kicked::Nothing,
         }
+    }
+
+    /// The links of every connected owner (for draining a node).
+    pub fn connected(&self) -> Vec<Arc<ConnLink>> {
+        self.slots
+            .lock()
+            .values()
+            .filter_map(|s| s.owner.as_ref().map(|o| o.link.clone()))
+            .collect()
+    }
+
+    /// Number of parked (persistent, disconnected) sessions.
+    pub fn parked(&self) -> usize {
+        self.slots
+            .lock()
+            .values()
+            .filter(|s| s.parked.is_some())
+            .count()
     }
 
     /// Number of known sessions (connected or parked).

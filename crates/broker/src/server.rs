@@ -98,7 +98,19 @@ impl Server {
             )));
         }
         shutdown.await;
-        let grace = Duration::from_secs(self.broker.config.shutdown.grace_period_secs);
+        // Stop accepting first: a draining node takes no new clients.
+        for a in &accept_loops {
+            a.abort();
+        }
+        let config = &self.broker.config;
+        let drain = config
+            .shutdown
+            .drain_secs
+            .unwrap_or(if config.redis.is_some() { 5 } else { 0 });
+        if drain > 0 {
+            self.broker.drain(Duration::from_secs(drain)).await;
+        }
+        let grace = Duration::from_secs(config.shutdown.grace_period_secs);
         tracing::info!(grace_secs = grace.as_secs(), "shutting down");
         let _ = stop_tx.send(true);
         for a in accept_loops {

@@ -194,6 +194,16 @@ impl ClusterNode {
         Ok(node)
     }
 
+    /// Stops advertising MQTT listeners, so load balancers send no new clients here
+    /// (a live member without listeners is draining).
+    pub fn set_draining(&self) {
+        if let Some(m) = self.membership.lock().as_ref() {
+            let mut meta = m.meta();
+            meta.mqtt.clear();
+            m.set_meta(meta);
+        }
+    }
+
     /// This run's current route identity.
     fn identity(&self) -> String {
         self.me_route.lock().clone()

@@ -195,8 +195,8 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                         return exit;
                     }
                 }
-                _ = self.exit_guard.0.taken_over() => {
-                    return Exit::Server(ReasonCode::SessionTakenOver);
+                reason = self.exit_guard.0.asked_to_leave() => {
+                    return Exit::Server(reason);
                 }
                 _ = self.shutdown.changed() => {
                     return Exit::Server(ReasonCode::ServerShuttingDown);
@@ -289,8 +289,9 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
         let _ = tokio::time::timeout(grace, self.conn.tx.close()).await;
         let will = match exit {
             Exit::Normal => None,
-            // A shutting-down node does not fire the wills of clients it sends away.
-            Exit::Server(ReasonCode::ServerShuttingDown) => None,
+            // A shutting-down or draining node does not fire the wills of clients it
+            // sends away: they reconnect (elsewhere).
+            Exit::Server(ReasonCode::ServerShuttingDown | ReasonCode::UseAnotherServer) => None,
             _ => self.will.take(),
         };
         Metrics::sub(&self.broker.metrics.clients_connected, 1);
