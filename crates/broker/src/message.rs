@@ -41,6 +41,30 @@ impl Message {
         }
     }
 
+    /// A message from a decoded PUBLISH taken by value: nothing is copied. The
+    /// caller validated the topic and fields (a decoded PUBLISH always fits).
+    pub fn from_publish(publish: Publish, origin: Option<Arc<str>>, now: Instant) -> Message {
+        let expires_at = publish
+            .properties
+            .message_expiry_interval
+            .map(|s| now + Duration::from_secs(u64::from(s)));
+        let (qos, retain) = (publish.qos, publish.retain);
+        let size = publish.topic.len() + publish.payload.len();
+        let shared = match SharedPublish::from_publish(publish) {
+            Ok(s) => s,
+            // Unreachable for a decoded PUBLISH (fields are at most 65,535 bytes).
+            Err(e) => panic!("PUBLISH field too long: {e}"),
+        };
+        Message {
+            publish: shared,
+            qos,
+            retain,
+            origin,
+            expires_at,
+            size,
+        }
+    }
+
     /// The topic name.
     pub fn topic(&self) -> &str {
         self.publish.topic()

@@ -74,6 +74,7 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
             return self.flush_acks();
         }
 
+        let qos = p.qos;
         let mut durable = None;
         let reason = if !self.broker.auth.can_write(
             &self.client_id,
@@ -88,8 +89,9 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
             // The payload claims to be UTF-8 and is not (v5 §3.3.2.3.2).
             ReasonCode::PayloadFormatInvalid
         } else {
-            let msg = Arc::new(Message::new(
-                &p,
+            // Taken by value: the topic and payload move into the message uncopied.
+            let msg = Arc::new(Message::from_publish(
+                std::mem::take(&mut p),
                 Some(self.client_id.clone()),
                 Instant::now(),
             ));
@@ -114,10 +116,10 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                 ReasonCode::Success
             }
         };
-        if p.qos == QoS::AtMostOnce {
+        if qos == QoS::AtMostOnce {
             return None;
         }
-        let qos2 = p.qos == QoS::ExactlyOnce;
+        let qos2 = qos == QoS::ExactlyOnce;
         if reason.is_error() && qos2 && self.protocol.is_v5() {
             // A failed PUBREC ends the exchange: no PUBREL will follow.
             self.session.release_qos2(packet_id);

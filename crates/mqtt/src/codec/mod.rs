@@ -162,6 +162,14 @@ impl SharedPublish {
         })
     }
 
+    /// Like [`SharedPublish::try_new`], taking the PUBLISH by value so its topic,
+    /// properties and payload move in rather than being copied.
+    pub fn from_publish(publish: Publish) -> Result<SharedPublish, EncodeError> {
+        Ok(SharedPublish {
+            inner: Arc::new(shared_publish::prepare_owned(publish)?),
+        })
+    }
+
     /// The topic name.
     pub fn topic(&self) -> &str {
         &self.inner.topic
