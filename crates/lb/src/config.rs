@@ -2,11 +2,13 @@
 //! configuration they become. Nothing here binds or connects.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgAction, Args, ValueEnum};
 
 use crate::error::LbError;
+use crate::tls::TlsFiles;
 
 /// How a node is chosen for a new connection.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -91,6 +93,18 @@ pub struct LbArgs {
     /// exits, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub grace_period_secs: u64,
+    /// Terminate TLS on `--listen` with this PEM certificate chain (leaf first);
+    /// requires `--tls-key`. The brokers then get plain MQTT (after the PROXY
+    /// header), and every strategy reads the decrypted stream.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key (PKCS#8, PKCS#1 or SEC1) of `--tls-cert`; requires
+    /// `--tls-cert`.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// With TLS: time a client has to complete the TLS handshake, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub tls_handshake_timeout_secs: u64,
     /// Log level or tracing filter.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: String,
@@ -143,6 +157,8 @@ pub struct LbConfig {
     pub max_connect_size: usize,
     /// Shutdown grace period.
     pub grace_period: Duration,
+    /// TLS termination on the client listener, when set.
+    pub tls: Option<TlsFiles>,
 }
 
 impl LbConfig {
@@ -159,6 +175,7 @@ impl LbConfig {
             connect_packet_timeout: Duration::from_secs(10),
             max_connect_size: 256 * 1024,
             grace_period: Duration::from_secs(10),
+            tls: None,
         }
     }
 
@@ -185,6 +202,13 @@ impl LbConfig {
             if d.is_zero() {
                 return Err(LbError::Config(format!("{name}: must not be zero")));
             }
+        }
+        if self
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.handshake_timeout.is_zero())
+        {
+            return bad("--tls-handshake-timeout-secs: must not be zero");
         }
         if self.max_connect_size < 16 {
             return bad("--max-connect-size: must be at least 16 bytes");
@@ -228,6 +252,20 @@ impl LbArgs {
             connect_packet_timeout: Duration::from_secs(self.connect_packet_timeout_secs),
             max_connect_size: self.max_connect_size,
             grace_period: Duration::from_secs(self.grace_period_secs),
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    handshake_timeout: Duration::from_secs(self.tls_handshake_timeout_secs),
+                }),
+                (None, None) => None,
+                (Some(_), None) => {
+                    return Err(LbError::Config("--tls-cert requires --tls-key".into()))
+                }
+                (None, Some(_)) => {
+                    return Err(LbError::Config("--tls-key requires --tls-cert".into()))
+                }
+            },
         };
         config.validate()?;
         Ok(config)
@@ -337,6 +375,21 @@ mod tests {
         };
         assert_eq!(g.advertise, Some("127.0.0.1:7946".parse().unwrap()));
         assert!(g.node_id.starts_with("lb-"));
+    }
+
+    #[test]
+    fn tls_cert_and_key_come_together() {
+        let base = ["--listen", "127.0.0.1:1883", "--backends", "127.0.0.1:1"];
+        let with = |extra: &[&str]| parse(&[&base[..], extra].concat());
+        let e = with(&["--tls-cert", "c.pem"]).unwrap_err();
+        assert!(e.contains("--tls-key"), "{e}");
+        let e = with(&["--tls-key", "k.pem"]).unwrap_err();
+        assert!(e.contains("--tls-cert"), "{e}");
+        let c = with(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]).unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.cert, PathBuf::from("c.pem"));
+        assert_eq!(tls.key, PathBuf::from("k.pem"));
+        assert!(with(&[]).unwrap().tls.is_none());
     }
 
     #[test]

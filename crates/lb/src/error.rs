@@ -20,6 +20,10 @@ pub enum LbError {
         /// The operating system's reason.
         source: std::io::Error,
     },
+    /// The TLS certificate or key could not be read or used (the message names
+    /// the file and flag).
+    #[error("{0}")]
+    Tls(String),
     /// Gossip membership could not start.
     #[error(transparent)]
     Membership(#[from] MembershipError),

@@ -17,11 +17,15 @@
 //! - `proxy_v2` — the PROXY protocol v2 header written to the broker first.
 //! - [`server`] — [`LoadBalancer`]: bind, accept, connect with retry on another
 //!   node, copy both ways, shutdown.
+//! - [`tls`] — optional TLS termination (`--tls-cert`/`--tls-key`).
 //! - [`error`] — [`LbError`].
 //!
 //! The balancer works at the TCP level: it never terminates MQTT, so WebSocket (or
-//! TLS) from the client passes through unchanged, except in client-id mode, which
-//! must read a plain MQTT CONNECT. Deployment notes: `docs/deploy.md`.
+//! TLS, when the balancer does not terminate it) from the client passes through
+//! unchanged, except in client-id mode, which must read a plain MQTT CONNECT. With
+//! `--tls-cert`/`--tls-key` the balancer terminates TLS itself and every strategy
+//! works on the decrypted stream; the brokers get plain MQTT (after the PROXY v2
+//! header). Deployment notes: `docs/deploy.md`.
 
 mod backend;
 mod balance;
@@ -31,8 +35,10 @@ pub mod error;
 mod first_packet;
 mod proxy_v2;
 pub mod server;
+pub mod tls;
 
 pub use backend::Backend;
 pub use config::{Discovery, LbArgs, LbConfig, Strategy};
 pub use error::LbError;
 pub use server::LoadBalancer;
+pub use tls::TlsFiles;

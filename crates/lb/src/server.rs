@@ -1,6 +1,7 @@
-//! [`LoadBalancer`]: bind, accept, choose a node, connect (retrying on another node
-//! when one refuses), send the PROXY header and the bytes already read, then copy
-//! both ways until either side closes, the node dies, or the balancer stops.
+//! [`LoadBalancer`]: bind, accept, complete the TLS handshake (when terminating
+//! TLS), choose a node, connect (retrying on another node when one refuses), send
+//! the PROXY header and the bytes already read, then copy both ways until either
+//! side closes, the node dies, or the balancer stops.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -8,8 +9,9 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use cluster::membership::{self, MembershipConfig, MembershipHandle, NodeMeta};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -20,12 +22,24 @@ use crate::{discovery, first_packet, proxy_v2};
 
 /// A load balancer with its listener bound (and, in gossip mode, membership
 /// started), ready to [`run`](Self::run).
-#[derive(Debug)]
 pub struct LoadBalancer {
     config: LbConfig,
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     pool: Arc<Pool>,
     membership: Option<MembershipHandle>,
+}
+
+impl std::fmt::Debug for LoadBalancer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadBalancer")
+            .field("config", &self.config)
+            .field("listener", &self.listener)
+            .field("tls", &self.tls.is_some())
+            .field("pool", &self.pool)
+            .field("membership", &self.membership)
+            .finish()
+    }
 }
 
 impl LoadBalancer {
@@ -33,6 +47,8 @@ impl LoadBalancer {
     /// cluster as a [`Role::LoadBalancer`](membership::Role::LoadBalancer) member.
     pub async fn bind(config: LbConfig) -> Result<LoadBalancer, LbError> {
         config.validate()?;
+        // Certificate and key first: a bad file is reported before anything binds.
+        let tls = config.tls.as_ref().map(|t| t.acceptor()).transpose()?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| LbError::Bind {
@@ -61,6 +77,7 @@ impl LoadBalancer {
         Ok(LoadBalancer {
             config,
             listener,
+            tls,
             pool: Arc::new(pool),
             membership,
         })
@@ -89,6 +106,7 @@ impl LoadBalancer {
         });
         let shared = Arc::new(Shared {
             config: self.config,
+            tls: self.tls,
             pool: self.pool,
         });
         let close_all = CancellationToken::new();
@@ -130,22 +148,48 @@ impl LoadBalancer {
 }
 
 /// What every connection task reads.
-#[derive(Debug)]
 struct Shared {
     config: LbConfig,
+    tls: Option<TlsAcceptor>,
     pool: Arc<Pool>,
 }
 
-/// One client connection, from accept to close.
-async fn serve(
-    shared: Arc<Shared>,
-    mut client: TcpStream,
+/// One client connection, from accept to close: the TLS handshake first when
+/// terminating TLS (a failed or slow handshake closes this connection only).
+async fn serve(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr, stop: CancellationToken) {
+    let _ = client.set_nodelay(true);
+    let local = client.local_addr().unwrap_or(shared.config.listen);
+    let Some(acceptor) = shared.tls.clone() else {
+        return proxy(&shared, client, peer, local, stop).await;
+    };
+    let timeout = shared
+        .config
+        .tls
+        .as_ref()
+        .map_or(crate::tls::TlsFiles::DEFAULT_HANDSHAKE_TIMEOUT, |t| {
+            t.handshake_timeout
+        });
+    let handshake = tokio::select! {
+        r = tokio::time::timeout(timeout, acceptor.accept(client)) => r,
+        _ = stop.cancelled() => return,
+    };
+    match handshake {
+        Ok(Ok(tls)) => proxy(&shared, tls, peer, local, stop).await,
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, ?timeout, "TLS handshake timed out"),
+    }
+}
+
+/// Chooses a node, connects, and copies both ways; `client` is the plain TCP
+/// stream or the decrypted TLS one.
+async fn proxy<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    mut client: S,
     peer: SocketAddr,
+    local: SocketAddr,
     stop: CancellationToken,
 ) {
-    let _ = client.set_nodelay(true);
     let config = &shared.config;
-    let local = client.local_addr().unwrap_or(config.listen);
     let (prefix, client_id) = if config.strategy == Strategy::ClientId {
         match first_packet::read_connect(
             &mut client,
@@ -163,7 +207,7 @@ async fn serve(
     } else {
         (BytesMut::new(), None)
     };
-    let Some((mut server, guard)) = connect(&shared, client_id.as_deref()).await else {
+    let Some((mut server, guard)) = connect(shared, client_id.as_deref()).await else {
         tracing::warn!(%peer, "no broker reachable: closing the connection");
         return;
     };
