@@ -20,7 +20,7 @@ use bytes::{Bytes, BytesMut};
 use redis::streams::StreamReadReply;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::conn::{run_per_key, Keys, Redis, INBOX_GROUP};
+use crate::conn::{run_per_key, Backoff, Keys, Redis, INBOX_GROUP};
 use crate::wire::{put_handover, read_records, BusRecord};
 use broker::session::SessionSnapshot;
 use parking_lot::Mutex;
@@ -150,7 +150,7 @@ pub async fn consumer(
     // earlier run of this node id crashed); then ">" for new ones.
     let mut from = "0";
     let mut conn = None;
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::default();
     loop {
         if *stop.borrow() {
             return;
@@ -162,10 +162,9 @@ pub async fn consumer(
                 Err(e) => {
                     tracing::warn!(error = %e, "inbox: cannot connect to redis; retrying");
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = backoff.wait() => {}
                         _ = stop.changed() => return,
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                     continue;
                 }
             },
@@ -188,7 +187,7 @@ pub async fn consumer(
         };
         let reply = match reply {
             Ok(r) => {
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 r
             }
             Err(e) => {
@@ -197,8 +196,7 @@ pub async fn consumer(
                 } else {
                     tracing::warn!(error = %e, "inbox: read failed; reconnecting");
                     conn = None;
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    backoff.wait().await;
                 }
                 continue;
             }

@@ -234,6 +234,37 @@ async fn open(target: &Target, response: Duration) -> Result<Conn, redis::RedisE
     })
 }
 
+/// Retry pacing for the Redis loops: 100 ms, doubling to at most 5 s, back to 100 ms
+/// after a success.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            next: Backoff::FIRST,
+        }
+    }
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(5);
+
+    /// After a success: the next failure waits the shortest time again.
+    pub fn reset(&mut self) {
+        self.next = Backoff::FIRST;
+    }
+
+    /// Waits the current delay and doubles it.
+    pub async fn wait(&mut self) {
+        tokio::time::sleep(self.next).await;
+        self.next = (self.next * 2).min(Backoff::MAX);
+    }
+}
+
 /// Runs commands, each on one key, as few round trips as the deployment allows: one
 /// pipeline on a single server; on Redis Cluster, where a pipeline may not cross
 /// slots, one pipeline per key, the keys in parallel. Order is kept per key.

@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use redis::streams::StreamReadReply;
 use tokio::sync::{mpsc, watch};
 
-use crate::conn::{run_per_key, Conn, Keys, Redis};
+use crate::conn::{run_per_key, Backoff, Conn, Keys, Redis};
 use crate::routes::RouteTable;
 use crate::wire::{read_retained, retained_value, FeedRecord};
 
@@ -98,7 +98,7 @@ pub async fn writer(redis: Redis, keys: Keys, mut rx: mpsc::UnboundedReceiver<Ch
         }
         // Retried until Redis takes it: losing a route change would leave other
         // nodes with a wrong table until their next resync.
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::default();
         loop {
             let stored = async {
                 run_per_key(&conn, state.clone()).await?;
@@ -108,8 +108,7 @@ pub async fn writer(redis: Redis, keys: Keys, mut rx: mpsc::UnboundedReceiver<Ch
                 Ok(()) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, changes = batch.len(), "cannot store cluster state changes; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    backoff.wait().await;
                 }
             }
         }
@@ -206,7 +205,7 @@ pub async fn reader(
     const BLOCK: Duration = Duration::from_millis(1000);
     let mut conn: Option<Conn> = None;
     let mut shared = redis.conn();
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::default();
     loop {
         if *stop.borrow() {
             return;
@@ -226,10 +225,9 @@ pub async fn reader(
                 Err(e) => {
                     tracing::warn!(error = %e, "feed: cannot connect to redis; retrying");
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = backoff.wait() => {}
                         _ = stop.changed() => return,
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                     continue;
                 }
             },
@@ -249,14 +247,13 @@ pub async fn reader(
         };
         let reply = match reply {
             Ok(r) => {
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 r
             }
             Err(e) => {
                 tracing::warn!(error = %e, "feed: read failed; reconnecting");
                 conn = None;
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff.wait().await;
                 continue;
             }
         };
