@@ -23,25 +23,6 @@ use common::*;
 /// Failure detection must act within "a few seconds" (DESIGN invariant 3).
 const DETECTION: Duration = Duration::from_secs(10);
 
-/// Run `async fn $name(Version)` for 3.1.1 and 5.0, ignored until persistent sessions
-/// survive the death of their node.
-macro_rules! persistent_session_test {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test]
-            #[ignore = "needs dead-node repair of sessions (issue #6): a killed node's parked sessions are lost"]
-            async fn v311() {
-                super::$name($crate::common::Version::V311).await
-            }
-            #[tokio::test]
-            #[ignore = "needs dead-node repair of sessions (issue #6): a killed node's parked sessions are lost"]
-            async fn v5() {
-                super::$name($crate::common::Version::V5).await
-            }
-        }
-    };
-}
-
 /// The next PUBLISH within `t`, acknowledged (QoS 1/2), or None on timeout.
 async fn try_recv_publish(c: &mut RawClient, t: Duration) -> Option<Publish> {
     let deadline = tokio::time::Instant::now() + t;
@@ -855,7 +836,7 @@ async fn persistent_session_survives_kill9_of_its_node(v: Version) {
     p.publish("pk/x", b"live", 1, false).await;
     assert_eq!(b.recv_publish(T).await.payload, b"live");
 }
-persistent_session_test!(persistent_session_survives_kill9_of_its_node);
+versions_test!(persistent_session_survives_kill9_of_its_node);
 
 // Invariant 2 with persistent sessions: taking over a persistent session from
 // another node keeps it (Session Present 1, 5:[MQTT-3.1.4-3]/[MQTT-3.2.2-3]) and the
