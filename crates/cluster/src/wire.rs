@@ -650,6 +650,12 @@ mod tests {
             qos,
             retain: false,
             sub_ids: vec![3, 4],
+            journal: (qos == QoS::ExactlyOnce).then(|| {
+                Box::new(Journaled {
+                    key: "j1".into(),
+                    packet_id: 21,
+                })
+            }),
         };
         let snapshot = SessionSnapshot {
             expiry_secs: 300,
@@ -694,6 +700,14 @@ mod tests {
         assert!(matches!(&s.inflight[1], (9, Outbound::Released(Some(k))) if &**k == "k9"));
         assert_eq!(s.queued.len(), 1);
         assert_eq!(s.queued[0].msg.publish.payload().as_ref(), b"hello");
+        assert_eq!(
+            s.queued[0].journal.as_deref(),
+            Some(&Journaled {
+                key: "j1".into(),
+                packet_id: 21
+            }),
+            "a journaled delivery keeps its key and reserved packet id across nodes"
+        );
         assert!(matches!(
             &records[1],
             BusRecord::Handover {
@@ -727,5 +741,70 @@ mod tests {
         let mut expired = stored.clone();
         expired[..8].copy_from_slice(&1u64.to_be_bytes());
         assert!(read_retained(&expired).unwrap().is_none());
+    }
+
+    #[test]
+    fn journal_entries_and_subscriptions_round_trip() {
+        let d = Queued {
+            msg: message(),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            sub_ids: vec![9],
+            journal: Some(Box::new(Journaled {
+                key: "k".into(),
+                packet_id: 300,
+            })),
+        };
+        match read_journal(&journal_value(&d)).unwrap() {
+            JournalEntry::Pending(q) => {
+                assert_eq!(
+                    (q.qos, q.retain, q.sub_ids.clone()),
+                    (QoS::AtLeastOnce, true, vec![9])
+                );
+                assert_eq!(q.journal.map(|j| j.packet_id), Some(300));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            read_journal(&journal_received(300)).unwrap(),
+            JournalEntry::Received(300)
+        ));
+        assert!(
+            read_journal(b"X").is_err(),
+            "an unknown kind is an error, not a panic"
+        );
+        let sub = Subscription {
+            options: SubscriptionOptions {
+                qos: QoS::AtLeastOnce,
+                no_local: true,
+                retain_as_published: false,
+                retain_handling: RetainHandling::DoNotSend,
+            },
+            id: Some(77),
+        };
+        assert_eq!(read_subscription(&subscription_value(&sub)).unwrap(), sub);
+    }
+
+    #[test]
+    fn a_stored_will_round_trips_with_its_delay_and_properties() {
+        let w = PendingWill {
+            client_id: "c".into(),
+            username: Some("u".into()),
+            will: mqtt::Will {
+                topic: "dead/c".into(),
+                payload: Bytes::from_static(b"gone"),
+                qos: QoS::AtLeastOnce,
+                retain: true,
+                properties: mqtt::WillProperties {
+                    will_delay_interval: Some(5),
+                    content_type: Some("text/plain".into()),
+                    ..Default::default()
+                },
+            },
+        };
+        let back = read_will("c", &will_value(&w)).unwrap();
+        assert_eq!(back.will, w.will);
+        assert_eq!(back.username.as_deref(), Some("u"));
+        assert!(read_will("c", b"\x00").is_err());
     }
 }
