@@ -223,7 +223,8 @@ pub async fn consumer(
                             handovers: &handovers,
                             sessions: &sessions,
                         };
-                        if let Err(e) = deliver(ctx, records, &mut scratch, None).await {
+                        let source = (node.as_str(), entry.id.as_str());
+                        if let Err(e) = deliver(ctx, records, source, &mut scratch, None).await {
                             // Not acknowledged: read again once Redis is back.
                             tracing::warn!(error = %e, "inbox: persistent-session copies not stored; will retry");
                             stored = false;
@@ -285,9 +286,12 @@ pub struct Ctx<'a> {
 /// Deliveries to persistent sessions are journaled first; `Err` when that failed
 /// (the entry must not be acknowledged). With `only`, messages go to those sessions
 /// alone (a dead node's inbox, delivered to the sessions adopted from it).
+/// `source` is the inbox (node) and entry the records came from: it names their
+/// journal entries.
 pub async fn deliver(
     ctx: Ctx<'_>,
     records: Vec<BusRecord>,
+    source: (&str, &str),
     scratch: &mut Vec<broker::router::Target>,
     only: Option<&HashSet<Arc<str>>>,
 ) -> Result<(), ClusterError> {
@@ -301,7 +305,11 @@ pub async fn deliver(
     let mut blocked = Vec::new();
     let mut journal = Vec::new();
     let mut stored = Vec::new();
-    for record in records {
+    for (index, record) in records.into_iter().enumerate() {
+        if only.is_some() && !matches!(record, BusRecord::Message { .. }) {
+            // A dead node's takeover requests and handovers were for it alone.
+            continue;
+        }
         match record {
             BusRecord::Message { msg, groups } => {
                 match only {
@@ -313,7 +321,8 @@ pub async fn deliver(
                     }
                 }
                 if !journal.is_empty() {
-                    stored.push(sessions.journal(std::mem::take(&mut journal)));
+                    let key = crate::sessions::inbox_key(source.0, source.1, index);
+                    stored.push(sessions.journal(std::mem::take(&mut journal), Some(key)));
                 }
                 if !blocked.is_empty() {
                     broker.place_blocked(&mut blocked).await;

@@ -48,7 +48,8 @@ pub enum StartError {
 /// returning the previous owner (or "") and the new epoch, atomically.
 /// It also records the session's expiry and will (ARGV 2, 3; an empty will removes
 /// it), discards the stored session on Clean Start (ARGV 4 = 1), and returns whether a
-/// persistent session existed before.
+/// persistent session existed before. `from` names the node it was taken from until
+/// the handover is done: if that node died, its repair brings what it held.
 const CLAIM_SCRIPT: &str = r"
 local prev = redis.call('HGET', KEYS[1], 'owner')
 local prev_exp = tonumber(redis.call('HGET', KEYS[1], 'exp') or '0')
@@ -56,6 +57,11 @@ local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'exp', ARGV[2])
 if ARGV[3] == '' then redis.call('HDEL', KEYS[1], 'will') else redis.call('HSET', KEYS[1], 'will', ARGV[3]) end
 if ARGV[4] == '1' then redis.call('DEL', KEYS[2], KEYS[3]) end
+if prev and prev ~= '' and prev ~= ARGV[1] then
+  redis.call('HSET', KEYS[1], 'from', prev)
+else
+  redis.call('HDEL', KEYS[1], 'from')
+end
 local existed = 0
 if prev_exp > 0 and ARGV[4] ~= '1' then existed = 1 end
 return {prev or '', epoch, existed}
@@ -325,6 +331,7 @@ impl ClusterNode {
             }
         };
         let mut adopted: HashSet<String> = HashSet::new();
+        let mut away = Vec::new();
         for id in ids {
             match self.sessions.adopt(&id, from).await {
                 Ok(Some((epoch, stored))) => {
@@ -344,7 +351,17 @@ impl ClusterNode {
                         adopted.insert(id);
                     }
                 }
-                Ok(None) => {}
+                Ok(None) => {
+                    // Claimed by a client elsewhere before this repair: it gets what
+                    // `from` still held for it through Redis.
+                    match self.sessions.claimed_from(&id, from).await {
+                        Ok(Some(subs)) => away.push((id, subs)),
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(client_id = %id, error = %e, "cannot read a session")
+                        }
+                    }
+                }
                 Err(e) => tracing::warn!(client_id = %id, error = %e, "cannot take a session over"),
             }
         }
@@ -358,7 +375,13 @@ impl ClusterNode {
             0 // this node's own inbox: its consumer reads what is pending
         } else {
             let only: HashSet<Arc<str>> = adopted.iter().map(|s| Arc::from(s.as_str())).collect();
-            self.take_inbox(from, &only).await
+            let messages = self.take_inbox(from, &only, &away).await;
+            for (id, _) in &away {
+                if let Err(e) = self.sessions.repaired(id).await {
+                    tracing::warn!(client_id = %id, error = %e, "cannot mark a session repaired");
+                }
+            }
+            messages
         };
         (n, messages)
     }
@@ -415,7 +438,12 @@ impl ClusterNode {
 
     /// Delivers what a dead node's inbox holds (pending and unread entries) to the
     /// sessions adopted from it, then acknowledges and deletes the entries.
-    async fn take_inbox(&self, dead: &str, only: &HashSet<Arc<str>>) -> usize {
+    async fn take_inbox(
+        &self,
+        dead: &str,
+        only: &HashSet<Arc<str>>,
+        away: &[(String, Vec<(String, broker::session::Subscription)>)],
+    ) -> usize {
         let key = self.keys.inbox(dead);
         let mut conn = self.redis.conn();
         let mut scratch = Vec::new();
@@ -483,13 +511,28 @@ impl ClusterNode {
                 for entry in entries {
                     if let Some(redis::Value::BulkString(bytes)) = entry.map.get("b") {
                         if let Ok(records) = crate::wire::read_records(bytes) {
-                            let messages: Vec<_> = records
-                                .into_iter()
-                                .filter(|r| matches!(r, crate::wire::BusRecord::Message { .. }))
-                                .collect();
-                            delivered += messages.len();
+                            for (id, subs) in away {
+                                let ds: Vec<_> = records
+                                    .iter()
+                                    .enumerate()
+                                    .filter_map(|(i, r)| match r {
+                                        crate::wire::BusRecord::Message { msg, groups } => {
+                                            delivery_for(id, subs, msg, groups).map(|d| {
+                                                (crate::sessions::inbox_key(dead, &entry.id, i), d)
+                                            })
+                                        }
+                                        _ => None,
+                                    })
+                                    .collect();
+                                if let Err(e) = self.sessions.journal_stored(id, ds).await {
+                                    tracing::warn!(client_id = %id, error = %e, "failed node's inbox: copies not stored; left for a later repair");
+                                    return delivered;
+                                }
+                            }
+                            delivered += records.len();
+                            let source = (dead, entry.id.as_str());
                             if let Err(e) =
-                                bus::deliver(ctx, messages, &mut scratch, Some(only)).await
+                                bus::deliver(ctx, records, source, &mut scratch, Some(only)).await
                             {
                                 tracing::warn!(node = %dead, error = %e, "failed node's inbox: copies not stored; left for a later repair");
                                 return delivered;
@@ -689,6 +732,44 @@ async fn remove_routes(
     run_per_key(conn, announce.collect()).await
 }
 
+/// What a session with `subs` would have been delivered of `msg` (the groups are
+/// those the sending node assigned to the dead node), or `None`.
+fn delivery_for(
+    client_id: &str,
+    subs: &[(String, broker::session::Subscription)],
+    msg: &Arc<Message>,
+    groups: &LocalGroups,
+) -> Option<broker::mailbox::Delivery> {
+    let mut best: Option<broker::mailbox::Delivery> = None;
+    for (filter, sub) in subs {
+        let matched = match mqtt::topic::parse_shared(filter) {
+            Ok(Some((group, _))) => groups.contains(group, filter),
+            Ok(None) => {
+                mqtt::topic::matches(filter, msg.topic())
+                    && !(sub.options.no_local && msg.origin.as_deref() == Some(client_id))
+            }
+            Err(()) => false,
+        };
+        if !matched {
+            continue;
+        }
+        let qos = msg.qos.min(sub.options.qos);
+        if qos == mqtt::QoS::AtMostOnce {
+            continue;
+        }
+        let d = best.get_or_insert_with(|| broker::mailbox::Delivery {
+            msg: msg.clone(),
+            qos,
+            retain: sub.options.retain_as_published && msg.retain,
+            sub_ids: Vec::new(),
+            journal: None,
+        });
+        d.qos = d.qos.max(qos);
+        d.sub_ids.extend(sub.id);
+    }
+    best
+}
+
 /// A run's name in the route table.
 pub fn route_identity(node_id: &str, generation: u64) -> String {
     format!("{node_id}@{generation}")
@@ -868,7 +949,7 @@ impl Cluster for ClusterNode {
     }
 
     fn journal(&self, entries: Vec<Blocked>) -> oneshot::Receiver<Result<(), ClusterError>> {
-        self.sessions.journal(entries)
+        self.sessions.journal(entries, None)
     }
 
     fn session_changed(&self, change: SessionChange) {
@@ -947,14 +1028,35 @@ impl ClusterNode {
                 self.handovers.cancel(client_id, epoch);
                 return Err(ClusterError(e.to_string()));
             }
-            let session = match tokio::time::timeout(HANDOVER_WAIT, handed).await {
-                Ok(Ok(session)) => session,
-                _ => {
-                    self.handovers.cancel(client_id, epoch);
-                    tracing::warn!(%client_id, previous = %prev, "previous node did not hand the session over in time; starting without it");
-                    None
+            // Wait for the handover; if the previous node turns out dead meanwhile
+            // (its liveness key expires), repair it instead: what it held for this
+            // session is then in Redis, where the caller loads it from.
+            let deadline = tokio::time::Instant::now() + HANDOVER_WAIT;
+            tokio::pin!(handed);
+            let session = loop {
+                tokio::select! {
+                    r = &mut handed => break r.ok().flatten(),
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                        if !self.is_alive(&prev).await.unwrap_or(true) {
+                            self.handovers.cancel(client_id, epoch);
+                            self.repair_node(&prev).await;
+                            break None;
+                        }
+                        if tokio::time::Instant::now() >= deadline {
+                            self.handovers.cancel(client_id, epoch);
+                            tracing::warn!(%client_id, previous = %prev, "previous node did not hand the session over in time; resuming it from redis");
+                            break None;
+                        }
+                    }
                 }
             };
+            if session.is_some() {
+                let _ = redis::cmd("HDEL")
+                    .arg(self.keys.session(client_id))
+                    .arg("from")
+                    .query_async::<()>(&mut conn)
+                    .await;
+            }
             Ok(ClusterClaim { epoch, session })
         }
     }

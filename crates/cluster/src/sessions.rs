@@ -9,9 +9,8 @@
 //!   the packet id reserved for it, and marked once the client sent PUBREC.
 //!
 //! and `{n:<node>}:own` lists the sessions (and wills) a node holds, for the survivor
-//! that takes over when it dies. Journal writes are fenced by the ownership epoch: a
-//! node that lost a session (it was paused and declared dead) cannot write to it.
-//! One writer task applies every change in order, many per round trip.
+//! that takes over when it dies. One writer task applies every change in order, many
+//! per round trip.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,14 +25,38 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::conn::{query_per_key, Backoff, Conn, Keys};
 use crate::wire::{
-    journal_received, journal_value, read_journal, read_subscription, read_will,
-    subscription_value, JournalEntry,
+    journal_received, journal_value, journal_value_unnumbered, read_journal, read_subscription,
+    read_will, subscription_value, JournalEntry,
 };
 
-/// Appends journal entries to a session if this node still holds its epoch.
+/// Appends journal entries to a session; returns 0 when the session's epoch moved on
+/// (another node claimed it meanwhile). The entries are written either way: the
+/// journal belongs to the session, not to a node, and a delivery racing a takeover
+/// travels with the handed-over session or is found in Redis by the next owner.
+///
+/// Returns the epoch flag followed by one flag per entry: 1 if it was new, 0 if an
+/// entry with that key existed (the same inbox entry delivered again after a crash:
+/// it is not queued twice).
 const JOURNAL_SCRIPT: &str = r"
-if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
-for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+local out = {1}
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then out[1] = 0 end
+for i = 2, #ARGV, 2 do
+  out[#out + 1] = redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1])
+end
+return out
+";
+
+/// Appends journal entries to a session whoever owns it, reserving packet ids from
+/// the session's own counter: for messages a dead node held for a session that was
+/// claimed elsewhere before the repair (its new owner loads them after the repair).
+const JOURNAL_ANY_SCRIPT: &str = r"
+local ids = {}
+for i = 1, #ARGV, 2 do
+  if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 0 then
+    local id = redis.call('HINCRBY', KEYS[1], 'rpid', 1) % 65535 + 1
+    redis.call('HSET', KEYS[2], ARGV[i], 'P' .. string.char(math.floor(id / 256), id % 256) .. ARGV[i + 1])
+  end
+end
 return 1
 ";
 
@@ -109,7 +132,14 @@ impl Sessions {
 
     /// Journals deliveries to persistent sessions, then queues them. The receiver
     /// resolves once they are queued, or with the error that kept them from Redis.
-    pub fn journal(&self, entries: Vec<Blocked>) -> oneshot::Receiver<Result<(), ClusterError>> {
+    /// `key` names the entries when the message has a stable identity (an inbox
+    /// entry): writing it again after a crash then replaces the entry instead of adding
+    /// a second copy.
+    pub fn journal(
+        &self,
+        entries: Vec<Blocked>,
+        key: Option<String>,
+    ) -> oneshot::Receiver<Result<(), ClusterError>> {
         let (done, rx) = oneshot::channel();
         let now = unix_ms();
         let entries = entries
@@ -119,10 +149,7 @@ impl Sessions {
                     let (c, e) = b.mailbox.journal()?;
                     (c.clone(), e)
                 };
-                let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-                // Sorted by time, then by this node's order: how a session resumes
-                // them elsewhere.
-                let key = format!("{now:013}:{}:{seq:016x}", self.me);
+                let key = key.clone().unwrap_or_else(|| self.next_key(now));
                 b.delivery.journal = Some(Box::new(Journaled {
                     key: key.as_str().into(),
                     packet_id: b.mailbox.reserve_packet_id(),
@@ -138,6 +165,13 @@ impl Sessions {
                 .send(Err(ClusterError("session store stopped".into())));
         }
         rx
+    }
+
+    /// A fresh journal key: sorted by time, then by this node's order, which is the
+    /// order a session resumes its entries in elsewhere.
+    fn next_key(&self, now_ms: u64) -> String {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        format!("{now_ms:013}:{}:{seq:016x}", self.me)
     }
 
     /// Mirrors a change to a persistent session, in order with the journal.
@@ -197,6 +231,72 @@ impl Sessions {
             }
         };
         Ok(Some((epoch, Stored { snapshot, will })))
+    }
+
+    /// The stored subscriptions of `client_id`.
+    pub async fn subscriptions(
+        &self,
+        client_id: &str,
+    ) -> Result<Vec<(String, broker::session::Subscription)>, redis::RedisError> {
+        let fields: Vec<(String, Vec<u8>)> = redis::cmd("HGETALL")
+            .arg(self.keys.subscriptions(client_id))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(fields
+            .into_iter()
+            .filter_map(|(f, v)| read_subscription(&v).ok().map(|s| (f, s)))
+            .collect())
+    }
+
+    /// Journals deliveries straight into a session that is not installed anywhere yet
+    /// (its new owner loads it once the repair that calls this is done).
+    pub async fn journal_stored(
+        &self,
+        client_id: &str,
+        deliveries: Vec<(String, broker::mailbox::Delivery)>,
+    ) -> Result<(), redis::RedisError> {
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(JOURNAL_ANY_SCRIPT)
+            .arg(2)
+            .arg(self.keys.session(client_id))
+            .arg(self.keys.journal(client_id));
+        for (key, mut d) in deliveries {
+            // The script prepends the packet id it reserves.
+            d.journal = None;
+            cmd.arg(key).arg(journal_value_unnumbered(&d));
+        }
+        cmd.query_async(&mut self.conn.clone()).await
+    }
+
+    /// The stored subscriptions of a persistent session that a client claimed away
+    /// from `dead` (the claim script noted `from`) and that the repair of `dead` has
+    /// not covered yet; `None` otherwise.
+    pub async fn claimed_from(
+        &self,
+        client_id: &str,
+        dead: &str,
+    ) -> Result<Option<Vec<(String, broker::session::Subscription)>>, redis::RedisError> {
+        let from: Option<String> = redis::cmd("HGET")
+            .arg(self.keys.session(client_id))
+            .arg("from")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        if from.as_deref() != Some(dead) {
+            return Ok(None);
+        }
+        Ok(Some(self.subscriptions(client_id).await?))
+    }
+
+    /// The repair covered `client_id`.
+    pub async fn repaired(&self, client_id: &str) -> Result<(), redis::RedisError> {
+        redis::cmd("HDEL")
+            .arg(self.keys.session(client_id))
+            .arg("from")
+            .query_async(&mut self.conn.clone())
+            .await
     }
 
     /// The client ids `node` holds sessions or wills for.
@@ -342,12 +442,17 @@ async fn writer(conn: Conn, keys: Keys, me: String, mut rx: mpsc::UnboundedRecei
                 for (j, at) in journals {
                     let mut entries: Vec<Option<_>> = j.entries.into_iter().map(Some).collect();
                     for (i, group) in at {
-                        let fenced = !matches!(values.get(i), Some(redis::Value::Int(1)));
-                        for e in &mut entries[group] {
+                        let flags: Vec<i64> = match values.get(i) {
+                            Some(v) => redis::from_redis_value_ref(v).unwrap_or_default(),
+                            None => Vec::new(),
+                        };
+                        if flags.first() == Some(&0) {
+                            tracing::debug!("journaled for a session being taken over");
+                        }
+                        for (n, e) in entries[group].iter_mut().enumerate() {
                             let (client_id, _, _, _, b) = e.take().expect("each entry once");
-                            if fenced {
-                                // Another node took this session over: it is theirs now.
-                                tracing::warn!(%client_id, "session owned by another node now; delivery not queued here");
+                            if flags.get(n + 1) == Some(&0) {
+                                tracing::debug!(%client_id, "already journaled (delivered again after a crash); not queued twice");
                                 continue;
                             }
                             b.mailbox.push(b.delivery);
@@ -380,7 +485,7 @@ async fn writer(conn: Conn, keys: Keys, me: String, mut rx: mpsc::UnboundedRecei
     }
 }
 
-/// Consecutive runs of entries for one session (and epoch): one fenced write each.
+/// Consecutive runs of entries for one session (and epoch): one script call each.
 fn groups(entries: &[(Arc<str>, u64, String, Vec<u8>, Blocked)]) -> Vec<std::ops::Range<usize>> {
     let mut out: Vec<std::ops::Range<usize>> = Vec::new();
     for (i, e) in entries.iter().enumerate() {
@@ -449,6 +554,17 @@ fn change_cmds(keys: &Keys, me: &str, c: &SessionChange, out: &mut Vec<(String, 
             out.push((keys.owned(me), srem));
         }
     }
+}
+
+/// The journal key of record `index` of inbox entry `entry` (a stream id,
+/// `<ms>-<seq>`) of `node`'s inbox: the same wherever and however often the entry is
+/// delivered.
+pub fn inbox_key(node: &str, entry: &str, index: usize) -> String {
+    let ms: u64 = entry
+        .split_once('-')
+        .and_then(|(ms, _)| ms.parse().ok())
+        .unwrap_or(0);
+    format!("{ms:013}:{node}:{entry}:{index}")
 }
 
 /// Milliseconds since the Unix epoch.

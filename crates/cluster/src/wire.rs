@@ -414,6 +414,14 @@ pub fn journal_value(d: &Queued) -> Vec<u8> {
     out.to_vec()
 }
 
+/// A journal entry's delivery without kind and packet id, for a script that
+/// prepends `P` and the id it reserves (see [`read_journal`]).
+pub fn journal_value_unnumbered(d: &Queued) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    put_delivery(&mut out, d);
+    out.to_vec()
+}
+
 /// The value that marks a journaled QoS 2 delivery as received by the client.
 pub fn journal_received(packet_id: u16) -> Vec<u8> {
     let mut v = vec![b'R'];
@@ -438,6 +446,16 @@ pub fn read_journal(mut value: &[u8]) -> Result<JournalEntry, WireError> {
             Instant::now(),
         )?)),
         b'R' => Ok(JournalEntry::Received(get_u16(&mut value)?)),
+        // Written by a repair: the packet id the script reserved, then the delivery.
+        b'P' => {
+            let packet_id = get_u16(&mut value)?;
+            let mut d = get_delivery(&mut value, Instant::now())?;
+            d.journal = Some(Box::new(Journaled {
+                key: "".into(),
+                packet_id,
+            }));
+            Ok(JournalEntry::Pending(d))
+        }
         k => Err(WireError(format!("unknown journal entry kind {k}"))),
     }
 }
