@@ -78,11 +78,20 @@ const MAX_RETRY: usize = 100_000;
 /// Most operations per round trip.
 const MAX_BATCH: usize = 512;
 
+/// One delivery on its way into a session's journal.
+#[derive(Debug)]
+struct Entry {
+    client_id: Arc<str>,
+    epoch: u64,
+    key: String,
+    value: Vec<u8>,
+    blocked: Blocked,
+}
+
 /// Journal entries of one message, waiting to be written and then queued.
 #[derive(Debug)]
 struct JournalOp {
-    /// Per delivery: client id, epoch, entry key, entry value, and the delivery.
-    entries: Vec<(Arc<str>, u64, String, Vec<u8>, Blocked)>,
+    entries: Vec<Entry>,
     done: oneshot::Sender<Result<(), ClusterError>>,
 }
 
@@ -155,7 +164,13 @@ impl Sessions {
                     packet_id: b.mailbox.reserve_packet_id(),
                 }));
                 let value = journal_value(&b.delivery);
-                Some((client_id, epoch, key, value, b))
+                Some(Entry {
+                    client_id,
+                    epoch,
+                    key,
+                    value,
+                    blocked: b,
+                })
             })
             .collect();
         let op = Op::Journal(JournalOp { entries, done });
@@ -409,8 +424,10 @@ async fn writer(conn: Conn, keys: Keys, me: String, mut rx: mpsc::UnboundedRecei
                 Op::Journal(j) => {
                     let mut at = Vec::new();
                     for group in groups(&j.entries) {
-                        let (client_id, epoch) =
-                            (&j.entries[group.start].0, j.entries[group.start].1);
+                        let (client_id, epoch) = (
+                            &j.entries[group.start].client_id,
+                            j.entries[group.start].epoch,
+                        );
                         // EVAL with the script text each time: a Redis that restarted
                         // has no script cache, and a pipeline cannot fall back from
                         // EVALSHA.
@@ -420,8 +437,8 @@ async fn writer(conn: Conn, keys: Keys, me: String, mut rx: mpsc::UnboundedRecei
                             .arg(keys.session(client_id))
                             .arg(keys.journal(client_id))
                             .arg(epoch);
-                        for (_, _, key, value, _) in &j.entries[group.clone()] {
-                            cmd.arg(key).arg(value.as_slice());
+                        for e in &j.entries[group.clone()] {
+                            cmd.arg(&e.key).arg(e.value.as_slice());
                         }
                         at.push((cmds.len(), group));
                         cmds.push((keys.session(client_id), cmd));
@@ -450,7 +467,11 @@ async fn writer(conn: Conn, keys: Keys, me: String, mut rx: mpsc::UnboundedRecei
                             tracing::debug!("journaled for a session being taken over");
                         }
                         for (n, e) in entries[group].iter_mut().enumerate() {
-                            let (client_id, _, _, _, b) = e.take().expect("each entry once");
+                            let Entry {
+                                client_id,
+                                blocked: b,
+                                ..
+                            } = e.take().expect("each entry once");
                             if flags.get(n + 1) == Some(&0) {
                                 tracing::debug!(%client_id, "already journaled (delivered again after a crash); not queued twice");
                                 continue;
@@ -486,11 +507,16 @@ async fn writer(conn: Conn, keys: Keys, me: String, mut rx: mpsc::UnboundedRecei
 }
 
 /// Consecutive runs of entries for one session (and epoch): one script call each.
-fn groups(entries: &[(Arc<str>, u64, String, Vec<u8>, Blocked)]) -> Vec<std::ops::Range<usize>> {
+fn groups(entries: &[Entry]) -> Vec<std::ops::Range<usize>> {
     let mut out: Vec<std::ops::Range<usize>> = Vec::new();
     for (i, e) in entries.iter().enumerate() {
         match out.last_mut() {
-            Some(r) if entries[r.start].0 == e.0 && entries[r.start].1 == e.1 => r.end = i + 1,
+            Some(r)
+                if entries[r.start].client_id == e.client_id
+                    && entries[r.start].epoch == e.epoch =>
+            {
+                r.end = i + 1
+            }
             _ => out.push(i..i + 1),
         }
     }
