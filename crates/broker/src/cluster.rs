@@ -134,4 +134,10 @@ pub trait Cluster: Send + Sync + Debug + 'static {
     fn journal(&self, entries: Vec<Blocked>) -> oneshot::Receiver<Result<(), ClusterError>>;
     /// Mirrors a change to a persistent session (in order, not awaited).
     fn session_changed(&self, change: SessionChange);
+    /// Mirrors a change like [`Cluster::session_changed`]; the receiver resolves once
+    /// it is stored (retried while Redis is unreachable).
+    fn session_changed_stored(
+        &self,
+        change: SessionChange,
+    ) -> oneshot::Receiver<Result<(), ClusterError>>;
 }

@@ -955,6 +955,13 @@ impl Cluster for ClusterNode {
     fn session_changed(&self, change: SessionChange) {
         self.sessions.changed(change);
     }
+
+    fn session_changed_stored(
+        &self,
+        change: SessionChange,
+    ) -> oneshot::Receiver<Result<(), ClusterError>> {
+        self.sessions.changed_stored(change)
+    }
 }
 
 impl ClusterNode {
