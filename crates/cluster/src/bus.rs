@@ -116,11 +116,17 @@ pub async fn forwarder(redis: Redis, keys: Keys, mut rx: mpsc::UnboundedReceiver
                 (keys.inbox(node), c)
             })
             .collect();
-        let result = run_per_key(&conn, cmds).await;
-        let outcome = result.map_err(|e| ClusterError(e.to_string()));
-        if let Err(e) = &outcome {
-            tracing::warn!(error = %e, messages = batch.len(), "could not forward messages to other nodes");
-        }
+        // While Redis is known to be unreachable, fail at once: the publishers get
+        // their refusal now instead of after a connection timeout.
+        let outcome = if redis.health().is_reachable() {
+            run_per_key(&conn, cmds).await.map_err(|e| {
+                tracing::debug!(error = %e, messages = batch.len(), "could not forward messages to other nodes");
+                redis.health().failed("forwarding messages to other nodes", &e);
+                ClusterError(e.to_string())
+            })
+        } else {
+            Err(redis.health().unavailable())
+        };
         for o in batch.drain(..) {
             if let Some(done) = o.done {
                 let _ = done.send(outcome.clone());
@@ -160,9 +166,9 @@ pub async fn consumer(
             None => match redis.dedicated(BLOCK).await {
                 Ok(c) => conn.insert(c),
                 Err(e) => {
-                    tracing::warn!(error = %e, "inbox: cannot connect to redis; retrying");
+                    redis.health().cannot_connect("inbox consumer", &e);
                     tokio::select! {
-                        _ = backoff.wait() => {}
+                        _ = backoff.wait_or_recovered(redis.health()) => {}
                         _ = stop.changed() => return,
                     }
                     continue;
@@ -192,11 +198,20 @@ pub async fn consumer(
             }
             Err(e) => {
                 if e.to_string().contains("NOGROUP") {
-                    let _ = ensure_group(c, &key).await;
+                    // The group vanished: Redis lost its data (a restart without
+                    // persistence, a flush). Everything now in the stream was sent
+                    // after that, so the new group reads it from the start.
+                    tracing::warn!(stream = %key, "inbox: consumer group missing (redis lost its data?); creating it");
+                    if let Err(e) = ensure_group_from(c, &key, "0").await {
+                        redis
+                            .health()
+                            .failed("inbox consumer: creating the group", &e);
+                        backoff.wait_or_recovered(redis.health()).await;
+                    }
                 } else {
-                    tracing::warn!(error = %e, "inbox: read failed; reconnecting");
+                    redis.health().failed("inbox consumer", &e);
                     conn = None;
-                    backoff.wait().await;
+                    backoff.wait_or_recovered(redis.health()).await;
                 }
                 continue;
             }
@@ -232,7 +247,8 @@ pub async fn consumer(
             .ignore();
         pipe.cmd("XDEL").arg(&key).arg(&ids).ignore();
         if let Err(e) = pipe.query_async::<()>(c).await {
-            tracing::warn!(error = %e, "inbox: acknowledge failed; entries will be read again");
+            tracing::debug!(error = %e, "inbox: acknowledge failed; entries will be read again");
+            redis.health().failed("inbox consumer: acknowledging", &e);
             conn = None;
         }
     }
@@ -296,11 +312,23 @@ pub async fn ensure_group(
     conn: &mut crate::conn::Conn,
     key: &str,
 ) -> Result<(), redis::RedisError> {
+    ensure_group_from(conn, key, "$").await
+}
+
+/// Creates the inbox stream and its consumer group if they do not exist, the group
+/// starting after entry `from` (`$`: only entries added from now on; `0`: every entry
+/// already in the stream, as after Redis lost its data and other nodes wrote to the
+/// new stream before this node recreated the group).
+pub async fn ensure_group_from(
+    conn: &mut crate::conn::Conn,
+    key: &str,
+    from: &str,
+) -> Result<(), redis::RedisError> {
     let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(key)
         .arg(INBOX_GROUP)
-        .arg("$")
+        .arg(from)
         .arg("MKSTREAM")
         .query_async(conn)
         .await;

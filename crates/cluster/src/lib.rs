@@ -15,12 +15,15 @@
 //!   every node's copy current.
 //! - [`bus`] — the inbox streams: batched forwarding, and the consumer that delivers
 //!   what other nodes sent.
+//! - [`health`] — whether Redis is reachable: outage detection, fail-fast refusals,
+//!   one log line per transition, the counters behind the health endpoint.
 //! - [`node`] — [`node::ClusterNode`]: starts all of the above and implements the
 //!   broker's `Cluster` interface.
 
 pub mod bus;
 pub mod conn;
 pub mod feed;
+pub mod health;
 pub mod membership;
 pub mod node;
 pub mod routes;

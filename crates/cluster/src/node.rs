@@ -24,6 +24,8 @@ use crate::membership::{self, MemberEvent, MembershipConfig, MembershipHandle, N
 use crate::routes::RouteTable;
 use crate::wire::{publish_bytes, put_kick, put_message};
 
+mod outage;
+
 /// Why a node could not join the cluster.
 #[derive(Debug, Error)]
 pub enum StartError {
@@ -183,6 +185,7 @@ impl ClusterNode {
             stop: stop_tx,
             tasks: Mutex::new(tasks),
         });
+        node.watch_redis(broker.clone());
         let watcher = tokio::spawn(watch_members(
             node.clone(),
             membership.events(),
@@ -444,6 +447,9 @@ impl Cluster for ClusterNode {
                 durable: None,
             };
         }
+        if let Err(e) = self.redis.health().check(outage::refusal(msg)) {
+            return outage::refused(msg, local_groups, e);
+        }
         let publish = publish_bytes(msg);
         // Two runs of one node id (a restart not yet noticed) share one inbox: one
         // record for both.
@@ -509,6 +515,7 @@ impl Cluster for ClusterNode {
         client_id: &'a str,
     ) -> BoxFuture<'a, Result<ClusterClaim, ClusterError>> {
         Box::pin(async move {
+            self.redis.health().check(crate::health::Refused::Connect)?;
             let mut conn = self.redis.conn();
             let (prev, epoch): (String, u64) = self
                 .claim_script
