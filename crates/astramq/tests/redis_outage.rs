@@ -150,10 +150,14 @@ async fn redis_down_local_traffic_flows_remote_refused_health_503() {
     // A new connection cannot claim its client id: CONNACK 0x88 Server unavailable
     // (v5 §3.2.2.2) / return code 3 (3.1.1 §3.2.2.3), then the server closes
     // [MQTT-3.2.2-5].
-    let (_, ack) = RawClient::connect(c.node(0).addr(), Connect::new(Version::V5, "late")).await;
+    let (mut late, ack) =
+        RawClient::connect(c.node(0).addr(), Connect::new(Version::V5, "late")).await;
     assert_eq!(ack.code, 0x88, "{ack:?}");
-    let (_, ack) = RawClient::connect(c.node(0).addr(), Connect::new(Version::V311, "late3")).await;
+    late.expect_closed(T).await;
+    let (mut late, ack) =
+        RawClient::connect(c.node(0).addr(), Connect::new(Version::V311, "late3")).await;
     assert_eq!(ack.code, 3, "{ack:?}");
+    late.expect_closed(T).await;
 
     // The remote subscriber got none of it; n2 stays up.
     remote.expect_no_publish_default().await;
