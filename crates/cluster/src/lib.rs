@@ -17,6 +17,8 @@
 //!   what other nodes sent.
 //! - [`health`] — whether Redis is reachable: outage detection, fail-fast refusals,
 //!   one log line per transition, the counters behind the health endpoint.
+//! - [`sessions`] — persistent sessions in Redis (subscriptions, will, and a journal
+//!   of unacknowledged deliveries), so that a session outlives its node.
 //! - [`node`] — [`node::ClusterNode`]: starts all of the above and implements the
 //!   broker's `Cluster` interface.
 
@@ -27,6 +29,7 @@ pub mod health;
 pub mod membership;
 pub mod node;
 pub mod routes;
+pub mod sessions;
 pub mod wire;
 
 pub use node::{ClusterNode, StartError};
