@@ -164,6 +164,19 @@ async fn redis_down_local_traffic_flows_remote_refused_health_503() {
 
     // Said once, not per refused message; counted in the metrics.
     assert_eq!(log_count(&c, 0, LOST_LINE), 1, "{}", c.node(0).stderr());
+    for i in 0..2 {
+        let log = c.node(i).stderr();
+        let since = log.find(LOST_LINE).expect("outage logged");
+        let warnings: Vec<&str> = log[since..]
+            .lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .collect();
+        assert!(
+            warnings.len() <= 3,
+            "{}: the outage floods the log: {warnings:#?}",
+            c.id(i)
+        );
+    }
     assert_eq!(metric(&c, 0, "astramq_redis_reachable").await, 0);
     assert!(metric(&c, 0, "astramq_redis_refused_publishes_total").await >= 2);
     assert!(metric(&c, 0, "astramq_redis_refused_connects_total").await >= 2);
