@@ -30,6 +30,8 @@ use crate::sessions::{Sessions, LIVENESS_REFRESH, LIVENESS_TTL};
 use crate::wire;
 use crate::wire::{publish_bytes, put_kick, put_message};
 
+mod outage;
+
 /// Why a node could not join the cluster.
 #[derive(Debug, Error)]
 pub enum StartError {
@@ -223,6 +225,7 @@ impl ClusterNode {
             stop: stop_tx,
             tasks: Mutex::new(tasks),
         });
+        node.watch_redis(broker.clone());
         let watcher = tokio::spawn(watch_members(
             node.clone(),
             membership.events(),
@@ -867,6 +870,9 @@ impl Cluster for ClusterNode {
                 durable: None,
             };
         }
+        if let Err(e) = self.redis.health().check(outage::refusal(msg)) {
+            return outage::refused(msg, local_groups, e);
+        }
         let publish = publish_bytes(msg);
         // Two runs of one node id (a restart not yet noticed) share one inbox: one
         // record for both.
@@ -933,6 +939,7 @@ impl Cluster for ClusterNode {
         request: ClaimRequest<'a>,
     ) -> BoxFuture<'a, Result<ClusterClaim, ClusterError>> {
         Box::pin(async move {
+            self.redis.health().check(crate::health::Refused::Connect)?;
             let claim = self.claim_inner(client_id, request).await?;
             if request.clean_start || claim.session.is_some() {
                 return Ok(claim);

@@ -157,7 +157,11 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                 Ok(()) => ack.reason,
                 Err(_) if ack.kind == AckKind::Rel => ack.reason,
                 Err(e) => {
-                    tracing::warn!(client_id = %self.client_id, error = %e, "message not acknowledged: cluster copies not stored");
+                    if e.is_outage() {
+                        tracing::debug!(client_id = %self.client_id, error = %e, "message not acknowledged: cluster copies not stored");
+                    } else {
+                        tracing::warn!(client_id = %self.client_id, error = %e, "message not acknowledged: cluster copies not stored");
+                    }
                     if !self.protocol.is_v5() {
                         // 3.1.1 cannot refuse: close, so the client resends it later.
                         return Some(Exit::Server(ReasonCode::ServerUnavailable));
