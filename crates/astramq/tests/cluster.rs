@@ -1013,8 +1013,13 @@ versions_test!(unacknowledged_delivery_survives_kill9_of_its_node);
 // Invariants 1 and 3: once a survivor took over a killed node's offline persistent
 // session, messages published meanwhile are kept for it (the session's subscription
 // lives on the survivor) and delivered when the client comes back.
+//
+// Item 4 of issue #6: the takeover shows in the survivors' metrics.
 async fn offline_session_of_a_killed_node_keeps_collecting_messages(v: Version) {
-    let mut c = TestCluster::start(3).await;
+    let mut c = TestCluster::builder(3)
+        .args(&["--health-listen", "127.0.0.1:0"])
+        .start()
+        .await;
     let (mut s, _) = RawClient::connect(
         c.node(0).addr(),
         Connect::persistent(v, "oc", false, EXPIRY),
@@ -1036,6 +1041,25 @@ async fn offline_session_of_a_killed_node_keeps_collecting_messages(v: Version) 
     .await;
     assert!(ca.session_present);
     assert_eq!(s2.recv_publish(T).await.payload, b"while-away");
+    // Exactly one survivor took the session over, and says so in its metrics.
+    let mut adopted = 0;
+    for i in [1, 2] {
+        let (code, body) = http_get(c.node(i).health_addr(), "/metrics").await.unwrap();
+        assert_eq!(code, 200);
+        let value = |name: &str| -> u64 {
+            body.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{body}"))
+        };
+        assert_eq!(
+            value("astramq_cluster_node_failures_total "),
+            1,
+            "n{} saw n1 fail",
+            i + 1
+        );
+        adopted += value("astramq_cluster_sessions_adopted_total ");
+    }
+    assert_eq!(adopted, 1, "one survivor adopted the one session");
 }
 versions_test!(offline_session_of_a_killed_node_keeps_collecting_messages);
 

@@ -103,6 +103,12 @@ pub struct ClusterNode {
     pub nodes_repaired: std::sync::atomic::AtomicU64,
     /// Sessions taken over from failed nodes.
     pub sessions_adopted: std::sync::atomic::AtomicU64,
+    /// Nodes gossip declared failed.
+    pub failures_detected: std::sync::atomic::AtomicU64,
+    /// Last failure: gossip verdict to Redis confirmation, ms.
+    pub last_confirm_ms: std::sync::atomic::AtomicU64,
+    /// Last takeover of a failed node's sessions, ms.
+    pub last_repair_ms: std::sync::atomic::AtomicU64,
     /// QoS 0 messages queued for the forwarder.
     qos0_backlog: Arc<std::sync::atomic::AtomicUsize>,
     /// QoS 0 messages dropped because the backlog was full.
@@ -218,6 +224,9 @@ impl ClusterNode {
             broker: broker.clone(),
             nodes_repaired: Default::default(),
             sessions_adopted: Default::default(),
+            failures_detected: Default::default(),
+            last_confirm_ms: Default::default(),
+            last_repair_ms: Default::default(),
             qos0_backlog: Arc::default(),
             qos0_dropped: Default::default(),
             drop_log: Default::default(),
@@ -435,6 +444,10 @@ impl ClusterNode {
         if sessions > 0 || messages > 0 {
             self.nodes_repaired
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.last_repair_ms.store(
+                started.elapsed().as_millis() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
             tracing::info!(node = %dead, sessions, messages, ms = started.elapsed().as_millis() as u64, "took over a failed node's sessions");
         }
     }
@@ -677,7 +690,10 @@ async fn repair_sessions(node: Arc<ClusterNode>, dead: String) {
             }
         }
     }
-    tracing::info!(node = %dead, ms = declared.elapsed().as_millis() as u64, "node failure confirmed in redis (liveness expired)");
+    let ms = declared.elapsed().as_millis() as u64;
+    node.last_confirm_ms
+        .store(ms, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(node = %dead, ms, "node failure confirmed in redis (liveness expired)");
     node.repair_node(&dead).await;
 }
 
@@ -800,6 +816,8 @@ async fn watch_members(
                     // routes of its own under its new generation.
                     let identity = route_identity(&node_id, generation);
                     tracing::warn!(node = %node_id, generation, "node failed; dropping its routes");
+                    node.failures_detected
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     node.routes.lock().remove_node(&identity);
                     tokio::spawn(repair_routes(node.clone(), identity));
                     tokio::spawn(repair_sessions(node.clone(), node_id));

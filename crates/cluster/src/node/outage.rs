@@ -295,7 +295,7 @@ impl HealthProbe for ClusterNode {
 
     fn metrics(&self, out: &mut String) {
         let h = self.redis.health();
-        let rows: [(&str, &str, &str, u64); 8] = [
+        let rows: [(&str, &str, &str, u64); 13] = [
             (
                 "astramq_redis_reachable",
                 "gauge",
@@ -343,6 +343,36 @@ impl HealthProbe for ClusterNode {
                 "counter",
                 "QoS 0 copies for other nodes dropped because the bus backlog was full.",
                 self.qos0_dropped.load(Relaxed),
+            ),
+            (
+                "astramq_cluster_node_failures_total",
+                "counter",
+                "Nodes gossip declared failed, as seen by this node.",
+                self.failures_detected.load(Relaxed),
+            ),
+            (
+                "astramq_cluster_failure_confirm_ms",
+                "gauge",
+                "Last failure: time from gossip declaring the node failed to Redis confirming it (its liveness key expired), in milliseconds.",
+                self.last_confirm_ms.load(Relaxed),
+            ),
+            (
+                "astramq_cluster_repairs_total",
+                "counter",
+                "Failed nodes whose sessions this node took over.",
+                self.nodes_repaired.load(Relaxed),
+            ),
+            (
+                "astramq_cluster_sessions_adopted_total",
+                "counter",
+                "Sessions this node took over from failed nodes.",
+                self.sessions_adopted.load(Relaxed),
+            ),
+            (
+                "astramq_cluster_last_repair_ms",
+                "gauge",
+                "Last takeover of a failed node's sessions: how long it took, in milliseconds.",
+                self.last_repair_ms.load(Relaxed),
             ),
         ];
         for (name, kind, help, value) in rows {
