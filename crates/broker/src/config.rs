@@ -79,6 +79,17 @@ pub struct ClusterTuning {
     pub key_prefix: String,
     /// How long start-up waits for Redis before giving up.
     pub redis_connect_timeout_secs: u64,
+    /// Gossip: how often each node probes one random member, ms.
+    pub probe_period_ms: u64,
+    /// Gossip: how long a probe waits for a direct answer before asking others, ms.
+    pub probe_rtt_ms: u64,
+    /// Gossip: how long a suspected node has to refute before it is declared
+    /// failed, ms.
+    pub suspect_to_down_ms: u64,
+    /// How long a node's liveness key outlives its last refresh (refreshed four
+    /// times per period): a node gossip declares failed is taken over only once this
+    /// has run out, ms.
+    pub liveness_ttl_ms: u64,
 }
 
 impl Default for ClusterTuning {
@@ -86,6 +97,10 @@ impl Default for ClusterTuning {
         ClusterTuning {
             key_prefix: "astramq".into(),
             redis_connect_timeout_secs: 5,
+            probe_period_ms: 500,
+            probe_rtt_ms: 200,
+            suspect_to_down_ms: 1000,
+            liveness_ttl_ms: 2000,
         }
     }
 }
@@ -109,6 +124,14 @@ pub struct ClusterSettings {
     pub key_prefix: String,
     /// Start-up wait for Redis.
     pub redis_connect_timeout_secs: u64,
+    /// Gossip failure detection: probe period.
+    pub probe_period: std::time::Duration,
+    /// Gossip failure detection: direct probe timeout.
+    pub probe_rtt: std::time::Duration,
+    /// Gossip failure detection: suspicion timeout.
+    pub suspect_to_down: std::time::Duration,
+    /// Liveness key lifetime in Redis.
+    pub liveness_ttl: std::time::Duration,
 }
 
 impl Default for Config {
@@ -284,6 +307,25 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        let c = &self.cluster;
+        if c.probe_rtt_ms == 0 || c.probe_rtt_ms >= c.probe_period_ms {
+            return Err(ConfigError::new(
+                "cluster.probe_rtt_ms",
+                "must be above 0 and below cluster.probe_period_ms",
+            ));
+        }
+        if c.suspect_to_down_ms == 0 {
+            return Err(ConfigError::new(
+                "cluster.suspect_to_down_ms",
+                "must be at least 1",
+            ));
+        }
+        if c.liveness_ttl_ms < 400 {
+            return Err(ConfigError::new(
+                "cluster.liveness_ttl_ms",
+                "must be at least 400 (it is refreshed every quarter of it)",
+            ));
+        }
         if !self.allow_anonymous && self.password_file.is_none() {
             return Err(ConfigError::new(
                 "allow_anonymous",
@@ -307,6 +349,10 @@ impl Config {
             cluster_key: self.cluster_key.clone(),
             key_prefix: self.cluster.key_prefix.clone(),
             redis_connect_timeout_secs: self.cluster.redis_connect_timeout_secs,
+            probe_period: std::time::Duration::from_millis(self.cluster.probe_period_ms),
+            probe_rtt: std::time::Duration::from_millis(self.cluster.probe_rtt_ms),
+            suspect_to_down: std::time::Duration::from_millis(self.cluster.suspect_to_down_ms),
+            liveness_ttl: std::time::Duration::from_millis(self.cluster.liveness_ttl_ms),
         })
     }
 }
@@ -370,5 +416,24 @@ mod tests {
         let mut c = Config::default();
         c.limits.receive_maximum = 0;
         assert_eq!(c.validate().unwrap_err().key, "limits.receive_maximum");
+    }
+
+    #[test]
+    fn failure_detection_settings_are_checked_and_passed_on() {
+        let c = Config::from_toml(
+            "redis = \"redis://127.0.0.1:6379\"\nnode_id = \"n1\"\n[cluster]\nprobe_period_ms = 1000\nsuspect_to_down_ms = 4000\nliveness_ttl_ms = 5000\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let s = c.cluster_settings().unwrap();
+        assert_eq!(s.probe_period, std::time::Duration::from_secs(1));
+        assert_eq!(s.suspect_to_down, std::time::Duration::from_secs(4));
+        assert_eq!(s.liveness_ttl, std::time::Duration::from_secs(5));
+        let mut bad = c.clone();
+        bad.cluster.probe_rtt_ms = 1000;
+        assert_eq!(bad.validate().unwrap_err().key, "cluster.probe_rtt_ms");
+        let mut bad = c;
+        bad.cluster.liveness_ttl_ms = 100;
+        assert_eq!(bad.validate().unwrap_err().key, "cluster.liveness_ttl_ms");
     }
 }

@@ -26,7 +26,7 @@ use crate::conn::{run_per_key, Keys, Redis, RedisError, INBOX_GROUP};
 use crate::feed::{self, Change};
 use crate::membership::{self, MemberEvent, MembershipConfig, MembershipHandle, NodeMeta};
 use crate::routes::RouteTable;
-use crate::sessions::{Sessions, LIVENESS_REFRESH, LIVENESS_TTL};
+use crate::sessions::Sessions;
 use crate::wire;
 use crate::wire::{publish_bytes, put_kick, put_message};
 
@@ -150,6 +150,9 @@ impl ClusterNode {
         gossip.join = settings.join.clone();
         gossip.cluster_key = settings.cluster_key.clone();
         gossip.advertise = settings.gossip_advertise;
+        gossip.probe_period = settings.probe_period;
+        gossip.probe_rtt = settings.probe_rtt;
+        gossip.suspect_to_down = settings.suspect_to_down;
         let membership = membership::spawn(gossip).await?;
         let me_route = route_identity(&me, membership.generation());
 
@@ -182,6 +185,7 @@ impl ClusterNode {
                 redis.conn(),
                 keys.alive(&me),
                 membership.generation(),
+                settings.liveness_ttl,
                 stop_rx.clone(),
             )),
             tokio::spawn(feed::writer(redis.clone(), keys.clone(), changes_rx)),
@@ -702,9 +706,10 @@ async fn liveness(
     conn: crate::conn::Conn,
     key: String,
     generation: u64,
+    ttl: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(LIVENESS_REFRESH);
+    let mut tick = tokio::time::interval(ttl / 4);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -713,7 +718,7 @@ async fn liveness(
                     .arg(&key)
                     .arg(generation)
                     .arg("PX")
-                    .arg(LIVENESS_TTL.as_millis() as u64)
+                    .arg(ttl.as_millis() as u64)
                     .query_async::<()>(&mut conn.clone())
                     .await;
                 if let Err(e) = set {

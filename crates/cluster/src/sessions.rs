@@ -15,7 +15,6 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use broker::cluster::{ClusterError, SessionChange};
 use broker::mailbox::Journaled;
@@ -621,9 +620,3 @@ fn unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
-
-/// How long to wait between liveness refreshes, and how long a liveness key lives:
-/// a node that has not refreshed it for this long is dead as far as Redis knows.
-pub const LIVENESS_REFRESH: Duration = Duration::from_millis(500);
-/// See [`LIVENESS_REFRESH`].
-pub const LIVENESS_TTL: Duration = Duration::from_millis(2000);
