@@ -356,3 +356,78 @@ async fn single_node_health_ok_and_metrics() {
     let (code, _) = http_get(b.health_addr(), "/nope").await.unwrap();
     assert_eq!(code, 404);
 }
+
+// (d) Redis back without its data: sessions are re-published too. A parked persistent
+// session's queued QoS 1 message survives a later kill -9 of its node (Invariant 1),
+// and a connected persistent session can still be taken over from another node with
+// its session [MQTT-3.1.4-3, MQTT-3.2.2-3].
+#[tokio::test]
+async fn redis_back_without_data_sessions_are_republished() {
+    let mut c = cluster(3).await;
+    let expiry = 300;
+    // Parked on n1 with a queued message.
+    let (mut parked, _) = RawClient::connect(
+        c.node(0).addr(),
+        Connect::persistent(Version::V5, "rp-parked", false, expiry),
+    )
+    .await;
+    parked.sub("rp/parked", 1).await;
+    parked.disconnect().await;
+    let mut publisher = c.client(0, Version::V5, "rp-pub").await;
+    assert_eq!(publisher.publish("rp/parked", b"queued", 1, false).await, 0);
+    // Connected on n1.
+    let (mut live, _) = RawClient::connect(
+        c.node(0).addr(),
+        Connect::persistent(Version::V5, "rp-live", false, expiry),
+    )
+    .await;
+    live.sub("rp/live", 1).await;
+    wait_for(T, "incarnation marker written", || {
+        !incarnation(&c).is_empty()
+    })
+    .await;
+
+    c.redis_server().shutdown(false);
+    wait_health(&c, 0, 503, DETECT).await;
+    c.redis_server().restart();
+    for i in 0..3 {
+        wait_health(&c, i, 200, RECOVER).await;
+    }
+    c.wait_log(0, RECOVER, "sessions re-published", |l| {
+        l.contains("re-published this node's routes") && l.contains("parked_sessions=1")
+    })
+    .await;
+    wait_for(RECOVER, "both sessions back in Redis", || {
+        ["rp-parked", "rp-live"].iter().all(|id| {
+            c.redis()
+                .cmd(&["HGET", &c.key(&format!("{{s:{id}}}")), "owner"])
+                .text()
+                == "n1"
+        })
+    })
+    .await;
+
+    // The connected session moves to n2 with its subscription; the old connection
+    // is told 0x8E.
+    let (mut live2, ca) = RawClient::connect(
+        c.node(1).addr(),
+        Connect::persistent(Version::V5, "rp-live", false, expiry),
+    )
+    .await;
+    assert!(ca.session_present, "the re-published session is found");
+    live.expect_disconnect(rc::SESSION_TAKEN_OVER, T).await;
+    c.sync_from(1).await;
+    let mut p2 = c.client(2, Version::V5, "rp-pub2").await;
+    assert_eq!(p2.publish("rp/live", b"moved", 1, false).await, 0);
+    assert_eq!(live2.recv_publish(T).await.payload, b"moved");
+
+    // The parked session survives its node: its queued message was written back.
+    c.kill(0);
+    let (mut back, ca) = RawClient::connect(
+        c.node(2).addr(),
+        Connect::persistent(Version::V5, "rp-parked", false, expiry),
+    )
+    .await;
+    assert!(ca.session_present);
+    assert_eq!(back.recv_publish(T).await.payload, b"queued");
+}

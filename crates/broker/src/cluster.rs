@@ -118,6 +118,26 @@ pub enum SessionChange {
         /// The client.
         client_id: Arc<str>,
     },
+    /// Redis lost its data: everything this node holds of the session, to write back
+    /// (unless another node claimed the client id since).
+    Restore(Box<RestoredSession>),
+}
+
+/// A session as this node holds it, written back to a Redis that lost its data.
+#[derive(Debug, Clone)]
+pub struct RestoredSession {
+    /// The client.
+    pub client_id: Arc<str>,
+    /// The ownership epoch this node holds.
+    pub epoch: u64,
+    /// Session Expiry Interval.
+    pub expiry_secs: u32,
+    /// The will waiting for the connection's end, if any.
+    pub will: Option<PendingWill>,
+    /// Subscriptions by full filter.
+    pub subscriptions: Vec<(String, Subscription)>,
+    /// Journaled deliveries not yet acknowledged, with their packet id and state.
+    pub journal: Vec<(u16, crate::session::Outbound)>,
 }
 
 /// A boxed future, for object-safe async methods.

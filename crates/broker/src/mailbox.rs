@@ -240,6 +240,11 @@ impl Mailbox {
         }
     }
 
+    /// Copies every queued delivery into `out`, oldest first, leaving the queue as is.
+    pub fn peek_into(&self, out: &mut Vec<Delivery>) {
+        out.extend(self.queue.lock().items.iter().cloned());
+    }
+
     /// Puts back a delivery taken but not sent, ahead of everything queued. It was
     /// within the bounds when queued, so the bounds are not applied again.
     pub fn push_front(&self, d: Delivery) {

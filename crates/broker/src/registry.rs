@@ -22,6 +22,15 @@ use crate::session::{PendingWill, Session};
 /// slot anyway (the previous connection's state is then discarded).
 const HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What the registry asks of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// Close with this reason code.
+    Leave(ReasonCode),
+    /// Hand the cluster a copy of the session (Redis lost its data), and go on.
+    Republish,
+}
+
 /// The registry's line to one connection: tell it that it was taken over, and learn
 /// when it has gone. Two flags and two `Notify`s: far smaller per connection than a
 /// channel pair, which matters with a hundred thousand idle clients.
@@ -29,6 +38,7 @@ const HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct ConnLink {
     /// The reason code the connection is asked to leave with (0 = stay).
     leave: AtomicU8,
+    republish: AtomicBool,
     exited: AtomicBool,
     wake_conn: Notify,
     wake_claimer: Notify,
@@ -51,13 +61,22 @@ impl ConnLink {
         self.wake_conn.notify_one();
     }
 
-    /// Resolves with the reason once the connection is asked to leave. Cancel-safe.
-    pub async fn asked_to_leave(&self) -> ReasonCode {
+    /// Asks the connection to hand the cluster a copy of its session.
+    pub fn ask_to_republish(&self) {
+        self.republish.store(true, Ordering::Release);
+        self.wake_conn.notify_one();
+    }
+
+    /// Resolves with the next request to the connection. Cancel-safe.
+    pub async fn asked(&self) -> Request {
         loop {
             if let Some(r) =
                 ReasonCode::from_u8(self.leave.load(Ordering::Acquire)).filter(|r| r.is_error())
             {
-                return r;
+                return Request::Leave(r);
+            }
+            if self.republish.swap(false, Ordering::AcqRel) {
+                return Request::Republish;
             }
             self.wake_conn.notified().await;
         }
@@ -318,6 +337,21 @@ impl Registry {
             .filter(|(_, s)| s.owner.is_some() || s.parked.is_some())
             .map(|(id, s)| (id.clone(), s.fence))
             .collect()
+    }
+
+    /// After Redis lost its data: asks every connection to hand over a copy of its
+    /// session, and returns copies of the parked persistent sessions.
+    pub fn republish(&self) -> Vec<crate::cluster::RestoredSession> {
+        let slots = self.slots.lock();
+        let mut parked = Vec::new();
+        for s in slots.values() {
+            if let Some(o) = &s.owner {
+                o.link.ask_to_republish();
+            } else if let Some(session) = &s.parked {
+                parked.push(session.restore_change(s.fence, s.will.as_deref(), &[]));
+            }
+        }
+        parked
     }
 
     /// Number of parked (persistent, disconnected) sessions.

@@ -269,6 +269,53 @@ impl Session {
         self.subscriptions.extend(snapshot.subscriptions);
     }
 
+    /// Everything of this session a Redis that lost its data needs back: its
+    /// subscriptions and its journaled deliveries (in flight, then `extra` — taken
+    /// from the mailbox but not sent yet — then queued), with their state.
+    pub fn restore_change(
+        &self,
+        epoch: u64,
+        will: Option<&PendingWill>,
+        extra: &[Delivery],
+    ) -> crate::cluster::RestoredSession {
+        let mut journal: Vec<(u16, Outbound)> = self
+            .pending_outbound()
+            .filter(|(_, o)| match o {
+                Outbound::Published(d) => d.journal.is_some(),
+                Outbound::Released(key) => key.is_some(),
+            })
+            .map(|(id, o)| match o {
+                // The id it was sent under is the one to keep.
+                Outbound::Published(d) => {
+                    let mut d = d.clone();
+                    if let Some(j) = d.journal.as_mut() {
+                        j.packet_id = id;
+                    }
+                    (id, Outbound::Published(d))
+                }
+                Outbound::Released(key) => (id, Outbound::Released(key.clone())),
+            })
+            .collect();
+        let mut rest = extra.to_vec();
+        self.mailbox.peek_into(&mut rest);
+        journal.extend(rest.into_iter().filter_map(|d| {
+            let id = d.journal.as_ref()?.packet_id;
+            Some((id, Outbound::Published(d)))
+        }));
+        crate::cluster::RestoredSession {
+            client_id: self.client_id.clone(),
+            epoch,
+            expiry_secs: self.expiry_secs,
+            will: will.cloned(),
+            subscriptions: self
+                .subscriptions
+                .iter()
+                .map(|(f, s)| (f.clone(), s.clone()))
+                .collect(),
+            journal,
+        }
+    }
+
     /// Forgets all in-flight state, both directions.
     pub fn clear_inflight(&mut self) {
         self.outbound.clear();

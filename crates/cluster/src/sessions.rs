@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::conn::{query_per_key, Backoff, Conn, Keys};
 use crate::wire::{
     journal_received, journal_value, journal_value_unnumbered, read_journal, read_subscription,
-    read_will, subscription_value, JournalEntry,
+    read_will, subscription_value, will_value, JournalEntry,
 };
 
 /// Appends journal entries to a session; returns 0 when the session's epoch moved on
@@ -55,6 +55,28 @@ for i = 1, #ARGV, 2 do
     local id = redis.call('HINCRBY', KEYS[1], 'rpid', 1) % 65535 + 1
     redis.call('HSET', KEYS[2], ARGV[i], 'P' .. string.char(math.floor(id / 256), id % 256) .. ARGV[i + 1])
   end
+end
+return 1
+";
+
+/// Writes back a session after Redis lost its data, unless another node claimed the
+/// client id since: owner, epoch (never lowered), expiry, will, subscriptions
+/// (ARGV 5 says how many pairs), then journal entries (`HSETNX`).
+const RESTORE_SCRIPT: &str = r"
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if owner and owner ~= '' and owner ~= ARGV[1] then return 0 end
+local e = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0')
+if e < tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], 'epoch', ARGV[2]) end
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'exp', ARGV[3])
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'will', ARGV[4]) end
+local i = 6
+for k = 1, tonumber(ARGV[5]) do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+while i < #ARGV do
+  redis.call('HSETNX', KEYS[3], ARGV[i], ARGV[i + 1])
+  i = i + 2
 end
 return 1
 ";
@@ -586,6 +608,42 @@ fn change_cmds(keys: &Keys, me: &str, c: &SessionChange, out: &mut Vec<(String, 
             let mut cmd = redis::cmd("HDEL");
             cmd.arg(keys.session(client_id)).arg("will");
             out.push((keys.session(client_id), cmd));
+        }
+        SessionChange::Restore(r) => {
+            let id = &r.client_id;
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(RESTORE_SCRIPT)
+                .arg(3)
+                .arg(keys.session(id))
+                .arg(keys.subscriptions(id))
+                .arg(keys.journal(id))
+                .arg(me)
+                .arg(r.epoch)
+                .arg(r.expiry_secs)
+                .arg(r.will.as_ref().map(will_value).unwrap_or_default())
+                .arg(r.subscriptions.len());
+            for (filter, sub) in &r.subscriptions {
+                cmd.arg(filter).arg(subscription_value(sub));
+            }
+            for (id, o) in &r.journal {
+                match o {
+                    Outbound::Published(d) => {
+                        if let Some(j) = &d.journal {
+                            cmd.arg(&*j.key).arg(journal_value(d));
+                        }
+                    }
+                    Outbound::Released(Some(key)) => {
+                        cmd.arg(&**key).arg(journal_received(*id));
+                    }
+                    Outbound::Released(None) => {}
+                }
+            }
+            out.push((keys.session(id), cmd));
+            if r.expiry_secs > 0 || r.will.is_some() {
+                let mut sadd = redis::cmd("SADD");
+                sadd.arg(keys.owned(me)).arg(&**id);
+                out.push((keys.owned(me), sadd));
+            }
         }
         SessionChange::Ended { client_id } => {
             let mut del = redis::cmd("DEL");

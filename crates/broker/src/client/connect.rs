@@ -297,6 +297,7 @@ where
         aliases_out: HashMap::new(),
         alias_out_max: props.topic_alias_maximum.unwrap_or(0),
         pending: VecDeque::new(),
+        epoch,
         scratch: Vec::new(),
         acks: VecDeque::new(),
         blocked: VecDeque::new(),

@@ -31,7 +31,7 @@ use crate::cluster::{ClusterError, SessionChange};
 use crate::connection::{Connection, ReadError, WRITE_HIGH_WATER};
 use crate::mailbox::Delivery;
 use crate::metrics::Metrics;
-use crate::registry::ExitGuard;
+use crate::registry::{ExitGuard, Request};
 use crate::router::{Blocked, Target};
 use crate::session::{PendingWill, Session};
 
@@ -126,6 +126,8 @@ struct Client<R, W> {
     alias_out_max: u16,
     /// Deliveries taken from the mailbox, not yet sent (window full).
     pending: VecDeque<Delivery>,
+    /// The cluster ownership epoch this connection holds (0 on a single node).
+    epoch: u64,
     /// Reused by every publish for routing.
     scratch: Vec<Target>,
     /// Acknowledgements of inbound PUBLISHes, in arrival order, some waiting for their
@@ -205,9 +207,10 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                         return exit;
                     }
                 }
-                reason = self.exit_guard.0.asked_to_leave() => {
-                    return Exit::Server(reason);
-                }
+                request = self.exit_guard.0.asked() => match request {
+                    Request::Leave(reason) => return Exit::Server(reason),
+                    Request::Republish => self.republish(),
+                },
                 _ = self.shutdown.changed() => {
                     return Exit::Server(ReasonCode::ServerShuttingDown);
                 }
@@ -261,6 +264,20 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                 Some(Exit::Server(ReasonCode::ProtocolError))
             }
         }
+    }
+
+    /// Redis lost its data: hands the cluster a copy of this session (persistent
+    /// sessions only).
+    fn republish(&mut self) {
+        if self.session.mailbox.journal().is_none() && self.will.is_none() {
+            return;
+        }
+        let pending: Vec<Delivery> = self.pending.iter().cloned().collect();
+        let copy = self
+            .session
+            .restore_change(self.epoch, self.will.as_deref(), &pending);
+        self.broker
+            .session_changed(SessionChange::Restore(Box::new(copy)));
     }
 
     /// Passes the client's acknowledgements of journaled deliveries to the cluster.

@@ -139,10 +139,20 @@ impl ClusterNode {
         crate::bus::ensure_group_from(&mut conn, &self.keys.inbox(&self.me), "0").await?;
         let routes = self.republish_routes();
         let retained = self.republish_retained(broker).await?;
+        // Sessions: parked ones from the registry, connected ones from their
+        // connections (each hands the session store a copy), in order with later
+        // changes.
+        let parked = broker.registry.republish();
+        let sessions = parked.len();
+        for p in parked {
+            self.sessions
+                .changed(broker::cluster::SessionChange::Restore(Box::new(p)));
+        }
         tracing::info!(
             routes,
             retained,
-            "re-published this node's routes, retained messages and inbox group"
+            parked_sessions = sessions,
+            "re-published this node's routes, retained messages, sessions and inbox group"
         );
         Ok(())
     }
