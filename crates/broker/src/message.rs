@@ -22,6 +22,10 @@ pub struct Message {
     pub expires_at: Option<Instant>,
     /// Bytes charged against a session's queue (topic + payload).
     pub size: usize,
+    /// The message's identity in the cluster, given when it first needs one (it is
+    /// forwarded or stored): it names the message's entry in every session's journal,
+    /// so that a copy arriving twice (after a crash, a repair) is stored once.
+    pub id: std::sync::OnceLock<Box<str>>,
 }
 
 impl Message {
@@ -38,6 +42,7 @@ impl Message {
             origin,
             expires_at,
             size: publish.topic.len() + publish.payload.len(),
+            id: std::sync::OnceLock::new(),
         }
     }
 
@@ -62,6 +67,7 @@ impl Message {
             origin,
             expires_at,
             size,
+            id: std::sync::OnceLock::new(),
         }
     }
 

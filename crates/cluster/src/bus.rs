@@ -340,7 +340,12 @@ pub async fn deliver(
                     }
                 }
                 if !journal.is_empty() {
-                    let key = crate::sessions::inbox_key(source.0, source.1, index);
+                    // The message's id names its journal entries; a record from a node
+                    // that gave none is named by its place in the inbox.
+                    let key = match msg.id.get() {
+                        Some(id) => id.to_string(),
+                        None => crate::sessions::inbox_key(source.0, source.1, index),
+                    };
                     stored.push(sessions.journal(std::mem::take(&mut journal), Some(key)));
                 }
                 if !blocked.is_empty() {

@@ -457,6 +457,12 @@ impl Keys {
         format!("{}:{{s:{client_id}}}:j", self.prefix)
     }
 
+    /// A persistent session's recently delivered message ids (sorted set by time),
+    /// so that a late copy of one is not stored again.
+    pub fn done(&self, client_id: &str) -> String {
+        format!("{}:{{s:{client_id}}}:done", self.prefix)
+    }
+
     /// The client ids whose session or will `node` holds (what a survivor takes over
     /// when it dies).
     pub fn owned(&self, node: &str) -> String {

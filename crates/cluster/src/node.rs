@@ -58,7 +58,7 @@ local prev_exp = tonumber(redis.call('HGET', KEYS[1], 'exp') or '0')
 local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'exp', ARGV[2])
 if ARGV[3] == '' then redis.call('HDEL', KEYS[1], 'will') else redis.call('HSET', KEYS[1], 'will', ARGV[3]) end
-if ARGV[4] == '1' then redis.call('DEL', KEYS[2], KEYS[3]) end
+if ARGV[4] == '1' then redis.call('DEL', KEYS[2], KEYS[3], KEYS[4]) end
 if prev and prev ~= '' and prev ~= ARGV[1] then
   redis.call('HSET', KEYS[1], 'from', prev)
 else
@@ -538,7 +538,13 @@ impl ClusterNode {
                                     .filter_map(|(i, r)| match r {
                                         crate::wire::BusRecord::Message { msg, groups } => {
                                             delivery_for(id, subs, msg, groups).map(|d| {
-                                                (crate::sessions::inbox_key(dead, &entry.id, i), d)
+                                                let key = match msg.id.get() {
+                                                    Some(k) => k.to_string(),
+                                                    None => crate::sessions::inbox_key(
+                                                        dead, &entry.id, i,
+                                                    ),
+                                                };
+                                                (key, d)
                                             })
                                         }
                                         _ => None,
@@ -897,6 +903,7 @@ impl Cluster for ClusterNode {
             return outage::refused(msg, local_groups, e);
         }
         let publish = publish_bytes(msg);
+        let id = self.sessions.message_id(msg);
         // Two runs of one node id (a restart not yet noticed) share one inbox: one
         // record for both.
         let mut per_node: HashMap<&str, Vec<(String, String)>> = HashMap::new();
@@ -911,7 +918,7 @@ impl Cluster for ClusterNode {
             .filter(|(node, _)| *node != self.me)
             .map(|(node, groups)| {
                 let mut record = BytesMut::with_capacity(publish.len() + 64);
-                put_message(&mut record, msg.origin.as_deref(), &groups, &publish);
+                put_message(&mut record, msg.origin.as_deref(), id, &groups, &publish);
                 (node.to_string(), record.freeze())
             })
             .collect();
@@ -1027,6 +1034,7 @@ impl ClusterNode {
                 .key(self.keys.session(client_id))
                 .key(self.keys.subscriptions(client_id))
                 .key(self.keys.journal(client_id))
+                .key(self.keys.done(client_id))
                 .arg(&self.me)
                 .arg(request.expiry_secs)
                 .arg(will)

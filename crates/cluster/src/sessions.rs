@@ -40,7 +40,11 @@ const JOURNAL_SCRIPT: &str = r"
 local out = {1}
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then out[1] = 0 end
 for i = 2, #ARGV, 2 do
-  out[#out + 1] = redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1])
+  if redis.call('ZSCORE', KEYS[3], ARGV[i]) then
+    out[#out + 1] = 0
+  else
+    out[#out + 1] = redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1])
+  end
 end
 return out
 ";
@@ -51,7 +55,7 @@ return out
 const JOURNAL_ANY_SCRIPT: &str = r"
 local ids = {}
 for i = 1, #ARGV, 2 do
-  if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 0 then
+  if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 0 and not redis.call('ZSCORE', KEYS[3], ARGV[i]) then
     local id = redis.call('HINCRBY', KEYS[1], 'rpid', 1) % 65535 + 1
     redis.call('HSET', KEYS[2], ARGV[i], 'P' .. string.char(math.floor(id / 256), id % 256) .. ARGV[i + 1])
   end
@@ -80,6 +84,18 @@ while i < #ARGV do
 end
 return 1
 ";
+
+/// Forgets a delivered journal entry and remembers its key (ARGV 1) for ARGV 3 ms
+/// after ARGV 2 (now), dropping keys remembered longer.
+const DONE_SCRIPT: &str = r"
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[2]) - tonumber(ARGV[3]))
+return 1
+";
+
+/// How long a delivered message's key is remembered per session.
+const DONE_REMEMBERED: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Takes over a session from a dead node, if that node still owns it and there is
 /// something to take (a persistent session or a will): new epoch, new owner.
@@ -174,7 +190,6 @@ impl Sessions {
         key: Option<String>,
     ) -> oneshot::Receiver<Result<(), ClusterError>> {
         let (done, rx) = oneshot::channel();
-        let now = unix_ms();
         let entries = entries
             .into_iter()
             .filter_map(|mut b| {
@@ -182,7 +197,10 @@ impl Sessions {
                     let (c, e) = b.mailbox.journal()?;
                     (c.clone(), e)
                 };
-                let key = key.clone().unwrap_or_else(|| self.next_key(now));
+                let key = match &key {
+                    Some(k) => k.clone(),
+                    None => self.message_id(&b.delivery.msg).to_string(),
+                };
                 b.delivery.journal = Some(Box::new(Journaled {
                     key: key.as_str().into(),
                     packet_id: b.mailbox.reserve_packet_id(),
@@ -206,11 +224,16 @@ impl Sessions {
         rx
     }
 
-    /// A fresh journal key: sorted by time, then by this node's order, which is the
-    /// order a session resumes its entries in elsewhere.
+    /// A fresh message id: sorted by time, then by this node's order, which is the
+    /// order a session resumes its journal entries in elsewhere.
     fn next_key(&self, now_ms: u64) -> String {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         format!("{now_ms:013}:{}:{seq:016x}", self.me)
+    }
+
+    /// The cluster-wide id of `msg`, given now if it has none yet.
+    pub fn message_id<'m>(&self, msg: &'m broker::message::Message) -> &'m str {
+        msg.id.get_or_init(|| self.next_key(unix_ms()).into())
     }
 
     /// Mirrors a change to a persistent session, in order with the journal.
@@ -313,9 +336,10 @@ impl Sessions {
         }
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(JOURNAL_ANY_SCRIPT)
-            .arg(2)
+            .arg(3)
             .arg(self.keys.session(client_id))
-            .arg(self.keys.journal(client_id));
+            .arg(self.keys.journal(client_id))
+            .arg(self.keys.done(client_id));
         for (key, mut d) in deliveries {
             // The script prepends the packet id it reserves.
             d.journal = None;
@@ -471,9 +495,10 @@ async fn writer(conn: Conn, keys: Keys, me: String, mut rx: mpsc::UnboundedRecei
                         // EVALSHA.
                         let mut cmd = redis::cmd("EVAL");
                         cmd.arg(JOURNAL_SCRIPT)
-                            .arg(2)
+                            .arg(3)
                             .arg(keys.session(client_id))
                             .arg(keys.journal(client_id))
+                            .arg(keys.done(client_id))
                             .arg(epoch);
                         for e in &j.entries[group.clone()] {
                             cmd.arg(&e.key).arg(e.value.as_slice());
@@ -589,8 +614,17 @@ fn change_cmds(keys: &Keys, me: &str, c: &SessionChange, out: &mut Vec<(String, 
             for u in updates {
                 let mut cmd = match u {
                     JournalUpdate::Done(key) => {
-                        let mut cmd = redis::cmd("HDEL");
-                        cmd.arg(keys.journal(client_id)).arg(&**key);
+                        // Deleted, and remembered for a while: a copy of the same
+                        // message arriving late (a repair, a publisher's resend) is
+                        // then not stored again.
+                        let mut cmd = redis::cmd("EVAL");
+                        cmd.arg(DONE_SCRIPT)
+                            .arg(2)
+                            .arg(keys.journal(client_id))
+                            .arg(keys.done(client_id))
+                            .arg(&**key)
+                            .arg(unix_ms())
+                            .arg(DONE_REMEMBERED.as_millis() as u64);
                         cmd
                     }
                     JournalUpdate::Received(j) => {
@@ -648,7 +682,8 @@ fn change_cmds(keys: &Keys, me: &str, c: &SessionChange, out: &mut Vec<(String, 
         SessionChange::Ended { client_id } => {
             let mut del = redis::cmd("DEL");
             del.arg(keys.subscriptions(client_id))
-                .arg(keys.journal(client_id));
+                .arg(keys.journal(client_id))
+                .arg(keys.done(client_id));
             out.push((keys.session(client_id), del));
             // The hash stays: its epoch keeps counting, so fencing tokens only grow.
             let mut hdel = redis::cmd("HDEL");

@@ -82,11 +82,13 @@ pub fn publish_bytes(msg: &Message) -> Bytes {
 pub fn put_message(
     out: &mut BytesMut,
     origin: Option<&str>,
+    id: &str,
     groups: &[(String, String)],
     publish: &[u8],
 ) {
     out.put_u8(MESSAGE);
     put_str(out, origin.unwrap_or(""));
+    put_str(out, id);
     out.put_u16(groups.len() as u16);
     for (g, f) in groups {
         put_str(out, g);
@@ -274,13 +276,18 @@ pub fn read_records(mut buf: &[u8]) -> Result<Vec<BusRecord>, WireError> {
         match buf.get_u8() {
             MESSAGE => {
                 let origin = get_str(&mut buf)?;
+                let id = get_str(&mut buf)?;
                 let n = get_u16(&mut buf)?;
                 let mut groups = Vec::with_capacity(usize::from(n).min(64));
                 for _ in 0..n {
                     groups.push((get_str(&mut buf)?, get_str(&mut buf)?));
                 }
+                let msg = get_publish(&mut buf, &origin, now)?;
+                if !id.is_empty() {
+                    let _ = msg.id.set(id.into());
+                }
                 records.push(BusRecord::Message {
-                    msg: get_publish(&mut buf, &origin, now)?,
+                    msg,
                     groups: LocalGroups(groups),
                 });
             }
@@ -636,6 +643,7 @@ mod tests {
         put_message(
             &mut out,
             msg.origin.as_deref(),
+            "1700000000000:n1:2a",
             &groups,
             &publish_bytes(&msg),
         );
@@ -648,6 +656,7 @@ mod tests {
                 assert_eq!(m.qos, QoS::AtLeastOnce);
                 assert!(m.retain);
                 assert_eq!(m.origin.as_deref(), Some("pub-1"));
+                assert_eq!(m.id.get().map(|s| &**s), Some("1700000000000:n1:2a"));
                 assert_eq!(m.publish.payload().as_ref(), b"hello");
                 let left = m.remaining_expiry(Instant::now()).unwrap();
                 assert!((59..=60).contains(&left), "{left}");
@@ -743,7 +752,7 @@ mod tests {
     fn truncated_records_are_errors_not_panics() {
         let msg = message();
         let mut out = BytesMut::new();
-        put_message(&mut out, None, &[], &publish_bytes(&msg));
+        put_message(&mut out, None, "m1", &[], &publish_bytes(&msg));
         for cut in 0..out.len() {
             let _ = read_records(&out[..cut]);
         }
