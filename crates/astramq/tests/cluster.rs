@@ -1129,3 +1129,53 @@ async fn qos2_received_delivery_resumes_as_pubrel_after_kill9(v: Version) {
     s2.expect_no_publish_default().await;
 }
 versions_test!(qos2_received_delivery_resumes_as_pubrel_after_kill9);
+
+// Exactly once across the publisher's node ([MQTT-4.3.3-9] kept cluster-wide): a QoS
+// 2 PUBLISH whose node dies before PUBREL is sent again (DUP) by its persistent
+// session to another node; the subscriber still receives it once.
+async fn qos2_publisher_resend_after_kill9_is_delivered_once(v: Version) {
+    let mut c = TestCluster::start(3).await;
+    let (mut s, _) = RawClient::connect(
+        c.node(2).addr(),
+        Connect::persistent(v, "q2s", false, EXPIRY),
+    )
+    .await;
+    s.sub("q2p/#", 2).await;
+    c.sync_from(2).await;
+    let (mut p, _) = RawClient::connect(
+        c.node(0).addr(),
+        Connect::persistent(v, "q2p", false, EXPIRY),
+    )
+    .await;
+    let first = Publish::new("q2p/x", b"exactly-once", 2).pid(7);
+    p.send(&first.encode(v)).await;
+    match p.next(T).await {
+        Packet::Pubrec(a) => assert_eq!(a.pid, 7),
+        other => panic!("expected PUBREC, got {}", other.name()),
+    }
+    assert_eq!(s.recv_publish(T).await.payload, b"exactly-once");
+    c.kill(0);
+    let (mut p2, ca) = RawClient::connect(
+        c.node(1).addr(),
+        Connect::persistent(v, "q2p", false, EXPIRY),
+    )
+    .await;
+    assert!(
+        ca.session_present,
+        "the publisher's session (no subscriptions) survives"
+    );
+    let mut again = Publish::new("q2p/x", b"exactly-once", 2).pid(7);
+    again.dup = true;
+    p2.send(&again.encode(v)).await;
+    match p2.next(T).await {
+        Packet::Pubrec(a) => assert_eq!(a.pid, 7),
+        other => panic!("expected PUBREC, got {}", other.name()),
+    }
+    p2.send(&encode_ack(PUBREL, 7, 0, v)).await;
+    match p2.next(T).await {
+        Packet::Pubcomp(a) => assert_eq!(a.pid, 7),
+        other => panic!("expected PUBCOMP, got {}", other.name()),
+    }
+    s.expect_no_publish_default().await;
+}
+versions_test!(qos2_publisher_resend_after_kill9_is_delivered_once);

@@ -293,7 +293,7 @@ impl Broker {
     pub async fn kick(&self, client_id: &str, epoch: u64) -> Option<SessionSnapshot> {
         let mut session = match self.registry.kick(client_id, epoch) {
             Kicked::Nothing => return None,
-            Kicked::Now(session) => session,
+            Kicked::Now(session) => *session,
             Kicked::Later(rx) => match tokio::time::timeout(Duration::from_secs(5), rx).await {
                 Ok(Ok(session)) => session,
                 _ => return None,

@@ -113,6 +113,16 @@ pub enum SessionChange {
         /// The client.
         client_id: Arc<str>,
     },
+    /// An inbound QoS 2 packet id is now this message (`Some`), or was released
+    /// (`None`).
+    InboundQos2 {
+        /// The publishing client.
+        client_id: Arc<str>,
+        /// Its packet id.
+        packet_id: u16,
+        /// The message's cluster id.
+        message_id: Option<Box<str>>,
+    },
     /// The session ended (expired, or it was not persistent).
     Ended {
         /// The client.
@@ -164,6 +174,8 @@ pub trait Cluster: Send + Sync + Debug + 'static {
     /// Stores QoS 1/2 deliveries to persistent sessions in the cluster, then queues
     /// them; resolves once they are queued (`Err` if they could not be stored).
     fn journal(&self, entries: Vec<Blocked>) -> oneshot::Receiver<Result<(), ClusterError>>;
+    /// The cluster-wide id of `msg`, given now if it has none yet.
+    fn message_id<'m>(&self, msg: &'m Message) -> &'m str;
     /// Mirrors a change to a persistent session (in order, not awaited).
     fn session_changed(&self, change: SessionChange);
     /// Mirrors a change like [`Cluster::session_changed`]; the receiver resolves once

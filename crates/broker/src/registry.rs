@@ -169,7 +169,7 @@ pub enum Kicked {
     /// No session for this client id.
     Nothing,
     /// A parked session, removed.
-    Now(Session),
+    Now(Box<Session>),
     /// A connected session: it arrives once its connection has closed.
     Later(oneshot::Receiver<Session>),
 }
@@ -315,7 +315,7 @@ impl Registry {
         // claim with an older epoch that is still on its way.
         slot.will = None;
         match slot.parked.take() {
-            Some(session) => Kicked::Now(*session),
+            Some(session) => Kicked::Now(session),
             None => Kicked::Nothing,
         }
     }

@@ -45,6 +45,9 @@ pub struct SessionSnapshot {
     pub inbound_qos2: Vec<u16>,
     /// Deliveries queued, oldest first.
     pub queued: Vec<Delivery>,
+    /// Inbound QoS 2 packet ids with their message ids, when the session comes from
+    /// the cluster store (its node died): see [`Session::take_unsettled`].
+    pub unsettled: Vec<(u16, Box<str>)>,
 }
 
 /// Where an outbound QoS 1/2 delivery stands.
@@ -84,6 +87,9 @@ pub struct Session {
     order: Vec<u16>,
     /// Inbound QoS 2 packet ids received but not yet released.
     inbound_qos2: HashSet<u16>,
+    /// Inbound QoS 2 packet ids restored from the cluster store after the session's
+    /// node died, with their message ids: whether every copy was stored is unknown.
+    unsettled: Vec<(u16, Box<str>)>,
     /// Journal changes not yet handed to the cluster.
     pub journal_updates: Vec<JournalUpdate>,
 }
@@ -99,6 +105,7 @@ impl Session {
             outbound: BTreeMap::new(),
             order: Vec::new(),
             inbound_qos2: HashSet::new(),
+            unsettled: Vec::new(),
             journal_updates: Vec::new(),
         }
     }
@@ -213,8 +220,18 @@ impl Session {
         self.inbound_qos2.insert(id)
     }
 
+    /// The message id of an inbound QoS 2 packet id restored from the cluster store
+    /// (see `unsettled`), taken: the resent PUBLISH is routed again under it.
+    pub fn take_unsettled(&mut self, id: u16) -> Option<Box<str>> {
+        let at = self.unsettled.iter().position(|(p, _)| *p == id)?;
+        Some(self.unsettled.swap_remove(at).1)
+    }
+
     /// PUBREL for `id`: true if it was pending.
     pub fn release_qos2(&mut self, id: u16) -> bool {
+        if let Some(at) = self.unsettled.iter().position(|(p, _)| *p == id) {
+            self.unsettled.swap_remove(at);
+        }
         self.inbound_qos2.remove(&id)
     }
 
@@ -240,6 +257,7 @@ impl Session {
                 .collect(),
             inbound_qos2: self.inbound_qos2.drain().collect(),
             queued,
+            unsettled: std::mem::take(&mut self.unsettled),
         }
     }
 
@@ -261,6 +279,10 @@ impl Session {
             self.mailbox.packet_ids_after(last);
         }
         self.inbound_qos2.extend(snapshot.inbound_qos2);
+        for (id, msg) in snapshot.unsettled {
+            self.inbound_qos2.insert(id);
+            self.unsettled.push((id, msg));
+        }
         for d in snapshot.queued {
             // Restored in order; a queue that shrank in configuration drops the
             // oldest as its policy says.
@@ -321,6 +343,7 @@ impl Session {
         self.outbound.clear();
         self.order.clear();
         self.inbound_qos2.clear();
+        self.unsettled.clear();
     }
 }
 

@@ -463,6 +463,12 @@ impl Keys {
         format!("{}:{{s:{client_id}}}:done", self.prefix)
     }
 
+    /// A persistent publisher's inbound QoS 2 packet ids awaiting PUBREL → the
+    /// message ids they were routed under.
+    pub fn inbound(&self, client_id: &str) -> String {
+        format!("{}:{{s:{client_id}}}:in", self.prefix)
+    }
+
     /// The client ids whose session or will `node` holds (what a survivor takes over
     /// when it dies).
     pub fn owned(&self, node: &str) -> String {

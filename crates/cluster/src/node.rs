@@ -15,6 +15,7 @@ use broker::config::ClusterSettings;
 use broker::message::Message;
 use broker::metrics::Metrics;
 use broker::router::Blocked;
+use broker::session::SessionSnapshot;
 use bytes::BytesMut;
 use parking_lot::Mutex;
 use thiserror::Error;
@@ -58,7 +59,7 @@ local prev_exp = tonumber(redis.call('HGET', KEYS[1], 'exp') or '0')
 local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'exp', ARGV[2])
 if ARGV[3] == '' then redis.call('HDEL', KEYS[1], 'will') else redis.call('HSET', KEYS[1], 'will', ARGV[3]) end
-if ARGV[4] == '1' then redis.call('DEL', KEYS[2], KEYS[3], KEYS[4]) end
+if ARGV[4] == '1' then redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5]) end
 if prev and prev ~= '' and prev ~= ARGV[1] then
   redis.call('HSET', KEYS[1], 'from', prev)
 else
@@ -970,19 +971,25 @@ impl Cluster for ClusterNode {
     ) -> BoxFuture<'a, Result<ClusterClaim, ClusterError>> {
         Box::pin(async move {
             self.redis.health().check(crate::health::Refused::Connect)?;
-            let claim = self.claim_inner(client_id, request).await?;
+            let (claim, existed) = self.claim_inner(client_id, request).await?;
             if request.clean_start || claim.session.is_some() {
                 return Ok(claim);
             }
-            // The previous owner is gone (or never answered): resume from Redis.
+            // The previous owner is gone (or never answered): resume from Redis. A
+            // persistent session with nothing stored (no subscription, nothing
+            // pending) still exists [MQTT-3.2.2-3].
             match self.sessions.load(client_id).await {
                 Ok(session) => Ok(ClusterClaim {
                     epoch: claim.epoch,
-                    session,
+                    session: session.or_else(|| existed.then(SessionSnapshot::default)),
                 }),
                 Err(e) => Err(ClusterError(e.to_string())),
             }
         })
+    }
+
+    fn message_id<'m>(&self, msg: &'m Message) -> &'m str {
+        self.sessions.message_id(msg)
     }
 
     fn journal(&self, entries: Vec<Blocked>) -> oneshot::Receiver<Result<(), ClusterError>> {
@@ -1003,12 +1010,12 @@ impl Cluster for ClusterNode {
 
 impl ClusterNode {
     /// Claims the client id in Redis and, if another node owned it, has that node
-    /// hand the session over.
+    /// hand the session over. Also says whether a persistent session existed.
     async fn claim_inner(
         &self,
         client_id: &str,
         request: ClaimRequest<'_>,
-    ) -> Result<ClusterClaim, ClusterError> {
+    ) -> Result<(ClusterClaim, bool), ClusterError> {
         {
             let mut conn = self.redis.conn();
             // A previous owner that died is repaired first (its sessions adopted, its
@@ -1029,12 +1036,13 @@ impl ClusterNode {
                 }
             }
             let will = request.will.map(wire::will_value).unwrap_or_default();
-            let (prev, epoch, _existed): (String, u64, u8) = self
+            let (prev, epoch, existed): (String, u64, u8) = self
                 .claim_script
                 .key(self.keys.session(client_id))
                 .key(self.keys.subscriptions(client_id))
                 .key(self.keys.journal(client_id))
                 .key(self.keys.done(client_id))
+                .key(self.keys.inbound(client_id))
                 .arg(&self.me)
                 .arg(request.expiry_secs)
                 .arg(will)
@@ -1052,10 +1060,13 @@ impl ClusterNode {
                     .map_err(|e| ClusterError(e.to_string()))?;
             }
             if prev.is_empty() || prev == self.me {
-                return Ok(ClusterClaim {
-                    epoch,
-                    session: None,
-                });
+                return Ok((
+                    ClusterClaim {
+                        epoch,
+                        session: None,
+                    },
+                    existed == 1,
+                ));
             }
             // [MQTT-3.1.4-3] The other node disconnects its connection (0x8E) and
             // hands the session over through our inbox.
@@ -1102,7 +1113,7 @@ impl ClusterNode {
                     .query_async::<()>(&mut conn)
                     .await;
             }
-            Ok(ClusterClaim { epoch, session })
+            Ok((ClusterClaim { epoch, session }, existed == 1))
         }
     }
 }

@@ -267,14 +267,21 @@ impl Sessions {
             .arg(self.keys.journal(client_id))
             .cmd("HGET")
             .arg(self.keys.session(client_id))
-            .arg("exp");
+            .arg("exp")
+            .cmd("HGETALL")
+            .arg(self.keys.inbound(client_id));
         type Fields = Vec<(String, Vec<u8>)>;
-        let (subs, journal, exp): (Fields, Fields, Option<u32>) =
+        let (subs, journal, exp, inbound): (Fields, Fields, Option<u32>, Vec<(u16, String)>) =
             pipe.query_async(&mut self.conn.clone()).await?;
-        if subs.is_empty() && journal.is_empty() {
+        if subs.is_empty() && journal.is_empty() && inbound.is_empty() {
             return Ok(None);
         }
-        Ok(Some(snapshot(client_id, subs, journal, exp.unwrap_or(0))))
+        let mut s = snapshot(client_id, subs, journal, exp.unwrap_or(0));
+        s.unsettled = inbound
+            .into_iter()
+            .map(|(id, msg)| (id, msg.into()))
+            .collect();
+        Ok(Some(s))
     }
 
     /// Takes `client_id` over from `dead` if that node still owns it: returns the new
@@ -643,6 +650,25 @@ fn change_cmds(keys: &Keys, me: &str, c: &SessionChange, out: &mut Vec<(String, 
             cmd.arg(keys.session(client_id)).arg("will");
             out.push((keys.session(client_id), cmd));
         }
+        SessionChange::InboundQos2 {
+            client_id,
+            packet_id,
+            message_id,
+        } => {
+            let mut cmd = match message_id {
+                Some(id) => {
+                    let mut c = redis::cmd("HSET");
+                    c.arg(keys.inbound(client_id)).arg(*packet_id).arg(&**id);
+                    c
+                }
+                None => {
+                    let mut c = redis::cmd("HDEL");
+                    c.arg(keys.inbound(client_id)).arg(*packet_id);
+                    c
+                }
+            };
+            out.push((keys.session(client_id), std::mem::take(&mut cmd)));
+        }
         SessionChange::Restore(r) => {
             let id = &r.client_id;
             let mut cmd = redis::cmd("EVAL");
@@ -683,7 +709,8 @@ fn change_cmds(keys: &Keys, me: &str, c: &SessionChange, out: &mut Vec<(String, 
             let mut del = redis::cmd("DEL");
             del.arg(keys.subscriptions(client_id))
                 .arg(keys.journal(client_id))
-                .arg(keys.done(client_id));
+                .arg(keys.done(client_id))
+                .arg(keys.inbound(client_id));
             out.push((keys.session(client_id), del));
             // The hash stays: its epoch keeps counting, so fencing tokens only grow.
             let mut hdel = redis::cmd("HDEL");

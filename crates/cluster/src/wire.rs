@@ -150,6 +150,11 @@ pub fn put_handover(
     for d in &s.queued {
         put_delivery(out, d);
     }
+    out.put_u32(s.unsettled.len() as u32);
+    for (id, msg) in &s.unsettled {
+        out.put_u16(*id);
+        put_str(out, msg);
+    }
 }
 
 fn options_byte(o: &SubscriptionOptions) -> u8 {
@@ -264,6 +269,10 @@ fn get_snapshot(buf: &mut &[u8], now: Instant) -> Result<SessionSnapshot, WireEr
     }
     for _ in 0..get_u32(buf)? {
         s.queued.push(get_delivery(buf, now)?);
+    }
+    for _ in 0..get_u32(buf)? {
+        let id = get_u16(buf)?;
+        s.unsettled.push((id, get_str(buf)?.into()));
     }
     Ok(s)
 }
@@ -704,6 +713,7 @@ mod tests {
             ],
             inbound_qos2: vec![11],
             queued: vec![d(QoS::ExactlyOnce)],
+            unsettled: vec![(12, "1700000000000:n1:7".into())],
         };
         let mut out = BytesMut::new();
         put_handover(&mut out, "c", 5, Some(&snapshot));
@@ -721,6 +731,7 @@ mod tests {
         assert_eq!(s.expiry_secs, 300);
         assert_eq!(s.subscriptions, snapshot.subscriptions);
         assert_eq!(s.inbound_qos2, vec![11]);
+        assert_eq!(s.unsettled, snapshot.unsettled);
         assert!(
             matches!(&s.inflight[0], (7, Outbound::Published(q)) if q.qos == QoS::AtLeastOnce && q.sub_ids == vec![3, 4])
         );

@@ -302,6 +302,7 @@ where
         acks: VecDeque::new(),
         blocked: VecDeque::new(),
         blocked_until: Instant::now(),
+        deferred: None,
     };
     if session_present {
         client.resend_inflight();

@@ -30,6 +30,7 @@ use crate::broker::Broker;
 use crate::cluster::{ClusterError, SessionChange};
 use crate::connection::{Connection, ReadError, WRITE_HIGH_WATER};
 use crate::mailbox::Delivery;
+use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::registry::{ExitGuard, Request};
 use crate::router::{Blocked, Target};
@@ -72,6 +73,16 @@ async fn wait_durable(acks: &mut VecDeque<PendingAck>) {
             .unwrap_or_else(|_| Err(ClusterError("forwarder stopped".into())));
         ack.durable = None;
         ack.failed = outcome.err();
+    }
+}
+
+/// Resolves once the deferred PUBLISH's packet id is stored (or could not be).
+async fn wait_deferred(deferred: &mut Option<Box<Deferred>>) -> Result<(), ClusterError> {
+    match deferred.as_mut() {
+        Some(d) => (&mut d.rx)
+            .await
+            .unwrap_or_else(|_| Err(ClusterError("session store stopped".into()))),
+        None => std::future::pending().await,
     }
 }
 
@@ -138,6 +149,17 @@ struct Client<R, W> {
     blocked: VecDeque<Blocked>,
     /// When waiting for room gives up and the overflow policy applies.
     blocked_until: Instant,
+    /// A QoS 2 PUBLISH waiting for its packet id to be stored; nothing more is read
+    /// meanwhile (order is kept).
+    deferred: Option<Box<Deferred>>,
+}
+
+/// A QoS 2 PUBLISH from a persistent session waiting for the cluster to store its
+/// packet id before it is routed.
+struct Deferred {
+    msg: Arc<Message>,
+    packet_id: u16,
+    rx: tokio::sync::oneshot::Receiver<Result<(), ClusterError>>,
 }
 
 /// Which acknowledgement a [`PendingAck`] is.
@@ -169,7 +191,7 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
         loop {
             // Handle everything already buffered before waiting again, unless a
             // publish waits for room (then nothing more is read).
-            while self.blocked.is_empty() {
+            while self.blocked.is_empty() && self.deferred.is_none() {
                 match self.conn.rx.next_buffered(Some(self.protocol)) {
                     Ok(Some(packet)) => {
                         self.last_packet = Instant::now();
@@ -184,7 +206,7 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
             self.conn.rx.release_if_empty();
             self.pump();
             let can_take = self.conn.tx.wbuf.len() < WRITE_HIGH_WATER && self.window_open();
-            let reading = self.blocked.is_empty();
+            let reading = self.blocked.is_empty() && self.deferred.is_none();
             tokio::select! {
                 r = self.conn.rx.fill(), if reading => match r {
                     Ok(()) => {}
@@ -197,7 +219,12 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                     }
                 }
                 _ = self.session.mailbox.notified(), if can_take => {}
-                _ = wait_room(&self.blocked, self.blocked_until), if !reading => {
+                stored = wait_deferred(&mut self.deferred), if self.deferred.is_some() => {
+                    if let Some(exit) = self.route_deferred(stored) {
+                        return exit;
+                    }
+                }
+                _ = wait_room(&self.blocked, self.blocked_until), if !self.blocked.is_empty() => {
                     if let Some(exit) = self.place_blocked() {
                         return exit;
                     }
@@ -344,6 +371,15 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
             _ => self.will.take(),
         };
         Metrics::sub(&self.broker.metrics.clients_connected, 1);
+        if let Some(d) = self.deferred.take() {
+            // Never routed nor acknowledged: the client sends it again, as new.
+            self.session.release_qos2(d.packet_id);
+            self.broker.session_changed(SessionChange::InboundQos2 {
+                client_id: self.client_id.clone(),
+                packet_id: d.packet_id,
+                message_id: None,
+            });
+        }
         // Deliveries taken from the mailbox but not yet sent (beyond the window) go
         // back to its front, so a persistent session keeps them in order.
         for d in self.pending.drain(..).rev() {

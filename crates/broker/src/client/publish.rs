@@ -12,7 +12,7 @@ use tokio::io::AsyncWrite;
 
 use crate::connection::ReadSide;
 
-use super::{AckKind, Client, Exit, PendingAck};
+use super::{AckKind, Client, Deferred, Exit, PendingAck};
 use crate::cluster::ClusterError;
 use crate::cluster::SessionChange;
 use crate::connection::WRITE_HIGH_WATER;
@@ -60,23 +60,30 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
         Metrics::add(&self.broker.metrics.publish_received, 1);
 
         let packet_id = p.packet_id.unwrap_or(0);
+        let mut known_id = None;
         if p.qos == QoS::ExactlyOnce && !self.session.receive_qos2(packet_id) {
-            // [MQTT-4.3.3-9] A redelivery before PUBREL: acknowledge, do not route
-            // again. Queued behind earlier acknowledgements, so a PUBREC never
-            // overtakes the first copy's (which may wait for the cluster).
-            self.acks.push_back(PendingAck {
-                kind: AckKind::Rec,
-                packet_id,
-                reason: ReasonCode::Success,
-                durable: None,
-                failed: None,
-                held: false,
-            });
-            return self.flush_acks();
+            // A packet id this session had stored in the cluster before its node died:
+            // the first copy may not have reached every subscriber. Routed again
+            // under the same message id, so copies that did arrive are not stored
+            // twice.
+            known_id = self.session.take_unsettled(packet_id);
+            if known_id.is_none() {
+                // [MQTT-4.3.3-9] A redelivery before PUBREL: acknowledge, do not route
+                // again. Queued behind earlier acknowledgements, so a PUBREC never
+                // overtakes the first copy's (which may wait for the cluster).
+                self.acks.push_back(PendingAck {
+                    kind: AckKind::Rec,
+                    packet_id,
+                    reason: ReasonCode::Success,
+                    durable: None,
+                    failed: None,
+                    held: false,
+                });
+                return self.flush_acks();
+            }
         }
 
         let qos = p.qos;
-        let mut durable = None;
         let reason = if !self.broker.auth.can_write(
             &self.client_id,
             self.username.as_deref(),
@@ -96,27 +103,100 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                 Some(self.client_id.clone()),
                 Instant::now(),
             ));
-            let mut blocked = Vec::new();
-            let published = self.broker.publish(&msg, &mut self.scratch, &mut blocked);
-            for b in blocked {
-                if Arc::ptr_eq(&b.mailbox, &self.session.mailbox) {
-                    // Our own queue drains only when we go on: waiting would deadlock.
-                    self.broker.overflow(&b.mailbox, b.delivery);
-                } else {
-                    self.blocked.push_back(b);
+            if let Some(id) = known_id {
+                let _ = msg.id.set(id);
+            } else if qos == QoS::ExactlyOnce {
+                if let Some(rx) = self.store_inbound(&msg, packet_id) {
+                    // Routed once the cluster knows this packet id (see `Deferred`).
+                    self.deferred = Some(Box::new(Deferred { msg, packet_id, rx }));
+                    return None;
                 }
             }
-            if !self.blocked.is_empty() {
-                let wait = self.broker.config.limits.queue_full_wait_ms;
-                self.blocked_until = Instant::now() + std::time::Duration::from_millis(wait);
-            }
-            durable = published.durable;
-            if published.routed.delivered == 0 && !published.forwarded {
-                ReasonCode::NoMatchingSubscribers
-            } else {
-                ReasonCode::Success
-            }
+            return self.route_and_ack(msg, qos, packet_id);
         };
+        self.ack_inbound(qos, packet_id, reason, None)
+    }
+
+    /// A persistent session in a cluster: records in the cluster, before routing, that
+    /// QoS 2 packet `packet_id` is this message. Should this node die before PUBREL,
+    /// the publisher sends the message again to another node, which routes it again
+    /// under the same message id — copies that already arrived are not stored twice,
+    /// and the ones lost with this node arrive [MQTT-4.3.3-9 across nodes].
+    fn store_inbound(
+        &mut self,
+        msg: &Arc<Message>,
+        packet_id: u16,
+    ) -> Option<tokio::sync::oneshot::Receiver<Result<(), ClusterError>>> {
+        self.session.mailbox.journal()?;
+        let cluster = self.broker.cluster()?;
+        let id = cluster.message_id(msg).into();
+        Some(cluster.session_changed_stored(SessionChange::InboundQos2 {
+            client_id: self.client_id.clone(),
+            packet_id,
+            message_id: Some(id),
+        }))
+    }
+
+    /// The deferred QoS 2 PUBLISH's packet id is stored (or could not be): route it.
+    pub(super) fn route_deferred(&mut self, stored: Result<(), ClusterError>) -> Option<Exit> {
+        let d = self.deferred.take()?;
+        match stored {
+            Ok(()) => self.route_and_ack(d.msg, QoS::ExactlyOnce, d.packet_id),
+            Err(e) => {
+                self.session.release_qos2(d.packet_id);
+                self.ack_inbound(QoS::ExactlyOnce, d.packet_id, ReasonCode::Success, Some(e))
+            }
+        }
+    }
+
+    /// Routes an accepted message and queues its acknowledgement.
+    fn route_and_ack(&mut self, msg: Arc<Message>, qos: QoS, packet_id: u16) -> Option<Exit> {
+        let mut blocked = Vec::new();
+        let published = self.broker.publish(&msg, &mut self.scratch, &mut blocked);
+        for b in blocked {
+            if Arc::ptr_eq(&b.mailbox, &self.session.mailbox) {
+                // Our own queue drains only when we go on: waiting would deadlock.
+                self.broker.overflow(&b.mailbox, b.delivery);
+            } else {
+                self.blocked.push_back(b);
+            }
+        }
+        if !self.blocked.is_empty() {
+            let wait = self.broker.config.limits.queue_full_wait_ms;
+            self.blocked_until = Instant::now() + std::time::Duration::from_millis(wait);
+        }
+        let reason = if published.routed.delivered == 0 && !published.forwarded {
+            ReasonCode::NoMatchingSubscribers
+        } else {
+            ReasonCode::Success
+        };
+        if qos == QoS::AtMostOnce {
+            return None;
+        }
+        self.acks.push_back(PendingAck {
+            kind: if qos == QoS::ExactlyOnce {
+                AckKind::Rec
+            } else {
+                AckKind::Ack
+            },
+            packet_id,
+            reason,
+            durable: published.durable,
+            failed: None,
+            held: !self.blocked.is_empty(),
+        });
+        self.flush_acks()
+    }
+
+    /// Queues the acknowledgement of a PUBLISH that is not routed (refused, or its
+    /// packet id could not be stored: `failed`).
+    fn ack_inbound(
+        &mut self,
+        qos: QoS,
+        packet_id: u16,
+        reason: ReasonCode,
+        failed: Option<ClusterError>,
+    ) -> Option<Exit> {
         if qos == QoS::AtMostOnce {
             return None;
         }
@@ -130,8 +210,8 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
             kind: if qos2 { AckKind::Rec } else { AckKind::Ack },
             packet_id,
             reason,
-            durable,
-            failed: None,
+            durable: None,
+            failed,
             held: !self.blocked.is_empty(),
         });
         self.flush_acks()
@@ -208,6 +288,13 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
     /// PUBREL from the client: the inbound QoS 2 exchange completes.
     pub(super) fn on_pubrel(&mut self, a: PubResp) -> Option<Exit> {
         let reason = if self.session.release_qos2(a.packet_id) {
+            if self.session.mailbox.journal().is_some() {
+                self.broker.session_changed(SessionChange::InboundQos2 {
+                    client_id: self.client_id.clone(),
+                    packet_id: a.packet_id,
+                    message_id: None,
+                });
+            }
             ReasonCode::Success
         } else {
             ReasonCode::PacketIdentifierNotFound
