@@ -426,10 +426,28 @@ impl Stats {
         c
     }
 
-    /// Per subscriber, the acknowledged messages it never received (first few).
-    fn missing(&self) -> Vec<String> {
+    /// Per subscriber, the acknowledged messages it never received and the messages it
+    /// received more than once (first few of each), with its connections' Session
+    /// Present flags.
+    fn details(&self) -> Vec<String> {
         let mut out = Vec::new();
         for s in &self.subs {
+            let mut dups: Vec<(&(usize, u64), &u32)> =
+                s.received.iter().filter(|(_, &n)| n > 1).collect();
+            if !dups.is_empty() {
+                dups.sort();
+                let n = dups.len();
+                let first: Vec<String> = dups
+                    .iter()
+                    .take(8)
+                    .map(|((p, q), k)| format!("{p}:{q}×{k}"))
+                    .collect();
+                out.push(format!(
+                    "{}: {n} received more than once (first: {})",
+                    s.id,
+                    first.join(" ")
+                ));
+            }
             let mut miss = Vec::new();
             for (p, ps) in self.pubs.iter().enumerate() {
                 for &q in &ps.acked {
@@ -834,7 +852,7 @@ impl LoadSpec {
         LoadSpec {
             tag: tag.to_string(),
             qos,
-            subscribers_per_node: 1,
+            subscribers_per_node: 2,
             publishers: 4,
             rate: 200,
         }
@@ -1104,7 +1122,7 @@ impl Load {
             }
         }
         let s = self.shared.stats.lock().unwrap();
-        (s.counts(), s.missing())
+        (s.counts(), s.details())
     }
 
     /// Reasons of every DISCONNECT the server sent to load clients, with counts.
