@@ -62,6 +62,15 @@ async fn bounded(f: impl std::future::Future<Output = ()>) {
         .unwrap_or_else(|_| panic!("scenario exceeded {SCENARIO_LIMIT:?}"));
 }
 
+/// Prints the row, appends it to the JSON lines, and prints what is missing or
+/// duplicated per subscriber.
+fn emit(row: &Row, details: &[String]) {
+    row.emit();
+    for d in details {
+        println!("  {d}");
+    }
+}
+
 fn assert_counts(row: &Row, details: &[String], exactly_once: bool) {
     let c = &row.counts;
     assert!(c.acknowledged > 0, "no message was acknowledged: {c:?}");
@@ -74,7 +83,8 @@ fn assert_counts(row: &Row, details: &[String], exactly_once: bool) {
     );
     if exactly_once {
         assert_eq!(
-            c.duplicates, 0,
+            c.duplicates,
+            0,
             "[MQTT-4.3.3] QoS 2 is exactly once: {} duplicates ({c:?}):\n{}",
             c.duplicates,
             details.join("\n")
@@ -119,7 +129,7 @@ async fn kill_one_node_under_load(scenario: &str, tag: &str, qos: u8) {
         recover_ms: recovered.as_ref().ok().map(|d| ms(*d)),
         note: note(&recovered, flowing, &disconnects),
     };
-    row.emit();
+    emit(&row, &missing);
     assert!(
         detect.is_some(),
         "invariant 3: no survivor logged {} failed",
@@ -216,7 +226,10 @@ impl Fate {
         !self.answered_ping
             && self.publishes == 0
             && self.closed_after.is_some()
-            && self.disconnects.iter().all(|&r| r == rc::SESSION_TAKEN_OVER)
+            && self
+                .disconnects
+                .iter()
+                .all(|&r| r == rc::SESSION_TAKEN_OVER)
     }
 
     fn describe(&self) -> String {
@@ -600,7 +613,10 @@ async fn e_sigstop_past_failure_timeout_then_sigcont() {
         let detect = detect_ms(c, victim, wall);
         let mut n = note(&recovered, flowing, &disconnects);
         if !fate.ok() {
-            n.push_str(&format!("; stale connection on the resumed node: {}", fate.describe()));
+            n.push_str(&format!(
+                "; stale connection on the resumed node: {}",
+                fate.describe()
+            ));
         }
         if direct_session_lost {
             n.push_str("; the direct client's takeover got Session Present 0");
@@ -612,7 +628,7 @@ async fn e_sigstop_past_failure_timeout_then_sigcont() {
             recover_ms: recovered.as_ref().ok().map(|d| ms(*d)),
             note: n.trim_start_matches("; ").to_string(),
         };
-        row.emit();
+        emit(&row, &missing);
         assert!(
             fate.ok(),
             "invariant 2, [MQTT-3.1.4-3]: after SIGCONT the connection {} holds for a \
@@ -687,7 +703,7 @@ async fn f_rolling_restart_under_qos1_load() {
             recover_ms: problems.is_empty().then(|| ms(worst)),
             note: n.join("; "),
         };
-        row.emit();
+        emit(&row, &missing);
         assert_counts(&row, &missing, false);
         assert!(problems.is_empty(), "{problems:?}");
     })

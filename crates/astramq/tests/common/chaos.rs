@@ -333,6 +333,8 @@ pub struct ConnEvent {
     pub session_present: bool,
     /// When the first PUBLISH arrived on this connection (subscribers only).
     pub first_publish: Option<Instant>,
+    /// When the connection ended (None: still open).
+    pub ended: Option<Instant>,
 }
 
 #[derive(Default, Debug)]
@@ -354,6 +356,8 @@ pub struct PubStats {
     pub id: String,
     /// Sequence numbers acknowledged (PUBACK / PUBCOMP).
     pub acked: BTreeSet<u64>,
+    /// When each acknowledgement arrived.
+    pub acked_at: HashMap<u64, Instant>,
     /// Sequence numbers taken (sent at least once).
     pub sent: u64,
     /// v5 PUBACK/PUBREC with a failure reason: released, not acknowledged.
@@ -448,11 +452,20 @@ impl Stats {
                     first.join(" ")
                 ));
             }
+            // Periods the subscriber was between connections: (ended, next CONNACK).
+            let gaps: Vec<(Instant, Instant)> = s
+                .connects
+                .windows(2)
+                .filter_map(|w| Some((w[0].ended?, w[1].at)))
+                .collect();
             let mut miss = Vec::new();
+            let mut in_gap = 0;
             for (p, ps) in self.pubs.iter().enumerate() {
                 for &q in &ps.acked {
                     if !s.received.contains_key(&(p, q)) {
                         miss.push(format!("{p}:{q}"));
+                        let t = ps.acked_at[&q];
+                        in_gap += usize::from(gaps.iter().any(|&(a, b)| a <= t && t <= b));
                     }
                 }
             }
@@ -460,7 +473,8 @@ impl Stats {
                 let n = miss.len();
                 miss.truncate(8);
                 out.push(format!(
-                    "{}: {n} missing (first: {}; connects: {:?})",
+                    "{}: {n} missing, {in_gap} of them acknowledged while it was between \
+                     connections (first: {}; Session Present per connection: {:?})",
                     s.id,
                     miss.join(" "),
                     s.connects
@@ -550,8 +564,22 @@ impl Client {
             {
                 self.session(&mut conn).await;
             }
+            self.record_end();
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    fn record_end(&self) {
+        let role = self.role.clone();
+        self.shared.update(|s| {
+            let connects = match role {
+                Role::Sub { index, .. } => &mut s.subs[index].connects,
+                Role::Pub { index, .. } => &mut s.pubs[index].connects,
+            };
+            if let Some(c) = connects.last_mut() {
+                c.ended.get_or_insert_with(Instant::now);
+            }
+        });
     }
 
     fn record_connect(&mut self, session_present: bool) {
@@ -560,6 +588,7 @@ impl Client {
             at: Instant::now(),
             session_present,
             first_publish: None,
+            ended: None,
         };
         let role = self.role.clone();
         self.shared.update(|s| match role {
@@ -815,6 +844,7 @@ impl Client {
             let st = &mut s.pubs[index];
             if ok {
                 st.acked.insert(seq);
+                st.acked_at.insert(seq, Instant::now());
             } else {
                 st.refused += 1;
             }
@@ -1165,7 +1195,7 @@ pub struct Row {
 }
 
 /// The markdown table header matching [`Row::markdown`].
-pub const TABLE_HEADER: &str = "| scenario | acknowledged | received | lost | duplicates | sessions lost | detect ms | recover ms |";
+pub const TABLE_HEADER: &str = "| scenario | acknowledged | received / expected | lost | duplicates | sessions lost | detect ms | recover ms |";
 
 fn opt(n: Option<u64>) -> String {
     n.map_or_else(|| "—".to_string(), |n| n.to_string())
