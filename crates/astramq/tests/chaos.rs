@@ -100,7 +100,7 @@ fn assert_counts(row: &Row, details: &[String], exactly_once: bool) {
 /// 200 msg/s through the balancer to subscribers with persistent sessions on every
 /// node. Survivors detect the failure, the dead node's clients reconnect through the
 /// balancer to a survivor and resume their sessions (Session Present 1,
-/// [MQTT-3.2.2-2] 3.1.1 / [MQTT-3.2.2-2] 5.0), and every acknowledged message reaches
+/// [MQTT-3.2.2-2] 3.1.1 / [MQTT-3.2.2-3] 5.0), and every acknowledged message reaches
 /// every subscriber.
 async fn kill_one_node_under_load(scenario: &str, tag: &str, qos: u8) {
     let mut ch = Chaos::start(3).await;
