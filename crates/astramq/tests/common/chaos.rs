@@ -933,11 +933,7 @@ impl Load {
             );
             let id = format!("chaos-{}-sub-{index}", spec.tag);
             // Both protocol versions: even subscribers MQTT 5, odd ones 3.1.1.
-            let v = if index % 2 == 0 {
-                Version::V5
-            } else {
-                Version::V311
-            };
+            let v = [Version::V5, Version::V311][index % 2];
             load.shared.update(|s| {
                 s.subs.push(SubStats {
                     id: id.clone(),
@@ -976,11 +972,7 @@ impl Load {
         let period = Duration::from_secs_f64(spec.publishers as f64 / f64::from(spec.rate));
         for index in 0..spec.publishers {
             let id = format!("chaos-{}-pub-{index}", spec.tag);
-            let v = if index % 2 == 0 {
-                Version::V311
-            } else {
-                Version::V5
-            };
+            let v = [Version::V311, Version::V5][index % 2];
             load.shared.update(|s| {
                 s.pubs.push(PubStats {
                     id: id.clone(),
@@ -1142,13 +1134,18 @@ impl Load {
         self.wait_until(left.max(Duration::from_secs(1)), Stats::all_received)
             .await;
         let _ = self.ctl.send(Ctl::Stop);
-        for t in self.tasks.drain(..) {
-            // A client blocked on a dead connection ends at its next keep-alive check.
-            if tokio::time::timeout(Duration::from_secs(2), t)
-                .await
-                .is_err()
-            {
-                // Aborted on drop.
+        // Clients end at once unless blocked connecting; those are aborted.
+        let tasks: Vec<_> = self.tasks.drain(..).collect();
+        let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
+        let joined = tokio::time::timeout(Duration::from_secs(3), async {
+            for t in tasks {
+                let _ = t.await;
+            }
+        })
+        .await;
+        if joined.is_err() {
+            for a in aborts {
+                a.abort();
             }
         }
         let s = self.shared.stats.lock().unwrap();
