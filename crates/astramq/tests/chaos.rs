@@ -56,7 +56,13 @@ fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
 
+/// Scenarios run one at a time even when the test harness runs tests in parallel
+/// (`cargo test --workspace` does): each one loads the machine, and measures times.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Runs one scenario alone (see [`SERIAL`]) within [`SCENARIO_LIMIT`].
 async fn bounded(f: impl std::future::Future<Output = ()>) {
+    let _alone = SERIAL.lock().await;
     tokio::time::timeout(SCENARIO_LIMIT, f)
         .await
         .unwrap_or_else(|_| panic!("scenario exceeded {SCENARIO_LIMIT:?}"));
@@ -112,6 +118,7 @@ async fn kill_one_node_under_load(scenario: &str, tag: &str, qos: u8) {
     let victim = 1;
     let on_victim = load.sessions_on(&ch.cluster, ch.cluster.id(victim));
     assert!(!on_victim.is_empty(), "no subscriber session on the victim");
+    let pubs_on_victim = load.publishers_on(&ch.cluster, ch.cluster.id(victim));
 
     let (t0, wall) = (Instant::now(), SystemTime::now());
     ch.cluster.kill(victim);
@@ -127,7 +134,13 @@ async fn kill_one_node_under_load(scenario: &str, tag: &str, qos: u8) {
         counts,
         detect_ms: detect,
         recover_ms: recovered.as_ref().ok().map(|d| ms(*d)),
-        note: note(&recovered, flowing, &disconnects),
+        note: note(
+            &recovered,
+            flowing,
+            &disconnects,
+            &on_victim,
+            &pubs_on_victim,
+        ),
     };
     emit(&row, &missing);
     assert!(
@@ -144,8 +157,13 @@ fn note(
     recovered: &Result<Duration, String>,
     flowing: bool,
     disconnects: &std::collections::BTreeMap<u8, usize>,
+    subs_on_victim: &[String],
+    pubs_on_victim: &[String],
 ) -> String {
-    let mut n = Vec::new();
+    let mut n = vec![format!(
+        "sessions on the failed node: subscribers {subs_on_victim:?}, publishers \
+         {pubs_on_victim:?}"
+    )];
     if let Err(e) = recovered {
         n.push(e.clone());
     }
@@ -451,6 +469,9 @@ async fn c_kill9_during_takeover_and_racing_connects() {
             }
             contests.push(Contest { id, conns });
         }
+        // Recovery: every contender has its answer (the claimers may have waited for
+        // the dead owner's handover).
+        let recover = t0.elapsed();
         let mut publisher = c.client(2, Version::V311, "chaos-c-pub").await;
         let mut counts = Counts::default();
         let mut winners = Vec::new();
@@ -464,7 +485,6 @@ async fn c_kill9_during_takeover_and_racing_connects() {
             counts.sessions_lost += u64::from(!present);
             winners.push(w);
         }
-        let recover = t0.elapsed();
         let detect = detect_ms(&c, 0, wall);
 
         // The same ids race again between the two survivors, no crash this time: the
@@ -570,6 +590,7 @@ async fn e_sigstop_past_failure_timeout_then_sigcont() {
         );
         let on_victim = load.sessions_on(c, c.id(victim));
         assert!(!on_victim.is_empty(), "no subscriber session on the victim");
+        let pubs_on_victim = load.publishers_on(c, c.id(victim));
 
         let (t0, wall) = (Instant::now(), SystemTime::now());
         c.pause(victim);
@@ -611,7 +632,13 @@ async fn e_sigstop_past_failure_timeout_then_sigcont() {
         let disconnects = load.disconnect_reasons();
         let (counts, missing) = load.finish(SETTLE).await;
         let detect = detect_ms(c, victim, wall);
-        let mut n = note(&recovered, flowing, &disconnects);
+        let mut n = note(
+            &recovered,
+            flowing,
+            &disconnects,
+            &on_victim,
+            &pubs_on_victim,
+        );
         if !fate.ok() {
             n.push_str(&format!(
                 "; stale connection on the resumed node: {}",

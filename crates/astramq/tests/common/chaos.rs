@@ -853,6 +853,13 @@ impl Client {
     }
 }
 
+fn owned_by(c: &TestCluster, ids: &[String], node_id: &str) -> Vec<String> {
+    ids.iter()
+        .filter(|id| c.session_owner(id).as_deref() == Some(node_id))
+        .cloned()
+        .collect()
+}
+
 fn parse_payload(b: &[u8]) -> Option<(usize, u64)> {
     let s = std::str::from_utf8(b).ok()?;
     let (p, q) = s.split_once(':')?;
@@ -1060,13 +1067,14 @@ impl Load {
         .await
     }
 
-    /// The load clients whose session Redis says node `node_id` owns.
+    /// The subscribers whose session Redis says node `node_id` owns.
     pub fn sessions_on(&self, c: &TestCluster, node_id: &str) -> Vec<String> {
-        self.sub_ids
-            .iter()
-            .filter(|id| c.session_owner(id).as_deref() == Some(node_id))
-            .cloned()
-            .collect()
+        owned_by(c, &self.sub_ids, node_id)
+    }
+
+    /// The publishers whose session Redis says node `node_id` owns.
+    pub fn publishers_on(&self, c: &TestCluster, node_id: &str) -> Vec<String> {
+        owned_by(c, &self.pub_ids, node_id)
     }
 
     /// Time from `since` until every subscriber in `ids` reconnected after `since`
