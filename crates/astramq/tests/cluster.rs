@@ -23,25 +23,6 @@ use common::*;
 /// Failure detection must act within "a few seconds" (DESIGN invariant 3).
 const DETECTION: Duration = Duration::from_secs(10);
 
-/// Run `async fn $name(Version)` for 3.1.1 and 5.0, ignored until persistent sessions
-/// survive the death of their node.
-macro_rules! persistent_session_test {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test]
-            #[ignore = "needs dead-node repair of sessions (issue #6): a killed node's parked sessions are lost"]
-            async fn v311() {
-                super::$name($crate::common::Version::V311).await
-            }
-            #[tokio::test]
-            #[ignore = "needs dead-node repair of sessions (issue #6): a killed node's parked sessions are lost"]
-            async fn v5() {
-                super::$name($crate::common::Version::V5).await
-            }
-        }
-    };
-}
-
 /// The next PUBLISH within `t`, acknowledged (QoS 1/2), or None on timeout.
 async fn try_recv_publish(c: &mut RawClient, t: Duration) -> Option<Publish> {
     let deadline = tokio::time::Instant::now() + t;
@@ -855,7 +836,7 @@ async fn persistent_session_survives_kill9_of_its_node(v: Version) {
     p.publish("pk/x", b"live", 1, false).await;
     assert_eq!(b.recv_publish(T).await.payload, b"live");
 }
-persistent_session_test!(persistent_session_survives_kill9_of_its_node);
+versions_test!(persistent_session_survives_kill9_of_its_node);
 
 // Invariant 2 with persistent sessions: taking over a persistent session from
 // another node keeps it (Session Present 1, 5:[MQTT-3.1.4-3]/[MQTT-3.2.2-3]) and the
@@ -947,4 +928,141 @@ async fn drain_moves_clients_and_their_sessions_away() {
     assert_eq!(s2.recv_publish(T).await.payload_str(), "while-moving");
     let st = c.stop(1).await;
     assert!(st.success(), "a drained node exits 0: {st:?}");
+}
+
+// ---------------------------------------------------------------------------
+// Dead-node repair (issue #6): a survivor takes over what a SIGKILLed node held.
+// ---------------------------------------------------------------------------
+
+/// Waits until a survivor reports it took over `dead`'s sessions.
+async fn wait_taken_over(c: &TestCluster, survivors: &[usize], dead: &str) {
+    let deadline = Instant::now() + DETECTION;
+    loop {
+        let done = survivors.iter().any(|&i| {
+            c.node(i).stderr().lines().any(|l| {
+                l.contains("took over a failed node's sessions")
+                    && l.split_whitespace().any(|w| w == format!("node={dead}"))
+            })
+        });
+        if done {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no survivor took over {dead}'s sessions within {DETECTION:?}:\n{}",
+            c.node(survivors[0]).stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// Invariant 3, [MQTT-3.1.2-8]: the will of a client whose node is killed is
+// published by a survivor (the client's network connection ended without
+// DISCONNECT), exactly once.
+async fn will_of_a_client_on_a_killed_node_is_published_by_a_survivor(v: Version) {
+    let mut c = TestCluster::start(3).await;
+    let mut w = c.client(1, v, "will-watcher").await;
+    w.sub("will/#", 1).await;
+    c.sync_from(1).await;
+    let mut will = Will::new("will/dying", b"node died");
+    will.qos = 1;
+    let _dying = RawClient::connect_ok(c.node(0).addr(), Connect::new(v, "dying").will(will)).await;
+    c.kill(0);
+    let m = w.recv_publish(DETECTION).await;
+    assert_eq!(
+        (m.topic.as_str(), &m.payload[..]),
+        ("will/dying", &b"node died"[..])
+    );
+    w.expect_no_publish_default().await;
+}
+versions_test!(will_of_a_client_on_a_killed_node_is_published_by_a_survivor);
+
+// Invariant 1, [MQTT-4.4.0-1]: a QoS 1 message delivered to a connected persistent
+// session but not yet acknowledged when its node is killed is sent again when the
+// session resumes on another node.
+async fn unacknowledged_delivery_survives_kill9_of_its_node(v: Version) {
+    let mut c = TestCluster::start(3).await;
+    let (mut s, _) = RawClient::connect(
+        c.node(0).addr(),
+        Connect::persistent(v, "ua", false, EXPIRY),
+    )
+    .await;
+    s.sub("ua/#", 1).await;
+    c.sync_from(0).await;
+    s.auto_ack = false;
+    let mut p = c.client(1, v, "ua-pub").await;
+    assert_eq!(p.publish("ua/x", b"m1", 1, false).await, 0, "acknowledged");
+    let first = s.recv_publish(T).await;
+    assert_eq!(first.payload, b"m1");
+    c.kill(0);
+    let (mut s2, ca) = RawClient::connect(
+        c.node(2).addr(),
+        Connect::persistent(v, "ua", false, EXPIRY),
+    )
+    .await;
+    assert!(ca.session_present, "the session survives its node");
+    let again = s2.recv_publish(T).await;
+    assert_eq!(
+        again.payload, b"m1",
+        "the unacknowledged message comes again"
+    );
+    s2.expect_no_publish_default().await;
+}
+versions_test!(unacknowledged_delivery_survives_kill9_of_its_node);
+
+// Invariants 1 and 3: once a survivor took over a killed node's offline persistent
+// session, messages published meanwhile are kept for it (the session's subscription
+// lives on the survivor) and delivered when the client comes back.
+async fn offline_session_of_a_killed_node_keeps_collecting_messages(v: Version) {
+    let mut c = TestCluster::start(3).await;
+    let (mut s, _) = RawClient::connect(
+        c.node(0).addr(),
+        Connect::persistent(v, "oc", false, EXPIRY),
+    )
+    .await;
+    s.sub("oc/#", 1).await;
+    c.sync_from(0).await;
+    s.disconnect().await;
+    c.kill(0);
+    wait_taken_over(&c, &[1, 2], "n1").await;
+    c.sync_from(1).await;
+    c.sync_from(2).await;
+    let mut p = c.client(1, v, "oc-pub").await;
+    assert_eq!(p.publish("oc/x", b"while-away", 1, false).await, 0);
+    let (mut s2, ca) = RawClient::connect(
+        c.node(2).addr(),
+        Connect::persistent(v, "oc", false, EXPIRY),
+    )
+    .await;
+    assert!(ca.session_present);
+    assert_eq!(s2.recv_publish(T).await.payload, b"while-away");
+}
+versions_test!(offline_session_of_a_killed_node_keeps_collecting_messages);
+
+// Invariant 2 after a false failure: a node frozen (SIGSTOP) until a survivor took
+// its sessions over drops them when it resumes: its stale connection is told 0x8E
+// Session taken over, so the client never has two live sessions.
+#[tokio::test]
+async fn paused_node_drops_sessions_taken_over_while_it_was_away() {
+    let c = TestCluster::start(2).await;
+    let (mut s, _) = RawClient::connect(
+        c.node(1).addr(),
+        Connect::persistent(Version::V5, "pz1", false, EXPIRY).keep_alive(0),
+    )
+    .await;
+    s.sub("pz1/#", 1).await;
+    c.node(1).signal("STOP");
+    wait_taken_over(&c, &[0], "n2").await;
+    c.node(1).signal("CONT");
+    s.expect_disconnect(rc::SESSION_TAKEN_OVER, DETECTION).await;
+    // The session lives on n1 now: it resumes there with its subscription.
+    let (mut s2, ca) = RawClient::connect(
+        c.node(0).addr(),
+        Connect::persistent(Version::V5, "pz1", false, EXPIRY),
+    )
+    .await;
+    assert!(ca.session_present);
+    let mut p = c.client(0, Version::V5, "pz1-pub").await;
+    p.publish("pz1/x", b"after", 1, false).await;
+    assert_eq!(s2.recv_publish(T).await.payload, b"after");
 }

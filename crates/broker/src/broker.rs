@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use mqtt::Publish;
 
 use crate::auth::Authenticator;
-use crate::cluster::{Cluster, ClusterError, LocalGroups};
+use crate::cluster::{Cluster, ClusterError, LocalGroups, SessionChange};
 use crate::config::Config;
 use crate::mailbox::{Delivery, Mailbox, MailboxLimits, Pushed};
 use crate::message::Message;
@@ -129,29 +129,76 @@ impl Broker {
             Some(f) => (Some(f.local_groups), f.durable),
             None => (None, None),
         };
+        let mut journal = Vec::new();
         let routed = self.route_locally(
             msg,
             groups.as_ref(),
             scratch,
             self.waits().then_some(blocked),
+            &mut journal,
         );
+        let forwarded = durable.is_some();
+        let durable = match (cluster, journal.is_empty()) {
+            (Some(c), false) => Some(both(durable, c.journal(journal))),
+            _ => durable,
+        };
         Published {
             routed,
-            forwarded: durable.is_some(),
+            forwarded,
             durable,
         }
     }
 
     /// Delivers a message forwarded by another node to local subscribers only (it is
     /// never forwarded again), serving the shared groups that node assigned to us.
+    /// Deliveries to persistent sessions land in `journal`: the caller stores them in
+    /// the cluster before they are queued.
     pub fn deliver_remote(
         &self,
         msg: &Arc<Message>,
         groups: &LocalGroups,
         scratch: &mut Vec<Target>,
         blocked: &mut Vec<Blocked>,
+        journal: &mut Vec<Blocked>,
     ) -> Routed {
-        self.route_locally(msg, Some(groups), scratch, self.waits().then_some(blocked))
+        self.route_locally(
+            msg,
+            Some(groups),
+            scratch,
+            self.waits().then_some(blocked),
+            journal,
+        )
+    }
+
+    /// Delivers a message meant for a dead node to the sessions adopted from it
+    /// (`only`), and to no other local session (those had their own copy).
+    pub fn deliver_adopted(
+        &self,
+        msg: &Arc<Message>,
+        groups: &LocalGroups,
+        only: &std::collections::HashSet<Arc<str>>,
+        scratch: &mut Vec<Target>,
+        journal: &mut Vec<Blocked>,
+    ) -> Routed {
+        let check = |s: &Subscriber, topic: &str| {
+            only.contains(&s.client_id)
+                && (!self.auth.has_acl()
+                    || self
+                        .auth
+                        .can_read(&s.client_id, s.username.as_deref(), topic))
+        };
+        let routed = self
+            .router
+            .route(msg, Some(&check), Some(groups), scratch, None, journal);
+        Metrics::add(&self.metrics.deliveries, routed.delivered as u64);
+        routed
+    }
+
+    /// Tells the cluster (if any) about a change to a persistent session.
+    pub fn session_changed(&self, change: SessionChange) {
+        if let Some(c) = self.cluster() {
+            c.session_changed(change);
+        }
     }
 
     /// Whether publishers wait for room in full queues (`limits.queue_full_wait_ms`).
@@ -196,6 +243,7 @@ impl Broker {
         groups: Option<&LocalGroups>,
         scratch: &mut Vec<Target>,
         blocked: Option<&mut Vec<Blocked>>,
+        journal: &mut Vec<Blocked>,
     ) -> Routed {
         let read_check = |s: &Subscriber, topic: &str| {
             self.auth
@@ -206,7 +254,9 @@ impl Broker {
         } else {
             None
         };
-        let routed = self.router.route(msg, check, groups, scratch, blocked);
+        let routed = self
+            .router
+            .route(msg, check, groups, scratch, blocked, journal);
         Metrics::add(&self.metrics.deliveries, routed.delivered as u64);
         if routed.overflowed > 0 {
             self.count_drops(msg.topic(), routed.overflowed as u64);
@@ -243,6 +293,69 @@ impl Broker {
         // Ending it here first removes the subscriptions (and this node's routes).
         self.end_session(&session);
         Some(session.take_snapshot())
+    }
+
+    /// Installs a session that comes from another node or the cluster store: its
+    /// subscriptions (routes move here), queued and in-flight messages.
+    pub fn resume_session(
+        &self,
+        session: &mut Session,
+        snapshot: SessionSnapshot,
+        username: Option<&str>,
+    ) {
+        for (filter, sub) in &snapshot.subscriptions {
+            self.subscribe(
+                filter,
+                Subscriber {
+                    client_id: session.client_id.clone(),
+                    username: username.map(Arc::from),
+                    mailbox: session.mailbox.clone(),
+                    options: sub.options,
+                    id: sub.id,
+                },
+            );
+        }
+        session.restore(snapshot);
+    }
+
+    /// Takes charge of a session whose node died (the cluster made this node its
+    /// owner with `epoch`): it is installed as if its connection had just been lost,
+    /// so its will goes out after its delay and it waits for its client to come
+    /// back, here or on any node. False if a newer claim fenced it out.
+    pub async fn adopt(
+        self: &Arc<Self>,
+        client_id: Arc<str>,
+        epoch: u64,
+        snapshot: SessionSnapshot,
+        will: Option<PendingWill>,
+        username: Option<&str>,
+    ) -> bool {
+        let conn_id = self.registry.next_conn_id();
+        let link = crate::registry::ConnLink::new();
+        link.set_exited();
+        let owner = crate::registry::Owner {
+            conn_id,
+            link,
+            epoch,
+        };
+        let Some(claim) = self.registry.claim(&client_id, owner).await else {
+            return false;
+        };
+        if let Some(prev) = claim.previous {
+            self.end_session(&prev);
+        }
+        let expiry = snapshot.expiry_secs;
+        let mut session = Session::new(
+            client_id.clone(),
+            Mailbox::new(self.mailbox_limits()),
+            expiry,
+        );
+        if expiry > 0 {
+            session.mailbox.set_journal(&client_id, epoch);
+        }
+        self.resume_session(&mut session, snapshot, username);
+        self.disconnected(conn_id, session, will);
+        true
     }
 
     /// Removes every subscription of a session that ends.
@@ -285,6 +398,9 @@ impl Broker {
             Released::Ended(ended) => {
                 let (session, will) = *ended;
                 self.end_session(&session);
+                self.session_changed(SessionChange::Ended {
+                    client_id: session.client_id.clone(),
+                });
                 if let Some(w) = will {
                     self.publish_will(w);
                 }
@@ -314,6 +430,7 @@ impl Broker {
                         broker.publish_will(w);
                     }
                     broker.end_session(&session);
+                    broker.session_changed(SessionChange::Ended { client_id });
                 }
             });
         }
@@ -350,6 +467,9 @@ impl Broker {
 
     /// Publishes a will message, if the ACL lets its client write to the topic.
     pub fn publish_will(&self, pending: PendingWill) {
+        self.session_changed(SessionChange::WillDone {
+            client_id: pending.client_id.clone(),
+        });
         let w = pending.will;
         if !self
             .auth
@@ -388,4 +508,23 @@ impl Broker {
             self.overflow(&b.mailbox, b.delivery);
         }
     }
+}
+
+/// One receiver for two acknowledgements that may each be pending: resolves when both
+/// have, with the first error.
+fn both(
+    first: Option<tokio::sync::oneshot::Receiver<Result<(), ClusterError>>>,
+    second: tokio::sync::oneshot::Receiver<Result<(), ClusterError>>,
+) -> tokio::sync::oneshot::Receiver<Result<(), ClusterError>> {
+    let Some(first) = first else {
+        return second;
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let stopped = || ClusterError("cluster stopped".into());
+        let a = first.await.unwrap_or_else(|_| Err(stopped()));
+        let b = second.await.unwrap_or_else(|_| Err(stopped()));
+        let _ = tx.send(a.and(b));
+    });
+    rx
 }

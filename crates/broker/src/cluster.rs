@@ -19,7 +19,8 @@ use thiserror::Error;
 use tokio::sync::oneshot;
 
 use crate::message::Message;
-use crate::session::SessionSnapshot;
+use crate::router::Blocked;
+use crate::session::{JournalUpdate, PendingWill, SessionSnapshot, Subscription};
 
 /// A cluster operation that could not be done (Redis unreachable, timeout).
 #[derive(Debug, Clone, Error)]
@@ -57,6 +58,56 @@ pub struct ClusterClaim {
     pub session: Option<SessionSnapshot>,
 }
 
+/// What a connection claiming a client id tells the cluster about its session.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimRequest<'a> {
+    /// Session Expiry Interval in force (0: the session ends with the connection).
+    pub expiry_secs: u32,
+    /// Clean Start / Clean Session: any existing session is discarded.
+    pub clean_start: bool,
+    /// The will to publish if the connection (or its node) dies.
+    pub will: Option<&'a PendingWill>,
+}
+
+/// A change to a session that the cluster store mirrors, so that the session
+/// survives this node. Only persistent sessions' changes are sent.
+#[derive(Debug, Clone)]
+pub enum SessionChange {
+    /// A subscription was added or replaced.
+    Subscribed {
+        /// The client.
+        client_id: Arc<str>,
+        /// The full filter.
+        filter: String,
+        /// Its options.
+        sub: Subscription,
+    },
+    /// A subscription was removed.
+    Unsubscribed {
+        /// The client.
+        client_id: Arc<str>,
+        /// The full filter.
+        filter: String,
+    },
+    /// Journaled deliveries were acknowledged by the client.
+    Journal {
+        /// The client.
+        client_id: Arc<str>,
+        /// What changed, in order.
+        updates: Vec<JournalUpdate>,
+    },
+    /// The will was published or discarded: nobody must publish it again.
+    WillDone {
+        /// The client.
+        client_id: Arc<str>,
+    },
+    /// The session ended (expired, or it was not persistent).
+    Ended {
+        /// The client.
+        client_id: Arc<str>,
+    },
+}
+
 /// A boxed future, for object-safe async methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -71,7 +122,16 @@ pub trait Cluster: Send + Sync + Debug + 'static {
     /// A retained message was set (or cleared, with an empty payload) on this node.
     fn retained(&self, msg: &Arc<Message>);
     /// Claims `client_id` for a connection on this node, taking it over from any
-    /// other node.
-    fn claim<'a>(&'a self, client_id: &'a str)
-        -> BoxFuture<'a, Result<ClusterClaim, ClusterError>>;
+    /// other node, and records the session's expiry and will. The session comes from
+    /// the previous owner or, if that node is gone, from the cluster store.
+    fn claim<'a>(
+        &'a self,
+        client_id: &'a str,
+        request: ClaimRequest<'a>,
+    ) -> BoxFuture<'a, Result<ClusterClaim, ClusterError>>;
+    /// Stores QoS 1/2 deliveries to persistent sessions in the cluster, then queues
+    /// them; resolves once they are queued (`Err` if they could not be stored).
+    fn journal(&self, entries: Vec<Blocked>) -> oneshot::Receiver<Result<(), ClusterError>>;
+    /// Mirrors a change to a persistent session (in order, not awaited).
+    fn session_changed(&self, change: SessionChange);
 }

@@ -8,8 +8,8 @@
 //! its oldest entry, hence this small queue with a `Notify` for the reader.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use mqtt::QoS;
 use parking_lot::Mutex;
@@ -30,6 +30,19 @@ pub struct Delivery {
     pub retain: bool,
     /// Subscription identifiers of every matching subscription.
     pub sub_ids: Vec<u32>,
+    /// Where this delivery is stored in the cluster (persistent sessions in a
+    /// cluster only): it survives this node until the client acknowledges it.
+    pub journal: Option<Box<Journaled>>,
+}
+
+/// A delivery's entry in its session's journal in the cluster store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Journaled {
+    /// The entry's key within the session's journal.
+    pub key: Box<str>,
+    /// The packet id reserved for it, so that a resend from another node uses the
+    /// same one (the client recognises a QoS 2 duplicate by it [MQTT-4.3.3-9]).
+    pub packet_id: u16,
 }
 
 /// What happened to a pushed delivery.
@@ -71,6 +84,13 @@ pub struct Mailbox {
     room: Notify,
     online: AtomicBool,
     limits: MailboxLimits,
+    /// The next packet id to hand out (see [`Mailbox::reserve_packet_id`]).
+    next_packet_id: AtomicU16,
+    /// The cluster ownership epoch of a persistent session whose QoS 1/2 deliveries
+    /// are journaled before they are queued; 0 when they are not.
+    journal_epoch: AtomicU64,
+    /// The client id the journal belongs to (set with the epoch).
+    journal_owner: OnceLock<Arc<str>>,
 }
 
 impl Mailbox {
@@ -82,7 +102,44 @@ impl Mailbox {
             room: Notify::new(),
             online: AtomicBool::new(false),
             limits,
+            next_packet_id: AtomicU16::new(1),
+            journal_epoch: AtomicU64::new(0),
+            journal_owner: OnceLock::new(),
         })
+    }
+
+    /// Hands out the next packet id (never 0, wrapping). The caller skips ids still in
+    /// use. Kept here rather than in the session so that a delivery can have its id
+    /// reserved when it is journaled, before the connection sends it.
+    pub fn reserve_packet_id(&self) -> u16 {
+        loop {
+            let id = self.next_packet_id.fetch_add(1, Ordering::Relaxed);
+            if id != 0 {
+                return id;
+            }
+        }
+    }
+
+    /// Continues packet ids after `id` (a session restored from the cluster store).
+    pub fn packet_ids_after(&self, id: u16) {
+        self.next_packet_id
+            .store(id.wrapping_add(1).max(1), Ordering::Relaxed);
+    }
+
+    /// Journals this mailbox's QoS 1/2 deliveries for `client_id` under ownership
+    /// `epoch` (0: stop journaling).
+    pub fn set_journal(&self, client_id: &Arc<str>, epoch: u64) {
+        let _ = self.journal_owner.set(client_id.clone());
+        self.journal_epoch.store(epoch, Ordering::Release);
+    }
+
+    /// The client id and epoch deliveries are journaled under, if they are.
+    pub fn journal(&self) -> Option<(&Arc<str>, u64)> {
+        let epoch = self.journal_epoch.load(Ordering::Acquire);
+        if epoch == 0 {
+            return None;
+        }
+        self.journal_owner.get().map(|c| (c, epoch))
     }
 
     /// Marks whether a connection is draining this mailbox.
@@ -227,6 +284,7 @@ mod tests {
             qos,
             retain: false,
             sub_ids: vec![],
+            journal: None,
         }
     }
 

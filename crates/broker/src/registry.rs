@@ -310,6 +310,16 @@ impl Registry {
             .collect()
     }
 
+    /// Every session here (connected or parked) with the cluster epoch it holds.
+    pub fn epochs(&self) -> Vec<(Arc<str>, u64)> {
+        self.slots
+            .lock()
+            .iter()
+            .filter(|(_, s)| s.owner.is_some() || s.parked.is_some())
+            .map(|(id, s)| (id.clone(), s.fence))
+            .collect()
+    }
+
     /// Number of parked (persistent, disconnected) sessions.
     pub fn parked(&self) -> usize {
         self.slots

@@ -183,6 +183,7 @@ impl Router {
         groups: Option<&LocalGroups>,
         scratch: &mut Vec<Target>,
         mut blocked: Option<&mut Vec<Blocked>>,
+        journal: &mut Vec<Blocked>,
     ) -> Routed {
         scratch.clear();
         let topic = msg.topic();
@@ -219,7 +220,17 @@ impl Router {
                 qos: t.qos,
                 retain: t.retain,
                 sub_ids: t.sub_ids,
+                journal: None,
             };
+            if d.qos != QoS::AtMostOnce && t.mailbox.journal().is_some() {
+                // A persistent session in a cluster: stored first, queued after.
+                routed.delivered += 1;
+                journal.push(Blocked {
+                    mailbox: t.mailbox,
+                    delivery: d,
+                });
+                continue;
+            }
             if let Some(blocked) = blocked.as_deref_mut() {
                 if d.qos != QoS::AtMostOnce && t.mailbox.is_online() {
                     match t.mailbox.try_push(d) {
@@ -364,7 +375,14 @@ mod tests {
         let mb = mailbox();
         r.subscribe("a/+", sub("c", &mb, QoS::AtMostOnce, Some(1)));
         r.subscribe("a/#", sub("c", &mb, QoS::ExactlyOnce, Some(2)));
-        let routed = r.route(&msg("a/b", QoS::ExactlyOnce), None, None, &mut vec![], None);
+        let routed = r.route(
+            &msg("a/b", QoS::ExactlyOnce),
+            None,
+            None,
+            &mut vec![],
+            None,
+            &mut vec![],
+        );
         assert_eq!(routed.delivered, 1);
         let d = drain(&mb);
         assert_eq!(d.len(), 1);
@@ -382,14 +400,28 @@ mod tests {
         r.subscribe("$share/g/t", sub("c2", &m2, QoS::AtLeastOnce, None));
         for _ in 0..10 {
             assert_eq!(
-                r.route(&msg("t", QoS::AtLeastOnce), None, None, &mut vec![], None)
-                    .delivered,
+                r.route(
+                    &msg("t", QoS::AtLeastOnce),
+                    None,
+                    None,
+                    &mut vec![],
+                    None,
+                    &mut vec![]
+                )
+                .delivered,
                 1
             );
         }
         assert_eq!((drain(&m1).len(), drain(&m2).len()), (5, 5));
         assert!(r.unsubscribe("$share/g/t", &"c1".into()));
-        r.route(&msg("t", QoS::AtLeastOnce), None, None, &mut vec![], None);
+        r.route(
+            &msg("t", QoS::AtLeastOnce),
+            None,
+            None,
+            &mut vec![],
+            None,
+            &mut vec![],
+        );
         assert_eq!((drain(&m1).len(), drain(&m2).len()), (0, 1));
     }
 
@@ -401,7 +433,14 @@ mod tests {
         r.subscribe("$share/g/t", sub("c1", &m1, QoS::AtLeastOnce, None));
         r.subscribe("$share/g/t", sub("c2", &m2, QoS::AtLeastOnce, None));
         for _ in 0..4 {
-            r.route(&msg("t", QoS::AtLeastOnce), None, None, &mut vec![], None);
+            r.route(
+                &msg("t", QoS::AtLeastOnce),
+                None,
+                None,
+                &mut vec![],
+                None,
+                &mut vec![],
+            );
         }
         assert_eq!((drain(&m1).len(), drain(&m2).len()), (0, 4));
     }
@@ -419,6 +458,7 @@ mod tests {
             Some(&here),
             &mut vec![],
             None,
+            &mut vec![],
         );
         assert_eq!(routed.delivered, 1);
         assert_eq!((drain(&m1).len(), drain(&m2).len()), (0, 1));
@@ -432,8 +472,15 @@ mod tests {
         s.options.no_local = true;
         r.subscribe("t", s);
         assert_eq!(
-            r.route(&msg("t", QoS::AtLeastOnce), None, None, &mut vec![], None)
-                .delivered,
+            r.route(
+                &msg("t", QoS::AtLeastOnce),
+                None,
+                None,
+                &mut vec![],
+                None,
+                &mut vec![]
+            )
+            .delivered,
             0
         );
     }
@@ -451,6 +498,7 @@ mod tests {
                 None,
                 &mut vec![],
                 None,
+                &mut vec![],
             )
             .delivered,
             0
@@ -462,6 +510,7 @@ mod tests {
                 None,
                 &mut vec![],
                 None,
+                &mut vec![],
             )
             .delivered,
             1

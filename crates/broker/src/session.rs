@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use mqtt::{QoS, SubscriptionOptions, Will};
 
-use crate::mailbox::{Delivery, Mailbox};
+use crate::mailbox::{Delivery, Journaled, Mailbox};
 
 /// One subscription as the session remembers it (the router holds the live copy).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,8 +52,19 @@ pub struct SessionSnapshot {
 pub enum Outbound {
     /// PUBLISH sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
     Published(Delivery),
-    /// PUBREL sent; waiting for PUBCOMP.
-    Released,
+    /// PUBREL sent; waiting for PUBCOMP. Carries the delivery's journal key, if it
+    /// was journaled.
+    Released(Option<Box<str>>),
+}
+
+/// A change to a session's journal in the cluster store, from the client's
+/// acknowledgements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JournalUpdate {
+    /// The delivery is complete (PUBACK, PUBCOMP, or a failed PUBREC): forget it.
+    Done(Box<str>),
+    /// PUBREC arrived: after a move to another node, send PUBREL, not the PUBLISH.
+    Received(Journaled),
 }
 
 /// The state of one session.
@@ -71,9 +82,10 @@ pub struct Session {
     /// increasing and wrap, so resend order is kept separately).
     outbound: BTreeMap<u16, Outbound>,
     order: Vec<u16>,
-    next_id: u16,
     /// Inbound QoS 2 packet ids received but not yet released.
     inbound_qos2: HashSet<u16>,
+    /// Journal changes not yet handed to the cluster.
+    pub journal_updates: Vec<JournalUpdate>,
 }
 
 impl Session {
@@ -86,8 +98,8 @@ impl Session {
             expiry_secs,
             outbound: BTreeMap::new(),
             order: Vec::new(),
-            next_id: 1,
             inbound_qos2: HashSet::new(),
+            journal_updates: Vec::new(),
         }
     }
 
@@ -102,9 +114,13 @@ impl Session {
         if self.outbound.len() >= usize::from(u16::MAX) {
             return None;
         }
+        // A journaled delivery brings the id reserved for it (unless, rarely, that
+        // id is still in use after wrapping around).
+        let mut reserved = delivery.journal.as_ref().map(|j| j.packet_id);
         loop {
-            let id = self.next_id;
-            self.next_id = self.next_id.checked_add(1).unwrap_or(1);
+            let id = reserved
+                .take()
+                .unwrap_or_else(|| self.mailbox.reserve_packet_id());
             if let btree_map::Entry::Vacant(slot) = self.outbound.entry(id) {
                 slot.insert(Outbound::Published(delivery));
                 self.order.push(id);
@@ -142,19 +158,27 @@ impl Session {
                     self.finish(id);
                     false
                 } else {
-                    self.outbound.insert(id, Outbound::Released);
+                    let key = d.journal.as_ref().map(|j| {
+                        self.journal_updates
+                            .push(JournalUpdate::Received(Journaled {
+                                key: j.key.clone(),
+                                packet_id: id,
+                            }));
+                        j.key.clone()
+                    });
+                    self.outbound.insert(id, Outbound::Released(key));
                     true
                 }
             }
             // A repeated PUBREC after our PUBREL: answer with PUBREL again.
-            Some(Outbound::Released) => !failed,
+            Some(Outbound::Released(_)) => !failed,
             _ => false,
         }
     }
 
     /// PUBCOMP for `id`: true if it completed a QoS 2 delivery.
     pub fn pubcomp(&mut self, id: u16) -> bool {
-        if matches!(self.outbound.get(&id), Some(Outbound::Released)) {
+        if matches!(self.outbound.get(&id), Some(Outbound::Released(_))) {
             self.finish(id);
             true
         } else {
@@ -163,7 +187,14 @@ impl Session {
     }
 
     fn finish(&mut self, id: u16) {
-        self.outbound.remove(&id);
+        let key = match self.outbound.remove(&id) {
+            Some(Outbound::Published(d)) => d.journal.map(|j| j.key),
+            Some(Outbound::Released(key)) => key,
+            None => None,
+        };
+        if let Some(key) = key {
+            self.journal_updates.push(JournalUpdate::Done(key));
+        }
         if let Some(pos) = self.order.iter().position(|&x| x == id) {
             self.order.remove(pos);
         }
@@ -215,9 +246,19 @@ impl Session {
     /// Restores what [`Session::take_snapshot`] took (on another node). The caller
     /// re-subscribes the subscriptions.
     pub fn restore(&mut self, snapshot: SessionSnapshot) {
+        let mut last = 0;
         for (id, o) in snapshot.inflight {
             self.outbound.insert(id, o);
             self.order.push(id);
+            last = id;
+        }
+        for d in &snapshot.queued {
+            if let Some(j) = &d.journal {
+                last = last.max(j.packet_id);
+            }
+        }
+        if last > 0 {
+            self.mailbox.packet_ids_after(last);
         }
         self.inbound_qos2.extend(snapshot.inbound_qos2);
         for d in snapshot.queued {
@@ -266,6 +307,7 @@ mod tests {
             qos,
             retain: false,
             sub_ids: vec![],
+            journal: None,
         }
     }
 
@@ -288,7 +330,7 @@ mod tests {
         assert!(s.pubrec(a, false));
         let pending: Vec<_> = s
             .pending_outbound()
-            .map(|(id, o)| (id, matches!(o, Outbound::Released)))
+            .map(|(id, o)| (id, matches!(o, Outbound::Released(_))))
             .collect();
         assert_eq!(pending, vec![(a, true), (b, false)]);
         assert!(!s.puback(a));
@@ -300,10 +342,38 @@ mod tests {
     #[test]
     fn ids_skip_those_in_use_and_never_zero() {
         let mut s = session();
-        s.next_id = u16::MAX;
+        s.mailbox.packet_ids_after(u16::MAX - 1);
         let a = s.start_outbound(delivery(QoS::AtLeastOnce)).unwrap();
         let b = s.start_outbound(delivery(QoS::AtLeastOnce)).unwrap();
         assert_eq!((a, b), (u16::MAX, 1));
+        // Wrapped around to an id still in use: skipped.
+        s.mailbox.packet_ids_after(u16::MAX);
+        let c = s.start_outbound(delivery(QoS::AtLeastOnce)).unwrap();
+        assert_eq!(c, 2);
+    }
+
+    #[test]
+    fn journaled_delivery_keeps_its_reserved_id_and_reports_acks() {
+        let mut s = session();
+        let mut d = delivery(QoS::ExactlyOnce);
+        d.journal = Some(Box::new(Journaled {
+            key: "k1".into(),
+            packet_id: 40,
+        }));
+        let id = s.start_outbound(d).unwrap();
+        assert_eq!(id, 40, "the id reserved at journaling is the one sent");
+        assert!(s.pubrec(id, false));
+        assert!(s.pubcomp(id));
+        assert_eq!(
+            s.journal_updates,
+            vec![
+                JournalUpdate::Received(Journaled {
+                    key: "k1".into(),
+                    packet_id: 40
+                }),
+                JournalUpdate::Done("k1".into())
+            ]
+        );
     }
 
     #[test]

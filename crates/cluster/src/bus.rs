@@ -9,7 +9,7 @@
 //!   deletes the entries. Entries left pending by an earlier run of this node id are
 //!   read first.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +21,7 @@ use redis::streams::StreamReadReply;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::conn::{run_per_key, Backoff, Keys, Redis, INBOX_GROUP};
+use crate::sessions::Sessions;
 use crate::wire::{put_handover, read_records, BusRecord};
 use broker::session::SessionSnapshot;
 use parking_lot::Mutex;
@@ -142,6 +143,7 @@ pub async fn consumer(
     node: String,
     broker: Arc<Broker>,
     handovers: Arc<Handovers>,
+    sessions: Arc<Sessions>,
     mut stop: watch::Receiver<bool>,
 ) {
     let key = keys.inbox(&node);
@@ -209,11 +211,25 @@ pub async fn consumer(
             continue;
         }
         let mut ids = Vec::with_capacity(entries.len());
+        let mut stored = true;
         for entry in entries {
             if let Some(redis::Value::BulkString(bytes)) = entry.map.get("b") {
                 match read_records(bytes) {
                     Ok(records) => {
-                        deliver(&broker, &redis, &keys, &handovers, records, &mut scratch).await
+                        let ctx = Ctx {
+                            broker: &broker,
+                            redis: &redis,
+                            keys: &keys,
+                            handovers: &handovers,
+                            sessions: &sessions,
+                        };
+                        let source = (node.as_str(), entry.id.as_str());
+                        if let Err(e) = deliver(ctx, records, source, &mut scratch, None).await {
+                            // Not acknowledged: read again once Redis is back.
+                            tracing::warn!(error = %e, "inbox: persistent-session copies not stored; will retry");
+                            stored = false;
+                            break;
+                        }
                     }
                     Err(e) => {
                         tracing::error!(id = %entry.id, error = %e, "inbox: skipping undecodable entry")
@@ -224,36 +240,90 @@ pub async fn consumer(
         }
         // Delivered to local sessions: acknowledge and delete, so the stream never
         // needs trimming and nothing unread is ever trimmed away.
-        let mut pipe = redis::pipe();
-        pipe.cmd("XACK")
-            .arg(&key)
-            .arg(INBOX_GROUP)
-            .arg(&ids)
-            .ignore();
-        pipe.cmd("XDEL").arg(&key).arg(&ids).ignore();
-        if let Err(e) = pipe.query_async::<()>(c).await {
-            tracing::warn!(error = %e, "inbox: acknowledge failed; entries will be read again");
+        let mut acked = true;
+        if !ids.is_empty() {
+            let mut pipe = redis::pipe();
+            pipe.cmd("XACK")
+                .arg(&key)
+                .arg(INBOX_GROUP)
+                .arg(&ids)
+                .ignore();
+            pipe.cmd("XDEL").arg(&key).arg(&ids).ignore();
+            if let Err(e) = pipe.query_async::<()>(c).await {
+                tracing::warn!(error = %e, "inbox: acknowledge failed; entries will be read again");
+                acked = false;
+            }
+        }
+        if !acked || !stored {
             conn = None;
         }
+        if !stored {
+            // What was not stored is still pending: read it again after a pause.
+            from = "0";
+            backoff.wait().await;
+        }
     }
+}
+
+/// What delivering inbox records needs.
+#[derive(Clone, Copy)]
+pub struct Ctx<'a> {
+    /// The local broker.
+    pub broker: &'a Arc<Broker>,
+    /// Redis.
+    pub redis: &'a Redis,
+    /// Key names.
+    pub keys: &'a Keys,
+    /// Claims waiting for handovers.
+    pub handovers: &'a Handovers,
+    /// The persistent-session store.
+    pub sessions: &'a Arc<Sessions>,
 }
 
 /// Delivers records locally, in order. A QoS 1/2 delivery that finds a connected
 /// session's queue full waits for room (up to `limits.queue_full_wait_ms`) before the
 /// next record: the inbox then backs up in Redis instead of messages being dropped.
-async fn deliver(
-    broker: &Arc<Broker>,
-    redis: &Redis,
-    keys: &Keys,
-    handovers: &Handovers,
+/// Deliveries to persistent sessions are journaled first; `Err` when that failed
+/// (the entry must not be acknowledged). With `only`, messages go to those sessions
+/// alone (a dead node's inbox, delivered to the sessions adopted from it).
+/// `source` is the inbox (node) and entry the records came from: it names their
+/// journal entries.
+pub async fn deliver(
+    ctx: Ctx<'_>,
     records: Vec<BusRecord>,
+    source: (&str, &str),
     scratch: &mut Vec<broker::router::Target>,
-) {
+    only: Option<&HashSet<Arc<str>>>,
+) -> Result<(), ClusterError> {
+    let Ctx {
+        broker,
+        redis,
+        keys,
+        handovers,
+        sessions,
+    } = ctx;
     let mut blocked = Vec::new();
-    for record in records {
+    let mut journal = Vec::new();
+    let mut stored = Vec::new();
+    for (index, record) in records.into_iter().enumerate() {
+        if only.is_some() && !matches!(record, BusRecord::Message { .. }) {
+            // A dead node's takeover requests and handovers were for it alone.
+            continue;
+        }
         match record {
             BusRecord::Message { msg, groups } => {
-                broker.deliver_remote(&msg, &groups, scratch, &mut blocked);
+                match only {
+                    None => {
+                        broker.deliver_remote(&msg, &groups, scratch, &mut blocked, &mut journal);
+                    }
+                    Some(only) => {
+                        broker.deliver_adopted(&msg, &groups, only, scratch, &mut journal);
+                    }
+                }
+                if !journal.is_empty() {
+                    let key = crate::sessions::inbox_key(source.0, source.1, index);
+                    stored.push(sessions.journal(std::mem::take(&mut journal), Some(key)));
+                }
                 if !blocked.is_empty() {
                     broker.place_blocked(&mut blocked).await;
                 }
@@ -289,6 +359,11 @@ async fn deliver(
             } => handovers.complete(&client_id, epoch, session),
         }
     }
+    for rx in stored {
+        rx.await
+            .unwrap_or_else(|_| Err(ClusterError("session store stopped".into())))?;
+    }
+    Ok(())
 }
 
 /// Creates the inbox stream and its consumer group if they do not exist.

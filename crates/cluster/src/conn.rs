@@ -317,6 +317,58 @@ pub async fn run_per_key(
     result
 }
 
+/// Runs commands like [`run_per_key`] and returns each command's reply, in the
+/// order given.
+pub async fn query_per_key(
+    conn: &Conn,
+    cmds: Vec<(String, redis::Cmd)>,
+) -> Result<Vec<redis::Value>, redis::RedisError> {
+    if cmds.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !matches!(conn, Conn::Cluster(_)) {
+        let mut pipe = redis::pipe();
+        for (_, cmd) in cmds {
+            pipe.add_command(cmd);
+        }
+        return pipe.query_async(&mut conn.clone()).await;
+    }
+    // Per key, remembering where each reply goes.
+    let n = cmds.len();
+    let mut per_key: Vec<(String, redis::Pipeline, Vec<usize>)> = Vec::new();
+    for (i, (key, cmd)) in cmds.into_iter().enumerate() {
+        match per_key.iter_mut().find(|(k, _, _)| *k == key) {
+            Some((_, pipe, at)) => {
+                pipe.add_command(cmd);
+                at.push(i);
+            }
+            None => {
+                let mut pipe = redis::pipe();
+                pipe.add_command(cmd);
+                per_key.push((key, pipe, vec![i]));
+            }
+        }
+    }
+    let mut set = tokio::task::JoinSet::new();
+    for (_, pipe, at) in per_key {
+        let mut c = conn.clone();
+        set.spawn(async move {
+            let r: Result<Vec<redis::Value>, _> = pipe.query_async(&mut c).await;
+            r.map(|v| (at, v))
+        });
+    }
+    let mut out = vec![redis::Value::Nil; n];
+    while let Some(r) = set.join_next().await {
+        let (at, values) = r.map_err(|e| {
+            redis::RedisError::from((redis::ErrorKind::Io, "pipeline task failed", e.to_string()))
+        })??;
+        for (i, v) in at.into_iter().zip(values) {
+            out[i] = v;
+        }
+    }
+    Ok(out)
+}
+
 /// The names of every key AstraMQ uses, under one prefix.
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -356,9 +408,32 @@ impl Keys {
         format!("{}:{{inbox:{node}}}", self.prefix)
     }
 
-    /// A session's ownership hash (owner node, epoch).
+    /// A session's ownership hash (owner node, epoch, expiry, will).
     pub fn session(&self, client_id: &str) -> String {
         format!("{}:{{s:{client_id}}}", self.prefix)
+    }
+
+    /// A persistent session's subscriptions: filter → options (same slot as the
+    /// session).
+    pub fn subscriptions(&self, client_id: &str) -> String {
+        format!("{}:{{s:{client_id}}}:subs", self.prefix)
+    }
+
+    /// A persistent session's journal: QoS 1/2 deliveries not yet acknowledged by
+    /// the client (same slot as the session).
+    pub fn journal(&self, client_id: &str) -> String {
+        format!("{}:{{s:{client_id}}}:j", self.prefix)
+    }
+
+    /// The client ids whose session or will `node` holds (what a survivor takes over
+    /// when it dies).
+    pub fn owned(&self, node: &str) -> String {
+        format!("{}:{{n:{node}}}:own", self.prefix)
+    }
+
+    /// `node`'s liveness key: present while it runs (its gossip generation).
+    pub fn alive(&self, node: &str) -> String {
+        format!("{}:{{n:{node}}}:alive", self.prefix)
     }
 }
 

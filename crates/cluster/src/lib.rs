@@ -15,6 +15,8 @@
 //!   every node's copy current.
 //! - [`bus`] — the inbox streams: batched forwarding, and the consumer that delivers
 //!   what other nodes sent.
+//! - [`sessions`] — persistent sessions in Redis (subscriptions, will, and a journal
+//!   of unacknowledged deliveries), so that a session outlives its node.
 //! - [`node`] — [`node::ClusterNode`]: starts all of the above and implements the
 //!   broker's `Cluster` interface.
 
@@ -24,6 +26,7 @@ pub mod feed;
 pub mod membership;
 pub mod node;
 pub mod routes;
+pub mod sessions;
 pub mod wire;
 
 pub use node::{ClusterNode, StartError};

@@ -1,16 +1,20 @@
 //! One broker node's membership in the cluster: starts the Redis tasks and gossip,
 //! and implements the broker's [`Cluster`] interface on top of them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use broker::broker::Broker;
-use broker::cluster::{BoxFuture, Cluster, ClusterClaim, ClusterError, Forwarded, LocalGroups};
+use broker::cluster::{
+    BoxFuture, ClaimRequest, Cluster, ClusterClaim, ClusterError, Forwarded, LocalGroups,
+    SessionChange,
+};
 use broker::config::ClusterSettings;
 use broker::message::Message;
 use broker::metrics::Metrics;
+use broker::router::Blocked;
 use bytes::BytesMut;
 use parking_lot::Mutex;
 use thiserror::Error;
@@ -18,10 +22,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::bus::{self, Outgoing};
-use crate::conn::{run_per_key, Keys, Redis, RedisError};
+use crate::conn::{run_per_key, Keys, Redis, RedisError, INBOX_GROUP};
 use crate::feed::{self, Change};
 use crate::membership::{self, MemberEvent, MembershipConfig, MembershipHandle, NodeMeta};
 use crate::routes::RouteTable;
+use crate::sessions::{Sessions, LIVENESS_REFRESH, LIVENESS_TTL};
+use crate::wire;
 use crate::wire::{publish_bytes, put_kick, put_message};
 
 /// Why a node could not join the cluster.
@@ -40,11 +46,25 @@ pub enum StartError {
 
 /// Claims a client id: bumps its ownership epoch and makes this node the owner,
 /// returning the previous owner (or "") and the new epoch, atomically.
+/// It also records the session's expiry and will (ARGV 2, 3; an empty will removes
+/// it), discards the stored session on Clean Start (ARGV 4 = 1), and returns whether a
+/// persistent session existed before. `from` names the node it was taken from until
+/// the handover is done: if that node died, its repair brings what it held.
 const CLAIM_SCRIPT: &str = r"
 local prev = redis.call('HGET', KEYS[1], 'owner')
+local prev_exp = tonumber(redis.call('HGET', KEYS[1], 'exp') or '0')
 local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
-redis.call('HSET', KEYS[1], 'owner', ARGV[1])
-return {prev or '', epoch}
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'exp', ARGV[2])
+if ARGV[3] == '' then redis.call('HDEL', KEYS[1], 'will') else redis.call('HSET', KEYS[1], 'will', ARGV[3]) end
+if ARGV[4] == '1' then redis.call('DEL', KEYS[2], KEYS[3]) end
+if prev and prev ~= '' and prev ~= ARGV[1] then
+  redis.call('HSET', KEYS[1], 'from', prev)
+else
+  redis.call('HDEL', KEYS[1], 'from')
+end
+local existed = 0
+if prev_exp > 0 and ARGV[4] ~= '1' then existed = 1 end
+return {prev or '', epoch, existed}
 ";
 
 /// QoS 0 messages waiting for the forwarder beyond which new ones are dropped (and
@@ -74,6 +94,13 @@ pub struct ClusterNode {
     outgoing: mpsc::UnboundedSender<Outgoing>,
     claim_script: redis::Script,
     handovers: Arc<bus::Handovers>,
+    /// Persistent sessions in Redis.
+    sessions: Arc<Sessions>,
+    broker: Arc<Broker>,
+    /// Failed nodes whose sessions this node took over.
+    pub nodes_repaired: std::sync::atomic::AtomicU64,
+    /// Sessions taken over from failed nodes.
+    pub sessions_adopted: std::sync::atomic::AtomicU64,
     /// QoS 0 messages queued for the forwarder.
     qos0_backlog: Arc<std::sync::atomic::AtomicUsize>,
     /// QoS 0 messages dropped because the backlog was full.
@@ -140,7 +167,15 @@ impl ClusterNode {
         let (outgoing_tx, outgoing_rx) = mpsc::unbounded_channel();
         let handovers = Arc::new(bus::Handovers::default());
         let (stop_tx, stop_rx) = watch::channel(false);
+        let (sessions, sessions_task) = Sessions::start(redis.conn(), keys.clone(), me.clone());
         let tasks = vec![
+            sessions_task,
+            tokio::spawn(liveness(
+                redis.conn(),
+                keys.alive(&me),
+                membership.generation(),
+                stop_rx.clone(),
+            )),
             tokio::spawn(feed::writer(redis.clone(), keys.clone(), changes_rx)),
             tokio::spawn(bus::forwarder(redis.clone(), keys.clone(), outgoing_rx)),
             tokio::spawn(bus::consumer(
@@ -149,6 +184,7 @@ impl ClusterNode {
                 me.clone(),
                 broker.clone(),
                 handovers.clone(),
+                sessions.clone(),
                 stop_rx.clone(),
             )),
             tokio::spawn(feed::reader(
@@ -176,6 +212,10 @@ impl ClusterNode {
             outgoing: outgoing_tx,
             claim_script: redis::Script::new(CLAIM_SCRIPT),
             handovers,
+            sessions,
+            broker: broker.clone(),
+            nodes_repaired: Default::default(),
+            sessions_adopted: Default::default(),
             qos0_backlog: Arc::default(),
             qos0_dropped: Default::default(),
             drop_log: Default::default(),
@@ -191,6 +231,15 @@ impl ClusterNode {
         ));
         node.tasks.lock().push(watcher);
         *node.membership.lock() = Some(membership);
+        // Sessions an earlier run of this node id held (it was killed and restarted
+        // before anyone took them over) come back here.
+        let (adopted, _) = node.adopt_sessions(&node.me).await;
+        if adopted > 0 {
+            tracing::info!(
+                sessions = adopted,
+                "resumed the sessions an earlier run of this node held"
+            );
+        }
         Ok(node)
     }
 
@@ -232,6 +281,283 @@ impl ClusterNode {
                 .send(Change::RouteRemoved(old.clone(), f.clone()));
             let _ = self.changes.send(Change::RouteAdded(new.clone(), f));
         }
+    }
+
+    /// After this node was declared dead while alive, others may have taken its
+    /// sessions over: every session whose ownership epoch moved on is dropped here
+    /// (its connection closed with 0x8E), so no client has two live connections and
+    /// nothing is delivered twice.
+    async fn drop_lost_sessions(&self) {
+        let mut conn = self.redis.conn();
+        let mut lost = 0;
+        for (client_id, epoch) in self.broker.registry.epochs() {
+            let owner: (Option<String>, Option<u64>) = match redis::cmd("HMGET")
+                .arg(self.keys.session(&client_id))
+                .arg("owner")
+                .arg("epoch")
+                .query_async(&mut conn)
+                .await
+            {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot check session ownership after rejoining");
+                    return;
+                }
+            };
+            let current = owner.1.unwrap_or(0);
+            if owner.0.as_deref() != Some(self.me.as_str()) || current > epoch {
+                lost += 1;
+                tracing::info!(%client_id, epoch, current, "session taken over while this node was away; dropping it here");
+                let _ = self.broker.kick(&client_id, current.max(epoch + 1)).await;
+            }
+        }
+        if lost > 0 {
+            tracing::warn!(
+                sessions = lost,
+                "dropped sessions other nodes took over while this node was away"
+            );
+        }
+    }
+
+    /// Takes over the sessions (and wills) `from` held, as far as it still owns them:
+    /// installs them here (wills then go out after their delay) and delivers what
+    /// `from`'s inbox still held for them. Returns (sessions, inbox messages).
+    async fn adopt_sessions(&self, from: &str) -> (usize, usize) {
+        let ids = match self.sessions.owned_by(from).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(node = %from, error = %e, "cannot list a failed node's sessions");
+                return (0, 0);
+            }
+        };
+        let mut adopted: HashSet<String> = HashSet::new();
+        let mut away = Vec::new();
+        for id in ids {
+            match self.sessions.adopt(&id, from).await {
+                Ok(Some((epoch, stored))) => {
+                    let username = stored.will.as_ref().and_then(|w| w.username.clone());
+                    let client_id: Arc<str> = id.as_str().into();
+                    if self
+                        .broker
+                        .adopt(
+                            client_id,
+                            epoch,
+                            stored.snapshot,
+                            stored.will,
+                            username.as_deref(),
+                        )
+                        .await
+                    {
+                        adopted.insert(id);
+                    }
+                }
+                Ok(None) => {
+                    // Claimed by a client elsewhere before this repair: it gets what
+                    // `from` still held for it through Redis.
+                    match self.sessions.claimed_from(&id, from).await {
+                        Ok(Some(subs)) => away.push((id, subs)),
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(client_id = %id, error = %e, "cannot read a session")
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(client_id = %id, error = %e, "cannot take a session over"),
+            }
+        }
+        if let Err(e) = self.sessions.moved(from, &adopted).await {
+            tracing::warn!(error = %e, "cannot record the sessions taken over");
+        }
+        self.sessions_adopted
+            .fetch_add(adopted.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let n = adopted.len();
+        let messages = if from == self.me {
+            0 // this node's own inbox: its consumer reads what is pending
+        } else {
+            let only: HashSet<Arc<str>> = adopted.iter().map(|s| Arc::from(s.as_str())).collect();
+            let messages = self.take_inbox(from, &only, &away).await;
+            for (id, _) in &away {
+                if let Err(e) = self.sessions.repaired(id).await {
+                    tracing::warn!(client_id = %id, error = %e, "cannot mark a session repaired");
+                }
+            }
+            messages
+        };
+        (n, messages)
+    }
+
+    /// Whether `node` refreshed its liveness key lately.
+    async fn is_alive(&self, node: &str) -> Result<bool, redis::RedisError> {
+        redis::cmd("EXISTS")
+            .arg(self.keys.alive(node))
+            .query_async(&mut self.redis.conn())
+            .await
+    }
+
+    /// Takes over a dead node's sessions, once: one node (a Redis lock) does it while
+    /// the others wait for it to finish.
+    async fn repair_node(&self, dead: &str) {
+        let started = std::time::Instant::now();
+        let mut conn = self.redis.conn();
+        let lock = format!("{}:{{n:{dead}}}:repair", self.keys.prefix());
+        loop {
+            let won: Result<Option<String>, _> = redis::cmd("SET")
+                .arg(&lock)
+                .arg(&self.me)
+                .arg("NX")
+                .arg("PX")
+                .arg(30_000)
+                .query_async(&mut conn)
+                .await;
+            match won {
+                Ok(Some(_)) => break,
+                Ok(None) if started.elapsed() < Duration::from_secs(15) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok(None) => {
+                    tracing::warn!(node = %dead, "repair of a failed node still running elsewhere after 15 s; going on");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(node = %dead, error = %e, "cannot take the repair lock");
+                    return;
+                }
+            }
+        }
+        let (sessions, messages) = self.adopt_sessions(dead).await;
+        let _ = redis::cmd("DEL")
+            .arg(&lock)
+            .query_async::<()>(&mut conn)
+            .await;
+        if sessions > 0 || messages > 0 {
+            self.nodes_repaired
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(node = %dead, sessions, messages, ms = started.elapsed().as_millis() as u64, "took over a failed node's sessions");
+        }
+    }
+
+    /// Delivers what a dead node's inbox holds (pending and unread entries) to the
+    /// sessions adopted from it, then acknowledges and deletes the entries.
+    async fn take_inbox(
+        &self,
+        dead: &str,
+        only: &HashSet<Arc<str>>,
+        away: &[(String, Vec<(String, broker::session::Subscription)>)],
+    ) -> usize {
+        let key = self.keys.inbox(dead);
+        let mut conn = self.redis.conn();
+        let mut scratch = Vec::new();
+        let mut delivered = 0;
+        let ctx = bus::Ctx {
+            broker: &self.broker,
+            redis: &self.redis,
+            keys: &self.keys,
+            handovers: &self.handovers,
+            sessions: &self.sessions,
+        };
+        // Entries the dead node read but never acknowledged, then those it never read.
+        let mut cursor = "0-0".to_string();
+        for pass in 0..2 {
+            loop {
+                let entries: Vec<redis::streams::StreamId> = if pass == 0 {
+                    let r: Result<redis::streams::StreamAutoClaimReply, _> =
+                        redis::cmd("XAUTOCLAIM")
+                            .arg(&key)
+                            .arg(INBOX_GROUP)
+                            .arg(&self.me)
+                            .arg(0)
+                            .arg(&cursor)
+                            .arg("COUNT")
+                            .arg(256)
+                            .query_async(&mut conn)
+                            .await;
+                    match r {
+                        Ok(r) => {
+                            cursor = r.next_stream_id;
+                            r.claimed
+                        }
+                        Err(e) => {
+                            tracing::warn!(node = %dead, error = %e, "cannot claim a failed node's inbox");
+                            return delivered;
+                        }
+                    }
+                } else {
+                    let r: Result<Option<redis::streams::StreamReadReply>, _> =
+                        redis::cmd("XREADGROUP")
+                            .arg("GROUP")
+                            .arg(INBOX_GROUP)
+                            .arg(&self.me)
+                            .arg("COUNT")
+                            .arg(256)
+                            .arg("STREAMS")
+                            .arg(&key)
+                            .arg(">")
+                            .query_async(&mut conn)
+                            .await;
+                    match r {
+                        Ok(r) => r
+                            .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
+                            .unwrap_or_default(),
+                        Err(e) => {
+                            tracing::warn!(node = %dead, error = %e, "cannot read a failed node's inbox");
+                            return delivered;
+                        }
+                    }
+                };
+                if entries.is_empty() {
+                    break;
+                }
+                let mut ids = Vec::with_capacity(entries.len());
+                for entry in entries {
+                    if let Some(redis::Value::BulkString(bytes)) = entry.map.get("b") {
+                        if let Ok(records) = crate::wire::read_records(bytes) {
+                            for (id, subs) in away {
+                                let ds: Vec<_> = records
+                                    .iter()
+                                    .enumerate()
+                                    .filter_map(|(i, r)| match r {
+                                        crate::wire::BusRecord::Message { msg, groups } => {
+                                            delivery_for(id, subs, msg, groups).map(|d| {
+                                                (crate::sessions::inbox_key(dead, &entry.id, i), d)
+                                            })
+                                        }
+                                        _ => None,
+                                    })
+                                    .collect();
+                                if let Err(e) = self.sessions.journal_stored(id, ds).await {
+                                    tracing::warn!(client_id = %id, error = %e, "failed node's inbox: copies not stored; left for a later repair");
+                                    return delivered;
+                                }
+                            }
+                            delivered += records.len();
+                            let source = (dead, entry.id.as_str());
+                            if let Err(e) =
+                                bus::deliver(ctx, records, source, &mut scratch, Some(only)).await
+                            {
+                                tracing::warn!(node = %dead, error = %e, "failed node's inbox: copies not stored; left for a later repair");
+                                return delivered;
+                            }
+                        }
+                    }
+                    ids.push(entry.id);
+                }
+                let mut pipe = redis::pipe();
+                pipe.cmd("XACK")
+                    .arg(&key)
+                    .arg(INBOX_GROUP)
+                    .arg(&ids)
+                    .ignore();
+                pipe.cmd("XDEL").arg(&key).arg(&ids).ignore();
+                if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+                    tracing::warn!(node = %dead, error = %e, "failed node's inbox: acknowledge failed");
+                    return delivered;
+                }
+                if pass == 0 && cursor == "0-0" {
+                    break;
+                }
+            }
+        }
+        delivered
     }
 
     /// This node's id.
@@ -327,6 +653,62 @@ async fn repair_routes(node: Arc<ClusterNode>, dead: String) {
     }
 }
 
+/// Takes over a failed node's sessions once Redis confirms it is dead (its liveness
+/// key expired): gossip alone may call a merely slow node dead.
+async fn repair_sessions(node: Arc<ClusterNode>, dead: String) {
+    let declared = std::time::Instant::now();
+    let deadline = declared + Duration::from_secs(10);
+    loop {
+        match node.is_alive(&dead).await {
+            Ok(false) => break,
+            Ok(true) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Ok(true) => {
+                tracing::info!(node = %dead, "node declared failed by gossip is alive in redis; its sessions stay with it");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(node = %dead, error = %e, "cannot confirm a node's failure in redis; not taking its sessions");
+                return;
+            }
+        }
+    }
+    tracing::info!(node = %dead, ms = declared.elapsed().as_millis() as u64, "node failure confirmed in redis (liveness expired)");
+    node.repair_node(&dead).await;
+}
+
+/// Keeps this node's liveness key alive while it runs.
+async fn liveness(
+    conn: crate::conn::Conn,
+    key: String,
+    generation: u64,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(LIVENESS_REFRESH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let set = redis::cmd("SET")
+                    .arg(&key)
+                    .arg(generation)
+                    .arg("PX")
+                    .arg(LIVENESS_TTL.as_millis() as u64)
+                    .query_async::<()>(&mut conn.clone())
+                    .await;
+                if let Err(e) = set {
+                    tracing::debug!(error = %e, "cannot refresh the liveness key");
+                }
+            }
+            _ = stop.changed() => {
+                let _ = redis::cmd("DEL").arg(&key).query_async::<()>(&mut conn.clone()).await;
+                return;
+            }
+        }
+    }
+}
+
 /// Deletes `(identity, filter)` routes from Redis, then announces each removal.
 async fn remove_routes(
     conn: &crate::conn::Conn,
@@ -348,6 +730,44 @@ async fn remove_routes(
         (keys.feed(), feed::feed_entry(keys, &record))
     });
     run_per_key(conn, announce.collect()).await
+}
+
+/// What a session with `subs` would have been delivered of `msg` (the groups are
+/// those the sending node assigned to the dead node), or `None`.
+fn delivery_for(
+    client_id: &str,
+    subs: &[(String, broker::session::Subscription)],
+    msg: &Arc<Message>,
+    groups: &LocalGroups,
+) -> Option<broker::mailbox::Delivery> {
+    let mut best: Option<broker::mailbox::Delivery> = None;
+    for (filter, sub) in subs {
+        let matched = match mqtt::topic::parse_shared(filter) {
+            Ok(Some((group, _))) => groups.contains(group, filter),
+            Ok(None) => {
+                mqtt::topic::matches(filter, msg.topic())
+                    && !(sub.options.no_local && msg.origin.as_deref() == Some(client_id))
+            }
+            Err(()) => false,
+        };
+        if !matched {
+            continue;
+        }
+        let qos = msg.qos.min(sub.options.qos);
+        if qos == mqtt::QoS::AtMostOnce {
+            continue;
+        }
+        let d = best.get_or_insert_with(|| broker::mailbox::Delivery {
+            msg: msg.clone(),
+            qos,
+            retain: sub.options.retain_as_published && msg.retain,
+            sub_ids: Vec::new(),
+            journal: None,
+        });
+        d.qos = d.qos.max(qos);
+        d.sub_ids.extend(sub.id);
+    }
+    best
 }
 
 /// A run's name in the route table.
@@ -379,6 +799,7 @@ async fn watch_members(
                     tracing::warn!(node = %node_id, generation, "node failed; dropping its routes");
                     node.routes.lock().remove_node(&identity);
                     tokio::spawn(repair_routes(node.clone(), identity));
+                    tokio::spawn(repair_sessions(node.clone(), node_id));
                 }
                 Ok(MemberEvent::Left { node_id, generation }) => {
                     tracing::info!(node = %node_id, "node left");
@@ -396,6 +817,8 @@ async fn watch_members(
                 if let Some(g) = current {
                     if g != node.generation.load(std::sync::atomic::Ordering::Acquire) {
                         node.reidentify(g);
+                        let n = node.clone();
+                        tokio::spawn(async move { n.drop_lost_sessions().await });
                     }
                 }
             }
@@ -507,16 +930,82 @@ impl Cluster for ClusterNode {
     fn claim<'a>(
         &'a self,
         client_id: &'a str,
+        request: ClaimRequest<'a>,
     ) -> BoxFuture<'a, Result<ClusterClaim, ClusterError>> {
         Box::pin(async move {
+            let claim = self.claim_inner(client_id, request).await?;
+            if request.clean_start || claim.session.is_some() {
+                return Ok(claim);
+            }
+            // The previous owner is gone (or never answered): resume from Redis.
+            match self.sessions.load(client_id).await {
+                Ok(session) => Ok(ClusterClaim {
+                    epoch: claim.epoch,
+                    session,
+                }),
+                Err(e) => Err(ClusterError(e.to_string())),
+            }
+        })
+    }
+
+    fn journal(&self, entries: Vec<Blocked>) -> oneshot::Receiver<Result<(), ClusterError>> {
+        self.sessions.journal(entries, None)
+    }
+
+    fn session_changed(&self, change: SessionChange) {
+        self.sessions.changed(change);
+    }
+}
+
+impl ClusterNode {
+    /// Claims the client id in Redis and, if another node owned it, has that node
+    /// hand the session over.
+    async fn claim_inner(
+        &self,
+        client_id: &str,
+        request: ClaimRequest<'_>,
+    ) -> Result<ClusterClaim, ClusterError> {
+        {
             let mut conn = self.redis.conn();
-            let (prev, epoch): (String, u64) = self
+            // A previous owner that died is repaired first (its sessions adopted, its
+            // inbox delivered), so that nothing it held for this client is lost.
+            let owner: Option<String> = redis::cmd("HGET")
+                .arg(self.keys.session(client_id))
+                .arg("owner")
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| ClusterError(e.to_string()))?;
+            if let Some(owner) = owner.filter(|o| !o.is_empty() && *o != self.me) {
+                if !self
+                    .is_alive(&owner)
+                    .await
+                    .map_err(|e| ClusterError(e.to_string()))?
+                {
+                    self.repair_node(&owner).await;
+                }
+            }
+            let will = request.will.map(wire::will_value).unwrap_or_default();
+            let (prev, epoch, _existed): (String, u64, u8) = self
                 .claim_script
                 .key(self.keys.session(client_id))
+                .key(self.keys.subscriptions(client_id))
+                .key(self.keys.journal(client_id))
                 .arg(&self.me)
+                .arg(request.expiry_secs)
+                .arg(will)
+                .arg(u8::from(request.clean_start))
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| ClusterError(e.to_string()))?;
+            if request.expiry_secs > 0 || request.will.is_some() {
+                // A survivor finds it here if this node dies.
+                redis::cmd("SADD")
+                    .arg(self.keys.owned(&self.me))
+                    .arg(client_id)
+                    .query_async::<()>(&mut conn)
+                    .await
+                    .map_err(|e| ClusterError(e.to_string()))?;
+            }
             if prev.is_empty() || prev == self.me {
                 return Ok(ClusterClaim {
                     epoch,
@@ -539,15 +1028,36 @@ impl Cluster for ClusterNode {
                 self.handovers.cancel(client_id, epoch);
                 return Err(ClusterError(e.to_string()));
             }
-            let session = match tokio::time::timeout(HANDOVER_WAIT, handed).await {
-                Ok(Ok(session)) => session,
-                _ => {
-                    self.handovers.cancel(client_id, epoch);
-                    tracing::warn!(%client_id, previous = %prev, "previous node did not hand the session over in time; starting without it");
-                    None
+            // Wait for the handover; if the previous node turns out dead meanwhile
+            // (its liveness key expires), repair it instead: what it held for this
+            // session is then in Redis, where the caller loads it from.
+            let deadline = tokio::time::Instant::now() + HANDOVER_WAIT;
+            tokio::pin!(handed);
+            let session = loop {
+                tokio::select! {
+                    r = &mut handed => break r.ok().flatten(),
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                        if !self.is_alive(&prev).await.unwrap_or(true) {
+                            self.handovers.cancel(client_id, epoch);
+                            self.repair_node(&prev).await;
+                            break None;
+                        }
+                        if tokio::time::Instant::now() >= deadline {
+                            self.handovers.cancel(client_id, epoch);
+                            tracing::warn!(%client_id, previous = %prev, "previous node did not hand the session over in time; resuming it from redis");
+                            break None;
+                        }
+                    }
                 }
             };
+            if session.is_some() {
+                let _ = redis::cmd("HDEL")
+                    .arg(self.keys.session(client_id))
+                    .arg("from")
+                    .query_async::<()>(&mut conn)
+                    .await;
+            }
             Ok(ClusterClaim { epoch, session })
-        })
+        }
     }
 }

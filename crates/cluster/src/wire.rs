@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use broker::cluster::LocalGroups;
-use broker::mailbox::Delivery as Queued;
+use broker::mailbox::{Delivery as Queued, Journaled};
 use broker::message::Message;
-use broker::session::{Outbound, SessionSnapshot, Subscription};
+use broker::session::{Outbound, PendingWill, SessionSnapshot, Subscription};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use mqtt::codec::Delivery as Wire;
 use mqtt::{decode, Packet, Protocol, QoS, RetainHandling, SubscriptionOptions};
@@ -134,7 +134,10 @@ pub fn put_handover(
                 out.put_u8(0);
                 put_delivery(out, d);
             }
-            Outbound::Released => out.put_u8(1),
+            Outbound::Released(key) => {
+                out.put_u8(1);
+                put_opt_str(out, key.as_deref());
+            }
         }
     }
     out.put_u32(s.inbound_qos2.len() as u32);
@@ -178,6 +181,14 @@ fn put_delivery(out: &mut BytesMut, d: &Queued) {
     let publish = publish_bytes(&d.msg);
     out.put_u32(publish.len() as u32);
     out.put_slice(&publish);
+    match &d.journal {
+        None => out.put_u8(0),
+        Some(j) => {
+            out.put_u8(1);
+            put_str(out, &j.key);
+            out.put_u16(j.packet_id);
+        }
+    }
 }
 
 fn get_delivery(buf: &mut &[u8], now: Instant) -> Result<Queued, WireError> {
@@ -190,11 +201,19 @@ fn get_delivery(buf: &mut &[u8], now: Instant) -> Result<Queued, WireError> {
     }
     let origin = get_str(buf)?;
     let msg = get_publish(buf, &origin, now)?;
+    let journal = match get_u8(buf)? {
+        0 => None,
+        _ => Some(Box::new(Journaled {
+            key: get_str(buf)?.into(),
+            packet_id: get_u16(buf)?,
+        })),
+    };
     Ok(Queued {
         msg,
         qos,
         retain,
         sub_ids,
+        journal,
     })
 }
 
@@ -234,7 +253,7 @@ fn get_snapshot(buf: &mut &[u8], now: Instant) -> Result<SessionSnapshot, WireEr
         let id = get_u16(buf)?;
         let o = match get_u8(buf)? {
             0 => Outbound::Published(get_delivery(buf, now)?),
-            _ => Outbound::Released,
+            _ => Outbound::Released(get_opt_str(buf)?.map(Box::from)),
         };
         s.inflight.push((id, o));
     }
@@ -386,6 +405,162 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// A journal entry's value: the delivery, or (`R` + packet id) once the client sent
+/// PUBREC for it.
+pub fn journal_value(d: &Queued) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    out.put_u8(b'D');
+    put_delivery(&mut out, d);
+    out.to_vec()
+}
+
+/// A journal entry's delivery without kind and packet id, for a script that
+/// prepends `P` and the id it reserves (see [`read_journal`]).
+pub fn journal_value_unnumbered(d: &Queued) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    put_delivery(&mut out, d);
+    out.to_vec()
+}
+
+/// The value that marks a journaled QoS 2 delivery as received by the client.
+pub fn journal_received(packet_id: u16) -> Vec<u8> {
+    let mut v = vec![b'R'];
+    v.extend_from_slice(&packet_id.to_be_bytes());
+    v
+}
+
+/// What a session's journal holds for one key.
+#[derive(Debug)]
+pub enum JournalEntry {
+    /// A delivery not yet acknowledged (it may or may not have been sent).
+    Pending(Queued),
+    /// A QoS 2 delivery the client received (PUBREC): PUBREL is due.
+    Received(u16),
+}
+
+/// Decodes a journal entry's value.
+pub fn read_journal(mut value: &[u8]) -> Result<JournalEntry, WireError> {
+    match get_u8(&mut value)? {
+        b'D' => Ok(JournalEntry::Pending(get_delivery(
+            &mut value,
+            Instant::now(),
+        )?)),
+        b'R' => Ok(JournalEntry::Received(get_u16(&mut value)?)),
+        // Written by a repair: the packet id the script reserved, then the delivery.
+        b'P' => {
+            let packet_id = get_u16(&mut value)?;
+            let mut d = get_delivery(&mut value, Instant::now())?;
+            d.journal = Some(Box::new(Journaled {
+                key: "".into(),
+                packet_id,
+            }));
+            Ok(JournalEntry::Pending(d))
+        }
+        k => Err(WireError(format!("unknown journal entry kind {k}"))),
+    }
+}
+
+/// A stored subscription's value.
+pub fn subscription_value(sub: &Subscription) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    out.put_u8(options_byte(&sub.options));
+    out.put_u32(sub.id.unwrap_or(0));
+    out.to_vec()
+}
+
+/// Decodes a stored subscription.
+pub fn read_subscription(mut value: &[u8]) -> Result<Subscription, WireError> {
+    let options = options_from(get_u8(&mut value)?)?;
+    let id = get_u32(&mut value)?;
+    Ok(Subscription {
+        options,
+        id: (id != 0).then_some(id),
+    })
+}
+
+/// A will as stored with its session: user name, then the will as a v5 PUBLISH
+/// (its properties ride along) with the Will Delay Interval.
+pub fn will_value(w: &PendingWill) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    put_str(&mut out, w.username.as_deref().unwrap_or(""));
+    let p = &w.will.properties;
+    out.put_u32(p.will_delay_interval.unwrap_or(0));
+    let publish = mqtt::Publish {
+        dup: false,
+        qos: w.will.qos,
+        retain: w.will.retain,
+        topic: w.will.topic.clone(),
+        packet_id: (w.will.qos != QoS::AtMostOnce).then_some(1),
+        properties: mqtt::PublishProperties {
+            payload_format_indicator: p.payload_format_indicator,
+            message_expiry_interval: p.message_expiry_interval,
+            response_topic: p.response_topic.clone(),
+            correlation_data: p.correlation_data.clone(),
+            user_properties: p.user_properties.clone(),
+            content_type: p.content_type.clone(),
+            ..Default::default()
+        },
+        payload: w.will.payload.clone(),
+    };
+    let msg = Message::new(&publish, None, Instant::now());
+    let bytes = publish_bytes(&msg);
+    out.put_u32(bytes.len() as u32);
+    out.put_slice(&bytes);
+    out.to_vec()
+}
+
+/// Decodes a stored will of `client_id`.
+pub fn read_will(client_id: &str, mut value: &[u8]) -> Result<PendingWill, WireError> {
+    let username = get_str(&mut value)?;
+    let delay = get_u32(&mut value)?;
+    let len = get_u32(&mut value)? as usize;
+    if value.remaining() < len {
+        return Err(WireError("truncated will".into()));
+    }
+    let mut packet = BytesMut::from(&value[..len]);
+    let p = match decode(&mut packet, Some(Protocol::V5), usize::MAX) {
+        Ok(Some(Packet::Publish(p))) => p,
+        other => return Err(WireError(format!("will is not a PUBLISH: {other:?}"))),
+    };
+    let pp = p.properties;
+    Ok(PendingWill {
+        client_id: client_id.into(),
+        username: (!username.is_empty()).then(|| username.as_str().into()),
+        will: mqtt::Will {
+            topic: p.topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            properties: mqtt::WillProperties {
+                will_delay_interval: (delay > 0).then_some(delay),
+                payload_format_indicator: pp.payload_format_indicator,
+                message_expiry_interval: pp.message_expiry_interval,
+                content_type: pp.content_type,
+                response_topic: pp.response_topic,
+                correlation_data: pp.correlation_data,
+                user_properties: pp.user_properties,
+            },
+        },
+    })
+}
+
+fn put_opt_str(out: &mut BytesMut, s: Option<&str>) {
+    match s {
+        None => out.put_u8(0),
+        Some(s) => {
+            out.put_u8(1);
+            put_str(out, s);
+        }
+    }
+}
+
+fn get_opt_str(buf: &mut &[u8]) -> Result<Option<String>, WireError> {
+    Ok(match get_u8(buf)? {
+        0 => None,
+        _ => Some(get_str(buf)?),
+    })
+}
+
 fn put_str(out: &mut BytesMut, s: &str) {
     out.put_u16(s.len() as u16);
     out.put_slice(s.as_bytes());
@@ -493,6 +668,12 @@ mod tests {
             qos,
             retain: false,
             sub_ids: vec![3, 4],
+            journal: (qos == QoS::ExactlyOnce).then(|| {
+                Box::new(Journaled {
+                    key: "j1".into(),
+                    packet_id: 21,
+                })
+            }),
         };
         let snapshot = SessionSnapshot {
             expiry_secs: 300,
@@ -510,7 +691,7 @@ mod tests {
             )],
             inflight: vec![
                 (7, Outbound::Published(d(QoS::AtLeastOnce))),
-                (9, Outbound::Released),
+                (9, Outbound::Released(Some("k9".into()))),
             ],
             inbound_qos2: vec![11],
             queued: vec![d(QoS::ExactlyOnce)],
@@ -534,9 +715,17 @@ mod tests {
         assert!(
             matches!(&s.inflight[0], (7, Outbound::Published(q)) if q.qos == QoS::AtLeastOnce && q.sub_ids == vec![3, 4])
         );
-        assert!(matches!(&s.inflight[1], (9, Outbound::Released)));
+        assert!(matches!(&s.inflight[1], (9, Outbound::Released(Some(k))) if &**k == "k9"));
         assert_eq!(s.queued.len(), 1);
         assert_eq!(s.queued[0].msg.publish.payload().as_ref(), b"hello");
+        assert_eq!(
+            s.queued[0].journal.as_deref(),
+            Some(&Journaled {
+                key: "j1".into(),
+                packet_id: 21
+            }),
+            "a journaled delivery keeps its key and reserved packet id across nodes"
+        );
         assert!(matches!(
             &records[1],
             BusRecord::Handover {
@@ -570,5 +759,70 @@ mod tests {
         let mut expired = stored.clone();
         expired[..8].copy_from_slice(&1u64.to_be_bytes());
         assert!(read_retained(&expired).unwrap().is_none());
+    }
+
+    #[test]
+    fn journal_entries_and_subscriptions_round_trip() {
+        let d = Queued {
+            msg: message(),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            sub_ids: vec![9],
+            journal: Some(Box::new(Journaled {
+                key: "k".into(),
+                packet_id: 300,
+            })),
+        };
+        match read_journal(&journal_value(&d)).unwrap() {
+            JournalEntry::Pending(q) => {
+                assert_eq!(
+                    (q.qos, q.retain, q.sub_ids.clone()),
+                    (QoS::AtLeastOnce, true, vec![9])
+                );
+                assert_eq!(q.journal.map(|j| j.packet_id), Some(300));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            read_journal(&journal_received(300)).unwrap(),
+            JournalEntry::Received(300)
+        ));
+        assert!(
+            read_journal(b"X").is_err(),
+            "an unknown kind is an error, not a panic"
+        );
+        let sub = Subscription {
+            options: SubscriptionOptions {
+                qos: QoS::AtLeastOnce,
+                no_local: true,
+                retain_as_published: false,
+                retain_handling: RetainHandling::DoNotSend,
+            },
+            id: Some(77),
+        };
+        assert_eq!(read_subscription(&subscription_value(&sub)).unwrap(), sub);
+    }
+
+    #[test]
+    fn a_stored_will_round_trips_with_its_delay_and_properties() {
+        let w = PendingWill {
+            client_id: "c".into(),
+            username: Some("u".into()),
+            will: mqtt::Will {
+                topic: "dead/c".into(),
+                payload: Bytes::from_static(b"gone"),
+                qos: QoS::AtLeastOnce,
+                retain: true,
+                properties: mqtt::WillProperties {
+                    will_delay_interval: Some(5),
+                    content_type: Some("text/plain".into()),
+                    ..Default::default()
+                },
+            },
+        };
+        let back = read_will("c", &will_value(&w)).unwrap();
+        assert_eq!(back.will, w.will);
+        assert_eq!(back.username.as_deref(), Some("u"));
+        assert!(read_will("c", b"\x00").is_err());
     }
 }

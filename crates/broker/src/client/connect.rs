@@ -17,11 +17,12 @@ use tokio::sync::watch;
 
 use super::Client;
 use crate::broker::Broker;
+use crate::cluster::ClaimRequest;
 use crate::connection::{Connection, ReadError};
 use crate::mailbox::Mailbox;
 use crate::metrics::Metrics;
 use crate::registry::{ConnLink, ExitGuard, Owner};
-use crate::session::{Outbound, PendingWill, Session, SessionSnapshot};
+use crate::session::{Outbound, PendingWill, Session};
 
 /// The largest Maximum Packet Size value (the remaining-length limit plus the header).
 const PROTOCOL_MAX_PACKET: u32 = 268_435_460;
@@ -152,9 +153,21 @@ where
 
     // Claim the client id; a current owner is taken over [MQTT-3.1.4-3], first
     // cluster-wide (a connection on another node is told to go), then on this node.
+    let will = c.will.map(|will| {
+        Box::new(PendingWill {
+            client_id: client_id.clone(),
+            username: c.username.as_deref().map(Arc::from),
+            will,
+        })
+    });
+    let request = ClaimRequest {
+        expiry_secs: expiry,
+        clean_start: c.clean_start,
+        will: will.as_deref(),
+    };
     let (epoch, handed_over) = match broker.cluster() {
         None => (0, None),
-        Some(cluster) => match cluster.claim(&client_id).await {
+        Some(cluster) => match cluster.claim(&client_id, request).await {
             Ok(claim) => (claim.epoch, claim.session),
             Err(e) => {
                 tracing::warn!(%peer, client_id = %client_id, error = %e, "connection refused: cannot claim the client id");
@@ -194,7 +207,7 @@ where
             // A session another node handed over resumes here [MQTT-3.2.2-2].
             let present = match handed_over {
                 Some(snapshot) if !c.clean_start => {
-                    resume_here(&broker, &mut session, snapshot, c.username.as_deref());
+                    broker.resume_session(&mut session, snapshot, c.username.as_deref());
                     true
                 }
                 _ => false,
@@ -203,6 +216,12 @@ where
         }
     };
     session.expiry_secs = expiry;
+    if broker.cluster().is_some() {
+        // A persistent session in a cluster: its QoS 1/2 deliveries are stored in the
+        // cluster before they are queued, so that it survives this node.
+        let journal_epoch = if expiry > 0 { epoch } else { 0 };
+        session.mailbox.set_journal(&client_id, journal_epoch);
+    }
     session.mailbox.set_online(true);
 
     let keep_alive_secs = if limits.server_keep_alive_secs > 0 {
@@ -250,13 +269,6 @@ where
     Metrics::add(&broker.metrics.clients_connected, 1);
     tracing::debug!(%peer, client_id = %client_id, ?protocol, session_present, "client connected");
 
-    let will = c.will.map(|will| {
-        Box::new(PendingWill {
-            client_id: client_id.clone(),
-            username: c.username.as_deref().map(Arc::from),
-            will,
-        })
-    });
     let mut client = Client {
         username: c.username.as_deref().map(Arc::from),
         broker: broker.clone(),
@@ -292,29 +304,6 @@ where
     Some(client)
 }
 
-/// Installs a session handed over by another node: its subscriptions (routes move
-/// here), queued and in-flight messages.
-fn resume_here(
-    broker: &Broker,
-    session: &mut Session,
-    snapshot: SessionSnapshot,
-    username: Option<&str>,
-) {
-    for (filter, sub) in &snapshot.subscriptions {
-        broker.subscribe(
-            filter,
-            crate::router::Subscriber {
-                client_id: session.client_id.clone(),
-                username: username.map(Arc::from),
-                mailbox: session.mailbox.clone(),
-                options: sub.options,
-                id: sub.id,
-            },
-        );
-    }
-    session.restore(snapshot);
-}
-
 impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
     /// Resends a resumed session's unacknowledged messages in their original order:
     /// PUBLISH with DUP set, PUBREL as is [MQTT-4.4.0-1, MQTT-3.3.1-1].
@@ -337,7 +326,7 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                         .publish
                         .encode(protocol, &wire, &mut self.conn.tx.wbuf);
                 }
-                Outbound::Released => {
+                Outbound::Released(_) => {
                     let rel = PubResp {
                         packet_id: id,
                         ..Default::default()

@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use tokio::time::Sleep;
 
 use crate::broker::Broker;
-use crate::cluster::ClusterError;
+use crate::cluster::{ClusterError, SessionChange};
 use crate::connection::{Connection, ReadError, WRITE_HIGH_WATER};
 use crate::mailbox::Delivery;
 use crate::metrics::Metrics;
@@ -224,12 +224,18 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
             Packet::Publish(p) => self.on_publish(p),
             Packet::PubAck(a) => {
                 self.session.puback(a.packet_id);
+                self.sync_journal();
                 None
             }
-            Packet::PubRec(a) => self.on_pubrec(a),
+            Packet::PubRec(a) => {
+                let exit = self.on_pubrec(a);
+                self.sync_journal();
+                exit
+            }
             Packet::PubRel(a) => self.on_pubrel(a),
             Packet::PubComp(a) => {
                 self.session.pubcomp(a.packet_id);
+                self.sync_journal();
                 None
             }
             Packet::Subscribe(s) => self.on_subscribe(s),
@@ -249,6 +255,18 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                 Some(Exit::Server(ReasonCode::ProtocolError))
             }
         }
+    }
+
+    /// Passes the client's acknowledgements of journaled deliveries to the cluster.
+    fn sync_journal(&mut self) {
+        if self.session.journal_updates.is_empty() {
+            return;
+        }
+        let updates = std::mem::take(&mut self.session.journal_updates);
+        self.broker.session_changed(SessionChange::Journal {
+            client_id: self.client_id.clone(),
+            updates,
+        });
     }
 
     fn on_disconnect(&mut self, d: Disconnect) -> Option<Exit> {
@@ -288,7 +306,15 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
         let grace = Duration::from_secs(1);
         let _ = tokio::time::timeout(grace, self.conn.tx.close()).await;
         let will = match exit {
-            Exit::Normal => None,
+            Exit::Normal => {
+                // [MQTT-3.1.2-10] Discarded: nobody may publish it after this node dies.
+                if self.will.is_some() {
+                    self.broker.session_changed(SessionChange::WillDone {
+                        client_id: self.client_id.clone(),
+                    });
+                }
+                None
+            }
             // A shutting-down or draining node does not fire the wills of clients it
             // sends away: they reconnect (elsewhere).
             Exit::Server(ReasonCode::ServerShuttingDown | ReasonCode::UseAnotherServer) => None,

@@ -13,6 +13,7 @@ use tokio::io::AsyncWrite;
 use crate::connection::ReadSide;
 
 use super::{Client, Exit};
+use crate::cluster::SessionChange;
 use crate::mailbox::Delivery;
 use crate::router::Subscriber;
 use crate::session::Subscription;
@@ -77,13 +78,18 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                 id,
             },
         );
-        self.session.subscriptions.insert(
-            f.filter.clone(),
-            Subscription {
-                options: f.options,
-                id,
-            },
-        );
+        let sub = Subscription {
+            options: f.options,
+            id,
+        };
+        if self.session.mailbox.journal().is_some() {
+            broker.session_changed(SessionChange::Subscribed {
+                client_id: self.client_id.clone(),
+                filter: f.filter.clone(),
+                sub: sub.clone(),
+            });
+        }
+        self.session.subscriptions.insert(f.filter.clone(), sub);
         // [MQTT-3.3.1-9, MQTT-3.3.1-10, MQTT-3.3.1-11] Retain Handling; shared
         // subscriptions get no retained messages (v5 §4.8.2).
         let send_retained = !shared
@@ -108,6 +114,7 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                     retain: true,
                     sub_ids: id.into_iter().collect(),
                     msg,
+                    journal: None,
                 });
             }
         }
@@ -126,6 +133,12 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
             .map(|f| {
                 let existed = self.broker.unsubscribe(f, &self.client_id);
                 self.session.subscriptions.remove(f);
+                if existed && self.session.mailbox.journal().is_some() {
+                    self.broker.session_changed(SessionChange::Unsubscribed {
+                        client_id: self.client_id.clone(),
+                        filter: f.clone(),
+                    });
+                }
                 if existed {
                     ReasonCode::Success
                 } else {

@@ -1,0 +1,607 @@
+//! Persistent sessions in Redis: what lets a session outlive the node that holds it.
+//!
+//! A node keeps its sessions in memory and mirrors what another node would need to
+//! resume them, all in the session's own slot (`{s:<client-id>}`):
+//! - `{s:id}` — owner, ownership epoch, expiry, will;
+//! - `{s:id}:subs` — subscriptions;
+//! - `{s:id}:j` — the journal: every QoS 1/2 delivery not yet acknowledged by the
+//!   client, written *before* it is queued (so before the publisher's PUBACK), with
+//!   the packet id reserved for it, and marked once the client sent PUBREC.
+//!
+//! and `{n:<node>}:own` lists the sessions (and wills) a node holds, for the survivor
+//! that takes over when it dies. One writer task applies every change in order, many
+//! per round trip.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker::cluster::{ClusterError, SessionChange};
+use broker::mailbox::Journaled;
+use broker::router::Blocked;
+use broker::session::{JournalUpdate, Outbound, PendingWill, SessionSnapshot};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::conn::{query_per_key, Backoff, Conn, Keys};
+use crate::wire::{
+    journal_received, journal_value, journal_value_unnumbered, read_journal, read_subscription,
+    read_will, subscription_value, JournalEntry,
+};
+
+/// Appends journal entries to a session; returns 0 when the session's epoch moved on
+/// (another node claimed it meanwhile). The entries are written either way: the
+/// journal belongs to the session, not to a node, and a delivery racing a takeover
+/// travels with the handed-over session or is found in Redis by the next owner.
+///
+/// Returns the epoch flag followed by one flag per entry: 1 if it was new, 0 if an
+/// entry with that key existed (the same inbox entry delivered again after a crash:
+/// it is not queued twice).
+const JOURNAL_SCRIPT: &str = r"
+local out = {1}
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then out[1] = 0 end
+for i = 2, #ARGV, 2 do
+  out[#out + 1] = redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1])
+end
+return out
+";
+
+/// Appends journal entries to a session whoever owns it, reserving packet ids from
+/// the session's own counter: for messages a dead node held for a session that was
+/// claimed elsewhere before the repair (its new owner loads them after the repair).
+const JOURNAL_ANY_SCRIPT: &str = r"
+local ids = {}
+for i = 1, #ARGV, 2 do
+  if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 0 then
+    local id = redis.call('HINCRBY', KEYS[1], 'rpid', 1) % 65535 + 1
+    redis.call('HSET', KEYS[2], ARGV[i], 'P' .. string.char(math.floor(id / 256), id % 256) .. ARGV[i + 1])
+  end
+end
+return 1
+";
+
+/// Takes over a session from a dead node, if that node still owns it and there is
+/// something to take (a persistent session or a will): new epoch, new owner.
+const ADOPT_SCRIPT: &str = r"
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return false end
+local exp = tonumber(redis.call('HGET', KEYS[1], 'exp') or '0')
+local will = redis.call('HGET', KEYS[1], 'will')
+if exp == 0 and not will then return false end
+local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+redis.call('HSET', KEYS[1], 'owner', ARGV[2])
+return {epoch, exp, will or ''}
+";
+
+/// Changes kept for retry while Redis is unreachable; beyond this the oldest go.
+const MAX_RETRY: usize = 100_000;
+
+/// Most operations per round trip.
+const MAX_BATCH: usize = 512;
+
+/// One delivery on its way into a session's journal.
+#[derive(Debug)]
+struct Entry {
+    client_id: Arc<str>,
+    epoch: u64,
+    key: String,
+    value: Vec<u8>,
+    blocked: Blocked,
+}
+
+/// Journal entries of one message, waiting to be written and then queued.
+#[derive(Debug)]
+struct JournalOp {
+    entries: Vec<Entry>,
+    done: oneshot::Sender<Result<(), ClusterError>>,
+}
+
+#[derive(Debug)]
+enum Op {
+    Journal(JournalOp),
+    Change(SessionChange),
+}
+
+/// A session another node can resume, as read from Redis.
+#[derive(Debug)]
+pub struct Stored {
+    /// Its state.
+    pub snapshot: SessionSnapshot,
+    /// Its will, if one is waiting.
+    pub will: Option<PendingWill>,
+}
+
+/// This node's side of the persistent sessions in Redis.
+#[derive(Debug)]
+pub struct Sessions {
+    keys: Keys,
+    me: String,
+    conn: Conn,
+    ops: mpsc::UnboundedSender<Op>,
+    seq: AtomicU64,
+}
+
+impl Sessions {
+    /// The store and its writer task.
+    pub fn start(
+        conn: Conn,
+        keys: Keys,
+        me: String,
+    ) -> (Arc<Sessions>, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(writer(conn.clone(), keys.clone(), me.clone(), rx));
+        let sessions = Arc::new(Sessions {
+            keys,
+            me,
+            conn,
+            ops: tx,
+            seq: AtomicU64::new(0),
+        });
+        (sessions, task)
+    }
+
+    /// Journals deliveries to persistent sessions, then queues them. The receiver
+    /// resolves once they are queued, or with the error that kept them from Redis.
+    /// `key` names the entries when the message has a stable identity (an inbox
+    /// entry): writing it again after a crash then replaces the entry instead of adding
+    /// a second copy.
+    pub fn journal(
+        &self,
+        entries: Vec<Blocked>,
+        key: Option<String>,
+    ) -> oneshot::Receiver<Result<(), ClusterError>> {
+        let (done, rx) = oneshot::channel();
+        let now = unix_ms();
+        let entries = entries
+            .into_iter()
+            .filter_map(|mut b| {
+                let (client_id, epoch) = {
+                    let (c, e) = b.mailbox.journal()?;
+                    (c.clone(), e)
+                };
+                let key = key.clone().unwrap_or_else(|| self.next_key(now));
+                b.delivery.journal = Some(Box::new(Journaled {
+                    key: key.as_str().into(),
+                    packet_id: b.mailbox.reserve_packet_id(),
+                }));
+                let value = journal_value(&b.delivery);
+                Some(Entry {
+                    client_id,
+                    epoch,
+                    key,
+                    value,
+                    blocked: b,
+                })
+            })
+            .collect();
+        let op = Op::Journal(JournalOp { entries, done });
+        if let Err(mpsc::error::SendError(Op::Journal(op))) = self.ops.send(op) {
+            let _ = op
+                .done
+                .send(Err(ClusterError("session store stopped".into())));
+        }
+        rx
+    }
+
+    /// A fresh journal key: sorted by time, then by this node's order, which is the
+    /// order a session resumes its entries in elsewhere.
+    fn next_key(&self, now_ms: u64) -> String {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        format!("{now_ms:013}:{}:{seq:016x}", self.me)
+    }
+
+    /// Mirrors a change to a persistent session, in order with the journal.
+    pub fn changed(&self, change: SessionChange) {
+        let _ = self.ops.send(Op::Change(change));
+    }
+
+    /// The session of `client_id` as stored, if it has any state.
+    pub async fn load(
+        &self,
+        client_id: &str,
+    ) -> Result<Option<SessionSnapshot>, redis::RedisError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HGETALL")
+            .arg(self.keys.subscriptions(client_id))
+            .cmd("HGETALL")
+            .arg(self.keys.journal(client_id))
+            .cmd("HGET")
+            .arg(self.keys.session(client_id))
+            .arg("exp");
+        type Fields = Vec<(String, Vec<u8>)>;
+        let (subs, journal, exp): (Fields, Fields, Option<u32>) =
+            pipe.query_async(&mut self.conn.clone()).await?;
+        if subs.is_empty() && journal.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(snapshot(client_id, subs, journal, exp.unwrap_or(0))))
+    }
+
+    /// Takes `client_id` over from `dead` if that node still owns it: returns the new
+    /// epoch and the stored session and will.
+    pub async fn adopt(
+        &self,
+        client_id: &str,
+        dead: &str,
+    ) -> Result<Option<(u64, Stored)>, redis::RedisError> {
+        let adopted: Option<(u64, u32, Vec<u8>)> = redis::Script::new(ADOPT_SCRIPT)
+            .key(self.keys.session(client_id))
+            .arg(dead)
+            .arg(&self.me)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        let Some((epoch, exp, will)) = adopted else {
+            return Ok(None);
+        };
+        let mut snapshot = self.load(client_id).await?.unwrap_or_default();
+        snapshot.expiry_secs = exp;
+        let will = if will.is_empty() {
+            None
+        } else {
+            match read_will(client_id, &will) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::error!(%client_id, error = %e, "stored will unreadable; not published");
+                    None
+                }
+            }
+        };
+        Ok(Some((epoch, Stored { snapshot, will })))
+    }
+
+    /// The stored subscriptions of `client_id`.
+    pub async fn subscriptions(
+        &self,
+        client_id: &str,
+    ) -> Result<Vec<(String, broker::session::Subscription)>, redis::RedisError> {
+        let fields: Vec<(String, Vec<u8>)> = redis::cmd("HGETALL")
+            .arg(self.keys.subscriptions(client_id))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(fields
+            .into_iter()
+            .filter_map(|(f, v)| read_subscription(&v).ok().map(|s| (f, s)))
+            .collect())
+    }
+
+    /// Journals deliveries straight into a session that is not installed anywhere yet
+    /// (its new owner loads it once the repair that calls this is done).
+    pub async fn journal_stored(
+        &self,
+        client_id: &str,
+        deliveries: Vec<(String, broker::mailbox::Delivery)>,
+    ) -> Result<(), redis::RedisError> {
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(JOURNAL_ANY_SCRIPT)
+            .arg(2)
+            .arg(self.keys.session(client_id))
+            .arg(self.keys.journal(client_id));
+        for (key, mut d) in deliveries {
+            // The script prepends the packet id it reserves.
+            d.journal = None;
+            cmd.arg(key).arg(journal_value_unnumbered(&d));
+        }
+        cmd.query_async(&mut self.conn.clone()).await
+    }
+
+    /// The stored subscriptions of a persistent session that a client claimed away
+    /// from `dead` (the claim script noted `from`) and that the repair of `dead` has
+    /// not covered yet; `None` otherwise.
+    pub async fn claimed_from(
+        &self,
+        client_id: &str,
+        dead: &str,
+    ) -> Result<Option<Vec<(String, broker::session::Subscription)>>, redis::RedisError> {
+        let from: Option<String> = redis::cmd("HGET")
+            .arg(self.keys.session(client_id))
+            .arg("from")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        if from.as_deref() != Some(dead) {
+            return Ok(None);
+        }
+        Ok(Some(self.subscriptions(client_id).await?))
+    }
+
+    /// The repair covered `client_id`.
+    pub async fn repaired(&self, client_id: &str) -> Result<(), redis::RedisError> {
+        redis::cmd("HDEL")
+            .arg(self.keys.session(client_id))
+            .arg("from")
+            .query_async(&mut self.conn.clone())
+            .await
+    }
+
+    /// The client ids `node` holds sessions or wills for.
+    pub async fn owned_by(&self, node: &str) -> Result<Vec<String>, redis::RedisError> {
+        redis::cmd("SMEMBERS")
+            .arg(self.keys.owned(node))
+            .query_async(&mut self.conn.clone())
+            .await
+    }
+
+    /// Records that this node now holds `clients`, and `from` no longer does.
+    pub async fn moved(
+        &self,
+        from: &str,
+        clients: &HashSet<String>,
+    ) -> Result<(), redis::RedisError> {
+        if clients.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = clients.iter().map(String::as_str).collect();
+        let mut conn = self.conn.clone();
+        if from != self.me {
+            redis::cmd("SREM")
+                .arg(self.keys.owned(from))
+                .arg(&ids)
+                .query_async::<()>(&mut conn)
+                .await?;
+        }
+        redis::cmd("SADD")
+            .arg(self.keys.owned(&self.me))
+            .arg(&ids)
+            .query_async(&mut conn)
+            .await
+    }
+}
+
+/// Builds a session from its stored fields: released QoS 2 deliveries become
+/// in-flight PUBRELs, the rest is queued in journal order with the packet ids
+/// reserved for it.
+fn snapshot(
+    client_id: &str,
+    subs: Vec<(String, Vec<u8>)>,
+    mut journal: Vec<(String, Vec<u8>)>,
+    exp: u32,
+) -> SessionSnapshot {
+    let mut s = SessionSnapshot {
+        expiry_secs: exp,
+        ..Default::default()
+    };
+    for (filter, value) in subs {
+        match read_subscription(&value) {
+            Ok(sub) => s.subscriptions.push((filter, sub)),
+            Err(e) => {
+                tracing::error!(%client_id, %filter, error = %e, "stored subscription unreadable; skipped")
+            }
+        }
+    }
+    journal.sort_by(|a, b| a.0.cmp(&b.0));
+    for (key, value) in journal {
+        match read_journal(&value) {
+            Ok(JournalEntry::Received(id)) => {
+                s.inflight.push((id, Outbound::Released(Some(key.into()))))
+            }
+            Ok(JournalEntry::Pending(mut d)) => {
+                if let Some(j) = d.journal.as_mut() {
+                    j.key = key.into();
+                }
+                s.queued.push(d);
+            }
+            Err(e) => {
+                tracing::error!(%client_id, error = %e, "stored delivery unreadable; skipped")
+            }
+        }
+    }
+    s
+}
+
+/// Applies operations in order, batching.
+async fn writer(conn: Conn, keys: Keys, me: String, mut rx: mpsc::UnboundedReceiver<Op>) {
+    let mut retry: Vec<SessionChange> = Vec::new();
+    let mut backoff = Backoff::default();
+    let mut failing_since: Option<std::time::Instant> = None;
+    loop {
+        let mut batch = Vec::new();
+        if retry.is_empty() {
+            match rx.recv().await {
+                Some(op) => batch.push(op),
+                None => return,
+            }
+        }
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        // Changes that failed before go first, in their order.
+        let mut changes: Vec<SessionChange> = std::mem::take(&mut retry);
+        let mut journals = Vec::new();
+        let mut cmds: Vec<(String, redis::Cmd)> = Vec::new();
+        for c in &changes {
+            change_cmds(&keys, &me, c, &mut cmds);
+        }
+        for op in batch {
+            match op {
+                Op::Change(c) => {
+                    change_cmds(&keys, &me, &c, &mut cmds);
+                    changes.push(c);
+                }
+                Op::Journal(j) => {
+                    let mut at = Vec::new();
+                    for group in groups(&j.entries) {
+                        let (client_id, epoch) = (
+                            &j.entries[group.start].client_id,
+                            j.entries[group.start].epoch,
+                        );
+                        // EVAL with the script text each time: a Redis that restarted
+                        // has no script cache, and a pipeline cannot fall back from
+                        // EVALSHA.
+                        let mut cmd = redis::cmd("EVAL");
+                        cmd.arg(JOURNAL_SCRIPT)
+                            .arg(2)
+                            .arg(keys.session(client_id))
+                            .arg(keys.journal(client_id))
+                            .arg(epoch);
+                        for e in &j.entries[group.clone()] {
+                            cmd.arg(&e.key).arg(e.value.as_slice());
+                        }
+                        at.push((cmds.len(), group));
+                        cmds.push((keys.session(client_id), cmd));
+                    }
+                    journals.push((j, at));
+                }
+            }
+        }
+        match query_per_key(&conn, cmds).await {
+            Ok(values) => {
+                if let Some(since) = failing_since.take() {
+                    tracing::info!(
+                        secs = since.elapsed().as_secs(),
+                        "session store: redis reachable again"
+                    );
+                }
+                backoff.reset();
+                for (j, at) in journals {
+                    let mut entries: Vec<Option<_>> = j.entries.into_iter().map(Some).collect();
+                    for (i, group) in at {
+                        let flags: Vec<i64> = match values.get(i) {
+                            Some(v) => redis::from_redis_value_ref(v).unwrap_or_default(),
+                            None => Vec::new(),
+                        };
+                        if flags.first() == Some(&0) {
+                            tracing::debug!("journaled for a session being taken over");
+                        }
+                        for (n, e) in entries[group].iter_mut().enumerate() {
+                            let Entry {
+                                client_id,
+                                blocked: b,
+                                ..
+                            } = e.take().expect("each entry once");
+                            if flags.get(n + 1) == Some(&0) {
+                                tracing::debug!(%client_id, "already journaled (delivered again after a crash); not queued twice");
+                                continue;
+                            }
+                            b.mailbox.push(b.delivery);
+                        }
+                    }
+                    let _ = j.done.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                if failing_since.is_none() {
+                    failing_since = Some(std::time::Instant::now());
+                    tracing::warn!(error = %e, "session store: redis unreachable; persistent-session messages are refused until it is back");
+                }
+                let err = ClusterError(e.to_string());
+                for (j, _) in journals {
+                    let _ = j.done.send(Err(err.clone()));
+                }
+                if changes.len() > MAX_RETRY {
+                    let drop = changes.len() - MAX_RETRY;
+                    tracing::warn!(
+                        dropped = drop,
+                        "session store: too many changes waiting for redis; oldest dropped"
+                    );
+                    changes.drain(..drop);
+                }
+                retry = changes;
+                backoff.wait().await;
+            }
+        }
+    }
+}
+
+/// Consecutive runs of entries for one session (and epoch): one script call each.
+fn groups(entries: &[Entry]) -> Vec<std::ops::Range<usize>> {
+    let mut out: Vec<std::ops::Range<usize>> = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        match out.last_mut() {
+            Some(r)
+                if entries[r.start].client_id == e.client_id
+                    && entries[r.start].epoch == e.epoch =>
+            {
+                r.end = i + 1
+            }
+            _ => out.push(i..i + 1),
+        }
+    }
+    out
+}
+
+/// The Redis commands that mirror one change.
+fn change_cmds(keys: &Keys, me: &str, c: &SessionChange, out: &mut Vec<(String, redis::Cmd)>) {
+    match c {
+        SessionChange::Subscribed {
+            client_id,
+            filter,
+            sub,
+        } => {
+            let mut cmd = redis::cmd("HSET");
+            cmd.arg(keys.subscriptions(client_id))
+                .arg(filter)
+                .arg(subscription_value(sub));
+            out.push((keys.session(client_id), cmd));
+        }
+        SessionChange::Unsubscribed { client_id, filter } => {
+            let mut cmd = redis::cmd("HDEL");
+            cmd.arg(keys.subscriptions(client_id)).arg(filter);
+            out.push((keys.session(client_id), cmd));
+        }
+        SessionChange::Journal { client_id, updates } => {
+            for u in updates {
+                let mut cmd = match u {
+                    JournalUpdate::Done(key) => {
+                        let mut cmd = redis::cmd("HDEL");
+                        cmd.arg(keys.journal(client_id)).arg(&**key);
+                        cmd
+                    }
+                    JournalUpdate::Received(j) => {
+                        let mut cmd = redis::cmd("HSET");
+                        cmd.arg(keys.journal(client_id))
+                            .arg(&*j.key)
+                            .arg(journal_received(j.packet_id));
+                        cmd
+                    }
+                };
+                out.push((keys.session(client_id), std::mem::take(&mut cmd)));
+            }
+        }
+        SessionChange::WillDone { client_id } => {
+            let mut cmd = redis::cmd("HDEL");
+            cmd.arg(keys.session(client_id)).arg("will");
+            out.push((keys.session(client_id), cmd));
+        }
+        SessionChange::Ended { client_id } => {
+            let mut del = redis::cmd("DEL");
+            del.arg(keys.subscriptions(client_id))
+                .arg(keys.journal(client_id));
+            out.push((keys.session(client_id), del));
+            // The hash stays: its epoch keeps counting, so fencing tokens only grow.
+            let mut hdel = redis::cmd("HDEL");
+            hdel.arg(keys.session(client_id)).arg("exp").arg("will");
+            out.push((keys.session(client_id), hdel));
+            let mut srem = redis::cmd("SREM");
+            srem.arg(keys.owned(me)).arg(&**client_id);
+            out.push((keys.owned(me), srem));
+        }
+    }
+}
+
+/// The journal key of record `index` of inbox entry `entry` (a stream id,
+/// `<ms>-<seq>`) of `node`'s inbox: the same wherever and however often the entry is
+/// delivered.
+pub fn inbox_key(node: &str, entry: &str, index: usize) -> String {
+    let ms: u64 = entry
+        .split_once('-')
+        .and_then(|(ms, _)| ms.parse().ok())
+        .unwrap_or(0);
+    format!("{ms:013}:{node}:{entry}:{index}")
+}
+
+/// Milliseconds since the Unix epoch.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// How long to wait between liveness refreshes, and how long a liveness key lives:
+/// a node that has not refreshed it for this long is dead as far as Redis knows.
+pub const LIVENESS_REFRESH: Duration = Duration::from_millis(500);
+/// See [`LIVENESS_REFRESH`].
+pub const LIVENESS_TTL: Duration = Duration::from_millis(2000);
