@@ -342,6 +342,9 @@ pub struct SubStats {
     pub id: String,
     /// (publisher, seq) → times handed to the application.
     pub received: HashMap<(usize, u64), u32>,
+    /// Every delivery of each message: (connection number, packet id, DUP flag), for
+    /// explaining duplicates.
+    pub deliveries: HashMap<(usize, u64), Vec<(usize, u16, bool)>>,
     pub connects: Vec<ConnEvent>,
     /// Reconnects answered with Session Present 0: the server lost the session.
     pub sessions_lost: u32,
@@ -435,6 +438,18 @@ impl Stats {
     /// Present flags.
     fn details(&self) -> Vec<String> {
         let mut out = Vec::new();
+        for p in &self.pubs {
+            if p.sessions_lost > 0 {
+                out.push(format!(
+                    "{}: publisher session lost (Session Present per connection: {:?})",
+                    p.id,
+                    p.connects
+                        .iter()
+                        .map(|c| c.session_present)
+                        .collect::<Vec<_>>()
+                ));
+            }
+        }
         for s in &self.subs {
             let mut dups: Vec<(&(usize, u64), &u32)> =
                 s.received.iter().filter(|(_, &n)| n > 1).collect();
@@ -444,7 +459,15 @@ impl Stats {
                 let first: Vec<String> = dups
                     .iter()
                     .take(8)
-                    .map(|((p, q), k)| format!("{p}:{q}×{k}"))
+                    .map(|((p, q), k)| {
+                        let how: Vec<String> = s.deliveries[&(*p, *q)]
+                            .iter()
+                            .map(|(c, pid, dup)| {
+                                format!("conn {c} pid {pid} dup {}", u8::from(*dup))
+                            })
+                            .collect();
+                        format!("{p}:{q}×{k} [{}]", how.join(", "))
+                    })
                     .collect();
                 out.push(format!(
                     "{}: {n} received more than once (first: {})",
@@ -768,6 +791,11 @@ impl Client {
                     self.shared.update(|s| {
                         let st = &mut s.subs[index];
                         *st.received.entry(key).or_insert(0) += 1;
+                        let conn_no = st.connects.len();
+                        st.deliveries
+                            .entry(key)
+                            .or_default()
+                            .push((conn_no, m.pid, m.dup));
                         if let Some(c) = st.connects.last_mut() {
                             c.first_publish.get_or_insert_with(Instant::now);
                         }
