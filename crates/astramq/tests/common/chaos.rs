@@ -771,18 +771,13 @@ impl Client {
                 let Role::Sub { index, .. } = self.role else {
                     panic!("{}: a publisher received {m:?}", self.id);
                 };
+                // Handed to the application on arrival ("method B"), before the
+                // acknowledgement is written: a message that arrived is counted even if
+                // the connection fails before its PUBACK/PUBREC leaves.
                 let deliver = match m.qos {
-                    1 => {
-                        conn.send(&encode_ack(PUBACK, m.pid, 0, self.v)).await?;
-                        true
-                    }
-                    2 => {
-                        // [MQTT-4.3.3-9]/[MQTT-4.3.3-2]: a resend of a packet id still
-                        // awaiting PUBREL is acknowledged, not delivered again.
-                        let new = self.awaiting_rel.insert(m.pid);
-                        conn.send(&encode_ack(PUBREC, m.pid, 0, self.v)).await?;
-                        new
-                    }
+                    // [MQTT-4.3.3-9]/[MQTT-4.3.3-2]: a resend of a packet id still
+                    // awaiting PUBREL is acknowledged, not delivered again.
+                    2 => self.awaiting_rel.insert(m.pid),
                     _ => true,
                 };
                 if deliver {
@@ -800,6 +795,11 @@ impl Client {
                             c.first_publish.get_or_insert_with(Instant::now);
                         }
                     });
+                }
+                match m.qos {
+                    1 => conn.send(&encode_ack(PUBACK, m.pid, 0, self.v)).await?,
+                    2 => conn.send(&encode_ack(PUBREC, m.pid, 0, self.v)).await?,
+                    _ => {}
                 }
             }
             Packet::Pubrel(a) => {
