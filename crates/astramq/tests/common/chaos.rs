@@ -337,6 +337,9 @@ pub struct ConnEvent {
     pub ended: Option<Instant>,
 }
 
+/// One delivery of a message: (connection number from 1, packet id, DUP flag).
+pub type Delivery = (usize, u16, bool);
+
 #[derive(Default, Debug)]
 pub struct SubStats {
     pub id: String,
@@ -344,7 +347,7 @@ pub struct SubStats {
     pub received: HashMap<(usize, u64), u32>,
     /// Every delivery of each message: (connection number, packet id, DUP flag), for
     /// explaining duplicates.
-    pub deliveries: HashMap<(usize, u64), Vec<(usize, u16, bool)>>,
+    pub deliveries: HashMap<(usize, u64), Vec<Delivery>>,
     pub connects: Vec<ConnEvent>,
     /// Reconnects answered with Session Present 0: the server lost the session.
     pub sessions_lost: u32,
