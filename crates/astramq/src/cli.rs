@@ -75,6 +75,10 @@ pub struct BrokerArgs {
     /// Log level or tracing filter. Key `log_level`, env `ASTRAMQ_LOG_LEVEL`.
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// Address of the HTTP health endpoint (`GET /health`, `GET /metrics`). Key
+    /// `health_listen`, env `ASTRAMQ_HEALTH_LISTEN`. Default: none.
+    #[arg(long, value_name = "ADDR")]
+    pub health_listen: Option<SocketAddr>,
     /// This node's id in the cluster. Key `node_id`, env `ASTRAMQ_NODE_ID`.
     #[arg(long, value_name = "ID")]
     pub node_id: Option<String>,
@@ -133,6 +137,7 @@ const TOP_KEYS: &[&str] = &[
     "password_file",
     "acl_file",
     "log_level",
+    "health_listen",
     "node_id",
     "redis",
     "gossip_listen",
@@ -227,6 +232,9 @@ fn apply_flags(table: &mut Table, args: &BrokerArgs) {
     if let Some(l) = &args.log_level {
         table.insert("log_level".into(), text(l));
     }
+    if let Some(v) = &args.health_listen {
+        table.insert("health_listen".into(), text(&v.to_string()));
+    }
     if let Some(v) = &args.node_id {
         table.insert("node_id".into(), text(v));
     }
@@ -299,6 +307,46 @@ mod tests {
         };
         let c = load_config(&args, &env(&[])).unwrap();
         assert_eq!(c.proxy_listen, vec!["127.0.0.1:2884".parse().unwrap()]);
+    }
+
+    #[test]
+    fn health_listen_from_file_env_and_flag() {
+        let dir = tempfile_dir();
+        let path = dir.join("astramq.toml");
+        std::fs::write(&path, "health_listen = \"127.0.0.1:9100\"\n").unwrap();
+        let args = BrokerArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        let c = load_config(&args, &env(&[])).unwrap();
+        assert_eq!(c.health_listen, Some("127.0.0.1:9100".parse().unwrap()));
+        let c = load_config(&args, &env(&[("ASTRAMQ_HEALTH_LISTEN", "127.0.0.1:9101")])).unwrap();
+        assert_eq!(c.health_listen, Some("127.0.0.1:9101".parse().unwrap()));
+        let args = BrokerArgs {
+            config: Some(path),
+            health_listen: Some("127.0.0.1:9102".parse().unwrap()),
+            ..Default::default()
+        };
+        let c = load_config(&args, &env(&[("ASTRAMQ_HEALTH_LISTEN", "127.0.0.1:9101")])).unwrap();
+        assert_eq!(c.health_listen, Some("127.0.0.1:9102".parse().unwrap()));
+        let e = load_config(
+            &BrokerArgs::default(),
+            &env(&[("ASTRAMQ_HEALTH_LISTEN", "nowhere")]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("health_listen"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A fresh scratch directory (no tempfile dependency in the binary crate).
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "astramq-cli-test-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 
     #[test]

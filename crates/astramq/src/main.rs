@@ -14,7 +14,9 @@ mod passwd;
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::Arc;
 
+use anyhow::Context;
 use clap::Parser;
 
 use cli::{Cli, Command};
@@ -46,7 +48,16 @@ fn run_broker(args: cli::BrokerArgs) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         let cluster_settings = config.cluster_settings();
+        let health_listen = config.health_listen;
         let server = broker::Server::bind(config).await?;
+        let health = match health_listen {
+            Some(addr) => Some(
+                broker::health::HealthServer::bind(addr)
+                    .await
+                    .with_context(|| format!("health_listen: cannot bind {addr}"))?,
+            ),
+            None => None,
+        };
         // Join the cluster before accepting anyone, so no client sees a half-joined node.
         let node = match cluster_settings {
             Some(settings) => {
@@ -71,6 +82,25 @@ fn run_broker(args: cli::BrokerArgs) -> anyhow::Result<()> {
             tracing::info!(%addr, "listening (PROXY protocol v2 required)");
             writeln!(stdout, "listening on {addr} (proxy)")?;
         }
+        let (health_task, stopping) = match health {
+            Some(h) => {
+                let addr = h.local_addr()?;
+                tracing::info!(%addr, "health endpoint listening");
+                writeln!(stdout, "health on {addr}")?;
+                if let Some(n) = &node {
+                    n.set_admin(addr);
+                }
+                let probe = node
+                    .clone()
+                    .map(|n| n as Arc<dyn broker::health::HealthProbe>);
+                let stopping = h.stopping_flag();
+                (
+                    Some(h.spawn(server.broker().clone(), probe)),
+                    Some(stopping),
+                )
+            }
+            None => (None, None),
+        };
         if let Some(gossip) = node.as_ref().and_then(|n| n.gossip_addr()) {
             writeln!(stdout, "gossip on {gossip}")?;
         }
@@ -79,6 +109,9 @@ fn run_broker(args: cli::BrokerArgs) -> anyhow::Result<()> {
         server
             .run(async move {
                 shutdown_signal().await;
+                if let Some(s) = stopping {
+                    s.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 // First out of the load balancers' rotation, then the clients move away.
                 if let Some(n) = drain_node {
                     n.set_draining();
@@ -87,6 +120,9 @@ fn run_broker(args: cli::BrokerArgs) -> anyhow::Result<()> {
             .await;
         if let Some(node) = node {
             node.shutdown().await;
+        }
+        if let Some(t) = health_task {
+            t.abort();
         }
         tracing::info!("stopped");
         Ok(())

@@ -1013,8 +1013,13 @@ versions_test!(unacknowledged_delivery_survives_kill9_of_its_node);
 // Invariants 1 and 3: once a survivor took over a killed node's offline persistent
 // session, messages published meanwhile are kept for it (the session's subscription
 // lives on the survivor) and delivered when the client comes back.
+//
+// Item 4 of issue #6: the takeover shows in the survivors' metrics.
 async fn offline_session_of_a_killed_node_keeps_collecting_messages(v: Version) {
-    let mut c = TestCluster::start(3).await;
+    let mut c = TestCluster::builder(3)
+        .args(&["--health-listen", "127.0.0.1:0"])
+        .start()
+        .await;
     let (mut s, _) = RawClient::connect(
         c.node(0).addr(),
         Connect::persistent(v, "oc", false, EXPIRY),
@@ -1036,6 +1041,25 @@ async fn offline_session_of_a_killed_node_keeps_collecting_messages(v: Version) 
     .await;
     assert!(ca.session_present);
     assert_eq!(s2.recv_publish(T).await.payload, b"while-away");
+    // Exactly one survivor took the session over, and says so in its metrics.
+    let mut adopted = 0;
+    for i in [1, 2] {
+        let (code, body) = http_get(c.node(i).health_addr(), "/metrics").await.unwrap();
+        assert_eq!(code, 200);
+        let value = |name: &str| -> u64 {
+            body.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{body}"))
+        };
+        assert_eq!(
+            value("astramq_cluster_node_failures_total "),
+            1,
+            "n{} saw n1 fail",
+            i + 1
+        );
+        adopted += value("astramq_cluster_sessions_adopted_total ");
+    }
+    assert_eq!(adopted, 1, "one survivor adopted the one session");
 }
 versions_test!(offline_session_of_a_killed_node_keeps_collecting_messages);
 
@@ -1066,3 +1090,42 @@ async fn paused_node_drops_sessions_taken_over_while_it_was_away() {
     p.publish("pz1/x", b"after", 1, false).await;
     assert_eq!(s2.recv_publish(T).await.payload, b"after");
 }
+
+// Invariant 1 at QoS 2 ([MQTT-4.3.3-9] as the receiver, [MQTT-4.4.0-1]): a QoS 2
+// delivery the client already received (PUBREC answered with PUBREL) when its node is
+// killed resumes on another node as PUBREL with the same packet id, never as a second
+// PUBLISH.
+async fn qos2_received_delivery_resumes_as_pubrel_after_kill9(v: Version) {
+    let mut c = TestCluster::start(3).await;
+    let (mut s, _) = RawClient::connect(
+        c.node(0).addr(),
+        Connect::persistent(v, "q2", false, EXPIRY),
+    )
+    .await;
+    s.sub("q2/#", 2).await;
+    c.sync_from(0).await;
+    s.auto_ack = false;
+    let mut p = c.client(1, v, "q2-pub").await;
+    assert_eq!(p.publish("q2/x", b"once", 2, false).await, 0);
+    let m = s.recv_publish(T).await;
+    assert_eq!((m.payload.as_slice(), m.qos), (&b"once"[..], 2));
+    s.send(&encode_ack(PUBREC, m.pid, 0, v)).await;
+    match s.next(T).await {
+        Packet::Pubrel(a) => assert_eq!(a.pid, m.pid),
+        other => panic!("expected PUBREL, got {}", other.name()),
+    }
+    c.kill(0);
+    let (mut s2, ca) = RawClient::connect(
+        c.node(2).addr(),
+        Connect::persistent(v, "q2", false, EXPIRY),
+    )
+    .await;
+    assert!(ca.session_present);
+    match s2.next(T).await {
+        Packet::Pubrel(a) => assert_eq!(a.pid, m.pid, "the same packet id"),
+        other => panic!("expected PUBREL again, got {}", other.name()),
+    }
+    s2.send(&encode_ack(PUBCOMP, m.pid, 0, v)).await;
+    s2.expect_no_publish_default().await;
+}
+versions_test!(qos2_received_delivery_resumes_as_pubrel_after_kill9);

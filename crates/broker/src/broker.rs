@@ -201,6 +201,15 @@ impl Broker {
         }
     }
 
+    /// Tells the cluster (if any) about a change to a persistent session; the receiver
+    /// resolves once it is stored (`None` without a cluster).
+    pub fn session_changed_stored(
+        &self,
+        change: SessionChange,
+    ) -> Option<tokio::sync::oneshot::Receiver<Result<(), ClusterError>>> {
+        self.cluster().map(|c| c.session_changed_stored(change))
+    }
+
     /// Whether publishers wait for room in full queues (`limits.queue_full_wait_ms`).
     fn waits(&self) -> bool {
         self.config.limits.queue_full_wait_ms > 0

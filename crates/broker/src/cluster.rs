@@ -27,6 +27,18 @@ use crate::session::{JournalUpdate, PendingWill, SessionSnapshot, Subscription};
 #[error("cluster unavailable: {0}")]
 pub struct ClusterError(pub String);
 
+/// How the text of a [`ClusterError`] starts when it was refused at once because the
+/// cluster already knows Redis is unreachable (that outage was logged once, so the
+/// refusals themselves are logged at debug level only).
+pub const OUTAGE_PREFIX: &str = "redis unreachable";
+
+impl ClusterError {
+    /// Whether this is a refusal during a known Redis outage (see [`OUTAGE_PREFIX`]).
+    pub fn is_outage(&self) -> bool {
+        self.0.starts_with(OUTAGE_PREFIX)
+    }
+}
+
 /// The shared-subscription groups (`group`, inner filter) this node must serve for
 /// one message; other groups are served by other nodes.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -134,4 +146,10 @@ pub trait Cluster: Send + Sync + Debug + 'static {
     fn journal(&self, entries: Vec<Blocked>) -> oneshot::Receiver<Result<(), ClusterError>>;
     /// Mirrors a change to a persistent session (in order, not awaited).
     fn session_changed(&self, change: SessionChange);
+    /// Mirrors a change like [`Cluster::session_changed`]; the receiver resolves once
+    /// it is stored (retried while Redis is unreachable).
+    fn session_changed_stored(
+        &self,
+        change: SessionChange,
+    ) -> oneshot::Receiver<Result<(), ClusterError>>;
 }

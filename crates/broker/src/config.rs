@@ -47,6 +47,9 @@ pub struct Config {
     pub acl_file: Option<PathBuf>,
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing filter).
     pub log_level: String,
+    /// TCP address of the HTTP health endpoint (`GET /health`, `GET /metrics`); none
+    /// by default. See [`crate::health`].
+    pub health_listen: Option<SocketAddr>,
     /// Protocol limits and queue bounds.
     pub limits: Limits,
     /// Shutdown behaviour.
@@ -117,6 +120,7 @@ impl Default for Config {
             password_file: None,
             acl_file: None,
             log_level: "info".into(),
+            health_listen: None,
             limits: Limits::default(),
             shutdown: Shutdown::default(),
             node_id: None,

@@ -15,6 +15,7 @@
 //! - [`message`] — a message as it travels through the broker.
 //! - [`auth`] — anonymous access, password file and ACL decisions.
 //! - [`metrics`] — counters.
+//! - [`health`] — the HTTP health endpoint (`health_listen`): `/health`, `/metrics`.
 
 pub mod auth;
 pub mod broker;
@@ -22,6 +23,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod connection;
+pub mod health;
 pub mod mailbox;
 pub mod message;
 pub mod metrics;

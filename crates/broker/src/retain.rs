@@ -76,6 +76,17 @@ impl RetainStore {
         out
     }
 
+    /// Every unexpired retained message (what a node re-publishes when the cluster's
+    /// copy was lost).
+    pub fn all(&self, now: Instant) -> Vec<Arc<Message>> {
+        self.by_topic
+            .read()
+            .values()
+            .filter(|m| !m.is_expired(now))
+            .cloned()
+            .collect()
+    }
+
     /// Number of retained messages (expired ones included until next looked at).
     pub fn len(&self) -> usize {
         self.by_topic.read().len()

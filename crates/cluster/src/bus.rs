@@ -117,11 +117,17 @@ pub async fn forwarder(redis: Redis, keys: Keys, mut rx: mpsc::UnboundedReceiver
                 (keys.inbox(node), c)
             })
             .collect();
-        let result = run_per_key(&conn, cmds).await;
-        let outcome = result.map_err(|e| ClusterError(e.to_string()));
-        if let Err(e) = &outcome {
-            tracing::warn!(error = %e, messages = batch.len(), "could not forward messages to other nodes");
-        }
+        // While Redis is known to be unreachable, fail at once: the publishers get
+        // their refusal now instead of after a connection timeout.
+        let outcome = if redis.health().is_reachable() {
+            run_per_key(&conn, cmds).await.map_err(|e| {
+                tracing::debug!(error = %e, messages = batch.len(), "could not forward messages to other nodes");
+                redis.health().failed("forwarding messages to other nodes", &e);
+                ClusterError(e.to_string())
+            })
+        } else {
+            Err(redis.health().unavailable())
+        };
         for o in batch.drain(..) {
             if let Some(done) = o.done {
                 let _ = done.send(outcome.clone());
@@ -162,9 +168,9 @@ pub async fn consumer(
             None => match redis.dedicated(BLOCK).await {
                 Ok(c) => conn.insert(c),
                 Err(e) => {
-                    tracing::warn!(error = %e, "inbox: cannot connect to redis; retrying");
+                    redis.health().cannot_connect("inbox consumer", &e);
                     tokio::select! {
-                        _ = backoff.wait() => {}
+                        _ = backoff.wait_or_recovered(redis.health()) => {}
                         _ = stop.changed() => return,
                     }
                     continue;
@@ -194,11 +200,20 @@ pub async fn consumer(
             }
             Err(e) => {
                 if e.to_string().contains("NOGROUP") {
-                    let _ = ensure_group(c, &key).await;
+                    // The group vanished: Redis lost its data (a restart without
+                    // persistence, a flush). Everything now in the stream was sent
+                    // after that, so the new group reads it from the start.
+                    tracing::warn!(stream = %key, "inbox: consumer group missing (redis lost its data?); creating it");
+                    if let Err(e) = ensure_group_from(c, &key, "0").await {
+                        redis
+                            .health()
+                            .failed("inbox consumer: creating the group", &e);
+                        backoff.wait_or_recovered(redis.health()).await;
+                    }
                 } else {
-                    tracing::warn!(error = %e, "inbox: read failed; reconnecting");
+                    redis.health().failed("inbox consumer", &e);
                     conn = None;
-                    backoff.wait().await;
+                    backoff.wait_or_recovered(redis.health()).await;
                 }
                 continue;
             }
@@ -226,7 +241,10 @@ pub async fn consumer(
                         let source = (node.as_str(), entry.id.as_str());
                         if let Err(e) = deliver(ctx, records, source, &mut scratch, None).await {
                             // Not acknowledged: read again once Redis is back.
-                            tracing::warn!(error = %e, "inbox: persistent-session copies not stored; will retry");
+                            tracing::debug!(error = %e, "inbox: persistent-session copies not stored; will retry");
+                            redis
+                                .health()
+                                .error("inbox consumer: storing persistent-session copies", &e);
                             stored = false;
                             break;
                         }
@@ -250,7 +268,8 @@ pub async fn consumer(
                 .ignore();
             pipe.cmd("XDEL").arg(&key).arg(&ids).ignore();
             if let Err(e) = pipe.query_async::<()>(c).await {
-                tracing::warn!(error = %e, "inbox: acknowledge failed; entries will be read again");
+                tracing::debug!(error = %e, "inbox: acknowledge failed; entries will be read again");
+                redis.health().failed("inbox consumer: acknowledging", &e);
                 acked = false;
             }
         }
@@ -260,7 +279,7 @@ pub async fn consumer(
         if !stored {
             // What was not stored is still pending: read it again after a pause.
             from = "0";
-            backoff.wait().await;
+            backoff.wait_or_recovered(redis.health()).await;
         }
     }
 }
@@ -371,11 +390,23 @@ pub async fn ensure_group(
     conn: &mut crate::conn::Conn,
     key: &str,
 ) -> Result<(), redis::RedisError> {
+    ensure_group_from(conn, key, "$").await
+}
+
+/// Creates the inbox stream and its consumer group if they do not exist, the group
+/// starting after entry `from` (`$`: only entries added from now on; `0`: every entry
+/// already in the stream, as after Redis lost its data and other nodes wrote to the
+/// new stream before this node recreated the group).
+pub async fn ensure_group_from(
+    conn: &mut crate::conn::Conn,
+    key: &str,
+    from: &str,
+) -> Result<(), redis::RedisError> {
     let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(key)
         .arg(INBOX_GROUP)
-        .arg("$")
+        .arg(from)
         .arg("MKSTREAM")
         .query_async(conn)
         .await;

@@ -15,6 +15,7 @@
 //! connection whose response timeout exceeds the BLOCK time; everything else shares
 //! one multiplexed connection.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{
@@ -24,6 +25,8 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisFuture, Value};
 use thiserror::Error;
+
+use crate::health::RedisHealth;
 
 /// Redis could not be reached or used.
 #[derive(Debug, Error)]
@@ -113,13 +116,15 @@ enum Target {
     },
 }
 
-/// A Redis deployment: the shared connection, and a way to open dedicated ones.
+/// A Redis deployment: the shared connection, a way to open dedicated ones, and the
+/// node's view of whether Redis is reachable ([`RedisHealth`], shared by every clone).
 #[derive(Clone)]
 pub struct Redis {
     url: String,
     target: Target,
     shared: Conn,
     timeout: Duration,
+    health: Arc<RedisHealth>,
 }
 
 impl std::fmt::Debug for Redis {
@@ -165,9 +170,14 @@ impl Redis {
         let connect = async {
             let mut conn = match &target {
                 Target::Single(client) => {
+                    // Few, short reconnection retries: a command issued while Redis
+                    // is down waits for the manager's reconnection attempt, which
+                    // must fail fast (the node's watcher and loops retry on their own).
                     let config = ConnectionManagerConfig::new()
                         .set_connection_timeout(Some(timeout))
-                        .set_response_timeout(Some(RESPONSE_TIMEOUT));
+                        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                        .set_number_of_retries(2)
+                        .set_max_delay(Duration::from_millis(500));
                     Conn::Managed(client.get_connection_manager_with_config(config).await?)
                 }
                 other => open(other, RESPONSE_TIMEOUT).await?,
@@ -184,7 +194,18 @@ impl Redis {
             target,
             shared,
             timeout,
+            health: Arc::new(RedisHealth::new()),
         })
+    }
+
+    /// Whether Redis is reachable, as this node sees it (shared by every clone).
+    pub fn health(&self) -> &Arc<RedisHealth> {
+        &self.health
+    }
+
+    /// The URL this deployment was reached through.
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// The shared connection (cheap to clone; multiplexed).
@@ -262,6 +283,17 @@ impl Backoff {
     pub async fn wait(&mut self) {
         tokio::time::sleep(self.next).await;
         self.next = (self.next * 2).min(Backoff::MAX);
+    }
+
+    /// [`Backoff::wait`], cut short when `health` sees Redis come back, so a loop
+    /// that backed off to the longest delay during an outage retries at once.
+    pub async fn wait_or_recovered(&mut self, health: &RedisHealth) {
+        let delay = self.next;
+        self.next = (self.next * 2).min(Backoff::MAX);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = health.recovered() => self.reset(),
+        }
     }
 }
 

@@ -107,8 +107,9 @@ pub async fn writer(redis: Redis, keys: Keys, mut rx: mpsc::UnboundedReceiver<Ch
             match stored.await {
                 Ok(()) => break,
                 Err(e) => {
-                    tracing::warn!(error = %e, changes = batch.len(), "cannot store cluster state changes; retrying");
-                    backoff.wait().await;
+                    tracing::debug!(error = %e, changes = batch.len(), "cannot store cluster state changes; retrying");
+                    redis.health().failed("storing cluster state changes", &e);
+                    backoff.wait_or_recovered(redis.health()).await;
                 }
             }
         }
@@ -218,14 +219,14 @@ pub async fn reader(
                     let current = me.lock().clone();
                     match resync(&mut shared, &keys, &current, &routes, &broker).await {
                         Ok(id) => from = id,
-                        Err(e) => tracing::warn!(error = %e, "feed: resync failed"),
+                        Err(e) => redis.health().failed("feed: resync", &e),
                     }
                     conn.insert(c)
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "feed: cannot connect to redis; retrying");
+                    redis.health().cannot_connect("feed reader", &e);
                     tokio::select! {
-                        _ = backoff.wait() => {}
+                        _ = backoff.wait_or_recovered(redis.health()) => {}
                         _ = stop.changed() => return,
                     }
                     continue;
@@ -251,9 +252,9 @@ pub async fn reader(
                 r
             }
             Err(e) => {
-                tracing::warn!(error = %e, "feed: read failed; reconnecting");
+                redis.health().failed("feed reader", &e);
                 conn = None;
-                backoff.wait().await;
+                backoff.wait_or_recovered(redis.health()).await;
                 continue;
             }
         };
@@ -286,7 +287,10 @@ pub async fn reader(
                     {
                         Ok(v) => v,
                         Err(e) => {
-                            tracing::warn!(error = %e, %topic, "feed: cannot read retained message");
+                            tracing::debug!(error = %e, %topic, "feed: cannot read retained message");
+                            redis
+                                .health()
+                                .failed("feed: reading a retained message", &e);
                             continue;
                         }
                     };

@@ -15,6 +15,8 @@
 //!   every node's copy current.
 //! - [`bus`] — the inbox streams: batched forwarding, and the consumer that delivers
 //!   what other nodes sent.
+//! - [`health`] — whether Redis is reachable: outage detection, fail-fast refusals,
+//!   one log line per transition, the counters behind the health endpoint.
 //! - [`sessions`] — persistent sessions in Redis (subscriptions, will, and a journal
 //!   of unacknowledged deliveries), so that a session outlives its node.
 //! - [`node`] — [`node::ClusterNode`]: starts all of the above and implements the
@@ -23,6 +25,7 @@
 pub mod bus;
 pub mod conn;
 pub mod feed;
+pub mod health;
 pub mod membership;
 pub mod node;
 pub mod routes;

@@ -30,6 +30,8 @@ use crate::sessions::{Sessions, LIVENESS_REFRESH, LIVENESS_TTL};
 use crate::wire;
 use crate::wire::{publish_bytes, put_kick, put_message};
 
+mod outage;
+
 /// Why a node could not join the cluster.
 #[derive(Debug, Error)]
 pub enum StartError {
@@ -101,6 +103,12 @@ pub struct ClusterNode {
     pub nodes_repaired: std::sync::atomic::AtomicU64,
     /// Sessions taken over from failed nodes.
     pub sessions_adopted: std::sync::atomic::AtomicU64,
+    /// Nodes gossip declared failed.
+    pub failures_detected: std::sync::atomic::AtomicU64,
+    /// Last failure: gossip verdict to Redis confirmation, ms.
+    pub last_confirm_ms: std::sync::atomic::AtomicU64,
+    /// Last takeover of a failed node's sessions, ms.
+    pub last_repair_ms: std::sync::atomic::AtomicU64,
     /// QoS 0 messages queued for the forwarder.
     qos0_backlog: Arc<std::sync::atomic::AtomicUsize>,
     /// QoS 0 messages dropped because the backlog was full.
@@ -216,6 +224,9 @@ impl ClusterNode {
             broker: broker.clone(),
             nodes_repaired: Default::default(),
             sessions_adopted: Default::default(),
+            failures_detected: Default::default(),
+            last_confirm_ms: Default::default(),
+            last_repair_ms: Default::default(),
             qos0_backlog: Arc::default(),
             qos0_dropped: Default::default(),
             drop_log: Default::default(),
@@ -223,6 +234,7 @@ impl ClusterNode {
             stop: stop_tx,
             tasks: Mutex::new(tasks),
         });
+        node.watch_redis(broker.clone());
         let watcher = tokio::spawn(watch_members(
             node.clone(),
             membership.events(),
@@ -432,6 +444,10 @@ impl ClusterNode {
         if sessions > 0 || messages > 0 {
             self.nodes_repaired
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.last_repair_ms.store(
+                started.elapsed().as_millis() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
             tracing::info!(node = %dead, sessions, messages, ms = started.elapsed().as_millis() as u64, "took over a failed node's sessions");
         }
     }
@@ -674,7 +690,10 @@ async fn repair_sessions(node: Arc<ClusterNode>, dead: String) {
             }
         }
     }
-    tracing::info!(node = %dead, ms = declared.elapsed().as_millis() as u64, "node failure confirmed in redis (liveness expired)");
+    let ms = declared.elapsed().as_millis() as u64;
+    node.last_confirm_ms
+        .store(ms, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(node = %dead, ms, "node failure confirmed in redis (liveness expired)");
     node.repair_node(&dead).await;
 }
 
@@ -797,6 +816,8 @@ async fn watch_members(
                     // routes of its own under its new generation.
                     let identity = route_identity(&node_id, generation);
                     tracing::warn!(node = %node_id, generation, "node failed; dropping its routes");
+                    node.failures_detected
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     node.routes.lock().remove_node(&identity);
                     tokio::spawn(repair_routes(node.clone(), identity));
                     tokio::spawn(repair_sessions(node.clone(), node_id));
@@ -867,6 +888,9 @@ impl Cluster for ClusterNode {
                 durable: None,
             };
         }
+        if let Err(e) = self.redis.health().check(outage::refusal(msg)) {
+            return outage::refused(msg, local_groups, e);
+        }
         let publish = publish_bytes(msg);
         // Two runs of one node id (a restart not yet noticed) share one inbox: one
         // record for both.
@@ -933,6 +957,7 @@ impl Cluster for ClusterNode {
         request: ClaimRequest<'a>,
     ) -> BoxFuture<'a, Result<ClusterClaim, ClusterError>> {
         Box::pin(async move {
+            self.redis.health().check(crate::health::Refused::Connect)?;
             let claim = self.claim_inner(client_id, request).await?;
             if request.clean_start || claim.session.is_some() {
                 return Ok(claim);
@@ -954,6 +979,13 @@ impl Cluster for ClusterNode {
 
     fn session_changed(&self, change: SessionChange) {
         self.sessions.changed(change);
+    }
+
+    fn session_changed_stored(
+        &self,
+        change: SessionChange,
+    ) -> oneshot::Receiver<Result<(), ClusterError>> {
+        self.sessions.changed_stored(change)
     }
 }
 

@@ -95,15 +95,18 @@ struct JournalOp {
     done: oneshot::Sender<Result<(), ClusterError>>,
 }
 
+/// Told once a change is stored.
+type Stored = Option<oneshot::Sender<Result<(), ClusterError>>>;
+
 #[derive(Debug)]
 enum Op {
     Journal(JournalOp),
-    Change(SessionChange),
+    Change(SessionChange, Stored),
 }
 
 /// A session another node can resume, as read from Redis.
 #[derive(Debug)]
-pub struct Stored {
+pub struct StoredSession {
     /// Its state.
     pub snapshot: SessionSnapshot,
     /// Its will, if one is waiting.
@@ -191,7 +194,21 @@ impl Sessions {
 
     /// Mirrors a change to a persistent session, in order with the journal.
     pub fn changed(&self, change: SessionChange) {
-        let _ = self.ops.send(Op::Change(change));
+        let _ = self.ops.send(Op::Change(change, None));
+    }
+
+    /// Mirrors a change; the receiver resolves once it is stored.
+    pub fn changed_stored(
+        &self,
+        change: SessionChange,
+    ) -> oneshot::Receiver<Result<(), ClusterError>> {
+        let (tx, rx) = oneshot::channel();
+        if let Err(mpsc::error::SendError(Op::Change(_, Some(tx)))) =
+            self.ops.send(Op::Change(change, Some(tx)))
+        {
+            let _ = tx.send(Err(ClusterError("session store stopped".into())));
+        }
+        rx
     }
 
     /// The session of `client_id` as stored, if it has any state.
@@ -222,7 +239,7 @@ impl Sessions {
         &self,
         client_id: &str,
         dead: &str,
-    ) -> Result<Option<(u64, Stored)>, redis::RedisError> {
+    ) -> Result<Option<(u64, StoredSession)>, redis::RedisError> {
         let adopted: Option<(u64, u32, Vec<u8>)> = redis::Script::new(ADOPT_SCRIPT)
             .key(self.keys.session(client_id))
             .arg(dead)
@@ -245,7 +262,7 @@ impl Sessions {
                 }
             }
         };
-        Ok(Some((epoch, Stored { snapshot, will })))
+        Ok(Some((epoch, StoredSession { snapshot, will })))
     }
 
     /// The stored subscriptions of `client_id`.
@@ -391,7 +408,7 @@ fn snapshot(
 
 /// Applies operations in order, batching.
 async fn writer(conn: Conn, keys: Keys, me: String, mut rx: mpsc::UnboundedReceiver<Op>) {
-    let mut retry: Vec<SessionChange> = Vec::new();
+    let mut retry: Vec<(SessionChange, Stored)> = Vec::new();
     let mut backoff = Backoff::default();
     let mut failing_since: Option<std::time::Instant> = None;
     loop {
@@ -409,17 +426,17 @@ async fn writer(conn: Conn, keys: Keys, me: String, mut rx: mpsc::UnboundedRecei
             }
         }
         // Changes that failed before go first, in their order.
-        let mut changes: Vec<SessionChange> = std::mem::take(&mut retry);
+        let mut changes: Vec<(SessionChange, Stored)> = std::mem::take(&mut retry);
         let mut journals = Vec::new();
         let mut cmds: Vec<(String, redis::Cmd)> = Vec::new();
-        for c in &changes {
+        for (c, _) in &changes {
             change_cmds(&keys, &me, c, &mut cmds);
         }
         for op in batch {
             match op {
-                Op::Change(c) => {
+                Op::Change(c, stored) => {
                     change_cmds(&keys, &me, &c, &mut cmds);
-                    changes.push(c);
+                    changes.push((c, stored));
                 }
                 Op::Journal(j) => {
                     let mut at = Vec::new();
@@ -456,6 +473,11 @@ async fn writer(conn: Conn, keys: Keys, me: String, mut rx: mpsc::UnboundedRecei
                     );
                 }
                 backoff.reset();
+                for (_, stored) in changes {
+                    if let Some(tx) = stored {
+                        let _ = tx.send(Ok(()));
+                    }
+                }
                 for (j, at) in journals {
                     let mut entries: Vec<Option<_>> = j.entries.into_iter().map(Some).collect();
                     for (i, group) in at {

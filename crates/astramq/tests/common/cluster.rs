@@ -281,6 +281,88 @@ impl RedisServer {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// Stops the server and waits for it to exit. `keep_data`: `SHUTDOWN SAVE` (the
+    /// data goes to `dump.rdb` in its directory and is loaded again by
+    /// [`RedisServer::restart`]); otherwise `SHUTDOWN NOSAVE` and any earlier dump is
+    /// deleted, so the restarted server is empty (a restart that lost its data).
+    pub fn shutdown(&mut self, keep_data: bool) {
+        let how = if keep_data { "SAVE" } else { "NOSAVE" };
+        // The server closes the connection instead of answering.
+        let _ = self.try_cmd(&["SHUTDOWN", how]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self
+            .child
+            .try_wait()
+            .expect("try_wait redis-server")
+            .is_none()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {} still running 10 s after SHUTDOWN {how}:\n{}",
+                self.port,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !keep_data {
+            let _ = std::fs::remove_file(self.dir.path().join("dump.rdb"));
+        }
+    }
+
+    /// Starts the (shut down) server again on the same port and directory, and waits
+    /// for it to answer PING.
+    pub fn restart(&mut self) {
+        assert!(
+            self.child
+                .try_wait()
+                .expect("try_wait redis-server")
+                .is_some(),
+            "restart: redis-server on port {} is still running",
+            self.port
+        );
+        let bin = redis_tool("redis-server");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut child = Command::new(&bin)
+                .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(self.dir.path())
+                .arg("--logfile")
+                .arg(self.dir.path().join("redis.log"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+            self.stderr = capture(child.stderr.take().unwrap());
+            self.child = child;
+            loop {
+                if self.try_cmd(&["PING"]).is_ok_and(|v| v.text() == "PONG") {
+                    return;
+                }
+                if self.child.try_wait().expect("try_wait").is_some() {
+                    // The port may linger a moment after the previous server: retry.
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "restarted redis-server on port {} did not answer PING within 10 s:\n{}",
+                    self.port,
+                    self.log()
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server could not start again on port {} within 10 s:\n{}",
+                self.port,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 impl Drop for RedisServer {
@@ -492,6 +574,14 @@ impl TestCluster {
 
     pub fn redis(&self) -> &Backend {
         &self.redis
+    }
+
+    /// The single `redis-server` (panics on a Redis Cluster backend).
+    pub fn redis_server(&mut self) -> &mut RedisServer {
+        match &mut self.redis {
+            Backend::Single(s) => s,
+            Backend::Cluster(_) => panic!("redis_server: the cluster runs on a Redis Cluster"),
+        }
     }
 
     /// A full key name: `key("{routes}")` is `astramq:{routes}`.

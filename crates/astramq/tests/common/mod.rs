@@ -143,6 +143,8 @@ pub struct Broker {
     exited: Option<ExitStatus>,
     /// The gossip address a clustered node printed (`gossip on ADDR`).
     gossip: Option<SocketAddr>,
+    /// The health endpoint's address (`health on ADDR`, with `--health-listen`).
+    health: Option<SocketAddr>,
 }
 
 impl Broker {
@@ -218,6 +220,7 @@ impl Broker {
             dir,
             exited: None,
             gossip: None,
+            health: None,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         let expected = b.listen_count();
@@ -240,6 +243,31 @@ impl Broker {
                          (exit status: {status:?})\n--- stderr ---\n{}",
                         broker.stderr()
                     );
+                }
+            }
+        }
+        // With `--health-listen`, `health on ADDR` follows the listeners.
+        if b.args.iter().any(|a| a == "--health-listen") {
+            while broker.health.is_none() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(line) => {
+                        if let Some(a) = line.strip_prefix("health on ") {
+                            let addr = a
+                                .trim()
+                                .parse()
+                                .unwrap_or_else(|e| panic!("bad health line {line:?}: {e}"));
+                            broker.health = Some(addr);
+                        }
+                    }
+                    Err(_) => {
+                        let status = broker.child.try_wait().ok().flatten();
+                        panic!(
+                            "astramq did not print `health on ADDR` within 10 s \
+                             (exit status: {status:?})\n--- stderr ---\n{}",
+                            broker.stderr()
+                        );
+                    }
                 }
             }
         }
@@ -343,6 +371,7 @@ impl Broker {
             dir,
             exited: None,
             gossip: None,
+            health: None,
         }
     }
 
@@ -363,6 +392,19 @@ impl Broker {
         self.gossip
             .expect("not a clustered node: no `gossip on` line was printed")
     }
+    /// The health endpoint of a node started with `--health-listen`.
+    pub fn health_addr(&self) -> SocketAddr {
+        self.health
+            .expect("no `health on` line was printed: start the node with --health-listen")
+    }
+
+    /// `GET /health` on this node: the status code and the body.
+    pub async fn health(&self) -> (u16, String) {
+        http_get(self.health_addr(), "/health")
+            .await
+            .unwrap_or_else(|e| panic!("GET /health on {}: {e}", self.health_addr()))
+    }
+
     /// Scratch directory that lives as long as the broker.
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -471,6 +513,32 @@ pub fn capture(mut r: impl Read + Send + 'static) -> Arc<Mutex<String>> {
         }
     });
     buf
+}
+
+/// A plain HTTP/1.1 `GET path` (one request, `Connection: close`): the status code
+/// and the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await?;
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).await?;
+        Ok::<_, std::io::Error>(raw)
+    };
+    let raw = tokio::time::timeout(T, exchange)
+        .await
+        .map_err(|_| std::io::Error::other("no HTTP response within 5 s"))??;
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no header end in {raw:?}")))?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line in {raw:?}")))?;
+    Ok((code, body.to_string()))
 }
 
 /// A port that was free a moment ago (only for the mosquitto reference mode,

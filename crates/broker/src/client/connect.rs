@@ -170,7 +170,11 @@ where
         Some(cluster) => match cluster.claim(&client_id, request).await {
             Ok(claim) => (claim.epoch, claim.session),
             Err(e) => {
-                tracing::warn!(%peer, client_id = %client_id, error = %e, "connection refused: cannot claim the client id");
+                if e.is_outage() {
+                    tracing::debug!(%peer, client_id = %client_id, error = %e, "connection refused: cannot claim the client id");
+                } else {
+                    tracing::warn!(%peer, client_id = %client_id, error = %e, "connection refused: cannot claim the client id");
+                }
                 refuse(&mut conn, protocol, ReasonCode::ServerUnavailable).await;
                 return None;
             }

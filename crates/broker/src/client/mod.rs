@@ -138,10 +138,20 @@ struct Client<R, W> {
     blocked_until: Instant,
 }
 
-/// A PUBACK or PUBREC not sent yet.
+/// Which acknowledgement a [`PendingAck`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AckKind {
+    /// PUBACK for an inbound QoS 1 PUBLISH.
+    Ack,
+    /// PUBREC for an inbound QoS 2 PUBLISH.
+    Rec,
+    /// PUBREL for an outbound QoS 2 delivery, once the client's PUBREC is stored.
+    Rel,
+}
+
+/// A PUBACK, PUBREC or PUBREL not sent yet.
 struct PendingAck {
-    /// PUBREC (QoS 2) rather than PUBACK (QoS 1).
-    qos2: bool,
+    kind: AckKind,
     packet_id: u16,
     reason: ReasonCode,
     durable: Option<tokio::sync::oneshot::Receiver<Result<(), ClusterError>>>,
@@ -227,11 +237,7 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                 self.sync_journal();
                 None
             }
-            Packet::PubRec(a) => {
-                let exit = self.on_pubrec(a);
-                self.sync_journal();
-                exit
-            }
+            Packet::PubRec(a) => self.on_pubrec(a),
             Packet::PubRel(a) => self.on_pubrel(a),
             Packet::PubComp(a) => {
                 self.session.pubcomp(a.packet_id);

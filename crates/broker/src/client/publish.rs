@@ -12,8 +12,9 @@ use tokio::io::AsyncWrite;
 
 use crate::connection::ReadSide;
 
-use super::{Client, Exit, PendingAck};
+use super::{AckKind, Client, Exit, PendingAck};
 use crate::cluster::ClusterError;
+use crate::cluster::SessionChange;
 use crate::connection::WRITE_HIGH_WATER;
 use crate::mailbox::Delivery;
 use crate::message::Message;
@@ -64,7 +65,7 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
             // again. Queued behind earlier acknowledgements, so a PUBREC never
             // overtakes the first copy's (which may wait for the cluster).
             self.acks.push_back(PendingAck {
-                qos2: true,
+                kind: AckKind::Rec,
                 packet_id,
                 reason: ReasonCode::Success,
                 durable: None,
@@ -126,7 +127,7 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
         }
         // 3.1.1 has no way to say "refused": the message is dropped and acknowledged.
         self.acks.push_back(PendingAck {
-            qos2,
+            kind: if qos2 { AckKind::Rec } else { AckKind::Ack },
             packet_id,
             reason,
             durable,
@@ -154,22 +155,27 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
             let ack = self.acks.pop_front()?;
             let reason = match outcome {
                 Ok(()) => ack.reason,
+                Err(_) if ack.kind == AckKind::Rel => ack.reason,
                 Err(e) => {
-                    tracing::warn!(client_id = %self.client_id, error = %e, "message not acknowledged: cluster copies not stored");
+                    if e.is_outage() {
+                        tracing::debug!(client_id = %self.client_id, error = %e, "message not acknowledged: cluster copies not stored");
+                    } else {
+                        tracing::warn!(client_id = %self.client_id, error = %e, "message not acknowledged: cluster copies not stored");
+                    }
                     if !self.protocol.is_v5() {
                         // 3.1.1 cannot refuse: close, so the client resends it later.
                         return Some(Exit::Server(ReasonCode::ServerUnavailable));
                     }
-                    if ack.qos2 {
+                    if ack.kind == AckKind::Rec {
                         self.session.release_qos2(ack.packet_id);
                     }
                     ReasonCode::UnspecifiedError
                 }
             };
-            let kind = if ack.qos2 {
-                Packet::PubRec
-            } else {
-                Packet::PubAck
+            let kind = match ack.kind {
+                AckKind::Ack => Packet::PubAck,
+                AckKind::Rec => Packet::PubRec,
+                AckKind::Rel => Packet::PubRel,
             };
             self.ack(kind, ack.packet_id, reason);
         }
@@ -213,7 +219,27 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
     /// PUBREC from the client for one of our QoS 2 deliveries.
     pub(super) fn on_pubrec(&mut self, a: PubResp) -> Option<Exit> {
         if self.session.pubrec(a.packet_id, a.reason.is_error()) {
-            self.ack(Packet::PubRel, a.packet_id, ReasonCode::Success);
+            let updates = std::mem::take(&mut self.session.journal_updates);
+            if updates.is_empty() {
+                self.ack(Packet::PubRel, a.packet_id, ReasonCode::Success);
+                return None;
+            }
+            // A journaled delivery: PUBREL only once "received" is stored, so that
+            // after a crash the session resumes with PUBREL, never with the PUBLISH
+            // again (which the client, done with this id, would take as new).
+            let stored = self.broker.session_changed_stored(SessionChange::Journal {
+                client_id: self.client_id.clone(),
+                updates,
+            });
+            self.acks.push_back(PendingAck {
+                kind: AckKind::Rel,
+                packet_id: a.packet_id,
+                reason: ReasonCode::Success,
+                durable: stored,
+                failed: None,
+                held: false,
+            });
+            return self.flush_acks();
         } else if !a.reason.is_error() {
             self.ack(
                 Packet::PubRel,
@@ -221,6 +247,7 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                 ReasonCode::PacketIdentifierNotFound,
             );
         }
+        self.sync_journal();
         None
     }
 
