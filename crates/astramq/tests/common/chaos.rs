@@ -489,15 +489,15 @@ impl Stats {
             for (p, ps) in self.pubs.iter().enumerate() {
                 for &q in &ps.acked {
                     if !s.received.contains_key(&(p, q)) {
-                        miss.push(format!("{p}:{q}"));
                         let t = ps.acked_at[&q];
+                        miss.push(format!("{p}:{q} (acked {})", place(&s.connects, t)));
                         in_gap += usize::from(gaps.iter().any(|&(a, b)| a <= t && t <= b));
                     }
                 }
             }
             if !miss.is_empty() {
                 let n = miss.len();
-                miss.truncate(8);
+                miss.truncate(6);
                 out.push(format!(
                     "{}: {n} missing, {in_gap} of them acknowledged while it was between \
                      connections (first: {}; Session Present per connection: {:?})",
@@ -520,6 +520,22 @@ impl Stats {
                 .enumerate()
                 .all(|(p, ps)| ps.acked.iter().all(|&q| s.received.contains_key(&(p, q))))
         })
+    }
+}
+
+/// Where `t` falls in a client's connection history, for explaining a loss.
+fn place(connects: &[ConnEvent], t: Instant) -> String {
+    let ms = |d: Duration| d.as_millis();
+    match connects.iter().rposition(|c| c.at <= t) {
+        None => "before its first CONNACK".to_string(),
+        Some(k) => match connects[k].ended {
+            Some(e) if e <= t => format!("{} ms after its connection {} ended", ms(t - e), k + 1),
+            _ => format!(
+                "{} ms into its connection {}",
+                ms(t - connects[k].at),
+                k + 1
+            ),
+        },
     }
 }
 
