@@ -8,7 +8,8 @@
 //!   nodes write (`astramq:{routes}`, the inbox streams, sessions).
 //! - [`TestCluster`]: Redis plus n nodes `n1..nN`; `n1` is the gossip seed every other
 //!   node joins. [`TestCluster::kill`] (SIGKILL), [`TestCluster::stop`] (SIGTERM),
-//!   [`TestCluster::restart`] (same node id, same gossip address).
+//!   [`TestCluster::restart`] (same node id, same gossip address),
+//!   [`TestCluster::pause`] / [`TestCluster::resume`] (SIGSTOP / SIGCONT).
 //! - Waiting, never sleeping: [`TestCluster::wait_formed`] (every node saw every
 //!   other come up), [`TestCluster::wait_route_visible`] (a route is in Redis),
 //!   [`TestCluster::sync_feed`] (a node has applied every route and retained change
@@ -599,6 +600,17 @@ impl TestCluster {
         let _ = n.child.kill();
         n.exited = Some(n.child.wait().expect("wait for killed node"));
         self.running[i] = false;
+    }
+
+    /// SIGSTOP node `i`: the process freezes (no gossip, no MQTT, no Redis) but keeps
+    /// its sockets open, as a node stalled by a long GC-like pause or a hung VM.
+    pub fn pause(&self, i: usize) {
+        self.nodes[i].signal("STOP");
+    }
+
+    /// SIGCONT node `i` after [`TestCluster::pause`]: it carries on where it stopped.
+    pub fn resume(&self, i: usize) {
+        self.nodes[i].signal("CONT");
     }
 
     /// SIGTERM node `i` and wait for it to exit; returns its status.

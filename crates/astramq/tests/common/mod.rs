@@ -480,7 +480,7 @@ impl Drop for Broker {
     }
 }
 
-fn tail(s: &str, n: usize) -> &str {
+pub fn tail(s: &str, n: usize) -> &str {
     if s.len() <= n {
         return s;
     }
@@ -498,7 +498,7 @@ fn toml_plain(v: &toml::Value) -> String {
     }
 }
 
-fn capture(mut r: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+pub fn capture(mut r: impl Read + Send + 'static) -> Arc<Mutex<String>> {
     let buf = Arc::new(Mutex::new(String::new()));
     let b2 = buf.clone();
     std::thread::spawn(move || {
