@@ -99,6 +99,8 @@ pub struct ClusterNode {
     handovers: Arc<bus::Handovers>,
     /// Persistent sessions in Redis.
     sessions: Arc<Sessions>,
+    /// This node, for tasks it spawns from `&self`.
+    this: std::sync::OnceLock<std::sync::Weak<ClusterNode>>,
     broker: Arc<Broker>,
     /// Failed nodes whose sessions this node took over.
     pub nodes_repaired: std::sync::atomic::AtomicU64,
@@ -226,6 +228,7 @@ impl ClusterNode {
             claim_script: redis::Script::new(CLAIM_SCRIPT),
             handovers,
             sessions,
+            this: std::sync::OnceLock::new(),
             broker: broker.clone(),
             nodes_repaired: Default::default(),
             sessions_adopted: Default::default(),
@@ -250,7 +253,8 @@ impl ClusterNode {
         *node.membership.lock() = Some(membership);
         // Sessions an earlier run of this node id held (it was killed and restarted
         // before anyone took them over) come back here.
-        let (adopted, _) = node.adopt_sessions(&node.me).await;
+        let _ = node.this.set(Arc::downgrade(&node));
+        let (adopted, _, _) = node.adopt_sessions(&node.me).await;
         if adopted > 0 {
             tracing::info!(
                 sessions = adopted,
@@ -336,15 +340,65 @@ impl ClusterNode {
         }
     }
 
+    /// Drops the routes of node id `dead` (every run but one that is alive again: a
+    /// frozen node may have resumed meanwhile), here and in Redis.
+    async fn drop_routes_of(&self, dead: &str) {
+        let mut conn = self.redis.conn();
+        let alive: Option<u64> = redis::cmd("GET")
+            .arg(self.keys.alive(dead))
+            .query_async(&mut conn)
+            .await
+            .unwrap_or(None);
+        let live_run = alive.map(|g| route_identity(dead, g));
+        let runs = {
+            let mut table = self.routes.lock();
+            let runs: Vec<String> = table
+                .runs_of(dead)
+                .into_iter()
+                .filter(|r| Some(r) != live_run.as_ref())
+                .collect();
+            for r in &runs {
+                table.remove_node(r);
+            }
+            runs
+        };
+        let fields: Vec<String> = match redis::cmd("HKEYS")
+            .arg(self.keys.routes())
+            .query_async(&mut conn)
+            .await
+        {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(node = %dead, error = %e, "route repair: cannot read routes");
+                return;
+            }
+        };
+        let routes: Vec<(&str, &str)> = fields
+            .iter()
+            .filter_map(|f| f.split_once('\n'))
+            .filter(|(identity, _)| {
+                node_of(identity) == dead && Some(*identity) != live_run.as_deref()
+            })
+            .collect();
+        match remove_routes(&conn, &self.keys, &routes).await {
+            Ok(()) if !routes.is_empty() => {
+                tracing::info!(node = %dead, routes = routes.len(), runs = runs.len(), "removed a failed node's routes from redis")
+            }
+            Ok(()) => {}
+            Err(e) => tracing::warn!(node = %dead, error = %e, "route repair failed"),
+        }
+    }
+
     /// Takes over the sessions (and wills) `from` held, as far as it still owns them:
     /// installs them here (wills then go out after their delay) and delivers what
-    /// `from`'s inbox still held for them. Returns (sessions, inbox messages).
-    async fn adopt_sessions(&self, from: &str) -> (usize, usize) {
+    /// `from`'s inbox still held for them. Returns (sessions, inbox messages, and what
+    /// a later drain of the inbox needs).
+    async fn adopt_sessions(&self, from: &str) -> (usize, usize, Option<Taken>) {
         let ids = match self.sessions.owned_by(from).await {
             Ok(ids) => ids,
             Err(e) => {
                 tracing::warn!(node = %from, error = %e, "cannot list a failed node's sessions");
-                return (0, 0);
+                return (0, 0, None);
             }
         };
         let mut adopted: HashSet<String> = HashSet::new();
@@ -388,19 +442,19 @@ impl ClusterNode {
         self.sessions_adopted
             .fetch_add(adopted.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let n = adopted.len();
-        let messages = if from == self.me {
-            0 // this node's own inbox: its consumer reads what is pending
-        } else {
-            let only: HashSet<Arc<str>> = adopted.iter().map(|s| Arc::from(s.as_str())).collect();
-            let messages = self.take_inbox(from, &only, &away).await;
-            for (id, _) in &away {
-                if let Err(e) = self.sessions.repaired(id).await {
-                    tracing::warn!(client_id = %id, error = %e, "cannot mark a session repaired");
-                }
+        if from == self.me {
+            // This node's own inbox: its consumer reads what is pending.
+            return (n, 0, None);
+        }
+        let only: HashSet<Arc<str>> = adopted.iter().map(|s| Arc::from(s.as_str())).collect();
+        let messages = self.take_inbox(from, &only, &away).await;
+        for (id, _) in &away {
+            if let Err(e) = self.sessions.repaired(id).await {
+                tracing::warn!(client_id = %id, error = %e, "cannot mark a session repaired");
             }
-            messages
-        };
-        (n, messages)
+        }
+        let taken = (!only.is_empty() || !away.is_empty()).then_some((only, away));
+        (n, messages, taken)
     }
 
     /// Whether `node` refreshed its liveness key lately.
@@ -441,11 +495,27 @@ impl ClusterNode {
                 }
             }
         }
-        let (sessions, messages) = self.adopt_sessions(dead).await;
+        let (sessions, messages, taken) = self.adopt_sessions(dead).await;
+        self.drop_routes_of(dead).await;
         let _ = redis::cmd("DEL")
             .arg(&lock)
             .query_async::<()>(&mut conn)
             .await;
+        if let Some((only, away)) = taken {
+            // Nodes that had not yet dropped the dead node's routes may still have
+            // sent it copies: drain its inbox again a little later (a copy that also
+            // came another way is stored once, by its message id).
+            let node = self.this.get().cloned().unwrap_or_default();
+            let dead = dead.to_string();
+            tokio::spawn(async move {
+                for wait in [Duration::from_secs(1), Duration::from_secs(3)] {
+                    tokio::time::sleep(wait).await;
+                    if let Some(node) = node.upgrade() {
+                        node.take_inbox(&dead, &only, &away).await;
+                    }
+                }
+            });
+        }
         if sessions > 0 || messages > 0 {
             self.nodes_repaired
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -638,48 +708,6 @@ impl ClusterNode {
     }
 }
 
-/// Removes a dead run's routes from Redis (and announces it), so a node started later
-/// does not load them. One survivor does it, chosen by a Redis lock; the others find
-/// the lock taken.
-async fn repair_routes(node: Arc<ClusterNode>, dead: String) {
-    let mut conn = node.redis.conn();
-    let lock = format!("{}:{{repair:{dead}}}", node.keys.prefix());
-    let won: Option<String> = redis::cmd("SET")
-        .arg(&lock)
-        .arg(node.identity())
-        .arg("NX")
-        .arg("PX")
-        .arg(60_000)
-        .query_async(&mut conn)
-        .await
-        .unwrap_or(None);
-    if won.is_none() {
-        return;
-    }
-    let fields: Vec<String> = match redis::cmd("HKEYS")
-        .arg(node.keys.routes())
-        .query_async(&mut conn)
-        .await
-    {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::warn!(node = %dead, error = %e, "route repair: cannot read routes");
-            return;
-        }
-    };
-    let routes: Vec<(&str, &str)> = fields
-        .iter()
-        .filter_map(|f| f.split_once('\n'))
-        .filter(|(identity, _)| *identity == dead)
-        .collect();
-    match remove_routes(&conn, &node.keys, &routes).await {
-        Ok(()) => {
-            tracing::info!(node = %dead, routes = routes.len(), "removed a failed node's routes from redis")
-        }
-        Err(e) => tracing::warn!(node = %dead, error = %e, "route repair failed"),
-    }
-}
-
 /// Takes over a failed node's sessions once Redis confirms it is dead (its liveness
 /// key expired): gossip alone may call a merely slow node dead.
 async fn repair_sessions(node: Arc<ClusterNode>, dead: String) {
@@ -801,6 +829,13 @@ fn delivery_for(
     best
 }
 
+/// The sessions a repair took over (installed here) and those claimed elsewhere
+/// before it, with their subscriptions: what a later drain of the inbox serves.
+type Taken = (
+    HashSet<Arc<str>>,
+    Vec<(String, Vec<(String, broker::session::Subscription)>)>,
+);
+
 /// A run's name in the route table.
 pub fn route_identity(node_id: &str, generation: u64) -> String {
     format!("{node_id}@{generation}")
@@ -826,12 +861,13 @@ async fn watch_members(
                 Ok(MemberEvent::Down { node_id, generation, .. }) => {
                     // Only that run's routes: a restarted node with the same id has
                     // routes of its own under its new generation.
+                    // Its routes stay until its sessions are taken over: copies keep
+                    // going into its inbox, which the repair drains.
                     let identity = route_identity(&node_id, generation);
-                    tracing::warn!(node = %node_id, generation, "node failed; dropping its routes");
+                    tracing::warn!(node = %node_id, generation, "node failed; taking over its sessions once redis confirms");
                     node.failures_detected
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    node.routes.lock().remove_node(&identity);
-                    tokio::spawn(repair_routes(node.clone(), identity));
+                    node.routes.lock().mark_down(&identity);
                     tokio::spawn(repair_sessions(node.clone(), node_id));
                 }
                 Ok(MemberEvent::Left { node_id, generation }) => {

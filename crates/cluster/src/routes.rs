@@ -32,6 +32,10 @@ pub struct RouteTable {
     plain: TopicTree<String, ()>,
     shared: TopicTree<String, GroupNodes>,
     by_node: HashMap<String, HashSet<String>>,
+    /// Runs gossip declared failed whose routes stay until a survivor took their
+    /// sessions over: their plain routes still get copies (into the inbox the
+    /// repair drains), their shared groups get none while another node has members.
+    down: HashSet<String>,
 }
 
 impl RouteTable {
@@ -93,8 +97,25 @@ impl RouteTable {
         }
     }
 
+    /// Marks `node` (a run) as failed: see `down`.
+    pub fn mark_down(&mut self, node: &str) {
+        if self.by_node.contains_key(node) {
+            self.down.insert(node.to_string());
+        }
+    }
+
+    /// The runs in the table of node id `id` (`<id>@<generation>`).
+    pub fn runs_of(&self, id: &str) -> Vec<String> {
+        self.by_node
+            .keys()
+            .filter(|r| crate::node::node_of(r) == id)
+            .cloned()
+            .collect()
+    }
+
     /// Drops every route of `node` (it left or died).
     pub fn remove_node(&mut self, node: &str) {
+        self.down.remove(node);
         let filters: Vec<String> = self
             .by_node
             .get(node)
@@ -121,13 +142,20 @@ impl RouteTable {
                 p.remote.entry(node.clone()).or_default();
             }
         });
+        let down = &self.down;
         self.shared.for_each_match(topic, |filter, group, g| {
-            let n = g.nodes.len();
+            let up = g.nodes.iter().filter(|n| !down.contains(*n)).count();
+            let n = if up > 0 { up } else { g.nodes.len() };
             if n == 0 {
                 return;
             }
             let i = g.next.fetch_add(1, Ordering::Relaxed) % n;
-            let Some(node) = g.nodes.iter().nth(i) else {
+            let Some(node) = g
+                .nodes
+                .iter()
+                .filter(|n| up == 0 || !down.contains(*n))
+                .nth(i)
+            else {
                 return;
             };
             let entry = (group.clone(), filter.to_string());
@@ -179,5 +207,25 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(t.place("s/1", "a").local_groups.len(), 1);
         }
+    }
+
+    #[test]
+    fn a_failed_run_keeps_plain_routes_but_serves_no_group_until_removed() {
+        let mut t = RouteTable::new();
+        t.add("a@1", "$share/g/s/+");
+        t.add("b@1", "$share/g/s/+");
+        t.add("b@1", "s/#");
+        t.mark_down("b@1");
+        assert_eq!(t.runs_of("b"), vec!["b@1".to_string()]);
+        for _ in 0..4 {
+            let p = t.place("s/1", "a@1");
+            assert_eq!(p.local_groups.len(), 1, "the group goes to the live node");
+            assert!(
+                p.remote["b@1"].is_empty(),
+                "the plain route still gets a copy"
+            );
+        }
+        t.remove_node("b@1");
+        assert!(t.place("s/1", "a@1").remote.is_empty());
     }
 }

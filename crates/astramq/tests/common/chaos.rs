@@ -213,7 +213,7 @@ pub fn parse_log_time(s: &str) -> Option<SystemTime> {
 }
 
 /// Milliseconds from `at` to the first line, on any node still running, saying that
-/// node `failed` was declared failed (`node failed; dropping its routes node=nX`).
+/// node `failed` was declared failed (`node failed; … node=nX`).
 pub fn detect_ms(c: &TestCluster, failed: usize, at: SystemTime) -> Option<u64> {
     let token = format!("node={}", c.id(failed));
     (0..c.len())

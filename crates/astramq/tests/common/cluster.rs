@@ -704,7 +704,7 @@ impl TestCluster {
     pub fn logged_failure_of(&self, i: usize, j: usize) -> bool {
         let token = format!("node={}", self.ids[j]);
         self.nodes[i].stderr().lines().any(|l| {
-            l.contains("node failed; dropping its routes")
+            l.contains("node failed;")
                 && l.split_whitespace().any(|w| w == token)
         })
     }
