@@ -17,6 +17,10 @@ use crate::retain::RetainStore;
 use crate::router::{Blocked, ReadCheck, Routed, Router, Subscriber, Target};
 use crate::session::{PendingWill, Session, SessionSnapshot};
 
+/// How long a persistent session handed over to another node keeps its
+/// subscriptions here, forwarding through the cluster store (see [`Broker::kick`]).
+pub const HANDOVER_GRACE: Duration = Duration::from_secs(5);
+
 /// Everything the connections of one broker share.
 #[derive(Debug)]
 pub struct Broker {
@@ -290,7 +294,12 @@ impl Broker {
     /// Another node took `client_id` over with ownership `epoch`: disconnect it here
     /// (v5: 0x8E), end the session here and return it for the new owner; a
     /// connection here with an older epoch can no longer claim it.
-    pub async fn kick(&self, client_id: &str, epoch: u64) -> Option<SessionSnapshot> {
+    ///
+    /// A persistent session's subscriptions stay here a few seconds more
+    /// (`HANDOVER_GRACE`), journaling into the cluster store what still arrives here
+    /// without queueing it: until every node knows the new owner's routes, copies
+    /// keep coming here, and the new owner picks them up from the store.
+    pub async fn kick(self: &Arc<Self>, client_id: &str, epoch: u64) -> Option<SessionSnapshot> {
         let mut session = match self.registry.kick(client_id, epoch) {
             Kicked::Nothing => return None,
             Kicked::Now(session) => *session,
@@ -299,8 +308,28 @@ impl Broker {
                 _ => return None,
             },
         };
-        // Ending it here first removes the subscriptions (and this node's routes).
-        self.end_session(&session);
+        if session.mailbox.journal().is_some() {
+            session.mailbox.set_forward_only();
+            let filters: Vec<String> = session.subscriptions.keys().cloned().collect();
+            let (broker, client_id, mailbox) = (
+                self.clone(),
+                session.client_id.clone(),
+                session.mailbox.clone(),
+            );
+            tokio::spawn(async move {
+                tokio::time::sleep(HANDOVER_GRACE).await;
+                for f in filters {
+                    if broker.router.unsubscribe_if(&f, &client_id, &mailbox) {
+                        if let Some(c) = broker.cluster() {
+                            c.unsubscribed(&f);
+                        }
+                    }
+                }
+            });
+        } else {
+            // Ending it here first removes the subscriptions (and this node's routes).
+            self.end_session(&session);
+        }
         Some(session.take_snapshot())
     }
 
@@ -325,6 +354,12 @@ impl Broker {
             );
         }
         session.restore(snapshot);
+        if let (Some(c), Some(_)) = (self.cluster(), session.mailbox.journal()) {
+            session
+                .mailbox
+                .track_journal(session.inflight_journal_keys());
+            c.resumed(&session.client_id, &session.mailbox);
+        }
     }
 
     /// Takes charge of a session whose node died (the cluster made this node its

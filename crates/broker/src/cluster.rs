@@ -174,6 +174,11 @@ pub trait Cluster: Send + Sync + Debug + 'static {
     /// Stores QoS 1/2 deliveries to persistent sessions in the cluster, then queues
     /// them; resolves once they are queued (`Err` if they could not be stored).
     fn journal(&self, entries: Vec<Blocked>) -> oneshot::Receiver<Result<(), ClusterError>>;
+    /// A persistent session moved here (handed over, loaded from the store, or taken
+    /// over from a failed node) and its mailbox tracks journal keys: copies that reach
+    /// its journal in the store late (through a failed node's inbox, or its previous
+    /// node) are queued here too.
+    fn resumed(&self, client_id: &Arc<str>, mailbox: &Arc<crate::mailbox::Mailbox>);
     /// The cluster-wide id of `msg`, given now if it has none yet.
     fn message_id<'m>(&self, msg: &'m Message) -> &'m str;
     /// Mirrors a change to a persistent session (in order, not awaited).

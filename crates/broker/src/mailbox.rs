@@ -73,6 +73,20 @@ pub struct MailboxLimits {
 struct Queue {
     items: VecDeque<Delivery>,
     bytes: usize,
+    /// While a session that just moved here is reconciled with the cluster store:
+    /// the journal keys of every delivery it has (had), so that one found again in
+    /// the store is not queued twice. Boxed: every idle connection has a mailbox,
+    /// and a `HashSet` inline would cost each of them 48 bytes.
+    #[allow(clippy::box_collection)]
+    known: Option<Box<std::collections::HashSet<Box<str>>>>,
+}
+
+impl Queue {
+    fn remember(&mut self, d: &Delivery) {
+        if let (Some(known), Some(j)) = (self.known.as_mut(), d.journal.as_ref()) {
+            known.insert(j.key.clone());
+        }
+    }
 }
 
 /// A session's bounded delivery queue.
@@ -91,6 +105,9 @@ pub struct Mailbox {
     journal_epoch: AtomicU64,
     /// The client id the journal belongs to (set with the epoch).
     journal_owner: OnceLock<Arc<str>>,
+    /// The session moved to another node: journaled deliveries are stored for it
+    /// there, not queued here.
+    forward_only: AtomicBool,
 }
 
 impl Mailbox {
@@ -105,6 +122,7 @@ impl Mailbox {
             next_packet_id: AtomicU16::new(1),
             journal_epoch: AtomicU64::new(0),
             journal_owner: OnceLock::new(),
+            forward_only: AtomicBool::new(false),
         })
     }
 
@@ -131,6 +149,16 @@ impl Mailbox {
     pub fn set_journal(&self, client_id: &Arc<str>, epoch: u64) {
         let _ = self.journal_owner.set(client_id.clone());
         self.journal_epoch.store(epoch, Ordering::Release);
+    }
+
+    /// Marks the session as moved to another node (see `forward_only`).
+    pub fn set_forward_only(&self) {
+        self.forward_only.store(true, Ordering::Release);
+    }
+
+    /// Whether journaled deliveries are only stored, for the session's new node.
+    pub fn is_forward_only(&self) -> bool {
+        self.forward_only.load(Ordering::Acquire)
     }
 
     /// The client id and epoch deliveries are journaled under, if they are.
@@ -177,6 +205,7 @@ impl Mailbox {
             if size > self.limits.max_bytes {
                 return Pushed::DroppedNew;
             }
+            q.remember(&d);
             q.bytes += size;
             q.items.push_back(d);
         }
@@ -196,6 +225,7 @@ impl Mailbox {
             if !fits {
                 return Err(d);
             }
+            q.remember(&d);
             q.bytes += size;
             q.items.push_back(d);
         }
@@ -238,6 +268,39 @@ impl Mailbox {
         if n > 0 {
             self.room.notify_waiters();
         }
+    }
+
+    /// Starts remembering journal keys (see [`Mailbox::push_unknown`]): `keys` (the
+    /// session's in-flight deliveries) and those of everything queued now or later.
+    pub fn track_journal<'a>(&self, keys: impl Iterator<Item = &'a str>) {
+        let mut q = self.queue.lock();
+        let mut known: std::collections::HashSet<Box<str>> = keys.map(Box::from).collect();
+        known.extend(
+            q.items
+                .iter()
+                .filter_map(|d| d.journal.as_ref().map(|j| j.key.clone())),
+        );
+        q.known = Some(Box::new(known));
+    }
+
+    /// Stops remembering journal keys.
+    pub fn stop_tracking(&self) {
+        self.queue.lock().known = None;
+    }
+
+    /// Queues a journaled delivery found in the cluster store unless this session
+    /// already has (had) it. False if it was known, or tracking has stopped.
+    pub fn push_unknown(&self, d: Delivery) -> bool {
+        {
+            let q = self.queue.lock();
+            let (Some(known), Some(j)) = (q.known.as_ref(), d.journal.as_ref()) else {
+                return false;
+            };
+            if known.contains(&j.key) {
+                return false;
+            }
+        }
+        !matches!(self.push(d), Pushed::DroppedNew | Pushed::Discarded)
     }
 
     /// Copies every queued delivery into `out`, oldest first, leaving the queue as is.

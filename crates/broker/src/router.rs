@@ -153,6 +153,45 @@ impl Router {
         }
     }
 
+    /// Removes `client_id`'s subscription to `filter` only if it still delivers into
+    /// `mailbox` (a newer session of the same client may have replaced it). True if
+    /// it was removed.
+    pub fn unsubscribe_if(
+        &self,
+        filter: &str,
+        client_id: &Arc<str>,
+        mailbox: &Arc<Mailbox>,
+    ) -> bool {
+        let mut index = self.index.write();
+        match parse_shared(filter) {
+            Ok(Some((group, inner))) => {
+                let key = SubKey::Group(group.into());
+                let Some(Entry::Group(mut g)) = index.remove(inner, &key) else {
+                    return false;
+                };
+                let before = g.members.len();
+                g.members
+                    .retain(|m| &m.client_id != client_id || !Arc::ptr_eq(&m.mailbox, mailbox));
+                let removed = g.members.len() != before;
+                if !g.members.is_empty() {
+                    index.insert(inner, key, Entry::Group(g));
+                }
+                removed
+            }
+            _ => {
+                let key = SubKey::Client(client_id.clone());
+                match index.remove(filter, &key) {
+                    Some(Entry::Client(s)) if !Arc::ptr_eq(&s.mailbox, mailbox) => {
+                        index.insert(filter, key, Entry::Client(s));
+                        false
+                    }
+                    Some(_) => true,
+                    None => false,
+                }
+            }
+        }
+    }
+
     /// Number of (filter, subscriber-or-group) entries.
     pub fn len(&self) -> usize {
         self.index.read().len()

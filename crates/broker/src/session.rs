@@ -338,6 +338,14 @@ impl Session {
         }
     }
 
+    /// The journal keys of the in-flight deliveries.
+    pub fn inflight_journal_keys(&self) -> impl Iterator<Item = &str> {
+        self.outbound.values().filter_map(|o| match o {
+            Outbound::Published(d) => d.journal.as_ref().map(|j| &*j.key),
+            Outbound::Released(key) => key.as_deref(),
+        })
+    }
+
     /// Forgets all in-flight state, both directions.
     pub fn clear_inflight(&mut self) {
         self.outbound.clear();

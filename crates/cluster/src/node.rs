@@ -380,12 +380,17 @@ impl ClusterNode {
                 node_of(identity) == dead && Some(*identity) != live_run.as_deref()
             })
             .collect();
-        match remove_routes(&conn, &self.keys, &routes).await {
-            Ok(()) if !routes.is_empty() => {
-                tracing::info!(node = %dead, routes = routes.len(), runs = runs.len(), "removed a failed node's routes from redis")
-            }
-            Ok(()) => {}
-            Err(e) => tracing::warn!(node = %dead, error = %e, "route repair failed"),
+        // Through the feed writer, behind the routes this node just announced for the
+        // sessions it adopted: another node never sees the dead node's routes gone
+        // before the adopter's are there.
+        for (identity, filter) in &routes {
+            let _ = self.changes.send(Change::RouteRemoved(
+                identity.to_string(),
+                filter.to_string(),
+            ));
+        }
+        if !routes.is_empty() {
+            tracing::info!(node = %dead, routes = routes.len(), runs = runs.len(), "removing a failed node's routes");
         }
     }
 
@@ -496,25 +501,33 @@ impl ClusterNode {
             }
         }
         let (sessions, messages, taken) = self.adopt_sessions(dead).await;
-        self.drop_routes_of(dead).await;
         let _ = redis::cmd("DEL")
             .arg(&lock)
             .query_async::<()>(&mut conn)
             .await;
-        if let Some((only, away)) = taken {
-            // Nodes that had not yet dropped the dead node's routes may still have
-            // sent it copies: drain its inbox again a little later (a copy that also
-            // came another way is stored once, by its message id).
-            let node = self.this.get().cloned().unwrap_or_default();
-            let dead = dead.to_string();
-            tokio::spawn(async move {
-                for wait in [Duration::from_secs(1), Duration::from_secs(3)] {
-                    tokio::time::sleep(wait).await;
-                    if let Some(node) = node.upgrade() {
-                        node.take_inbox(&dead, &only, &away).await;
+        match taken {
+            None => self.drop_routes_of(dead).await,
+            Some((only, away)) => {
+                // The dead node's routes stay a few seconds more: until every node
+                // knows the routes of the sessions' new homes, copies keep going into
+                // the dead inbox, and these drains deliver them (a copy that also came
+                // another way is stored once, by its message id; a session claimed
+                // elsewhere picks them up from its journal).
+                let node = self.this.get().cloned().unwrap_or_default();
+                let dead = dead.to_string();
+                tokio::spawn(async move {
+                    for (wait, then_drop) in [(1, false), (2, true), (1, false)] {
+                        tokio::time::sleep(Duration::from_secs(wait)).await;
+                        let Some(node) = node.upgrade() else { return };
+                        if then_drop {
+                            node.take_inbox(&dead, &only, &away).await;
+                            node.drop_routes_of(&dead).await;
+                        } else {
+                            node.take_inbox(&dead, &only, &away).await;
+                        }
                     }
-                }
-            });
+                });
+            }
         }
         if sessions > 0 || messages > 0 {
             self.nodes_repaired
@@ -1022,6 +1035,36 @@ impl Cluster for ClusterNode {
                 Err(e) => Err(ClusterError(e.to_string())),
             }
         })
+    }
+
+    fn resumed(&self, client_id: &Arc<str>, mailbox: &Arc<broker::mailbox::Mailbox>) {
+        let sessions = self.sessions.clone();
+        let (client_id, mailbox) = (client_id.clone(), mailbox.clone());
+        tokio::spawn(async move {
+            // Late copies come from a failed node's inbox drains (up to ~4 s after its
+            // takeover) and from a previous node still journaling for a moment.
+            for wait in [500, 1000, 1500, 3000, 4000] {
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                if Arc::strong_count(&mailbox) == 1 {
+                    return; // the session is gone
+                }
+                match sessions.late_entries(&client_id).await {
+                    Ok(entries) => {
+                        let mut queued = 0;
+                        for d in entries {
+                            queued += usize::from(mailbox.push_unknown(d));
+                        }
+                        if queued > 0 {
+                            tracing::debug!(%client_id, queued, "queued late copies found in the session's journal");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(%client_id, error = %e, "cannot read the session's journal")
+                    }
+                }
+            }
+            mailbox.stop_tracking();
+        });
     }
 
     fn message_id<'m>(&self, msg: &'m Message) -> &'m str {

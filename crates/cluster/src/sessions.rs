@@ -284,6 +284,19 @@ impl Sessions {
         Ok(Some(s))
     }
 
+    /// The journaled deliveries of `client_id` not yet acknowledged, in journal order
+    /// (those the client received — PUBREC — are left out).
+    pub async fn late_entries(
+        &self,
+        client_id: &str,
+    ) -> Result<Vec<broker::mailbox::Delivery>, redis::RedisError> {
+        let fields: Vec<(String, Vec<u8>)> = redis::cmd("HGETALL")
+            .arg(self.keys.journal(client_id))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(snapshot(client_id, Vec::new(), fields, 0).queued)
+    }
+
     /// Takes `client_id` over from `dead` if that node still owns it: returns the new
     /// epoch and the stored session and will.
     pub async fn adopt(
@@ -547,6 +560,9 @@ async fn writer(conn: Conn, keys: Keys, me: String, mut rx: mpsc::UnboundedRecei
                                 blocked: b,
                                 ..
                             } = e.take().expect("each entry once");
+                            if b.mailbox.is_forward_only() {
+                                continue; // stored for the session's new node
+                            }
                             if flags.get(n + 1) == Some(&0) {
                                 tracing::debug!(%client_id, "already journaled (delivered again after a crash); not queued twice");
                                 continue;

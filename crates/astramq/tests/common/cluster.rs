@@ -703,10 +703,10 @@ impl TestCluster {
     /// Whether node `i` logged that node `j` failed (and dropped its routes).
     pub fn logged_failure_of(&self, i: usize, j: usize) -> bool {
         let token = format!("node={}", self.ids[j]);
-        self.nodes[i].stderr().lines().any(|l| {
-            l.contains("node failed;")
-                && l.split_whitespace().any(|w| w == token)
-        })
+        self.nodes[i]
+            .stderr()
+            .lines()
+            .any(|l| l.contains("node failed;") && l.split_whitespace().any(|w| w == token))
     }
 
     /// Every `(node id, filter)` in `astramq:{routes}`.

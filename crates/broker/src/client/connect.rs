@@ -207,6 +207,9 @@ where
                 broker.end_session(&prev);
             }
             let mailbox = Mailbox::new(broker.mailbox_limits());
+            if broker.cluster().is_some() && expiry > 0 {
+                mailbox.set_journal(&client_id, epoch);
+            }
             let mut session = Session::new(client_id.clone(), mailbox, expiry);
             // A session another node handed over resumes here [MQTT-3.2.2-2].
             let present = match handed_over {
