@@ -51,8 +51,7 @@ pub enum StartError {
 /// returning the previous owner (or "") and the new epoch, atomically.
 /// It also records the session's expiry and will (ARGV 2, 3; an empty will removes
 /// it), discards the stored session on Clean Start (ARGV 4 = 1), and returns whether a
-/// persistent session existed before. `from` names the node it was taken from until
-/// the handover is done: if that node died, its repair brings what it held.
+/// persistent session existed before.
 const CLAIM_SCRIPT: &str = r"
 local prev = redis.call('HGET', KEYS[1], 'owner')
 local prev_exp = tonumber(redis.call('HGET', KEYS[1], 'exp') or '0')
@@ -60,11 +59,6 @@ local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'exp', ARGV[2])
 if ARGV[3] == '' then redis.call('HDEL', KEYS[1], 'will') else redis.call('HSET', KEYS[1], 'will', ARGV[3]) end
 if ARGV[4] == '1' then redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5]) end
-if prev and prev ~= '' and prev ~= ARGV[1] then
-  redis.call('HSET', KEYS[1], 'from', prev)
-else
-  redis.call('HDEL', KEYS[1], 'from')
-end
 local existed = 0
 if prev_exp > 0 and ARGV[4] ~= '1' then existed = 1 end
 return {prev or '', epoch, existed}
@@ -407,7 +401,7 @@ impl ClusterNode {
             }
         };
         let mut adopted: HashSet<String> = HashSet::new();
-        let mut away = Vec::new();
+        let mut targets = Vec::new();
         for id in ids {
             match self.sessions.adopt(&id, from).await {
                 Ok(Some((epoch, stored))) => {
@@ -424,24 +418,24 @@ impl ClusterNode {
                         )
                         .await
                     {
-                        adopted.insert(id);
+                        adopted.insert(id.clone());
                     }
                 }
-                Ok(None) => {
-                    // Claimed by a client elsewhere before this repair: it gets what
-                    // `from` still held for it through Redis.
-                    match self.sessions.claimed_from(&id, from).await {
-                        Ok(Some(subs)) => away.push((id, subs)),
-                        Ok(None) => {}
-                        Err(e) => {
-                            tracing::warn!(client_id = %id, error = %e, "cannot read a session")
-                        }
-                    }
-                }
+                Ok(None) => {}
                 Err(e) => tracing::warn!(client_id = %id, error = %e, "cannot take a session over"),
             }
+            if from != self.me {
+                // Adopted here or claimed by its client elsewhere: either way what the
+                // dead inbox holds for it goes into its journal, which the node that
+                // holds it now reads (see `Cluster::resumed`).
+                match self.sessions.subscriptions(&id).await {
+                    Ok(subs) if !subs.is_empty() => targets.push((id, subs)),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(client_id = %id, error = %e, "cannot read a session"),
+                }
+            }
         }
-        if let Err(e) = self.sessions.moved(from, &adopted).await {
+        if let Err(e) = self.sessions.moved(&adopted).await {
             tracing::warn!(error = %e, "cannot record the sessions taken over");
         }
         self.sessions_adopted
@@ -451,14 +445,8 @@ impl ClusterNode {
             // This node's own inbox: its consumer reads what is pending.
             return (n, 0, None);
         }
-        let only: HashSet<Arc<str>> = adopted.iter().map(|s| Arc::from(s.as_str())).collect();
-        let messages = self.take_inbox(from, &only, &away).await;
-        for (id, _) in &away {
-            if let Err(e) = self.sessions.repaired(id).await {
-                tracing::warn!(client_id = %id, error = %e, "cannot mark a session repaired");
-            }
-        }
-        let taken = (!only.is_empty() || !away.is_empty()).then_some((only, away));
+        let messages = self.take_inbox(from, &targets).await;
+        let taken = (!targets.is_empty()).then_some(targets);
         (n, messages, taken)
     }
 
@@ -505,9 +493,28 @@ impl ClusterNode {
             .arg(&lock)
             .query_async::<()>(&mut conn)
             .await;
+        let draining = format!("{}:{{n:{dead}}}:draining", self.keys.prefix());
         match taken {
-            None => self.drop_routes_of(dead).await,
-            Some((only, away)) => {
+            None => {
+                // Another repair that took sessions over drops the routes itself, once
+                // its drains are done.
+                let busy: bool = redis::cmd("EXISTS")
+                    .arg(&draining)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or(false);
+                if !busy {
+                    self.drop_routes_of(dead).await;
+                }
+            }
+            Some(targets) => {
+                let _ = redis::cmd("SET")
+                    .arg(&draining)
+                    .arg(&self.me)
+                    .arg("PX")
+                    .arg(15_000)
+                    .query_async::<()>(&mut conn)
+                    .await;
                 // The dead node's routes stay a few seconds more: until every node
                 // knows the routes of the sessions' new homes, copies keep going into
                 // the dead inbox, and these drains deliver them (a copy that also came
@@ -520,10 +527,14 @@ impl ClusterNode {
                         tokio::time::sleep(Duration::from_secs(wait)).await;
                         let Some(node) = node.upgrade() else { return };
                         if then_drop {
-                            node.take_inbox(&dead, &only, &away).await;
+                            node.take_inbox(&dead, &targets).await;
                             node.drop_routes_of(&dead).await;
+                            let _ = redis::cmd("DEL")
+                                .arg(&draining)
+                                .query_async::<()>(&mut node.redis.conn())
+                                .await;
                         } else {
-                            node.take_inbox(&dead, &only, &away).await;
+                            node.take_inbox(&dead, &targets).await;
                         }
                     }
                 });
@@ -540,25 +551,12 @@ impl ClusterNode {
         }
     }
 
-    /// Delivers what a dead node's inbox holds (pending and unread entries) to the
-    /// sessions adopted from it, then acknowledges and deletes the entries.
-    async fn take_inbox(
-        &self,
-        dead: &str,
-        only: &HashSet<Arc<str>>,
-        away: &[(String, Vec<(String, broker::session::Subscription)>)],
-    ) -> usize {
+    /// Stores what a dead node's inbox holds (pending and unread entries) in the
+    /// journals of the sessions it held, then acknowledges and deletes the entries.
+    async fn take_inbox(&self, dead: &str, targets: &Taken) -> usize {
         let key = self.keys.inbox(dead);
         let mut conn = self.redis.conn();
-        let mut scratch = Vec::new();
         let mut delivered = 0;
-        let ctx = bus::Ctx {
-            broker: &self.broker,
-            redis: &self.redis,
-            keys: &self.keys,
-            handovers: &self.handovers,
-            sessions: &self.sessions,
-        };
         // Entries the dead node read but never acknowledged, then those it never read.
         let mut cursor = "0-0".to_string();
         for pass in 0..2 {
@@ -615,7 +613,7 @@ impl ClusterNode {
                 for entry in entries {
                     if let Some(redis::Value::BulkString(bytes)) = entry.map.get("b") {
                         if let Ok(records) = crate::wire::read_records(bytes) {
-                            for (id, subs) in away {
+                            for (id, subs) in targets {
                                 let ds: Vec<_> = records
                                     .iter()
                                     .enumerate()
@@ -640,13 +638,6 @@ impl ClusterNode {
                                 }
                             }
                             delivered += records.len();
-                            let source = (dead, entry.id.as_str());
-                            if let Err(e) =
-                                bus::deliver(ctx, records, source, &mut scratch, Some(only)).await
-                            {
-                                tracing::warn!(node = %dead, error = %e, "failed node's inbox: copies not stored; left for a later repair");
-                                return delivered;
-                            }
                         }
                     }
                     ids.push(entry.id);
@@ -842,12 +833,9 @@ fn delivery_for(
     best
 }
 
-/// The sessions a repair took over (installed here) and those claimed elsewhere
-/// before it, with their subscriptions: what a later drain of the inbox serves.
-type Taken = (
-    HashSet<Arc<str>>,
-    Vec<(String, Vec<(String, broker::session::Subscription)>)>,
-);
+/// The sessions a failed node held, with their subscriptions: what a drain of its
+/// inbox serves.
+type Taken = Vec<(String, Vec<(String, broker::session::Subscription)>)>;
 
 /// A run's name in the route table.
 pub fn route_identity(node_id: &str, generation: u64) -> String {
@@ -1185,13 +1173,6 @@ impl ClusterNode {
                     }
                 }
             };
-            if session.is_some() {
-                let _ = redis::cmd("HDEL")
-                    .arg(self.keys.session(client_id))
-                    .arg("from")
-                    .query_async::<()>(&mut conn)
-                    .await;
-            }
             Ok((ClusterClaim { epoch, session }, existed == 1))
         }
     }

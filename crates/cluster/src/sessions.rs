@@ -368,34 +368,6 @@ impl Sessions {
         cmd.query_async(&mut self.conn.clone()).await
     }
 
-    /// The stored subscriptions of a persistent session that a client claimed away
-    /// from `dead` (the claim script noted `from`) and that the repair of `dead` has
-    /// not covered yet; `None` otherwise.
-    pub async fn claimed_from(
-        &self,
-        client_id: &str,
-        dead: &str,
-    ) -> Result<Option<Vec<(String, broker::session::Subscription)>>, redis::RedisError> {
-        let from: Option<String> = redis::cmd("HGET")
-            .arg(self.keys.session(client_id))
-            .arg("from")
-            .query_async(&mut self.conn.clone())
-            .await?;
-        if from.as_deref() != Some(dead) {
-            return Ok(None);
-        }
-        Ok(Some(self.subscriptions(client_id).await?))
-    }
-
-    /// The repair covered `client_id`.
-    pub async fn repaired(&self, client_id: &str) -> Result<(), redis::RedisError> {
-        redis::cmd("HDEL")
-            .arg(self.keys.session(client_id))
-            .arg("from")
-            .query_async(&mut self.conn.clone())
-            .await
-    }
-
     /// The client ids `node` holds sessions or wills for.
     pub async fn owned_by(&self, node: &str) -> Result<Vec<String>, redis::RedisError> {
         redis::cmd("SMEMBERS")
@@ -404,24 +376,14 @@ impl Sessions {
             .await
     }
 
-    /// Records that this node now holds `clients`, and `from` no longer does.
-    pub async fn moved(
-        &self,
-        from: &str,
-        clients: &HashSet<String>,
-    ) -> Result<(), redis::RedisError> {
+    /// Records that this node now holds `clients` (a failed node's set stays for
+    /// later repairs and inbox drains: they serve every session it held).
+    pub async fn moved(&self, clients: &HashSet<String>) -> Result<(), redis::RedisError> {
         if clients.is_empty() {
             return Ok(());
         }
         let ids: Vec<&str> = clients.iter().map(String::as_str).collect();
         let mut conn = self.conn.clone();
-        if from != self.me {
-            redis::cmd("SREM")
-                .arg(self.keys.owned(from))
-                .arg(&ids)
-                .query_async::<()>(&mut conn)
-                .await?;
-        }
         redis::cmd("SADD")
             .arg(self.keys.owned(&self.me))
             .arg(&ids)
