@@ -21,6 +21,74 @@ use crate::session::{PendingWill, Session, SessionSnapshot};
 /// subscriptions here, forwarding through the cluster store (see [`Broker::kick`]).
 pub const HANDOVER_GRACE: Duration = Duration::from_secs(5);
 
+/// Notices that this process was frozen (SIGSTOP, a paused VM) longer than the
+/// cluster waits before taking a silent node's sessions, and holds every connection
+/// until the node has checked which sessions it still owns: a stale connection must
+/// not answer a single packet meanwhile (one live connection per client id).
+#[derive(Debug)]
+pub struct StallGate {
+    start: Instant,
+    beat_ms: std::sync::atomic::AtomicU64,
+    /// 0 = never stalled (a single node has no one to take its sessions).
+    limit_ms: std::sync::atomic::AtomicU64,
+    open: tokio::sync::Notify,
+}
+
+impl Default for StallGate {
+    fn default() -> Self {
+        StallGate {
+            start: Instant::now(),
+            beat_ms: Default::default(),
+            limit_ms: Default::default(),
+            open: tokio::sync::Notify::new(),
+        }
+    }
+}
+
+impl StallGate {
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// Beats expected at least every `limit`.
+    pub fn set_limit(&self, limit: Duration) {
+        self.beat();
+        self.limit_ms.store(
+            limit.as_millis() as u64,
+            std::sync::atomic::Ordering::Release,
+        );
+    }
+
+    /// The node is known to be current: opens the gate.
+    pub fn beat(&self) {
+        self.beat_ms
+            .store(self.now_ms(), std::sync::atomic::Ordering::Release);
+        self.open.notify_waiters();
+    }
+
+    /// Whether no beat came for longer than the limit, and for how long.
+    pub fn stalled(&self) -> Option<Duration> {
+        let limit = self.limit_ms.load(std::sync::atomic::Ordering::Acquire);
+        let gap = self
+            .now_ms()
+            .saturating_sub(self.beat_ms.load(std::sync::atomic::Ordering::Acquire));
+        (limit > 0 && gap > limit).then(|| Duration::from_millis(gap))
+    }
+
+    /// Resolves once the gate is open.
+    pub async fn wait(&self) {
+        loop {
+            let opened = self.open.notified();
+            tokio::pin!(opened);
+            opened.as_mut().enable();
+            if self.stalled().is_none() {
+                return;
+            }
+            opened.await;
+        }
+    }
+}
+
 /// Everything the connections of one broker share.
 #[derive(Debug)]
 pub struct Broker {
@@ -38,6 +106,8 @@ pub struct Broker {
     pub metrics: Metrics,
     /// The cluster this node belongs to, if any (set once at start).
     cluster: OnceLock<Arc<dyn Cluster>>,
+    /// Holds connections after this process was frozen (cluster only).
+    pub stall: StallGate,
 }
 
 /// The outcome of publishing one message on this node.
@@ -63,6 +133,7 @@ impl Broker {
             auth,
             metrics: Metrics::default(),
             cluster: OnceLock::new(),
+            stall: StallGate::default(),
         })
     }
 

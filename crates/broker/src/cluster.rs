@@ -27,6 +27,10 @@ use crate::session::{JournalUpdate, PendingWill, SessionSnapshot, Subscription};
 #[error("cluster unavailable: {0}")]
 pub struct ClusterError(pub String);
 
+/// The message of a [`ClusterError`] refusing a write for a session another node
+/// owns now.
+pub const TAKEN_OVER: &str = "session taken over by another node";
+
 /// How the text of a [`ClusterError`] starts when it was refused at once because the
 /// cluster already knows Redis is unreachable (that outage was logged once, so the
 /// refusals themselves are logged at debug level only).
@@ -118,6 +122,9 @@ pub enum SessionChange {
     InboundQos2 {
         /// The publishing client.
         client_id: Arc<str>,
+        /// The ownership epoch of the connection (the write is refused if the
+        /// session moved on).
+        epoch: u64,
         /// Its packet id.
         packet_id: u16,
         /// The message's cluster id.

@@ -56,6 +56,8 @@ pub enum Pushed {
     DroppedNew,
     /// Not queued: QoS 0 to an offline session [MQTT-3.1.2-5 allows not storing QoS 0].
     Discarded,
+    /// Not queued: the session already has (had) this journaled delivery.
+    Known,
 }
 
 /// The bounds of a mailbox.
@@ -182,6 +184,20 @@ impl Mailbox {
 
     /// Adds a delivery, applying the bounds.
     pub fn push(&self, d: Delivery) -> Pushed {
+        self.push_checked(d, false)
+    }
+
+    /// Adds a journaled delivery unless, while this session is being reconciled with
+    /// the cluster store, it already has (had) it: the store and the bus may hand the
+    /// same copy over twice. `None` when it was known.
+    pub fn push_journaled(&self, d: Delivery) -> Option<Pushed> {
+        match self.push_checked(d, true) {
+            Pushed::Known => None,
+            p => Some(p),
+        }
+    }
+
+    fn push_checked(&self, d: Delivery, skip_known: bool) -> Pushed {
         if d.qos == QoS::AtMostOnce && !self.is_online() {
             return Pushed::Discarded;
         }
@@ -189,6 +205,13 @@ impl Mailbox {
         let mut result = Pushed::Queued;
         {
             let mut q = self.queue.lock();
+            if skip_known {
+                if let (Some(known), Some(j)) = (q.known.as_ref(), d.journal.as_ref()) {
+                    if known.contains(&j.key) {
+                        return Pushed::Known;
+                    }
+                }
+            }
             while !q.items.is_empty()
                 && (q.items.len() >= self.limits.max_messages
                     || q.bytes + size > self.limits.max_bytes)
@@ -291,16 +314,13 @@ impl Mailbox {
     /// Queues a journaled delivery found in the cluster store unless this session
     /// already has (had) it. False if it was known, or tracking has stopped.
     pub fn push_unknown(&self, d: Delivery) -> bool {
-        {
-            let q = self.queue.lock();
-            let (Some(known), Some(j)) = (q.known.as_ref(), d.journal.as_ref()) else {
-                return false;
-            };
-            if known.contains(&j.key) {
-                return false;
-            }
+        if self.queue.lock().known.is_none() {
+            return false;
         }
-        !matches!(self.push(d), Pushed::DroppedNew | Pushed::Discarded)
+        matches!(
+            self.push_journaled(d),
+            Some(Pushed::Queued | Pushed::DroppedOldest)
+        )
     }
 
     /// Copies every queued delivery into `out`, oldest first, leaving the queue as is.

@@ -61,6 +61,11 @@ impl ConnLink {
         self.wake_conn.notify_one();
     }
 
+    /// The reason the connection was asked to leave with, if it was.
+    pub fn leave_requested(&self) -> Option<ReasonCode> {
+        ReasonCode::from_u8(self.leave.load(Ordering::Acquire)).filter(|r| r.is_error())
+    }
+
     /// Asks the connection to hand the cluster a copy of its session.
     pub fn ask_to_republish(&self) {
         self.republish.store(true, Ordering::Release);

@@ -293,7 +293,7 @@ impl Router {
                     routed.overflowed += 1;
                 }
                 Pushed::DroppedNew => routed.overflowed += 1,
-                Pushed::Discarded => {}
+                Pushed::Discarded | Pushed::Known => {}
             }
         }
         routed

@@ -176,6 +176,8 @@ impl ClusterNode {
         let handovers = Arc::new(bus::Handovers::default());
         let (stop_tx, stop_rx) = watch::channel(false);
         let (sessions, sessions_task) = Sessions::start(redis.conn(), keys.clone(), me.clone());
+        broker.stall.set_limit(settings.liveness_ttl);
+        let (this_tx, this_rx) = oneshot::channel::<std::sync::Weak<ClusterNode>>();
         let tasks = vec![
             sessions_task,
             tokio::spawn(liveness(
@@ -183,6 +185,8 @@ impl ClusterNode {
                 keys.alive(&me),
                 membership.generation(),
                 settings.liveness_ttl,
+                broker.clone(),
+                this_rx,
                 stop_rx.clone(),
             )),
             tokio::spawn(feed::writer(redis.clone(), keys.clone(), changes_rx)),
@@ -248,6 +252,7 @@ impl ClusterNode {
         // Sessions an earlier run of this node id held (it was killed and restarted
         // before anyone took them over) come back here.
         let _ = node.this.set(Arc::downgrade(&node));
+        let _ = this_tx.send(Arc::downgrade(&node));
         let (adopted, _, _) = node.adopt_sessions(&node.me).await;
         if adopted > 0 {
             tracing::info!(
@@ -740,19 +745,30 @@ async fn repair_sessions(node: Arc<ClusterNode>, dead: String) {
     node.repair_node(&dead).await;
 }
 
-/// Keeps this node's liveness key alive while it runs.
+/// Keeps this node's liveness key alive while it runs. If this process was frozen
+/// longer than the key lives (SIGSTOP, a paused VM), connections are held (see
+/// `StallGate`) while it checks which of its sessions other nodes took over.
 async fn liveness(
     conn: crate::conn::Conn,
     key: String,
     generation: u64,
     ttl: Duration,
+    broker: Arc<Broker>,
+    this: oneshot::Receiver<std::sync::Weak<ClusterNode>>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let node = this.await.unwrap_or_default();
     let mut tick = tokio::time::interval(ttl / 4);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {
+                if let Some(gap) = broker.stall.stalled() {
+                    tracing::warn!(ms = gap.as_millis() as u64, "this node was frozen longer than cluster.liveness_ttl_ms; checking which sessions it still owns before serving");
+                    if let Some(n) = node.upgrade() {
+                        n.drop_lost_sessions().await;
+                    }
+                }
                 let set = redis::cmd("SET")
                     .arg(&key)
                     .arg(generation)
@@ -760,8 +776,13 @@ async fn liveness(
                     .arg(ttl.as_millis() as u64)
                     .query_async::<()>(&mut conn.clone())
                     .await;
-                if let Err(e) = set {
-                    tracing::debug!(error = %e, "cannot refresh the liveness key");
+                match set {
+                    Ok(()) => broker.stall.beat(),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot refresh the liveness key");
+                        // Redis is out of reach, not this process: connections go on.
+                        broker.stall.beat();
+                    }
                 }
             }
             _ = stop.changed() => {

@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use broker::cluster::{ClusterError, SessionChange};
+use broker::cluster::{ClusterError, SessionChange, TAKEN_OVER};
 use broker::mailbox::Journaled;
 use broker::router::Blocked;
 use broker::session::{JournalUpdate, Outbound, PendingWill, SessionSnapshot};
@@ -96,6 +96,15 @@ return 1
 
 /// How long a delivered message's key is remembered per session.
 const DONE_REMEMBERED: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Records an inbound QoS 2 packet id's message id, if the connection (ARGV 1, its
+/// epoch) still owns the session: a node that was frozen and declared dead must not
+/// route what it reads from its sockets afterwards.
+const INBOUND_SCRIPT: &str = r"
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+return 1
+";
 
 /// Takes over a session from a dead node, if that node still owns it and there is
 /// something to take (a persistent session or a will): new epoch, new owner.
@@ -456,12 +465,16 @@ async fn writer(conn: Conn, keys: Keys, me: String, mut rx: mpsc::UnboundedRecei
         let mut changes: Vec<(SessionChange, Stored)> = std::mem::take(&mut retry);
         let mut journals = Vec::new();
         let mut cmds: Vec<(String, redis::Cmd)> = Vec::new();
+        // Where each change's first command is, to read its reply.
+        let mut change_at = Vec::with_capacity(changes.len());
         for (c, _) in &changes {
+            change_at.push(cmds.len());
             change_cmds(&keys, &me, c, &mut cmds);
         }
         for op in batch {
             match op {
                 Op::Change(c, stored) => {
+                    change_at.push(cmds.len());
                     change_cmds(&keys, &me, &c, &mut cmds);
                     changes.push((c, stored));
                 }
@@ -501,10 +514,22 @@ async fn writer(conn: Conn, keys: Keys, me: String, mut rx: mpsc::UnboundedRecei
                     );
                 }
                 backoff.reset();
-                for (_, stored) in changes {
-                    if let Some(tx) = stored {
-                        let _ = tx.send(Ok(()));
-                    }
+                for ((c, stored), at) in changes.into_iter().zip(change_at) {
+                    let Some(tx) = stored else { continue };
+                    // An inbound QoS 2 id is stored only while the connection still
+                    // owns its session (the script answers 0 otherwise).
+                    let fenced = matches!(
+                        c,
+                        SessionChange::InboundQos2 {
+                            message_id: Some(_),
+                            ..
+                        }
+                    ) && !matches!(values.get(at), Some(redis::Value::Int(1)));
+                    let _ = tx.send(if fenced {
+                        Err(ClusterError(TAKEN_OVER.into()))
+                    } else {
+                        Ok(())
+                    });
                 }
                 for (j, at) in journals {
                     let mut entries: Vec<Option<_>> = j.entries.into_iter().map(Some).collect();
@@ -529,7 +554,7 @@ async fn writer(conn: Conn, keys: Keys, me: String, mut rx: mpsc::UnboundedRecei
                                 tracing::debug!(%client_id, "already journaled (delivered again after a crash); not queued twice");
                                 continue;
                             }
-                            b.mailbox.push(b.delivery);
+                            b.mailbox.push_journaled(b.delivery);
                         }
                     }
                     let _ = j.done.send(Ok(()));
@@ -630,13 +655,20 @@ fn change_cmds(keys: &Keys, me: &str, c: &SessionChange, out: &mut Vec<(String, 
         }
         SessionChange::InboundQos2 {
             client_id,
+            epoch,
             packet_id,
             message_id,
         } => {
             let mut cmd = match message_id {
                 Some(id) => {
-                    let mut c = redis::cmd("HSET");
-                    c.arg(keys.inbound(client_id)).arg(*packet_id).arg(&**id);
+                    let mut c = redis::cmd("EVAL");
+                    c.arg(INBOUND_SCRIPT)
+                        .arg(2)
+                        .arg(keys.session(client_id))
+                        .arg(keys.inbound(client_id))
+                        .arg(*epoch)
+                        .arg(*packet_id)
+                        .arg(&**id);
                     c
                 }
                 None => {

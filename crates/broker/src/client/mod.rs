@@ -189,6 +189,21 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
     /// The main loop. Returns why it ended.
     async fn run(&mut self) -> Exit {
         loop {
+            if self.broker.stall.stalled().is_some() {
+                // This process was frozen: nothing is answered until the node knows
+                // whether this session is still its own (if not, it is told to go).
+                tokio::select! {
+                    _ = self.broker.stall.wait() => {}
+                    request = self.exit_guard.0.asked() => {
+                        if let Request::Leave(reason) = request {
+                            return Exit::Server(reason);
+                        }
+                    }
+                }
+                if let Some(reason) = self.exit_guard.0.leave_requested() {
+                    return Exit::Server(reason);
+                }
+            }
             // Handle everything already buffered before waiting again, unless a
             // publish waits for room (then nothing more is read).
             while self.blocked.is_empty() && self.deferred.is_none() {
@@ -376,6 +391,7 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
             self.session.release_qos2(d.packet_id);
             self.broker.session_changed(SessionChange::InboundQos2 {
                 client_id: self.client_id.clone(),
+                epoch: self.epoch,
                 packet_id: d.packet_id,
                 message_id: None,
             });

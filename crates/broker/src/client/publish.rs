@@ -132,6 +132,7 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
         let id = cluster.message_id(msg).into();
         Some(cluster.session_changed_stored(SessionChange::InboundQos2 {
             client_id: self.client_id.clone(),
+            epoch: self.epoch,
             packet_id,
             message_id: Some(id),
         }))
@@ -142,6 +143,13 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
         let d = self.deferred.take()?;
         match stored {
             Ok(()) => self.route_and_ack(d.msg, QoS::ExactlyOnce, d.packet_id),
+            Err(e) if e.0 == crate::cluster::TAKEN_OVER => {
+                // This node was declared dead while frozen and another node owns the
+                // session now [MQTT-3.1.4-3]: what this connection still sends is not
+                // routed; the client resends it there.
+                self.session.release_qos2(d.packet_id);
+                Some(Exit::Server(ReasonCode::SessionTakenOver))
+            }
             Err(e) => {
                 self.session.release_qos2(d.packet_id);
                 self.ack_inbound(QoS::ExactlyOnce, d.packet_id, ReasonCode::Success, Some(e))
@@ -291,6 +299,7 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
             if self.session.mailbox.journal().is_some() {
                 self.broker.session_changed(SessionChange::InboundQos2 {
                     client_id: self.client_id.clone(),
+                    epoch: self.epoch,
                     packet_id: a.packet_id,
                     message_id: None,
                 });
