@@ -245,30 +245,6 @@ impl Broker {
         )
     }
 
-    /// Delivers a message meant for a dead node to the sessions adopted from it
-    /// (`only`), and to no other local session (those had their own copy).
-    pub fn deliver_adopted(
-        &self,
-        msg: &Arc<Message>,
-        groups: &LocalGroups,
-        only: &std::collections::HashSet<Arc<str>>,
-        scratch: &mut Vec<Target>,
-        journal: &mut Vec<Blocked>,
-    ) -> Routed {
-        let check = |s: &Subscriber, topic: &str| {
-            only.contains(&s.client_id)
-                && (!self.auth.has_acl()
-                    || self
-                        .auth
-                        .can_read(&s.client_id, s.username.as_deref(), topic))
-        };
-        let routed = self
-            .router
-            .route(msg, Some(&check), Some(groups), scratch, None, journal);
-        Metrics::add(&self.metrics.deliveries, routed.delivered as u64);
-        routed
-    }
-
     /// Tells the cluster (if any) about a change to a persistent session.
     pub fn session_changed(&self, change: SessionChange) {
         if let Some(c) = self.cluster() {

@@ -9,7 +9,7 @@
 //!   deletes the entries. Entries left pending by an earlier run of this node id are
 //!   read first.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -239,7 +239,7 @@ pub async fn consumer(
                             sessions: &sessions,
                         };
                         let source = (node.as_str(), entry.id.as_str());
-                        if let Err(e) = deliver(ctx, records, source, &mut scratch, None).await {
+                        if let Err(e) = deliver(ctx, records, source, &mut scratch).await {
                             // Not acknowledged: read again once Redis is back.
                             tracing::debug!(error = %e, "inbox: persistent-session copies not stored; will retry");
                             redis
@@ -286,33 +286,25 @@ pub async fn consumer(
 
 /// What delivering inbox records needs.
 #[derive(Clone, Copy)]
-pub struct Ctx<'a> {
-    /// The local broker.
-    pub broker: &'a Arc<Broker>,
-    /// Redis.
-    pub redis: &'a Redis,
-    /// Key names.
-    pub keys: &'a Keys,
-    /// Claims waiting for handovers.
-    pub handovers: &'a Handovers,
-    /// The persistent-session store.
-    pub sessions: &'a Arc<Sessions>,
+struct Ctx<'a> {
+    broker: &'a Arc<Broker>,
+    redis: &'a Redis,
+    keys: &'a Keys,
+    handovers: &'a Handovers,
+    sessions: &'a Arc<Sessions>,
 }
 
 /// Delivers records locally, in order. A QoS 1/2 delivery that finds a connected
 /// session's queue full waits for room (up to `limits.queue_full_wait_ms`) before the
 /// next record: the inbox then backs up in Redis instead of messages being dropped.
 /// Deliveries to persistent sessions are journaled first; `Err` when that failed
-/// (the entry must not be acknowledged). With `only`, messages go to those sessions
-/// alone (a dead node's inbox, delivered to the sessions adopted from it).
-/// `source` is the inbox (node) and entry the records came from: it names their
-/// journal entries.
-pub async fn deliver(
+/// (the entry must not be acknowledged). `source` is the inbox (node) and entry the
+/// records came from: it names the journal entries of records without a message id.
+async fn deliver(
     ctx: Ctx<'_>,
     records: Vec<BusRecord>,
     source: (&str, &str),
     scratch: &mut Vec<broker::router::Target>,
-    only: Option<&HashSet<Arc<str>>>,
 ) -> Result<(), ClusterError> {
     let Ctx {
         broker,
@@ -325,20 +317,9 @@ pub async fn deliver(
     let mut journal = Vec::new();
     let mut stored = Vec::new();
     for (index, record) in records.into_iter().enumerate() {
-        if only.is_some() && !matches!(record, BusRecord::Message { .. }) {
-            // A dead node's takeover requests and handovers were for it alone.
-            continue;
-        }
         match record {
             BusRecord::Message { msg, groups } => {
-                match only {
-                    None => {
-                        broker.deliver_remote(&msg, &groups, scratch, &mut blocked, &mut journal);
-                    }
-                    Some(only) => {
-                        broker.deliver_adopted(&msg, &groups, only, scratch, &mut journal);
-                    }
-                }
+                broker.deliver_remote(&msg, &groups, scratch, &mut blocked, &mut journal);
                 if !journal.is_empty() {
                     // The message's id names its journal entries; a record from a node
                     // that gave none is named by its place in the inbox.

@@ -615,37 +615,37 @@ impl ClusterNode {
                     break;
                 }
                 let mut ids = Vec::with_capacity(entries.len());
+                // Per session, everything this batch of entries holds for it: one
+                // round trip per session per batch.
+                let mut per_target: Vec<Vec<(String, broker::mailbox::Delivery)>> =
+                    vec![Vec::new(); targets.len()];
                 for entry in entries {
                     if let Some(redis::Value::BulkString(bytes)) = entry.map.get("b") {
                         if let Ok(records) = crate::wire::read_records(bytes) {
-                            for (id, subs) in targets {
-                                let ds: Vec<_> = records
-                                    .iter()
-                                    .enumerate()
-                                    .filter_map(|(i, r)| match r {
-                                        crate::wire::BusRecord::Message { msg, groups } => {
-                                            delivery_for(id, subs, msg, groups).map(|d| {
-                                                let key = match msg.id.get() {
-                                                    Some(k) => k.to_string(),
-                                                    None => crate::sessions::inbox_key(
-                                                        dead, &entry.id, i,
-                                                    ),
-                                                };
-                                                (key, d)
-                                            })
-                                        }
-                                        _ => None,
-                                    })
-                                    .collect();
-                                if let Err(e) = self.sessions.journal_stored(id, ds).await {
-                                    tracing::warn!(client_id = %id, error = %e, "failed node's inbox: copies not stored; left for a later repair");
-                                    return delivered;
+                            for (i, r) in records.iter().enumerate() {
+                                let crate::wire::BusRecord::Message { msg, groups } = r else {
+                                    continue;
+                                };
+                                delivered += 1;
+                                for ((id, subs), out) in targets.iter().zip(per_target.iter_mut()) {
+                                    if let Some(d) = delivery_for(id, subs, msg, groups) {
+                                        let key = match msg.id.get() {
+                                            Some(k) => k.to_string(),
+                                            None => crate::sessions::inbox_key(dead, &entry.id, i),
+                                        };
+                                        out.push((key, d));
+                                    }
                                 }
                             }
-                            delivered += records.len();
                         }
                     }
                     ids.push(entry.id);
+                }
+                for ((id, _), ds) in targets.iter().zip(per_target) {
+                    if let Err(e) = self.sessions.journal_stored(id, ds).await {
+                        tracing::warn!(client_id = %id, error = %e, "failed node's inbox: copies not stored; left for a later repair");
+                        return delivered;
+                    }
                 }
                 let mut pipe = redis::pipe();
                 pipe.cmd("XACK")
