@@ -189,6 +189,68 @@ async fn b_kill9_one_of_three_under_qos2_load() {
 }
 
 // ---------------------------------------------------------------------------
+// d: Redis stopped under load
+// ---------------------------------------------------------------------------
+
+/// How long scenario d keeps Redis down.
+const REDIS_DOWN: Duration = Duration::from_secs(10);
+
+/// Invariants 6 and 1: Redis is stopped (`SHUTDOWN SAVE`) for 10 s under QoS 1 load,
+/// then started again on the same port. Meanwhile nodes keep serving: what needs
+/// Redis (new connections, copies for other nodes, deliveries to persistent
+/// sessions, which are journaled) is refused with a reason code (0x88 / 0x80, or a
+/// 3.1.1 publisher is disconnected so it resends), so nothing refused counts as
+/// acknowledged. Once Redis is back, traffic resumes with no restart and every
+/// message acknowledged before, during or after the outage reaches every subscriber.
+/// Detect = first "redis unreachable" log line after the stop; recover = from the
+/// restart until the load is acknowledged again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d_redis_stopped_10s_under_qos1_load() {
+    bounded(async {
+        let mut ch = Chaos::start(3).await;
+        let load = Load::start(&ch, &LoadSpec::new("d", 1)).await;
+        assert!(
+            load.wait_more_acked(200, T).await,
+            "load not flowing before the fault"
+        );
+        let wall = SystemTime::now();
+        ch.cluster.redis_server().shutdown(true);
+        // The fault lasts REDIS_DOWN: this sleep is the fault, not a wait for an outcome.
+        tokio::time::sleep(REDIS_DOWN).await;
+        ch.cluster.redis_server().restart();
+        let back = Instant::now();
+        let flowing = load.wait_more_acked(AFTER_RECOVERY, RECOVERY).await;
+        let recover = back.elapsed();
+        let disconnects = load.disconnect_reasons();
+        let (counts, missing) = load.finish(SETTLE).await;
+        let mut note = format!("Redis down {} s", REDIS_DOWN.as_secs());
+        if !disconnects.is_empty() {
+            note.push_str(&format!(
+                "; server DISCONNECTs (reason: count) {disconnects:?}"
+            ));
+        }
+        let row = Row {
+            scenario: "d. Redis stopped 10 s, QoS 1".to_string(),
+            counts,
+            detect_ms: first_log_ms(&ch.cluster, "serving local clients only", wall),
+            recover_ms: flowing.then(|| ms(recover)),
+            note,
+        };
+        emit(&row, &missing);
+        assert!(
+            row.detect_ms.is_some(),
+            "invariant 6: no node said Redis was unreachable"
+        );
+        assert_counts(&row, &missing, false);
+        assert!(
+            flowing,
+            "invariant 6: traffic did not resume after Redis came back"
+        );
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------
 // c: kill -9 during takeover; racing connects
 // ---------------------------------------------------------------------------
 

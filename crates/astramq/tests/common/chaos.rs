@@ -214,6 +214,24 @@ pub fn parse_log_time(s: &str) -> Option<SystemTime> {
 
 /// Milliseconds from `at` to the first line, on any node still running, saying that
 /// node `failed` was declared failed (`node failed; … node=nX`).
+/// Milliseconds from `at` to the first line containing `needle` in any running node's
+/// log, if there is one.
+pub fn first_log_ms(c: &TestCluster, needle: &str, at: SystemTime) -> Option<u64> {
+    (0..c.len())
+        .filter(|&i| c.is_running(i))
+        .flat_map(|i| {
+            c.node(i)
+                .stderr()
+                .lines()
+                .filter(|l| l.contains(needle))
+                .filter_map(|l| parse_log_time(l.split_whitespace().next()?))
+                .collect::<Vec<_>>()
+        })
+        .filter_map(|t| t.duration_since(at).ok())
+        .min()
+        .map(|d| d.as_millis() as u64)
+}
+
 pub fn detect_ms(c: &TestCluster, failed: usize, at: SystemTime) -> Option<u64> {
     let token = format!("node={}", c.id(failed));
     (0..c.len())
