@@ -157,6 +157,8 @@ pub async fn consumer(
     // "0" reads entries delivered to this consumer before but never acknowledged (an
     // earlier run of this node id crashed); then ">" for new ones.
     let mut from = "0";
+    // Entries delivered whose acknowledgement failed (Redis trouble).
+    let mut delivered_unacked: std::collections::HashSet<String> = Default::default();
     let mut conn = None;
     let mut backoff = Backoff::default();
     loop {
@@ -228,6 +230,11 @@ pub async fn consumer(
         let mut ids = Vec::with_capacity(entries.len());
         let mut stored = true;
         for entry in entries {
+            if delivered_unacked.contains(&entry.id) {
+                // Delivered before; only its acknowledgement failed.
+                ids.push(entry.id);
+                continue;
+            }
             if let Some(redis::Value::BulkString(bytes)) = entry.map.get("b") {
                 match read_records(bytes) {
                     Ok(records) => {
@@ -271,10 +278,18 @@ pub async fn consumer(
                 tracing::debug!(error = %e, "inbox: acknowledge failed; entries will be read again");
                 redis.health().failed("inbox consumer: acknowledging", &e);
                 acked = false;
+                // Read again later: acknowledged then, not delivered twice.
+                delivered_unacked.extend(ids.iter().cloned());
+            } else {
+                for id in &ids {
+                    delivered_unacked.remove(id);
+                }
             }
         }
         if !acked || !stored {
             conn = None;
+            // Pending entries are read again ("0"), those delivered only acknowledged.
+            from = "0";
         }
         if !stored {
             // What was not stored is still pending: read it again after a pause.

@@ -550,11 +550,15 @@ async fn writer(conn: Conn, keys: Keys, me: String, mut rx: mpsc::UnboundedRecei
                             if b.mailbox.is_forward_only() {
                                 continue; // stored for the session's new node
                             }
-                            if flags.get(n + 1) == Some(&0) {
-                                tracing::debug!(%client_id, "already journaled (delivered again after a crash); not queued twice");
-                                continue;
+                            // Already in the journal (flag 0): the same message came
+                            // again (a resend, a repair). Queued unless the session
+                            // already has it (a session that moved here tracks its
+                            // keys); an entry this node delivered and could not
+                            // acknowledge is never delivered twice (the inbox consumer
+                            // remembers it).
+                            if b.mailbox.push_journaled(b.delivery).is_none() {
+                                tracing::debug!(%client_id, known = flags.get(n + 1) == Some(&0), "journaled copy the session already has; not queued twice");
                             }
-                            b.mailbox.push_journaled(b.delivery);
                         }
                     }
                     let _ = j.done.send(Ok(()));
