@@ -445,6 +445,8 @@ fn snapshot(
 /// Applies operations in order, batching.
 async fn writer(conn: Conn, keys: Keys, me: String, mut rx: mpsc::UnboundedReceiver<Op>) {
     let mut retry: Vec<(SessionChange, Stored)> = Vec::new();
+    // Journal entries whose write failed (maybe after it happened).
+    let mut uncertain: HashSet<(Arc<str>, String)> = HashSet::new();
     let mut backoff = Backoff::default();
     let mut failing_since: Option<std::time::Instant> = None;
     loop {
@@ -544,20 +546,24 @@ async fn writer(conn: Conn, keys: Keys, me: String, mut rx: mpsc::UnboundedRecei
                         for (n, e) in entries[group].iter_mut().enumerate() {
                             let Entry {
                                 client_id,
+                                key,
                                 blocked: b,
                                 ..
                             } = e.take().expect("each entry once");
+                            let retried = uncertain.remove(&(client_id.clone(), key));
                             if b.mailbox.is_forward_only() {
                                 continue; // stored for the session's new node
                             }
-                            // Already in the journal (flag 0): the same message came
-                            // again (a resend, a repair). Queued unless the session
-                            // already has it (a session that moved here tracks its
-                            // keys); an entry this node delivered and could not
-                            // acknowledge is never delivered twice (the inbox consumer
-                            // remembers it).
+                            // Already in the journal or delivered (flag 0): the same
+                            // message came again (a resend, a repair) and was queued
+                            // when first stored — unless that first write's answer was
+                            // lost with Redis (`uncertain`): then it was never queued.
+                            if flags.get(n + 1) == Some(&0) && !retried {
+                                tracing::debug!(%client_id, "already journaled; not queued twice");
+                                continue;
+                            }
                             if b.mailbox.push_journaled(b.delivery).is_none() {
-                                tracing::debug!(%client_id, known = flags.get(n + 1) == Some(&0), "journaled copy the session already has; not queued twice");
+                                tracing::debug!(%client_id, "journaled copy the session already has; not queued twice");
                             }
                         }
                     }
@@ -571,6 +577,15 @@ async fn writer(conn: Conn, keys: Keys, me: String, mut rx: mpsc::UnboundedRecei
                 }
                 let err = ClusterError(e.to_string());
                 for (j, _) in journals {
+                    // Their write may have happened, its answer lost: a retry that
+                    // finds them stored still queues them.
+                    if uncertain.len() < MAX_RETRY {
+                        uncertain.extend(
+                            j.entries
+                                .iter()
+                                .map(|e| (e.client_id.clone(), e.key.clone())),
+                        );
+                    }
                     let _ = j.done.send(Err(err.clone()));
                 }
                 if changes.len() > MAX_RETRY {
