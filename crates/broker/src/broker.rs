@@ -185,7 +185,7 @@ impl Broker {
     /// QoS 1/2 deliveries to connected sessions with a full queue land in `blocked`
     /// (see [`Router::route`]); the publisher waits for room before reading on.
     pub fn publish(
-        &self,
+        self: &Arc<Self>,
         msg: &Arc<Message>,
         scratch: &mut Vec<Target>,
         blocked: &mut Vec<Blocked>,
@@ -214,7 +214,7 @@ impl Broker {
         );
         let forwarded = durable.is_some();
         let durable = match (cluster, journal.is_empty()) {
-            (Some(c), false) => Some(both(durable, c.journal(journal))),
+            (Some(c), false) => Some(self.journaled(durable, c.journal(journal))),
             _ => durable,
         };
         Published {
@@ -243,6 +243,38 @@ impl Broker {
             self.waits().then_some(blocked),
             journal,
         )
+    }
+
+    /// One receiver for a message's acknowledgement: resolves once its remote copies
+    /// (`forwarded`, if any) and its journaled deliveries are stored and the latter
+    /// queued — waiting for room in full queues up to `limits.queue_full_wait_ms`, so
+    /// an overloaded subscriber holds the publisher's acknowledgement instead of
+    /// losing the message.
+    fn journaled(
+        self: &Arc<Self>,
+        forwarded: Option<tokio::sync::oneshot::Receiver<Result<(), ClusterError>>>,
+        journaled: tokio::sync::oneshot::Receiver<crate::cluster::JournalOutcome>,
+    ) -> tokio::sync::oneshot::Receiver<Result<(), ClusterError>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let broker = self.clone();
+        tokio::spawn(async move {
+            let stopped = || ClusterError("cluster stopped".into());
+            let a = match forwarded {
+                Some(f) => f.await.unwrap_or_else(|_| Err(stopped())),
+                None => Ok(()),
+            };
+            let b = match journaled.await.unwrap_or_else(|_| Err(stopped())) {
+                Ok(mut full) => {
+                    if !full.is_empty() {
+                        broker.place_blocked(&mut full).await;
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            };
+            let _ = tx.send(a.and(b));
+        });
+        rx
     }
 
     /// Tells the cluster (if any) about a change to a persistent session.
@@ -557,7 +589,7 @@ impl Broker {
     }
 
     /// Publishes a will message, if the ACL lets its client write to the topic.
-    pub fn publish_will(&self, pending: PendingWill) {
+    pub fn publish_will(self: &Arc<Self>, pending: PendingWill) {
         self.session_changed(SessionChange::WillDone {
             client_id: pending.client_id.clone(),
         });
@@ -599,23 +631,4 @@ impl Broker {
             self.overflow(&b.mailbox, b.delivery);
         }
     }
-}
-
-/// One receiver for two acknowledgements that may each be pending: resolves when both
-/// have, with the first error.
-fn both(
-    first: Option<tokio::sync::oneshot::Receiver<Result<(), ClusterError>>>,
-    second: tokio::sync::oneshot::Receiver<Result<(), ClusterError>>,
-) -> tokio::sync::oneshot::Receiver<Result<(), ClusterError>> {
-    let Some(first) = first else {
-        return second;
-    };
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let stopped = || ClusterError("cluster stopped".into());
-        let a = first.await.unwrap_or_else(|_| Err(stopped()));
-        let b = second.await.unwrap_or_else(|_| Err(stopped()));
-        let _ = tx.send(a.and(b));
-    });
-    rx
 }

@@ -157,6 +157,10 @@ pub struct RestoredSession {
     pub journal: Vec<(u16, crate::session::Outbound)>,
 }
 
+/// The outcome of [`Cluster::journal`]: stored, with the deliveries that still wait
+/// for room in a full queue.
+pub type JournalOutcome = Result<Vec<Blocked>, ClusterError>;
+
 /// A boxed future, for object-safe async methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -179,8 +183,10 @@ pub trait Cluster: Send + Sync + Debug + 'static {
         request: ClaimRequest<'a>,
     ) -> BoxFuture<'a, Result<ClusterClaim, ClusterError>>;
     /// Stores QoS 1/2 deliveries to persistent sessions in the cluster, then queues
-    /// them; resolves once they are queued (`Err` if they could not be stored).
-    fn journal(&self, entries: Vec<Blocked>) -> oneshot::Receiver<Result<(), ClusterError>>;
+    /// them; resolves once they are stored (`Err` if they could not be), with those
+    /// that found a connected session's queue full: the caller waits for room, as for
+    /// any full queue (backpressure, not loss).
+    fn journal(&self, entries: Vec<Blocked>) -> oneshot::Receiver<JournalOutcome>;
     /// A persistent session moved here (handed over, loaded from the store, or taken
     /// over from a failed node) and its mailbox tracks journal keys: copies that reach
     /// its journal in the store late (through a failed node's inbox, or its previous

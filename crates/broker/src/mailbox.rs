@@ -239,8 +239,25 @@ impl Mailbox {
     /// Adds a delivery if it fits; gives it back if the queue is full, so the caller
     /// can wait for [`Mailbox::room`] instead of dropping a message.
     pub fn try_push(&self, d: Delivery) -> Result<(), Delivery> {
+        self.try_push_checked(d, false).map(|_| ())
+    }
+
+    /// [`Mailbox::try_push`] for a journaled delivery: `Ok(false)` when the session
+    /// already has (had) it (see [`Mailbox::push_journaled`]).
+    pub fn try_push_journaled(&self, d: Delivery) -> Result<bool, Delivery> {
+        self.try_push_checked(d, true)
+    }
+
+    fn try_push_checked(&self, d: Delivery, skip_known: bool) -> Result<bool, Delivery> {
         {
             let mut q = self.queue.lock();
+            if skip_known {
+                if let (Some(known), Some(j)) = (q.known.as_ref(), d.journal.as_ref()) {
+                    if known.contains(&j.key) {
+                        return Ok(false);
+                    }
+                }
+            }
             let size = d.msg.size;
             let fits = q.items.is_empty()
                 || (q.items.len() < self.limits.max_messages
@@ -253,7 +270,7 @@ impl Mailbox {
             q.items.push_back(d);
         }
         self.notify.notify_one();
-        Ok(())
+        Ok(true)
     }
 
     /// Resolves after the next drain that frees room.

@@ -380,8 +380,14 @@ async fn deliver(
         }
     }
     for rx in stored {
-        rx.await
+        let mut full = rx
+            .await
             .unwrap_or_else(|_| Err(ClusterError("session store stopped".into())))?;
+        if !full.is_empty() {
+            // Full queues of connected persistent sessions: wait for room (the inbox
+            // backs up in Redis meanwhile), as for any other delivery.
+            broker.place_blocked(&mut full).await;
+        }
     }
     Ok(())
 }

@@ -1080,7 +1080,7 @@ impl Cluster for ClusterNode {
         self.sessions.message_id(msg)
     }
 
-    fn journal(&self, entries: Vec<Blocked>) -> oneshot::Receiver<Result<(), ClusterError>> {
+    fn journal(&self, entries: Vec<Blocked>) -> oneshot::Receiver<broker::cluster::JournalOutcome> {
         self.sessions.journal(entries, None)
     }
 

@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use broker::cluster::{ClusterError, SessionChange, TAKEN_OVER};
+use broker::cluster::{ClusterError, JournalOutcome, SessionChange, TAKEN_OVER};
 use broker::mailbox::Journaled;
 use broker::router::Blocked;
 use broker::session::{JournalUpdate, Outbound, PendingWill, SessionSnapshot};
@@ -138,7 +138,7 @@ struct Entry {
 #[derive(Debug)]
 struct JournalOp {
     entries: Vec<Entry>,
-    done: oneshot::Sender<Result<(), ClusterError>>,
+    done: oneshot::Sender<JournalOutcome>,
 }
 
 /// Told once a change is stored.
@@ -197,7 +197,7 @@ impl Sessions {
         &self,
         entries: Vec<Blocked>,
         key: Option<String>,
-    ) -> oneshot::Receiver<Result<(), ClusterError>> {
+    ) -> oneshot::Receiver<JournalOutcome> {
         let (done, rx) = oneshot::channel();
         let entries = entries
             .into_iter()
@@ -535,6 +535,7 @@ async fn writer(conn: Conn, keys: Keys, me: String, mut rx: mpsc::UnboundedRecei
                 }
                 for (j, at) in journals {
                     let mut entries: Vec<Option<_>> = j.entries.into_iter().map(Some).collect();
+                    let mut full = Vec::new();
                     for (i, group) in at {
                         let flags: Vec<i64> = match values.get(i) {
                             Some(v) => redis::from_redis_value_ref(v).unwrap_or_default(),
@@ -562,12 +563,23 @@ async fn writer(conn: Conn, keys: Keys, me: String, mut rx: mpsc::UnboundedRecei
                                 tracing::debug!(%client_id, "already journaled; not queued twice");
                                 continue;
                             }
-                            if b.mailbox.push_journaled(b.delivery).is_none() {
-                                tracing::debug!(%client_id, "journaled copy the session already has; not queued twice");
+                            if !b.mailbox.is_online() {
+                                // Offline: its queue's bounds and policy apply.
+                                b.mailbox.push_journaled(b.delivery);
+                                continue;
+                            }
+                            match b.mailbox.try_push_journaled(b.delivery) {
+                                Ok(_) => {}
+                                // A connected session's queue is full: the publisher (or
+                                // the inbox consumer) waits for room.
+                                Err(delivery) => full.push(Blocked {
+                                    mailbox: b.mailbox,
+                                    delivery,
+                                }),
                             }
                         }
                     }
-                    let _ = j.done.send(Ok(()));
+                    let _ = j.done.send(Ok(full));
                 }
             }
             Err(e) => {
