@@ -410,27 +410,7 @@ async fn one_live(c: &TestCluster, k: &mut Contest) -> usize {
 
 /// The next PUBLISH within `t`, acknowledged.
 async fn recv(c: &mut RawClient, t: Duration) -> Option<Publish> {
-    let deadline = tokio::time::Instant::now() + t;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match c.read(left).await {
-            Ok(Packet::Publish(p)) => {
-                let v = c.version;
-                match p.qos {
-                    1 => c.send(&encode_ack(PUBACK, p.pid, 0, v)).await,
-                    2 => c.send(&encode_ack(PUBREC, p.pid, 0, v)).await,
-                    _ => {}
-                }
-                return Some(p);
-            }
-            Ok(Packet::Pubrel(a)) => {
-                let v = c.version;
-                c.send(&encode_ack(PUBCOMP, a.pid, 0, v)).await;
-            }
-            Ok(_) => {}
-            Err(_) => return None,
-        }
-    }
+    c.next_publish_acked(t).await.ok()
 }
 
 /// Session consistency after a contest: the winner re-subscribes only if its session

@@ -25,27 +25,10 @@ const DETECTION: Duration = Duration::from_secs(10);
 
 /// The next PUBLISH within `t`, acknowledged (QoS 1/2), or None on timeout.
 async fn try_recv_publish(c: &mut RawClient, t: Duration) -> Option<Publish> {
-    let deadline = tokio::time::Instant::now() + t;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match c.read(left).await {
-            Ok(Packet::Publish(p)) => {
-                let v = c.version;
-                match p.qos {
-                    1 => c.send(&encode_ack(PUBACK, p.pid, 0, v)).await,
-                    2 => c.send(&encode_ack(PUBREC, p.pid, 0, v)).await,
-                    _ => {}
-                }
-                return Some(p);
-            }
-            Ok(Packet::Pubrel(a)) => {
-                let v = c.version;
-                c.send(&encode_ack(PUBCOMP, a.pid, 0, v)).await;
-            }
-            Ok(_) => {}
-            Err(ReadError::Timeout) => return None,
-            Err(e) => panic!("connection failed while waiting for PUBLISH: {e}"),
-        }
+    match c.next_publish_acked(t).await {
+        Ok(p) => Some(p),
+        Err(ReadError::Timeout) => None,
+        Err(e) => panic!("connection failed while waiting for PUBLISH: {e}"),
     }
 }
 

@@ -17,11 +17,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 // `::cluster` is the crate; `common::cluster` (the test harness) is glob-imported.
@@ -81,82 +80,6 @@ async fn landed_on(nodes: &[Node], id: &str, times: usize) -> usize {
     let on: Vec<usize> = (0..nodes.len()).filter(|&i| hits[i] > 0).collect();
     assert_eq!(on.len(), 1, "{id} connected to several nodes: {hits:?}");
     on[0]
-}
-
-/// A running `astramq lb`; killed when dropped.
-struct Lb {
-    child: Child,
-    addr: SocketAddr,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Lb {
-    fn start(args: &[&str]) -> Lb {
-        let mut cmd = Command::new(astramq_bin());
-        cmd.args(["lb", "--listen", "127.0.0.1:0", "--log-level", "debug"])
-            .args(args)
-            .env_remove("ASTRAMQ_CLUSTER_KEY")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn astramq lb");
-        let stderr = capture(child.stderr.take().unwrap());
-        let (tx, rx) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(10))
-            .unwrap_or_else(|_| {
-                panic!(
-                    "astramq lb printed no `listening on` line\n--- stderr ---\n{}",
-                    stderr.lock().unwrap()
-                )
-            });
-        let addr = line
-            .strip_prefix("listening on ")
-            .and_then(|a| a.trim().parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        Lb {
-            child,
-            addr,
-            stderr,
-        }
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Lb {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- lb stderr ---\n{}", self.stderr());
-        }
-    }
-}
-
-fn capture(mut r: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>> {
-    let buf = Arc::new(Mutex::new(String::new()));
-    let b2 = buf.clone();
-    std::thread::spawn(move || {
-        let mut chunk = [0u8; 4096];
-        while let Ok(n) = r.read(&mut chunk) {
-            if n == 0 {
-                break;
-            }
-            b2.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&chunk[..n]));
-        }
-    });
-    buf
 }
 
 /// A clean MQTT 3.1.1 connection through `addr`, CONNACK 0 checked.

@@ -40,10 +40,9 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -66,82 +65,18 @@ pub const AFTER_RECOVERY: u64 = 200;
 // The load balancer
 // ---------------------------------------------------------------------------
 
-/// A running `astramq lb` that joined the cluster's gossip; killed when dropped.
-pub struct Lb {
-    child: Child,
-    addr: SocketAddr,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Lb {
-    /// `astramq lb --listen 127.0.0.1:0 --join SEED --gossip-listen 127.0.0.1:0`:
-    /// round robin over the live brokers gossip announces, PROXY v2 toward them.
-    pub fn start(seed: SocketAddr) -> Lb {
-        let mut cmd = Command::new(astramq_bin());
-        cmd.args(["lb", "--listen", "127.0.0.1:0", "--log-level", "debug"])
-            .args(["--join", &seed.to_string()])
-            .args(["--gossip-listen", "127.0.0.1:0", "--node-id", "lb"])
-            .env_remove("ASTRAMQ_CLUSTER_KEY")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn astramq lb");
-        let stderr = capture(child.stderr.take().unwrap());
-        let (tx, rx) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(10))
-            .unwrap_or_else(|_| {
-                panic!(
-                    "astramq lb printed no `listening on` line\n--- stderr ---\n{}",
-                    stderr.lock().unwrap()
-                )
-            });
-        let addr = line
-            .strip_prefix("listening on ")
-            .and_then(|a| a.trim().parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line from astramq lb: {line:?}"));
-        Lb {
-            child,
-            addr,
-            stderr,
-        }
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// How many times the balancer started routing to node `id` (one per run).
-    pub fn ups(&self, id: &str) -> usize {
-        let token = format!("node={id}");
-        self.stderr()
-            .lines()
-            .filter(|l| l.contains("broker up") && l.split_whitespace().any(|w| w == token))
-            .count()
-    }
-}
-
-impl Drop for Lb {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- lb stderr (last 4 KiB) ---\n{}",
-                tail(&self.stderr(), 4096)
-            );
-        }
-    }
+/// `astramq lb --join SEED --gossip-listen 127.0.0.1:0`: round robin over the live
+/// brokers gossip announces, PROXY v2 toward them.
+pub fn start_lb(seed: SocketAddr) -> Lb {
+    let seed = seed.to_string();
+    Lb::start(&[
+        "--join",
+        &seed,
+        "--gossip-listen",
+        "127.0.0.1:0",
+        "--node-id",
+        "lb",
+    ])
 }
 
 // ---------------------------------------------------------------------------
@@ -162,7 +97,7 @@ impl Chaos {
             .args(&["--proxy-listen", "127.0.0.1:0"])
             .start()
             .await;
-        let lb = Lb::start(cluster.node(0).gossip_addr());
+        let lb = start_lb(cluster.node(0).gossip_addr());
         let ch = Chaos { lb, cluster };
         for i in 0..n {
             ch.wait_lb_routes_to(i, 1).await;
@@ -292,7 +227,7 @@ impl Conn {
     /// The next packet; cancel-safe (bytes already read stay in `buf`).
     async fn read(&mut self) -> Result<Packet, ConnError> {
         loop {
-            if let Some((first, hdr, len)) = header(&self.buf) {
+            if let Some((first, hdr, len)) = frame_header(&self.buf) {
                 if self.buf.len() >= hdr + len {
                     let body = self.buf[hdr..hdr + len].to_vec();
                     self.buf.drain(..hdr + len);
@@ -306,19 +241,6 @@ impl Conn {
             }
         }
     }
-}
-
-fn header(buf: &[u8]) -> Option<(u8, usize, usize)> {
-    let first = *buf.first()?;
-    let mut len = 0usize;
-    for i in 0..4 {
-        let b = *buf.get(1 + i)?;
-        len |= ((b & 0x7f) as usize) << (7 * i);
-        if b & 0x80 == 0 {
-            return Some((first, 2 + i, len));
-        }
-    }
-    Some((first, 5, usize::MAX / 2))
 }
 
 /// What a load client does.

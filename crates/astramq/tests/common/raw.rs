@@ -160,6 +160,22 @@ pub fn put_str(out: &mut Vec<u8>, s: impl AsRef<[u8]>) {
 }
 
 /// A fixed header (`first` byte, remaining length) followed by `body`.
+/// The fixed header at the start of `buf`: first byte, header length, remaining
+/// length; `None` until the whole header has arrived (a remaining length longer than
+/// four bytes yields a length no buffer reaches, so the caller reads on and fails).
+pub fn frame_header(buf: &[u8]) -> Option<(u8, usize, usize)> {
+    let first = *buf.first()?;
+    let mut len = 0usize;
+    for i in 0..4 {
+        let b = *buf.get(1 + i)?;
+        len |= ((b & 0x7f) as usize) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((first, 2 + i, len));
+        }
+    }
+    Some((first, 5, usize::MAX / 2))
+}
+
 pub fn frame(first: u8, body: &[u8]) -> Vec<u8> {
     let mut out = vec![first];
     out.extend(varint(body.len() as u32));
@@ -919,7 +935,7 @@ impl RawClient {
     async fn read_wire(&mut self, t: Duration) -> Result<Packet, ReadError> {
         let deadline = tokio::time::Instant::now() + t;
         loop {
-            if let Some((first, hdr, len)) = Self::header(&self.buf) {
+            if let Some((first, hdr, len)) = frame_header(&self.buf) {
                 if self.buf.len() >= hdr + len {
                     let body: Vec<u8> = self.buf[hdr..hdr + len].to_vec();
                     self.buf.drain(..hdr + len);
@@ -939,19 +955,6 @@ impl RawClient {
                 Ok(Err(e)) => return Err(ReadError::Io(e)),
             }
         }
-    }
-
-    fn header(buf: &[u8]) -> Option<(u8, usize, usize)> {
-        let first = *buf.first()?;
-        let mut len = 0usize;
-        for i in 0..4 {
-            let b = *buf.get(1 + i)?;
-            len |= ((b & 0x7f) as usize) << (7 * i);
-            if b & 0x80 == 0 {
-                return Some((first, 2 + i, len));
-            }
-        }
-        Some((first, 5, usize::MAX / 2))
     }
 
     /// Next packet, panicking on timeout/close.
@@ -1187,6 +1190,31 @@ impl RawClient {
                     self.send(&encode_ack(PUBCOMP, a.pid, 0, v)).await;
                 }
                 other => self.pending.push_back(other),
+            }
+        }
+    }
+
+    /// The next PUBLISH within `t`, acknowledged whatever `auto_ack` says (QoS 1:
+    /// PUBACK, QoS 2: PUBREC; PUBRELs seen meanwhile get PUBCOMP), or why none came.
+    pub async fn next_publish_acked(&mut self, t: Duration) -> Result<Publish, ReadError> {
+        let deadline = tokio::time::Instant::now() + t;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.read(left).await? {
+                Packet::Publish(p) => {
+                    let v = self.version;
+                    match p.qos {
+                        1 => self.send(&encode_ack(PUBACK, p.pid, 0, v)).await,
+                        2 => self.send(&encode_ack(PUBREC, p.pid, 0, v)).await,
+                        _ => {}
+                    }
+                    return Ok(p);
+                }
+                Packet::Pubrel(a) => {
+                    let v = self.version;
+                    self.send(&encode_ack(PUBCOMP, a.pid, 0, v)).await;
+                }
+                _ => {}
             }
         }
     }
