@@ -132,25 +132,7 @@ impl Router {
 
     /// Removes `client_id`'s subscription to `filter`; true if it existed.
     pub fn unsubscribe(&self, filter: &str, client_id: &Arc<str>) -> bool {
-        let mut index = self.index.write();
-        match parse_shared(filter) {
-            Ok(Some((group, inner))) => {
-                let key = SubKey::Group(group.into());
-                let Some(Entry::Group(mut g)) = index.remove(inner, &key) else {
-                    return false;
-                };
-                let before = g.members.len();
-                g.members.retain(|m| &m.client_id != client_id);
-                let existed = g.members.len() != before;
-                if !g.members.is_empty() {
-                    index.insert(inner, key, Entry::Group(g));
-                }
-                existed
-            }
-            _ => index
-                .remove(filter, &SubKey::Client(client_id.clone()))
-                .is_some(),
-        }
+        self.remove_subscription(filter, client_id, None)
     }
 
     /// Removes `client_id`'s subscription to `filter` only if it still delivers into
@@ -162,6 +144,20 @@ impl Router {
         client_id: &Arc<str>,
         mailbox: &Arc<Mailbox>,
     ) -> bool {
+        self.remove_subscription(filter, client_id, Some(mailbox))
+    }
+
+    /// Removes `client_id`'s subscription to `filter` (with `mailbox`: only the one
+    /// delivering into it). True if one was removed.
+    fn remove_subscription(
+        &self,
+        filter: &str,
+        client_id: &Arc<str>,
+        mailbox: Option<&Arc<Mailbox>>,
+    ) -> bool {
+        let matches = |s: &Subscriber| {
+            &s.client_id == client_id && mailbox.is_none_or(|m| Arc::ptr_eq(&s.mailbox, m))
+        };
         let mut index = self.index.write();
         match parse_shared(filter) {
             Ok(Some((group, inner))) => {
@@ -170,8 +166,7 @@ impl Router {
                     return false;
                 };
                 let before = g.members.len();
-                g.members
-                    .retain(|m| &m.client_id != client_id || !Arc::ptr_eq(&m.mailbox, mailbox));
+                g.members.retain(|m| !matches(m));
                 let removed = g.members.len() != before;
                 if !g.members.is_empty() {
                     index.insert(inner, key, Entry::Group(g));
@@ -181,7 +176,7 @@ impl Router {
             _ => {
                 let key = SubKey::Client(client_id.clone());
                 match index.remove(filter, &key) {
-                    Some(Entry::Client(s)) if !Arc::ptr_eq(&s.mailbox, mailbox) => {
+                    Some(Entry::Client(s)) if !matches(&s) => {
                         index.insert(filter, key, Entry::Client(s));
                         false
                     }
