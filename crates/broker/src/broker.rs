@@ -4,8 +4,6 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use mqtt::Publish;
-
 use crate::auth::Authenticator;
 use crate::cluster::{Cluster, ClusterError, LocalGroups, SessionChange};
 use crate::config::Config;
@@ -69,10 +67,13 @@ impl StallGate {
     /// Whether no beat came for longer than the limit, and for how long.
     pub fn stalled(&self) -> Option<Duration> {
         let limit = self.limit_ms.load(std::sync::atomic::Ordering::Acquire);
+        if limit == 0 {
+            return None; // a single node: no clock read per client loop turn
+        }
         let gap = self
             .now_ms()
             .saturating_sub(self.beat_ms.load(std::sync::atomic::Ordering::Acquire));
-        (limit > 0 && gap > limit).then(|| Duration::from_millis(gap))
+        (gap > limit).then(|| Duration::from_millis(gap))
     }
 
     /// Resolves once the gate is open.
@@ -593,32 +594,15 @@ impl Broker {
         self.session_changed(SessionChange::WillDone {
             client_id: pending.client_id.clone(),
         });
-        let w = pending.will;
+        let topic = &pending.will.topic;
         if !self
             .auth
-            .can_write(&pending.client_id, pending.username.as_deref(), &w.topic)
+            .can_write(&pending.client_id, pending.username.as_deref(), topic)
         {
-            tracing::info!(client_id = %pending.client_id, topic = %w.topic, "will not published: ACL denies write");
+            tracing::info!(client_id = %pending.client_id, %topic, "will not published: ACL denies write");
             return;
         }
-        let p = &w.properties;
-        let publish = Publish {
-            dup: false,
-            qos: w.qos,
-            retain: w.retain,
-            topic: w.topic,
-            packet_id: None,
-            properties: mqtt::PublishProperties {
-                payload_format_indicator: p.payload_format_indicator,
-                message_expiry_interval: p.message_expiry_interval,
-                response_topic: p.response_topic.clone(),
-                correlation_data: p.correlation_data.clone(),
-                user_properties: p.user_properties.clone(),
-                content_type: p.content_type.clone(),
-                ..Default::default()
-            },
-            payload: w.payload,
-        };
+        let publish = pending.to_publish();
         let msg = Arc::new(Message::new(
             &publish,
             Some(pending.client_id),

@@ -32,6 +32,32 @@ pub struct PendingWill {
     pub will: Will,
 }
 
+impl PendingWill {
+    /// The PUBLISH the will becomes: its topic, payload, QoS, retain flag and
+    /// message properties (the Will Delay Interval is not one of them).
+    pub fn to_publish(&self) -> mqtt::Publish {
+        let w = &self.will;
+        let p = &w.properties;
+        mqtt::Publish {
+            dup: false,
+            qos: w.qos,
+            retain: w.retain,
+            topic: w.topic.clone(),
+            packet_id: None,
+            properties: mqtt::PublishProperties {
+                payload_format_indicator: p.payload_format_indicator,
+                message_expiry_interval: p.message_expiry_interval,
+                response_topic: p.response_topic.clone(),
+                correlation_data: p.correlation_data.clone(),
+                user_properties: p.user_properties.clone(),
+                content_type: p.content_type.clone(),
+                ..Default::default()
+            },
+            payload: w.payload.clone(),
+        }
+    }
+}
+
 /// A session as it moves between nodes.
 #[derive(Debug, Default)]
 pub struct SessionSnapshot {

@@ -499,25 +499,8 @@ pub fn read_subscription(mut value: &[u8]) -> Result<Subscription, WireError> {
 pub fn will_value(w: &PendingWill) -> Vec<u8> {
     let mut out = BytesMut::new();
     put_str(&mut out, w.username.as_deref().unwrap_or(""));
-    let p = &w.will.properties;
-    out.put_u32(p.will_delay_interval.unwrap_or(0));
-    let publish = mqtt::Publish {
-        dup: false,
-        qos: w.will.qos,
-        retain: w.will.retain,
-        topic: w.will.topic.clone(),
-        packet_id: (w.will.qos != QoS::AtMostOnce).then_some(1),
-        properties: mqtt::PublishProperties {
-            payload_format_indicator: p.payload_format_indicator,
-            message_expiry_interval: p.message_expiry_interval,
-            response_topic: p.response_topic.clone(),
-            correlation_data: p.correlation_data.clone(),
-            user_properties: p.user_properties.clone(),
-            content_type: p.content_type.clone(),
-            ..Default::default()
-        },
-        payload: w.will.payload.clone(),
-    };
+    out.put_u32(w.will.properties.will_delay_interval.unwrap_or(0));
+    let publish = w.to_publish();
     let msg = Message::new(&publish, None, Instant::now());
     let bytes = publish_bytes(&msg);
     out.put_u32(bytes.len() as u32);
