@@ -267,14 +267,7 @@ pub async fn consumer(
         // needs trimming and nothing unread is ever trimmed away.
         let mut acked = true;
         if !ids.is_empty() {
-            let mut pipe = redis::pipe();
-            pipe.cmd("XACK")
-                .arg(&key)
-                .arg(INBOX_GROUP)
-                .arg(&ids)
-                .ignore();
-            pipe.cmd("XDEL").arg(&key).arg(&ids).ignore();
-            if let Err(e) = pipe.query_async::<()>(c).await {
+            if let Err(e) = acknowledge(c, &key, &ids).await {
                 tracing::debug!(error = %e, "inbox: acknowledge failed; entries will be read again");
                 redis.health().failed("inbox consumer: acknowledging", &e);
                 acked = false;
@@ -390,6 +383,19 @@ async fn deliver(
         }
     }
     Ok(())
+}
+
+/// Acknowledges inbox entries and deletes them (so the stream never needs trimming and
+/// nothing unread is ever trimmed away), in one round trip.
+pub async fn acknowledge(
+    conn: &mut crate::conn::Conn,
+    key: &str,
+    ids: &[String],
+) -> Result<(), redis::RedisError> {
+    let mut pipe = redis::pipe();
+    pipe.cmd("XACK").arg(key).arg(INBOX_GROUP).arg(ids).ignore();
+    pipe.cmd("XDEL").arg(key).arg(ids).ignore();
+    pipe.query_async(conn).await
 }
 
 /// Creates the inbox stream and its consumer group if they do not exist.

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::bus::{self, Outgoing};
-use crate::conn::{run_per_key, Keys, Redis, RedisError, INBOX_GROUP};
+use crate::conn::{query_per_key, run_per_key, Keys, Redis, RedisError, INBOX_GROUP};
 use crate::feed::{self, Change};
 use crate::membership::{self, MemberEvent, MembershipConfig, MembershipHandle, NodeMeta};
 use crate::routes::RouteTable;
@@ -308,29 +308,41 @@ impl ClusterNode {
     /// (its connection closed with 0x8E), so no client has two live connections and
     /// nothing is delivered twice.
     async fn drop_lost_sessions(&self) {
-        let mut conn = self.redis.conn();
-        let mut lost = 0;
-        for (client_id, epoch) in self.broker.registry.epochs() {
-            let owner: (Option<String>, Option<u64>) = match redis::cmd("HMGET")
-                .arg(self.keys.session(&client_id))
-                .arg("owner")
-                .arg("epoch")
-                .query_async(&mut conn)
-                .await
-            {
-                Ok(v) => v,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot check session ownership after rejoining");
-                    return;
-                }
-            };
-            let current = owner.1.unwrap_or(0);
-            if owner.0.as_deref() != Some(self.me.as_str()) || current > epoch {
-                lost += 1;
+        let local = self.broker.registry.epochs();
+        // Every session's owner and epoch, in one round trip (per slot on a Redis
+        // Cluster): connections are held until this is done.
+        let cmds = local
+            .iter()
+            .map(|(client_id, _)| {
+                let mut c = redis::cmd("HMGET");
+                c.arg(self.keys.session(client_id))
+                    .arg("owner")
+                    .arg("epoch");
+                (self.keys.session(client_id), c)
+            })
+            .collect();
+        let owners = match query_per_key(&self.redis.conn(), cmds).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check session ownership after rejoining");
+                return;
+            }
+        };
+        let mut kicks = tokio::task::JoinSet::new();
+        for ((client_id, epoch), owner) in local.into_iter().zip(owners) {
+            let (owner, current): (Option<String>, Option<u64>) =
+                redis::from_redis_value(owner).unwrap_or_default();
+            let current = current.unwrap_or(0);
+            if owner.as_deref() != Some(self.me.as_str()) || current > epoch {
                 tracing::info!(%client_id, epoch, current, "session taken over while this node was away; dropping it here");
-                let _ = self.broker.kick(&client_id, current.max(epoch + 1)).await;
+                let broker = self.broker.clone();
+                kicks.spawn(async move {
+                    let _ = broker.kick(&client_id, current.max(epoch + 1)).await;
+                });
             }
         }
+        let lost = kicks.len();
+        kicks.join_all().await;
         if lost > 0 {
             tracing::warn!(
                 sessions = lost,
@@ -647,14 +659,7 @@ impl ClusterNode {
                         return delivered;
                     }
                 }
-                let mut pipe = redis::pipe();
-                pipe.cmd("XACK")
-                    .arg(&key)
-                    .arg(INBOX_GROUP)
-                    .arg(&ids)
-                    .ignore();
-                pipe.cmd("XDEL").arg(&key).arg(&ids).ignore();
-                if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+                if let Err(e) = bus::acknowledge(&mut conn, &key, &ids).await {
                     tracing::warn!(node = %dead, error = %e, "failed node's inbox: acknowledge failed");
                     return delivered;
                 }
