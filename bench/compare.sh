@@ -118,7 +118,7 @@ stop_broker() {
 # --- scenarios ------------------------------------------------------------------------
 # name|bench arguments (hosts, broker pid and source addresses are added per run)
 SCENARIOS=(
-    "ingest-qos0|pub -n 100 --qos 0 --payload 64 --duration $DURATION"
+    "ingest-qos0|pub -n 100 --qos 0 --payload 64 --duration $DURATION --drain 60s"
     "pairs-qos1|pairs -n 500 --qos 1 --payload 64 --duration $DURATION"
     "pairs-qos1-10mps|pairs -n 500 --qos 1 --payload 64 --rate 10 --duration $DURATION"
     "fanout-100-qos1|fanout -n 100 --qos 1 --payload 64 --rate 1000 --duration $DURATION"

@@ -113,6 +113,8 @@ pub struct Conn {
     protocol: Protocol,
     /// The broker's Receive Maximum (65,535 when it sent none).
     receive_maximum: u16,
+    /// PINGREQs not answered yet.
+    pings_out: u32,
 }
 
 impl Conn {
@@ -134,6 +136,7 @@ impl Conn {
             wbuf: BytesMut::new(),
             protocol: opts.protocol,
             receive_maximum: u16::MAX,
+            pings_out: 0,
         };
         let connect = Connect {
             protocol: opts.protocol,
@@ -231,6 +234,9 @@ impl Conn {
 
     fn queue(&mut self, packet: &Packet) -> Result<(), ClientError> {
         mqtt::encode(packet, self.protocol, &mut self.wbuf)?;
+        if matches!(packet, Packet::PingReq) {
+            self.pings_out += 1;
+        }
         Ok(())
     }
 
@@ -333,6 +339,7 @@ async fn event_loop(
     };
     let pub_index = publisher.as_ref().map(|p| p.index);
     let mut current = *phase.borrow_and_update();
+    let mut barrier_sent = false;
     loop {
         if current == Phase::Running {
             if let Some(p) = publisher.as_mut() {
@@ -342,7 +349,17 @@ async fn event_loop(
         local.flush(shared, pub_index, false);
         match (current, publisher.as_ref()) {
             (Phase::Done, _) => return Ok(()),
-            (Phase::Draining, Some(p)) if p.settled() && conn.wbuf.is_empty() => return Ok(()),
+            (Phase::Draining, Some(p)) if p.settled() && conn.wbuf.is_empty() => {
+                // A PINGREQ after the last PUBLISH: its answer means the broker has read
+                // them all (what waited in socket buffers included).
+                if !barrier_sent {
+                    conn.queue(&Packet::PingReq)?;
+                    barrier_sent = true;
+                } else if conn.pings_out == 0 {
+                    shared.publisher_drained(Instant::now().into_std());
+                    return Ok(());
+                }
+            }
             _ => {}
         }
         let next_send = match (current, publisher.as_ref()) {
@@ -422,7 +439,8 @@ fn handle(
             }
         }
         Packet::Disconnect(d) => return Err(ClientError::Disconnected(d.reason)),
-        Packet::PingResp | Packet::SubAck(_) | Packet::UnsubAck(_) => {}
+        Packet::PingResp => conn.pings_out = conn.pings_out.saturating_sub(1),
+        Packet::SubAck(_) | Packet::UnsubAck(_) => {}
         other => return Err(ClientError::Unexpected(other.name())),
     }
     Ok(())

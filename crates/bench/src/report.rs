@@ -54,6 +54,11 @@ pub struct Report {
     pub not_received: Option<u64>,
     /// Publishes written per second during the measured window.
     pub sent_per_s: f64,
+    /// Publishes the broker read per second: those written during the measured
+    /// window, over the time from its start until the broker answered a PINGREQ each
+    /// publisher sent after its last PUBLISH. Unlike `sent_per_s` it does not count
+    /// what still waited in socket buffers when the window closed.
+    pub ingested_per_s: Option<f64>,
     /// Messages received per second during the measured window.
     pub received_per_s: f64,
     /// End-to-end latency (send time in the payload to reception), milliseconds.
@@ -163,6 +168,9 @@ impl Report {
             "  connections: {} of {} ({} failed, {} dropped) at {:.0}/s",
             c.connected, c.attempted, c.failed, c.dropped, c.rate_per_s
         );
+        if let Some(r) = self.ingested_per_s {
+            let _ = writeln!(s, "  read by the broker: {r:.0}/s");
+        }
         let _ = writeln!(
             s,
             "  sent {} ({:.0}/s), acknowledged {}, received {} ({:.0}/s), duplicates {}, lost {}",

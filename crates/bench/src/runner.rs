@@ -130,6 +130,7 @@ pub async fn execute(plan: Plan) -> Result<Report, BenchError> {
             started,
             connect_secs,
             run_secs,
+            run_start,
             before,
             at_stop,
             usage,
@@ -245,6 +246,7 @@ struct Measured {
     started: u64,
     connect_secs: f64,
     run_secs: f64,
+    run_start: Instant,
     before: Snapshot,
     at_stop: Snapshot,
     usage: Usage,
@@ -340,6 +342,12 @@ fn build_report(
         lost,
         not_received,
         sent_per_s: rate(m.before.sent, m.at_stop.sent),
+        ingested_per_s: shared.drained_at(n_pubs).map(|t| {
+            let secs = t
+                .saturating_duration_since(m.run_start.into_std())
+                .as_secs_f64();
+            (m.at_stop.sent - m.before.sent) as f64 / secs.max(1e-9)
+        }),
         received_per_s: rate(m.before.received, m.at_stop.received),
         latency_ms: Percentiles::of_micros(&lat),
         bench_cpu_percent: m.usage.bench_cpu,

@@ -50,6 +50,13 @@ pub struct Shared {
     pub handshake: Mutex<Histogram<u64>>,
     /// Errors by message, counted.
     pub errors: Mutex<BTreeMap<String, u64>>,
+    /// When the run's clock started (for [`Shared::drained_at`]).
+    pub epoch: std::time::Instant,
+    /// The latest time, in µs since `epoch`, at which a publisher learnt that the
+    /// broker had read everything it sent (the answer to a PINGREQ sent after them).
+    pub drained_us: AtomicU64,
+    /// Publishers that saw the broker read everything they sent.
+    pub drained_pubs: AtomicUsize,
 }
 
 impl Shared {
@@ -73,7 +80,24 @@ impl Shared {
             latency: Mutex::new(histogram()),
             handshake: Mutex::new(histogram()),
             errors: Mutex::new(BTreeMap::new()),
+            epoch: std::time::Instant::now(),
+            drained_us: AtomicU64::new(0),
+            drained_pubs: AtomicUsize::new(0),
         }
+    }
+
+    /// Records that a publisher's PUBLISHes have all been read by the broker by now.
+    pub fn publisher_drained(&self, now: std::time::Instant) {
+        let us = now.saturating_duration_since(self.epoch).as_micros() as u64;
+        self.drained_us.fetch_max(us, Relaxed);
+        self.drained_pubs.fetch_add(1, Relaxed);
+    }
+
+    /// When the broker had read every PUBLISH of `publishers` publishers; `None`
+    /// unless all of them saw it (one that gave up would make the time too short).
+    pub fn drained_at(&self, publishers: usize) -> Option<std::time::Instant> {
+        let all = publishers > 0 && self.drained_pubs.load(Relaxed) == publishers;
+        all.then(|| self.epoch + std::time::Duration::from_micros(self.drained_us.load(Relaxed)))
     }
 
     /// Counts one occurrence of `error`.

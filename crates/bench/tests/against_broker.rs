@@ -86,3 +86,15 @@ fn conn_holds_connections() {
     assert_eq!(r.connections.connected, 200, "{r:?}");
     assert_eq!(r.connections.dropped, 0, "{r:?}");
 }
+
+#[test]
+fn pub_qos0_reports_what_the_broker_read() {
+    let addr = start_broker();
+    let r = bench(addr, "pub -n 4 --qos 0 --duration 1s");
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    // Every publisher's closing PINGREQ was answered, so the broker's reading rate is
+    // known; it counts the same messages over a window at least as long as the run.
+    let ingested = r.ingested_per_s.expect("every publisher saw its PINGRESP");
+    assert!(ingested > 0.0, "{r:?}");
+    assert!(ingested <= r.sent_per_s * 1.000_001, "{r:?}");
+}

@@ -206,10 +206,12 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
             }
             // Handle everything already buffered before waiting again, unless a
             // publish waits for room (then nothing more is read).
+            // One clock read per batch of buffered packets, not per packet.
+            let now = Instant::now();
             while self.blocked.is_empty() && self.deferred.is_none() {
                 match self.conn.rx.next_buffered(Some(self.protocol)) {
                     Ok(Some(packet)) => {
-                        self.last_packet = Instant::now();
+                        self.last_packet = now;
                         if let Some(exit) = self.handle(packet) {
                             return exit;
                         }

@@ -101,7 +101,7 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
             let msg = Arc::new(Message::from_publish(
                 std::mem::take(&mut p),
                 Some(self.client_id.clone()),
-                Instant::now(),
+                self.last_packet,
             ));
             if let Some(id) = known_id {
                 let _ = msg.id.set(id);

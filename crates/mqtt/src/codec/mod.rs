@@ -9,8 +9,6 @@
 //!   payload) once, and writes the per-subscriber header (QoS bits, packet id, topic
 //!   alias, subscription identifiers, remaining expiry) for each delivery.
 
-use std::sync::Arc;
-
 use bytes::{Bytes, BytesMut};
 use thiserror::Error;
 
@@ -131,11 +129,12 @@ pub struct Delivery<'a> {
     pub message_expiry: Option<u32>,
 }
 
-/// A PUBLISH prepared once for delivery to many subscribers. Cheap to clone (all
-/// `Bytes`).
+/// A PUBLISH prepared once for delivery to many subscribers. Shared by putting it
+/// behind one `Arc` with whatever else the holder keeps per message (the broker's
+/// message), so a message costs one allocation, not two.
 #[derive(Debug, Clone)]
 pub struct SharedPublish {
-    inner: Arc<shared_publish::Inner>,
+    inner: shared_publish::Inner,
 }
 
 impl SharedPublish {
@@ -158,7 +157,7 @@ impl SharedPublish {
     /// panicking.
     pub fn try_new(publish: &Publish) -> Result<SharedPublish, EncodeError> {
         Ok(SharedPublish {
-            inner: Arc::new(shared_publish::prepare(publish)?),
+            inner: shared_publish::prepare(publish)?,
         })
     }
 
@@ -166,7 +165,7 @@ impl SharedPublish {
     /// properties and payload move in rather than being copied.
     pub fn from_publish(publish: Publish) -> Result<SharedPublish, EncodeError> {
         Ok(SharedPublish {
-            inner: Arc::new(shared_publish::prepare_owned(publish)?),
+            inner: shared_publish::prepare_owned(publish)?,
         })
     }
 

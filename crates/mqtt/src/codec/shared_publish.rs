@@ -3,8 +3,6 @@
 //! per-delivery header (flags, packet id, expiry, topic alias, subscription ids)
 //! written per delivery.
 
-use std::sync::Arc;
-
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::packet::{Protocol, Publish, PublishProperties, QoS};
@@ -16,7 +14,7 @@ use super::write::{put_varint, varint_len, PropSet, Sizer};
 use super::{Delivery, EncodeError};
 
 /// The part of a [`SharedPublish`] behind its `Arc`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Inner {
     /// Topic Name.
     pub(crate) topic: String,
@@ -159,7 +157,7 @@ pub(crate) fn encode(inner: &Inner, protocol: Protocol, d: &Delivery<'_>, out: &
 }
 
 /// See [`super::SharedPublish::to_publish`].
-pub(crate) fn to_publish(inner: &Arc<Inner>, d: &Delivery<'_>) -> Publish {
+pub(crate) fn to_publish(inner: &Inner, d: &Delivery<'_>) -> Publish {
     let mut properties = inner.const_props.clone();
     properties.message_expiry_interval = d.message_expiry;
     properties.topic_alias = d.topic_alias;
