@@ -5,6 +5,8 @@
 //! little; the read buffer never grows past the maximum packet size because the codec
 //! rejects an oversize packet from its fixed header.
 
+use std::task::{Context, Poll};
+
 use bytes::BytesMut;
 use mqtt::{decode, encode, DecodeError, Packet, Protocol};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -13,13 +15,16 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// connection wait for data without holding a read buffer (4 KiB per connection adds
 /// up with a hundred thousand idle clients).
 pub trait ReadSide: AsyncRead + Unpin + Send {
-    /// Resolves when a read would find data (or the peer closed).
-    fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
+    /// Ready when a read would find data (or the peer closed). A poll function, not a
+    /// future: waiting on it adds a few bytes to an idle connection's task, where
+    /// tokio's `readable()` future adds well over a hundred.
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
 }
 
 impl ReadSide for tokio::net::tcp::OwnedReadHalf {
-    fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
-        tokio::net::tcp::OwnedReadHalf::readable(self)
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let stream: &tokio::net::TcpStream = self.as_ref();
+        stream.poll_read_ready(cx)
     }
 }
 
@@ -86,8 +91,9 @@ impl<R: ReadSide> Reader<R> {
     pub async fn fill(&mut self) -> Result<(), ReadError> {
         if self.rbuf.capacity() == 0 {
             // Allocate only once there is something to read.
-            self.reader
-                .readable()
+            // Borrowed mutably, so `R` needs to be `Send`, not `Sync`.
+            let reader = &mut self.reader;
+            std::future::poll_fn(move |cx| reader.poll_readable(cx))
                 .await
                 .map_err(|_| ReadError::Closed)?;
         }

@@ -344,6 +344,15 @@ impl Registry {
             .collect()
     }
 
+    /// Asks every connection to close with `reason` (the broker is shutting down).
+    pub fn ask_all_to_leave(&self, reason: ReasonCode) {
+        for s in self.slots.lock().values() {
+            if let Some(o) = &s.owner {
+                o.link.ask_to_leave(reason);
+            }
+        }
+    }
+
     /// After Redis lost its data: asks every connection to hand over a copy of its
     /// session, and returns copies of the parked persistent sessions.
     pub fn republish(&self) -> Vec<crate::cluster::RestoredSession> {

@@ -18,6 +18,7 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio_util::either::Either;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{AuthLoadError, Authenticator};
@@ -112,7 +113,12 @@ impl Server {
         }
         let grace = Duration::from_secs(config.shutdown.grace_period_secs);
         tracing::info!(grace_secs = grace.as_secs(), "shutting down");
+        // Connections being set up see the flag; registered ones are asked to leave
+        // (after the flag is set, so that none falls between the two).
         let _ = stop_tx.send(true);
+        self.broker
+            .registry
+            .ask_all_to_leave(mqtt::ReasonCode::ServerShuttingDown);
         for a in accept_loops {
             let _ = a.await;
         }
@@ -158,13 +164,9 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                tracker.spawn(serve_tcp(
-                    broker.clone(),
-                    stream,
-                    peer,
-                    proxied,
-                    stop.clone(),
-                ));
+                let f = serve_tcp(broker.clone(), stream, peer, proxied, stop.clone());
+                eprintln!("SIZES serve_tcp={}", std::mem::size_of_val(&f));
+                tracker.spawn(f);
             }
             Err(e) => {
                 // Out of file descriptors or similar: back off instead of spinning.
@@ -175,19 +177,27 @@ async fn accept_loop(
     }
 }
 
-async fn serve_tcp(
+/// Serves one accepted TCP connection. A plain function returning the task's future,
+/// so that without the PROXY protocol the task holds only [`client::serve`]'s small
+/// future (an idle connection's memory is mostly its task).
+fn serve_tcp(
     broker: Arc<Broker>,
     stream: TcpStream,
     peer: SocketAddr,
     proxied: bool,
     stop: watch::Receiver<bool>,
-) {
+) -> impl std::future::Future<Output = ()> + Send {
     let _ = stream.set_nodelay(true);
     let (mut r, w) = stream.into_split();
-    let peer = if proxied {
-        // The header is part of connecting: same time limit as the CONNECT.
+    if !proxied {
+        return Either::Left(client::serve(broker, r, w, peer.to_string(), stop));
+    }
+    // Boxed, or this rarer path would size every connection's task.
+    Either::Right(Box::pin(async move {
+        // The header is part of connecting: same time limit as the CONNECT. Boxed, so
+        // its buffer and timer do not size the connection's task for its whole life.
         let limit = Duration::from_secs(broker.config.limits.connect_timeout_secs);
-        match tokio::time::timeout(limit, proxy::read_header(&mut r)).await {
+        let peer = match Box::pin(tokio::time::timeout(limit, proxy::read_header(&mut r))).await {
             Ok(Ok(header)) => header.source.unwrap_or(peer),
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "closing: bad PROXY protocol header");
@@ -197,9 +207,7 @@ async fn serve_tcp(
                 tracing::debug!(%peer, "closing: no PROXY protocol header in time");
                 return;
             }
-        }
-    } else {
-        peer
-    };
-    client::serve(broker, r, w, peer.to_string(), stop).await;
+        };
+        client::serve(broker, r, w, peer.to_string(), stop).await;
+    }))
 }

@@ -5,7 +5,7 @@
 //! A connection owns its session while connected and parks it in the registry when it
 //! goes away, so a persistent session resumes with its in-flight messages intact.
 
-use std::collections::{btree_map, BTreeMap, HashMap, HashSet};
+use std::collections::{btree_map, BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use mqtt::{QoS, SubscriptionOptions, Will};
@@ -103,8 +103,10 @@ pub struct Session {
     pub client_id: Arc<str>,
     /// Where deliveries for this session are queued.
     pub mailbox: Arc<Mailbox>,
-    /// Subscriptions by full filter (`$share/...` included).
-    pub subscriptions: HashMap<String, Subscription>,
+    /// Subscriptions by full filter (`$share/...` included). B-trees here and below:
+    /// an empty one is half the size of an empty hash map, and every idle
+    /// connection has a session; a session holds few entries.
+    pub subscriptions: BTreeMap<String, Subscription>,
     /// Session Expiry Interval in force, seconds (`u32::MAX` = never).
     pub expiry_secs: u32,
     /// Outbound QoS 1/2 deliveries by packet id, in send order (ids are allocated
@@ -112,7 +114,7 @@ pub struct Session {
     outbound: BTreeMap<u16, Outbound>,
     order: Vec<u16>,
     /// Inbound QoS 2 packet ids received but not yet released.
-    inbound_qos2: HashSet<u16>,
+    inbound_qos2: BTreeSet<u16>,
     /// Inbound QoS 2 packet ids restored from the cluster store after the session's
     /// node died, with their message ids: whether every copy was stored is unknown.
     unsettled: Vec<(u16, Box<str>)>,
@@ -126,11 +128,11 @@ impl Session {
         Session {
             client_id,
             mailbox,
-            subscriptions: HashMap::new(),
+            subscriptions: BTreeMap::new(),
             expiry_secs,
             outbound: BTreeMap::new(),
             order: Vec::new(),
-            inbound_qos2: HashSet::new(),
+            inbound_qos2: BTreeSet::new(),
             unsettled: Vec::new(),
             journal_updates: Vec::new(),
         }
@@ -276,12 +278,14 @@ impl Session {
         let mut outbound = std::mem::take(&mut self.outbound);
         SessionSnapshot {
             expiry_secs: self.expiry_secs,
-            subscriptions: self.subscriptions.drain().collect(),
+            subscriptions: std::mem::take(&mut self.subscriptions)
+                .into_iter()
+                .collect(),
             inflight: order
                 .into_iter()
                 .filter_map(|id| outbound.remove(&id).map(|o| (id, o)))
                 .collect(),
-            inbound_qos2: self.inbound_qos2.drain().collect(),
+            inbound_qos2: std::mem::take(&mut self.inbound_qos2).into_iter().collect(),
             queued,
             unsettled: std::mem::take(&mut self.unsettled),
         }

@@ -1,7 +1,7 @@
 //! The CONNECT handshake: from the first byte to CONNACK and the resend of a resumed
 //! session's in-flight messages.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,7 +33,7 @@ pub(super) async fn handshake<R, W>(
     mut conn: Connection<R, W>,
     peer: String,
     shutdown: watch::Receiver<bool>,
-) -> Option<Client<R, W>>
+) -> Option<Box<Client<R, W>>>
 where
     R: ReadSide,
     W: AsyncWrite + Unpin,
@@ -93,7 +93,7 @@ async fn accept<R, W>(
     peer: String,
     shutdown: watch::Receiver<bool>,
     c: Connect,
-) -> Option<Client<R, W>>
+) -> Option<Box<Client<R, W>>>
 where
     R: ReadSide,
     W: AsyncWrite + Unpin,
@@ -198,6 +198,11 @@ where
         refuse(&mut conn, protocol, ReasonCode::SessionTakenOver).await;
         return None;
     };
+    // Shutdown asks every registered connection to leave; one registered after
+    // that asks itself (the flag is set before the registry is walked).
+    if *shutdown.borrow() {
+        link.ask_to_leave(ReasonCode::ServerShuttingDown);
+    }
 
     // [MQTT-3.1.2-4] Clean Start discards any existing session; else it resumes.
     let (mut session, session_present) = match claim.previous {
@@ -276,7 +281,9 @@ where
     Metrics::add(&broker.metrics.clients_connected, 1);
     tracing::debug!(%peer, client_id = %client_id, ?protocol, session_present, "client connected");
 
-    let mut client = Client {
+    // Boxed: the connection's task holds a pointer, not the whole state, so its
+    // future stays small (idle connections are mostly that future).
+    let mut client = Box::new(Client {
         username: c.username.as_deref().map(Arc::from),
         broker: broker.clone(),
         conn,
@@ -287,7 +294,6 @@ where
         session,
         will,
         exit_guard: ExitGuard(link),
-        shutdown,
         keep_alive: (!keep_alive.is_zero()).then_some(keep_alive),
         last_packet: Instant::now(),
         keep_alive_timer: Box::pin(tokio::time::sleep(keep_alive * 3 / 2)),
@@ -296,8 +302,7 @@ where
             .maximum_packet_size
             .unwrap_or(PROTOCOL_MAX_PACKET)
             .min(PROTOCOL_MAX_PACKET) as usize,
-        aliases_in: HashMap::new(),
-        aliases_out: HashMap::new(),
+        aliases: None,
         alias_out_max: props.topic_alias_maximum.unwrap_or(0),
         pending: VecDeque::new(),
         epoch,
@@ -306,7 +311,7 @@ where
         blocked: VecDeque::new(),
         blocked_until: Instant::now(),
         deferred: None,
-    };
+    });
     if session_present {
         client.resend_inflight();
     }

@@ -37,27 +37,31 @@ use crate::router::{Blocked, Target};
 use crate::session::{PendingWill, Session};
 
 /// Serves one accepted socket until it closes or the broker shuts down.
-pub async fn serve<R, W>(
+///
+/// Most of a connection's memory while idle is this future, held by its task, so it
+/// is kept small: a plain function (its arguments go into the boxed handshake rather
+/// than into the future), the client's state boxed, and only the main loop inline.
+pub fn serve<R, W>(
     broker: Arc<Broker>,
     reader: R,
     writer: W,
     peer: String,
     shutdown: watch::Receiver<bool>,
-) where
-    R: ReadSide,
-    W: AsyncWrite + Unpin,
+) -> impl std::future::Future<Output = ()> + Send
+where
+    R: ReadSide + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
 {
-    let conn = Connection::new(
-        reader,
-        writer,
-        broker.config.limits.max_packet_size as usize,
-    );
-    // Boxed: the handshake's state is large and short-lived; unboxed it would size
-    // every connection's task for the rest of its life.
-    if let Some(mut client) = Box::pin(connect::handshake(broker, conn, peer, shutdown)).await {
-        let exit = client.run().await;
-        // Boxed for the same reason: only the closing connection pays for its state.
-        Box::pin(client.finish(exit)).await;
+    let max_in = broker.config.limits.max_packet_size as usize;
+    let conn = Connection::new(reader, writer, max_in);
+    // Boxed: the handshake's state is large and short-lived.
+    let handshake = Box::pin(connect::handshake(broker, conn, peer, shutdown));
+    async move {
+        if let Some(mut client) = handshake.await {
+            let exit = client.run().await;
+            // Boxed for the same reason: only the closing connection pays for it.
+            Box::pin(client.finish(exit)).await;
+        }
     }
 }
 
@@ -120,7 +124,6 @@ struct Client<R, W> {
     /// Marks this connection exited when the task ends, telling a waiting claimer
     /// it may proceed; also carries takeover requests.
     exit_guard: ExitGuard,
-    shutdown: watch::Receiver<bool>,
     /// Keep alive in force (server override applied), `None` = disabled.
     keep_alive: Option<Duration>,
     last_packet: Instant,
@@ -130,10 +133,10 @@ struct Client<R, W> {
     send_window: usize,
     /// Largest packet the client accepts.
     max_out: usize,
-    /// Topic aliases the client set toward us.
-    aliases_in: HashMap<u16, String>,
-    /// Topic aliases we set toward the client, and how many it allows.
-    aliases_out: HashMap<Arc<str>, u16>,
+    /// Topic aliases in both directions; allocated when the first one is set (most
+    /// clients never use one, and an idle connection should stay small).
+    aliases: Option<Box<Aliases>>,
+    /// How many topic aliases the client accepts from us.
     alias_out_max: u16,
     /// Deliveries taken from the mailbox, not yet sent (window full).
     pending: VecDeque<Delivery>,
@@ -160,6 +163,15 @@ struct Deferred {
     msg: Arc<Message>,
     packet_id: u16,
     rx: tokio::sync::oneshot::Receiver<Result<(), ClusterError>>,
+}
+
+/// The topic aliases of one connection (v5).
+#[derive(Default)]
+struct Aliases {
+    /// Set by the client toward us.
+    inbound: HashMap<u16, String>,
+    /// Set by us toward the client.
+    outbound: HashMap<Arc<str>, u16>,
 }
 
 /// Which acknowledgement a [`PendingAck`] is.
@@ -241,7 +253,9 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                         return exit;
                     }
                 }
-                _ = wait_room(&self.blocked, self.blocked_until), if !self.blocked.is_empty() => {
+                // Boxed when first polled: its timer and waiter would otherwise size
+                // every connection's task, and it runs only while a publish waits.
+                _ = async { Box::pin(wait_room(&self.blocked, self.blocked_until)).await }, if !self.blocked.is_empty() => {
                     if let Some(exit) = self.place_blocked() {
                         return exit;
                     }
@@ -255,9 +269,6 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                     Request::Leave(reason) => return Exit::Server(reason),
                     Request::Republish => self.republish(),
                 },
-                _ = self.shutdown.changed() => {
-                    return Exit::Server(ReasonCode::ServerShuttingDown);
-                }
                 _ = &mut self.keep_alive_timer, if self.keep_alive.is_some() => {
                     // The timer is re-armed only when it fires, not per packet: most
                     // packets arrive well before it.

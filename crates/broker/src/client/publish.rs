@@ -40,13 +40,14 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                 return Some(Exit::Server(ReasonCode::TopicAliasInvalid));
             }
             if p.topic.is_empty() {
-                match self.aliases_in.get(&alias) {
+                match self.aliases.as_ref().and_then(|a| a.inbound.get(&alias)) {
                     Some(t) => p.topic = t.clone(),
                     // An alias never set by this connection [MQTT-3.3.2-12 context].
                     None => return Some(Exit::Server(ReasonCode::ProtocolError)),
                 }
             } else {
-                self.aliases_in.insert(alias, p.topic.clone());
+                let aliases = self.aliases.get_or_insert_default();
+                aliases.inbound.insert(alias, p.topic.clone());
             }
         }
         if !valid_topic_name(&p.topic) {
@@ -409,10 +410,11 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
         }
         let v5 = self.protocol.is_v5();
         let topic = d.msg.topic();
-        let (topic_alias, new_alias) = match self.aliases_out.get(topic) {
+        let out = self.aliases.as_ref().map(|a| &a.outbound);
+        let (topic_alias, new_alias) = match out.and_then(|o| o.get(topic)) {
             Some(&a) => (Some(a), false),
-            None if v5 && usize::from(self.alias_out_max) > self.aliases_out.len() => {
-                (Some(self.aliases_out.len() as u16 + 1), true)
+            None if v5 && usize::from(self.alias_out_max) > out.map_or(0, |o| o.len()) => {
+                (Some(out.map_or(0, |o| o.len()) as u16 + 1), true)
             }
             None => (None, false),
         };
@@ -433,7 +435,8 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
         }
         if new_alias {
             if let Some(a) = topic_alias {
-                self.aliases_out.insert(Arc::from(topic), a);
+                let aliases = self.aliases.get_or_insert_default();
+                aliases.outbound.insert(Arc::from(topic), a);
             }
         }
         if d.qos == QoS::AtMostOnce {
