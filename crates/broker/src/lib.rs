@@ -16,6 +16,7 @@
 //! - [`auth`] — anonymous access, password file and ACL decisions.
 //! - [`metrics`] — counters.
 //! - [`health`] — the HTTP health endpoint (`health_listen`): `/health`, `/metrics`.
+//! - [`signal`] — a small wake-up for the one task waiting on it.
 
 pub mod auth;
 pub mod broker;
@@ -33,6 +34,7 @@ pub mod retain;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod signal;
 
 pub use config::Config;
 pub use server::{Server, ServerError};

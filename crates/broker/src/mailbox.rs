@@ -5,7 +5,7 @@
 //! Bounded in messages and bytes (`limits.max_queued_messages`, `max_queued_bytes`);
 //! when full, the configured [`QueueOverflow`] policy decides which message is dropped,
 //! and the drop is counted. A plain channel can bound only the count, and cannot drop
-//! its oldest entry, hence this small queue with a `Notify` for the reader.
+//! its oldest entry, hence this small queue with a wake-up signal for the reader.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 
 use crate::config::QueueOverflow;
 use crate::message::Message;
+use crate::signal::Signal;
 
 /// One message on its way to one session, with what this session's subscription(s)
 /// made of it.
@@ -95,9 +96,11 @@ impl Queue {
 #[derive(Debug)]
 pub struct Mailbox {
     queue: Mutex<Queue>,
-    notify: Notify,
-    /// Woken when draining frees room, for publishers waiting on a full queue.
-    room: Notify,
+    /// Wakes the connection when a delivery is queued.
+    notify: Signal,
+    /// Woken when draining frees room, for publishers waiting on a full queue. Made
+    /// when a publisher first waits: most mailboxes never fill up.
+    room: OnceLock<Box<Notify>>,
     online: AtomicBool,
     limits: MailboxLimits,
     /// The next packet id to hand out (see [`Mailbox::reserve_packet_id`]).
@@ -117,8 +120,8 @@ impl Mailbox {
     pub fn new(limits: MailboxLimits) -> Arc<Mailbox> {
         Arc::new(Mailbox {
             queue: Mutex::new(Queue::default()),
-            notify: Notify::new(),
-            room: Notify::new(),
+            notify: Signal::default(),
+            room: OnceLock::new(),
             online: AtomicBool::new(false),
             limits,
             next_packet_id: AtomicU16::new(1),
@@ -232,7 +235,7 @@ impl Mailbox {
             q.bytes += size;
             q.items.push_back(d);
         }
-        self.notify.notify_one();
+        self.notify.notify();
         result
     }
 
@@ -269,18 +272,22 @@ impl Mailbox {
             q.bytes += size;
             q.items.push_back(d);
         }
-        self.notify.notify_one();
+        self.notify.notify();
         Ok(true)
     }
 
     /// Resolves after the next drain that frees room.
     pub async fn room(&self) {
-        self.room.notified().await
+        self.room_notify().notified().await
+    }
+
+    fn room_notify(&self) -> &Notify {
+        self.room.get_or_init(|| Box::new(Notify::new()))
     }
 
     /// Resolves once the queue has room for one more message (at once if it has).
     pub async fn wait_room(&self) {
-        let notified = self.room.notified();
+        let notified = self.room_notify().notified();
         tokio::pin!(notified);
         // Registered before checking, so a drain in between is not missed.
         notified.as_mut().enable();
@@ -305,8 +312,10 @@ impl Mailbox {
             out.extend(q.items.drain(..n));
             n
         };
-        if n > 0 {
-            self.room.notify_waiters();
+        // A waiter makes the Notify before it checks for room (under the queue's
+        // lock), so one this drain does not see here saw the room itself.
+        if let (true, Some(room)) = (n > 0, self.room.get()) {
+            room.notify_waiters();
         }
     }
 
@@ -363,9 +372,9 @@ impl Mailbox {
         self.len() == 0
     }
 
-    /// Resolves when something was pushed since the last call returned.
-    pub async fn notified(&self) {
-        self.notify.notified().await
+    /// Resolves when something was pushed since the last call returned. Cancel-safe.
+    pub fn notified(&self) -> impl std::future::Future<Output = ()> + Send + '_ {
+        self.notify.wait()
     }
 }
 

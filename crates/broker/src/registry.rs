@@ -11,16 +11,21 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
 use mqtt::ReasonCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, Notify};
 
 use crate::session::{PendingWill, Session};
+use crate::signal::Signal;
 
 /// How long a claimer waits for the previous owner to hand over before taking the
 /// slot anyway (the previous connection's state is then discarded).
 const HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often [`Registry::expire_keep_alives`] runs.
+pub const KEEP_ALIVE_SWEEP: Duration = Duration::from_millis(250);
 
 /// What the registry asks of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +45,11 @@ pub struct ConnLink {
     leave: AtomicU8,
     republish: AtomicBool,
     exited: AtomicBool,
-    wake_conn: Notify,
+    /// When the connection's keep alive runs out, in ms on the registry's clock
+    /// (0 = never): checked by [`Registry::expire_keep_alives`], so an idle
+    /// connection needs no timer of its own.
+    keep_alive_deadline: AtomicU64,
+    wake_conn: Signal,
     wake_claimer: Notify,
 }
 
@@ -48,6 +57,11 @@ impl ConnLink {
     /// A new link.
     pub fn new() -> Arc<ConnLink> {
         Arc::new(ConnLink::default())
+    }
+
+    /// Sets when the keep alive runs out (`Registry::clock_ms`), 0 for never.
+    pub fn set_keep_alive_deadline(&self, ms: u64) {
+        self.keep_alive_deadline.store(ms, Ordering::Relaxed);
     }
 
     /// Tells the connection another one claimed its client id (v5: 0x8E).
@@ -58,7 +72,7 @@ impl ConnLink {
     /// Asks the connection to close with `reason` (v5 DISCONNECT; 3.1.1: closed).
     pub fn ask_to_leave(&self, reason: ReasonCode) {
         self.leave.store(reason.as_u8(), Ordering::Release);
-        self.wake_conn.notify_one();
+        self.wake_conn.notify();
     }
 
     /// The reason the connection was asked to leave with, if it was.
@@ -69,22 +83,23 @@ impl ConnLink {
     /// Asks the connection to hand the cluster a copy of its session.
     pub fn ask_to_republish(&self) {
         self.republish.store(true, Ordering::Release);
-        self.wake_conn.notify_one();
+        self.wake_conn.notify();
     }
 
     /// Resolves with the next request to the connection. Cancel-safe.
-    pub async fn asked(&self) -> Request {
-        loop {
+    pub fn asked(&self) -> impl std::future::Future<Output = Request> + Send + '_ {
+        std::future::poll_fn(move |cx| loop {
             if let Some(r) =
                 ReasonCode::from_u8(self.leave.load(Ordering::Acquire)).filter(|r| r.is_error())
             {
-                return Request::Leave(r);
+                return Poll::Ready(Request::Leave(r));
             }
             if self.republish.swap(false, Ordering::AcqRel) {
-                return Request::Republish;
+                return Poll::Ready(Request::Republish);
             }
-            self.wake_conn.notified().await;
-        }
+            // Woken: look at the flags again.
+            std::task::ready!(self.wake_conn.poll_wait(cx));
+        })
     }
 
     /// Marks the connection task as ended.
@@ -180,16 +195,52 @@ pub enum Kicked {
 }
 
 /// Sessions by client id.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Registry {
     slots: Mutex<HashMap<Arc<str>, Slot>>,
     next_conn: AtomicU64,
+    /// Zero of the clock keep-alive deadlines are kept on.
+    started: Instant,
+}
+
+impl Default for Registry {
+    fn default() -> Registry {
+        Registry {
+            slots: Mutex::default(),
+            next_conn: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
 }
 
 impl Registry {
     /// An empty registry.
     pub fn new() -> Registry {
         Registry::default()
+    }
+
+    /// `at` in milliseconds on the registry's clock (never 0 after the first ms).
+    pub fn clock_ms(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.started).as_millis() as u64 + 1
+    }
+
+    /// Asks every connection whose keep alive ran out by `now` to close with 0x8D
+    /// [MQTT-3.1.2-24]; returns how many. Run periodically (see
+    /// [`KEEP_ALIVE_SWEEP`]): a deadline is met at most that much late.
+    pub fn expire_keep_alives(&self, now: Instant) -> usize {
+        let now = self.clock_ms(now);
+        let mut expired = 0;
+        for (client_id, s) in self.slots.lock().iter() {
+            let Some(o) = &s.owner else { continue };
+            let deadline = o.link.keep_alive_deadline.load(Ordering::Relaxed);
+            if deadline != 0 && deadline <= now {
+                o.link.set_keep_alive_deadline(0);
+                tracing::debug!(%client_id, "keep alive timeout");
+                o.link.ask_to_leave(ReasonCode::KeepAliveTimeout);
+                expired += 1;
+            }
+        }
+        expired
     }
 
     /// A fresh connection id.

@@ -26,6 +26,7 @@ use crate::broker::Broker;
 use crate::client;
 use crate::config::{Config, ConfigError};
 use crate::proxy;
+use crate::registry::KEEP_ALIVE_SWEEP;
 
 /// Why the server could not start.
 #[derive(Debug, Error)]
@@ -98,7 +99,20 @@ impl Server {
                 broker, listener, proxied, stop, tracker,
             )));
         }
+        // One timer for every connection's keep alive, instead of one per connection.
+        let broker = self.broker.clone();
+        let keep_alive_sweep = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(KEEP_ALIVE_SWEEP);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                broker
+                    .registry
+                    .expire_keep_alives(std::time::Instant::now());
+            }
+        });
         shutdown.await;
+        keep_alive_sweep.abort();
         // Stop accepting first: a draining node takes no new clients.
         for a in &accept_loops {
             a.abort();

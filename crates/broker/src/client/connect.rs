@@ -288,7 +288,7 @@ where
         broker: broker.clone(),
         conn,
         protocol,
-        peer,
+        peer: peer.into(),
         conn_id,
         client_id,
         session,
@@ -296,7 +296,6 @@ where
         exit_guard: ExitGuard(link),
         keep_alive: (!keep_alive.is_zero()).then_some(keep_alive),
         last_packet: Instant::now(),
-        keep_alive_timer: Box::pin(tokio::time::sleep(keep_alive * 3 / 2)),
         send_window: usize::from(client_receive_max.min(limits.max_inflight)),
         max_out: props
             .maximum_packet_size
@@ -306,12 +305,12 @@ where
         alias_out_max: props.topic_alias_maximum.unwrap_or(0),
         pending: VecDeque::new(),
         epoch,
-        scratch: Vec::new(),
         acks: VecDeque::new(),
         blocked: VecDeque::new(),
         blocked_until: Instant::now(),
         deferred: None,
     });
+    client.arm_keep_alive();
     if session_present {
         client.resend_inflight();
     }

@@ -15,7 +15,6 @@ mod publish;
 mod subscribe;
 
 use std::collections::{HashMap, VecDeque};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +23,6 @@ use tokio::io::AsyncWrite;
 
 use crate::connection::ReadSide;
 use tokio::sync::watch;
-use tokio::time::Sleep;
 
 use crate::broker::Broker;
 use crate::cluster::{ClusterError, SessionChange};
@@ -33,7 +31,7 @@ use crate::mailbox::Delivery;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::registry::{ExitGuard, Request};
-use crate::router::{Blocked, Target};
+use crate::router::Blocked;
 use crate::session::{PendingWill, Session};
 
 /// Serves one accepted socket until it closes or the broker shuts down.
@@ -115,7 +113,7 @@ struct Client<R, W> {
     broker: Arc<Broker>,
     conn: Connection<R, W>,
     protocol: Protocol,
-    peer: String,
+    peer: Box<str>,
     conn_id: u64,
     client_id: Arc<str>,
     username: Option<Arc<str>>,
@@ -127,8 +125,6 @@ struct Client<R, W> {
     /// Keep alive in force (server override applied), `None` = disabled.
     keep_alive: Option<Duration>,
     last_packet: Instant,
-    /// Fires at the earliest time the keep alive can have run out.
-    keep_alive_timer: Pin<Box<Sleep>>,
     /// Outbound window: the client's Receive Maximum capped by `limits.max_inflight`.
     send_window: usize,
     /// Largest packet the client accepts.
@@ -142,8 +138,6 @@ struct Client<R, W> {
     pending: VecDeque<Delivery>,
     /// The cluster ownership epoch this connection holds (0 on a single node).
     epoch: u64,
-    /// Reused by every publish for routing.
-    scratch: Vec<Target>,
     /// Acknowledgements of inbound PUBLISHes, in arrival order, some waiting for their
     /// message to be stored by the cluster.
     acks: VecDeque<PendingAck>,
@@ -220,6 +214,7 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
             // publish waits for room (then nothing more is read).
             // One clock read per batch of buffered packets, not per packet.
             let now = Instant::now();
+            let heard_before = self.last_packet;
             while self.blocked.is_empty() && self.deferred.is_none() {
                 match self.conn.rx.next_buffered(Some(self.protocol)) {
                     Ok(Some(packet)) => {
@@ -231,6 +226,9 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                     Ok(None) => break,
                     Err(e) => return self.decode_error(e),
                 }
+            }
+            if self.last_packet != heard_before {
+                self.arm_keep_alive();
             }
             self.conn.rx.release_if_empty();
             self.pump();
@@ -269,20 +267,18 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                     Request::Leave(reason) => return Exit::Server(reason),
                     Request::Republish => self.republish(),
                 },
-                _ = &mut self.keep_alive_timer, if self.keep_alive.is_some() => {
-                    // The timer is re-armed only when it fires, not per packet: most
-                    // packets arrive well before it.
-                    let grace = self.keep_alive.unwrap_or_default() * 3 / 2;
-                    let deadline = self.last_packet + grace;
-                    if Instant::now() >= deadline {
-                        // [MQTT-3.1.2-22] (3.1.1: MQTT-3.1.2-24) No packet within one and
-                        // a half times the Keep Alive: close (v5: DISCONNECT 0x8D).
-                        tracing::debug!(client_id = %self.client_id, "keep alive timeout");
-                        return Exit::Server(ReasonCode::KeepAliveTimeout);
-                    }
-                    self.keep_alive_timer.as_mut().reset(deadline.into());
-                }
             }
+        }
+    }
+
+    /// Restarts the keep alive from the last packet received: without another packet
+    /// within one and a half times the Keep Alive the registry asks this connection
+    /// to close with 0x8D [MQTT-3.1.2-24] (3.1.1: [MQTT-3.1.2-24] as well).
+    fn arm_keep_alive(&self) {
+        if let Some(ka) = self.keep_alive {
+            let registry = &self.broker.registry;
+            let deadline = registry.clock_ms(self.last_packet + ka * 3 / 2);
+            self.exit_guard.0.set_keep_alive_deadline(deadline);
         }
     }
 

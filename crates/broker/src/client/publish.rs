@@ -21,6 +21,13 @@ use crate::message::Message;
 use crate::metrics::Metrics;
 use tokio::sync::oneshot::error::TryRecvError;
 
+thread_local! {
+    /// Reused by every publish routed on this thread, rather than one per client
+    /// (an idle connection should stay small).
+    static ROUTING: std::cell::RefCell<Vec<crate::router::Target>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Deliveries taken from the mailbox per lock.
 const DRAIN_BATCH: usize = 64;
 
@@ -161,7 +168,8 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
     /// Routes an accepted message and queues its acknowledgement.
     fn route_and_ack(&mut self, msg: Arc<Message>, qos: QoS, packet_id: u16) -> Option<Exit> {
         let mut blocked = Vec::new();
-        let published = self.broker.publish(&msg, &mut self.scratch, &mut blocked);
+        let published =
+            ROUTING.with_borrow_mut(|scratch| self.broker.publish(&msg, scratch, &mut blocked));
         for b in blocked {
             if Arc::ptr_eq(&b.mailbox, &self.session.mailbox) {
                 // Our own queue drains only when we go on: waiting would deadlock.
