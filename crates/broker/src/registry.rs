@@ -438,3 +438,57 @@ impl Registry {
         self.len() == 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn connect(r: &Registry, id: &str) -> Arc<ConnLink> {
+        let link = ConnLink::new();
+        let owner = Owner {
+            conn_id: r.next_conn_id(),
+            link: link.clone(),
+            epoch: 0,
+        };
+        assert!(r.claim(&Arc::from(id), owner).await.is_some());
+        link
+    }
+
+    // [MQTT-3.1.2-24] No packet within 1.5 x Keep Alive: the server disconnects.
+    #[tokio::test]
+    async fn the_sweep_asks_expired_keep_alives_to_leave_once() {
+        let r = Registry::new();
+        let (due, later, off) = (
+            connect(&r, "due").await,
+            connect(&r, "later").await,
+            connect(&r, "off").await,
+        );
+        let now = Instant::now();
+        due.set_keep_alive_deadline(r.clock_ms(now));
+        later.set_keep_alive_deadline(r.clock_ms(now + Duration::from_secs(10)));
+        // `off` keeps 0: keep alive disabled.
+        assert_eq!(r.expire_keep_alives(now), 1);
+        assert_eq!(due.leave_requested(), Some(ReasonCode::KeepAliveTimeout));
+        assert_eq!(later.leave_requested(), None);
+        assert_eq!(off.leave_requested(), None);
+        // Asked once, not again at every sweep; the later one when its time comes.
+        assert_eq!(r.expire_keep_alives(now + Duration::from_secs(1)), 0);
+        assert_eq!(r.expire_keep_alives(now + Duration::from_secs(10)), 1);
+        assert_eq!(later.leave_requested(), Some(ReasonCode::KeepAliveTimeout));
+        assert_eq!(off.leave_requested(), None);
+    }
+
+    #[tokio::test]
+    async fn shutdown_asks_every_connection_to_leave() {
+        let r = Registry::new();
+        let (a, b) = (connect(&r, "a").await, connect(&r, "b").await);
+        r.ask_all_to_leave(ReasonCode::ServerShuttingDown);
+        for link in [a, b] {
+            let asked = tokio::time::timeout(Duration::from_secs(5), link.asked()).await;
+            assert_eq!(
+                asked.unwrap(),
+                Request::Leave(ReasonCode::ServerShuttingDown)
+            );
+        }
+    }
+}
