@@ -12,13 +12,13 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio_util::either::Either;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{AuthLoadError, Authenticator};
@@ -104,11 +104,17 @@ impl Server {
         let keep_alive_sweep = tokio::spawn(async move {
             let mut tick = tokio::time::interval(KEEP_ALIVE_SWEEP);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last = std::time::Instant::now();
             loop {
                 tick.tick().await;
-                broker
-                    .registry
-                    .expire_keep_alives(std::time::Instant::now());
+                let now = std::time::Instant::now();
+                // After the whole process was paused (SIGSTOP, a stalled VM) clients'
+                // packets may wait unread: the connections get one period to read
+                // them before anyone's keep alive is judged.
+                if now.duration_since(last) < KEEP_ALIVE_SWEEP * 4 {
+                    broker.registry.expire_keep_alives(now);
+                }
+                last = now;
             }
         });
         shutdown.await;
@@ -178,9 +184,13 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let f = serve_tcp(broker.clone(), stream, peer, proxied, stop.clone());
-                eprintln!("SIZES serve_tcp={}", std::mem::size_of_val(&f));
-                tracker.spawn(f);
+                tracker.spawn(serve_tcp(
+                    broker.clone(),
+                    stream,
+                    peer,
+                    proxied,
+                    stop.clone(),
+                ));
             }
             Err(e) => {
                 // Out of file descriptors or similar: back off instead of spinning.
@@ -191,6 +201,10 @@ async fn accept_loop(
     }
 }
 
+/// A connection's future, boxed: the task then holds a pointer, and its cell (which
+/// tokio aligns to 128 bytes) stays at 128 bytes instead of rounding the future up.
+type ConnectionFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// Serves one accepted TCP connection. A plain function returning the task's future,
 /// so that without the PROXY protocol the task holds only [`client::serve`]'s small
 /// future (an idle connection's memory is mostly its task).
@@ -200,14 +214,13 @@ fn serve_tcp(
     peer: SocketAddr,
     proxied: bool,
     stop: watch::Receiver<bool>,
-) -> impl std::future::Future<Output = ()> + Send {
+) -> ConnectionFuture {
     let _ = stream.set_nodelay(true);
     let (mut r, w) = stream.into_split();
     if !proxied {
-        return Either::Left(client::serve(broker, r, w, peer.to_string(), stop));
+        return Box::pin(client::serve(broker, r, w, peer.to_string(), stop));
     }
-    // Boxed, or this rarer path would size every connection's task.
-    Either::Right(Box::pin(async move {
+    Box::pin(async move {
         // The header is part of connecting: same time limit as the CONNECT. Boxed, so
         // its buffer and timer do not size the connection's task for its whole life.
         let limit = Duration::from_secs(broker.config.limits.connect_timeout_secs);
@@ -223,5 +236,5 @@ fn serve_tcp(
             }
         };
         client::serve(broker, r, w, peer.to_string(), stop).await;
-    }))
+    })
 }

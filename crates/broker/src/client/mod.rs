@@ -199,7 +199,9 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                 // This process was frozen: nothing is answered until the node knows
                 // whether this session is still its own (if not, it is told to go).
                 tokio::select! {
-                    _ = self.broker.stall.wait() => {}
+                    // Boxed while it runs (rarely): inline, its waiter would size every
+                    // connection's task.
+                    _ = async { Box::pin(self.broker.stall.wait()).await } => {}
                     request = self.exit_guard.0.asked() => {
                         if let Request::Leave(reason) = request {
                             return Exit::Server(reason);
