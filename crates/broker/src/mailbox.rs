@@ -85,6 +85,15 @@ struct Queue {
 }
 
 impl Queue {
+    /// Whether `d` is a journaled delivery this session already has (had), while
+    /// journal keys are tracked.
+    fn knows(&self, d: &Delivery) -> bool {
+        match (self.known.as_ref(), d.journal.as_ref()) {
+            (Some(known), Some(j)) => known.contains(&j.key),
+            _ => false,
+        }
+    }
+
     fn remember(&mut self, d: &Delivery) {
         if let (Some(known), Some(j)) = (self.known.as_mut(), d.journal.as_ref()) {
             known.insert(j.key.clone());
@@ -208,12 +217,8 @@ impl Mailbox {
         let mut result = Pushed::Queued;
         {
             let mut q = self.queue.lock();
-            if skip_known {
-                if let (Some(known), Some(j)) = (q.known.as_ref(), d.journal.as_ref()) {
-                    if known.contains(&j.key) {
-                        return Pushed::Known;
-                    }
-                }
+            if skip_known && q.knows(&d) {
+                return Pushed::Known;
             }
             while !q.items.is_empty()
                 && (q.items.len() >= self.limits.max_messages
@@ -254,12 +259,8 @@ impl Mailbox {
     fn try_push_checked(&self, d: Delivery, skip_known: bool) -> Result<bool, Delivery> {
         {
             let mut q = self.queue.lock();
-            if skip_known {
-                if let (Some(known), Some(j)) = (q.known.as_ref(), d.journal.as_ref()) {
-                    if known.contains(&j.key) {
-                        return Ok(false);
-                    }
-                }
+            if skip_known && q.knows(&d) {
+                return Ok(false);
             }
             let size = d.msg.size;
             let fits = q.items.is_empty()

@@ -36,9 +36,10 @@ pub enum Request {
     Republish,
 }
 
-/// The registry's line to one connection: tell it that it was taken over, and learn
-/// when it has gone. Two flags and two `Notify`s: far smaller per connection than a
-/// channel pair, which matters with a hundred thousand idle clients.
+/// The registry's line to one connection: ask it to leave (takeover, shutdown, keep
+/// alive) or to republish its session, and learn when it has gone. A few atomics, a
+/// [`Signal`] and a `Notify`: far smaller per connection than a channel pair, which
+/// matters with a hundred thousand idle clients.
 #[derive(Debug, Default)]
 pub struct ConnLink {
     /// The reason code the connection is asked to leave with (0 = stay).
@@ -89,9 +90,7 @@ impl ConnLink {
     /// Resolves with the next request to the connection. Cancel-safe.
     pub fn asked(&self) -> impl std::future::Future<Output = Request> + Send + '_ {
         std::future::poll_fn(move |cx| loop {
-            if let Some(r) =
-                ReasonCode::from_u8(self.leave.load(Ordering::Acquire)).filter(|r| r.is_error())
-            {
+            if let Some(r) = self.leave_requested() {
                 return Poll::Ready(Request::Leave(r));
             }
             if self.republish.swap(false, Ordering::AcqRel) {

@@ -206,8 +206,9 @@ async fn accept_loop(
 type ConnectionFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Serves one accepted TCP connection. A plain function returning the task's future,
-/// so that without the PROXY protocol the task holds only [`client::serve`]'s small
-/// future (an idle connection's memory is mostly its task).
+/// so that without the PROXY protocol that future is [`client::serve`]'s small one
+/// alone, with none of this function's state (an idle connection's memory is mostly
+/// its future).
 fn serve_tcp(
     broker: Arc<Broker>,
     stream: TcpStream,

@@ -257,9 +257,7 @@ impl Session {
 
     /// PUBREL for `id`: true if it was pending.
     pub fn release_qos2(&mut self, id: u16) -> bool {
-        if let Some(at) = self.unsettled.iter().position(|(p, _)| *p == id) {
-            self.unsettled.swap_remove(at);
-        }
+        self.take_unsettled(id);
         self.inbound_qos2.remove(&id)
     }
 

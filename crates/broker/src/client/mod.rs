@@ -400,12 +400,7 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
         if let Some(d) = self.deferred.take() {
             // Never routed nor acknowledged: the client sends it again, as new.
             self.session.release_qos2(d.packet_id);
-            self.broker.session_changed(SessionChange::InboundQos2 {
-                client_id: self.client_id.clone(),
-                epoch: self.epoch,
-                packet_id: d.packet_id,
-                message_id: None,
-            });
+            self.forget_inbound_qos2(d.packet_id);
         }
         // Deliveries taken from the mailbox but not yet sent (beyond the window) go
         // back to its front, so a persistent session keeps them in order.

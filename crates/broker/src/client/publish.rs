@@ -122,7 +122,7 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
             }
             return self.route_and_ack(msg, qos, packet_id);
         };
-        self.ack_inbound(qos, packet_id, reason, None)
+        self.ack_inbound(qos, packet_id, reason, None, None)
     }
 
     /// A persistent session in a cluster: records in the cluster, before routing, that
@@ -146,6 +146,19 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
         }))
     }
 
+    /// A persistent session in a cluster: tells the cluster store that inbound QoS 2
+    /// packet `packet_id` is free again (released, or never routed).
+    pub(super) fn forget_inbound_qos2(&self, packet_id: u16) {
+        if self.session.mailbox.journal().is_some() {
+            self.broker.session_changed(SessionChange::InboundQos2 {
+                client_id: self.client_id.clone(),
+                epoch: self.epoch,
+                packet_id,
+                message_id: None,
+            });
+        }
+    }
+
     /// The deferred QoS 2 PUBLISH's packet id is stored (or could not be): route it.
     pub(super) fn route_deferred(&mut self, stored: Result<(), ClusterError>) -> Option<Exit> {
         let d = self.deferred.take()?;
@@ -160,7 +173,8 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
             }
             Err(e) => {
                 self.session.release_qos2(d.packet_id);
-                self.ack_inbound(QoS::ExactlyOnce, d.packet_id, ReasonCode::Success, Some(e))
+                let (qos, reason) = (QoS::ExactlyOnce, ReasonCode::Success);
+                self.ack_inbound(qos, d.packet_id, reason, None, Some(e))
             }
         }
     }
@@ -187,31 +201,18 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
         } else {
             ReasonCode::Success
         };
-        if qos == QoS::AtMostOnce {
-            return None;
-        }
-        self.acks.push_back(PendingAck {
-            kind: if qos == QoS::ExactlyOnce {
-                AckKind::Rec
-            } else {
-                AckKind::Ack
-            },
-            packet_id,
-            reason,
-            durable: published.durable,
-            failed: None,
-            held: !self.blocked.is_empty(),
-        });
-        self.flush_acks()
+        self.ack_inbound(qos, packet_id, reason, published.durable, None)
     }
 
-    /// Queues the acknowledgement of a PUBLISH that is not routed (refused, or its
-    /// packet id could not be stored: `failed`).
+    /// Queues the acknowledgement of an inbound PUBLISH: sent once `durable` (its
+    /// remote and journaled copies) resolves; `failed` when it was not routed because
+    /// its packet id could not be stored.
     fn ack_inbound(
         &mut self,
         qos: QoS,
         packet_id: u16,
         reason: ReasonCode,
+        durable: Option<tokio::sync::oneshot::Receiver<Result<(), ClusterError>>>,
         failed: Option<ClusterError>,
     ) -> Option<Exit> {
         if qos == QoS::AtMostOnce {
@@ -227,7 +228,7 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
             kind: if qos2 { AckKind::Rec } else { AckKind::Ack },
             packet_id,
             reason,
-            durable: None,
+            durable,
             failed,
             held: !self.blocked.is_empty(),
         });
@@ -305,14 +306,7 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
     /// PUBREL from the client: the inbound QoS 2 exchange completes.
     pub(super) fn on_pubrel(&mut self, a: PubResp) -> Option<Exit> {
         let reason = if self.session.release_qos2(a.packet_id) {
-            if self.session.mailbox.journal().is_some() {
-                self.broker.session_changed(SessionChange::InboundQos2 {
-                    client_id: self.client_id.clone(),
-                    epoch: self.epoch,
-                    packet_id: a.packet_id,
-                    message_id: None,
-                });
-            }
+            self.forget_inbound_qos2(a.packet_id);
             ReasonCode::Success
         } else {
             ReasonCode::PacketIdentifierNotFound
