@@ -20,6 +20,8 @@
 //! | c | `kill -9` of a node while its clients are being taken over, and while two other nodes race for their ids | exactly one live connection per id, owner in Redis = its node, a later message received once |
 //! | e | a node frozen (SIGSTOP) past the failure timeout, its client id taken over elsewhere, then SIGCONT | the stale connection never acts live, QoS 2 load: lost = 0, duplicates = 0 |
 //! | f | rolling restart (SIGTERM, wait, start again) of all three nodes under QoS 1 load | lost = 0, every session moves with Session Present 1 |
+//! | g | scenario a with the subscribers in one shared subscription group | lost = 0 (each message reaches a member) |
+//! | h | the same at QoS 2 | lost = 0, duplicates = 0 (each message reaches one member once) |
 //!
 //! Scenario d (Redis stopped for 10 s) lives elsewhere.
 //!
@@ -108,9 +110,10 @@ fn assert_counts(row: &Row, details: &[String], exactly_once: bool) {
 /// balancer to a survivor and resume their sessions (Session Present 1,
 /// [MQTT-3.2.2-2] 3.1.1 / [MQTT-3.2.2-3] 5.0), and every acknowledged message reaches
 /// every subscriber.
-async fn kill_one_node_under_load(scenario: &str, tag: &str, qos: u8) {
+async fn kill_one_node_under_load(scenario: &str, spec: LoadSpec) {
+    let qos = spec.qos;
     let mut ch = Chaos::start(3).await;
-    let load = Load::start(&ch, &LoadSpec::new(tag, qos)).await;
+    let load = Load::start(&ch, &spec).await;
     assert!(
         load.wait_more_acked(200, T).await,
         "load not flowing before the fault"
@@ -180,12 +183,44 @@ fn note(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill9_one_of_three_under_qos1_load() {
-    bounded(kill_one_node_under_load("a. kill -9, QoS 1", "a", 1)).await
+    bounded(kill_one_node_under_load(
+        "a. kill -9, QoS 1",
+        LoadSpec::new("a", 1),
+    ))
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn b_kill9_one_of_three_under_qos2_load() {
-    bounded(kill_one_node_under_load("b. kill -9, QoS 2", "b", 2)).await
+    bounded(kill_one_node_under_load(
+        "b. kill -9, QoS 2",
+        LoadSpec::new("b", 2),
+    ))
+    .await
+}
+
+/// Scenario a with the subscribers as the members of one shared subscription group
+/// (`$share/g/chaos/g/#`, persistent MQTT 5 sessions on every node): each acknowledged
+/// message must reach at least one member, also those routed to the killed node's
+/// members before and after it died ([MQTT-4.8.2], invariant 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g_kill9_shared_group_under_qos1_load() {
+    let spec = LoadSpec {
+        shared_group: Some("g".to_string()),
+        ..LoadSpec::new("g", 1)
+    };
+    bounded(kill_one_node_under_load("g. kill -9, shared group, QoS 1", spec)).await
+}
+
+/// Scenario g at QoS 2: each acknowledged message reaches exactly one member once
+/// ([MQTT-4.3.3], [MQTT-4.8.2]).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h_kill9_shared_group_under_qos2_load() {
+    let spec = LoadSpec {
+        shared_group: Some("g".to_string()),
+        ..LoadSpec::new("h", 2)
+    };
+    bounded(kill_one_node_under_load("h. kill -9, shared group, QoS 2", spec)).await
 }
 
 // ---------------------------------------------------------------------------

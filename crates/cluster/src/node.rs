@@ -31,7 +31,10 @@ use crate::sessions::Sessions;
 use crate::wire;
 use crate::wire::{publish_bytes, put_kick, put_message};
 
+mod drain;
 mod outage;
+
+use drain::{delivery_for, group_members, Taken};
 
 /// Why a node could not join the cluster.
 #[derive(Debug, Error)]
@@ -639,7 +642,10 @@ impl ClusterNode {
                                     continue;
                                 };
                                 delivered += 1;
-                                for ((id, subs), out) in targets.iter().zip(per_target.iter_mut()) {
+                                let members = group_members(targets, groups, delivered);
+                                for (((id, subs), out), groups) in
+                                    targets.iter().zip(per_target.iter_mut()).zip(&members)
+                                {
                                     if let Some(d) = delivery_for(id, subs, msg, groups) {
                                         let key = match msg.id.get() {
                                             Some(k) => k.to_string(),
@@ -820,48 +826,6 @@ async fn remove_routes(
     });
     run_per_key(conn, announce.collect()).await
 }
-
-/// What a session with `subs` would have been delivered of `msg` (the groups are
-/// those the sending node assigned to the dead node), or `None`.
-fn delivery_for(
-    client_id: &str,
-    subs: &[(String, broker::session::Subscription)],
-    msg: &Arc<Message>,
-    groups: &LocalGroups,
-) -> Option<broker::mailbox::Delivery> {
-    let mut best: Option<broker::mailbox::Delivery> = None;
-    for (filter, sub) in subs {
-        let matched = match mqtt::topic::parse_shared(filter) {
-            Ok(Some((group, _))) => groups.contains(group, filter),
-            Ok(None) => {
-                mqtt::topic::matches(filter, msg.topic())
-                    && !(sub.options.no_local && msg.origin.as_deref() == Some(client_id))
-            }
-            Err(()) => false,
-        };
-        if !matched {
-            continue;
-        }
-        let qos = msg.qos.min(sub.options.qos);
-        if qos == mqtt::QoS::AtMostOnce {
-            continue;
-        }
-        let d = best.get_or_insert_with(|| broker::mailbox::Delivery {
-            msg: msg.clone(),
-            qos,
-            retain: sub.options.retain_as_published && msg.retain,
-            sub_ids: Vec::new(),
-            journal: None,
-        });
-        d.qos = d.qos.max(qos);
-        d.sub_ids.extend(sub.id);
-    }
-    best
-}
-
-/// The sessions a failed node held, with their subscriptions: what a drain of its
-/// inbox serves.
-type Taken = Vec<(String, Vec<(String, broker::session::Subscription)>)>;
 
 /// A run's name in the route table.
 pub fn route_identity(node_id: &str, generation: u64) -> String {

@@ -319,6 +319,9 @@ pub struct PubStats {
 pub struct Stats {
     pub subs: Vec<SubStats>,
     pub pubs: Vec<PubStats>,
+    /// The subscribers are the members of one shared subscription group: each
+    /// acknowledged message is promised to the group (one member), not to each.
+    pub shared: bool,
 }
 
 /// The counts a scenario reports.
@@ -362,18 +365,47 @@ impl Stats {
                 .sum(),
             ..Counts::default()
         };
-        for s in &self.subs {
+        if self.shared {
+            // One group: a message is received once some member has it, and every
+            // receipt beyond the first, by any member, is a duplicate.
+            c.expected = acknowledged;
             for (p, ps) in self.pubs.iter().enumerate() {
                 c.received += ps
                     .acked
                     .iter()
-                    .filter(|&&q| s.received.contains_key(&(p, q)))
+                    .filter(|&&q| self.group_receipts(p, q) > 0)
                     .count() as u64;
             }
-            c.duplicates += s.received.values().map(|&n| u64::from(n - 1)).sum::<u64>();
+            let mut receipts: HashMap<(usize, u64), u64> = HashMap::new();
+            for s in &self.subs {
+                for (&m, &n) in &s.received {
+                    *receipts.entry(m).or_insert(0) += u64::from(n);
+                }
+            }
+            c.duplicates = receipts.values().map(|n| n - 1).sum();
+        } else {
+            for s in &self.subs {
+                for (p, ps) in self.pubs.iter().enumerate() {
+                    c.received += ps
+                        .acked
+                        .iter()
+                        .filter(|&&q| s.received.contains_key(&(p, q)))
+                        .count() as u64;
+                }
+                c.duplicates += s.received.values().map(|&n| u64::from(n - 1)).sum::<u64>();
+            }
         }
         c.lost = c.expected - c.received;
         c
+    }
+
+    /// How many times the shared group's members together received message `q` of
+    /// publisher `p`.
+    fn group_receipts(&self, p: usize, q: u64) -> u32 {
+        self.subs
+            .iter()
+            .filter_map(|s| s.received.get(&(p, q)))
+            .sum()
     }
 
     /// Per subscriber, the acknowledged messages it never received and the messages it
@@ -381,6 +413,9 @@ impl Stats {
     /// Present flags.
     fn details(&self) -> Vec<String> {
         let mut out = Vec::new();
+        if self.shared {
+            return self.group_details();
+        }
         for p in &self.pubs {
             if p.sessions_lost > 0 {
                 out.push(format!(
@@ -453,7 +488,59 @@ impl Stats {
         out
     }
 
+    /// [`Stats::details`] for a shared group: the acknowledged messages no member
+    /// received, and those members received more than once in all, with where each
+    /// copy went.
+    fn group_details(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut missing = Vec::new();
+        let mut dups = Vec::new();
+        for (p, ps) in self.pubs.iter().enumerate() {
+            for &q in &ps.acked {
+                match self.group_receipts(p, q) {
+                    0 => missing.push(format!("{p}:{q}")),
+                    1 => {}
+                    n => {
+                        let how: Vec<String> = self
+                            .subs
+                            .iter()
+                            .filter_map(|s| {
+                                let d = s.deliveries.get(&(p, q))?;
+                                Some(format!("{} {d:?}", s.id))
+                            })
+                            .collect();
+                        dups.push(format!("{p}:{q}×{n} [{}]", how.join(", ")));
+                    }
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let n = missing.len();
+            missing.truncate(12);
+            out.push(format!(
+                "group: {n} acknowledged messages reached no member (first: {})",
+                missing.join(" ")
+            ));
+        }
+        if !dups.is_empty() {
+            let n = dups.len();
+            dups.truncate(8);
+            out.push(format!(
+                "group: {n} received more than once (first: {})",
+                dups.join(" ")
+            ));
+        }
+        out
+    }
+
     fn all_received(&self) -> bool {
+        if self.shared {
+            return self
+                .pubs
+                .iter()
+                .enumerate()
+                .all(|(p, ps)| ps.acked.iter().all(|&q| self.group_receipts(p, q) > 0));
+        }
         self.subs.iter().all(|s| {
             self.pubs
                 .iter()
@@ -869,6 +956,9 @@ pub struct LoadSpec {
     pub publishers: usize,
     /// Messages per second, all publishers together.
     pub rate: u32,
+    /// Subscribe as members of this shared subscription group (`$share/{group}/…`,
+    /// MQTT 5 clients only) instead of each on its own.
+    pub shared_group: Option<String>,
 }
 
 impl LoadSpec {
@@ -879,6 +969,7 @@ impl LoadSpec {
             subscribers_per_node: 2,
             publishers: 4,
             rate: 200,
+            shared_group: None,
         }
     }
 }
@@ -912,7 +1003,11 @@ impl Load {
             pub_ids: Vec::new(),
         };
         let c = &ch.cluster;
-        let filter = format!("chaos/{}/#", spec.tag);
+        let filter = match &spec.shared_group {
+            Some(g) => format!("$share/{g}/chaos/{}/#", spec.tag),
+            None => format!("chaos/{}/#", spec.tag),
+        };
+        load.shared.update(|s| s.shared = spec.shared_group.is_some());
         let running: Vec<usize> = (0..c.len()).filter(|&i| c.is_running(i)).collect();
         let mut per_node: HashMap<String, usize> = HashMap::new();
         let max_subs = 4 * running.len() * spec.subscribers_per_node;
@@ -926,8 +1021,13 @@ impl Load {
                 "the balancer placed {index} subscribers without covering every node: {per_node:?}"
             );
             let id = format!("chaos-{}-sub-{index}", spec.tag);
-            // Both protocol versions: even subscribers MQTT 5, odd ones 3.1.1.
-            let v = [Version::V5, Version::V311][index % 2];
+            // Both protocol versions: even subscribers MQTT 5, odd ones 3.1.1 (shared
+            // subscriptions are MQTT 5's: all of a group's members are).
+            let v = if spec.shared_group.is_some() {
+                Version::V5
+            } else {
+                [Version::V5, Version::V311][index % 2]
+            };
             load.shared.update(|s| {
                 s.subs.push(SubStats {
                     id: id.clone(),
@@ -993,12 +1093,23 @@ impl Load {
             });
             load.pub_ids.push(id);
         }
-        load.wait(T, "every subscriber receiving from every publisher", |s| {
-            s.subs
-                .iter()
-                .all(|sub| (0..s.pubs.len()).all(|p| sub.received.keys().any(|&(q, _)| q == p)))
-        })
-        .await;
+        if spec.shared_group.is_some() {
+            // A group's member gets only some messages: every member receiving, and
+            // the group receiving from every publisher.
+            load.wait(T, "every member receiving, from every publisher", |s| {
+                s.subs.iter().all(|sub| !sub.received.is_empty())
+                    && (0..s.pubs.len())
+                        .all(|p| s.subs.iter().any(|sub| sub.received.keys().any(|&(q, _)| q == p)))
+            })
+            .await;
+        } else {
+            load.wait(T, "every subscriber receiving from every publisher", |s| {
+                s.subs.iter().all(|sub| {
+                    (0..s.pubs.len()).all(|p| sub.received.keys().any(|&(q, _)| q == p))
+                })
+            })
+            .await;
+        }
         load
     }
 
