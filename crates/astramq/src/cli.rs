@@ -89,6 +89,10 @@ pub struct BrokerArgs {
     /// UDP address for gossip. Key `gossip_listen`, env `ASTRAMQ_GOSSIP_LISTEN`.
     #[arg(long, value_name = "ADDR")]
     pub gossip_listen: Option<SocketAddr>,
+    /// Gossip address other nodes should use, when not `--gossip-listen` (NAT, a
+    /// relay). Key `gossip_advertise`, env `ASTRAMQ_GOSSIP_ADVERTISE`.
+    #[arg(long, value_name = "ADDR")]
+    pub gossip_advertise: Option<SocketAddr>,
     /// Gossip addresses of nodes to join (comma-separated). Key `join`, env
     /// `ASTRAMQ_JOIN`.
     #[arg(long, value_name = "ADDR[,ADDR...]", value_delimiter = ',')]
@@ -243,6 +247,9 @@ fn apply_flags(table: &mut Table, args: &BrokerArgs) {
     }
     if let Some(v) = &args.gossip_listen {
         table.insert("gossip_listen".into(), text(&v.to_string()));
+    }
+    if let Some(v) = &args.gossip_advertise {
+        table.insert("gossip_advertise".into(), text(&v.to_string()));
     }
     if !args.join.is_empty() {
         let addrs = args.join.iter().map(|a| text(&a.to_string())).collect();

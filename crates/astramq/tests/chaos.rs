@@ -209,7 +209,11 @@ async fn g_kill9_shared_group_under_qos1_load() {
         shared_group: Some("g".to_string()),
         ..LoadSpec::new("g", 1)
     };
-    bounded(kill_one_node_under_load("g. kill -9, shared group, QoS 1", spec)).await
+    bounded(kill_one_node_under_load(
+        "g. kill -9, shared group, QoS 1",
+        spec,
+    ))
+    .await
 }
 
 /// Scenario g at QoS 2: each acknowledged message reaches exactly one member once
@@ -220,7 +224,11 @@ async fn h_kill9_shared_group_under_qos2_load() {
         shared_group: Some("g".to_string()),
         ..LoadSpec::new("h", 2)
     };
-    bounded(kill_one_node_under_load("h. kill -9, shared group, QoS 2", spec)).await
+    bounded(kill_one_node_under_load(
+        "h. kill -9, shared group, QoS 2",
+        spec,
+    ))
+    .await
 }
 
 // ---------------------------------------------------------------------------
@@ -288,103 +296,6 @@ async fn d_redis_stopped_10s_under_qos1_load() {
 // ---------------------------------------------------------------------------
 // c: kill -9 during takeover; racing connects
 // ---------------------------------------------------------------------------
-
-/// CONNECT on `addr`; the CONNACK within `t`, or None if the server closed first or
-/// said nothing.
-async fn try_connect(
-    addr: std::net::SocketAddr,
-    c: Connect,
-    t: Duration,
-) -> (RawClient, Option<Connack>) {
-    let mut cl = RawClient::tcp(addr).await;
-    cl.version = c.version;
-    cl.send(&c.encode()).await;
-    match cl.read(t).await {
-        Ok(Packet::Connack(ca)) => (cl, Some(ca)),
-        Ok(other) => panic!("expected CONNACK, got {other:?}"),
-        Err(_) => (cl, None),
-    }
-}
-
-/// Whether the connection answers PINGREQ (live); false once the server closed it.
-/// Records DISCONNECT reasons; a PUBLISH on it is returned as an error (a connection
-/// that lost its id must not be delivered to).
-async fn answers_ping(c: &mut RawClient, disconnects: &mut Vec<u8>) -> Result<bool, String> {
-    c.send_lossy(&encode_pingreq()).await;
-    loop {
-        match c.read(T).await {
-            Ok(Packet::Pingresp) => return Ok(true),
-            Ok(Packet::Disconnect(r, _)) => disconnects.push(r),
-            Ok(Packet::Publish(p)) => return Err(format!("PUBLISH delivered: {p:?}")),
-            Ok(_) => {}
-            Err(ReadError::Timeout) => {
-                return Err(format!("no PINGRESP and no close within {T:?}"))
-            }
-            Err(_) => return Ok(false),
-        }
-    }
-}
-
-/// What a connection whose client id was taken over elsewhere did once its node came
-/// back, watched for `T` after a PINGREQ.
-struct Fate {
-    answered_ping: bool,
-    publishes: usize,
-    disconnects: Vec<u8>,
-    /// None: still open after `T`.
-    closed_after: Option<Duration>,
-}
-
-impl Fate {
-    /// Closed (after at most a DISCONNECT 0x8E), never answered, never delivered to.
-    fn ok(&self) -> bool {
-        !self.answered_ping
-            && self.publishes == 0
-            && self.closed_after.is_some()
-            && self
-                .disconnects
-                .iter()
-                .all(|&r| r == rc::SESSION_TAKEN_OVER)
-    }
-
-    fn describe(&self) -> String {
-        format!(
-            "answered PINGREQ: {}, PUBLISH delivered: {}, DISCONNECT reasons: {:02x?}, {}",
-            self.answered_ping,
-            self.publishes,
-            self.disconnects,
-            match self.closed_after {
-                Some(d) => format!("closed after {} ms", ms(d)),
-                None => format!("still open after {} ms", ms(T)),
-            }
-        )
-    }
-}
-
-async fn stale_fate(c: &mut RawClient) -> Fate {
-    let start = Instant::now();
-    let mut f = Fate {
-        answered_ping: false,
-        publishes: 0,
-        disconnects: Vec::new(),
-        closed_after: None,
-    };
-    c.send_lossy(&encode_pingreq()).await;
-    loop {
-        let left = T.saturating_sub(start.elapsed());
-        match c.read(left).await {
-            Ok(Packet::Pingresp) => f.answered_ping = true,
-            Ok(Packet::Disconnect(r, _)) => f.disconnects.push(r),
-            Ok(Packet::Publish(_)) => f.publishes += 1,
-            Ok(_) => {}
-            Err(ReadError::Timeout) => return f,
-            Err(_) => {
-                f.closed_after = Some(start.elapsed());
-                return f;
-            }
-        }
-    }
-}
 
 /// One client id's contenders: (node index, connection, CONNACK).
 struct Contest {

@@ -67,6 +67,16 @@ if prev_exp > 0 and ARGV[4] ~= '1' then existed = 1 end
 return {prev or '', epoch, existed}
 ";
 
+/// Gives a client id back to its previous owner after a refused claim: only while
+/// the claim is still the latest (owner and epoch unchanged).
+const RELEASE_SCRIPT: &str = r"
+if redis.call('HGET', KEYS[1], 'owner') == ARGV[1] and redis.call('HGET', KEYS[1], 'epoch') == ARGV[2] then
+  redis.call('HSET', KEYS[1], 'owner', ARGV[3])
+  return 1
+end
+return 0
+";
+
 /// QoS 0 messages waiting for the forwarder beyond which new ones are dropped (and
 /// counted): under a flood the bus must not grow without bound. QoS 1/2 need no such
 /// cap: each publisher's in-flight window bounds them, since their acknowledgement
@@ -471,6 +481,34 @@ impl ClusterNode {
     }
 
     /// Whether `node` refreshed its liveness key lately.
+    /// Whether gossip currently lists node id `node` as a live member.
+    fn member_up(&self, node: &str) -> bool {
+        self.membership
+            .lock()
+            .as_ref()
+            .is_some_and(|m| m.members().borrow().iter().any(|x| x.node_id == node))
+    }
+
+    /// Gives client id `client_id` back to `prev` after a claim at `epoch` that got no
+    /// handover: the owner field goes back unless another claim came since (the epoch
+    /// stays raised, a fence for whatever the claim displaced). True if it went back.
+    async fn release_claim(&self, client_id: &str, epoch: u64, prev: &str) -> bool {
+        let r: Result<i64, _> = redis::Script::new(RELEASE_SCRIPT)
+            .key(self.keys.session(client_id))
+            .arg(&self.me)
+            .arg(epoch)
+            .arg(prev)
+            .invoke_async(&mut self.redis.conn())
+            .await;
+        match r {
+            Ok(n) => n == 1,
+            Err(e) => {
+                tracing::warn!(%client_id, error = %e, "could not give a refused claim back");
+                false
+            }
+        }
+    }
+
     async fn is_alive(&self, node: &str) -> Result<bool, redis::RedisError> {
         redis::cmd("EXISTS")
             .arg(self.keys.alive(node))
@@ -682,9 +720,12 @@ impl ClusterNode {
         &self.me
     }
 
-    /// The UDP address gossip listens on.
+    /// The UDP address other nodes reach this node's gossip at, the one `--join`
+    /// takes: the advertised address (`gossip_advertise`) if one is set, else the one
+    /// gossip listens on. (A join must be addressed to the advertised address: gossip
+    /// ignores an announce sent to any other.)
     pub fn gossip_addr(&self) -> Option<SocketAddr> {
-        self.membership.lock().as_ref().map(|m| m.local_addr())
+        self.membership.lock().as_ref().map(|m| m.advertised_addr())
     }
 
     /// Leaves the cluster cleanly: removes this node's routes, leaves gossip, stops
@@ -1089,6 +1130,16 @@ impl ClusterNode {
                     .await
                     .map_err(|e| ClusterError(e.to_string()))?
                 {
+                    if self.member_up(&owner) {
+                        // Its liveness lapsed but gossip hears it: it is cut off from
+                        // Redis (or Redis just came back), so it cannot hand the
+                        // session over while its connection may still be served.
+                        // Taking the session now would make two live owners
+                        // (invariant 7): refuse, the client tries again.
+                        return Err(ClusterError(format!(
+                            "previous owner {owner} is up but not reaching redis; cannot take the session over now"
+                        )));
+                    }
                     self.repair_node(&owner).await;
                 }
             }
@@ -1150,15 +1201,24 @@ impl ClusterNode {
                 tokio::select! {
                     r = &mut handed => break r.ok().flatten(),
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                        if !self.is_alive(&prev).await.unwrap_or(true) {
+                        // Dead by both signals (liveness expired, gossip lost it):
+                        // nothing can still serve the old connection.
+                        if !self.is_alive(&prev).await.unwrap_or(true) && !self.member_up(&prev) {
                             self.handovers.cancel(client_id, epoch);
                             self.repair_node(&prev).await;
                             break None;
                         }
                         if tokio::time::Instant::now() >= deadline {
+                            // Alive by one signal but silent: it may still serve the
+                            // old connection (cut off from Redis, or from gossip and
+                            // slow). Give the id back and refuse (invariant 7); it
+                            // closes that connection when it reads the kick.
                             self.handovers.cancel(client_id, epoch);
-                            tracing::warn!(%client_id, previous = %prev, "previous node did not hand the session over in time; resuming it from redis");
-                            break None;
+                            let released = self.release_claim(client_id, epoch, &prev).await;
+                            tracing::warn!(%client_id, previous = %prev, released, "previous node did not hand the session over in time; connection refused");
+                            return Err(ClusterError(format!(
+                                "previous owner {prev} did not hand the session over within {HANDOVER_WAIT:?}"
+                            )));
                         }
                     }
                 }

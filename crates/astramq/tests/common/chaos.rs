@@ -93,10 +93,16 @@ pub struct Chaos {
 
 impl Chaos {
     pub async fn start(n: usize) -> Chaos {
-        let cluster = TestCluster::builder(n)
+        Chaos::start_with(TestCluster::builder(n)).await
+    }
+
+    /// [`Chaos::start`] on a cluster built by `builder` (PROXY listeners added).
+    pub async fn start_with(builder: ClusterBuilder) -> Chaos {
+        let cluster = builder
             .args(&["--proxy-listen", "127.0.0.1:0"])
             .start()
             .await;
+        let n = cluster.len();
         let lb = start_lb(cluster.node(0).gossip_addr());
         let ch = Chaos { lb, cluster };
         for i in 0..n {
@@ -1007,7 +1013,8 @@ impl Load {
             Some(g) => format!("$share/{g}/chaos/{}/#", spec.tag),
             None => format!("chaos/{}/#", spec.tag),
         };
-        load.shared.update(|s| s.shared = spec.shared_group.is_some());
+        load.shared
+            .update(|s| s.shared = spec.shared_group.is_some());
         let running: Vec<usize> = (0..c.len()).filter(|&i| c.is_running(i)).collect();
         let mut per_node: HashMap<String, usize> = HashMap::new();
         let max_subs = 4 * running.len() * spec.subscribers_per_node;
@@ -1098,15 +1105,18 @@ impl Load {
             // the group receiving from every publisher.
             load.wait(T, "every member receiving, from every publisher", |s| {
                 s.subs.iter().all(|sub| !sub.received.is_empty())
-                    && (0..s.pubs.len())
-                        .all(|p| s.subs.iter().any(|sub| sub.received.keys().any(|&(q, _)| q == p)))
+                    && (0..s.pubs.len()).all(|p| {
+                        s.subs
+                            .iter()
+                            .any(|sub| sub.received.keys().any(|&(q, _)| q == p))
+                    })
             })
             .await;
         } else {
             load.wait(T, "every subscriber receiving from every publisher", |s| {
-                s.subs.iter().all(|sub| {
-                    (0..s.pubs.len()).all(|p| sub.received.keys().any(|&(q, _)| q == p))
-                })
+                s.subs
+                    .iter()
+                    .all(|sub| (0..s.pubs.len()).all(|p| sub.received.keys().any(|&(q, _)| q == p)))
             })
             .await;
         }
@@ -1377,5 +1387,106 @@ impl Row {
             .open(&path)
             .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
         writeln!(f, "{}", self.json()).unwrap();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// One client id on two nodes (invariant 2)
+// ---------------------------------------------------------------------------
+
+/// CONNECT on `addr`; the CONNACK within `t`, or None if the server closed first or
+/// said nothing.
+pub async fn try_connect(
+    addr: std::net::SocketAddr,
+    c: Connect,
+    t: Duration,
+) -> (RawClient, Option<Connack>) {
+    let mut cl = RawClient::tcp(addr).await;
+    cl.version = c.version;
+    cl.send(&c.encode()).await;
+    match cl.read(t).await {
+        Ok(Packet::Connack(ca)) => (cl, Some(ca)),
+        Ok(other) => panic!("expected CONNACK, got {other:?}"),
+        Err(_) => (cl, None),
+    }
+}
+
+/// Whether the connection answers PINGREQ (live); false once the server closed it.
+/// Records DISCONNECT reasons; a PUBLISH on it is returned as an error (a connection
+/// that lost its id must not be delivered to).
+pub async fn answers_ping(c: &mut RawClient, disconnects: &mut Vec<u8>) -> Result<bool, String> {
+    c.send_lossy(&encode_pingreq()).await;
+    loop {
+        match c.read(T).await {
+            Ok(Packet::Pingresp) => return Ok(true),
+            Ok(Packet::Disconnect(r, _)) => disconnects.push(r),
+            Ok(Packet::Publish(p)) => return Err(format!("PUBLISH delivered: {p:?}")),
+            Ok(_) => {}
+            Err(ReadError::Timeout) => {
+                return Err(format!("no PINGRESP and no close within {T:?}"))
+            }
+            Err(_) => return Ok(false),
+        }
+    }
+}
+
+/// What a connection whose client id was taken over elsewhere did once its node came
+/// back, watched for `T` after a PINGREQ.
+pub struct Fate {
+    pub answered_ping: bool,
+    pub publishes: usize,
+    pub disconnects: Vec<u8>,
+    /// None: still open after `T`.
+    pub closed_after: Option<Duration>,
+}
+
+impl Fate {
+    /// Closed (after at most a DISCONNECT 0x8E), never answered, never delivered to.
+    pub fn ok(&self) -> bool {
+        !self.answered_ping
+            && self.publishes == 0
+            && self.closed_after.is_some()
+            && self
+                .disconnects
+                .iter()
+                .all(|&r| r == rc::SESSION_TAKEN_OVER)
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "answered PINGREQ: {}, PUBLISH delivered: {}, DISCONNECT reasons: {:02x?}, {}",
+            self.answered_ping,
+            self.publishes,
+            self.disconnects,
+            match self.closed_after {
+                Some(d) => format!("closed after {} ms", d.as_millis()),
+                None => format!("still open after {} ms", T.as_millis()),
+            }
+        )
+    }
+}
+
+pub async fn stale_fate(c: &mut RawClient) -> Fate {
+    let start = Instant::now();
+    let mut f = Fate {
+        answered_ping: false,
+        publishes: 0,
+        disconnects: Vec::new(),
+        closed_after: None,
+    };
+    c.send_lossy(&encode_pingreq()).await;
+    loop {
+        let left = T.saturating_sub(start.elapsed());
+        match c.read(left).await {
+            Ok(Packet::Pingresp) => f.answered_ping = true,
+            Ok(Packet::Disconnect(r, _)) => f.disconnects.push(r),
+            Ok(Packet::Publish(_)) => f.publishes += 1,
+            Ok(_) => {}
+            Err(ReadError::Timeout) => return f,
+            Err(_) => {
+                f.closed_after = Some(start.elapsed());
+                return f;
+            }
+        }
     }
 }

@@ -177,6 +177,21 @@ pub mod resp {
 // redis-server
 // ---------------------------------------------------------------------------
 
+/// The loopback addresses a test `redis-server` listens on: `127.0.0.1`, and one
+/// more per node for tests that cut a single node off from Redis (node `i` may use
+/// `127.0.0.{11 + i}`, see [`ClusterBuilder::redis_address_per_node`]).
+const REDIS_BINDS: [&str; 9] = [
+    "127.0.0.1",
+    "127.0.0.11",
+    "127.0.0.12",
+    "127.0.0.13",
+    "127.0.0.14",
+    "127.0.0.15",
+    "127.0.0.16",
+    "127.0.0.17",
+    "127.0.0.18",
+];
+
 /// One `redis-server` on a free loopback port, killed on drop.
 pub struct RedisServer {
     child: Child,
@@ -200,7 +215,8 @@ impl RedisServer {
             let dir = tempfile::tempdir().expect("tempdir");
             let port = free_port();
             let mut cmd = Command::new(&bin);
-            cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            cmd.args(["--port", &port.to_string(), "--bind"])
+                .args(REDIS_BINDS)
                 .args(["--save", "", "--appendonly", "no"])
                 .arg("--dir")
                 .arg(dir.path())
@@ -325,7 +341,8 @@ impl RedisServer {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let mut child = Command::new(&bin)
-                .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--port", &self.port.to_string(), "--bind"])
+                .args(REDIS_BINDS)
                 .args(["--save", "", "--appendonly", "no"])
                 .arg("--dir")
                 .arg(self.dir.path())
@@ -469,6 +486,8 @@ pub struct ClusterBuilder {
     nodes: usize,
     redis_cluster: bool,
     args: Vec<String>,
+    node_args: Vec<Vec<String>>,
+    redis_per_node: bool,
 }
 
 impl ClusterBuilder {
@@ -481,6 +500,20 @@ impl ClusterBuilder {
     /// Extra command-line arguments for every node.
     pub fn args(mut self, args: &[&str]) -> Self {
         self.args.extend(args.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// Extra command-line arguments for node `i` only (after those for every node).
+    pub fn node_args(mut self, i: usize, args: &[&str]) -> Self {
+        self.node_args[i].extend(args.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// Node `i` reaches Redis at `127.0.0.{11 + i}` instead of `127.0.0.1` (the same
+    /// server), so a firewall rule can cut that one node off from Redis
+    /// ([`TestCluster::redis_addr_of`]).
+    pub fn redis_address_per_node(mut self) -> Self {
+        self.redis_per_node = true;
         self
     }
 
@@ -497,6 +530,8 @@ impl ClusterBuilder {
             redis,
             ids: (1..=self.nodes).map(|i| format!("n{i}")).collect(),
             args: self.args,
+            node_args: self.node_args,
+            redis_per_node: self.redis_per_node,
             running: Vec::new(),
             seq: AtomicU64::new(0),
         };
@@ -519,6 +554,8 @@ pub struct TestCluster {
     redis: Backend,
     ids: Vec<String>,
     args: Vec<String>,
+    node_args: Vec<Vec<String>>,
+    redis_per_node: bool,
     running: Vec<bool>,
     seq: AtomicU64,
 }
@@ -529,6 +566,8 @@ impl TestCluster {
             nodes,
             redis_cluster: false,
             args: Vec::new(),
+            node_args: vec![Vec::new(); nodes],
+            redis_per_node: false,
         }
     }
 
@@ -537,9 +576,32 @@ impl TestCluster {
         Self::builder(n).start().await
     }
 
+    /// The address node `i` reaches Redis at (see
+    /// [`ClusterBuilder::redis_address_per_node`]).
+    pub fn redis_addr_of(&self, i: usize) -> SocketAddr {
+        let port = match &self.redis {
+            Backend::Single(r) => r.port(),
+            Backend::Cluster(_) => panic!("one address per node needs a single Redis server"),
+        };
+        if self.redis_per_node {
+            SocketAddr::from(([127, 0, 0, 11 + i as u8], port))
+        } else {
+            SocketAddr::from(([127, 0, 0, 1], port))
+        }
+    }
+
     fn spawn_node(&self, id: &str, gossip: &str, join: Option<SocketAddr>) -> Broker {
-        let url = self.redis.url();
-        let mut args = vec!["--node-id", id, "--redis", &url, "--gossip-listen", gossip];
+        let i = self.ids.iter().position(|n| n == id).unwrap_or(0);
+        let url = if self.redis_per_node {
+            format!("redis://{}", self.redis_addr_of(i))
+        } else {
+            self.redis.url()
+        };
+        let mut args = vec!["--node-id", id, "--redis", &url];
+        // A node given its own gossip address (`node_args`) keeps it.
+        if !self.node_args[i].iter().any(|a| a == "--gossip-listen") {
+            args.extend(["--gossip-listen", gossip]);
+        }
         let join = join.map(|a| a.to_string());
         if let Some(j) = &join {
             args.extend(["--join", j.as_str()]);
@@ -550,7 +612,11 @@ impl TestCluster {
             "ASTRAMQ_LOG_LEVEL",
             "info,astramq_cluster=debug,astramq_broker=debug",
         );
-        for a in &self.args {
+        for a in self
+            .args
+            .iter()
+            .chain(self.node_args.get(i).into_iter().flatten())
+        {
             b = b.args(&[a.as_str()]);
         }
         // Always astramq: the mosquitto reference mode has no cluster.
@@ -642,6 +708,7 @@ impl TestCluster {
     pub async fn add_node(&mut self) -> usize {
         let i = self.len();
         self.ids.push(format!("n{}", i + 1));
+        self.node_args.push(Vec::new());
         let seed = (0..i)
             .find(|&j| self.running[j])
             .map(|j| self.nodes[j].gossip_addr());

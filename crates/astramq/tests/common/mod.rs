@@ -168,7 +168,7 @@ impl Broker {
         b.start()
     }
 
-    fn start_astramq(b: BrokerBuilder) -> Broker {
+    pub fn start_astramq(b: BrokerBuilder) -> Broker {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut cmd = Command::new(astramq_bin());
         if !b.no_subcommand {

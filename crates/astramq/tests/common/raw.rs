@@ -114,6 +114,7 @@ pub mod rc {
     pub const CLIENT_ID_NOT_VALID: u8 = 0x85;
     pub const BAD_USERNAME_OR_PASSWORD: u8 = 0x86;
     pub const NOT_AUTHORIZED: u8 = 0x87;
+    pub const SERVER_UNAVAILABLE: u8 = 0x88;
     pub const SERVER_SHUTTING_DOWN: u8 = 0x8B;
     pub const BAD_AUTHENTICATION_METHOD: u8 = 0x8C;
     pub const KEEP_ALIVE_TIMEOUT: u8 = 0x8D;
