@@ -64,7 +64,8 @@ fn run_broker(args: cli::BrokerArgs) -> anyhow::Result<()> {
                 let node = cluster::ClusterNode::start(
                     &settings,
                     server.broker().clone(),
-                    advertised(&server),
+                    server.local_addrs(),
+                    server.proxy_addrs(),
                 )
                 .await?;
                 server.broker().set_cluster(node.clone());
@@ -149,14 +150,6 @@ fn run_lb(args: lb::LbArgs) -> anyhow::Result<()> {
         tracing::info!("stopped");
         Ok(())
     })
-}
-
-/// The MQTT addresses a node advertises through gossip: PROXY-protocol listeners
-/// first, since the load balancer (PROXY v2 on by default) connects to the first one.
-fn advertised(server: &broker::Server) -> Vec<std::net::SocketAddr> {
-    let mut addrs = server.proxy_addrs();
-    addrs.extend(server.local_addrs());
-    addrs
 }
 
 fn init_logging(level: &str) -> anyhow::Result<()> {

@@ -67,6 +67,19 @@ fn proxy_addrs(nodes: &[Node]) -> String {
         .join(",")
 }
 
+/// `astramq lb --backends` over the nodes' PROXY listeners (`--proxy-protocol
+/// true`, which a static list must state) and `extra` flags.
+fn static_lb(nodes: &[Node], extra: &[&str]) -> Lb {
+    let backends = proxy_addrs(nodes);
+    Lb::start(
+        &[
+            &["--backends", &backends, "--proxy-protocol", "true"],
+            extra,
+        ]
+        .concat(),
+    )
+}
+
 /// The node client `id` has connected to `times` times in all (waiting for the
 /// logs); panics if the connections are spread over several nodes.
 async fn landed_on(nodes: &[Node], id: &str, times: usize) -> usize {
@@ -95,7 +108,7 @@ async fn client(addr: SocketAddr, id: &str) -> RawClient {
 #[tokio::test]
 async fn round_robin_spreads_30_connections_over_3_nodes_evenly() {
     let nodes = nodes(3);
-    let lb = Lb::start(&["--backends", &proxy_addrs(&nodes)]);
+    let lb = static_lb(&nodes, &[]);
     let mut held = Vec::new();
     for i in 0..30 {
         held.push(client(lb.addr, &format!("rr-{i}")).await);
@@ -113,12 +126,7 @@ async fn round_robin_spreads_30_connections_over_3_nodes_evenly() {
 #[tokio::test]
 async fn least_connections_fills_the_emptiest_node() {
     let nodes = nodes(3);
-    let lb = Lb::start(&[
-        "--backends",
-        &proxy_addrs(&nodes),
-        "--strategy",
-        "least-connections",
-    ]);
+    let lb = static_lb(&nodes, &["--strategy", "least-connections"]);
     let mut held = Vec::new();
     for i in 0..6 {
         let id = format!("lc-{i}");
@@ -162,12 +170,7 @@ async fn least_connections_fills_the_emptiest_node() {
 #[tokio::test]
 async fn client_id_affinity_sends_a_reconnect_to_the_same_node() {
     let nodes = nodes(3);
-    let lb = Lb::start(&[
-        "--backends",
-        &proxy_addrs(&nodes),
-        "--strategy",
-        "client-id",
-    ]);
+    let lb = static_lb(&nodes, &["--strategy", "client-id"]);
     let ids: Vec<String> = (0..9).map(|i| format!("sticky-{i}")).collect();
     let mut first_node = Vec::new();
     for id in &ids {
@@ -201,12 +204,7 @@ async fn client_id_affinity_sends_a_reconnect_to_the_same_node() {
 #[tokio::test]
 async fn client_id_mode_rejects_a_non_mqtt_first_packet() {
     let nodes = nodes(1);
-    let lb = Lb::start(&[
-        "--backends",
-        &proxy_addrs(&nodes),
-        "--strategy",
-        "client-id",
-    ]);
+    let lb = static_lb(&nodes, &["--strategy", "client-id"]);
     for junk in [
         &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
         &[0xc0, 0x00][..],                           // PINGREQ before CONNECT
@@ -240,7 +238,7 @@ async fn client_id_mode_rejects_a_non_mqtt_first_packet() {
 #[tokio::test]
 async fn killed_node_stops_receiving_within_5s_and_no_new_connection_fails() {
     let mut nodes = nodes(3);
-    let lb = Lb::start(&["--backends", &proxy_addrs(&nodes), "--backoff-ms", "60000"]);
+    let lb = static_lb(&nodes, &["--backoff-ms", "60000"]);
     let mut held = Vec::new();
     for i in 0..3 {
         held.push(client(lb.addr, &format!("before-{i}")).await);
@@ -273,7 +271,7 @@ async fn killed_node_stops_receiving_within_5s_and_no_new_connection_fails() {
 #[tokio::test]
 async fn broker_sees_the_real_client_address_through_proxy_protocol() {
     let nodes = nodes(1);
-    let lb = Lb::start(&["--backends", &proxy_addrs(&nodes)]);
+    let lb = static_lb(&nodes, &[]);
     let mut s = TcpStream::connect(lb.addr).await.unwrap();
     let me = s.local_addr().unwrap();
     s.write_all(&Connect::new(Version::V311, "where-am-i").encode())
@@ -340,15 +338,17 @@ async fn proxy_header_is_required_on_proxy_listen_and_refused_elsewhere() {
 // Gossip mode
 // ---------------------------------------------------------------------------
 
-/// An in-test gossip member advertising node `i`'s PROXY listener as a broker.
+/// An in-test gossip member advertising `node`'s plain and PROXY listeners as a
+/// broker (the balancer uses the PROXY one).
 async fn member(id: &str, node: &Node, seed: Option<SocketAddr>) -> MembershipHandle {
     membership::spawn(MembershipConfig {
         join: seed.into_iter().collect(),
         meta: NodeMeta {
             role: Role::Broker,
-            mqtt: vec![node.proxy],
+            mqtt: vec![node.broker.addr()],
             admin: None,
             connections: 0,
+            proxy: vec![node.proxy],
         },
         ..MembershipConfig::for_test(id)
     })
@@ -500,7 +500,7 @@ async fn gossip_member_that_leaves_stops_and_one_that_joins_starts_receiving() {
 }
 
 /// Issue #5 §4 (the balancer's part of drain): a member still alive that stops
-/// advertising MQTT addresses gets no new connections, and keeps the ones it has.
+/// advertising listeners gets no new connections, and keeps the ones it has.
 #[tokio::test]
 async fn draining_member_gets_no_new_connections_and_keeps_its_clients() {
     let nodes = nodes(2);
@@ -523,6 +523,7 @@ async fn draining_member_gets_no_new_connections_and_keeps_its_clients() {
 
     b.set_meta(NodeMeta {
         mqtt: Vec::new(),
+        proxy: Vec::new(),
         ..b.meta()
     });
     wait_for(
@@ -824,6 +825,8 @@ async fn tls_termination_forwards_decrypted_mqtt_and_refuses_plain_tcp() {
         let lb = Lb::start(&[
             "--backends",
             &backends,
+            "--proxy-protocol",
+            "true",
             "--strategy",
             strategy,
             "--tls-cert",
@@ -856,6 +859,7 @@ async fn tls_termination_forwards_decrypted_mqtt_and_refuses_plain_tcp() {
     // Startup errors name the flag and the file.
     let out = Command::new(astramq_bin())
         .args(["lb", "--listen", "127.0.0.1:0", "--backends", &backends])
+        .args(["--proxy-protocol", "true"])
         .args(["--tls-cert", "/nonexistent/cert.pem", "--tls-key", k])
         .output()
         .unwrap();
@@ -864,6 +868,7 @@ async fn tls_termination_forwards_decrypted_mqtt_and_refuses_plain_tcp() {
     assert!(err.contains("--tls-cert /nonexistent/cert.pem"), "{err}");
     let out = Command::new(astramq_bin())
         .args(["lb", "--listen", "127.0.0.1:0", "--backends", &backends])
+        .args(["--proxy-protocol", "true"])
         .args(["--tls-cert", c])
         .output()
         .unwrap();

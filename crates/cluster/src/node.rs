@@ -139,11 +139,12 @@ impl ClusterNode {
     /// Joins the cluster: connects to Redis (failing if it cannot within the
     /// configured timeout), clears routes an earlier run of this node id left behind,
     /// loads cluster state, starts the bus and the feed, and joins gossip advertising
-    /// `mqtt` as this node's listeners.
+    /// `mqtt` (plain) and `proxy` (PROXY protocol v2) as this node's listeners.
     pub async fn start(
         settings: &ClusterSettings,
         broker: Arc<Broker>,
         mqtt: Vec<SocketAddr>,
+        proxy: Vec<SocketAddr>,
     ) -> Result<Arc<ClusterNode>, StartError> {
         let me = settings.node_id.clone();
         let timeout = Duration::from_secs(settings.redis_connect_timeout_secs);
@@ -156,6 +157,7 @@ impl ClusterNode {
         // the failure of one run never touches the routes of the next.
         let mut meta = NodeMeta::broker();
         meta.mqtt = mqtt;
+        meta.proxy = proxy;
         let mut gossip = MembershipConfig::new(me.clone(), settings.gossip_listen, meta);
         gossip.join = settings.join.clone();
         gossip.cluster_key = settings.cluster_key.clone();
@@ -276,12 +278,13 @@ impl ClusterNode {
         Ok(node)
     }
 
-    /// Stops advertising MQTT listeners, so load balancers send no new clients here
-    /// (a live member without listeners is draining).
+    /// Stops advertising MQTT and PROXY listeners, so load balancers send no new
+    /// clients here (a live member without listeners is draining).
     pub fn set_draining(&self) {
         if let Some(m) = self.membership.lock().as_ref() {
             let mut meta = m.meta();
             meta.mqtt.clear();
+            meta.proxy.clear();
             m.set_meta(meta);
         }
     }

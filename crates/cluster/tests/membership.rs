@@ -23,6 +23,7 @@ fn broker_meta(port: u16) -> NodeMeta {
         mqtt: vec![addr(&format!("127.0.0.1:{port}"))],
         admin: Some(addr(&format!("127.0.0.1:{}", port + 1000))),
         connections: 0,
+        proxy: vec![addr(&format!("127.0.0.1:{}", port + 2000))],
     }
 }
 

@@ -25,6 +25,8 @@ pub struct Backend {
     generation: u64,
     /// Where to connect.
     addr: SocketAddr,
+    /// Whether connections start with a PROXY v2 header (`addr` is a PROXY listener).
+    proxy_v2: bool,
     /// False while the node drains: no new connections, existing ones stay.
     accepting: AtomicBool,
     /// Connections this balancer holds to the node now.
@@ -47,12 +49,20 @@ struct Failure {
 }
 
 impl Backend {
-    /// A backend that accepts connections and has none yet.
-    pub fn new(key: impl Into<String>, generation: u64, addr: SocketAddr) -> Backend {
+    /// A backend that accepts connections and has none yet. With `proxy_v2` every
+    /// connection to `addr` starts with a PROXY protocol v2 header, so `addr` must be
+    /// a PROXY listener (`--proxy-listen`); without it, a plain MQTT listener.
+    pub fn new(
+        key: impl Into<String>,
+        generation: u64,
+        addr: SocketAddr,
+        proxy_v2: bool,
+    ) -> Backend {
         Backend {
             key: key.into(),
             generation,
             addr,
+            proxy_v2,
             accepting: AtomicBool::new(true),
             active: AtomicU64::new(0),
             advertised: AtomicU64::new(0),
@@ -75,6 +85,11 @@ impl Backend {
     /// The MQTT address connections go to.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Whether connections to the node start with a PROXY protocol v2 header.
+    pub fn proxy_v2(&self) -> bool {
+        self.proxy_v2
     }
 
     /// Connections this balancer currently proxies to the node.
@@ -278,6 +293,7 @@ mod tests {
                         format!("n{i}"),
                         0,
                         SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)),
+                        true,
                     ))
                 })
                 .collect(),

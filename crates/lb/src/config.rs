@@ -50,10 +50,14 @@ pub struct LbArgs {
     /// How a node is chosen for each new connection.
     #[arg(long, value_enum, default_value_t = Strategy::RoundRobin)]
     pub strategy: Strategy,
-    /// Start every connection to a broker with a PROXY protocol v2 header carrying
-    /// the client's address. The brokers must listen with `--proxy-listen` then.
-    #[arg(long, value_name = "BOOL", default_value_t = true, action = ArgAction::Set)]
-    pub proxy_protocol: bool,
+    /// Send a PROXY protocol v2 header carrying the client's address. With `--join`
+    /// (default true): a broker advertising a PROXY listener (`--proxy-listen`) gets
+    /// the header there; one advertising none gets plain TCP on its MQTT listener
+    /// and sees the balancer's address (logged once per node); false: plain
+    /// listeners only. With `--backends` it must be given: true when the addresses
+    /// are PROXY listeners, false when they are plain MQTT listeners.
+    #[arg(long, value_name = "BOOL", action = ArgAction::Set)]
+    pub proxy_protocol: Option<bool>,
     /// UDP address for gossip (gossip mode).
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:7946")]
     pub gossip_listen: SocketAddr,
@@ -143,7 +147,9 @@ pub struct LbConfig {
     pub discovery: Discovery,
     /// Node choice.
     pub strategy: Strategy,
-    /// Whether to send a PROXY v2 header to the brokers.
+    /// Whether to send a PROXY v2 header: in static mode to every backend, in gossip
+    /// mode to the brokers that advertise a PROXY listener (the others get plain
+    /// TCP on their MQTT listener).
     pub proxy_protocol: bool,
     /// Bounded-load factor for the client-id strategy (> 1).
     pub hash_balance_factor: f64,
@@ -241,11 +247,25 @@ impl LbArgs {
         } else {
             Discovery::Static(self.backends.clone())
         };
+        let proxy_protocol = match (self.proxy_protocol, &discovery) {
+            (Some(p), _) => p,
+            (None, Discovery::Gossip(_)) => true,
+            // Gossip says which listener is which; a static list does not, and a
+            // wrong guess closes every connection.
+            (None, Discovery::Static(_)) => {
+                return Err(LbError::Config(
+                    "--backends needs --proxy-protocol true (the addresses are the nodes' \
+                     --proxy-listen listeners) or --proxy-protocol false (they are plain \
+                     --listen listeners)"
+                        .into(),
+                ))
+            }
+        };
         let config = LbConfig {
             listen: self.listen,
             discovery,
             strategy: self.strategy,
-            proxy_protocol: self.proxy_protocol,
+            proxy_protocol,
             hash_balance_factor: self.hash_balance_factor,
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             backoff: Duration::from_millis(self.backoff_ms),
@@ -328,6 +348,8 @@ mod tests {
             "127.0.0.1:1883",
             "--backends",
             "127.0.0.1:1,127.0.0.1:2",
+            "--proxy-protocol",
+            "true",
         ])
         .unwrap();
         assert_eq!(c.strategy, Strategy::RoundRobin);
@@ -339,6 +361,20 @@ mod tests {
                 "127.0.0.1:2".parse().unwrap()
             ])
         );
+    }
+
+    /// A static list carries no hint which listener an address is: the user says.
+    #[test]
+    fn static_backends_need_an_explicit_proxy_protocol() {
+        let base = ["--listen", "127.0.0.1:1883", "--backends", "127.0.0.1:1"];
+        let e = parse(&base).unwrap_err();
+        assert!(e.contains("--proxy-protocol true"), "{e}");
+        assert!(e.contains("--proxy-protocol false"), "{e}");
+        let c = parse(&[&base[..], &["--proxy-protocol", "false"]].concat()).unwrap();
+        assert!(!c.proxy_protocol);
+        // Gossip mode needs no choice: PROXY v2 where a node advertises a listener.
+        let c = parse(&["--listen", "127.0.0.1:1883", "--join", "127.0.0.1:7946"]).unwrap();
+        assert!(c.proxy_protocol);
     }
 
     #[test]
@@ -379,7 +415,14 @@ mod tests {
 
     #[test]
     fn tls_cert_and_key_come_together() {
-        let base = ["--listen", "127.0.0.1:1883", "--backends", "127.0.0.1:1"];
+        let base = [
+            "--listen",
+            "127.0.0.1:1883",
+            "--backends",
+            "127.0.0.1:1",
+            "--proxy-protocol",
+            "true",
+        ];
         let with = |extra: &[&str]| parse(&[&base[..], extra].concat());
         let e = with(&["--tls-cert", "c.pem"]).unwrap_err();
         assert!(e.contains("--tls-key"), "{e}");
@@ -399,6 +442,8 @@ mod tests {
             "127.0.0.1:1883",
             "--backends",
             "127.0.0.1:1",
+            "--proxy-protocol",
+            "true",
             "--hash-balance-factor",
             "1",
         ])

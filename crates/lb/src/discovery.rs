@@ -1,8 +1,12 @@
 //! Gossip mode: keeps the backend pool equal to the live broker members.
 //!
-//! [`sync`] is the pure part (members in, pool updated); [`run`] is the task that
-//! calls it on every membership change and advertises our own connection count.
+//! [`Follower::sync`] is the pure part (members in, pool updated); [`run`] is the
+//! task that calls it on every membership change and advertises our own connection
+//! count. Which listener of a broker gets the connections, and whether they start
+//! with a PROXY v2 header, is decided per broker from its metadata ([`target`]).
 
+use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,59 +18,137 @@ use crate::backend::{Backend, Pool};
 /// How often the balancer re-advertises its own connection count.
 const ADVERTISE_EVERY: Duration = Duration::from_secs(1);
 
-/// Whether a live broker takes new connections. A broker that drains keeps its
-/// clients for a while but should get no new ones; today it says so by advertising
-/// no MQTT address (the balancer then leaves its existing connections alone).
-/// A dedicated `draining` flag in [`NodeMeta`] would be checked here.
-fn accepts_new(meta: &NodeMeta) -> bool {
-    !meta.mqtt.is_empty()
+/// Where new connections to one broker go, and whether they start with a PROXY v2
+/// header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Target {
+    addr: SocketAddr,
+    proxy_v2: bool,
 }
 
-/// Brings `pool` in line with `members`. A backend is one run of a node
-/// (node id + generation + address): a restarted or readdressed node is a new
-/// backend and the old one is cancelled, which closes the connections proxied to
-/// it. A member that disappears (down or left) is cancelled the same way.
-pub(crate) fn sync(pool: &Pool, members: &[Member]) {
-    let current = pool.snapshot();
-    let mut next = Vec::new();
-    for m in members.iter().filter(|m| m.meta.role == Role::Broker) {
-        let existing = current
-            .iter()
-            .find(|b| b.key() == m.node_id && b.generation() == m.generation);
-        let accepting = accepts_new(&m.meta);
-        let backend = match (existing, m.meta.mqtt.first()) {
-            (Some(b), Some(&addr)) if b.addr() == addr => b.clone(),
-            // Draining: keep the old backend (and its connections), route nothing new.
-            (Some(b), None) => b.clone(),
-            (_, Some(&addr)) => {
-                tracing::info!(node = %m.node_id, %addr, generation = m.generation, "broker up: routing connections to it");
-                Arc::new(Backend::new(m.node_id.clone(), m.generation, addr))
-            }
-            (None, None) => continue,
-        };
-        if backend.is_accepting() != accepting {
-            tracing::info!(node = %m.node_id, accepting, "broker drain state changed");
+/// The listener new connections to a broker advertising `meta` go to. With PROXY v2
+/// on (`--proxy-protocol true`, the default): its first PROXY listener, else its
+/// first plain MQTT listener *without* the header (a plain listener closes a
+/// connection that starts with one). With PROXY v2 off: its first plain listener
+/// only (a PROXY listener closes a connection without the header).
+///
+/// `None` when there is no such listener. A live broker advertising no listener at
+/// all is draining: it keeps its clients for a while but gets no new ones.
+fn target(meta: &NodeMeta, proxy_protocol: bool) -> Option<Target> {
+    match (proxy_protocol, meta.proxy.first(), meta.mqtt.first()) {
+        (true, Some(&addr), _) => Some(Target {
+            addr,
+            proxy_v2: true,
+        }),
+        (_, _, Some(&addr)) => Some(Target {
+            addr,
+            proxy_v2: false,
+        }),
+        _ => None,
+    }
+}
+
+/// Keeps the pool in line with gossip membership for a balancer that sends (or
+/// not) PROXY v2 headers.
+#[derive(Debug)]
+pub(crate) struct Follower {
+    /// `--proxy-protocol`: use a broker's PROXY listener when it advertises one.
+    proxy_protocol: bool,
+    /// Runs (node id, generation) already reported as unusable: only PROXY
+    /// listeners while PROXY v2 is off. Reported once, not at every sync.
+    unusable: HashSet<(String, u64)>,
+}
+
+impl Follower {
+    /// A follower for a balancer with `--proxy-protocol proxy_protocol`.
+    pub(crate) fn new(proxy_protocol: bool) -> Follower {
+        Follower {
+            proxy_protocol,
+            unusable: HashSet::new(),
         }
-        backend.set_accepting(accepting);
-        backend.set_advertised(m.meta.connections);
-        next.push(backend);
     }
-    for gone in current
-        .iter()
-        .filter(|b| !next.iter().any(|n| Arc::ptr_eq(n, b)))
-    {
-        tracing::info!(node = %gone.key(), generation = gone.generation(), open = gone.active(), "broker gone: no new connections, closing the ones it had");
+
+    /// Brings `pool` in line with `members`. A backend is one run of a node (node
+    /// id + generation + target): a restarted or readdressed node is a new backend
+    /// and the old one is cancelled, which closes the connections proxied to it. A
+    /// member that disappears (down or left) is cancelled the same way.
+    pub(crate) fn sync(&mut self, pool: &Pool, members: &[Member]) {
+        let current = pool.snapshot();
+        let mut next = Vec::new();
+        let brokers: Vec<&Member> = members
+            .iter()
+            .filter(|m| m.meta.role == Role::Broker)
+            .collect();
+        self.unusable.retain(|(id, generation)| {
+            brokers
+                .iter()
+                .any(|m| &m.node_id == id && m.generation == *generation)
+        });
+        for m in brokers {
+            let existing = current
+                .iter()
+                .find(|b| b.key() == m.node_id && b.generation() == m.generation);
+            let target = target(&m.meta, self.proxy_protocol);
+            let backend = match (existing, target) {
+                (Some(b), Some(t)) if b.addr() == t.addr && b.proxy_v2() == t.proxy_v2 => b.clone(),
+                // Draining: keep the old backend (and its connections), route nothing new.
+                (Some(b), None) => b.clone(),
+                (_, Some(t)) => self.up(m, t),
+                (None, None) => {
+                    if !m.meta.proxy.is_empty()
+                        && self.unusable.insert((m.node_id.clone(), m.generation))
+                    {
+                        tracing::warn!(node = %m.node_id, proxy = ?m.meta.proxy, "broker has only PROXY listeners and --proxy-protocol is false: no connections for it (give it a --listen address, or run the balancer with --proxy-protocol true)");
+                    }
+                    continue;
+                }
+            };
+            let accepting = target.is_some();
+            if backend.is_accepting() != accepting {
+                tracing::info!(node = %m.node_id, accepting, "broker drain state changed");
+            }
+            backend.set_accepting(accepting);
+            backend.set_advertised(m.meta.connections);
+            next.push(backend);
+        }
+        for gone in current
+            .iter()
+            .filter(|b| !next.iter().any(|n| Arc::ptr_eq(n, b)))
+        {
+            tracing::info!(node = %gone.key(), generation = gone.generation(), open = gone.active(), "broker gone: no new connections, closing the ones it had");
+        }
+        pool.replace(next);
     }
-    pool.replace(next);
+
+    /// A new backend for `m`, logged once: a node that will see the balancer's
+    /// address instead of its clients' says so (at warn level when the balancer
+    /// would have sent PROXY v2 but the node has no listener for it).
+    fn up(&self, m: &Member, t: Target) -> Arc<Backend> {
+        let (node, addr, generation) = (&m.node_id, t.addr, m.generation);
+        if t.proxy_v2 {
+            tracing::info!(%node, %addr, generation, proxy_v2 = true, "broker up: routing connections to it");
+        } else if self.proxy_protocol {
+            tracing::warn!(%node, %addr, generation, proxy_v2 = false, "broker up: routing connections to it without PROXY v2, as it advertises no PROXY listener; it will see the balancer's address instead of the clients' (start it with --proxy-listen ADDR to get them)");
+        } else {
+            tracing::info!(%node, %addr, generation, proxy_v2 = false, "broker up: routing connections to it (--proxy-protocol false: it sees the balancer's address)");
+        }
+        Arc::new(Backend::new(node.clone(), generation, addr, t.proxy_v2))
+    }
 }
 
 /// Follows membership until `stop`, then leaves the cluster cleanly.
-pub(crate) async fn run(handle: MembershipHandle, pool: Arc<Pool>, stop: CancellationToken) {
+pub(crate) async fn run(
+    handle: MembershipHandle,
+    pool: Arc<Pool>,
+    proxy_protocol: bool,
+    stop: CancellationToken,
+) {
+    let mut follower = Follower::new(proxy_protocol);
     let mut members = handle.members();
     let mut tick = tokio::time::interval(ADVERTISE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        sync(&pool, &members.borrow_and_update());
+        follower.sync(&pool, &members.borrow_and_update());
         tokio::select! {
             changed = members.changed() => if changed.is_err() { break },
             _ = tick.tick() => handle.set_connections(pool.active()),
@@ -104,9 +186,10 @@ mod tests {
     #[test]
     fn brokers_become_backends_and_others_do_not() {
         let pool = Pool::default();
+        let mut f = Follower::new(true);
         let mut lb = member("lb-2", 1, &[], 0);
         lb.meta.role = Role::LoadBalancer;
-        sync(
+        f.sync(
             &pool,
             &[
                 member("a", 1, &["127.0.0.1:1883", "127.0.0.1:1884"], 3),
@@ -128,7 +211,8 @@ mod tests {
     #[test]
     fn a_vanished_member_is_cancelled_and_updates_keep_the_backend() {
         let pool = Pool::default();
-        sync(
+        let mut f = Follower::new(true);
+        f.sync(
             &pool,
             &[
                 member("a", 1, &["127.0.0.1:1"], 0),
@@ -136,7 +220,7 @@ mod tests {
             ],
         );
         let before = pool.snapshot();
-        sync(&pool, &[member("a", 1, &["127.0.0.1:1"], 7)]);
+        f.sync(&pool, &[member("a", 1, &["127.0.0.1:1"], 7)]);
         assert!(
             Arc::ptr_eq(&pool.snapshot()[0], &before[0]),
             "same run, same backend"
@@ -149,9 +233,10 @@ mod tests {
     #[test]
     fn a_restart_replaces_the_backend() {
         let pool = Pool::default();
-        sync(&pool, &[member("a", 1, &["127.0.0.1:1"], 0)]);
+        let mut f = Follower::new(true);
+        f.sync(&pool, &[member("a", 1, &["127.0.0.1:1"], 0)]);
         let old = pool.snapshot()[0].clone();
-        sync(&pool, &[member("a", 2, &["127.0.0.1:1"], 0)]);
+        f.sync(&pool, &[member("a", 2, &["127.0.0.1:1"], 0)]);
         assert!(old.gone().is_cancelled());
         assert_eq!(pool.snapshot()[0].generation(), 2);
     }
@@ -159,12 +244,96 @@ mod tests {
     #[test]
     fn a_draining_broker_keeps_its_connections_but_gets_no_new_ones() {
         let pool = Pool::default();
-        sync(&pool, &[member("a", 1, &["127.0.0.1:1"], 0)]);
+        let mut f = Follower::new(true);
+        f.sync(&pool, &[member("a", 1, &["127.0.0.1:1"], 0)]);
         let a = pool.snapshot()[0].clone();
-        sync(&pool, &[member("a", 1, &[], 0)]);
+        f.sync(&pool, &[member("a", 1, &[], 0)]);
         assert!(!a.gone().is_cancelled());
         assert!(!pool.snapshot()[0].is_accepting());
-        sync(&pool, &[member("a", 1, &["127.0.0.1:1"], 0)]);
+        f.sync(&pool, &[member("a", 1, &["127.0.0.1:1"], 0)]);
         assert!(pool.snapshot()[0].is_accepting());
+    }
+
+    fn with_proxy(mut m: Member, proxy: &[&str]) -> Member {
+        m.meta.proxy = proxy.iter().map(|a| a.parse().unwrap()).collect();
+        m
+    }
+
+    fn targets(pool: &Pool) -> Vec<(String, SocketAddr, bool)> {
+        pool.snapshot()
+            .iter()
+            .map(|b| (b.key().to_string(), b.addr(), b.proxy_v2()))
+            .collect()
+    }
+
+    #[test]
+    fn proxy_v2_goes_to_a_proxy_listener_and_plain_tcp_to_a_node_without_one() {
+        let pool = Pool::default();
+        let mut f = Follower::new(true);
+        let members = [
+            with_proxy(member("a", 1, &["127.0.0.1:1883"], 0), &["127.0.0.1:2883"]),
+            member("b", 1, &["127.0.0.1:1884"], 0),
+            with_proxy(member("c", 1, &[], 0), &["127.0.0.1:2885"]),
+        ];
+        f.sync(&pool, &members);
+        assert_eq!(
+            targets(&pool),
+            [
+                ("a".into(), "127.0.0.1:2883".parse().unwrap(), true),
+                ("b".into(), "127.0.0.1:1884".parse().unwrap(), false),
+                ("c".into(), "127.0.0.1:2885".parse().unwrap(), true),
+            ]
+        );
+    }
+
+    #[test]
+    fn without_proxy_v2_plain_listeners_only_and_proxy_only_nodes_reported_once() {
+        let pool = Pool::default();
+        let mut f = Follower::new(false);
+        let members = [
+            with_proxy(member("a", 1, &["127.0.0.1:1883"], 0), &["127.0.0.1:2883"]),
+            with_proxy(member("c", 1, &[], 0), &["127.0.0.1:2885"]),
+        ];
+        f.sync(&pool, &members);
+        f.sync(&pool, &members);
+        assert_eq!(
+            targets(&pool),
+            [("a".into(), "127.0.0.1:1883".parse().unwrap(), false)]
+        );
+        assert_eq!(f.unusable.len(), 1, "c is reported once");
+        // Forgotten once it is gone (a later run is reported again).
+        f.sync(&pool, &members[..1]);
+        assert!(f.unusable.is_empty());
+    }
+
+    #[test]
+    fn a_node_that_starts_advertising_a_proxy_listener_gets_a_new_backend() {
+        let pool = Pool::default();
+        let mut f = Follower::new(true);
+        f.sync(&pool, &[member("a", 1, &["127.0.0.1:1883"], 0)]);
+        let plain = pool.snapshot()[0].clone();
+        f.sync(
+            &pool,
+            &[with_proxy(
+                member("a", 1, &["127.0.0.1:1883"], 0),
+                &["127.0.0.1:2883"],
+            )],
+        );
+        assert!(plain.gone().is_cancelled());
+        assert!(pool.snapshot()[0].proxy_v2());
+    }
+
+    #[test]
+    fn a_proxy_only_node_drains_when_it_stops_advertising() {
+        let pool = Pool::default();
+        let mut f = Follower::new(true);
+        f.sync(
+            &pool,
+            &[with_proxy(member("a", 1, &[], 0), &["127.0.0.1:2883"])],
+        );
+        let a = pool.snapshot()[0].clone();
+        f.sync(&pool, &[member("a", 1, &[], 0)]);
+        assert!(!a.gone().is_cancelled());
+        assert!(!pool.snapshot()[0].is_accepting());
     }
 }

@@ -11,10 +11,12 @@
 //!   connection count, advertised count, failure backoff and a token that closes
 //!   every proxied connection when the node dies.
 //! - `discovery` — keeps the pool in step with gossip membership (brokers joining,
-//!   draining, leaving, dying).
+//!   draining, leaving, dying), and picks each broker's listener: its PROXY listener
+//!   (with the header) when it advertises one, else its plain MQTT listener.
 //! - `first_packet` — client-id mode: read and validate the first packet as an MQTT
 //!   CONNECT before choosing a node.
-//! - `proxy_v2` — the PROXY protocol v2 header written to the broker first.
+//! - `proxy_v2` — the PROXY protocol v2 header written first to a broker's PROXY
+//!   listener.
 //! - [`server`] — [`LoadBalancer`]: bind, accept, connect with retry on another
 //!   node, copy both ways, shutdown.
 //! - [`tls`] — optional TLS termination (`--tls-cert`/`--tls-key`).
@@ -25,7 +27,7 @@
 //! unchanged, except in client-id mode, which must read a plain MQTT CONNECT. With
 //! `--tls-cert`/`--tls-key` the balancer terminates TLS itself and every strategy
 //! works on the decrypted stream; the brokers get plain MQTT (after the PROXY v2
-//! header). Deployment notes: `docs/deploy.md`.
+//! header, where one is sent). Deployment notes: `docs/deploy.md`.
 
 mod backend;
 mod balance;

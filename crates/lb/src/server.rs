@@ -1,7 +1,8 @@
 //! [`LoadBalancer`]: bind, accept, complete the TLS handshake (when terminating
 //! TLS), choose a node, connect (retrying on another node when one refuses), send
-//! the PROXY header and the bytes already read, then copy both ways until either
-//! side closes, the node dies, or the balancer stops.
+//! the PROXY header (when that node's backend takes one) and the bytes already
+//! read, then copy both ways until either side closes, the node dies, or the
+//! balancer stops.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -56,10 +57,11 @@ impl LoadBalancer {
                 source,
             })?;
         let (pool, membership) = match &config.discovery {
+            // No metadata to go by: every address gets what `--proxy-protocol` says.
             Discovery::Static(addrs) => {
                 let backends = addrs
                     .iter()
-                    .map(|&a| Arc::new(Backend::new(a.to_string(), 0, a)))
+                    .map(|&a| Arc::new(Backend::new(a.to_string(), 0, a, config.proxy_protocol)))
                     .collect();
                 (Pool::new(backends), None)
             }
@@ -101,6 +103,7 @@ impl LoadBalancer {
             tokio::spawn(discovery::run(
                 handle,
                 self.pool.clone(),
+                self.config.proxy_protocol,
                 stop_discovery.clone(),
             ))
         });
@@ -215,7 +218,7 @@ async fn proxy<S: AsyncRead + AsyncWrite + Unpin>(
     tracing::debug!(%peer, backend = %backend.key(), addr = %backend.addr(), client_id = ?client_id, "proxying");
 
     let mut head = Vec::with_capacity(52 + prefix.len());
-    if config.proxy_protocol {
+    if backend.proxy_v2() {
         proxy_v2::encode(peer, local, &mut head);
     }
     head.extend_from_slice(&prefix);

@@ -527,8 +527,14 @@ pub struct Lb {
 impl Lb {
     /// Starts it and waits for its `listening on ADDR` line.
     pub fn start(args: &[&str]) -> Lb {
+        Self::start_exact(&[&["--listen", "127.0.0.1:0", "--log-level", "debug"], args].concat())
+    }
+
+    /// `astramq lb ARGS` with nothing added (the caller gives `--listen`; info logs),
+    /// waiting for its `listening on ADDR` line.
+    pub fn start_exact(args: &[&str]) -> Lb {
         let mut cmd = Command::new(astramq_bin());
-        cmd.args(["lb", "--listen", "127.0.0.1:0", "--log-level", "debug"])
+        cmd.arg("lb")
             .args(args)
             .env_remove("ASTRAMQ_CLUSTER_KEY")
             .stdin(Stdio::null())

@@ -894,6 +894,11 @@ impl RawClient {
         cl
     }
 
+    /// The client's own address (what a node should log as its `peer`).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.stream.local_addr().expect("local address")
+    }
+
     pub fn pid(&mut self) -> u16 {
         self.next_pid = self.next_pid.wrapping_add(1).max(1);
         self.next_pid

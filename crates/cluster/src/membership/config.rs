@@ -38,12 +38,17 @@ pub enum Role {
 pub struct NodeMeta {
     /// Broker or load balancer.
     pub role: Role,
-    /// MQTT listener addresses clients (or the load balancer) connect to.
+    /// Plain MQTT listener addresses (`--listen`): what clients connect to, and what
+    /// a load balancer uses when the node has no PROXY listener.
     pub mqtt: Vec<SocketAddr>,
     /// Admin / health HTTP address, if the node serves one.
     pub admin: Option<SocketAddr>,
     /// Number of client connections the node currently holds.
     pub connections: u64,
+    /// PROXY protocol v2 listener addresses (`--proxy-listen`): a connection there
+    /// must start with a PROXY v2 header, so only load balancers use them. Last in
+    /// the encoding, so a reader that predates it still decodes the fields above.
+    pub proxy: Vec<SocketAddr>,
 }
 
 impl NodeMeta {
@@ -54,6 +59,7 @@ impl NodeMeta {
             mqtt: Vec::new(),
             admin: None,
             connections: 0,
+            proxy: Vec::new(),
         }
     }
 

@@ -177,6 +177,37 @@ mod tests {
         assert!(handler.receive_item(b"\xff\xff", None).is_err());
     }
 
+    /// `NodeMeta::proxy` was appended last: a record with it still decodes with the
+    /// layout before it (foca hands the handler exactly one record's bytes, and
+    /// postcard ignores what follows the fields it knows).
+    #[test]
+    fn proxy_listeners_travel_and_an_older_layout_still_decodes() {
+        #[derive(Deserialize)]
+        struct OldMeta {
+            _role: super::super::Role,
+            mqtt: Vec<SocketAddr>,
+            _admin: Option<SocketAddr>,
+            connections: u64,
+        }
+        #[derive(Deserialize)]
+        struct OldRecord {
+            _node_id: String,
+            _addr: SocketAddr,
+            _generation: u64,
+            _version: u64,
+            _leaving: bool,
+            meta: OldMeta,
+        }
+        let mut r = record(1, 1, 4);
+        r.meta.mqtt = vec!["127.0.0.1:1883".parse().unwrap()];
+        r.meta.proxy = vec!["127.0.0.1:2883".parse().unwrap()];
+        let bytes = postcard::to_allocvec(&r).unwrap();
+        assert_eq!(postcard::from_bytes::<MetaRecord>(&bytes).unwrap(), r);
+        let old: OldRecord = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(old.meta.mqtt, r.meta.mqtt);
+        assert_eq!(old.meta.connections, 4);
+    }
+
     #[test]
     fn keys_invalidate_older_versions_of_the_same_address_only() {
         let a = "127.0.0.1:1".parse().unwrap();
