@@ -431,3 +431,75 @@ async fn redis_back_without_data_sessions_are_republished() {
     assert!(ca.session_present);
     assert_eq!(back.recv_publish(T).await.payload, b"queued");
 }
+
+// (g) Redis back after the nodes' liveness keys lapsed with it (invariants 2 and 7).
+// A client whose parked session n2 owns connects on n1 the moment Redis is back,
+// before n2 has renewed its liveness key. n2 is alive (gossip hears it): its sessions
+// must not be taken over as a failed node's would be — the connection is refused
+// (0x88) until n2 can hand the session over, then moves cleanly, and a subscriber that
+// stayed connected to n2 keeps its session there. (Whether n1 claims before n2 renews
+// is a race this test usually, not always, wins; `tests/partition.rs` p2 holds n2 away
+// from Redis with a firewall rule and fails every time without the rule.)
+#[tokio::test]
+async fn redis_back_a_live_nodes_sessions_are_not_taken_over() {
+    let mut c = cluster(2).await;
+    let n2 = c.node(1).addr();
+    let mut stay =
+        RawClient::connect_ok(n2, Connect::persistent(Version::V5, "ro-stay", false, 300)).await;
+    stay.sub("ro/stay/#", 1).await;
+    let mover =
+        RawClient::connect_ok(n2, Connect::persistent(Version::V5, "ro-mover", false, 300)).await;
+    mover.disconnect().await;
+    c.sync_feed(1, 0).await;
+    assert_eq!(c.session_owner("ro-stay").as_deref(), Some("n2"));
+
+    c.redis_server().shutdown(true);
+    for i in 0..2 {
+        wait_health(&c, i, 503, DETECT).await;
+    }
+    // The outage outlasts the liveness keys (cluster.liveness_ttl_ms, 2 s): this
+    // sleep is the fault's length, not a wait for an outcome.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    c.redis_server().restart();
+
+    // At once, and again every 20 ms until accepted.
+    let deadline = Instant::now() + RECOVER;
+    let mut refused = 0;
+    let mut moved = loop {
+        let mut cl = RawClient::tcp(c.node(0).addr()).await;
+        cl.version = Version::V5;
+        cl.send(&Connect::persistent(Version::V5, "ro-mover", false, 300).encode())
+            .await;
+        match cl.read(T).await {
+            Ok(Packet::Connack(a)) if a.code == 0 => break cl,
+            Ok(Packet::Connack(a)) => {
+                assert_eq!(a.code, rc::SERVER_UNAVAILABLE, "refused how: {a:?}");
+                refused += 1;
+            }
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ro-mover never accepted on n1 after Redis came back ({refused} refusals)\n{}",
+            c.node(0).stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    println!("ro-mover accepted on n1 after {refused} refusals");
+    assert_eq!(
+        c.session_owner("ro-stay").as_deref(),
+        Some("n2"),
+        "n2 is alive: its sessions stay with it\n{}",
+        c.node(0).stderr()
+    );
+    assert_eq!(
+        log_count(&c, 0, "took over a failed node's sessions"),
+        0,
+        "n1 took a live node's sessions over:\n{}",
+        c.node(0).stderr()
+    );
+    assert_eq!(c.session_owner("ro-mover").as_deref(), Some("n1"));
+    // The subscriber that stayed on n2 is still served there.
+    assert_eq!(moved.publish("ro/stay/x", b"after", 1, false).await, 0);
+    assert_eq!(stay.recv_publish(RECOVER).await.payload, b"after");
+}
