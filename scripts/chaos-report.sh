@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the chaos suite (crates/astramq/tests/chaos.rs, issue #6 item 3) and renders its
+# Runs the chaos suite (crates/astramq/tests/chaos.rs, issue #6 item 3) and the partition
+# suite (tests/partition.rs, issue #11 item 3; needs root for iptables) and renders their
 # table into docs/reliability.md between `<!-- chaos:begin -->` and `<!-- chaos:end -->`.
 #
 #   scripts/chaos-report.sh            # run the suite, update the table
@@ -20,7 +21,7 @@ if [[ "${1:-}" == "--render" ]]; then
 else
     out="$(mktemp --suffix=.jsonl)"
     trap 'rm -f "$out"' EXIT
-    cmd=(cargo test -p astramq --test chaos -- --test-threads=1 --nocapture)
+    cmd=(cargo test -p astramq --test chaos --test partition -- --test-threads=1 --nocapture)
     echo "chaos-report: ${cmd[*]}" >&2
     (cd "$root" && ASTRAMQ_CHAOS_OUT="$out" "${cmd[@]}")
     status=$?
@@ -31,7 +32,7 @@ rev="$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 dirty="$(git -C "$root" status --porcelain -- crates 2>/dev/null | head -1)"
 [[ -n "$dirty" ]] && rev="$rev+dirty"
 table="$(
-    printf '%s\n' "Produced by \`scripts/chaos-report.sh\` (\`cargo test -p astramq --test chaos -- --test-threads=1 --nocapture\`) at commit \`$rev\` on $(date -u +%Y-%m-%d), $(nproc) cores, debug build."
+    printf '%s\n' "Produced by \`scripts/chaos-report.sh\` (\`cargo test -p astramq --test chaos --test partition -- --test-threads=1 --nocapture\`) at commit \`$rev\` on $(date -u +%Y-%m-%d), $(nproc) cores, debug build."
     printf '\n'
     printf '%s\n' '| scenario | acknowledged | received / expected | lost | duplicates | sessions lost | detect ms | recover ms | notes |'
     printf '%s\n' '|---|---:|---:|---:|---:|---:|---:|---:|---|'

@@ -28,9 +28,22 @@ fn tag() -> String {
     format!("astramq-test-{}", std::process::id())
 }
 
+/// The iptables command: from `PATH`, or Debian's `/usr/sbin/iptables` when `PATH`
+/// lacks `/usr/sbin`.
+fn iptables_cmd() -> Command {
+    let sbin = std::path::Path::new("/usr/sbin/iptables");
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("iptables").exists()));
+    Command::new(if on_path || !sbin.exists() {
+        "iptables".as_ref()
+    } else {
+        sbin
+    })
+}
+
 /// Runs `iptables -w` with `args`; panics with its output on failure.
 fn iptables(args: &[String]) {
-    let out = Command::new("iptables")
+    let out = iptables_cmd()
         .arg("-w")
         .args(args)
         .output()
@@ -130,7 +143,7 @@ impl Drop for Firewall {
             let mut del = vec!["-w".to_string(), "-D".to_string(), chain];
             del.extend(args);
             // Never panic in drop: a failure here is reported, the sweep retries.
-            match Command::new("iptables").args(&del).output() {
+            match iptables_cmd().args(&del).output() {
                 Ok(o) if o.status.success() => {}
                 other => eprintln!("could not remove iptables rule {del:?}: {other:?}"),
             }
@@ -183,7 +196,7 @@ fn sweep_stale() {
             spec.split_whitespace()
                 .map(|s| s.trim_matches('"').to_string()),
         );
-        let _ = Command::new("iptables").args(&args).output();
+        let _ = iptables_cmd().args(&args).output();
     }
 }
 
