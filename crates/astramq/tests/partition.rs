@@ -12,7 +12,8 @@
 //! | p1 | `n2`'s gossip cut both ways (it still reaches Redis and its clients) | lost = 0; a client id held on `n2` connecting on `n1` meanwhile is taken over cleanly: `n2`'s connection is closed (0x8E) before `n1` accepts, never two live |
 //! | p2 | `n2` cut off from Redis (it still gossips and serves its clients) | lost = 0; the same id on `n1` is refused (0x88) while `n2` cannot hand the session over, and taken over cleanly once the cut heals |
 //! | p3 | asymmetric: `n2` hears `n1`, `n1` does not hear `n2` | lost = 0; the takeover is clean |
-//! | p4 | 5 % loss and 50 ms delay on every node's gossip for 10 s | lost = 0; the takeover is clean; false failure declarations counted |
+//! | p4 | 5 % loss and 50 ms delay on every node's gossip for 8 s | lost = 0; the takeover is clean; false failure declarations counted |
+//! | p5 | `n2` cut off from gossip *and* Redis, its clients still reach it | lost = 0; the survivors repair `n2` and the id moves to `n1`; `n2`'s old connection is held (never answers) from the moment its lease ends, and closed (0x8E) after the heal |
 //!
 //! Each scenario prints a table row (and appends it to the chaos suite's JSON lines)
 //! before asserting. Detect = from the fault to the first line saying so (a survivor's
@@ -63,6 +64,12 @@ fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
 
+/// The last `n` lines of a log, without the Redis client's chatter.
+fn tail(log: &str, n: usize) -> String {
+    let lines: Vec<&str> = log.lines().filter(|l| !l.contains(" redis::")).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 /// Lines of node `i`'s log that satisfy `pred`.
 fn log_count(c: &TestCluster, i: usize, pred: impl Fn(&str) -> bool) -> usize {
     c.node(i).stderr().lines().filter(|l| pred(l)).count()
@@ -78,6 +85,9 @@ fn sees_up(line: &str, id: &str) -> bool {
 struct Witness {
     id: String,
     conn: RawClient,
+    /// The old connection after a move, when its node held it (a fenced node answers
+    /// nothing) instead of closing it: it must be closed once the partition heals.
+    held: Option<RawClient>,
 }
 
 impl Witness {
@@ -90,7 +100,11 @@ impl Witness {
         .await;
         conn.sub(&format!("part/{tag}/witness/#"), 1).await;
         c.sync_from(on).await;
-        Witness { id, conn }
+        Witness {
+            id,
+            conn,
+            held: None,
+        }
     }
 
     /// Connects the same id on node `to`. Accepted: the old connection must already
@@ -124,13 +138,18 @@ impl Witness {
             return false;
         }
         let fate = stale_fate(&mut self.conn).await;
+        // Closed, or held by a node that fenced itself: never answering, never
+        // delivering.
+        let held = fate.closed_after.is_none();
         assert!(
-            fate.ok(),
+            fate.ok() || (held && !fate.answered_ping && fate.publishes == 0),
             "invariant 7, [MQTT-3.1.4-3]: {} was accepted on {} while its old connection \
-             lived on: {}",
+             lived on: {}\n--- {} log (last lines) ---\n{}",
             self.id,
             c.id(to),
-            fate.describe()
+            fate.describe(),
+            c.id(CUT),
+            tail(&c.node(CUT).stderr(), 40)
         );
         assert_eq!(
             c.session_owner(&self.id).as_deref(),
@@ -138,8 +157,26 @@ impl Witness {
             "{}: Redis names the new connection's node as the owner",
             self.id
         );
-        self.conn = fresh;
+        let old = std::mem::replace(&mut self.conn, fresh);
+        if held {
+            self.held = Some(old);
+        }
         true
+    }
+
+    /// After the heal: a connection its node held must now be closed (0x8E at most),
+    /// still without answering.
+    async fn held_connection_closed(&mut self) {
+        if let Some(mut old) = self.held.take() {
+            let fate = stale_fate(&mut old).await;
+            assert!(
+                fate.ok(),
+                "{}: the connection held during the partition must be closed after the \
+                 heal, never served: {}",
+                self.id,
+                fate.describe()
+            );
+        }
     }
 }
 
@@ -222,11 +259,23 @@ async fn partition_under_load<G>(
         .await;
     let flowing = load.wait_more_acked(AFTER_RECOVERY, RECOVERY).await;
     let recover = healed.elapsed();
+    witness.held_connection_closed().await;
     if !moved_during {
         assert!(
             witness.move_to(c, OTHER).await,
-            "{}: the takeover refused during the partition must succeed after the heal",
-            witness.id
+            "{}: the takeover refused during the partition must succeed after the heal\n{}",
+            witness.id,
+            (0..c.len())
+                .flat_map(|i| {
+                    c.node(i)
+                        .stderr()
+                        .lines()
+                        .filter(|l| l.contains(&witness.id))
+                        .map(|l| format!("[{}] {l}", c.id(i)))
+                        .collect::<Vec<_>>()
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
         );
     }
     let disconnects = load.disconnect_reasons();
@@ -258,6 +307,13 @@ async fn partition_under_load<G>(
         note: note.join("; "),
     };
     row.emit();
+    if let (Some(dir), true) = (std::env::var_os("PARTITION_LOGS"), row.counts.lost > 0) {
+        // Every node's log, for looking into a loss afterwards.
+        for i in 0..c.len() {
+            let path = std::path::Path::new(&dir).join(format!("{}-{}.log", f.tag, c.id(i)));
+            let _ = std::fs::write(path, c.node(i).stderr());
+        }
+    }
     if std::env::var_os("PARTITION_DEBUG").is_some() {
         for i in 0..c.len() {
             for l in c.node(i).stderr().lines().filter(|l| {
@@ -346,6 +402,33 @@ async fn p2_redis_cut_node_still_gossips_and_serves() {
         partition_under_load(f, builder, Vec::new(), |ch, _| {
             let mut fw = Firewall::new();
             fw.cut_tcp(ch.cluster.redis_addr_of(CUT));
+            fw
+        })
+        .await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p5_node_cut_from_gossip_and_redis_still_reaching_its_clients() {
+    bounded(async {
+        let f = Fault {
+            scenario: "p5. gossip and Redis cut (n2), clients reach it, QoS 1",
+            tag: "p5",
+            // n2 is declared failed and repaired: its sessions move to a survivor.
+            detect: Some(|l| {
+                l.contains("took over a failed node's sessions")
+                    && l.split_whitespace().any(|w| w == "node=n2")
+            }),
+            recovered: n2_up,
+            observer: OTHER,
+        };
+        let builder = TestCluster::builder(3).redis_address_per_node();
+        partition_under_load(f, builder, Vec::new(), |ch, _| {
+            let c = &ch.cluster;
+            let mut fw = Firewall::new();
+            fw.cut_udp_port(c.node(CUT).gossip_addr().port());
+            fw.cut_tcp(c.redis_addr_of(CUT));
             fw
         })
         .await

@@ -64,6 +64,15 @@ impl StallGate {
         self.open.notify_waiters();
     }
 
+    /// Takes the last beat back to `at` (the start of the last liveness refresh that
+    /// succeeded): the gate then closes at `at` + limit, when other nodes may start
+    /// taking this node's sessions over, whatever beats came since.
+    pub fn rewind(&self, at: Instant) {
+        let ms = at.saturating_duration_since(self.start).as_millis() as u64;
+        self.beat_ms
+            .fetch_min(ms, std::sync::atomic::Ordering::AcqRel);
+    }
+
     /// Whether no beat came for longer than the limit, and for how long.
     pub fn stalled(&self) -> Option<Duration> {
         let limit = self.limit_ms.load(std::sync::atomic::Ordering::Acquire);

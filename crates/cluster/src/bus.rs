@@ -66,18 +66,18 @@ impl Handovers {
         self.waiting.lock().remove(&(client_id.to_string(), epoch));
     }
 
-    fn complete(&self, client_id: &str, epoch: u64, session: Option<SessionSnapshot>) {
+    /// Hands a session to the claim waiting for it; returns it when no claim waits
+    /// any more (the claim gave up: the caller parks it here, see [`adopt_late`]).
+    fn complete(
+        &self,
+        client_id: &str,
+        epoch: u64,
+        session: Option<SessionSnapshot>,
+    ) -> Option<SessionSnapshot> {
         let waiter = self.waiting.lock().remove(&(client_id.to_string(), epoch));
         match waiter {
-            Some(tx) => {
-                if let Err(Some(_)) = tx.send(session) {
-                    tracing::warn!(%client_id, "a handed-over session arrived after its claim gave up; it is lost");
-                }
-            }
-            None if session.is_some() => {
-                tracing::warn!(%client_id, epoch, "a handed-over session arrived for no waiting claim; it is lost");
-            }
-            None => {}
+            Some(tx) => tx.send(session).err().flatten(),
+            None => session,
         }
     }
 }
@@ -215,6 +215,11 @@ pub async fn consumer(
                 } else {
                     redis.health().failed("inbox consumer", &e);
                     conn = None;
+                    // The read may have happened and only its answer been lost (a
+                    // cut link, Redis shutting down): Redis then counts those entries
+                    // as delivered to this consumer, and ">" would never return them.
+                    // Read the pending ones again first.
+                    from = "0";
                     backoff.wait_or_recovered(redis.health()).await;
                 }
                 continue;
@@ -349,7 +354,22 @@ async fn deliver(
                 tracing::debug!(%client_id, epoch, %to, "client id claimed by another node");
                 // Waiting for the connection to close must not hold up the inbox.
                 let (broker, conn, keys) = (broker.clone(), redis.conn(), keys.clone());
+                let sessions = sessions.clone();
                 tokio::spawn(async move {
+                    // Only for the claim that still stands: one given up meanwhile
+                    // (the claimer gave the id back) must not cost this node the
+                    // session. From here on the claimer waits for the handover.
+                    match sessions.begin_handover(&client_id, epoch, &to).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::debug!(%client_id, epoch, %to, "kick for a claim that no longer stands; ignored");
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(%client_id, error = %e, "cannot check a kick against redis; ignored (the claimer refuses its client, which tries again)");
+                            return;
+                        }
+                    }
                     let session = broker.kick(&client_id, epoch).await;
                     let mut record = BytesMut::new();
                     put_handover(&mut record, &client_id, epoch, session.as_ref());
@@ -369,7 +389,17 @@ async fn deliver(
                 client_id,
                 epoch,
                 session,
-            } => handovers.complete(&client_id, epoch, session),
+            } => {
+                if let Some(session) = handovers.complete(&client_id, epoch, session) {
+                    tokio::spawn(adopt_late(
+                        broker.clone(),
+                        sessions.clone(),
+                        client_id,
+                        epoch,
+                        session,
+                    ));
+                }
+            }
         }
     }
     for rx in stored {
@@ -383,6 +413,34 @@ async fn deliver(
         }
     }
     Ok(())
+}
+
+/// A session handed over after its claim here gave up (the previous node was cut
+/// off and read the kick late; the client was refused meanwhile). The claim made this
+/// node its owner in Redis, so it parks the session here — its subscriptions routed,
+/// its queue kept — as long as Redis still names this node at that epoch; otherwise a
+/// later claim took it and the copy is dropped (that claim resumes from Redis).
+async fn adopt_late(
+    broker: Arc<Broker>,
+    sessions: Arc<Sessions>,
+    client_id: String,
+    epoch: u64,
+    session: SessionSnapshot,
+) {
+    match sessions.owner(&client_id).await {
+        Ok(Some((owner, current))) if owner == sessions.node() && current == epoch => {
+            let parked = broker
+                .adopt(client_id.as_str().into(), epoch, session, None, None)
+                .await;
+            tracing::info!(%client_id, epoch, parked, "a session handed over after its claim gave up is parked here");
+        }
+        Ok(other) => {
+            tracing::info!(%client_id, epoch, now = ?other, "a late handover for a session claimed again since; dropped (the new owner resumes it from redis)");
+        }
+        Err(e) => {
+            tracing::warn!(%client_id, error = %e, "a late handover could not be checked against redis; dropped (the session resumes from redis)");
+        }
+    }
 }
 
 /// Acknowledges inbox entries and deletes them (so the stream never needs trimming and

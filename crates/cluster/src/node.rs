@@ -67,21 +67,19 @@ if prev_exp > 0 and ARGV[4] ~= '1' then existed = 1 end
 return {prev or '', epoch, existed}
 ";
 
-/// Gives a client id back to its previous owner after a refused claim: only while
-/// the claim is still the latest (owner and epoch unchanged).
-const RELEASE_SCRIPT: &str = r"
-if redis.call('HGET', KEYS[1], 'owner') == ARGV[1] and redis.call('HGET', KEYS[1], 'epoch') == ARGV[2] then
-  redis.call('HSET', KEYS[1], 'owner', ARGV[3])
-  return 1
-end
-return 0
-";
-
 /// QoS 0 messages waiting for the forwarder beyond which new ones are dropped (and
 /// counted): under a flood the bus must not grow without bound. QoS 1/2 need no such
 /// cap: each publisher's in-flight window bounds them, since their acknowledgement
 /// waits for the forwarder.
 const QOS0_BACKLOG: usize = 100_000;
+
+/// How long a claim waits in all for a previous owner that is alive (by gossip and
+/// Redis) or committed to the handover: a busy node works through its inbox first.
+const HANDOVER_WAIT_MAX: Duration = Duration::from_secs(15);
+
+/// How long a node that comes back from a stall waits for Redis to list its sessions'
+/// owners before it tries again at the next liveness tick (connections held meanwhile).
+const OWNERSHIP_CHECK: Duration = Duration::from_secs(1);
 
 /// How long a claim waits for the previous node to hand its session over (it closes
 /// the old connection first, which may take a moment).
@@ -323,7 +321,7 @@ impl ClusterNode {
     /// sessions over: every session whose ownership epoch moved on is dropped here
     /// (its connection closed with 0x8E), so no client has two live connections and
     /// nothing is delivered twice.
-    async fn drop_lost_sessions(&self) {
+    async fn drop_lost_sessions(&self) -> bool {
         let local = self.broker.registry.epochs();
         // Every session's owner and epoch, in one round trip (per slot on a Redis
         // Cluster): connections are held until this is done.
@@ -337,13 +335,22 @@ impl ClusterNode {
                 (self.keys.session(client_id), c)
             })
             .collect();
-        let owners = match query_per_key(&self.redis.conn(), cmds).await {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot check session ownership after rejoining");
-                return;
-            }
-        };
+        // Bounded: a Redis that does not answer (a cut link) leaves the connections
+        // held and the check is made again at the next liveness tick.
+        let owners =
+            match tokio::time::timeout(OWNERSHIP_CHECK, query_per_key(&self.redis.conn(), cmds))
+                .await
+            {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "cannot check session ownership yet");
+                    return false;
+                }
+                Err(_) => {
+                    tracing::debug!("cannot check session ownership yet: redis did not answer");
+                    return false;
+                }
+            };
         let mut kicks = tokio::task::JoinSet::new();
         for ((client_id, epoch), owner) in local.into_iter().zip(owners) {
             let (owner, current): (Option<String>, Option<u64>) =
@@ -365,6 +372,7 @@ impl ClusterNode {
                 "dropped sessions other nodes took over while this node was away"
             );
         }
+        true
     }
 
     /// Drops the routes of node id `dead` (every run but one that is alive again: a
@@ -484,32 +492,28 @@ impl ClusterNode {
     }
 
     /// Whether `node` refreshed its liveness key lately.
+    /// The gossip layer's datagram counters, while it runs.
+    fn membership_stats(&self) -> Option<membership::MembershipStats> {
+        self.membership.lock().as_ref().map(|m| m.stats())
+    }
+
+    /// Other broker nodes gossip lists as live.
+    fn broker_peers(&self) -> usize {
+        self.membership.lock().as_ref().map_or(0, |m| {
+            m.members()
+                .borrow()
+                .iter()
+                .filter(|x| x.meta.role == membership::Role::Broker)
+                .count()
+        })
+    }
+
     /// Whether gossip currently lists node id `node` as a live member.
     fn member_up(&self, node: &str) -> bool {
         self.membership
             .lock()
             .as_ref()
             .is_some_and(|m| m.members().borrow().iter().any(|x| x.node_id == node))
-    }
-
-    /// Gives client id `client_id` back to `prev` after a claim at `epoch` that got no
-    /// handover: the owner field goes back unless another claim came since (the epoch
-    /// stays raised, a fence for whatever the claim displaced). True if it went back.
-    async fn release_claim(&self, client_id: &str, epoch: u64, prev: &str) -> bool {
-        let r: Result<i64, _> = redis::Script::new(RELEASE_SCRIPT)
-            .key(self.keys.session(client_id))
-            .arg(&self.me)
-            .arg(epoch)
-            .arg(prev)
-            .invoke_async(&mut self.redis.conn())
-            .await;
-        match r {
-            Ok(n) => n == 1,
-            Err(e) => {
-                tracing::warn!(%client_id, error = %e, "could not give a refused claim back");
-                false
-            }
-        }
     }
 
     async fn is_alive(&self, node: &str) -> Result<bool, redis::RedisError> {
@@ -803,6 +807,12 @@ async fn repair_sessions(node: Arc<ClusterNode>, dead: String) {
 /// Keeps this node's liveness key alive while it runs. If this process was frozen
 /// longer than the key lives (SIGSTOP, a paused VM), connections are held (see
 /// `StallGate`) while it checks which of its sessions other nodes took over.
+///
+/// While Redis is out of reach connections go on (a Redis outage: nobody can take
+/// this node's sessions), unless this node, which was in a cluster, also hears no one
+/// on gossip any more: then the others may declare it failed and take its sessions
+/// over once its key lapses, so it holds every connection from that moment on (the
+/// lease it last renewed ends) until Redis is back and it has dropped what it lost.
 async fn liveness(
     conn: crate::conn::Conn,
     key: String,
@@ -815,28 +825,52 @@ async fn liveness(
     let node = this.await.unwrap_or_default();
     let mut tick = tokio::time::interval(ttl / 4);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut lease = Lease::default();
     loop {
         tokio::select! {
             _ = tick.tick() => {
+                let Some(n) = node.upgrade() else { return };
                 if let Some(gap) = broker.stall.stalled() {
-                    tracing::warn!(ms = gap.as_millis() as u64, "this node was frozen longer than cluster.liveness_ttl_ms; checking which sessions it still owns before serving");
-                    if let Some(n) = node.upgrade() {
-                        n.drop_lost_sessions().await;
+                    if lease.note_stall() {
+                        tracing::warn!(ms = gap.as_millis() as u64, "this node was frozen or cut off longer than cluster.liveness_ttl_ms; checking which sessions it still owns before serving");
+                    }
+                    // Connections stay held until that check could be made.
+                    if !n.drop_lost_sessions().await {
+                        continue;
                     }
                 }
-                let set = redis::cmd("SET")
-                    .arg(&key)
-                    .arg(generation)
-                    .arg("PX")
-                    .arg(ttl.as_millis() as u64)
-                    .query_async::<()>(&mut conn.clone())
-                    .await;
+                let started = std::time::Instant::now();
+                // Bounded by a tick, so that a Redis that stopped answering (a cut
+                // link, no reset) does not hold up the ticks.
+                let set = tokio::time::timeout(
+                    ttl / 4,
+                    redis::cmd("SET")
+                        .arg(&key)
+                        .arg(generation)
+                        .arg("PX")
+                        .arg(ttl.as_millis() as u64)
+                        .query_async::<()>(&mut conn.clone()),
+                )
+                .await
+                .unwrap_or_else(|_| Err((redis::ErrorKind::Io, "timed out").into()));
+                let heard = n.membership_stats().map_or(0, |s| s.received);
                 match set {
-                    Ok(()) => broker.stall.beat(),
+                    Ok(()) => {
+                        lease.renewed(started, n.broker_peers(), heard);
+                        broker.stall.beat();
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, "cannot refresh the liveness key");
-                        // Redis is out of reach, not this process: connections go on.
-                        broker.stall.beat();
+                        if lease.isolated(heard, ttl / 2) {
+                            if lease.fence() {
+                                tracing::warn!("cut off from redis and from every other node; holding client connections (other nodes may take this node's sessions over) until redis is back");
+                            }
+                            broker.stall.rewind(lease.since);
+                        } else {
+                            // Redis is out of reach for everyone, or the others still
+                            // hear this node (their claims are refused): go on.
+                            broker.stall.beat();
+                        }
                     }
                 }
             }
@@ -845,6 +879,71 @@ async fn liveness(
                 return;
             }
         }
+    }
+}
+
+/// This node's liveness lease as the liveness task sees it (see [`liveness`]).
+#[derive(Debug)]
+struct Lease {
+    /// When the last refresh that succeeded was sent: the key lives at least until
+    /// this + `liveness_ttl`.
+    since: std::time::Instant,
+    /// Other broker nodes gossip listed at that refresh (none: nobody could take
+    /// this node's sessions).
+    peers: usize,
+    /// Gossip datagrams received as of the last look, and when that count last moved.
+    heard: u64,
+    heard_at: std::time::Instant,
+    fenced: bool,
+    /// The current stall (gate closed) was logged.
+    stall_noted: bool,
+}
+
+impl Default for Lease {
+    fn default() -> Lease {
+        Lease {
+            since: std::time::Instant::now(),
+            peers: 0,
+            heard: 0,
+            heard_at: std::time::Instant::now(),
+            fenced: false,
+            stall_noted: false,
+        }
+    }
+}
+
+impl Lease {
+    fn renewed(&mut self, at: std::time::Instant, peers: usize, heard: u64) {
+        *self = Lease {
+            since: at,
+            peers,
+            heard,
+            heard_at: std::time::Instant::now(),
+            fenced: false,
+            stall_noted: false,
+        };
+    }
+
+    /// After a failed refresh: whether this node, which had other broker nodes, has
+    /// heard no gossip datagram for `quiet` (every member probes one other every
+    /// probe period and gossips more often: silence that long means nobody hears
+    /// this node either).
+    fn isolated(&mut self, heard: u64, quiet: Duration) -> bool {
+        if heard != self.heard {
+            self.heard = heard;
+            self.heard_at = std::time::Instant::now();
+        }
+        self.peers > 0 && self.heard_at.elapsed() >= quiet
+    }
+
+    /// Marks the current stall as seen; true the first time (to log once).
+    fn note_stall(&mut self) -> bool {
+        !std::mem::replace(&mut self.stall_noted, true)
+    }
+
+    /// Marks the lease as given up; true the first time (to log once).
+    fn fence(&mut self) -> bool {
+        !std::mem::replace(&mut self.fenced, true)
     }
 }
 
@@ -1198,7 +1297,8 @@ impl ClusterNode {
             // Wait for the handover; if the previous node turns out dead meanwhile
             // (its liveness key expires), repair it instead: what it held for this
             // session is then in Redis, where the caller loads it from.
-            let deadline = tokio::time::Instant::now() + HANDOVER_WAIT;
+            let mut deadline = tokio::time::Instant::now() + HANDOVER_WAIT;
+            let give_up = tokio::time::Instant::now() + HANDOVER_WAIT_MAX;
             tokio::pin!(handed);
             let session = loop {
                 tokio::select! {
@@ -1212,13 +1312,30 @@ impl ClusterNode {
                             break None;
                         }
                         if tokio::time::Instant::now() >= deadline {
-                            // Alive by one signal but silent: it may still serve the
-                            // old connection (cut off from Redis, or from gossip and
-                            // slow). Give the id back and refuse (invariant 7); it
-                            // closes that connection when it reads the kick.
+                            // Alive by both signals: it will read the kick once it has
+                            // worked through its inbox (after a partition that can take
+                            // seconds); wait on, within bounds.
+                            let now = tokio::time::Instant::now();
+                            if now < give_up
+                                && self.member_up(&prev)
+                                && self.is_alive(&prev).await.unwrap_or(false)
+                            {
+                                deadline = now + HANDOVER_WAIT;
+                                continue;
+                            }
+                            // Alive by one signal only: it may still serve the old
+                            // connection (cut off from Redis). Give the id back and
+                            // refuse (invariant 7) — unless it already committed to
+                            // the handover, which is then on its way.
+                            let released = self.sessions.release(client_id, epoch, &prev).await;
+                            if released == Ok(crate::sessions::Released::HandoverUnderway)
+                                && tokio::time::Instant::now() < give_up
+                            {
+                                deadline += HANDOVER_WAIT;
+                                continue;
+                            }
                             self.handovers.cancel(client_id, epoch);
-                            let released = self.release_claim(client_id, epoch, &prev).await;
-                            tracing::warn!(%client_id, previous = %prev, released, "previous node did not hand the session over in time; connection refused");
+                            tracing::warn!(%client_id, previous = %prev, ?released, "previous node did not hand the session over in time; connection refused");
                             return Err(ClusterError(format!(
                                 "previous owner {prev} did not hand the session over within {HANDOVER_WAIT:?}"
                             )));

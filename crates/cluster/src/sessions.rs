@@ -49,6 +49,38 @@ end
 return out
 ";
 
+/// The previous owner commits to a handover: only while the claim it was kicked by
+/// still stands (owner ARGV[1] at epoch ARGV[2]).
+const BEGIN_HANDOVER_SCRIPT: &str = r"
+if redis.call('HGET', KEYS[1], 'owner') == ARGV[1] and redis.call('HGET', KEYS[1], 'epoch') == ARGV[2] then
+  redis.call('HSET', KEYS[1], 'handing', ARGV[2])
+  return 1
+end
+return 0
+";
+
+/// A claimer that got no handover gives the id back (owner ARGV[3]) unless the
+/// previous owner committed to the handover (2) or another claim came since (0).
+const RELEASE_SCRIPT: &str = r"
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[2] then
+  return 0
+end
+if redis.call('HGET', KEYS[1], 'handing') == ARGV[2] then return 2 end
+redis.call('HSET', KEYS[1], 'owner', ARGV[3])
+return 1
+";
+
+/// What became of a claim given up for want of a handover ([`Sessions::release`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Released {
+    /// The previous owner has it again.
+    GivenBack,
+    /// The previous owner committed to hand it over: it is on its way.
+    HandoverUnderway,
+    /// Another claim took it since.
+    ClaimedSince,
+}
+
 /// Appends journal entries to a session whoever owns it, reserving packet ids from
 /// the session's own counter: for messages a dead node held for a session that was
 /// claimed elsewhere before the repair (its new owner loads them after the repair).
@@ -375,6 +407,63 @@ impl Sessions {
             cmd.arg(key).arg(journal_value_unnumbered(&d));
         }
         cmd.query_async(&mut self.conn.clone()).await
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &str {
+        &self.me
+    }
+
+    /// The owner node and ownership epoch Redis holds for `client_id`, if any.
+    pub async fn owner(&self, client_id: &str) -> Result<Option<(String, u64)>, redis::RedisError> {
+        let (owner, epoch): (Option<String>, Option<u64>) = redis::cmd("HMGET")
+            .arg(self.keys.session(client_id))
+            .arg("owner")
+            .arg("epoch")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(owner.map(|o| (o, epoch.unwrap_or(0))))
+    }
+
+    /// The previous owner, kicked by the claim of `to` at `epoch`, commits to hand the
+    /// session over: true if that claim still stands (owner `to`, that epoch), and
+    /// from then on the claimer does not give the id back ([`Sessions::release`]).
+    pub async fn begin_handover(
+        &self,
+        client_id: &str,
+        epoch: u64,
+        to: &str,
+    ) -> Result<bool, redis::RedisError> {
+        let r: i64 = redis::Script::new(BEGIN_HANDOVER_SCRIPT)
+            .key(self.keys.session(client_id))
+            .arg(to)
+            .arg(epoch)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(r == 1)
+    }
+
+    /// Gives client id `client_id`, claimed by this node at `epoch`, back to `prev`
+    /// after no handover came, unless the previous owner already committed to hand
+    /// it over ([`Released::HandoverUnderway`]) or another claim came since.
+    pub async fn release(
+        &self,
+        client_id: &str,
+        epoch: u64,
+        prev: &str,
+    ) -> Result<Released, redis::RedisError> {
+        let r: i64 = redis::Script::new(RELEASE_SCRIPT)
+            .key(self.keys.session(client_id))
+            .arg(&self.me)
+            .arg(epoch)
+            .arg(prev)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(match r {
+            1 => Released::GivenBack,
+            2 => Released::HandoverUnderway,
+            _ => Released::ClaimedSince,
+        })
     }
 
     /// The client ids `node` holds sessions or wills for.
