@@ -240,7 +240,8 @@ impl Router {
                             return;
                         }
                     }
-                    if let Some(s) = g.pick(|s| can_read.is_none_or(|f| f(s, topic))) {
+                    let ok = |s: &Subscriber| can_read.is_none_or(|f| f(s, topic));
+                    if let Some(s) = g.pick(msg.id.get().map(|k| &**k), ok) {
                         scratch.push(target(msg, s, true));
                     }
                 }
@@ -296,12 +297,23 @@ impl Router {
 }
 
 impl Group {
-    /// The next member round robin, preferring connected members, among those `ok`
-    /// accepts.
-    fn pick(&self, ok: impl Fn(&Subscriber) -> bool) -> Option<&Subscriber> {
+    /// One member among those `ok` accepts, preferring connected members: round
+    /// robin, or, for a message with a cluster-wide id (`key`), the member that id
+    /// ranks highest ([`rendezvous`]) — so a QoS 2 message a publisher sends again
+    /// after its node died reaches the member the first copy reached, and that
+    /// member's session recognises it (exactly once to the group, [MQTT-4.8.2]).
+    fn pick(&self, key: Option<&str>, ok: impl Fn(&Subscriber) -> bool) -> Option<&Subscriber> {
         let n = self.members.len();
         if n == 0 {
             return None;
+        }
+        if let Some(key) = key {
+            let score = |m: &&Subscriber| rendezvous(key, &m.client_id);
+            let accepted = || self.members.iter().filter(|m| ok(m));
+            return accepted()
+                .filter(|m| m.mailbox.is_online())
+                .max_by_key(score)
+                .or_else(|| accepted().max_by_key(score));
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let candidates = (0..n).map(|i| &self.members[(start + i) % n]);
@@ -317,6 +329,22 @@ impl Group {
         }
         fallback
     }
+}
+
+/// Rendezvous (highest random weight) hashing: the score of candidate `name` for
+/// `key`. The candidate with the highest score wins; removing any other candidate
+/// leaves the winner unchanged. FNV-1a over `key`, a separator and `name`: stable
+/// across processes, platforms and releases, so every node ranks alike.
+pub fn rendezvous(key: &str, name: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes().chain([0xff]).chain(name.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    // FNV's low bits mix poorly: finish with a multiply-xorshift.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^ (h >> 33)
 }
 
 fn target(msg: &Message, s: &Subscriber, shared: bool) -> Target {

@@ -1062,7 +1062,10 @@ impl Cluster for ClusterNode {
 
     fn forward(&self, msg: &Arc<Message>) -> Forwarded {
         let me = self.identity();
-        let placement = self.routes.lock().place(msg.topic(), &me);
+        // QoS 1/2 get their cluster-wide id now: it also picks the shared groups'
+        // nodes (and members), the same for a publisher's resend.
+        let key = (msg.qos != mqtt::QoS::AtMostOnce).then(|| self.sessions.message_id(msg));
+        let placement = self.routes.lock().place(msg.topic(), &me, key);
         let local_groups = LocalGroups(placement.local_groups);
         if placement.remote.is_empty() {
             return Forwarded {

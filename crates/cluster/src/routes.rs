@@ -8,6 +8,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use broker::router::rendezvous;
 use mqtt::topic::{parse_shared, TopicTree};
 
 /// The nodes holding members of one shared group on one filter.
@@ -134,8 +135,11 @@ impl RouteTable {
             .unwrap_or_default()
     }
 
-    /// Where a message on `topic` must go, seen from node `me`.
-    pub fn place(&self, topic: &str, me: &str) -> Placement {
+    /// Where a message on `topic` must go, seen from node `me`. A shared group goes
+    /// to its nodes round robin, or, for a message with a cluster-wide id (`key`), to
+    /// the node that id ranks highest (`broker::router::rendezvous`): a QoS 2 message
+    /// a publisher sends again after its node died goes where its first copy went.
+    pub fn place(&self, topic: &str, me: &str, key: Option<&str>) -> Placement {
         let mut p = Placement::default();
         self.plain.for_each_match(topic, |_, node, ()| {
             if node != me {
@@ -149,13 +153,13 @@ impl RouteTable {
             if n == 0 {
                 return;
             }
-            let i = g.next.fetch_add(1, Ordering::Relaxed) % n;
-            let Some(node) = g
-                .nodes
-                .iter()
-                .filter(|n| up == 0 || !down.contains(*n))
-                .nth(i)
-            else {
+            let mut candidates = g.nodes.iter().filter(|n| up == 0 || !down.contains(*n));
+            let chosen = match key {
+                // Ranked by node id, not run: a restarted node keeps its place.
+                Some(k) => candidates.max_by_key(|n| rendezvous(k, crate::node::node_of(n))),
+                None => candidates.nth(g.next.fetch_add(1, Ordering::Relaxed) % n),
+            };
+            let Some(node) = chosen else {
                 return;
             };
             let entry = (group.clone(), filter.to_string());
@@ -180,12 +184,12 @@ mod tests {
         t.add("b", "x/+");
         t.add("b", "x/y");
         t.add("c", "z");
-        let p = t.place("x/y", "a");
+        let p = t.place("x/y", "a", None);
         assert_eq!(p.remote.len(), 1);
         assert!(p.remote["b"].is_empty());
         t.remove("b", "x/+");
         t.remove("b", "x/y");
-        assert!(t.place("x/y", "a").remote.is_empty());
+        assert!(t.place("x/y", "a", None).remote.is_empty());
     }
 
     #[test]
@@ -195,7 +199,7 @@ mod tests {
         t.add("b", "$share/g/s/+");
         let mut served = HashMap::new();
         for _ in 0..10 {
-            let p = t.place("s/1", "a");
+            let p = t.place("s/1", "a", None);
             let local = p.local_groups.len();
             let remote: usize = p.remote.values().map(Vec::len).sum();
             assert_eq!(local + remote, 1, "exactly one node serves the group");
@@ -205,8 +209,44 @@ mod tests {
         assert_eq!((served["a"], served["b"]), (5, 5));
         t.remove_node("b");
         for _ in 0..3 {
-            assert_eq!(t.place("s/1", "a").local_groups.len(), 1);
+            assert_eq!(t.place("s/1", "a", None).local_groups.len(), 1);
         }
+    }
+
+    /// [MQTT-4.8.2] and a publisher's resend: with a message id, the node serving a
+    /// group is a function of that id, unchanged when another node leaves the group.
+    #[test]
+    fn a_message_id_picks_the_same_node_for_a_group_while_it_lives() {
+        let mut t = RouteTable::new();
+        for n in ["a@1", "b@1", "c@1"] {
+            t.add(n, "$share/g/s/#");
+        }
+        let served = |t: &RouteTable, key: &str| -> String {
+            let p = t.place("s/1", "a@1", Some(key));
+            match p.local_groups.is_empty() {
+                false => "a@1".to_string(),
+                true => p.remote.keys().next().unwrap().clone(),
+            }
+        };
+        let mut spread = std::collections::HashSet::new();
+        for i in 0..60 {
+            let key = format!("0001:n1:{i:016x}");
+            let first = served(&t, &key);
+            assert_eq!(served(&t, &key), first, "same id, same node");
+            spread.insert(first.clone());
+            // Another node leaving does not move it.
+            let mut without = RouteTable::new();
+            for n in ["a@1", "b@1", "c@1"]
+                .iter()
+                .filter(|n| **n != first)
+                .skip(1)
+            {
+                without.add(n, "$share/g/s/#");
+            }
+            without.add(&first, "$share/g/s/#");
+            assert_eq!(served(&without, &key), first);
+        }
+        assert_eq!(spread.len(), 3, "ids spread over every node: {spread:?}");
     }
 
     #[test]
@@ -218,7 +258,7 @@ mod tests {
         t.mark_down("b@1");
         assert_eq!(t.runs_of("b"), vec!["b@1".to_string()]);
         for _ in 0..4 {
-            let p = t.place("s/1", "a@1");
+            let p = t.place("s/1", "a@1", None);
             assert_eq!(p.local_groups.len(), 1, "the group goes to the live node");
             assert!(
                 p.remote["b@1"].is_empty(),
@@ -226,6 +266,6 @@ mod tests {
             );
         }
         t.remove_node("b@1");
-        assert!(t.place("s/1", "a@1").remote.is_empty());
+        assert!(t.place("s/1", "a@1", None).remote.is_empty());
     }
 }
