@@ -79,6 +79,11 @@ pub struct BrokerArgs {
     /// `health_listen`, env `ASTRAMQ_HEALTH_LISTEN`. Default: none.
     #[arg(long, value_name = "ADDR")]
     pub health_listen: Option<SocketAddr>,
+    /// Longest keep alive a client may use, in seconds; a client asking for more or
+    /// for none (0) is given this one (0 = no cap). Key `limits.max_keep_alive_secs`,
+    /// env `ASTRAMQ_LIMITS_MAX_KEEP_ALIVE_SECS`.
+    #[arg(long, value_name = "SECS")]
+    pub max_keep_alive_secs: Option<u16>,
     /// This node's id in the cluster. Key `node_id`, env `ASTRAMQ_NODE_ID`.
     #[arg(long, value_name = "ID")]
     pub node_id: Option<String>,
@@ -239,6 +244,14 @@ fn apply_flags(table: &mut Table, args: &BrokerArgs) {
     if let Some(v) = &args.health_listen {
         table.insert("health_listen".into(), text(&v.to_string()));
     }
+    if let Some(v) = args.max_keep_alive_secs {
+        let limits = table
+            .entry("limits")
+            .or_insert_with(|| Value::Table(Table::new()));
+        if let Value::Table(t) = limits {
+            t.insert("max_keep_alive_secs".into(), Value::Integer(i64::from(v)));
+        }
+    }
     if let Some(v) = &args.node_id {
         table.insert("node_id".into(), text(v));
     }
@@ -354,6 +367,19 @@ mod tests {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn max_keep_alive_from_env_and_flag() {
+        let e = env(&[("ASTRAMQ_LIMITS_MAX_KEEP_ALIVE_SECS", "30")]);
+        let c = load_config(&BrokerArgs::default(), &e).unwrap();
+        assert_eq!(c.limits.max_keep_alive_secs, 30);
+        let args = BrokerArgs {
+            max_keep_alive_secs: Some(20),
+            ..Default::default()
+        };
+        let c = load_config(&args, &e).unwrap();
+        assert_eq!(c.limits.max_keep_alive_secs, 20);
     }
 
     #[test]

@@ -222,6 +222,58 @@ async fn server_keep_alive_sent_and_enforced_v5() {
         .await;
 }
 
+// [MQTT-3.2.2-21] limits.max_keep_alive_secs: a v5 client asking for more than the
+// cap, or for 0, is sent the cap as Server Keep Alive, and [MQTT-3.1.2-24] the broker
+// closes it after 1.5 x the cap of silence; a client asking for less keeps its own
+// value (no Server Keep Alive) [MQTT-3.2.2-22: absent, the client's value applies].
+#[tokio::test]
+async fn max_keep_alive_caps_v5() {
+    let b = Broker::start_with("", &["--max-keep-alive-secs", "2"]);
+    let (mut short, ca) =
+        RawClient::connect(b.addr(), Connect::new(Version::V5, "short").keep_alive(1)).await;
+    assert_eq!(ca.code, 0);
+    assert_eq!(ca.props.get_u32(prop::SERVER_KEEP_ALIVE), None, "{ca:?}");
+    short.ping().await;
+    for asked in [0u16, 600] {
+        let id = format!("ka{asked}");
+        let (mut c, ca) =
+            RawClient::connect(b.addr(), Connect::new(Version::V5, &id).keep_alive(asked)).await;
+        assert_eq!(ca.code, 0);
+        assert_eq!(ca.props.get_u32(prop::SERVER_KEEP_ALIVE), Some(2), "{ca:?}");
+        let start = Instant::now();
+        c.expect_closed_with_any(&[rc::KEEP_ALIVE_TIMEOUT], Duration::from_secs(6))
+            .await;
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(2000),
+            "asked {asked}: closed after {took:?}, before the 2 s cap even elapsed"
+        );
+    }
+}
+
+// limits.max_keep_alive_secs with 3.1.1, which has no Server Keep Alive: the broker
+// does not refuse the client (Mosquitto since 2.0.12 answers CONNACK 2, "identifier
+// rejected") but applies the cap silently, as a server may close an inactive
+// connection at any time (3.1.1 §3.1.2.10); [MQTT-3.1.2-24] a client that asked for
+// no keep alive (0) or a huge one and goes silent is closed after 1.5 x the cap.
+#[tokio::test]
+async fn max_keep_alive_applied_v311() {
+    let b = Broker::start_with("[limits]\nmax_keep_alive_secs = 1\n", &[]);
+    for asked in [0u16, 65535] {
+        let id = format!("ka{asked}");
+        let (mut c, ca) =
+            RawClient::connect(b.addr(), Connect::new(Version::V311, &id).keep_alive(asked)).await;
+        assert_eq!(ca.code, 0, "the client is not refused");
+        let start = Instant::now();
+        c.expect_closed(Duration::from_secs(4)).await;
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(1000),
+            "asked {asked}: closed after {took:?}, before the 1 s cap even elapsed"
+        );
+    }
+}
+
 // mosquitto_pub (libmosquitto) connects, publishes and disconnects cleanly.
 async fn mosquitto_pub_connects(v: Version) {
     let b = Broker::start();

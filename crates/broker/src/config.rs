@@ -180,7 +180,13 @@ pub struct Limits {
     /// Topic aliases a client may use toward us (0 = none); sent in v5 CONNACK.
     pub topic_alias_maximum: u16,
     /// When non-zero, the keep alive imposed on every client (Server Keep Alive).
+    /// Takes precedence over `max_keep_alive_secs`.
     pub server_keep_alive_secs: u16,
+    /// When non-zero, the longest keep alive a client may use (Mosquitto's
+    /// `max_keepalive`): a client asking for more, or for 0 (none), gets this one —
+    /// v5 is told through Server Keep Alive [MQTT-3.2.2-21], 3.1.1 (which has no way
+    /// to be told) has it applied silently. A client asking for less keeps its own.
+    pub max_keep_alive_secs: u16,
     /// Time a new connection has to send CONNECT.
     pub connect_timeout_secs: u64,
     /// Messages queued per session (offline, or beyond the in-flight window).
@@ -204,6 +210,7 @@ impl Default for Limits {
             max_inflight: 256,
             topic_alias_maximum: 65_535,
             server_keep_alive_secs: 0,
+            max_keep_alive_secs: 0,
             connect_timeout_secs: 10,
             max_queued_messages: 1000,
             max_queued_bytes: 16 * 1024 * 1024,
@@ -270,6 +277,12 @@ impl Config {
             return Err(ConfigError::new(
                 "limits.max_inflight",
                 "must be at least 1",
+            ));
+        }
+        if l.max_keep_alive_secs > 0 && l.server_keep_alive_secs > l.max_keep_alive_secs {
+            return Err(ConfigError::new(
+                "limits.server_keep_alive_secs",
+                "must not exceed limits.max_keep_alive_secs",
             ));
         }
         if l.max_queued_messages == 0 {
@@ -416,6 +429,19 @@ mod tests {
         let mut c = Config::default();
         c.limits.receive_maximum = 0;
         assert_eq!(c.validate().unwrap_err().key, "limits.receive_maximum");
+    }
+
+    #[test]
+    fn server_keep_alive_may_not_exceed_the_cap() {
+        let mut c = Config::default();
+        c.limits.max_keep_alive_secs = 30;
+        c.limits.server_keep_alive_secs = 30;
+        c.validate().unwrap();
+        c.limits.server_keep_alive_secs = 31;
+        assert_eq!(
+            c.validate().unwrap_err().key,
+            "limits.server_keep_alive_secs"
+        );
     }
 
     #[test]

@@ -319,6 +319,7 @@ impl Broker {
             "max_queued_messages" => conf.push_str(&format!("max_queued_messages {val}\n")),
             "max_queued_bytes" => conf.push_str(&format!("max_queued_bytes {val}\n")),
             "server_keep_alive_secs" => conf.push_str(&format!("max_keepalive {val}\n")),
+            "max_keep_alive_secs" => conf.push_str(&format!("max_keepalive {val}\n")),
             _ => {} // no mosquitto equivalent
         };
         if let Some(cfg) = &b.config {

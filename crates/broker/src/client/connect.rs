@@ -27,6 +27,26 @@ use crate::session::{Outbound, PendingWill, Session};
 /// The largest Maximum Packet Size value (the remaining-length limit plus the header).
 const PROTOCOL_MAX_PACKET: u32 = 268_435_460;
 
+/// The keep alive in force for a client that asked for `asked` seconds, and the
+/// Server Keep Alive to send a v5 client when it differs [MQTT-3.2.2-21/22].
+/// `limits.server_keep_alive_secs` imposes one value on everyone; otherwise
+/// `limits.max_keep_alive_secs` caps what a client may ask for, 0 (no keep alive)
+/// included. A 3.1.1 client cannot be told: the value is applied all the same
+/// (a server may close an inactive connection at any time, 3.1.1 §3.1.2.10).
+fn keep_alive(limits: &crate::config::Limits, asked: u16) -> (u16, Option<u16>) {
+    let cap = limits.max_keep_alive_secs;
+    if limits.server_keep_alive_secs > 0 {
+        (
+            limits.server_keep_alive_secs,
+            Some(limits.server_keep_alive_secs),
+        )
+    } else if cap > 0 && (asked == 0 || asked > cap) {
+        (cap, Some(cap))
+    } else {
+        (asked, None)
+    }
+}
+
 /// Reads and answers CONNECT. `None` when the connection was refused or closed.
 pub(super) async fn handshake<R, W>(
     broker: Arc<Broker>,
@@ -236,11 +256,7 @@ where
     }
     session.mailbox.set_online(true);
 
-    let keep_alive_secs = if limits.server_keep_alive_secs > 0 {
-        limits.server_keep_alive_secs
-    } else {
-        c.keep_alive
-    };
+    let (keep_alive_secs, server_keep_alive) = keep_alive(limits, c.keep_alive);
 
     let keep_alive = Duration::from_secs(u64::from(keep_alive_secs));
     let props = &c.properties;
@@ -264,10 +280,8 @@ where
         if limits.topic_alias_maximum > 0 {
             ack_props.topic_alias_maximum = Some(limits.topic_alias_maximum);
         }
-        if limits.server_keep_alive_secs > 0 {
-            // [MQTT-3.2.2-21] The client must use the Server Keep Alive.
-            ack_props.server_keep_alive = Some(limits.server_keep_alive_secs);
-        }
+        // [MQTT-3.2.2-21] The client must use the Server Keep Alive.
+        ack_props.server_keep_alive = server_keep_alive;
     }
     conn.tx.queue(
         &Packet::ConnAck(ConnAck {
@@ -348,5 +362,25 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keep_alive;
+    use crate::config::Limits;
+
+    #[test]
+    fn keep_alive_cap_and_server_keep_alive() {
+        let mut l = Limits::default();
+        assert_eq!(keep_alive(&l, 0), (0, None));
+        assert_eq!(keep_alive(&l, 600), (600, None));
+        l.max_keep_alive_secs = 60;
+        assert_eq!(keep_alive(&l, 0), (60, Some(60)));
+        assert_eq!(keep_alive(&l, 600), (60, Some(60)));
+        assert_eq!(keep_alive(&l, 60), (60, None));
+        assert_eq!(keep_alive(&l, 2), (2, None));
+        l.server_keep_alive_secs = 30;
+        assert_eq!(keep_alive(&l, 2), (30, Some(30)));
     }
 }
