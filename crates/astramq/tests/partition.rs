@@ -312,6 +312,15 @@ async fn partition_under_load<G>(
         for i in 0..c.len() {
             let path = std::path::Path::new(&dir).join(format!("{}-{}.log", f.tag, c.id(i)));
             let _ = std::fs::write(path, c.node(i).stderr());
+            let inbox = c.key(&format!("{{inbox:{}}}", c.id(i)));
+            let info = format!(
+                "XLEN {:?}\nXINFO GROUPS {:?}\nXPENDING {:?}\n",
+                c.redis().cmd(&["XLEN", &inbox]),
+                c.redis().cmd(&["XINFO", "GROUPS", &inbox]),
+                c.redis().cmd(&["XPENDING", &inbox, "astramq"]),
+            );
+            let path = std::path::Path::new(&dir).join(format!("{}-{}.redis", f.tag, c.id(i)));
+            let _ = std::fs::write(path, info);
         }
     }
     if std::env::var_os("PARTITION_DEBUG").is_some() {

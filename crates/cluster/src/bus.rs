@@ -232,6 +232,13 @@ pub async fn consumer(
             from = ">";
             continue;
         }
+        tracing::debug!(
+            entries = entries.len(),
+            from,
+            first = %entries[0].id,
+            last = %entries[entries.len() - 1].id,
+            "inbox: read"
+        );
         let mut ids = Vec::with_capacity(entries.len());
         let mut stored = true;
         for entry in entries {

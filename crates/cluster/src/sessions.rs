@@ -640,8 +640,9 @@ async fn writer(conn: Conn, keys: Keys, me: String, mut rx: mpsc::UnboundedRecei
                                 blocked: b,
                                 ..
                             } = e.take().expect("each entry once");
-                            let retried = uncertain.remove(&(client_id.clone(), key));
+                            let retried = uncertain.remove(&(client_id.clone(), key.clone()));
                             if b.mailbox.is_forward_only() {
+                                tracing::debug!(%client_id, %key, "journaled for the session's new node; not queued here");
                                 continue; // stored for the session's new node
                             }
                             // Already in the journal or delivered (flag 0): the same
@@ -649,7 +650,7 @@ async fn writer(conn: Conn, keys: Keys, me: String, mut rx: mpsc::UnboundedRecei
                             // when first stored — unless that first write's answer was
                             // lost with Redis (`uncertain`): then it was never queued.
                             if flags.get(n + 1) == Some(&0) && !retried {
-                                tracing::debug!(%client_id, "already journaled; not queued twice");
+                                tracing::debug!(%client_id, %key, "already journaled; not queued twice");
                                 continue;
                             }
                             if !b.mailbox.is_online() {
@@ -658,7 +659,10 @@ async fn writer(conn: Conn, keys: Keys, me: String, mut rx: mpsc::UnboundedRecei
                                 continue;
                             }
                             match b.mailbox.try_push_journaled(b.delivery) {
-                                Ok(_) => {}
+                                Ok(true) => {}
+                                Ok(false) => {
+                                    tracing::debug!(%client_id, %key, "journaled delivery the session already has; not queued twice")
+                                }
                                 // A connected session's queue is full: the publisher (or
                                 // the inbox consumer) waits for room.
                                 Err(delivery) => full.push(Blocked {
