@@ -209,7 +209,11 @@ async fn g_kill9_shared_group_under_qos1_load() {
         shared_group: Some("g".to_string()),
         ..LoadSpec::new("g", 1)
     };
-    bounded(kill_one_node_under_load("g. kill -9, shared group, QoS 1", spec)).await
+    bounded(kill_one_node_under_load(
+        "g. kill -9, shared group, QoS 1",
+        spec,
+    ))
+    .await
 }
 
 /// Scenario g at QoS 2: each acknowledged message reaches exactly one member once
@@ -220,7 +224,11 @@ async fn h_kill9_shared_group_under_qos2_load() {
         shared_group: Some("g".to_string()),
         ..LoadSpec::new("h", 2)
     };
-    bounded(kill_one_node_under_load("h. kill -9, shared group, QoS 2", spec)).await
+    bounded(kill_one_node_under_load(
+        "h. kill -9, shared group, QoS 2",
+        spec,
+    ))
+    .await
 }
 
 // ---------------------------------------------------------------------------

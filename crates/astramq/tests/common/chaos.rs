@@ -1007,7 +1007,8 @@ impl Load {
             Some(g) => format!("$share/{g}/chaos/{}/#", spec.tag),
             None => format!("chaos/{}/#", spec.tag),
         };
-        load.shared.update(|s| s.shared = spec.shared_group.is_some());
+        load.shared
+            .update(|s| s.shared = spec.shared_group.is_some());
         let running: Vec<usize> = (0..c.len()).filter(|&i| c.is_running(i)).collect();
         let mut per_node: HashMap<String, usize> = HashMap::new();
         let max_subs = 4 * running.len() * spec.subscribers_per_node;
@@ -1098,15 +1099,18 @@ impl Load {
             // the group receiving from every publisher.
             load.wait(T, "every member receiving, from every publisher", |s| {
                 s.subs.iter().all(|sub| !sub.received.is_empty())
-                    && (0..s.pubs.len())
-                        .all(|p| s.subs.iter().any(|sub| sub.received.keys().any(|&(q, _)| q == p)))
+                    && (0..s.pubs.len()).all(|p| {
+                        s.subs
+                            .iter()
+                            .any(|sub| sub.received.keys().any(|&(q, _)| q == p))
+                    })
             })
             .await;
         } else {
             load.wait(T, "every subscriber receiving from every publisher", |s| {
-                s.subs.iter().all(|sub| {
-                    (0..s.pubs.len()).all(|p| sub.received.keys().any(|&(q, _)| q == p))
-                })
+                s.subs
+                    .iter()
+                    .all(|sub| (0..s.pubs.len()).all(|p| sub.received.keys().any(|&(q, _)| q == p)))
             })
             .await;
         }

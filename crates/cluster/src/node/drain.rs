@@ -11,7 +11,11 @@ use broker::message::Message;
 /// drained from its inbox (`groups`: those the sending node assigned to the failed
 /// node): one member per group, like the router's choice on a live node, so the
 /// message reaches the group once. Members are taken in turn, starting at `turn`.
-pub(super) fn group_members(targets: &Taken, groups: &LocalGroups, turn: usize) -> Vec<LocalGroups> {
+pub(super) fn group_members(
+    targets: &Taken,
+    groups: &LocalGroups,
+    turn: usize,
+) -> Vec<LocalGroups> {
     let mut per_target = vec![LocalGroups::default(); targets.len()];
     if targets.is_empty() {
         return per_target;
@@ -113,7 +117,11 @@ mod tests {
     }
 
     fn groups(g: &[(&str, &str)]) -> LocalGroups {
-        LocalGroups(g.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect())
+        LocalGroups(
+            g.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+        )
     }
 
     /// [MQTT-4.8.2]: a shared group's message goes to one member. A copy assigned to a
@@ -135,13 +143,19 @@ mod tests {
             assert_ne!(members[0], 1, "b is not a member");
             chosen.push(members[0]);
         }
-        assert!(chosen.contains(&0) && chosen.contains(&2), "members in turn: {chosen:?}");
+        assert!(
+            chosen.contains(&0) && chosen.contains(&2),
+            "members in turn: {chosen:?}"
+        );
     }
 
     #[test]
     fn a_drained_group_copy_is_delivered_to_the_chosen_member_only() {
         let msg = message("t/1");
-        let targets: Taken = vec![session("a", &["$share/g/t/#"]), session("c", &["$share/g/t/#"])];
+        let targets: Taken = vec![
+            session("a", &["$share/g/t/#"]),
+            session("c", &["$share/g/t/#"]),
+        ];
         let m = group_members(&targets, &groups(&[("g", "t/#")]), 0);
         let d: Vec<bool> = targets
             .iter()
