@@ -60,6 +60,10 @@ impl TokenBucket {
     }
 }
 
+/// The shortest pause of a throttled client: it then reads a few milliseconds' worth of
+/// messages per pause, and costs one timer per pause rather than one per message.
+pub const MIN_PAUSE: Duration = Duration::from_millis(10);
+
 /// What a client may publish: messages and bytes per second (either may be off).
 #[derive(Debug, Clone)]
 pub struct PublishLimiter {
@@ -89,16 +93,19 @@ impl PublishLimiter {
     }
 
     /// Accounts one PUBLISH of `size` bytes: how long to stop reading, and why, when
-    /// a limit is exceeded (the longer wait of the two).
+    /// a limit is exceeded (the longer wait of the two, at least [`MIN_PAUSE`]; waiting
+    /// longer than the debt only lets tokens refill, up to the burst, so the rate
+    /// still holds).
     pub fn publish(&mut self, size: usize, now: Instant) -> Option<(Duration, Exceeded)> {
         let m = self.messages.as_mut().and_then(|b| b.take(1.0, now));
         let b = self.bytes.as_mut().and_then(|b| b.take(size as f64, now));
-        match (m, b) {
-            (Some(m), Some(b)) if b > m => Some((b, Exceeded::ByteRate)),
-            (Some(m), _) => Some((m, Exceeded::MessageRate)),
-            (None, Some(b)) => Some((b, Exceeded::ByteRate)),
-            (None, None) => None,
-        }
+        let (wait, why) = match (m, b) {
+            (Some(m), Some(b)) if b > m => (b, Exceeded::ByteRate),
+            (Some(m), _) => (m, Exceeded::MessageRate),
+            (None, Some(b)) => (b, Exceeded::ByteRate),
+            (None, None) => return None,
+        };
+        Some((wait.max(MIN_PAUSE), why))
     }
 }
 
@@ -130,6 +137,12 @@ mod tests {
         assert_eq!(why, Exceeded::ByteRate);
         assert!((wait.as_secs_f64() - 0.5).abs() < 1e-9);
         assert!(PublishLimiter::new(0, 0, t0).is_none());
+        // A tiny debt still pauses for MIN_PAUSE.
+        let mut l = PublishLimiter::new(1_000_000, 0, t0).unwrap();
+        for _ in 0..1_000_000 {
+            l.publish(1, t0);
+        }
+        assert_eq!(l.publish(1, t0), Some((MIN_PAUSE, Exceeded::MessageRate)));
     }
 
     #[test]
