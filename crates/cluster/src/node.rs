@@ -161,6 +161,11 @@ impl ClusterNode {
         remove_routes(&conn, &keys, &stale).await?;
 
         let routes = Arc::new(Mutex::new(RouteTable::new()));
+        // Not bounded (yet): its producers are a filter's first subscription or last
+        // unsubscription on this node and retained PUBLISHes, each limited in rate by
+        // the per-client bounds (publish rate, subscriptions, connections), and the
+        // writer takes all that is queued in one round trip. While Redis is slow or
+        // down nothing caps it in size: a known gap of issue #11.
         let (changes_tx, changes_rx) = mpsc::unbounded_channel();
         let from = feed::resync(&mut conn, &keys, &me_route, &routes, &broker).await?;
         let generation = std::sync::atomic::AtomicU64::new(membership.generation());
