@@ -21,7 +21,9 @@
 # max_queued_messages = 1000. The "before" build must accept that configuration.
 #
 # Environment: DURATION (10s), FLOOD (50), PROBES (20), PROBE_RATE (10), PAYLOAD (64),
-# BROKER_CPU (0), BENCH_CPU (1), BEFORE_BIN (unset), NO_BUILD (0), CARGO_TARGET_DIR.
+# BROKER_CPU (0), BENCH_CPU (1), BEFORE_BIN (unset), NO_BUILD (0), CARGO_TARGET_DIR,
+# AFTER_LIMITS (extra `[limits]` lines for the current build only, e.g.
+# "max_publish_rate = 1000"; the older build may not know the keys).
 # Every process is started fresh per run and stopped by PID afterwards.
 set -euo pipefail
 
@@ -35,6 +37,7 @@ BROKER_CPU=${BROKER_CPU:-0}
 BENCH_CPU=${BENCH_CPU:-1}
 BEFORE_BIN=${BEFORE_BIN:-}
 NO_BUILD=${NO_BUILD:-0}
+AFTER_LIMITS=${AFTER_LIMITS:-}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 ASTRAMQ=$CARGO_TARGET_DIR/release/astramq
 WORK=$(mktemp -d /tmp/astramq-flood.XXXXXX)
@@ -79,17 +82,14 @@ if [[ $NO_BUILD != 1 ]]; then
 fi
 ulimit -n "$(ulimit -Hn)"
 
-BASE=$((30000 + RANDOM % 10000))
+# Below the ephemeral port range, where other processes' connections could take them.
+BASE=$((20000 + RANDOM % 10000))
 P1=$BASE P2=$((BASE + 1)) P3=$((BASE + 2)) RP=$((BASE + 3))
 H1=$((BASE + 4)) H2=$((BASE + 5)) H3=$((BASE + 6))
-cat >"$WORK/astramq.toml" <<EOF
-log_level = "warn"
-[limits]
-max_inflight = 100
-max_queued_messages = 1000
-[shutdown]
-grace_period_secs = 1
-EOF
+config() { # extra [limits] lines
+    printf 'log_level = "warn"\n[limits]\nmax_inflight = 100\nmax_queued_messages = 1000\n%s\n[shutdown]\ngrace_period_secs = 1\n' "$1" \
+        >"$WORK/astramq.toml"
+}
 
 wait_port() {
     for _ in $(seq 1 1200); do
@@ -105,7 +105,7 @@ wait_line() { # file pattern: the line, once it appears
         if grep -m1 "$2" "$1" 2>/dev/null; then return 0; fi
         sleep 0.05
     done
-    log "no '$2' in $1: $(tail -n 3 "$1")"
+    log "no '$2' in $1: $(tail -n 3 "$1") $(tail -n 3 "${1%.out}.err" 2>/dev/null)"
     return 1
 }
 
@@ -203,8 +203,10 @@ PY
 
 log "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 if [[ -n $BEFORE_BIN ]]; then
+    config ""
     run before "$BEFORE_BIN"
 fi
+config "$AFTER_LIMITS"
 run after "$ASTRAMQ"
 log "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "command: DURATION=$DURATION FLOOD=$FLOOD PROBES=$PROBES PROBE_RATE=$PROBE_RATE PAYLOAD=$PAYLOAD BROKER_CPU=$BROKER_CPU BENCH_CPU=$BENCH_CPU${BEFORE_BIN:+ BEFORE_BIN=$BEFORE_BIN} bench/flood.sh"
+echo "command: ${AFTER_LIMITS:+AFTER_LIMITS='$AFTER_LIMITS' }DURATION=$DURATION FLOOD=$FLOOD PROBES=$PROBES PROBE_RATE=$PROBE_RATE PAYLOAD=$PAYLOAD BROKER_CPU=$BROKER_CPU BENCH_CPU=$BENCH_CPU${BEFORE_BIN:+ BEFORE_BIN=$BEFORE_BIN} bench/flood.sh"

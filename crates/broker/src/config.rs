@@ -260,7 +260,7 @@ impl Default for Limits {
             queue_overflow: QueueOverflow::DropOldest,
             queue_full_wait_ms: 5000,
             max_session_expiry_secs: u32::MAX,
-            max_publish_rate: 10_000,
+            max_publish_rate: 1000,
             max_publish_bytes_rate: 10 * 1024 * 1024,
             max_connections: 100_000,
             max_connection_rate: 1000,
