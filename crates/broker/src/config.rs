@@ -491,6 +491,26 @@ mod tests {
     }
 
     #[test]
+    fn bounds_parse_and_are_checked() {
+        let c = Config::from_toml(
+            "redis = \"redis://127.0.0.1:6379\"\nnode_id = \"n1\"\n[limits]\nmax_publish_rate = 5\nmax_subscriptions = 0\n[cluster]\nforward_qos0_backlog = 7\ninbox_backlog_entries = 3\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.limits.max_publish_rate, 5);
+        assert_eq!(c.limits.max_subscriptions, 0, "0 = unlimited");
+        let f = c.cluster_settings().unwrap().forward;
+        assert_eq!((f.qos0_messages, f.inbox_entries), (7, 3));
+        assert_eq!(f.qos12_messages, 10_000);
+        let mut bad = c;
+        bad.cluster.forward_backlog_bytes = 0;
+        assert_eq!(
+            bad.validate().unwrap_err().key,
+            "cluster.forward_backlog_bytes"
+        );
+    }
+
+    #[test]
     fn failure_detection_settings_are_checked_and_passed_on() {
         let c = Config::from_toml(
             "redis = \"redis://127.0.0.1:6379\"\nnode_id = \"n1\"\n[cluster]\nprobe_period_ms = 1000\nsuspect_to_down_ms = 4000\nliveness_ttl_ms = 5000\n",
