@@ -384,3 +384,72 @@ async fn full_inbox_sheds_qos0_and_carries_qos1() {
     assert_eq!(payloads, ["q1-1", "q1-2", "q1-3", "q1-4"]);
     s.expect_no_publish(Duration::from_millis(500)).await;
 }
+
+// ---------------------------------------------------------------------------
+// cluster.forward_qos12_backlog: QoS 1 past the bound throttles, never drops
+// ---------------------------------------------------------------------------
+
+// While Redis holds writes (CLIENT PAUSE WRITE: the forwarder's XADD waits, reads and
+// the health probe go on), a QoS 1 publisher whose messages fill the bus lane toward
+// n2 (bound 1) is not read any further: n1 reads at most three of its ten PUBLISHes.
+// Once Redis takes writes again, every message is acknowledged and delivered.
+#[tokio::test]
+async fn full_qos12_lane_throttles_the_publisher_without_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("astramq.toml");
+    // A long liveness lifetime: its refresh (a write) waits out the pause too.
+    std::fs::write(
+        &cfg,
+        "[limits]\nmax_publish_rate = 0\n[cluster]\nforward_qos12_backlog = 1\nliveness_ttl_ms = 20000\n",
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let c = TestCluster::builder(2)
+        .args(&["--config", cfg, "--health-listen", "127.0.0.1:0"])
+        .start()
+        .await;
+    let v = Version::V5;
+    let mut s = c.client(1, v, "sub").await;
+    s.sub("b/#", 1).await;
+    c.sync_feed(1, 0).await;
+    let mut p = c.client(0, v, "pub").await;
+    let health = c.node(0).health_addr();
+    let before = metric_at(health, "astramq_publish_received_total").await;
+    c.redis().cmd(&["CLIENT", "PAUSE", "4000", "WRITE"]);
+    let mut bytes = Vec::new();
+    for i in 1..=10u16 {
+        bytes.extend(
+            raw::Publish::new("b/1", format!("{i}").as_bytes(), 1)
+                .pid(i)
+                .encode(v),
+        );
+    }
+    p.send(&bytes).await;
+    let throttled = r#"astramq_publish_throttled_total{reason="bus_backlog"}"#;
+    let deadline = Instant::now() + T;
+    while metric_at(health, throttled).await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the publisher was never throttled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let read = metric_at(health, "astramq_publish_received_total").await - before;
+    assert!(read <= 3, "{read} PUBLISHes read while the lane was full");
+    c.redis().cmd(&["CLIENT", "UNPAUSE"]);
+    for i in 1..=10u16 {
+        let reason = p
+            .wait_packet(T, "PUBACK", |x| match x {
+                raw::Packet::Puback(a) if a.pid == i => Some(a.reason),
+                _ => None,
+            })
+            .await;
+        assert_eq!(reason, 0, "PUBACK {i}");
+    }
+    let got = s.recv_publishes(10, T).await;
+    let want: Vec<String> = (1..=10).map(|i| format!("{i}")).collect();
+    assert_eq!(
+        got.iter().map(|g| g.payload_str()).collect::<Vec<_>>(),
+        want
+    );
+}
