@@ -43,6 +43,8 @@ pub struct Metrics {
     pub subscriptions_refused: AtomicU64,
     /// Limits overflow warnings to one log line a second.
     pub drop_log: LogLimiter,
+    /// Limits warnings about QoS 0 shed on the way to other nodes to one line a second.
+    pub shed_log: LogLimiter,
     /// Limits throttling notices to one log line a second.
     pub throttle_log: LogLimiter,
     /// Limits refused-connection warnings to one log line a second.

@@ -234,7 +234,7 @@ impl Backlog {
 pub fn count_shed(m: &Metrics, shed: Shed) {
     Metrics::add(&m.bus_backlog_dropped, shed.bus_backlog);
     Metrics::add(&m.inbox_backlog_dropped, shed.inbox_backlog);
-    if let Some(n) = m.drop_log.due(shed.bus_backlog + shed.inbox_backlog) {
+    if let Some(n) = m.shed_log.due(shed.bus_backlog + shed.inbox_backlog) {
         tracing::warn!(
             dropped = n,
             bus_backlog_full = Metrics::get(&m.bus_backlog_dropped),
