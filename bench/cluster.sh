@@ -120,6 +120,11 @@ log_level = "warn"
 [limits]
 max_inflight = 100
 max_queued_messages = 1000
+# Like Mosquitto's defaults: no per-client rate or connection limits.
+max_publish_rate = 0
+max_publish_bytes_rate = 0
+max_connection_rate = 0
+max_connections = 0
 [shutdown]
 grace_period_secs = 1
 EOF

@@ -66,6 +66,11 @@ log_level = "warn"
 [limits]
 max_inflight = 100
 max_queued_messages = 1000
+# Like Mosquitto's defaults: no per-client rate or connection limits.
+max_publish_rate = 0
+max_publish_bytes_rate = 0
+max_connection_rate = 0
+max_connections = 0
 [shutdown]
 grace_period_secs = 1
 EOF
@@ -184,6 +189,6 @@ python3 "$ROOT/bench/render.py" --results "$RAW" --machine "$MACHINE" \
     --micro "$MICRO_OUT" --scenarios "$WORK/scenarios.txt" \
     --astramq-conf "$WORK/astramq.toml" --mosquitto-conf <(sed "s/$PORT_M/PORT/" "$WORK/mosquitto.conf") \
     --astramq-cmd "$(echo "${A_CMD//$PORT_A/PORT}" | sed "s|$ASTRAMQ|astramq|")" --mosquitto-cmd "$M_CMD" \
-    --notes "$ROOT/bench/notes.md" --extra "$DOCS/benchmarks/cluster.md" --repeat "$REPEAT" --md "$DOCS/benchmarks.md" --svg "$DOCS/benchmarks.svg"
+    --notes "$ROOT/bench/notes.md" --extra "$DOCS/benchmarks/cluster.md" --extra "$DOCS/benchmarks/flood.md" --repeat "$REPEAT" --md "$DOCS/benchmarks.md" --svg "$DOCS/benchmarks.svg"
 log "wrote docs/benchmarks.md, docs/benchmarks.svg, $RAW"
 rm -rf "$WORK"

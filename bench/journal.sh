@@ -43,7 +43,7 @@ ulimit -n "$(ulimit -Hn)"
 
 BASE=$((30000 + RANDOM % 10000))
 P1=$BASE P2=$((BASE + 1)) P3=$((BASE + 2)) RP=$((BASE + 5))
-printf 'log_level = "warn"\n[limits]\nmax_inflight = 100\nmax_queued_messages = 1000\n[shutdown]\ngrace_period_secs = 1\n' >"$WORK/astramq.toml"
+printf 'log_level = "warn"\n[limits]\nmax_inflight = 100\nmax_queued_messages = 1000\nmax_publish_rate = 0\nmax_publish_bytes_rate = 0\nmax_connection_rate = 0\nmax_connections = 0\n[shutdown]\ngrace_period_secs = 1\n' >"$WORK/astramq.toml"
 
 wait_line() { # file pattern
     for _ in $(seq 1 200); do

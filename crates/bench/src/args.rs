@@ -30,6 +30,10 @@ pub enum Scenario {
     Fanout,
     /// `--count` publisher/subscriber pairs, one topic each.
     Pairs,
+    /// `--count` QoS 0 pairs publishing as fast as the socket allows and, during that
+    /// flood, `--probes` QoS 1 pairs at `--probe-rate`: what a flood does to everyone
+    /// else. Reported separately (`flood`, `probe`); `--qos` and `--rate` are ignored.
+    Flood,
 }
 
 /// `astramq bench SCENARIO [OPTIONS]`: a load generator in the spirit of emqtt-bench.
@@ -107,6 +111,12 @@ pub struct BenchArgs {
     /// No live progress line, even on a terminal.
     #[arg(long)]
     pub no_progress: bool,
+    /// `flood`: QoS 1 probe pairs measured during the flood.
+    #[arg(long, default_value_t = 20)]
+    pub probes: u32,
+    /// `flood`: messages per second per probe publisher.
+    #[arg(long, default_value_t = 10.0)]
+    pub probe_rate: f64,
 }
 
 /// Checked, resolved arguments: what the runner executes.
@@ -154,6 +164,10 @@ pub struct Plan {
     pub threads: usize,
     /// Whether to draw the progress line (on a terminal only).
     pub progress: bool,
+    /// `flood`: probe pairs.
+    pub probes: u32,
+    /// `flood`: probe messages per second per publisher.
+    pub probe_rate: f64,
 }
 
 impl BenchArgs {
@@ -191,6 +205,11 @@ impl BenchArgs {
         if self.inflight == 0 {
             return bad("--inflight must be at least 1".into());
         }
+        if self.scenario == Scenario::Flood
+            && (self.probes == 0 || !(self.probe_rate.is_finite() && self.probe_rate > 0.0))
+        {
+            return bad("flood: --probes and --probe-rate must be positive".into());
+        }
         if self.session_expiry.is_some() && !self.protocol.is_v5() {
             return bad("--session-expiry needs --protocol 5".into());
         }
@@ -224,6 +243,8 @@ impl BenchArgs {
             broker_pid: self.broker_pid,
             threads: threads.max(1),
             progress: !self.no_progress,
+            probes: self.probes,
+            probe_rate: self.probe_rate,
         })
     }
 }

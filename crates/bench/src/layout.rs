@@ -75,6 +75,8 @@ pub fn layout(plan: &Plan) -> Layout {
         plan,
         made: 0,
         out: Layout::default(),
+        // `flood`: every subscriber on the first host, every publisher on the second.
+        fixed: plan.scenario == Scenario::Flood,
     };
     match plan.scenario {
         Scenario::Conn => {
@@ -101,7 +103,8 @@ pub fn layout(plan: &Plan) -> Layout {
             );
             b.publishers(1, |_| format!("{t}/fanout"));
         }
-        Scenario::Pairs => {
+        // `flood` runs as two `pairs` plans (see `crate::flood`).
+        Scenario::Pairs | Scenario::Flood => {
             b.subscribers(
                 n,
                 |i| format!("{t}/pairs/{i}"),
@@ -130,6 +133,9 @@ struct Builder<'a> {
     plan: &'a Plan,
     made: usize,
     out: Layout,
+    /// Subscribers all on the first host and publishers all on the second, instead of
+    /// round robin.
+    fixed: bool,
 }
 
 impl Builder<'_> {
@@ -146,7 +152,8 @@ impl Builder<'_> {
                 filter: filter(i),
                 expects: expects(i),
             };
-            let spec = self.spec(format!("s{i}"), i as usize, role);
+            let slot = if self.fixed { 0 } else { i as usize };
+            let spec = self.spec(format!("s{i}"), slot, role);
             self.out.subscribers.push(spec);
         }
     }
@@ -158,7 +165,8 @@ impl Builder<'_> {
                 index: i,
                 topic: topic(i),
             };
-            let spec = self.spec(format!("p{i}"), i as usize + 1, role);
+            let slot = if self.fixed { 1 } else { i as usize + 1 };
+            let spec = self.spec(format!("p{i}"), slot, role);
             self.out.publishers.push(spec);
         }
     }

@@ -13,10 +13,12 @@
 //! - [`stats`]: counters and histograms shared by the connection tasks.
 //! - [`procfs`]: RSS and CPU time from `/proc`, and the open-file limit.
 //! - [`runner`]: one run — connect, publish, drain, account.
+//! - [`flood`]: the `flood` scenario — a QoS 0 flood and QoS 1 probes, two runs at once.
 //! - [`report`]: the [`Report`], as a JSON line and as a summary.
 
 pub mod args;
 pub mod client;
+pub mod flood;
 pub mod layout;
 pub mod payload;
 pub mod procfs;
@@ -58,6 +60,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .map_err(BenchError::Runtime)?;
+    if plan.scenario == args::Scenario::Flood {
+        let (flood, probe) = runtime.block_on(flood::execute(plan))?;
+        eprintln!("flood:\n{}\nprobe:\n{}", flood.summary(), probe.summary());
+        println!(
+            "{{\"scenario\":\"flood\",\"flood\":{},\"probe\":{}}}",
+            flood.to_json(),
+            probe.to_json()
+        );
+        return Ok(());
+    }
     let report = runtime.block_on(runner::execute(plan))?;
     eprintln!("{}", report.summary());
     println!("{}", report.to_json());

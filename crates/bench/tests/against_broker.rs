@@ -23,8 +23,16 @@ fn start_broker() -> SocketAddr {
             .build()
             .unwrap();
         rt.block_on(async move {
+            // No publish rate limit: the tests measure the load generator's accounting
+            // at full speed (a throttled `pub` run would not see its closing PINGRESP
+            // within the drain).
             let config = broker::Config {
                 listen: vec!["127.0.0.1:0".parse().unwrap()],
+                limits: broker::config::Limits {
+                    max_publish_rate: 0,
+                    max_publish_bytes_rate: 0,
+                    ..Default::default()
+                },
                 ..broker::Config::default()
             };
             let server = broker::Server::bind(config).await.unwrap();

@@ -130,6 +130,9 @@ pub struct Published {
     /// Resolves once the remote copies are durable (QoS 1/2 acknowledgement waits for
     /// it); `None` when there are none.
     pub durable: Option<tokio::sync::oneshot::Receiver<Result<(), ClusterError>>>,
+    /// The bus backlog toward another node is full: the publisher should stop reading
+    /// until `durable` resolves (QoS 1/2 only).
+    pub throttle: bool,
 }
 
 impl Broker {
@@ -210,9 +213,9 @@ impl Broker {
             }
             c.forward(msg)
         });
-        let (groups, durable) = match forwarded {
-            Some(f) => (Some(f.local_groups), f.durable),
-            None => (None, None),
+        let (groups, durable, throttle) = match forwarded {
+            Some(f) => (Some(f.local_groups), f.durable, f.throttle),
+            None => (None, None, false),
         };
         let mut journal = Vec::new();
         let routed = self.route_locally(
@@ -231,6 +234,7 @@ impl Broker {
             routed,
             forwarded,
             durable,
+            throttle,
         }
     }
 

@@ -63,6 +63,10 @@ pub struct Forwarded {
     /// Resolves once every remote copy is stored in the cluster (`Ok`) or could not be
     /// (`Err`); `None` when no other node needed the message.
     pub durable: Option<oneshot::Receiver<Result<(), ClusterError>>>,
+    /// The bus backlog toward a destination was at its bound
+    /// (`cluster.forward_qos12_backlog`): the message is queued all the same, and the
+    /// publisher should not be read again until `durable` resolves.
+    pub throttle: bool,
 }
 
 /// The result of claiming a client id cluster-wide.

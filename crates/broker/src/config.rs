@@ -90,6 +90,34 @@ pub struct ClusterTuning {
     /// times per period): a node gossip declares failed is taken over only once this
     /// has run out, ms.
     pub liveness_ttl_ms: u64,
+    /// QoS 0 messages waiting to cross the bus toward one other node; beyond it new
+    /// ones to that node are shed (`astramq_dropped_total{reason="bus_backlog_full"}`).
+    pub forward_qos0_backlog: usize,
+    /// QoS 1/2 messages waiting to cross the bus toward one other node; a publisher
+    /// whose message finds that lane at the bound is not read again until the message
+    /// is written (TCP backpressure; nothing is dropped).
+    pub forward_qos12_backlog: usize,
+    /// Bytes waiting to cross the bus toward one other node, per lane (QoS 0, QoS 1/2).
+    pub forward_backlog_bytes: usize,
+    /// Entries waiting in another node's inbox stream (each carries at most 1024
+    /// messages) beyond which QoS 0 messages to it are shed
+    /// (`reason="inbox_backlog_full"`): a slow consumer neither grows Redis nor delays
+    /// the QoS 1/2 records queued behind them.
+    pub inbox_backlog_entries: usize,
+}
+
+/// Bounds of what waits to cross the bus toward one destination node (from
+/// [`ClusterTuning`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardLimits {
+    /// See [`ClusterTuning::forward_qos0_backlog`].
+    pub qos0_messages: usize,
+    /// See [`ClusterTuning::forward_qos12_backlog`].
+    pub qos12_messages: usize,
+    /// See [`ClusterTuning::forward_backlog_bytes`].
+    pub bytes: usize,
+    /// See [`ClusterTuning::inbox_backlog_entries`].
+    pub inbox_entries: usize,
 }
 
 impl Default for ClusterTuning {
@@ -101,6 +129,10 @@ impl Default for ClusterTuning {
             probe_rtt_ms: 200,
             suspect_to_down_ms: 1000,
             liveness_ttl_ms: 2000,
+            forward_qos0_backlog: 10_000,
+            forward_qos12_backlog: 10_000,
+            forward_backlog_bytes: 16 * 1024 * 1024,
+            inbox_backlog_entries: 16,
         }
     }
 }
@@ -132,6 +164,8 @@ pub struct ClusterSettings {
     pub suspect_to_down: std::time::Duration,
     /// Liveness key lifetime in Redis.
     pub liveness_ttl: std::time::Duration,
+    /// Bus backlog bounds per destination node.
+    pub forward: ForwardLimits,
 }
 
 impl Default for Config {
@@ -200,6 +234,22 @@ pub struct Limits {
     pub queue_full_wait_ms: u64,
     /// Upper bound on the Session Expiry Interval a client may ask for, in seconds.
     pub max_session_expiry_secs: u32,
+    /// PUBLISH packets per second one client may send (token bucket, one second of
+    /// burst); beyond it its socket is not read until tokens refill, so TCP slows it
+    /// down and nothing is lost. 0 = unlimited.
+    pub max_publish_rate: u32,
+    /// PUBLISH bytes (topic + payload) per second one client may send, the same way.
+    /// 0 = unlimited.
+    pub max_publish_bytes_rate: u64,
+    /// Open connections per listener; beyond it a new connection is closed at once,
+    /// before its CONNECT is read. 0 = unlimited.
+    pub max_connections: usize,
+    /// New connections per second per listener (token bucket, one second of burst);
+    /// beyond it a new connection is closed at once. 0 = unlimited.
+    pub max_connection_rate: u32,
+    /// Subscriptions one session may hold; a SUBSCRIBE filter beyond it is refused
+    /// (v5: 0x97 Quota exceeded, 3.1.1: 0x80 Failure). 0 = unlimited.
+    pub max_subscriptions: usize,
 }
 
 impl Default for Limits {
@@ -217,6 +267,11 @@ impl Default for Limits {
             queue_overflow: QueueOverflow::DropOldest,
             queue_full_wait_ms: 5000,
             max_session_expiry_secs: u32::MAX,
+            max_publish_rate: 1000,
+            max_publish_bytes_rate: 10 * 1024 * 1024,
+            max_connections: 100_000,
+            max_connection_rate: 1000,
+            max_subscriptions: 10_000,
         }
     }
 }
@@ -314,6 +369,17 @@ impl Config {
                 ));
             }
         }
+        let c = &self.cluster;
+        for (key, value) in [
+            ("cluster.forward_qos0_backlog", c.forward_qos0_backlog),
+            ("cluster.forward_qos12_backlog", c.forward_qos12_backlog),
+            ("cluster.forward_backlog_bytes", c.forward_backlog_bytes),
+            ("cluster.inbox_backlog_entries", c.inbox_backlog_entries),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(key, "must be at least 1"));
+            }
+        }
         if self.cluster.redis_connect_timeout_secs == 0 {
             return Err(ConfigError::new(
                 "cluster.redis_connect_timeout_secs",
@@ -366,6 +432,12 @@ impl Config {
             probe_rtt: std::time::Duration::from_millis(self.cluster.probe_rtt_ms),
             suspect_to_down: std::time::Duration::from_millis(self.cluster.suspect_to_down_ms),
             liveness_ttl: std::time::Duration::from_millis(self.cluster.liveness_ttl_ms),
+            forward: ForwardLimits {
+                qos0_messages: self.cluster.forward_qos0_backlog,
+                qos12_messages: self.cluster.forward_qos12_backlog,
+                bytes: self.cluster.forward_backlog_bytes,
+                inbox_entries: self.cluster.inbox_backlog_entries,
+            },
         })
     }
 }
@@ -441,6 +513,26 @@ mod tests {
         assert_eq!(
             c.validate().unwrap_err().key,
             "limits.server_keep_alive_secs"
+        );
+    }
+
+    #[test]
+    fn bounds_parse_and_are_checked() {
+        let c = Config::from_toml(
+            "redis = \"redis://127.0.0.1:6379\"\nnode_id = \"n1\"\n[limits]\nmax_publish_rate = 5\nmax_subscriptions = 0\n[cluster]\nforward_qos0_backlog = 7\ninbox_backlog_entries = 3\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.limits.max_publish_rate, 5);
+        assert_eq!(c.limits.max_subscriptions, 0, "0 = unlimited");
+        let f = c.cluster_settings().unwrap().forward;
+        assert_eq!((f.qos0_messages, f.inbox_entries), (7, 3));
+        assert_eq!(f.qos12_messages, 10_000);
+        let mut bad = c;
+        bad.cluster.forward_backlog_bytes = 0;
+        assert_eq!(
+            bad.validate().unwrap_err().key,
+            "cluster.forward_backlog_bytes"
         );
     }
 

@@ -290,6 +290,56 @@ fn metrics(state: &State<'_>) -> String {
     for (name, kind, help, value) in rows {
         metric(&mut out, name, kind, help, value);
     }
+    let get = Metrics::get;
+    labelled(
+        &mut out,
+        "astramq_dropped_total",
+        "counter",
+        "Messages dropped, by reason: session_queue_full (limits.max_queued_*, per \
+         limits.queue_overflow), bus_backlog_full and inbox_backlog_full (QoS 0 to \
+         other nodes), oversize, expired.",
+        "reason",
+        &[
+            ("session_queue_full", get(&m.queue_overflow_dropped)),
+            ("bus_backlog_full", get(&m.bus_backlog_dropped)),
+            ("inbox_backlog_full", get(&m.inbox_backlog_dropped)),
+            ("oversize", get(&m.oversize_dropped)),
+            ("expired", get(&m.expired_dropped)),
+        ],
+    );
+    labelled(
+        &mut out,
+        "astramq_publish_throttled_total",
+        "counter",
+        "Times a publisher's socket was left unread, by reason: message_rate \
+         (limits.max_publish_rate), byte_rate (limits.max_publish_bytes_rate), \
+         bus_backlog (cluster.forward_qos12_backlog).",
+        "reason",
+        &[
+            ("message_rate", get(&m.throttled_message_rate)),
+            ("byte_rate", get(&m.throttled_byte_rate)),
+            ("bus_backlog", get(&m.throttled_bus_backlog)),
+        ],
+    );
+    labelled(
+        &mut out,
+        "astramq_connections_refused_total",
+        "counter",
+        "Connections closed at accept, by reason: max_connections \
+         (limits.max_connections), connection_rate (limits.max_connection_rate).",
+        "reason",
+        &[
+            ("max_connections", get(&m.refused_max_connections)),
+            ("connection_rate", get(&m.refused_connection_rate)),
+        ],
+    );
+    metric(
+        &mut out,
+        "astramq_subscriptions_refused_total",
+        "counter",
+        "SUBSCRIBE filters refused because the session had limits.max_subscriptions.",
+        get(&m.subscriptions_refused),
+    );
     if let Some(p) = state.probe {
         p.metrics(&mut out);
     }
@@ -302,6 +352,22 @@ pub fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: u64) 
         out,
         "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
     );
+}
+
+/// Appends one metric with one sample per value of `label`, in the Prometheus text
+/// format.
+pub fn labelled(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    label: &str,
+    samples: &[(&str, u64)],
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (value_of_label, value) in samples {
+        let _ = writeln!(out, "{name}{{{label}=\"{value_of_label}\"}} {value}");
+    }
 }
 
 /// `s` as a JSON string literal (quotes included).

@@ -15,6 +15,7 @@
 //! - [`message`] — a message as it travels through the broker.
 //! - [`auth`] — anonymous access, password file and ACL decisions.
 //! - [`metrics`] — counters.
+//! - [`rate`] — token buckets for publish and connection rate limits.
 //! - [`health`] — the HTTP health endpoint (`health_listen`): `/health`, `/metrics`.
 //! - [`signal`] — a small wake-up for the one task waiting on it.
 
@@ -29,6 +30,7 @@ pub mod mailbox;
 pub mod message;
 pub mod metrics;
 pub mod proxy;
+pub mod rate;
 pub mod registry;
 pub mod retain;
 pub mod router;

@@ -20,8 +20,37 @@ pub struct Metrics {
     pub expired_dropped: AtomicU64,
     /// Connections closed for a protocol violation or malformed packet.
     pub protocol_errors: AtomicU64,
+    /// QoS 0 messages to other nodes shed because the bus backlog toward the
+    /// destination was full (`cluster.forward_qos0_backlog`, `forward_backlog_bytes`).
+    pub bus_backlog_dropped: AtomicU64,
+    /// QoS 0 messages to other nodes shed because the destination's inbox stream
+    /// held too many unread entries (`cluster.inbox_backlog_entries`).
+    pub inbox_backlog_dropped: AtomicU64,
+    /// Times a client's socket was left unread because it exceeded
+    /// `limits.max_publish_rate`.
+    pub throttled_message_rate: AtomicU64,
+    /// Times a client's socket was left unread because it exceeded
+    /// `limits.max_publish_bytes_rate`.
+    pub throttled_byte_rate: AtomicU64,
+    /// Times a client's socket was left unread because its QoS 1/2 message found the
+    /// bus backlog toward another node full (`cluster.forward_qos12_backlog`).
+    pub throttled_bus_backlog: AtomicU64,
+    /// Connections closed at accept because the listener had `limits.max_connections`.
+    pub refused_max_connections: AtomicU64,
+    /// Connections closed at accept because of `limits.max_connection_rate`.
+    pub refused_connection_rate: AtomicU64,
+    /// SUBSCRIBE filters refused because the session had `limits.max_subscriptions`.
+    pub subscriptions_refused: AtomicU64,
     /// Limits overflow warnings to one log line a second.
     pub drop_log: LogLimiter,
+    /// Limits warnings about QoS 0 shed on the way to other nodes to one line a second.
+    pub shed_log: LogLimiter,
+    /// Limits throttling notices to one log line a second.
+    pub throttle_log: LogLimiter,
+    /// Limits refused-connection warnings to one log line a second.
+    pub refuse_log: LogLimiter,
+    /// Limits refused-subscription notices to one log line a second.
+    pub subscription_log: LogLimiter,
 }
 
 /// Lets one log line through per second, carrying how many events it stands for.

@@ -8,13 +8,20 @@
 //!
 //! Listeners from `proxy_listen` read a PROXY protocol v2 header first (within
 //! `limits.connect_timeout_secs`) and report the client address it carries.
+//!
+//! Each listener bounds its open connections (`limits.max_connections`) and how fast
+//! it accepts new ones (`limits.max_connection_rate`). A connection beyond either is
+//! closed as soon as it is accepted, before its CONNECT is read: refusing costs no
+//! task, buffer or timer, which is what a connection flood must not get. (A CONNACK
+//! 0x9F/0x97 would need the CONNECT read first, for its protocol version.)
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use tokio::net::{TcpListener, TcpStream};
@@ -25,6 +32,7 @@ use crate::auth::{AuthLoadError, Authenticator};
 use crate::broker::Broker;
 use crate::client;
 use crate::config::{Config, ConfigError};
+use crate::metrics::Metrics;
 use crate::proxy;
 use crate::registry::KEEP_ALIVE_SWEEP;
 
@@ -177,6 +185,10 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
     tracker: TaskTracker,
 ) {
+    let limits = &broker.config.limits;
+    let open = Arc::new(AtomicUsize::new(0));
+    let rate = f64::from(limits.max_connection_rate);
+    let mut bucket = (rate > 0.0).then(|| crate::rate::TokenBucket::new(rate, Instant::now()));
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -184,9 +196,27 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
+                let max = limits.max_connections;
+                let refused = if max > 0 && open.load(Ordering::Acquire) >= max {
+                    Some(&broker.metrics.refused_max_connections)
+                } else if bucket
+                    .as_mut()
+                    .is_some_and(|b| !b.try_take_one(Instant::now()))
+                {
+                    Some(&broker.metrics.refused_connection_rate)
+                } else {
+                    None
+                };
+                if let Some(counter) = refused {
+                    drop(stream);
+                    refuse(&broker.metrics, counter);
+                    continue;
+                }
+                open.fetch_add(1, Ordering::AcqRel);
                 tracker.spawn(serve_tcp(
                     broker.clone(),
                     stream,
+                    OpenConnection(open.clone()),
                     peer,
                     proxied,
                     stop.clone(),
@@ -201,6 +231,29 @@ async fn accept_loop(
     }
 }
 
+/// Counts a connection against its listener's `limits.max_connections` while alive.
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Counts a connection closed at accept, and warns at most once a second with the
+/// count since the last line and the totals by reason.
+fn refuse(m: &Metrics, counter: &std::sync::atomic::AtomicU64) {
+    Metrics::add(counter, 1);
+    if let Some(n) = m.refuse_log.due(1) {
+        tracing::warn!(
+            refused = n,
+            max_connections = Metrics::get(&m.refused_max_connections),
+            connection_rate = Metrics::get(&m.refused_connection_rate),
+            "connections closed at accept since the last line (limits.max_connections, limits.max_connection_rate); totals by reason follow"
+        );
+    }
+}
+
 /// A connection's future, boxed: the task then holds a pointer, and its cell (which
 /// tokio aligns to 128 bytes) stays at 128 bytes instead of rounding the future up.
 type ConnectionFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -212,6 +265,7 @@ type ConnectionFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 fn serve_tcp(
     broker: Arc<Broker>,
     stream: TcpStream,
+    open: OpenConnection,
     peer: SocketAddr,
     proxied: bool,
     stop: watch::Receiver<bool>,
@@ -219,9 +273,14 @@ fn serve_tcp(
     let _ = stream.set_nodelay(true);
     let (mut r, w) = stream.into_split();
     if !proxied {
-        return Box::pin(client::serve(broker, r, w, peer.to_string(), stop));
+        let serve = client::serve(broker, r, w, peer.to_string(), stop);
+        return Box::pin(async move {
+            let _open = open;
+            serve.await
+        });
     }
     Box::pin(async move {
+        let _open = open;
         // The header is part of connecting: same time limit as the CONNECT. Boxed, so
         // its buffer and timer do not size the connection's task for its whole life.
         let limit = Duration::from_secs(broker.config.limits.connect_timeout_secs);

@@ -1,16 +1,16 @@
 //! The bus between nodes: one inbox stream per node in Redis.
 //!
-//! - [`forwarder`]: takes messages published here, batches whatever accumulated while
-//!   the previous round trip was in flight, and appends one entry per destination node
-//!   (many records per entry) in one pipelined round trip. Each publisher waiting on a
-//!   QoS 1/2 acknowledgement is told once its copies are stored.
+//! - [`forwarder`]: takes messages published here from the [`Backlog`] (QoS 1/2
+//!   first), batches whatever accumulated while the previous round trip was in flight,
+//!   and appends one entry per destination node (many records per entry) in one
+//!   pipelined round trip. Each publisher waiting on a QoS 1/2 acknowledgement is told
+//!   once its copies are stored.
 //! - [`consumer`]: reads this node's inbox through a consumer group, delivers every
 //!   record locally (never forwarding it again: no loops), then acknowledges and
 //!   deletes the entries. Entries left pending by an earlier run of this node id are
 //!   read first.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,9 +18,10 @@ use broker::broker::Broker;
 use broker::cluster::ClusterError;
 use bytes::{Bytes, BytesMut};
 use redis::streams::StreamReadReply;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
-use crate::conn::{run_per_key, Backoff, Keys, Redis, INBOX_GROUP};
+use crate::backlog::Backlog;
+use crate::conn::{query_per_key, Backoff, Keys, Redis, INBOX_GROUP};
 use crate::sessions::Sessions;
 use crate::wire::{put_handover, read_records, BusRecord};
 use broker::session::SessionSnapshot;
@@ -33,9 +34,6 @@ pub struct Outgoing {
     pub dests: Vec<(String, Bytes)>,
     /// Told when the records are stored (QoS 1/2 publishers wait for it).
     pub done: Option<oneshot::Sender<Result<(), ClusterError>>>,
-    /// Counted in the QoS 0 backlog until written (QoS 0 has no publisher waiting on
-    /// it, so nothing else would bound the queue).
-    pub backlog: Option<Arc<AtomicUsize>>,
 }
 
 /// Where a handed-over session (or word that there is none) is delivered.
@@ -85,18 +83,38 @@ impl Handovers {
 /// Most messages carried by one round trip.
 const MAX_BATCH: usize = 1024;
 
-/// Appends outgoing records to the destination inboxes, batching.
-pub async fn forwarder(redis: Redis, keys: Keys, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
+/// How often a destination whose inbox was over its bound is looked at again while
+/// nothing else is written to it.
+const INBOX_RECHECK: Duration = Duration::from_millis(50);
+
+/// Appends queued records to the destination inboxes, batching: whatever accumulated
+/// while the previous round trip was in flight (QoS 1/2 first, see [`Backlog`]) goes
+/// in one pipelined round trip, one entry per destination. Each write also reads the
+/// destination inbox's length, which decides whether QoS 0 to it is shed
+/// (`cluster.inbox_backlog_entries`). Runs until `stop` turns true.
+pub async fn forwarder(
+    redis: Redis,
+    keys: Keys,
+    backlog: Arc<Backlog>,
+    mut stop: watch::Receiver<bool>,
+) {
     let conn = redis.conn();
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(o) => batch.push(o),
-                Err(_) => break,
+    let mut rounds: u64 = 0;
+    loop {
+        let recheck = backlog.inbox_full();
+        let wait = async {
+            if recheck.is_empty() {
+                backlog.ready().await;
+            } else {
+                let _ = tokio::time::timeout(INBOX_RECHECK, backlog.ready()).await;
             }
+        };
+        tokio::select! {
+            _ = wait => {}
+            _ = stop.changed() => return,
         }
+        backlog.take(MAX_BATCH, &mut batch);
         let mut per_node: HashMap<&str, BytesMut> = HashMap::new();
         for o in &batch {
             for (node, record) in &o.dests {
@@ -106,25 +124,48 @@ pub async fn forwarder(redis: Redis, keys: Keys, mut rx: mpsc::UnboundedReceiver
                     .extend_from_slice(record);
             }
         }
-        let cmds = per_node
+        // XADD then XLEN per destination written, XLEN alone for those whose inbox
+        // was full; `lens` says which reply is whose length.
+        let mut cmds = Vec::with_capacity(per_node.len() * 2 + recheck.len());
+        let mut lens: Vec<(usize, String)> = Vec::new();
+        for (node, records) in &per_node {
+            let mut c = redis::cmd("XADD");
+            c.arg(keys.inbox(node))
+                .arg("*")
+                .arg("b")
+                .arg(records.as_ref());
+            cmds.push((keys.inbox(node), c));
+            lens.push((cmds.len(), node.to_string()));
+            cmds.push((keys.inbox(node), xlen(&keys, node)));
+        }
+        for node in recheck
             .iter()
-            .map(|(node, records)| {
-                let mut c = redis::cmd("XADD");
-                c.arg(keys.inbox(node))
-                    .arg("*")
-                    .arg("b")
-                    .arg(records.as_ref());
-                (keys.inbox(node), c)
-            })
-            .collect();
+            .filter(|n| !per_node.contains_key(n.as_str()))
+        {
+            lens.push((cmds.len(), node.clone()));
+            cmds.push((keys.inbox(node), xlen(&keys, node)));
+        }
+        drop(per_node);
         // While Redis is known to be unreachable, fail at once: the publishers get
         // their refusal now instead of after a connection timeout.
         let outcome = if redis.health().is_reachable() {
-            run_per_key(&conn, cmds).await.map_err(|e| {
-                tracing::debug!(error = %e, messages = batch.len(), "could not forward messages to other nodes");
-                redis.health().failed("forwarding messages to other nodes", &e);
-                ClusterError(e.to_string())
-            })
+            match query_per_key(&conn, cmds).await {
+                Ok(replies) => {
+                    for (at, node) in lens {
+                        if let Some(redis::Value::Int(n)) = replies.get(at) {
+                            backlog.inbox_len(&node, usize::try_from(*n).unwrap_or(0));
+                        }
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, messages = batch.len(), "could not forward messages to other nodes");
+                    redis
+                        .health()
+                        .failed("forwarding messages to other nodes", &e);
+                    Err(ClusterError(e.to_string()))
+                }
+            }
         } else {
             Err(redis.health().unavailable())
         };
@@ -132,12 +173,23 @@ pub async fn forwarder(redis: Redis, keys: Keys, mut rx: mpsc::UnboundedReceiver
             if let Some(done) = o.done {
                 let _ = done.send(outcome.clone());
             }
-            if let Some(backlog) = o.backlog {
-                backlog.fetch_sub(1, Ordering::Relaxed);
-            }
+        }
+        rounds += 1;
+        if rounds.is_multiple_of(1024) {
+            backlog.prune();
         }
     }
 }
+
+fn xlen(keys: &Keys, node: &str) -> redis::Cmd {
+    let mut c = redis::cmd("XLEN");
+    c.arg(keys.inbox(node));
+    c
+}
+
+/// Entries one XREADGROUP takes. Each carries up to 1024 messages, all held in memory
+/// until delivered, so a read is kept to a few of them.
+const READ_COUNT: usize = 32;
 
 /// How long one XREADGROUP blocks.
 const BLOCK: Duration = Duration::from_millis(1000);
@@ -184,7 +236,7 @@ pub async fn consumer(
             .arg(INBOX_GROUP)
             .arg(&node)
             .arg("COUNT")
-            .arg(256)
+            .arg(READ_COUNT)
             .arg("BLOCK")
             .arg(BLOCK.as_millis() as u64)
             .arg("STREAMS")

@@ -13,6 +13,8 @@
 //! - [`wire`] — the records nodes exchange through Redis.
 //! - [`feed`] — routes and retained messages in Redis, and the change feed that keeps
 //!   every node's copy current.
+//! - [`backlog`] — what waits to cross the bus: two lanes (QoS 1/2 first), bounded
+//!   per destination node.
 //! - [`bus`] — the inbox streams: batched forwarding, and the consumer that delivers
 //!   what other nodes sent.
 //! - [`health`] — whether Redis is reachable: outage detection, fail-fast refusals,
@@ -22,6 +24,7 @@
 //! - [`node`] — [`node::ClusterNode`]: starts all of the above and implements the
 //!   broker's `Cluster` interface.
 
+pub mod backlog;
 pub mod bus;
 pub mod conn;
 pub mod feed;

@@ -22,6 +22,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::backlog::Backlog;
 use crate::bus::{self, Outgoing};
 use crate::conn::{query_per_key, run_per_key, Keys, Redis, RedisError, INBOX_GROUP};
 use crate::feed::{self, Change};
@@ -67,12 +68,6 @@ if prev_exp > 0 and ARGV[4] ~= '1' then existed = 1 end
 return {prev or '', epoch, existed}
 ";
 
-/// QoS 0 messages waiting for the forwarder beyond which new ones are dropped (and
-/// counted): under a flood the bus must not grow without bound. QoS 1/2 need no such
-/// cap: each publisher's in-flight window bounds them, since their acknowledgement
-/// waits for the forwarder.
-const QOS0_BACKLOG: usize = 100_000;
-
 /// How long a claim waits in all for a previous owner that is alive (by gossip and
 /// Redis) or committed to the handover: a busy node works through its inbox first.
 const HANDOVER_WAIT_MAX: Duration = Duration::from_secs(15);
@@ -99,7 +94,8 @@ pub struct ClusterNode {
     /// Local subscriptions per filter; a route exists while the count is positive.
     local_filters: Mutex<HashMap<String, usize>>,
     changes: mpsc::UnboundedSender<Change>,
-    outgoing: mpsc::UnboundedSender<Outgoing>,
+    /// What waits for the forwarder, bounded per destination node.
+    backlog: Arc<Backlog>,
     claim_script: redis::Script,
     handovers: Arc<bus::Handovers>,
     /// Persistent sessions in Redis.
@@ -117,11 +113,6 @@ pub struct ClusterNode {
     pub last_confirm_ms: std::sync::atomic::AtomicU64,
     /// Last takeover of a failed node's sessions, ms.
     pub last_repair_ms: std::sync::atomic::AtomicU64,
-    /// QoS 0 messages queued for the forwarder.
-    qos0_backlog: Arc<std::sync::atomic::AtomicUsize>,
-    /// QoS 0 messages dropped because the backlog was full.
-    pub qos0_dropped: std::sync::atomic::AtomicU64,
-    drop_log: broker::metrics::LogLimiter,
     membership: Mutex<Option<MembershipHandle>>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -180,12 +171,17 @@ impl ClusterNode {
         remove_routes(&conn, &keys, &stale).await?;
 
         let routes = Arc::new(Mutex::new(RouteTable::new()));
+        // Not bounded (yet): its producers are a filter's first subscription or last
+        // unsubscription on this node and retained PUBLISHes, each limited in rate by
+        // the per-client bounds (publish rate, subscriptions, connections), and the
+        // writer takes all that is queued in one round trip. While Redis is slow or
+        // down nothing caps it in size: a known gap of issue #11.
         let (changes_tx, changes_rx) = mpsc::unbounded_channel();
         let from = feed::resync(&mut conn, &keys, &me_route, &routes, &broker).await?;
         let generation = std::sync::atomic::AtomicU64::new(membership.generation());
         let me_route = Arc::new(Mutex::new(me_route));
 
-        let (outgoing_tx, outgoing_rx) = mpsc::unbounded_channel();
+        let backlog = Arc::new(Backlog::new(settings.forward));
         let handovers = Arc::new(bus::Handovers::default());
         let (stop_tx, stop_rx) = watch::channel(false);
         let (sessions, sessions_task) = Sessions::start(redis.conn(), keys.clone(), me.clone());
@@ -203,7 +199,12 @@ impl ClusterNode {
                 stop_rx.clone(),
             )),
             tokio::spawn(feed::writer(redis.clone(), keys.clone(), changes_rx)),
-            tokio::spawn(bus::forwarder(redis.clone(), keys.clone(), outgoing_rx)),
+            tokio::spawn(bus::forwarder(
+                redis.clone(),
+                keys.clone(),
+                backlog.clone(),
+                stop_rx.clone(),
+            )),
             tokio::spawn(bus::consumer(
                 redis.clone(),
                 keys.clone(),
@@ -235,7 +236,7 @@ impl ClusterNode {
             routes,
             local_filters: Mutex::new(HashMap::new()),
             changes: changes_tx,
-            outgoing: outgoing_tx,
+            backlog,
             claim_script: redis::Script::new(CLAIM_SCRIPT),
             handovers,
             sessions,
@@ -246,9 +247,6 @@ impl ClusterNode {
             failures_detected: Default::default(),
             last_confirm_ms: Default::default(),
             last_repair_ms: Default::default(),
-            qos0_backlog: Arc::default(),
-            qos0_dropped: Default::default(),
-            drop_log: Default::default(),
             membership: Mutex::new(None),
             stop: stop_tx,
             tasks: Mutex::new(tasks),
@@ -1070,7 +1068,7 @@ impl Cluster for ClusterNode {
         if placement.remote.is_empty() {
             return Forwarded {
                 local_groups,
-                durable: None,
+                ..Default::default()
             };
         }
         if let Err(e) = self.redis.health().check(outage::refusal(msg)) {
@@ -1096,38 +1094,26 @@ impl Cluster for ClusterNode {
                 (node.to_string(), record.freeze())
             })
             .collect();
-        let (done, durable, backlog) = if msg.qos == mqtt::QoS::AtMostOnce {
-            use std::sync::atomic::Ordering::Relaxed;
-            if self.qos0_backlog.fetch_add(1, Relaxed) >= QOS0_BACKLOG {
-                self.qos0_backlog.fetch_sub(1, Relaxed);
-                self.qos0_dropped.fetch_add(1, Relaxed);
-                if let Some(n) = self.drop_log.due(1) {
-                    tracing::warn!(dropped = n, "bus backlog full; QoS 0 messages to other nodes dropped (count since the last line)");
-                }
-                return Forwarded {
-                    local_groups,
-                    durable: None,
-                };
+        if msg.qos == mqtt::QoS::AtMostOnce {
+            let shed = self.backlog.push_qos0(dests);
+            if shed != Default::default() {
+                crate::backlog::count_shed(&self.broker.metrics, shed);
             }
-            (None, None, Some(self.qos0_backlog.clone()))
-        } else {
-            let (tx, rx) = oneshot::channel();
-            (Some(tx), Some(rx), None)
-        };
-        if self
-            .outgoing
-            .send(Outgoing {
-                dests,
-                done,
-                backlog,
-            })
-            .is_err()
-        {
-            tracing::error!("forwarder stopped; message not forwarded");
+            return Forwarded {
+                local_groups,
+                durable: None,
+                throttle: false,
+            };
         }
+        let (done, durable) = oneshot::channel();
+        let throttle = self.backlog.push_qos12(Outgoing {
+            dests,
+            done: Some(done),
+        });
         Forwarded {
             local_groups,
-            durable,
+            durable: Some(durable),
+            throttle,
         }
     }
 
@@ -1212,6 +1198,11 @@ impl Cluster for ClusterNode {
 }
 
 impl ClusterNode {
+    /// What waits for the forwarder (for metrics).
+    pub(crate) fn backlog_totals(&self) -> crate::backlog::Totals {
+        self.backlog.totals()
+    }
+
     /// Claims the client id in Redis and, if another node owned it, has that node
     /// hand the session over. Also says whether a persistent session existed.
     async fn claim_inner(

@@ -208,6 +208,11 @@ impl Sessions {
         keys: Keys,
         me: String,
     ) -> (Arc<Sessions>, tokio::task::JoinHandle<()>) {
+        // Not bounded (yet). Journal writes carry a receiver their publisher's
+        // acknowledgement (or the inbox consumer) waits for, so in-flight windows bound
+        // them; the other changes (subscriptions, acknowledgements of journaled
+        // deliveries, wills, inbound QoS 2 ids) come one per client packet, limited in
+        // rate but not in size while Redis is slow or down: a known gap of issue #11.
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(writer(conn.clone(), keys.clone(), me.clone(), rx));
         let sessions = Arc::new(Sessions {

@@ -323,6 +323,7 @@ where
         blocked: VecDeque::new(),
         blocked_until: Instant::now(),
         deferred: None,
+        throttle: None,
     });
     client.arm_keep_alive();
     if session_present {

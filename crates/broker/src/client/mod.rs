@@ -88,6 +88,16 @@ async fn wait_deferred(deferred: &mut Option<Box<Deferred>>) -> Result<(), Clust
     }
 }
 
+/// Resolves at `at` (never when `None`). The timer is boxed when first polled: inline,
+/// it would size every connection's task, and it runs only while a client is
+/// throttled.
+async fn wait_until(at: Option<Instant>) {
+    match at {
+        Some(at) => Box::pin(tokio::time::sleep_until(at.into())).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Resolves when the first blocked delivery's queue has room, or at `until`.
 async fn wait_room(blocked: &VecDeque<Blocked>, until: Instant) {
     if let Some(b) = blocked.front() {
@@ -149,6 +159,22 @@ struct Client<R, W> {
     /// A QoS 2 PUBLISH waiting for its packet id to be stored; nothing more is read
     /// meanwhile (order is kept).
     deferred: Option<Box<Deferred>>,
+    /// Publish rate limits and bus backpressure; made on the first PUBLISH that needs
+    /// it (an idle connection should stay small).
+    throttle: Option<Box<Throttle>>,
+}
+
+/// Why a publisher's socket is left unread for a while (TCP then slows it down;
+/// what it already sent is processed, nothing is dropped).
+#[derive(Debug, Default)]
+struct Throttle {
+    /// `limits.max_publish_rate` and `limits.max_publish_bytes_rate`, if set.
+    limiter: Option<crate::rate::PublishLimiter>,
+    /// Not read again before this instant: a rate limit was exceeded.
+    resume_at: Option<Instant>,
+    /// A QoS 1/2 message found the bus backlog toward another node full: not read
+    /// again until the pending acknowledgements' copies are stored.
+    bus_wait: bool,
 }
 
 /// A QoS 2 PUBLISH from a persistent session waiting for the cluster to store its
@@ -217,7 +243,8 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
             // One clock read per batch of buffered packets, not per packet.
             let now = Instant::now();
             let heard_before = self.last_packet;
-            while self.blocked.is_empty() && self.deferred.is_none() {
+            self.end_bus_wait();
+            while self.may_read() {
                 match self.conn.rx.next_buffered(Some(self.protocol)) {
                     Ok(Some(packet)) => {
                         self.last_packet = now;
@@ -235,7 +262,8 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
             self.conn.rx.release_if_empty();
             self.pump();
             let can_take = self.conn.tx.wbuf.len() < WRITE_HIGH_WATER && self.window_open();
-            let reading = self.blocked.is_empty() && self.deferred.is_none();
+            let reading = self.may_read();
+            let resume_at = self.throttle.as_ref().and_then(|t| t.resume_at);
             tokio::select! {
                 r = self.conn.rx.fill(), if reading => match r {
                     Ok(()) => {}
@@ -260,6 +288,11 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                         return exit;
                     }
                 }
+                _ = wait_until(resume_at), if resume_at.is_some() => {
+                    if let Some(t) = self.throttle.as_mut() {
+                        t.resume_at = None;
+                    }
+                }
                 _ = wait_durable(&mut self.acks), if self.acks.front().is_some_and(|a| a.durable.is_some()) => {
                     if let Some(exit) = self.flush_acks() {
                         return exit;
@@ -269,6 +302,26 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                     Request::Leave(reason) => return Exit::Server(reason),
                     Request::Republish => self.republish(),
                 },
+            }
+        }
+    }
+
+    /// Whether the socket may be read: no publish waits for room in a full queue, for
+    /// its packet id to be stored, for a rate limit or for the bus backlog.
+    fn may_read(&self) -> bool {
+        self.blocked.is_empty()
+            && self.deferred.is_none()
+            && self
+                .throttle
+                .as_ref()
+                .is_none_or(|t| t.resume_at.is_none() && !t.bus_wait)
+    }
+
+    /// Ends a bus backpressure wait once no acknowledgement waits for its copies.
+    fn end_bus_wait(&mut self) {
+        if let Some(t) = self.throttle.as_mut() {
+            if t.bus_wait && !self.acks.iter().any(|a| a.durable.is_some()) {
+                t.bus_wait = false;
             }
         }
     }
@@ -287,7 +340,10 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
     /// Dispatches one packet. Returns `Some` when the connection must end.
     fn handle(&mut self, packet: Packet) -> Option<Exit> {
         match packet {
-            Packet::Publish(p) => self.on_publish(p),
+            Packet::Publish(p) => {
+                self.limit_rate(&p);
+                self.on_publish(p)
+            }
             Packet::PubAck(a) => {
                 self.session.puback(a.packet_id);
                 self.sync_journal();

@@ -32,6 +32,38 @@ thread_local! {
 const DRAIN_BATCH: usize = 64;
 
 impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
+    /// Accounts an inbound PUBLISH against `limits.max_publish_rate` and
+    /// `limits.max_publish_bytes_rate`: past either, the socket is not read until the
+    /// bucket is out of debt. The PUBLISH itself is processed as usual: throttling
+    /// slows the client down through TCP and loses nothing (no 0x96 either: a client
+    /// told its rate is too high can only reconnect or drop messages).
+    pub(super) fn limit_rate(&mut self, p: &Publish) {
+        let limits = &self.broker.config.limits;
+        if limits.max_publish_rate == 0 && limits.max_publish_bytes_rate == 0 {
+            return;
+        }
+        // The clock read of this batch of packets.
+        let now = self.last_packet;
+        let t = self.throttle.get_or_insert_with(Default::default);
+        let limiter = t.limiter.get_or_insert_with(|| {
+            let (rate, bytes) = (limits.max_publish_rate, limits.max_publish_bytes_rate);
+            crate::rate::PublishLimiter::new(rate, bytes, now).expect("a limit is set")
+        });
+        let Some((wait, why)) = limiter.publish(p.topic.len() + p.payload.len(), now) else {
+            return;
+        };
+        t.resume_at = Some(now + wait);
+        let m = &self.broker.metrics;
+        Metrics::add(
+            match why {
+                crate::rate::Exceeded::MessageRate => &m.throttled_message_rate,
+                crate::rate::Exceeded::ByteRate => &m.throttled_byte_rate,
+            },
+            1,
+        );
+        log_throttled(m);
+    }
+
     /// An inbound PUBLISH.
     pub(super) fn on_publish(&mut self, mut p: Publish) -> Option<Exit> {
         let limits = &self.broker.config.limits;
@@ -191,6 +223,14 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
             } else {
                 self.blocked.push_back(b);
             }
+        }
+        if published.throttle {
+            // The bus backlog toward another node is full: this message is queued
+            // (one past the bound), and nothing more is read until it is written.
+            self.throttle.get_or_insert_with(Default::default).bus_wait = true;
+            let m = &self.broker.metrics;
+            Metrics::add(&m.throttled_bus_backlog, 1);
+            log_throttled(m);
         }
         if !self.blocked.is_empty() {
             let wait = self.broker.config.limits.queue_full_wait_ms;
@@ -459,6 +499,20 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                 &mut self.conn.tx.wbuf,
             );
         }
+    }
+}
+
+/// One warning a second at most while publishers are throttled, with the totals by
+/// reason (never a line per throttled packet).
+fn log_throttled(m: &Metrics) {
+    if let Some(n) = m.throttle_log.due(1) {
+        tracing::warn!(
+            throttled = n,
+            message_rate = Metrics::get(&m.throttled_message_rate),
+            byte_rate = Metrics::get(&m.throttled_byte_rate),
+            bus_backlog = Metrics::get(&m.throttled_bus_backlog),
+            "publishers throttled (socket reads paused) since the last line; totals by reason follow (limits.max_publish_rate, limits.max_publish_bytes_rate, cluster.forward_qos12_backlog)"
+        );
     }
 }
 

@@ -15,6 +15,7 @@ use crate::connection::ReadSide;
 use super::{Client, Exit};
 use crate::cluster::SessionChange;
 use crate::mailbox::Delivery;
+use crate::metrics::Metrics;
 use crate::router::Subscriber;
 use crate::session::Subscription;
 
@@ -67,6 +68,20 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
         {
             tracing::debug!(client_id = %self.client_id, filter = %f.filter, "SUBSCRIBE denied by ACL");
             return Ok(ReasonCode::NotAuthorized);
+        }
+        // `limits.max_subscriptions`: a new filter beyond it is refused, one that
+        // replaces an existing subscription is not (3.1.1 encodes 0x97 as 0x80).
+        let max = broker.config.limits.max_subscriptions;
+        if max > 0
+            && self.session.subscriptions.len() >= max
+            && !self.session.subscriptions.contains_key(&f.filter)
+        {
+            let m = &broker.metrics;
+            Metrics::add(&m.subscriptions_refused, 1);
+            if let Some(n) = m.subscription_log.due(1) {
+                tracing::warn!(client_id = %self.client_id, refused = n, max, "SUBSCRIBE filters refused at limits.max_subscriptions (count since the last line)");
+            }
+            return Ok(ReasonCode::QuotaExceeded);
         }
         let existed = broker.subscribe(
             &f.filter,

@@ -73,6 +73,7 @@ pub(super) fn refused(msg: &Message, local_groups: LocalGroups, e: ClusterError)
     Forwarded {
         local_groups,
         durable,
+        throttle: false,
     }
 }
 
@@ -305,6 +306,7 @@ impl HealthProbe for ClusterNode {
 
     fn metrics(&self, out: &mut String) {
         let h = self.redis.health();
+        let backlog = self.backlog_totals();
         let rows: [(&str, &str, &str, u64); 13] = [
             (
                 "astramq_redis_reachable",
@@ -349,10 +351,10 @@ impl HealthProbe for ClusterNode {
                 h.dropped_qos0.load(Relaxed),
             ),
             (
-                "astramq_cluster_qos0_backlog_dropped_total",
-                "counter",
-                "QoS 0 copies for other nodes dropped because the bus backlog was full.",
-                self.qos0_dropped.load(Relaxed),
+                "astramq_cluster_forward_backlog_bytes",
+                "gauge",
+                "Bytes waiting for the forwarder, every destination and lane (bounded by cluster.forward_backlog_bytes per destination and lane).",
+                backlog.bytes as u64,
             ),
             (
                 "astramq_cluster_node_failures_total",
@@ -388,5 +390,20 @@ impl HealthProbe for ClusterNode {
         for (name, kind, help, value) in rows {
             metric(out, name, kind, help, value);
         }
+        broker::health::labelled(
+            out,
+            "astramq_cluster_forward_backlog_messages",
+            "gauge",
+            "Messages waiting for the forwarder, every destination, by lane (bounded per destination by cluster.forward_qos0_backlog and cluster.forward_qos12_backlog).",
+            "lane",
+            &[("qos0", backlog.qos0 as u64), ("qos12", backlog.qos12 as u64)],
+        );
+        metric(
+            out,
+            "astramq_cluster_inbox_backlog_full_nodes",
+            "gauge",
+            "Destination nodes whose inbox stream held cluster.inbox_backlog_entries or more unread entries when last written to (QoS 0 to them is shed).",
+            backlog.inbox_full as u64,
+        );
     }
 }

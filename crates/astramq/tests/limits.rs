@@ -1,0 +1,455 @@
+//! Bounds (issue #11, "bounded everything"): real `astramq` processes (and a real
+//! `redis-server` for the bus), each bound checked by what a client sees (reason
+//! codes, a closed socket, messages that do or do not arrive) and by the node's
+//! `/metrics` counters. Each test fails if its bound is removed.
+//!
+//! No wall-clock thresholds: a rate is checked as "at most burst + rate × the time the
+//! test observed", where the observed time only grows on a loaded machine (the
+//! assertion then gets looser, never flaky), against a load many times that size.
+//! Waits are on events (a packet, a counter) with deadlines.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::*;
+use common::*;
+
+const T: Duration = Duration::from_secs(10);
+
+/// The sample `name` (labels included) in `/metrics` of the broker at `health`.
+async fn metric_at(health: std::net::SocketAddr, name: &str) -> u64 {
+    let (code, body) = http_get(health, "/metrics").await.expect("GET /metrics");
+    assert_eq!(code, 200, "{body}");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{body}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A single node with a health endpoint and this `[limits]` section.
+fn broker(limits: &str) -> Broker {
+    Broker::start_with(
+        &format!("[limits]\n{limits}\n"),
+        &["--health-listen", "127.0.0.1:0"],
+    )
+}
+
+// ---------------------------------------------------------------------------
+// limits.max_subscriptions
+// ---------------------------------------------------------------------------
+
+// A filter beyond the quota gets SUBACK 0x97 Quota exceeded (3.1.1: 0x80 Failure)
+// [MQTT-3.9.3-1 v5 reason codes; 3.1.1 §3.9.3]; a filter the session already holds
+// is replaced, not refused; the refused filter delivers nothing.
+async fn subscription_quota(v: Version) {
+    let b = broker("max_subscriptions = 2");
+    let mut c = b.client(v, "quota").await;
+    assert_eq!(c.subscribe(&[("a", 1), ("b", 1)]).await, vec![1, 1]);
+    let refused = v.pick(0x80, 0x97);
+    assert_eq!(
+        c.subscribe(&[("c", 1), ("a", 0)]).await,
+        vec![refused, 0],
+        "the third filter is refused, re-subscribing an existing one is not"
+    );
+    assert_eq!(
+        metric_at(b.health_addr(), "astramq_subscriptions_refused_total").await,
+        1
+    );
+    let mut p = b.client(v, "pub").await;
+    p.publish("c", b"x", 0, false).await;
+    p.publish("b", b"y", 0, false).await;
+    let got = c.recv_publish(T).await;
+    assert_eq!((got.topic.as_str(), got.payload_str().as_str()), ("b", "y"));
+    // Unsubscribing frees a place.
+    c.unsubscribe(&["a"]).await;
+    assert_eq!(c.subscribe(&[("c", 1)]).await, vec![1]);
+}
+versions_test!(subscription_quota);
+
+// ---------------------------------------------------------------------------
+// limits.max_connections, limits.max_connection_rate
+// ---------------------------------------------------------------------------
+
+// Past `max_connections` on a listener, a new connection is closed before its
+// CONNECT is answered; once a connection ends, its place is free again.
+#[tokio::test]
+async fn max_connections_per_listener() {
+    let b = broker("max_connections = 2");
+    // 3.1.1: the version a bare `RawClient::tcp` decodes.
+    let v = Version::V311;
+    let c1 = b.client(v, "c1").await;
+    let _c2 = b.client(v, "c2").await;
+    let mut c3 = RawClient::tcp(b.addr()).await;
+    c3.send_lossy(&raw::Connect::new(v, "c3").encode()).await;
+    let seen = c3.expect_closed(T).await;
+    assert!(
+        !seen.iter().any(|p| matches!(p, raw::Packet::Connack(_))),
+        "refused before CONNACK: {seen:?}"
+    );
+    let refused = r#"astramq_connections_refused_total{reason="max_connections"}"#;
+    assert_eq!(metric_at(b.health_addr(), refused).await, 1);
+    c1.disconnect().await;
+    // The place frees when c1's task has ended: retry until a CONNACK comes.
+    let deadline = Instant::now() + T;
+    loop {
+        let mut c = RawClient::tcp(b.addr()).await;
+        c.send_lossy(&raw::Connect::new(v, "c4").encode()).await;
+        if let Ok(raw::Packet::Connack(ca)) = c.read(T).await {
+            assert_eq!(ca.code, 0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "c1's place never came free");
+    }
+}
+
+// Past `max_connection_rate`, new connections are closed at accept. 200 connections
+// arrive at once at 5 a second: at most 5 + 5 × (the time observed) are kept.
+#[tokio::test]
+async fn connection_rate_limit() {
+    let b = broker("max_connection_rate = 5\nconnect_timeout_secs = 60");
+    let start = Instant::now();
+    let mut held = Vec::new();
+    for _ in 0..200 {
+        held.push(RawClient::tcp(b.addr()).await);
+    }
+    let name = r#"astramq_connections_refused_total{reason="connection_rate"}"#;
+    let deadline = Instant::now() + T;
+    loop {
+        let refused = metric_at(b.health_addr(), name).await;
+        let allowed = 5.0 + 5.0 * start.elapsed().as_secs_f64();
+        if (200 - refused) as f64 <= allowed + 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of 200 connections accepted at 5/s within {:?}",
+            200 - refused,
+            start.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Connections keep being accepted at the rate: a later one gets in.
+    let deadline = Instant::now() + T;
+    loop {
+        let mut c = RawClient::tcp(b.addr()).await;
+        c.send_lossy(&raw::Connect::new(Version::V311, "late").encode())
+            .await;
+        if let Ok(raw::Packet::Connack(ca)) = c.read(T).await {
+            assert_eq!(ca.code, 0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no connection accepted any more");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// limits.max_publish_rate, limits.max_publish_bytes_rate
+// ---------------------------------------------------------------------------
+
+/// A flood of `n` QoS 0 PUBLISHes of `payload` bytes written at once by one client
+/// with these limits: the broker reads at most one burst plus the rate times the time
+/// observed, while another client's QoS 1 round trips complete before the flood is
+/// read; then everything is read (nothing lost).
+async fn flood_is_throttled(limits: &str, n: usize, payload: usize, per_sec: f64, unit: f64) {
+    let b = broker(limits);
+    let v = Version::V5;
+    let mut sub = b.client(v, "counter").await;
+    sub.sub("flood", 0).await;
+    let mut flooder = b.client(v, "flooder").await;
+    let mut probe = b.client(v, "probe").await;
+    let body = vec![b'x'; payload];
+    let mut bytes = Vec::new();
+    for _ in 0..n {
+        bytes.extend(raw::Publish::new("flood", &body, 0).encode(v));
+    }
+    let received = "astramq_publish_received_total";
+    let start = Instant::now();
+    // Written by a task: the socket fills while the broker throttles.
+    let writer = tokio::spawn(async move {
+        flooder.send(&bytes).await;
+        flooder
+    });
+    // The flood is under way: the first burst has been read.
+    let burst = (per_sec / unit).floor() as u64;
+    let deadline = Instant::now() + T;
+    while metric_at(b.health_addr(), received).await < burst {
+        assert!(Instant::now() < deadline, "the flood is not being read");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Another client's round trips are not held up by the flood being throttled.
+    for i in 0..5 {
+        assert_eq!(
+            probe
+                .publish("probe", format!("{i}").as_bytes(), 1, false)
+                .await,
+            0x10
+        );
+    }
+    let read = metric_at(b.health_addr(), received).await - 5;
+    let allowed = (per_sec + per_sec * start.elapsed().as_secs_f64()) / unit;
+    assert!(
+        (read as f64) <= allowed + 1.0,
+        "{read} PUBLISHes read within {:?}; the limit allows {allowed}",
+        start.elapsed()
+    );
+    assert!(
+        (read as usize) < n,
+        "the probe finished before the flood was read ({read} of {n})"
+    );
+    let throttled = metric_at(
+        b.health_addr(),
+        "astramq_publish_throttled_total{reason=\"message_rate\"}",
+    )
+    .await
+        + metric_at(
+            b.health_addr(),
+            "astramq_publish_throttled_total{reason=\"byte_rate\"}",
+        )
+        .await;
+    assert!(throttled >= 1);
+    // Throttled, not dropped: every message arrives.
+    let _flooder = writer.await.unwrap();
+    assert_eq!(sub.recv_publishes(n, T * 3).await.len(), n);
+}
+
+#[tokio::test]
+async fn publish_rate_is_throttled_not_dropped() {
+    // 600 messages at 100/s: about 5 s.
+    flood_is_throttled(
+        "max_publish_rate = 100\nmax_publish_bytes_rate = 0",
+        600,
+        8,
+        100.0,
+        1.0,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn publish_byte_rate_is_throttled_not_dropped() {
+    // 60 messages of 1 KiB (+5 bytes of topic) at 10 KiB/s: about 5 s.
+    flood_is_throttled(
+        "max_publish_rate = 0\nmax_publish_bytes_rate = 10240",
+        60,
+        1024,
+        10240.0,
+        1029.0,
+    )
+    .await;
+}
+
+// QoS 1 under a rate limit: every PUBLISH is acknowledged and delivered, only later.
+async fn qos1_is_throttled_without_loss(v: Version) {
+    let b = broker("max_publish_rate = 50");
+    let mut sub = b.client(v, "s").await;
+    sub.sub("q", 1).await;
+    let mut p = b.client(v, "p").await;
+    let mut bytes = Vec::new();
+    for i in 0..150u16 {
+        let msg = raw::Publish::new("q", format!("{i}").as_bytes(), 1).pid(i + 1);
+        bytes.extend(msg.encode(v));
+    }
+    p.send(&bytes).await;
+    for i in 0..150u16 {
+        let reason = p
+            .wait_packet(T, "PUBACK", |x| match x {
+                raw::Packet::Puback(a) if a.pid == i + 1 => Some(a.reason),
+                _ => None,
+            })
+            .await;
+        assert_eq!(reason, 0);
+    }
+    let got = sub.recv_publishes(150, T).await;
+    let want: Vec<String> = (0..150).map(|i| format!("{i}")).collect();
+    assert_eq!(
+        got.iter().map(|g| g.payload_str()).collect::<Vec<_>>(),
+        want
+    );
+    let throttled = r#"astramq_publish_throttled_total{reason="message_rate"}"#;
+    assert!(metric_at(b.health_addr(), throttled).await >= 1);
+}
+versions_test!(qos1_is_throttled_without_loss);
+
+// ---------------------------------------------------------------------------
+// limits.max_queued_messages on the cluster inbox path
+// ---------------------------------------------------------------------------
+
+// Deliveries that arrive through the bus respect the subscriber's queue bound: a
+// subscriber on n2 that does not acknowledge holds its in-flight window plus
+// `max_queued_messages`; the rest is dropped by the overflow policy and counted.
+#[tokio::test]
+async fn session_queue_bound_holds_for_messages_from_other_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("astramq.toml");
+    std::fs::write(
+        &cfg,
+        "[limits]\nmax_inflight = 5\nmax_queued_messages = 10\nqueue_full_wait_ms = 0\n",
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let c = TestCluster::builder(2)
+        .args(&["--config", cfg, "--health-listen", "127.0.0.1:0"])
+        .start()
+        .await;
+    let v = Version::V5;
+    let mut s = c.client(1, v, "slow").await;
+    s.sub("q/#", 1).await;
+    c.sync_feed(1, 0).await;
+    s.auto_ack = false;
+    let mut p = c.client(0, v, "pub").await;
+    for i in 0..50 {
+        assert_eq!(
+            p.publish("q/1", format!("{i}").as_bytes(), 1, false).await,
+            0
+        );
+    }
+    let name = r#"astramq_dropped_total{reason="session_queue_full"}"#;
+    let health = c.node(1).health_addr();
+    let deadline = Instant::now() + T;
+    while metric_at(health, name).await < 35 {
+        assert!(
+            Instant::now() < deadline,
+            "n2 did not deliver the 50 messages"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        metric_at(health, name).await,
+        35,
+        "5 in flight + 10 queued kept"
+    );
+    s.auto_ack = true;
+    let got = s.recv_publishes(15, T).await;
+    assert_eq!(got.len(), 15);
+    s.expect_no_publish(Duration::from_millis(500)).await;
+}
+
+// ---------------------------------------------------------------------------
+// cluster.inbox_backlog_entries: QoS 0 shed, QoS 1 still carried
+// ---------------------------------------------------------------------------
+
+// While n2 does not consume its inbox (frozen), n1 stops writing QoS 0 to it once it
+// holds `inbox_backlog_entries` entries (shed and counted by reason); QoS 1 is still
+// written and acknowledged, and arrives when n2 resumes — with none of the QoS 0.
+#[tokio::test]
+async fn full_inbox_sheds_qos0_and_carries_qos1() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("astramq.toml");
+    // Slow failure detection: n2 is frozen for a while on purpose.
+    std::fs::write(
+        &cfg,
+        "[limits]\nmax_publish_rate = 0\n[cluster]\ninbox_backlog_entries = 2\n\
+         suspect_to_down_ms = 60000\nliveness_ttl_ms = 60000\n",
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let c = TestCluster::builder(2)
+        .args(&["--config", cfg, "--health-listen", "127.0.0.1:0"])
+        .start()
+        .await;
+    let v = Version::V5;
+    let mut s = c.client(1, v, "sub").await;
+    s.sub("f/#", 1).await;
+    c.sync_feed(1, 0).await;
+    let mut p = c.client(0, v, "pub").await;
+    c.pause(1);
+    // Three acknowledged QoS 1 messages: three entries in n2's unread inbox, and n1
+    // has read its length after writing them.
+    for i in 1..=3 {
+        assert_eq!(
+            p.publish("f/1", format!("q1-{i}").as_bytes(), 1, false)
+                .await,
+            0
+        );
+    }
+    for i in 0..100 {
+        p.publish("f/0", format!("q0-{i}").as_bytes(), 0, false)
+            .await;
+    }
+    p.ping().await; // every QoS 0 PUBLISH above was handled
+    let shed = r#"astramq_dropped_total{reason="inbox_backlog_full"}"#;
+    assert_eq!(metric_at(c.node(0).health_addr(), shed).await, 100);
+    assert_eq!(
+        p.publish("f/1", b"q1-4", 1, false).await,
+        0,
+        "QoS 1 still carried"
+    );
+    assert!(c.inbox_len(1) <= 4, "inbox holds the QoS 1 entries only");
+    c.resume(1);
+    let got = s.recv_publishes(4, T).await;
+    let payloads: Vec<String> = got.iter().map(|g| g.payload_str()).collect();
+    assert_eq!(payloads, ["q1-1", "q1-2", "q1-3", "q1-4"]);
+    s.expect_no_publish(Duration::from_millis(500)).await;
+}
+
+// ---------------------------------------------------------------------------
+// cluster.forward_qos12_backlog: QoS 1 past the bound throttles, never drops
+// ---------------------------------------------------------------------------
+
+// While Redis holds writes (CLIENT PAUSE WRITE: the forwarder's XADD waits, reads and
+// the health probe go on), a QoS 1 publisher whose messages fill the bus lane toward
+// n2 (bound 1) is not read any further: n1 reads at most three of its ten PUBLISHes.
+// Once Redis takes writes again, every message is acknowledged and delivered.
+#[tokio::test]
+async fn full_qos12_lane_throttles_the_publisher_without_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("astramq.toml");
+    // A long liveness lifetime: its refresh (a write) waits out the pause too.
+    std::fs::write(
+        &cfg,
+        "[limits]\nmax_publish_rate = 0\n[cluster]\nforward_qos12_backlog = 1\nliveness_ttl_ms = 20000\n",
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let c = TestCluster::builder(2)
+        .args(&["--config", cfg, "--health-listen", "127.0.0.1:0"])
+        .start()
+        .await;
+    let v = Version::V5;
+    let mut s = c.client(1, v, "sub").await;
+    s.sub("b/#", 1).await;
+    c.sync_feed(1, 0).await;
+    let mut p = c.client(0, v, "pub").await;
+    let health = c.node(0).health_addr();
+    let before = metric_at(health, "astramq_publish_received_total").await;
+    c.redis().cmd(&["CLIENT", "PAUSE", "4000", "WRITE"]);
+    let mut bytes = Vec::new();
+    for i in 1..=10u16 {
+        bytes.extend(
+            raw::Publish::new("b/1", format!("{i}").as_bytes(), 1)
+                .pid(i)
+                .encode(v),
+        );
+    }
+    p.send(&bytes).await;
+    let throttled = r#"astramq_publish_throttled_total{reason="bus_backlog"}"#;
+    let deadline = Instant::now() + T;
+    while metric_at(health, throttled).await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the publisher was never throttled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let read = metric_at(health, "astramq_publish_received_total").await - before;
+    assert!(read <= 3, "{read} PUBLISHes read while the lane was full");
+    c.redis().cmd(&["CLIENT", "UNPAUSE"]);
+    for i in 1..=10u16 {
+        let reason = p
+            .wait_packet(T, "PUBACK", |x| match x {
+                raw::Packet::Puback(a) if a.pid == i => Some(a.reason),
+                _ => None,
+            })
+            .await;
+        assert_eq!(reason, 0, "PUBACK {i}");
+    }
+    let got = s.recv_publishes(10, T).await;
+    let want: Vec<String> = (1..=10).map(|i| format!("{i}")).collect();
+    assert_eq!(
+        got.iter().map(|g| g.payload_str()).collect::<Vec<_>>(),
+        want
+    );
+}

@@ -1,0 +1,352 @@
+//! What waits to cross the bus: the forwarder's queue, bounded per destination node.
+//!
+//! Two lanes. QoS 1/2 messages (a publisher waits for their acknowledgement) are
+//! always taken first; QoS 0 messages fill what is left of a round trip. So a QoS 0
+//! flood never delays an acknowledged message on this node.
+//!
+//! Per destination node and lane, a count and a byte bound (`cluster.forward_*`):
+//! - a QoS 0 copy toward a node whose lane is full is shed (counted, reason
+//!   `bus_backlog_full`); so is one toward a node whose inbox stream holds more than
+//!   `cluster.inbox_backlog_entries` unread entries (`inbox_backlog_full`), so that a
+//!   slow consumer neither grows Redis nor delays the QoS 1/2 records behind them;
+//! - a QoS 1/2 message is never dropped: one that finds its lane full is queued all
+//!   the same and the caller is told to throttle its publisher (stop reading it until
+//!   the message is written). Each publisher adds at most one message past the bound,
+//!   so the lane holds at most the bound plus one message per connection.
+//!
+//! The queue is a mutex and a wake-up rather than a channel: a channel can bound only
+//! its length, not per destination or in bytes, and has no second lane.
+
+use std::collections::{HashMap, VecDeque};
+
+use broker::config::ForwardLimits;
+use broker::metrics::Metrics;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::bus::Outgoing;
+
+/// The forwarder's queue.
+#[derive(Debug)]
+pub struct Backlog {
+    limits: ForwardLimits,
+    state: Mutex<State>,
+    wake: Notify,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// QoS 1/2, oldest first.
+    urgent: VecDeque<Outgoing>,
+    /// QoS 0, oldest first.
+    bulk: VecDeque<Outgoing>,
+    dests: HashMap<String, Dest>,
+}
+
+/// What waits for one destination node.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Dest {
+    /// QoS 0 records queued.
+    pub qos0: usize,
+    /// Their bytes.
+    pub qos0_bytes: usize,
+    /// QoS 1/2 records queued.
+    pub qos12: usize,
+    /// Their bytes.
+    pub qos12_bytes: usize,
+    /// The node's inbox held at least `inbox_backlog_entries` entries when last seen.
+    pub inbox_full: bool,
+}
+
+/// QoS 0 copies not queued, by reason.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Shed {
+    /// The destination's lane was full.
+    pub bus_backlog: u64,
+    /// The destination's inbox stream was over its bound.
+    pub inbox_backlog: u64,
+}
+
+/// Totals over every destination (for metrics).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    /// QoS 0 records queued.
+    pub qos0: usize,
+    /// QoS 1/2 records queued.
+    pub qos12: usize,
+    /// Bytes queued, both lanes.
+    pub bytes: usize,
+    /// Destinations whose inbox is over its bound.
+    pub inbox_full: usize,
+}
+
+impl Backlog {
+    /// An empty backlog with these bounds.
+    pub fn new(limits: ForwardLimits) -> Backlog {
+        Backlog {
+            limits,
+            state: Mutex::default(),
+            wake: Notify::new(),
+        }
+    }
+
+    /// Queues a QoS 0 message's copies for the destinations that have room; the
+    /// others are shed and counted in the result.
+    pub fn push_qos0(&self, mut dests: Vec<(String, Bytes)>) -> Shed {
+        let mut shed = Shed::default();
+        {
+            let mut s = self.state.lock();
+            dests.retain(|(node, record)| {
+                let d = s.dests.entry(node.clone()).or_default();
+                if d.inbox_full {
+                    shed.inbox_backlog += 1;
+                    return false;
+                }
+                if d.qos0 >= self.limits.qos0_messages
+                    || d.qos0_bytes + record.len() > self.limits.bytes
+                {
+                    shed.bus_backlog += 1;
+                    return false;
+                }
+                d.qos0 += 1;
+                d.qos0_bytes += record.len();
+                true
+            });
+            if dests.is_empty() {
+                return shed;
+            }
+            s.bulk.push_back(Outgoing { dests, done: None });
+        }
+        self.wake.notify_one();
+        shed
+    }
+
+    /// Queues a QoS 1/2 message. True when a destination's lane was already at its
+    /// bound: the caller throttles the publisher until the message is written.
+    pub fn push_qos12(&self, o: Outgoing) -> bool {
+        let mut full = false;
+        {
+            let mut s = self.state.lock();
+            for (node, record) in &o.dests {
+                let d = s.dests.entry(node.clone()).or_default();
+                full |= d.qos12 >= self.limits.qos12_messages || d.qos12_bytes >= self.limits.bytes;
+                d.qos12 += 1;
+                d.qos12_bytes += record.len();
+            }
+            s.urgent.push_back(o);
+        }
+        self.wake.notify_one();
+        full
+    }
+
+    /// Moves up to `max` messages into `out`: every QoS 1/2 message first, then QoS 0.
+    /// Returns at once; see [`Backlog::ready`] to wait.
+    pub fn take(&self, max: usize, out: &mut Vec<Outgoing>) {
+        let mut s = self.state.lock();
+        let State {
+            urgent,
+            bulk,
+            dests,
+        } = &mut *s;
+        for (lane, qos0) in [(urgent, false), (bulk, true)] {
+            while out.len() < max {
+                let Some(o) = lane.pop_front() else { break };
+                for (node, record) in &o.dests {
+                    if let Some(d) = dests.get_mut(node.as_str()) {
+                        if qos0 {
+                            d.qos0 -= 1;
+                            d.qos0_bytes -= record.len();
+                        } else {
+                            d.qos12 -= 1;
+                            d.qos12_bytes -= record.len();
+                        }
+                    }
+                }
+                out.push(o);
+            }
+        }
+    }
+
+    /// Resolves once something is queued (at once if something is).
+    pub async fn ready(&self) {
+        loop {
+            let woken = self.wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            {
+                let s = self.state.lock();
+                if !s.urgent.is_empty() || !s.bulk.is_empty() {
+                    return;
+                }
+            }
+            woken.await;
+        }
+    }
+
+    /// Records how many entries `node`'s inbox stream holds (read after a write).
+    pub fn inbox_len(&self, node: &str, entries: usize) {
+        let full = entries >= self.limits.inbox_entries;
+        let mut s = self.state.lock();
+        if let Some(d) = s.dests.get_mut(node) {
+            d.inbox_full = full;
+        } else if full {
+            s.dests.entry(node.to_string()).or_default().inbox_full = true;
+        }
+    }
+
+    /// Destinations whose inbox was over its bound when last seen (to look again).
+    pub fn inbox_full(&self) -> Vec<String> {
+        let s = self.state.lock();
+        let full = s.dests.iter().filter(|(_, d)| d.inbox_full);
+        full.map(|(n, _)| n.clone()).collect()
+    }
+
+    /// Forgets destinations with nothing queued and a healthy inbox (nodes that left).
+    pub fn prune(&self) {
+        self.state.lock().dests.retain(|_, d| *d != Dest::default());
+    }
+
+    /// What waits for `node` now.
+    pub fn dest(&self, node: &str) -> Dest {
+        self.state
+            .lock()
+            .dests
+            .get(node)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Totals over every destination.
+    pub fn totals(&self) -> Totals {
+        let s = self.state.lock();
+        s.dests.values().fold(Totals::default(), |t, d| Totals {
+            qos0: t.qos0 + d.qos0,
+            qos12: t.qos12 + d.qos12,
+            bytes: t.bytes + d.qos0_bytes + d.qos12_bytes,
+            inbox_full: t.inbox_full + usize::from(d.inbox_full),
+        })
+    }
+}
+
+/// Counts shed QoS 0 copies by reason, and warns at most once a second with the
+/// count since the last line and the totals by reason (never a line per message).
+pub fn count_shed(m: &Metrics, shed: Shed) {
+    Metrics::add(&m.bus_backlog_dropped, shed.bus_backlog);
+    Metrics::add(&m.inbox_backlog_dropped, shed.inbox_backlog);
+    if let Some(n) = m.shed_log.due(shed.bus_backlog + shed.inbox_backlog) {
+        tracing::warn!(
+            dropped = n,
+            bus_backlog_full = Metrics::get(&m.bus_backlog_dropped),
+            inbox_backlog_full = Metrics::get(&m.inbox_backlog_dropped),
+            session_queue_full = Metrics::get(&m.queue_overflow_dropped),
+            "QoS 0 messages to other nodes shed since the last line (cluster.forward_qos0_backlog, cluster.forward_backlog_bytes, cluster.inbox_backlog_entries); totals by reason follow"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> ForwardLimits {
+        ForwardLimits {
+            qos0_messages: 2,
+            qos12_messages: 2,
+            bytes: 1000,
+            inbox_entries: 4,
+        }
+    }
+
+    fn to(nodes: &[&str], len: usize) -> Vec<(String, Bytes)> {
+        let record = Bytes::from(vec![0u8; len]);
+        nodes
+            .iter()
+            .map(|n| (n.to_string(), record.clone()))
+            .collect()
+    }
+
+    fn qos12(nodes: &[&str], len: usize) -> Outgoing {
+        Outgoing {
+            dests: to(nodes, len),
+            done: None,
+        }
+    }
+
+    #[test]
+    fn qos0_beyond_the_bound_is_shed_per_destination() {
+        let b = Backlog::new(limits());
+        assert_eq!(b.push_qos0(to(&["a", "b"], 10)), Shed::default());
+        assert_eq!(b.push_qos0(to(&["a"], 10)), Shed::default());
+        // "a" is full, "b" still has room.
+        let shed = b.push_qos0(to(&["a", "b"], 10));
+        assert_eq!(shed.bus_backlog, 1);
+        assert_eq!(b.dest("a").qos0, 2);
+        assert_eq!(b.dest("b").qos0, 2);
+        // By bytes as well.
+        let b = Backlog::new(limits());
+        assert_eq!(b.push_qos0(to(&["a"], 600)).bus_backlog, 0);
+        assert_eq!(b.push_qos0(to(&["a"], 600)).bus_backlog, 1);
+    }
+
+    #[test]
+    fn qos12_is_queued_and_throttles_past_the_bound() {
+        let b = Backlog::new(limits());
+        assert!(!b.push_qos12(qos12(&["a"], 10)));
+        assert!(!b.push_qos12(qos12(&["a"], 10)));
+        assert!(b.push_qos12(qos12(&["a"], 10)), "at the bound: throttle");
+        assert_eq!(b.dest("a").qos12, 3, "queued all the same, never dropped");
+    }
+
+    #[test]
+    fn qos12_is_taken_before_qos0() {
+        let b = Backlog::new(ForwardLimits {
+            qos0_messages: 100,
+            ..limits()
+        });
+        for _ in 0..5 {
+            b.push_qos0(to(&["a"], 1));
+        }
+        b.push_qos12(qos12(&["a"], 2));
+        let mut out = Vec::new();
+        b.take(3, &mut out);
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[0].dests[0].1.len(), 2, "the QoS 1 message first");
+        assert_eq!(b.dest("a").qos0, 3);
+        assert_eq!(b.dest("a").qos12, 0);
+        out.clear();
+        b.take(10, &mut out);
+        assert_eq!(out.len(), 3);
+        assert_eq!(b.totals(), Totals::default());
+    }
+
+    #[test]
+    fn a_full_inbox_sheds_qos0_but_not_qos12() {
+        let b = Backlog::new(limits());
+        b.inbox_len("a", 4);
+        assert_eq!(b.inbox_full(), vec!["a".to_string()]);
+        assert_eq!(b.push_qos0(to(&["a"], 1)).inbox_backlog, 1);
+        assert!(!b.push_qos12(qos12(&["a"], 1)));
+        b.inbox_len("a", 3);
+        assert_eq!(b.push_qos0(to(&["a"], 1)), Shed::default());
+        let mut out = Vec::new();
+        b.take(10, &mut out);
+        b.prune();
+        assert_eq!(b.dest("a"), Dest::default());
+    }
+
+    #[tokio::test]
+    async fn ready_wakes_the_forwarder() {
+        let b = std::sync::Arc::new(Backlog::new(limits()));
+        let waiter = {
+            let b = b.clone();
+            tokio::spawn(async move { b.ready().await })
+        };
+        tokio::task::yield_now().await;
+        b.push_qos0(to(&["a"], 1));
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .unwrap();
+    }
+}
