@@ -191,6 +191,9 @@ fn xlen(keys: &Keys, node: &str) -> redis::Cmd {
 /// until delivered, so a read is kept to a few of them.
 const READ_COUNT: usize = 32;
 
+/// How often the inbox consumer reads its pending entries again (see [`consumer`]).
+const PENDING_RECHECK: Duration = Duration::from_secs(5);
+
 /// How long one XREADGROUP blocks.
 const BLOCK: Duration = Duration::from_millis(1000);
 
@@ -213,9 +216,22 @@ pub async fn consumer(
     let mut delivered_unacked: std::collections::HashSet<String> = Default::default();
     let mut conn = None;
     let mut backoff = Backoff::default();
+    let mut pending_checked = std::time::Instant::now();
     loop {
         if *stop.borrow() {
             return;
+        }
+        // Now and then the pending entries again, even when nothing failed: a read
+        // sent on a connection that was then cut can still reach Redis after the link
+        // heals (TCP retransmits it after this consumer gave up on it and read the
+        // pending entries on a new connection), and Redis hands its entries to this
+        // consumer with nobody reading the answer. They wait in the pending list, and
+        // only a read from "0" returns them.
+        if from == ">" && pending_checked.elapsed() >= PENDING_RECHECK {
+            from = "0";
+        }
+        if from == "0" {
+            pending_checked = std::time::Instant::now();
         }
         let c = match &mut conn {
             Some(c) => c,
