@@ -1172,13 +1172,30 @@ impl RawClient {
     /// Next PUBLISH within `t`; with `auto_ack`, QoS 1 is PUBACKed, QoS 2 is
     /// PUBRECed, and PUBRELs seen meanwhile are PUBCOMPed.
     pub async fn recv_publish(&mut self, t: Duration) -> Publish {
+        self.try_recv_publish(t)
+            .await
+            .unwrap_or_else(|e| panic!("expected PUBLISH within {t:?}: {e}"))
+    }
+
+    /// Like [`RawClient::recv_publish`], but says why no PUBLISH came instead of
+    /// panicking. `t` bounds the whole wait: other packets (queued before or read
+    /// meanwhile) stay queued, in order, for later reads.
+    pub async fn try_recv_publish(&mut self, t: Duration) -> Result<Publish, ReadError> {
         let deadline = tokio::time::Instant::now() + t;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let p = self
-                .read(left)
-                .await
-                .unwrap_or_else(|e| panic!("expected PUBLISH within {t:?}: {e}"));
+        // Packets already queued are looked at once, not read back forever.
+        let mut skipped = VecDeque::new();
+        let mut queued = std::mem::take(&mut self.pending);
+        let outcome = loop {
+            let p = match queued.pop_front() {
+                Some(p) => p,
+                None => {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    match self.read_wire(left).await {
+                        Ok(p) => p,
+                        Err(e) => break Err(e),
+                    }
+                }
+            };
             match p {
                 Packet::Publish(p) => {
                     if self.auto_ack {
@@ -1189,15 +1206,19 @@ impl RawClient {
                             _ => {}
                         }
                     }
-                    return p;
+                    break Ok(p);
                 }
                 Packet::Pubrel(a) if self.auto_ack => {
                     let v = self.version;
                     self.send(&encode_ack(PUBCOMP, a.pid, 0, v)).await;
                 }
-                other => self.pending.push_back(other),
+                other => skipped.push_back(other),
             }
-        }
+        };
+        // Skipped packets first, then what was queued after the PUBLISH.
+        skipped.append(&mut queued);
+        self.pending = skipped;
+        outcome
     }
 
     /// The next PUBLISH within `t`, acknowledged whatever `auto_ack` says (QoS 1:
@@ -1237,22 +1258,10 @@ impl RawClient {
     /// No PUBLISH may arrive for `d` (the legitimate wait for an absence).
     /// PUBRELs are still completed.
     pub async fn expect_no_publish(&mut self, d: Duration) {
-        let deadline = tokio::time::Instant::now() + d;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                return;
-            }
-            match self.read(left).await {
-                Err(ReadError::Timeout) => return,
-                Ok(Packet::Publish(p)) => panic!("unexpected PUBLISH: {p:?}"),
-                Ok(Packet::Pubrel(a)) if self.auto_ack => {
-                    let v = self.version;
-                    self.send(&encode_ack(PUBCOMP, a.pid, 0, v)).await;
-                }
-                Ok(other) => self.pending.push_back(other),
-                Err(e) => panic!("connection failed while expecting no PUBLISH: {e}"),
-            }
+        match self.try_recv_publish(d).await {
+            Err(ReadError::Timeout) => {}
+            Ok(p) => panic!("unexpected PUBLISH: {p:?}"),
+            Err(e) => panic!("connection failed while expecting no PUBLISH: {e}"),
         }
     }
 
