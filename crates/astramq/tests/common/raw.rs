@@ -863,6 +863,27 @@ impl RawClient {
         let stream = TcpStream::connect(addr)
             .await
             .unwrap_or_else(|e| panic!("TCP connect to {addr}: {e}"));
+        Self::from_stream(stream)
+    }
+
+    /// Like [`RawClient::tcp`], with the socket's send buffer fixed at `bytes` (no
+    /// autotuning): writes block soon after the server stops reading, instead of
+    /// filling megabytes of kernel buffers.
+    pub async fn tcp_small_send_buffer(addr: SocketAddr, bytes: u32) -> RawClient {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        }
+        .expect("socket");
+        socket.set_send_buffer_size(bytes).expect("SO_SNDBUF");
+        let stream = socket
+            .connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("TCP connect to {addr}: {e}"));
+        Self::from_stream(stream)
+    }
+
+    fn from_stream(stream: TcpStream) -> RawClient {
         stream.set_nodelay(true).unwrap();
         RawClient {
             stream,
@@ -878,10 +899,16 @@ impl RawClient {
     /// Send CONNECT and return the CONNACK, whatever its code.
     pub async fn connect(addr: SocketAddr, c: Connect) -> (RawClient, Connack) {
         let mut cl = RawClient::tcp(addr).await;
-        cl.version = c.version;
-        cl.send(&c.encode()).await;
-        match cl.read(T).await {
-            Ok(Packet::Connack(ca)) => (cl, ca),
+        let ca = cl.handshake(c).await;
+        (cl, ca)
+    }
+
+    /// Send CONNECT on this connection and return the CONNACK, whatever its code.
+    pub async fn handshake(&mut self, c: Connect) -> Connack {
+        self.version = c.version;
+        self.send(&c.encode()).await;
+        match self.read(T).await {
+            Ok(Packet::Connack(ca)) => ca,
             other => panic!("expected CONNACK, got {other:?}"),
         }
     }
@@ -911,6 +938,11 @@ impl RawClient {
             .unwrap_or_else(|e| panic!("write failed: {e}"));
     }
 
+    /// Write, returning the error instead of panicking.
+    pub async fn try_send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await
+    }
+
     /// Write, ignoring errors (the server may already have closed).
     pub async fn send_lossy(&mut self, bytes: &[u8]) {
         let _ = self.stream.write_all(bytes).await;
@@ -938,16 +970,23 @@ impl RawClient {
         self.read_wire(t).await
     }
 
+    /// The next whole packet already read from the socket, if any.
+    fn take_buffered(&mut self) -> Option<Result<Packet, ReadError>> {
+        let (first, hdr, len) = frame_header(&self.buf)?;
+        if self.buf.len() < hdr + len {
+            return None;
+        }
+        let body: Vec<u8> = self.buf[hdr..hdr + len].to_vec();
+        self.buf.drain(..hdr + len);
+        self.received_sizes.push((first >> 4, hdr + len));
+        Some(decode(self.version, first, &body).map_err(ReadError::Decode))
+    }
+
     async fn read_wire(&mut self, t: Duration) -> Result<Packet, ReadError> {
         let deadline = tokio::time::Instant::now() + t;
         loop {
-            if let Some((first, hdr, len)) = frame_header(&self.buf) {
-                if self.buf.len() >= hdr + len {
-                    let body: Vec<u8> = self.buf[hdr..hdr + len].to_vec();
-                    self.buf.drain(..hdr + len);
-                    self.received_sizes.push((first >> 4, hdr + len));
-                    return decode(self.version, first, &body).map_err(ReadError::Decode);
-                }
+            if let Some(p) = self.take_buffered() {
+                return p;
             }
             self.buf.reserve(16 * 1024);
             match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
@@ -1041,6 +1080,42 @@ impl RawClient {
                 "3.1.1 server must not send DISCONNECT: {seen:?}"
             );
         }
+    }
+
+    /// The server must send DISCONNECT with `reason` (v5), then close the
+    /// connection in order (TCP FIN) within `t`. A reset instead fails: a client
+    /// meeting one may never read the DISCONNECT (its writes fail first, and some
+    /// systems throw away unread data on a reset).
+    pub async fn expect_orderly_disconnect(&mut self, reason: u8, t: Duration) {
+        let deadline = tokio::time::Instant::now() + t;
+        let mut seen: Vec<Packet> = self.pending.drain(..).collect();
+        loop {
+            if let Some(p) = self.take_buffered() {
+                seen.push(p.unwrap_or_else(|e| panic!("{e} after {seen:?}")));
+                continue;
+            }
+            self.buf.reserve(16 * 1024);
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
+                Err(_) => panic!("connection still open after {t:?}; packets seen: {seen:?}"),
+                Ok(Ok(0)) => break,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    panic!("the connection ended with \"{e}\", not an orderly close; packets seen: {seen:?}")
+                }
+            }
+        }
+        let discs: Vec<u8> = seen
+            .iter()
+            .filter_map(|p| match p {
+                Packet::Disconnect(r, _) => Some(*r),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            discs,
+            vec![reason],
+            "expected DISCONNECT {reason:#04x} before the close; saw {seen:?}"
+        );
     }
 
     /// The server closed the connection, or a v5 server sent DISCONNECT whose
