@@ -272,6 +272,69 @@ async fn receive_maximum_exceeded() {
     c.expect_disconnect(rc::RECEIVE_MAXIMUM_EXCEEDED, T).await;
 }
 
+// The default Receive Maximum (limits.receive_maximum = 100) is announced in the v5
+// CONNACK (§3.2.2.3.3; absent would mean 65,535) and enforced: 100 unreleased QoS 2
+// PUBLISHes are accepted, the 101st exceeds it [MQTT-3.3.4-7] and gets DISCONNECT
+// 0x93 (§4.9).
+#[tokio::test]
+async fn receive_maximum_default() {
+    const DEFAULT: u16 = 100;
+    let b = Broker::start();
+    let (mut c, ca) = RawClient::connect(b.addr(), Connect::new(V, "window")).await;
+    assert_eq!(
+        ca.props.get_u32(prop::RECEIVE_MAXIMUM),
+        Some(u32::from(DEFAULT))
+    );
+    let mut burst = Vec::new();
+    for pid in 1..=DEFAULT {
+        burst.extend(Publish::new("rm", b"x", 2).pid(pid).encode(V));
+    }
+    c.send(&burst).await;
+    for pid in 1..=DEFAULT {
+        match c.next(T).await {
+            Packet::Pubrec(a) => assert_eq!(a.pid, pid),
+            other => panic!("expected PUBREC {pid}, got {other:?}"),
+        }
+    }
+    c.send_lossy(&Publish::new("rm", b"x", 2).pid(DEFAULT + 1).encode(V))
+        .await;
+    c.expect_disconnect(rc::RECEIVE_MAXIMUM_EXCEEDED, T).await;
+}
+
+// A QoS 2 PUBLISH sent again before PUBREL (DUP, same packet id) is the same
+// message, not one more against the Receive Maximum: with the window full it is
+// acknowledged again with PUBREC [MQTT-4.3.3-9], not refused with 0x93. (A client
+// resuming its session resends exactly these.)
+#[tokio::test]
+async fn receive_maximum_not_charged_for_a_resend() {
+    let b = Broker::start_with("[limits]\nreceive_maximum = 2\n", &[]);
+    let mut c = b.client(V, "resend").await;
+    for pid in 1..=2u16 {
+        c.send(&Publish::new("rm", b"x", 2).pid(pid).encode(V))
+            .await;
+        let rec = c
+            .wait_packet(T, "PUBREC", |p| match p {
+                Packet::Pubrec(a) => Some(a.pid),
+                _ => None,
+            })
+            .await;
+        assert_eq!(rec, pid);
+    }
+    let again = Publish {
+        dup: true,
+        ..Publish::new("rm", b"x", 2).pid(2)
+    };
+    c.send(&again.encode(V)).await;
+    match c.next(T).await {
+        Packet::Pubrec(a) => assert_eq!(a.pid, 2),
+        other => panic!("expected PUBREC for the resent PUBLISH, got {other:?}"),
+    }
+    // The window is still full for a new packet id.
+    c.send_lossy(&Publish::new("rm", b"x", 2).pid(3).encode(V))
+        .await;
+    c.expect_disconnect(rc::RECEIVE_MAXIMUM_EXCEEDED, T).await;
+}
+
 // [MQTT-3.3.4-9] the server does not send more unacknowledged QoS>0
 // PUBLISHes than the client's Receive Maximum.
 #[tokio::test]

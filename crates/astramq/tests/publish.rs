@@ -230,3 +230,38 @@ async fn mosquitto_clients_qos2(v: Version) {
     assert_eq!((got.qos, &got.payload[..]), (2, &b"two"[..]));
 }
 versions_test!(mosquitto_clients_qos2);
+
+// The test client itself: `RawClient::recv_publish` honours its timeout when a packet
+// other than PUBLISH is queued (here a PINGRESP) and no PUBLISH comes. It used to
+// take that packet back from its queue forever without awaiting anything, so even
+// an outer timeout could not stop it: it runs on a thread of its own here, and the
+// test waits for that thread with a timeout.
+#[test]
+fn raw_recv_publish_honours_its_timeout() {
+    let b = Broker::start();
+    let addr = b.addr();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let outcome = rt.block_on(async {
+            let mut c = RawClient::connect_ok(addr, Connect::new(Version::V5, "idle")).await;
+            c.send(&encode_pingreq()).await;
+            let waited = std::time::Instant::now();
+            let r = c.try_recv_publish(ABSENCE).await;
+            // The PINGRESP is still there for a later read.
+            let next = c.read(T).await;
+            (r, waited.elapsed(), next)
+        });
+        let _ = done_tx.send(format!("{outcome:?}"));
+    });
+    let outcome = done_rx
+        .recv_timeout(T * 2)
+        .expect("recv_publish did not return within twice the test timeout");
+    assert!(
+        outcome.starts_with("(Err(Timeout)") && outcome.ends_with("Ok(Pingresp))"),
+        "{outcome}"
+    );
+}

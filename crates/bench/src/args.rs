@@ -64,7 +64,8 @@ pub struct BenchArgs {
     #[arg(short = 'r', long, default_value_t = 0.0)]
     pub rate: f64,
     /// Unacknowledged QoS 1/2 messages per publisher (capped by the broker's Receive
-    /// Maximum in MQTT 5).
+    /// Maximum in MQTT 5, and at QoS 2 over 3.1.1, which has none, by 100: AstraMQ's
+    /// default, beyond which it closes the connection).
     #[arg(long, default_value_t = 64)]
     pub inflight: u16,
     /// How long to publish (or hold connections): `10s`, `500ms`, `2m`, or seconds.

@@ -457,6 +457,22 @@ enum Slot {
 }
 
 /// A publisher's state.
+/// The largest QoS 2 window over 3.1.1, whose brokers never say how many unreleased
+/// QoS 2 messages they accept: AstraMQ's default `limits.receive_maximum`, beyond
+/// which it closes the connection.
+pub const V311_QOS2_WINDOW: u16 = 100;
+
+/// A publisher's in-flight window: `inflight`, capped by the broker's Receive Maximum
+/// (MQTT 5) or, at QoS 2 over 3.1.1, by [`V311_QOS2_WINDOW`]; 0 at QoS 0.
+fn window(qos: QoS, protocol: Protocol, inflight: u16, receive_maximum: u16) -> u16 {
+    let cap = match qos {
+        QoS::AtMostOnce => return 0,
+        QoS::ExactlyOnce if !protocol.is_v5() => receive_maximum.min(V311_QOS2_WINDOW),
+        _ => receive_maximum,
+    };
+    inflight.min(cap).max(1)
+}
+
 #[derive(Debug)]
 struct Publisher {
     index: u32,
@@ -475,12 +491,7 @@ struct Publisher {
 
 impl Publisher {
     fn new(index: u32, topic: &str, opts: &ClientOptions, conn: &Conn) -> Publisher {
-        let window = opts.inflight.min(conn.receive_maximum).max(1);
-        let window = if opts.qos == QoS::AtMostOnce {
-            0
-        } else {
-            window
-        };
+        let window = window(opts.qos, opts.protocol, opts.inflight, conn.receive_maximum);
         let period = opts.rate.map(|r| Duration::from_secs_f64(1.0 / r));
         // Start publishers at spread-out offsets so a rate-limited fleet does not send
         // in lockstep bursts.
@@ -682,6 +693,19 @@ mod tests {
             free: (0..window).rev().collect(),
             acked: SeqSet::new(),
         }
+    }
+
+    #[test]
+    fn window_caps() {
+        use Protocol::{V311, V5};
+        // MQTT 5: the broker's Receive Maximum, whatever the QoS.
+        assert_eq!(window(QoS::AtLeastOnce, V5, 500, 20), 20);
+        assert_eq!(window(QoS::ExactlyOnce, V5, 500, 300), 300);
+        // 3.1.1 (no Receive Maximum: 65,535): QoS 2 within AstraMQ's default.
+        assert_eq!(window(QoS::ExactlyOnce, V311, 500, u16::MAX), 100);
+        assert_eq!(window(QoS::ExactlyOnce, V311, 64, u16::MAX), 64);
+        assert_eq!(window(QoS::AtLeastOnce, V311, 500, u16::MAX), 500);
+        assert_eq!(window(QoS::AtMostOnce, V5, 500, 20), 0);
     }
 
     #[tokio::test]

@@ -106,3 +106,15 @@ fn pub_qos0_reports_what_the_broker_read() {
     assert!(ingested > 0.0, "{r:?}");
     assert!(ingested <= r.sent_per_s * 1.000_001, "{r:?}");
 }
+
+// 3.1.1 clients are never told the broker's Receive Maximum, and the broker closes one
+// with more unreleased QoS 2 messages than `limits.receive_maximum` (100 by default):
+// at QoS 2 over 3.1.1 the publishers keep their window within that default, however
+// large `--inflight` is.
+#[test]
+fn pairs_qos2_v311_stays_within_the_default_receive_maximum() {
+    let addr = start_broker();
+    let r = bench(addr, "pairs -n 2 --qos 2 --duration 1s --inflight 500");
+    assert_exact(&r);
+    assert_eq!(r.received, r.acknowledged, "{r:?}");
+}

@@ -201,13 +201,26 @@ pub enum QueueOverflow {
     DropNewest,
 }
 
+/// Default `limits.receive_maximum`. The protocol's own default, 65,535, let one
+/// client hold 65,535 unreleased QoS 2 packet ids (each one state, and in a cluster
+/// a stored record). Other brokers announce 10 (HiveMQ's server receive maximum),
+/// 20 (Mosquitto's `max_inflight_messages`) or 32 (EMQX's `max_inflight`), and EMQX
+/// holds at most 100 QoS 2 messages awaiting PUBREL per client (`max_awaiting_rel`),
+/// the very thing this limit counts. 100 rather than less because 3.1.1 clients
+/// cannot be told the limit and are disconnected when they exceed it: common client
+/// libraries keep up to 100 in flight (rumqttc's default), fewer (Paho, libmosquitto:
+/// 10 to 20) or use what a v5 server announces.
+pub const DEFAULT_RECEIVE_MAXIMUM: u16 = 100;
+
 /// Protocol limits and per-session bounds.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Largest packet accepted, in bytes; sent as Maximum Packet Size in v5 CONNACK.
     pub max_packet_size: u32,
-    /// Inbound QoS 1/2 window per client; sent as Receive Maximum in v5 CONNACK.
+    /// Inbound QoS 2 messages a client may have unreleased (awaiting PUBREL); one
+    /// more gets DISCONNECT 0x93. Sent as Receive Maximum in v5 CONNACK; 3.1.1
+    /// clients are never told it. See [`DEFAULT_RECEIVE_MAXIMUM`].
     pub receive_maximum: u16,
     /// Cap on the outbound in-flight window (the client's Receive Maximum may lower it).
     pub max_inflight: u16,
@@ -256,7 +269,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_packet_size: 268_435_455,
-            receive_maximum: 65_535,
+            receive_maximum: DEFAULT_RECEIVE_MAXIMUM,
             max_inflight: 256,
             topic_alias_maximum: 65_535,
             server_keep_alive_secs: 0,

@@ -6,6 +6,7 @@
 //! rejects an oversize packet from its fixed header.
 
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use mqtt::{decode, encode, DecodeError, Packet, Protocol};
@@ -30,6 +31,35 @@ impl ReadSide for tokio::net::tcp::OwnedReadHalf {
 
 /// Stop encoding more deliveries once this many bytes wait to be written.
 pub const WRITE_HIGH_WATER: usize = 64 * 1024;
+
+/// How long a connection the broker closes with a reason (a DISCONNECT sent, its
+/// write side shut down) goes on reading, and throwing away, what the client still
+/// sends. Closing a socket with unread data, or receiving data after the close,
+/// makes the kernel answer with a TCP reset; a client still writing then sees its
+/// writes fail and may never read the DISCONNECT that says why (and some systems
+/// throw away unread data on a reset). Two seconds cover a client that notices the
+/// DISCONNECT and closes, over any network a broker should serve; the connection
+/// holds no session meanwhile.
+pub const LINGER: Duration = Duration::from_secs(2);
+
+/// At most this many bytes are read and thrown away while lingering: a client
+/// flooding a closed connection gets a reset after that, rather than broker CPU for
+/// the whole [`LINGER`].
+pub const LINGER_MAX_BYTES: usize = 4 * 1024 * 1024;
+
+/// Size of each read while lingering.
+const LINGER_CHUNK: usize = 16 * 1024;
+
+/// Why lingering ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LingerEnd {
+    /// The client closed its side (or the socket failed): a clean end.
+    Closed,
+    /// [`LINGER`] passed first.
+    TimedOut,
+    /// [`LINGER_MAX_BYTES`] were read first.
+    TooMuch,
+}
 
 /// What reading from the socket produced.
 #[derive(Debug)]
@@ -104,6 +134,27 @@ impl<R: ReadSide> Reader<R> {
             Ok(0) | Err(_) => Err(ReadError::Closed),
             Ok(_) => Ok(()),
         }
+    }
+
+    /// Reads and throws away what the peer sends until it closes, `limit` passes or
+    /// `max_bytes` were read, whichever comes first (see [`LINGER`]). Packets
+    /// already buffered are thrown away too.
+    pub async fn discard(&mut self, limit: Duration, max_bytes: usize) -> LingerEnd {
+        self.rbuf = BytesMut::new();
+        let mut chunk = vec![0u8; LINGER_CHUNK];
+        let mut read = 0;
+        let drain = async {
+            while read < max_bytes {
+                match self.reader.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return LingerEnd::Closed,
+                    Ok(n) => read += n,
+                }
+            }
+            LingerEnd::TooMuch
+        };
+        tokio::time::timeout(limit, drain)
+            .await
+            .unwrap_or(LingerEnd::TimedOut)
     }
 
     /// Reads until one whole packet is buffered, and returns it.

@@ -261,6 +261,11 @@ impl Session {
         self.inbound_qos2.remove(&id)
     }
 
+    /// Whether inbound QoS 2 packet `id` was received and awaits its PUBREL.
+    pub fn awaits_release(&self, id: u16) -> bool {
+        self.inbound_qos2.contains(&id)
+    }
+
     /// Inbound QoS 2 messages awaiting PUBREL (counted against Receive Maximum).
     pub fn inbound_pending(&self) -> usize {
         self.inbound_qos2.len()

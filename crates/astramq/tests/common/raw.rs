@@ -863,6 +863,27 @@ impl RawClient {
         let stream = TcpStream::connect(addr)
             .await
             .unwrap_or_else(|e| panic!("TCP connect to {addr}: {e}"));
+        Self::from_stream(stream)
+    }
+
+    /// Like [`RawClient::tcp`], with the socket's send buffer fixed at `bytes` (no
+    /// autotuning): writes block soon after the server stops reading, instead of
+    /// filling megabytes of kernel buffers.
+    pub async fn tcp_small_send_buffer(addr: SocketAddr, bytes: u32) -> RawClient {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        }
+        .expect("socket");
+        socket.set_send_buffer_size(bytes).expect("SO_SNDBUF");
+        let stream = socket
+            .connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("TCP connect to {addr}: {e}"));
+        Self::from_stream(stream)
+    }
+
+    fn from_stream(stream: TcpStream) -> RawClient {
         stream.set_nodelay(true).unwrap();
         RawClient {
             stream,
@@ -878,10 +899,16 @@ impl RawClient {
     /// Send CONNECT and return the CONNACK, whatever its code.
     pub async fn connect(addr: SocketAddr, c: Connect) -> (RawClient, Connack) {
         let mut cl = RawClient::tcp(addr).await;
-        cl.version = c.version;
-        cl.send(&c.encode()).await;
-        match cl.read(T).await {
-            Ok(Packet::Connack(ca)) => (cl, ca),
+        let ca = cl.handshake(c).await;
+        (cl, ca)
+    }
+
+    /// Send CONNECT on this connection and return the CONNACK, whatever its code.
+    pub async fn handshake(&mut self, c: Connect) -> Connack {
+        self.version = c.version;
+        self.send(&c.encode()).await;
+        match self.read(T).await {
+            Ok(Packet::Connack(ca)) => ca,
             other => panic!("expected CONNACK, got {other:?}"),
         }
     }
@@ -911,6 +938,11 @@ impl RawClient {
             .unwrap_or_else(|e| panic!("write failed: {e}"));
     }
 
+    /// Write, returning the error instead of panicking.
+    pub async fn try_send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await
+    }
+
     /// Write, ignoring errors (the server may already have closed).
     pub async fn send_lossy(&mut self, bytes: &[u8]) {
         let _ = self.stream.write_all(bytes).await;
@@ -938,16 +970,23 @@ impl RawClient {
         self.read_wire(t).await
     }
 
+    /// The next whole packet already read from the socket, if any.
+    fn take_buffered(&mut self) -> Option<Result<Packet, ReadError>> {
+        let (first, hdr, len) = frame_header(&self.buf)?;
+        if self.buf.len() < hdr + len {
+            return None;
+        }
+        let body: Vec<u8> = self.buf[hdr..hdr + len].to_vec();
+        self.buf.drain(..hdr + len);
+        self.received_sizes.push((first >> 4, hdr + len));
+        Some(decode(self.version, first, &body).map_err(ReadError::Decode))
+    }
+
     async fn read_wire(&mut self, t: Duration) -> Result<Packet, ReadError> {
         let deadline = tokio::time::Instant::now() + t;
         loop {
-            if let Some((first, hdr, len)) = frame_header(&self.buf) {
-                if self.buf.len() >= hdr + len {
-                    let body: Vec<u8> = self.buf[hdr..hdr + len].to_vec();
-                    self.buf.drain(..hdr + len);
-                    self.received_sizes.push((first >> 4, hdr + len));
-                    return decode(self.version, first, &body).map_err(ReadError::Decode);
-                }
+            if let Some(p) = self.take_buffered() {
+                return p;
             }
             self.buf.reserve(16 * 1024);
             match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
@@ -1041,6 +1080,42 @@ impl RawClient {
                 "3.1.1 server must not send DISCONNECT: {seen:?}"
             );
         }
+    }
+
+    /// The server must send DISCONNECT with `reason` (v5), then close the
+    /// connection in order (TCP FIN) within `t`. A reset instead fails: a client
+    /// meeting one may never read the DISCONNECT (its writes fail first, and some
+    /// systems throw away unread data on a reset).
+    pub async fn expect_orderly_disconnect(&mut self, reason: u8, t: Duration) {
+        let deadline = tokio::time::Instant::now() + t;
+        let mut seen: Vec<Packet> = self.pending.drain(..).collect();
+        loop {
+            if let Some(p) = self.take_buffered() {
+                seen.push(p.unwrap_or_else(|e| panic!("{e} after {seen:?}")));
+                continue;
+            }
+            self.buf.reserve(16 * 1024);
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
+                Err(_) => panic!("connection still open after {t:?}; packets seen: {seen:?}"),
+                Ok(Ok(0)) => break,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    panic!("the connection ended with \"{e}\", not an orderly close; packets seen: {seen:?}")
+                }
+            }
+        }
+        let discs: Vec<u8> = seen
+            .iter()
+            .filter_map(|p| match p {
+                Packet::Disconnect(r, _) => Some(*r),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            discs,
+            vec![reason],
+            "expected DISCONNECT {reason:#04x} before the close; saw {seen:?}"
+        );
     }
 
     /// The server closed the connection, or a v5 server sent DISCONNECT whose
@@ -1172,13 +1247,30 @@ impl RawClient {
     /// Next PUBLISH within `t`; with `auto_ack`, QoS 1 is PUBACKed, QoS 2 is
     /// PUBRECed, and PUBRELs seen meanwhile are PUBCOMPed.
     pub async fn recv_publish(&mut self, t: Duration) -> Publish {
+        self.try_recv_publish(t)
+            .await
+            .unwrap_or_else(|e| panic!("expected PUBLISH within {t:?}: {e}"))
+    }
+
+    /// Like [`RawClient::recv_publish`], but says why no PUBLISH came instead of
+    /// panicking. `t` bounds the whole wait: other packets (queued before or read
+    /// meanwhile) stay queued, in order, for later reads.
+    pub async fn try_recv_publish(&mut self, t: Duration) -> Result<Publish, ReadError> {
         let deadline = tokio::time::Instant::now() + t;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let p = self
-                .read(left)
-                .await
-                .unwrap_or_else(|e| panic!("expected PUBLISH within {t:?}: {e}"));
+        // Packets already queued are looked at once, not read back forever.
+        let mut skipped = VecDeque::new();
+        let mut queued = std::mem::take(&mut self.pending);
+        let outcome = loop {
+            let p = match queued.pop_front() {
+                Some(p) => p,
+                None => {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    match self.read_wire(left).await {
+                        Ok(p) => p,
+                        Err(e) => break Err(e),
+                    }
+                }
+            };
             match p {
                 Packet::Publish(p) => {
                     if self.auto_ack {
@@ -1189,15 +1281,19 @@ impl RawClient {
                             _ => {}
                         }
                     }
-                    return p;
+                    break Ok(p);
                 }
                 Packet::Pubrel(a) if self.auto_ack => {
                     let v = self.version;
                     self.send(&encode_ack(PUBCOMP, a.pid, 0, v)).await;
                 }
-                other => self.pending.push_back(other),
+                other => skipped.push_back(other),
             }
-        }
+        };
+        // Skipped packets first, then what was queued after the PUBLISH.
+        skipped.append(&mut queued);
+        self.pending = skipped;
+        outcome
     }
 
     /// The next PUBLISH within `t`, acknowledged whatever `auto_ack` says (QoS 1:
@@ -1237,22 +1333,10 @@ impl RawClient {
     /// No PUBLISH may arrive for `d` (the legitimate wait for an absence).
     /// PUBRELs are still completed.
     pub async fn expect_no_publish(&mut self, d: Duration) {
-        let deadline = tokio::time::Instant::now() + d;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                return;
-            }
-            match self.read(left).await {
-                Err(ReadError::Timeout) => return,
-                Ok(Packet::Publish(p)) => panic!("unexpected PUBLISH: {p:?}"),
-                Ok(Packet::Pubrel(a)) if self.auto_ack => {
-                    let v = self.version;
-                    self.send(&encode_ack(PUBCOMP, a.pid, 0, v)).await;
-                }
-                Ok(other) => self.pending.push_back(other),
-                Err(e) => panic!("connection failed while expecting no PUBLISH: {e}"),
-            }
+        match self.try_recv_publish(d).await {
+            Err(ReadError::Timeout) => {}
+            Ok(p) => panic!("unexpected PUBLISH: {p:?}"),
+            Err(e) => panic!("connection failed while expecting no PUBLISH: {e}"),
         }
     }
 

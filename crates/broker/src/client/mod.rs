@@ -26,7 +26,7 @@ use tokio::sync::watch;
 
 use crate::broker::Broker;
 use crate::cluster::{ClusterError, SessionChange};
-use crate::connection::{Connection, ReadError, WRITE_HIGH_WATER};
+use crate::connection::{Connection, ReadError, LINGER, LINGER_MAX_BYTES, WRITE_HIGH_WATER};
 use crate::mailbox::Delivery;
 use crate::message::Message;
 use crate::metrics::Metrics;
@@ -58,9 +58,21 @@ where
         if let Some(mut client) = handshake.await {
             let exit = client.run().await;
             // Boxed for the same reason: only the closing connection pays for it.
-            Box::pin(client.finish(exit)).await;
+            if let Some((conn, client_id)) = Box::pin(client.finish(exit)).await {
+                Box::pin(linger(conn, client_id)).await;
+            }
         }
     }
+}
+
+/// After a DISCONNECT with a reason, reads and throws away what the client still
+/// sends until it closes (bounded by [`LINGER`] and [`LINGER_MAX_BYTES`]), so that
+/// closing does not reset a connection the client is still writing to before it
+/// has read why. The session and the client id were released before: a takeover
+/// does not wait for this.
+async fn linger<R: ReadSide, W>(mut conn: Connection<R, W>, client_id: Arc<str>) {
+    let end = conn.rx.discard(LINGER, LINGER_MAX_BYTES).await;
+    tracing::debug!(%client_id, ?end, "closed after lingering");
 }
 
 /// Resolves when the oldest pending acknowledgement's message is durable.
@@ -423,8 +435,12 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
         Exit::Server(e.reason_code())
     }
 
-    /// Sends DISCONNECT if due, closes the socket, and hands the session back.
-    async fn finish(mut self, exit: Exit) {
+    /// Sends DISCONNECT if due, shuts the socket's write side down, and hands the
+    /// session back. Returns the connection (with the client id, for logs) when it
+    /// should [`linger`]: a DISCONNECT with a reason was sent and flushed. Everything
+    /// else the client held is dropped on return.
+    async fn finish(mut self, exit: Exit) -> Option<(Connection<R, W>, Arc<str>)> {
+        let mut told = false;
         if let Exit::Server(reason) = exit {
             // v3 has no server DISCONNECT: the connection is just closed.
             if self.protocol.is_v5() {
@@ -433,10 +449,14 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                     properties: DisconnectProperties::default(),
                 };
                 self.conn.tx.queue(&Packet::Disconnect(d), self.protocol);
+                told = true;
             }
         }
         let grace = Duration::from_secs(1);
-        let _ = tokio::time::timeout(grace, self.conn.tx.close()).await;
+        // Flushed and shut down (TCP FIN), unless the client stopped reading.
+        let flushed = tokio::time::timeout(grace, self.conn.tx.close())
+            .await
+            .is_ok();
         let will = match exit {
             Exit::Normal => {
                 // [MQTT-3.1.2-10] Discarded: nobody may publish it after this node dies.
@@ -468,5 +488,8 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
         tracing::debug!(client_id = %self.client_id, peer = %self.peer, ?exit, "client disconnected");
         self.broker
             .disconnected(self.conn_id, self.session, will.map(|w| *w));
+        // The exit guard goes with the rest of `self` on return: a claimer waiting
+        // for this connection to end proceeds before any lingering.
+        (told && flushed).then_some((self.conn, self.client_id))
     }
 }

@@ -67,9 +67,12 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
     /// An inbound PUBLISH.
     pub(super) fn on_publish(&mut self, mut p: Publish) -> Option<Exit> {
         let limits = &self.broker.config.limits;
-        // [MQTT-3.3.4-9] More unacknowledged QoS > 0 PUBLISHes than our Receive Maximum.
+        // More unreleased QoS 2 PUBLISHes than our Receive Maximum [MQTT-3.3.4-7]:
+        // DISCONNECT 0x93 (§4.9). A resend of one still unreleased (same packet id)
+        // is no new one: it is acknowledged again below [MQTT-4.3.3-9].
         if p.qos == QoS::ExactlyOnce
             && self.session.inbound_pending() >= usize::from(limits.receive_maximum)
+            && !self.session.awaits_release(p.packet_id.unwrap_or(0))
         {
             return Some(Exit::Server(ReasonCode::ReceiveMaximumExceeded));
         }
