@@ -431,13 +431,12 @@ async fn deliver(
                 let (broker, conn, keys) = (broker.clone(), redis.conn(), keys.clone());
                 let sessions = sessions.clone();
                 tokio::spawn(async move {
-                    // Only for the claim that still stands: one given up meanwhile
-                    // (the claimer gave the id back) must not cost this node the
-                    // session. From here on the claimer waits for the handover.
+                    // Not for a claim given up meanwhile (the claimer gave the id
+                    // back to this node): that must not cost this node the session.
                     match sessions.begin_handover(&client_id, epoch, &to).await {
                         Ok(true) => {}
                         Ok(false) => {
-                            tracing::debug!(%client_id, epoch, %to, "kick for a claim that no longer stands; ignored");
+                            tracing::debug!(%client_id, epoch, %to, "kick for a claim given back to this node; ignored");
                             return;
                         }
                         Err(e) => {

@@ -49,14 +49,18 @@ end
 return out
 ";
 
-/// The previous owner commits to a handover: only while the claim it was kicked by
-/// still stands (owner ARGV[1] at epoch ARGV[2]).
+/// The previous owner (ARGV[3]), kicked by the claim of ARGV[1] at epoch ARGV[2]:
+/// 0 when Redis names it the owner again (that claim was given back, or it claimed the
+/// id again since): it keeps the session. Otherwise 1: it hands the session over as
+/// asked (a later claim takes it from there in turn), and when that claim is still the
+/// latest it commits to it, so the claimer no longer gives the id back.
 const BEGIN_HANDOVER_SCRIPT: &str = r"
-if redis.call('HGET', KEYS[1], 'owner') == ARGV[1] and redis.call('HGET', KEYS[1], 'epoch') == ARGV[2] then
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if owner == ARGV[3] then return 0 end
+if owner == ARGV[1] and redis.call('HGET', KEYS[1], 'epoch') == ARGV[2] then
   redis.call('HSET', KEYS[1], 'handing', ARGV[2])
-  return 1
 end
-return 0
+return 1
 ";
 
 /// A claimer that got no handover gives the id back (owner ARGV[3]) unless the
@@ -430,9 +434,10 @@ impl Sessions {
         Ok(owner.map(|o| (o, epoch.unwrap_or(0))))
     }
 
-    /// The previous owner, kicked by the claim of `to` at `epoch`, commits to hand the
-    /// session over: true if that claim still stands (owner `to`, that epoch), and
-    /// from then on the claimer does not give the id back ([`Sessions::release`]).
+    /// This node, kicked by the claim of `to` at `epoch`: false if Redis names this
+    /// node the owner again (the claim was given back), so it keeps the session; else
+    /// true, and if that claim is still the latest the claimer no longer gives the id
+    /// back ([`Sessions::release`]).
     pub async fn begin_handover(
         &self,
         client_id: &str,
@@ -443,6 +448,7 @@ impl Sessions {
             .key(self.keys.session(client_id))
             .arg(to)
             .arg(epoch)
+            .arg(&self.me)
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(r == 1)
