@@ -1298,6 +1298,16 @@ impl ClusterNode {
                 tokio::select! {
                     r = &mut handed => break r.ok().flatten(),
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                        // A later claim took the id (two connects raced): the session
+                        // goes there, not here.
+                        if let Ok(Some((owner, current))) = self.sessions.owner(client_id).await {
+                            if current > epoch {
+                                self.handovers.cancel(client_id, epoch);
+                                return Err(ClusterError(format!(
+                                    "client id claimed again on {owner} meanwhile"
+                                )));
+                            }
+                        }
                         // Dead by both signals (liveness expired, gossip lost it):
                         // nothing can still serve the old connection.
                         if !self.is_alive(&prev).await.unwrap_or(true) && !self.member_up(&prev) {

@@ -546,6 +546,21 @@ impl ClusterBuilder {
     }
 }
 
+/// With `ASTRAMQ_TEST_LOGS=DIR`, every node's log is written to `DIR/<pid>-<node>.log`
+/// when the cluster is dropped (for looking into a run afterwards).
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        let Some(dir) = std::env::var_os("ASTRAMQ_TEST_LOGS") else {
+            return;
+        };
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        for (node, id) in self.nodes.iter().zip(&self.ids) {
+            let name = format!("{}-{seq}-{id}.log", std::process::id());
+            let _ = std::fs::write(std::path::Path::new(&dir).join(name), node.stderr());
+        }
+    }
+}
+
 /// Redis plus `n` astramq nodes `n1..nN` (index 0 is `n1`, the gossip seed).
 pub struct TestCluster {
     // Field order is drop order: the nodes go before Redis.
