@@ -46,7 +46,7 @@ pub fn redis_tool(name: &str) -> PathBuf {
     }
     panic!(
         "{name} is required by the cluster tests but is not installed: run scripts/test.sh, \
-         or `apt-get install redis-server redis-tools`"
+         or `apt-get install redis-server redis-tools redis-sentinel`"
     );
 }
 
@@ -326,6 +326,12 @@ impl RedisServer {
         }
     }
 
+    /// SIGKILLs the server and reaps it (no shutdown, nothing saved).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Starts the (shut down) server again on the same port and directory, and waits
     /// for it to answer PING.
     pub fn restart(&mut self) {
@@ -459,6 +465,8 @@ impl RedisCluster {
 pub enum Backend {
     Single(RedisServer),
     Cluster(RedisCluster),
+    /// A master, a replica and three sentinels (`common/sentinel.rs`).
+    Sentinel(super::sentinel::RedisSentinel),
 }
 
 impl Backend {
@@ -466,6 +474,7 @@ impl Backend {
         match self {
             Backend::Single(s) => s.url(),
             Backend::Cluster(c) => c.url(),
+            Backend::Sentinel(s) => s.url(),
         }
     }
 
@@ -473,6 +482,7 @@ impl Backend {
         match self {
             Backend::Single(s) => s.cmd(args),
             Backend::Cluster(c) => c.cmd(args),
+            Backend::Sentinel(s) => s.cmd(args),
         }
     }
 }
@@ -488,9 +498,27 @@ pub struct ClusterBuilder {
     args: Vec<String>,
     node_args: Vec<Vec<String>>,
     redis_per_node: bool,
+    sentinel: bool,
+    user: Option<(String, String, Vec<String>)>,
 }
 
 impl ClusterBuilder {
+    /// Run on Redis under Sentinel (master, replica, three sentinels); the nodes get
+    /// the `redis+sentinel://` URL.
+    pub fn sentinel(mut self) -> Self {
+        self.sentinel = true;
+        self
+    }
+
+    /// Before the nodes start, create the Redis ACL user `user` with `password` and
+    /// `rules` (`ACL SETUSER user on >password rules...`, on every data server), and
+    /// give the nodes a URL that logs in as that user.
+    pub fn redis_user(mut self, user: &str, password: &str, rules: &[&str]) -> Self {
+        let rules = rules.iter().map(|r| r.to_string()).collect();
+        self.user = Some((user.to_string(), password.to_string(), rules));
+        self
+    }
+
     /// Run on a three-master Redis Cluster instead of one server.
     pub fn redis_cluster(mut self) -> Self {
         self.redis_cluster = true;
@@ -522,9 +550,27 @@ impl ClusterBuilder {
     pub async fn start(self) -> TestCluster {
         let redis = if self.redis_cluster {
             Backend::Cluster(RedisCluster::start())
+        } else if self.sentinel {
+            Backend::Sentinel(super::sentinel::RedisSentinel::start())
         } else {
             Backend::Single(RedisServer::start())
         };
+        let mut credentials = None;
+        if let Some((user, password, rules)) = &self.user {
+            let servers: Vec<&RedisServer> = match &redis {
+                Backend::Single(s) => vec![s],
+                Backend::Cluster(c) => c.servers.iter().collect(),
+                Backend::Sentinel(s) => s.servers.iter().collect(),
+            };
+            let pass = format!(">{password}");
+            let mut args = vec!["ACL", "SETUSER", user.as_str(), "on", pass.as_str()];
+            args.extend(rules.iter().map(String::as_str));
+            for server in servers {
+                let r = server.cmd(&args);
+                assert_eq!(r, resp::Value::Status("OK".into()), "{args:?}: {r:?}");
+            }
+            credentials = Some(format!("{user}:{password}@"));
+        }
         let mut c = TestCluster {
             nodes: Vec::new(),
             redis,
@@ -532,6 +578,7 @@ impl ClusterBuilder {
             args: self.args,
             node_args: self.node_args,
             redis_per_node: self.redis_per_node,
+            credentials,
             running: Vec::new(),
             seq: AtomicU64::new(0),
         };
@@ -556,6 +603,8 @@ pub struct TestCluster {
     args: Vec<String>,
     node_args: Vec<Vec<String>>,
     redis_per_node: bool,
+    /// `user:password@` for the nodes' Redis URL ([`ClusterBuilder::redis_user`]).
+    credentials: Option<String>,
     running: Vec<bool>,
     seq: AtomicU64,
 }
@@ -568,6 +617,8 @@ impl TestCluster {
             args: Vec::new(),
             node_args: vec![Vec::new(); nodes],
             redis_per_node: false,
+            sentinel: false,
+            user: None,
         }
     }
 
@@ -581,7 +632,7 @@ impl TestCluster {
     pub fn redis_addr_of(&self, i: usize) -> SocketAddr {
         let port = match &self.redis {
             Backend::Single(r) => r.port(),
-            Backend::Cluster(_) => panic!("one address per node needs a single Redis server"),
+            _ => panic!("one address per node needs a single Redis server"),
         };
         if self.redis_per_node {
             SocketAddr::from(([127, 0, 0, 11 + i as u8], port))
@@ -592,11 +643,14 @@ impl TestCluster {
 
     fn spawn_node(&self, id: &str, gossip: &str, join: Option<SocketAddr>) -> Broker {
         let i = self.ids.iter().position(|n| n == id).unwrap_or(0);
-        let url = if self.redis_per_node {
+        let mut url = if self.redis_per_node {
             format!("redis://{}", self.redis_addr_of(i))
         } else {
             self.redis.url()
         };
+        if let Some(c) = &self.credentials {
+            url = url.replacen("://", &format!("://{c}"), 1);
+        }
         let mut args = vec!["--node-id", id, "--redis", &url];
         // A node given its own gossip address (`node_args`) keeps it.
         if !self.node_args[i].iter().any(|a| a == "--gossip-listen") {
@@ -642,11 +696,19 @@ impl TestCluster {
         &self.redis
     }
 
+    /// Redis under Sentinel (panics on another backend).
+    pub fn redis_sentinel(&mut self) -> &mut super::sentinel::RedisSentinel {
+        match &mut self.redis {
+            Backend::Sentinel(s) => s,
+            _ => panic!("redis_sentinel: the cluster does not run under Sentinel"),
+        }
+    }
+
     /// The single `redis-server` (panics on a Redis Cluster backend).
     pub fn redis_server(&mut self) -> &mut RedisServer {
         match &mut self.redis {
             Backend::Single(s) => s,
-            Backend::Cluster(_) => panic!("redis_server: the cluster runs on a Redis Cluster"),
+            _ => panic!("redis_server: the cluster does not run on a single Redis server"),
         }
     }
 
