@@ -90,6 +90,12 @@ pub struct ClusterTuning {
     /// times per period): a node gossip declares failed is taken over only once this
     /// has run out, ms.
     pub liveness_ttl_ms: u64,
+    /// Replicas that must confirm the Redis writes a QoS 1/2 acknowledgement depends
+    /// on (`WAIT`) before it is sent, so that a Redis failover cannot lose an
+    /// acknowledged message; 0 = off (Redis replicates asynchronously).
+    pub redis_wait_replicas: u32,
+    /// How long each `WAIT` may take before the write counts as failed, ms.
+    pub redis_wait_timeout_ms: u64,
 }
 
 impl Default for ClusterTuning {
@@ -101,6 +107,8 @@ impl Default for ClusterTuning {
             probe_rtt_ms: 200,
             suspect_to_down_ms: 1000,
             liveness_ttl_ms: 2000,
+            redis_wait_replicas: 0,
+            redis_wait_timeout_ms: 1000,
         }
     }
 }
@@ -132,6 +140,10 @@ pub struct ClusterSettings {
     pub suspect_to_down: std::time::Duration,
     /// Liveness key lifetime in Redis.
     pub liveness_ttl: std::time::Duration,
+    /// Replicas that must confirm a write an acknowledgement depends on (0 = off).
+    pub redis_wait_replicas: u32,
+    /// How long each `WAIT` may take.
+    pub redis_wait_timeout: std::time::Duration,
 }
 
 impl Default for Config {
@@ -326,6 +338,12 @@ impl Config {
                 "must be at least 400 (it is refreshed every quarter of it)",
             ));
         }
+        if c.redis_wait_replicas > 0 && c.redis_wait_timeout_ms == 0 {
+            return Err(ConfigError::new(
+                "cluster.redis_wait_timeout_ms",
+                "must be at least 1 when cluster.redis_wait_replicas is set (0 would wait forever)",
+            ));
+        }
         if !self.allow_anonymous && self.password_file.is_none() {
             return Err(ConfigError::new(
                 "allow_anonymous",
@@ -353,6 +371,10 @@ impl Config {
             probe_rtt: std::time::Duration::from_millis(self.cluster.probe_rtt_ms),
             suspect_to_down: std::time::Duration::from_millis(self.cluster.suspect_to_down_ms),
             liveness_ttl: std::time::Duration::from_millis(self.cluster.liveness_ttl_ms),
+            redis_wait_replicas: self.cluster.redis_wait_replicas,
+            redis_wait_timeout: std::time::Duration::from_millis(
+                self.cluster.redis_wait_timeout_ms,
+            ),
         })
     }
 }

@@ -87,7 +87,9 @@ const MAX_BATCH: usize = 1024;
 
 /// Appends outgoing records to the destination inboxes, batching.
 pub async fn forwarder(redis: Redis, keys: Keys, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
-    let conn = redis.conn();
+    // The publishers' acknowledgements wait on these appends: replicated first when
+    // `cluster.redis_wait_replicas` is set.
+    let conn = redis.durable_conn();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
         batch.push(first);

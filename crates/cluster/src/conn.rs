@@ -33,6 +33,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisFuture, Value};
 use thiserror::Error;
 
+use crate::durable::Durable;
 use crate::health::RedisHealth;
 use crate::sentinel::{Master, SentinelConn};
 
@@ -73,6 +74,8 @@ pub enum Conn {
     Cluster(ClusterConnection),
     /// Whichever server Sentinel names master, followed across failovers.
     Sentinel(SentinelConn),
+    /// Another connection whose requests each end with `WAIT` ([`Redis::durable_conn`]).
+    Durable(Box<Durable>),
 }
 
 impl std::fmt::Debug for Conn {
@@ -82,6 +85,7 @@ impl std::fmt::Debug for Conn {
             Conn::Plain(_) => "Conn::Plain",
             Conn::Cluster(_) => "Conn::Cluster",
             Conn::Sentinel(_) => "Conn::Sentinel",
+            Conn::Durable(_) => "Conn::Durable",
         })
     }
 }
@@ -93,6 +97,7 @@ impl ConnectionLike for Conn {
             Conn::Plain(c) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
             Conn::Sentinel(c) => c.req_packed_command(cmd),
+            Conn::Durable(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -107,6 +112,7 @@ impl ConnectionLike for Conn {
             Conn::Plain(c) => c.req_packed_commands(pipeline, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
             Conn::Sentinel(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Durable(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
@@ -116,6 +122,7 @@ impl ConnectionLike for Conn {
             Conn::Plain(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
             Conn::Sentinel(c) => c.get_db(),
+            Conn::Durable(c) => c.get_db(),
         }
     }
 }
@@ -143,6 +150,8 @@ pub struct Redis {
     shared: Conn,
     timeout: Duration,
     health: Arc<RedisHealth>,
+    /// `cluster.redis_wait_replicas` and its timeout, when set.
+    wait: Option<(u32, Duration)>,
 }
 
 impl std::fmt::Debug for Redis {
@@ -223,6 +232,7 @@ impl Redis {
             shared,
             timeout,
             health: Arc::new(RedisHealth::new()),
+            wait: None,
         })
     }
 
@@ -253,6 +263,42 @@ impl Redis {
                 secs: self.timeout.as_secs(),
                 reason: "timed out".into(),
             }),
+        }
+    }
+
+    /// Makes [`Redis::durable_conn`] wait for `replicas` replicas (at most `timeout`)
+    /// after each request (`cluster.redis_wait_replicas`; see [`crate::durable`]).
+    /// Zero turns it off. Refused on Redis Cluster.
+    pub fn with_wait_replicas(
+        mut self,
+        replicas: u32,
+        timeout: Duration,
+    ) -> Result<Redis, RedisError> {
+        if replicas == 0 {
+            self.wait = None;
+            return Ok(self);
+        }
+        if let Target::Cluster(_) = self.target {
+            return Err(RedisError::Url {
+                url: self.url.clone(),
+                reason: "cluster.redis_wait_replicas is not supported on Redis Cluster".into(),
+            });
+        }
+        self.wait = Some((replicas, timeout));
+        Ok(self)
+    }
+
+    /// The connection for writes an acknowledgement depends on (the forwarder's
+    /// inbox appends, the session journal): the shared one, each request followed by
+    /// `WAIT` when `cluster.redis_wait_replicas` is set.
+    pub fn durable_conn(&self) -> Conn {
+        match self.wait {
+            Some((replicas, timeout)) => Conn::Durable(Box::new(Durable::new(
+                self.shared.clone(),
+                replicas,
+                timeout,
+            ))),
+            None => self.shared.clone(),
         }
     }
 

@@ -8,6 +8,8 @@
 
 //! - [`conn`] — connections to Redis (single, TLS, Sentinel, Cluster) and the key
 //!   layout (prefix and hash tags).
+//! - [`durable`] — `WAIT` for replicas before an acknowledgement is released
+//!   (`cluster.redis_wait_replicas`).
 //! - [`sentinel`] — a connection that follows a Sentinel failover (reopens through
 //!   Sentinel after a lost connection or a `READONLY` from a demoted master).
 //! - [`routes`] — the cluster route table in memory: which nodes need a message, and
@@ -26,6 +28,7 @@
 
 pub mod bus;
 pub mod conn;
+pub mod durable;
 pub mod feed;
 pub mod health;
 pub mod membership;

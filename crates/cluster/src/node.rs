@@ -148,7 +148,9 @@ impl ClusterNode {
     ) -> Result<Arc<ClusterNode>, StartError> {
         let me = settings.node_id.clone();
         let timeout = Duration::from_secs(settings.redis_connect_timeout_secs);
-        let redis = Redis::connect(&settings.redis, timeout).await?;
+        let redis = Redis::connect(&settings.redis, timeout)
+            .await?
+            .with_wait_replicas(settings.redis_wait_replicas, settings.redis_wait_timeout)?;
         let keys = Keys::new(&settings.key_prefix);
         let mut conn = redis.conn();
         bus::ensure_group(&mut conn, &keys.inbox(&me)).await?;
@@ -190,7 +192,8 @@ impl ClusterNode {
         let (outgoing_tx, outgoing_rx) = mpsc::unbounded_channel();
         let handovers = Arc::new(bus::Handovers::default());
         let (stop_tx, stop_rx) = watch::channel(false);
-        let (sessions, sessions_task) = Sessions::start(redis.conn(), keys.clone(), me.clone());
+        let (sessions, sessions_task) =
+            Sessions::start(redis.durable_conn(), keys.clone(), me.clone());
         broker.stall.set_limit(settings.liveness_ttl);
         let (this_tx, this_rx) = oneshot::channel::<std::sync::Weak<ClusterNode>>();
         let tasks = vec![

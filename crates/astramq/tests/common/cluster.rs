@@ -326,6 +326,13 @@ impl RedisServer {
         }
     }
 
+    /// Whether the process is still running.
+    pub fn is_running(&self) -> bool {
+        // `try_wait` needs `&mut`; a killed server is reaped by `kill`, so a running
+        // one answers PING.
+        self.try_cmd(&["PING"]).is_ok()
+    }
+
     /// SIGKILLs the server and reaps it (no shutdown, nothing saved).
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -498,15 +505,15 @@ pub struct ClusterBuilder {
     args: Vec<String>,
     node_args: Vec<Vec<String>>,
     redis_per_node: bool,
-    sentinel: bool,
+    sentinel: Option<usize>,
     user: Option<(String, String, Vec<String>)>,
 }
 
 impl ClusterBuilder {
-    /// Run on Redis under Sentinel (master, replica, three sentinels); the nodes get
-    /// the `redis+sentinel://` URL.
-    pub fn sentinel(mut self) -> Self {
-        self.sentinel = true;
+    /// Run on Redis under Sentinel (a master, `replicas` replicas, three sentinels);
+    /// the nodes get the `redis+sentinel://` URL.
+    pub fn sentinel(mut self, replicas: usize) -> Self {
+        self.sentinel = Some(replicas);
         self
     }
 
@@ -550,8 +557,8 @@ impl ClusterBuilder {
     pub async fn start(self) -> TestCluster {
         let redis = if self.redis_cluster {
             Backend::Cluster(RedisCluster::start())
-        } else if self.sentinel {
-            Backend::Sentinel(super::sentinel::RedisSentinel::start())
+        } else if let Some(replicas) = self.sentinel {
+            Backend::Sentinel(super::sentinel::RedisSentinel::start(replicas))
         } else {
             Backend::Single(RedisServer::start())
         };
@@ -617,7 +624,7 @@ impl TestCluster {
             args: Vec::new(),
             node_args: vec![Vec::new(); nodes],
             redis_per_node: false,
-            sentinel: false,
+            sentinel: None,
             user: None,
         }
     }

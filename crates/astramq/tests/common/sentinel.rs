@@ -1,8 +1,9 @@
-//! Redis under Sentinel for the failover tests: one master, one replica and three
-//! `redis-sentinel` processes (quorum 2, down-after 1 s), all on free loopback ports.
+//! Redis under Sentinel for the failover tests: one master, one or more replicas and
+//! three `redis-sentinel` processes (quorum 2, down-after 1 s), all on free loopback
+//! ports.
 //!
-//! - [`RedisSentinel::start`] starts the two servers (the replica follows the master
-//!   with `REPLICAOF`), then the sentinels, and waits until every sentinel knows the
+//! - [`RedisSentinel::start`] starts the servers (the replicas follow the master with
+//!   `REPLICAOF`), then the sentinels, and waits until every sentinel knows every
 //!   replica and the two other sentinels: only then can a failover happen.
 //! - [`RedisSentinel::url`]: `redis+sentinel://127.0.0.1:S1,127.0.0.1:S2,127.0.0.1:S3/mymaster`.
 //! - [`RedisSentinel::kill_master`] (SIGKILL of whichever server is master) and
@@ -124,36 +125,44 @@ impl Drop for SentinelProcess {
 pub struct RedisSentinel {
     // Field order is drop order: sentinels first, so none fails over during teardown.
     sentinels: Vec<SentinelProcess>,
-    /// The two data servers; which one is master changes with failovers.
+    /// The data servers (master first at start); which one is master changes with
+    /// failovers.
     pub servers: Vec<RedisServer>,
 }
 
 impl RedisSentinel {
-    /// Starts the servers and the sentinels; returns once a failover is possible.
-    pub fn start() -> RedisSentinel {
+    /// Starts a master, `replicas` replicas and the sentinels; returns once a
+    /// failover is possible.
+    pub fn start(replicas: usize) -> RedisSentinel {
         let master = RedisServer::start();
-        let replica = RedisServer::start();
+        // A replica (re)joining a master is synced at once rather than after the
+        // default 5 s pause that waits for more replicas to share one transfer.
+        master.cmd(&["CONFIG", "SET", "repl-diskless-sync-delay", "0"]);
         let port = master.port().to_string();
-        replica.cmd(&["REPLICAOF", "127.0.0.1", &port]);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !replica
-            .cmd(&["INFO", "replication"])
-            .text()
-            .contains("master_link_status:up")
-        {
-            assert!(
-                Instant::now() < deadline,
-                "the replica did not sync with the master within 20 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        let mut servers = vec![master];
+        for _ in 0..replicas {
+            let replica = RedisServer::start();
+            replica.cmd(&["CONFIG", "SET", "repl-diskless-sync-delay", "0"]);
+            replica.cmd(&["REPLICAOF", "127.0.0.1", &port]);
+            while !replica
+                .cmd(&["INFO", "replication"])
+                .text()
+                .contains("master_link_status:up")
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "a replica did not sync with the master within 20 s"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            servers.push(replica);
         }
         let sentinels = (0..3)
-            .map(|_| SentinelProcess::start(master.addr()))
+            .map(|_| SentinelProcess::start(servers[0].addr()))
             .collect();
-        let s = RedisSentinel {
-            sentinels,
-            servers: vec![master, replica],
-        };
+        let s = RedisSentinel { sentinels, servers };
+        let want_replicas = replicas.to_string();
         // Sentinels find the replica through the master's INFO and each other through
         // hello messages (every 2 s): wait for both before any failover is attempted.
         for x in &s.sentinels {
@@ -165,12 +174,12 @@ impl RedisSentinel {
                         .map(|(_, v)| v.clone())
                         .unwrap_or_default()
                 };
-                if get("num-slaves") == "1" && get("num-other-sentinels") == "2" {
+                if get("num-slaves") == want_replicas && get("num-other-sentinels") == "2" {
                     break;
                 }
                 assert!(
                     Instant::now() < deadline,
-                    "sentinel :{} did not see the replica and two other sentinels within 20 s: {info:?}",
+                    "sentinel :{} did not see {replicas} replica(s) and two other sentinels within 20 s: {info:?}",
                     x.port
                 );
                 std::thread::sleep(Duration::from_millis(50));
@@ -228,8 +237,9 @@ impl RedisSentinel {
         m
     }
 
-    /// Waits until every sentinel names a master other than server `old` and that
-    /// server answers `ROLE` as master; returns the time waited.
+    /// Waits until every sentinel names a master other than server `old`, that
+    /// server answers `ROLE` as master, and every other running server is its replica
+    /// again; returns the time waited.
     pub async fn wait_failover(&self, old: usize, timeout: Duration) -> Duration {
         let start = Instant::now();
         let old_port = self.servers[old].port();
@@ -241,7 +251,12 @@ impl RedisSentinel {
                 .then(|| ports[0].unwrap());
             if let Some(port) = promoted {
                 let s = self.servers.iter().find(|s| s.port() == port).unwrap();
-                if role(s).as_deref() == Some("master") {
+                let replicas_follow = self
+                    .servers
+                    .iter()
+                    .filter(|x| x.port() != port && x.port() != old_port && x.is_running())
+                    .all(|x| follows(x, port));
+                if role(s).as_deref() == Some("master") && replicas_follow {
                     return start.elapsed();
                 }
             }
@@ -286,4 +301,12 @@ pub fn role(s: &RedisServer) -> Option<String> {
         resp::Value::Array(Some(items)) => items.first().map(resp::Value::text),
         _ => None,
     }
+}
+
+/// Whether `s` is a replica of the server on `port` with its link up.
+fn follows(s: &RedisServer, port: u16) -> bool {
+    s.try_cmd(&["INFO", "replication"]).is_ok_and(|v| {
+        let info = v.text();
+        info.contains(&format!("master_port:{port}")) && info.contains("master_link_status:up")
+    })
 }
