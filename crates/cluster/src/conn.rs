@@ -166,11 +166,14 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 impl Redis {
     /// Connects, failing if Redis does not answer a PING within `timeout`.
     pub async fn connect(url: &str, timeout: Duration) -> Result<Redis, RedisError> {
+        let full = url;
+        // What errors, logs and `url()` show: the password replaced by `***`.
+        let url = &redact(full);
         let bad = |reason: &str| RedisError::Url {
             url: url.to_string(),
             reason: reason.to_string(),
         };
-        let target = if let Some(rest) = url.strip_prefix("redis+cluster://") {
+        let target = if let Some(rest) = full.strip_prefix("redis+cluster://") {
             let seeds: Vec<String> = rest.split(',').map(|h| format!("redis://{h}")).collect();
             let client = ClusterClient::builder(seeds)
                 .connection_timeout(timeout)
@@ -178,7 +181,7 @@ impl Redis {
                 .build()
                 .map_err(|e| bad(&e.to_string()))?;
             Target::Cluster(Box::new(client))
-        } else if let Some(rest) = url.strip_prefix("redis+sentinel://") {
+        } else if let Some(rest) = full.strip_prefix("redis+sentinel://") {
             let (hosts, master) = rest.split_once('/').ok_or_else(|| {
                 bad("expected redis+sentinel://[user:password@]host:port[,host:port]/master")
             })?;
@@ -197,7 +200,7 @@ impl Redis {
                 current: Arc::new(Master::default()),
             }
         } else {
-            Target::Single(Client::open(url).map_err(|e| bad(&e.to_string()))?)
+            Target::Single(Client::open(full).map_err(|e| bad(&e.to_string()))?)
         };
         let unreachable = |reason: String| RedisError::Unreachable {
             url: url.to_string(),
@@ -241,7 +244,7 @@ impl Redis {
         &self.health
     }
 
-    /// The URL this deployment was reached through.
+    /// The URL this deployment was reached through, its password replaced by `***`.
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -314,6 +317,26 @@ impl Redis {
         if let Target::Sentinel { current, .. } = &self.target {
             current.forget();
         }
+    }
+}
+
+/// `url` with the password of its user information, if any, replaced by `***`, for
+/// errors and logs: `redis://astramq:***@host:6379`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => {
+            let shown = match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                None => "***".to_string(),
+            };
+            format!("{scheme}://{shown}@{hosts}{path}")
+        }
+        None => url.to_string(),
     }
 }
 
@@ -613,6 +636,19 @@ mod tests {
         assert_eq!(k.inbox("n1"), "amq:{inbox:n1}");
         assert_eq!(k.session("dev/42"), "amq:{s:dev/42}");
         assert_eq!(k.routes(), "amq:{routes}");
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("redis://astramq:pw@127.0.0.1:6379/0"),
+            "redis://astramq:***@127.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redact("redis+sentinel://u:p@w@h1:1,h2:2/mymaster"),
+            "redis+sentinel://u:***@h1:1,h2:2/mymaster"
+        );
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
     }
 
     #[tokio::test]

@@ -229,7 +229,7 @@ impl ClusterNode {
             )),
         ];
 
-        tracing::info!(node_id = %me, gossip = %membership.local_addr(), redis = %settings.redis, "joined the cluster");
+        tracing::info!(node_id = %me, gossip = %membership.local_addr(), redis = %redis.url(), "joined the cluster");
 
         let node = Arc::new(ClusterNode {
             me,
