@@ -148,7 +148,7 @@ async fn failover_under_load(
         scenario: scenario.to_string(),
         counts,
         detect_ms: first_log_ms(&ch.cluster, "serving local clients only", wall),
-        recover_ms: flowing.then(|| recover.as_millis() as u64),
+        recover_ms: flowing.then_some(recover.as_millis() as u64),
         note,
     };
     row.emit();

@@ -5,7 +5,7 @@
 //! - [`RedisSentinel::start`] starts the servers (the replicas follow the master with
 //!   `REPLICAOF`), then the sentinels, and waits until every sentinel knows every
 //!   replica and the two other sentinels: only then can a failover happen.
-//! - [`RedisSentinel::url`]: `redis+sentinel://127.0.0.1:S1,127.0.0.1:S2,127.0.0.1:S3/mymaster`.
+//! - [`RedisSentinel::url`] is `redis+sentinel://127.0.0.1:S1,127.0.0.1:S2,127.0.0.1:S3/mymaster`.
 //! - [`RedisSentinel::kill_master`] (SIGKILL of whichever server is master) and
 //!   [`RedisSentinel::wait_failover`] (every sentinel names the other server, and that
 //!   server's `ROLE` says master), [`RedisSentinel::failover`] (`SENTINEL FAILOVER`:
