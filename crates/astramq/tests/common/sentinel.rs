@@ -285,6 +285,25 @@ impl RedisSentinel {
         start.elapsed()
     }
 
+    /// Starts the killed server `old` again (empty: no persistence), as its
+    /// supervisor would, and waits until Sentinel has made it a replica of the
+    /// current master with its link up; returns the time waited.
+    pub async fn restart_as_replica(&mut self, old: usize, timeout: Duration) -> Duration {
+        let start = Instant::now();
+        self.servers[old].restart();
+        let port = self.servers[self.master()].port();
+        while !follows(&self.servers[old], port) {
+            assert!(
+                start.elapsed() < timeout,
+                "restarted server :{} not a replica of :{port} within {timeout:?}\n{}",
+                self.servers[old].port(),
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        start.elapsed()
+    }
+
     /// Every sentinel's log (last 2 KiB each).
     pub fn logs(&self) -> String {
         self.sentinels
