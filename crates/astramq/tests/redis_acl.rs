@@ -208,13 +208,23 @@ async fn wrong_password_is_a_start_up_error() {
     redis.cmd(&args);
     let wrong = "not-the-password-9431";
     let url = format!("redis://{USER}:{wrong}@127.0.0.1:{}", redis.port());
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_astramq"))
-        .args(["broker", "--listen", "127.0.0.1:0", "--node-id", "n1"])
-        .args(["--redis", &url, "--gossip-listen", "127.0.0.1:0"])
-        .env("ASTRAMQ_CLUSTER_REDIS_CONNECT_TIMEOUT_SECS", "2")
-        .output()
-        .expect("run astramq");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let out = run_astramq(
+        &[
+            "broker",
+            "--listen",
+            "127.0.0.1:0",
+            "--node-id",
+            "n1",
+            "--redis",
+            &url,
+            "--gossip-listen",
+            "127.0.0.1:0",
+        ],
+        &[("ASTRAMQ_CLUSTER_REDIS_CONNECT_TIMEOUT_SECS", "2")],
+        Duration::from_secs(20),
+    )
+    .await;
+    let stderr = &out.stderr;
     assert!(
         !out.status.success(),
         "started with a wrong password:\n{stderr}"

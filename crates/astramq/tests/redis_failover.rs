@@ -14,6 +14,7 @@
 //! | `sentinel_failover_demotes_master_qos1` | `SENTINEL FAILOVER` (the master keeps running until Sentinel demotes it, closing its clients' connections) | the same |
 //! | `*_wait_replicas` | the same, nodes with `cluster.redis_wait_replicas = 1` and one replica (WAIT must cover every replica); after a `kill -9` the killed server is restarted and becomes the new master's replica | the same (recovery counted from the restarted server's resync), and lost = 0 |
 //! | `wait_replicas_cost` | none: 300 sequential cross-node QoS 1 messages with the setting off, then on | reports the mean acknowledgement time of each |
+//! | `redis_cluster_kill9_master_qos1` (ignored: fails today, issue #12 item 2) | Redis Cluster, 3 masters + 3 replicas, `kill -9` of a master | the nodes serve again within 10 s of the replica taking the slots over |
 //!
 //! Lost and duplicates are counted as in the chaos suite and reported (a table row,
 //! appended as JSON to `$CARGO_TARGET_TMPDIR/chaos.jsonl`). With the setting off they
@@ -344,4 +345,96 @@ async fn wait_replicas_cost() {
         t_off.as_secs_f64() * 1000.0,
         t_on.as_secs_f64() * 1000.0
     );
+}
+
+// ---------------------------------------------------------------------------
+// Redis Cluster (issue #12 item 2: the failing first step)
+// ---------------------------------------------------------------------------
+
+/// Waits until server 0 of the Redis Cluster sees `killed` failed and the cluster
+/// whole again (a replica took its slots over); returns the time waited.
+async fn wait_cluster_failover(c: &TestCluster, killed: u16, timeout: Duration) -> Duration {
+    let start = Instant::now();
+    let Backend::Cluster(rc) = c.redis() else {
+        unreachable!("a Redis Cluster test")
+    };
+    loop {
+        let info = rc.servers[0].cmd(&["CLUSTER", "INFO"]).text();
+        let nodes = rc.servers[0].cmd(&["CLUSTER", "NODES"]).text();
+        let failed = nodes
+            .lines()
+            .any(|l| l.contains(&format!(":{killed}@")) && l.contains("fail"));
+        if failed && info.contains("cluster_state:ok") {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "no Redis Cluster failover within {timeout:?}:\n{info}\n{nodes}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// Invariant 6 on Redis Cluster: three masters with a replica each
+// (`cluster-node-timeout` 5 s); one master is SIGKILLed under QoS 1 load and its
+// replica takes its slots over. The nodes must serve again within RECOVER of the
+// cluster being whole; lost and duplicates are reported.
+//
+// Ignored: it fails today (issue #12 item 2 is open). Measured 2026-12-06: the
+// replica took the slots over ~6 s after the kill, but the nodes were still refusing
+// cross-node QoS 1 60 s later; their probe logs `no answer within 1s` at every tick
+// and the inbox consumer `timed out`, while the redis crate's cluster connection
+// keeps trying the dead node (`Failed to connect to node … Connection refused`).
+// Run it with `-- --ignored redis_cluster_kill9_master_qos1`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "issue #12 item 2: nodes do not follow a Redis Cluster failover yet"]
+async fn redis_cluster_kill9_master_qos1() {
+    let _alone = SERIAL.lock().await;
+    let run = async {
+        let builder = TestCluster::builder(3).redis_cluster_with_replicas();
+        let mut ch = Chaos::start_with(builder).await;
+        let load = Load::start(&ch, &LoadSpec::new("rc1", 1)).await;
+        assert!(
+            load.wait_more_acked(200, T).await,
+            "load not flowing before the fault"
+        );
+        let wall = SystemTime::now();
+        let fault_at = Instant::now();
+        // servers[1] is a master at start (servers[0] answers the test's commands).
+        let victim = &mut ch.cluster.redis_cluster_mut().servers[1];
+        let killed = victim.port();
+        victim.kill();
+        let failover = wait_cluster_failover(&ch.cluster, killed, Duration::from_secs(30)).await;
+        let whole_at = Instant::now();
+        let flowing = load.wait_more_acked(AFTER_RECOVERY, RECOVER).await;
+        let after = whole_at.elapsed();
+        let recover = fault_at.elapsed();
+        let (counts, details) = load.finish(SETTLE).await;
+        let row = Row {
+            scenario: "r1. Redis Cluster: kill -9 of a master (3 masters + 3 replicas), QoS 1"
+                .to_string(),
+            counts,
+            detect_ms: first_log_ms(&ch.cluster, "serving local clients only", wall),
+            recover_ms: flowing.then_some(recover.as_millis() as u64),
+            note: format!(
+                "the replica took the slots over {} ms after the kill; waited {} ms after \
+                 that for the load to be acknowledged again",
+                failover.as_millis(),
+                after.as_millis()
+            ),
+        };
+        row.emit();
+        for d in &details {
+            println!("  {d}");
+        }
+        assert!(
+            flowing,
+            "invariant 6: the load was not acknowledged again within {RECOVER:?} of the \
+             Redis Cluster failover\n{}",
+            tail(&ch.cluster.node(0).stderr(), 4000)
+        );
+    };
+    tokio::time::timeout(LIMIT, run)
+        .await
+        .unwrap_or_else(|_| panic!("scenario exceeded {LIMIT:?}"));
 }

@@ -418,12 +418,20 @@ impl RedisCluster {
     /// Starts three `redis-server --cluster-enabled yes`, joins them with
     /// `redis-cli --cluster create`, and waits for `cluster_state:ok` on each.
     pub fn start() -> RedisCluster {
-        let servers: Vec<RedisServer> = (0..3).map(|_| RedisServer::spawn(true)).collect();
+        Self::start_with_replicas(0)
+    }
+
+    /// Three masters with `replicas` replicas each (`servers[0..3]` are the
+    /// masters at start: `redis-cli --cluster create` makes the first addresses
+    /// masters).
+    pub fn start_with_replicas(replicas: usize) -> RedisCluster {
+        let n = 3 * (1 + replicas);
+        let servers: Vec<RedisServer> = (0..n).map(|_| RedisServer::spawn(true)).collect();
         let addrs: Vec<String> = servers.iter().map(|s| s.addr().to_string()).collect();
         let out = Command::new(redis_tool("redis-cli"))
             .args(["--cluster", "create"])
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
             .expect("run redis-cli --cluster create");
@@ -440,7 +448,7 @@ impl RedisCluster {
                 let info = s.cmd(&["CLUSTER", "INFO"]).text();
                 if info.contains("cluster_state:ok")
                     && info.contains("cluster_slots_assigned:16384")
-                    && info.contains("cluster_known_nodes:3")
+                    && info.contains(&format!("cluster_known_nodes:{n}"))
                 {
                     break;
                 }
@@ -502,6 +510,7 @@ impl Backend {
 pub struct ClusterBuilder {
     nodes: usize,
     redis_cluster: bool,
+    cluster_replicas: usize,
     args: Vec<String>,
     node_args: Vec<Vec<String>>,
     redis_per_node: bool,
@@ -532,6 +541,13 @@ impl ClusterBuilder {
         self
     }
 
+    /// Run on a three-master Redis Cluster with one replica per master.
+    pub fn redis_cluster_with_replicas(mut self) -> Self {
+        self.redis_cluster = true;
+        self.cluster_replicas = 1;
+        self
+    }
+
     /// Extra command-line arguments for every node.
     pub fn args(mut self, args: &[&str]) -> Self {
         self.args.extend(args.iter().map(|s| s.to_string()));
@@ -556,7 +572,7 @@ impl ClusterBuilder {
     /// until every node has seen every other come up.
     pub async fn start(self) -> TestCluster {
         let redis = if self.redis_cluster {
-            Backend::Cluster(RedisCluster::start())
+            Backend::Cluster(RedisCluster::start_with_replicas(self.cluster_replicas))
         } else if let Some(replicas) = self.sentinel {
             Backend::Sentinel(super::sentinel::RedisSentinel::start(replicas))
         } else {
@@ -621,6 +637,7 @@ impl TestCluster {
         ClusterBuilder {
             nodes,
             redis_cluster: false,
+            cluster_replicas: 0,
             args: Vec::new(),
             node_args: vec![Vec::new(); nodes],
             redis_per_node: false,
@@ -701,6 +718,14 @@ impl TestCluster {
 
     pub fn redis(&self) -> &Backend {
         &self.redis
+    }
+
+    /// The Redis Cluster (panics on another backend).
+    pub fn redis_cluster_mut(&mut self) -> &mut RedisCluster {
+        match &mut self.redis {
+            Backend::Cluster(c) => c,
+            _ => panic!("redis_cluster_mut: the cluster does not run on Redis Cluster"),
+        }
     }
 
     /// Redis under Sentinel (panics on another backend).
