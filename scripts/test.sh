@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it, on a fresh Debian machine: installs the system
-# packages the tests drive (Mosquitto's clients and mosquitto_passwd, HAProxy, Redis, iptables), then checks
+# packages the tests drive (Mosquitto's clients and mosquitto_passwd, HAProxy, Redis and Redis Sentinel, iptables), then checks
 # formatting, lints, and runs every test (unit, property/fuzz, end-to-end).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,8 @@ command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(hapr
 # tests/cluster.rs runs real redis-server processes (and redis-cli --cluster create).
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+# tests/redis_failover.rs runs three redis-sentinel processes beside a master and a replica.
+command -v redis-sentinel >/dev/null 2>&1 || missing+=(redis-sentinel)
 # tests/partition.rs cuts loopback ports with iptables rules (as root).
 command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || missing+=(iptables)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -104,6 +104,12 @@ pub struct ClusterTuning {
     /// (`reason="inbox_backlog_full"`): a slow consumer neither grows Redis nor delays
     /// the QoS 1/2 records queued behind them.
     pub inbox_backlog_entries: usize,
+    /// Replicas that must confirm the Redis writes a QoS 1/2 acknowledgement depends
+    /// on (`WAIT`) before it is sent, so that a Redis failover cannot lose an
+    /// acknowledged message; 0 = off (Redis replicates asynchronously).
+    pub redis_wait_replicas: u32,
+    /// How long each `WAIT` may take before the write counts as failed, ms.
+    pub redis_wait_timeout_ms: u64,
 }
 
 /// Bounds of what waits to cross the bus toward one destination node (from
@@ -133,6 +139,8 @@ impl Default for ClusterTuning {
             forward_qos12_backlog: 10_000,
             forward_backlog_bytes: 16 * 1024 * 1024,
             inbox_backlog_entries: 16,
+            redis_wait_replicas: 0,
+            redis_wait_timeout_ms: 1000,
         }
     }
 }
@@ -166,6 +174,10 @@ pub struct ClusterSettings {
     pub liveness_ttl: std::time::Duration,
     /// Bus backlog bounds per destination node.
     pub forward: ForwardLimits,
+    /// Replicas that must confirm a write an acknowledgement depends on (0 = off).
+    pub redis_wait_replicas: u32,
+    /// How long each `WAIT` may take.
+    pub redis_wait_timeout: std::time::Duration,
 }
 
 impl Default for Config {
@@ -418,6 +430,12 @@ impl Config {
                 "must be at least 400 (it is refreshed every quarter of it)",
             ));
         }
+        if c.redis_wait_replicas > 0 && c.redis_wait_timeout_ms == 0 {
+            return Err(ConfigError::new(
+                "cluster.redis_wait_timeout_ms",
+                "must be at least 1 when cluster.redis_wait_replicas is set (0 would wait forever)",
+            ));
+        }
         if !self.allow_anonymous && self.password_file.is_none() {
             return Err(ConfigError::new(
                 "allow_anonymous",
@@ -451,6 +469,10 @@ impl Config {
                 bytes: self.cluster.forward_backlog_bytes,
                 inbox_entries: self.cluster.inbox_backlog_entries,
             },
+            redis_wait_replicas: self.cluster.redis_wait_replicas,
+            redis_wait_timeout: std::time::Duration::from_millis(
+                self.cluster.redis_wait_timeout_ms,
+            ),
         })
     }
 }

@@ -98,7 +98,9 @@ pub async fn forwarder(
     backlog: Arc<Backlog>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let conn = redis.conn();
+    // The publishers' acknowledgements wait on these appends: replicated first when
+    // `cluster.redis_wait_replicas` is set.
+    let conn = redis.durable_conn();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut rounds: u64 = 0;
     loop {

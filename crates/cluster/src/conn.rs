@@ -4,8 +4,15 @@
 //! - `redis://host:port[/db]` or `rediss://...` (TLS): one server, through a
 //!   `ConnectionManager` that reconnects by itself;
 //! - `redis+cluster://host:port,host:port,...`: a Redis Cluster seed list;
-//! - `redis+sentinel://host:port[,host:port...]/master`: Sentinel, asked for the
-//!   current master at connect time.
+//! - `redis+sentinel://[user:password@]host:port[,host:port...]/master`: Sentinel.
+//!   Every connection asks Sentinel for the current master when it opens, and opens
+//!   again after a lost connection or a `READONLY` from a demoted master
+//!   ([`crate::sentinel`]), so the node follows a failover by itself. The credentials,
+//!   if any, are those of the Redis master and replicas (an ACL user); the sentinels
+//!   themselves are reached without authentication.
+//!
+//! `redis://user:password@host:port` logs in as a Redis ACL user (`AUTH user password`
+//! on every connection); `docs/reliability.md` lists the minimal ACL the nodes need.
 //!
 //! Every key carries the configured prefix and a hash tag, so that each key group used
 //! by one command lives in one Redis Cluster slot: `{routes}`, `{retained}`, `{feed}`,
@@ -26,7 +33,9 @@ use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisFuture, Value};
 use thiserror::Error;
 
+use crate::durable::Durable;
 use crate::health::RedisHealth;
+use crate::sentinel::{Master, SentinelConn};
 
 /// Redis could not be reached or used.
 #[derive(Debug, Error)]
@@ -63,6 +72,10 @@ pub enum Conn {
     Plain(MultiplexedConnection),
     /// Redis Cluster.
     Cluster(ClusterConnection),
+    /// Whichever server Sentinel names master, followed across failovers.
+    Sentinel(SentinelConn),
+    /// Another connection whose requests each end with `WAIT` ([`Redis::durable_conn`]).
+    Durable(Box<Durable>),
 }
 
 impl std::fmt::Debug for Conn {
@@ -71,6 +84,8 @@ impl std::fmt::Debug for Conn {
             Conn::Managed(_) => "Conn::Managed",
             Conn::Plain(_) => "Conn::Plain",
             Conn::Cluster(_) => "Conn::Cluster",
+            Conn::Sentinel(_) => "Conn::Sentinel",
+            Conn::Durable(_) => "Conn::Durable",
         })
     }
 }
@@ -81,6 +96,8 @@ impl ConnectionLike for Conn {
             Conn::Managed(c) => c.req_packed_command(cmd),
             Conn::Plain(c) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Sentinel(c) => c.req_packed_command(cmd),
+            Conn::Durable(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -94,6 +111,8 @@ impl ConnectionLike for Conn {
             Conn::Managed(c) => c.req_packed_commands(pipeline, offset, count),
             Conn::Plain(c) => c.req_packed_commands(pipeline, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Sentinel(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Durable(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
@@ -102,6 +121,8 @@ impl ConnectionLike for Conn {
             Conn::Managed(c) => c.get_db(),
             Conn::Plain(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
+            Conn::Sentinel(c) => c.get_db(),
+            Conn::Durable(c) => c.get_db(),
         }
     }
 }
@@ -113,6 +134,10 @@ enum Target {
     Sentinel {
         sentinels: Vec<String>,
         master: String,
+        /// The master's and replicas' credentials, from the URL.
+        node: Option<redis::sentinel::SentinelNodeConnectionInfo>,
+        /// Shared by every connection of the deployment (see [`Redis::forget_master`]).
+        current: Arc<Master>,
     },
 }
 
@@ -125,6 +150,8 @@ pub struct Redis {
     shared: Conn,
     timeout: Duration,
     health: Arc<RedisHealth>,
+    /// `cluster.redis_wait_replicas` and its timeout, when set.
+    wait: Option<(u32, Duration)>,
 }
 
 impl std::fmt::Debug for Redis {
@@ -139,11 +166,14 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 impl Redis {
     /// Connects, failing if Redis does not answer a PING within `timeout`.
     pub async fn connect(url: &str, timeout: Duration) -> Result<Redis, RedisError> {
+        let full = url;
+        // What errors, logs and `url()` show: the password replaced by `***`.
+        let url = &redact(full);
         let bad = |reason: &str| RedisError::Url {
             url: url.to_string(),
             reason: reason.to_string(),
         };
-        let target = if let Some(rest) = url.strip_prefix("redis+cluster://") {
+        let target = if let Some(rest) = full.strip_prefix("redis+cluster://") {
             let seeds: Vec<String> = rest.split(',').map(|h| format!("redis://{h}")).collect();
             let client = ClusterClient::builder(seeds)
                 .connection_timeout(timeout)
@@ -151,16 +181,26 @@ impl Redis {
                 .build()
                 .map_err(|e| bad(&e.to_string()))?;
             Target::Cluster(Box::new(client))
-        } else if let Some(rest) = url.strip_prefix("redis+sentinel://") {
-            let (hosts, master) = rest
-                .split_once('/')
-                .ok_or_else(|| bad("expected redis+sentinel://host:port[,host:port]/master"))?;
+        } else if let Some(rest) = full.strip_prefix("redis+sentinel://") {
+            let (hosts, master) = rest.split_once('/').ok_or_else(|| {
+                bad("expected redis+sentinel://[user:password@]host:port[,host:port]/master")
+            })?;
+            let (credentials, hosts) = match hosts.rsplit_once('@') {
+                Some((c, h)) => (Some(c), h),
+                None => (None, hosts),
+            };
+            let node = credentials
+                .map(|c| master_credentials(c, hosts))
+                .transpose()
+                .map_err(|e| bad(&e.to_string()))?;
             Target::Sentinel {
                 sentinels: hosts.split(',').map(|h| format!("redis://{h}")).collect(),
                 master: master.to_string(),
+                node,
+                current: Arc::new(Master::default()),
             }
         } else {
-            Target::Single(Client::open(url).map_err(|e| bad(&e.to_string()))?)
+            Target::Single(Client::open(full).map_err(|e| bad(&e.to_string()))?)
         };
         let unreachable = |reason: String| RedisError::Unreachable {
             url: url.to_string(),
@@ -180,7 +220,7 @@ impl Redis {
                         .set_max_delay(Duration::from_millis(500));
                     Conn::Managed(client.get_connection_manager_with_config(config).await?)
                 }
-                other => open(other, RESPONSE_TIMEOUT).await?,
+                other => open(other, RESPONSE_TIMEOUT, timeout).await?,
             };
             let _: String = redis::cmd("PING").query_async(&mut conn).await?;
             Ok::<Conn, redis::RedisError>(conn)
@@ -195,6 +235,7 @@ impl Redis {
             shared,
             timeout,
             health: Arc::new(RedisHealth::new()),
+            wait: None,
         })
     }
 
@@ -203,7 +244,7 @@ impl Redis {
         &self.health
     }
 
-    /// The URL this deployment was reached through.
+    /// The URL this deployment was reached through, its password replaced by `***`.
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -217,7 +258,8 @@ impl Redis {
     /// margin, so a BLOCK that returns empty is not mistaken for a dead server.
     pub async fn dedicated(&self, block: Duration) -> Result<Conn, RedisError> {
         let response = block + RESPONSE_TIMEOUT;
-        match tokio::time::timeout(self.timeout, open(&self.target, response)).await {
+        let opening = open(&self.target, response, self.timeout);
+        match tokio::time::timeout(self.timeout, opening).await {
             Ok(r) => Ok(r?),
             Err(_) => Err(RedisError::Unreachable {
                 url: self.url.clone(),
@@ -226,9 +268,103 @@ impl Redis {
             }),
         }
     }
+
+    /// Makes [`Redis::durable_conn`] wait for `replicas` replicas (at most `timeout`)
+    /// after each request (`cluster.redis_wait_replicas`; see [`crate::durable`]).
+    /// Zero turns it off. Refused on Redis Cluster.
+    pub fn with_wait_replicas(
+        mut self,
+        replicas: u32,
+        timeout: Duration,
+    ) -> Result<Redis, RedisError> {
+        if replicas == 0 {
+            self.wait = None;
+            return Ok(self);
+        }
+        if let Target::Cluster(_) = self.target {
+            return Err(RedisError::Url {
+                url: self.url.clone(),
+                reason: "cluster.redis_wait_replicas is not supported on Redis Cluster".into(),
+            });
+        }
+        self.wait = Some((replicas, timeout));
+        Ok(self)
+    }
+
+    /// The connection for writes an acknowledgement depends on (the forwarder's
+    /// inbox appends, the session journal): the shared one, each request followed by
+    /// `WAIT` when `cluster.redis_wait_replicas` is set.
+    pub fn durable_conn(&self) -> Conn {
+        match self.wait {
+            Some((replicas, timeout)) => Conn::Durable(Box::new(Durable::new(
+                self.shared.clone(),
+                replicas,
+                timeout,
+            ))),
+            None => self.shared.clone(),
+        }
+    }
+
+    /// Whether this deployment is reached through Sentinel (whose master can change).
+    pub fn follows_sentinel(&self) -> bool {
+        matches!(self.target, Target::Sentinel { .. })
+    }
+
+    /// The server the connections were opened to is no longer master (its `ROLE`
+    /// says replica): every connection asks Sentinel again at its next command. Does
+    /// nothing for other deployments.
+    pub fn forget_master(&self) {
+        if let Target::Sentinel { current, .. } = &self.target {
+            current.forget();
+        }
+    }
 }
 
-async fn open(target: &Target, response: Duration) -> Result<Conn, redis::RedisError> {
+/// `url` with the password of its user information, if any, replaced by `***`, for
+/// errors and logs: `redis://astramq:***@host:6379`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => {
+            let shown = match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                None => "***".to_string(),
+            };
+            format!("{scheme}://{shown}@{hosts}{path}")
+        }
+        None => url.to_string(),
+    }
+}
+
+/// `user:password` (percent-encoded as in a `redis://` URL) as the connection
+/// settings of a Sentinel deployment's master and replicas.
+fn master_credentials(
+    credentials: &str,
+    hosts: &str,
+) -> Result<redis::sentinel::SentinelNodeConnectionInfo, redis::RedisError> {
+    use redis::IntoConnectionInfo;
+    let first = hosts.split(',').next().unwrap_or_default();
+    let info = format!("redis://{credentials}@{first}").into_connection_info()?;
+    let parsed = info.redis_settings();
+    let mut settings = redis::RedisConnectionInfo::default();
+    if let Some(user) = parsed.username() {
+        settings = settings.set_username(user);
+    }
+    if let Some(password) = parsed.password() {
+        settings = settings.set_password(password);
+    }
+    Ok(redis::sentinel::SentinelNodeConnectionInfo::default().set_redis_connection_info(settings))
+}
+
+async fn open(
+    target: &Target,
+    response: Duration,
+    connect: Duration,
+) -> Result<Conn, redis::RedisError> {
     Ok(match target {
         Target::Single(client) => {
             let config = AsyncConnectionConfig::new().set_response_timeout(Some(response));
@@ -242,15 +378,21 @@ async fn open(target: &Target, response: Duration) -> Result<Conn, redis::RedisE
             let config = redis::cluster::ClusterConfig::new().set_response_timeout(response);
             Conn::Cluster(client.get_async_connection_with_config(config).await?)
         }
-        Target::Sentinel { sentinels, master } => {
-            let mut client = redis::sentinel::SentinelClient::build(
+        Target::Sentinel {
+            sentinels,
+            master,
+            node,
+            current,
+        } => {
+            let client = redis::sentinel::SentinelClient::build(
                 sentinels.clone(),
                 master.clone(),
-                None,
+                node.clone(),
                 redis::sentinel::SentinelServerType::Master,
             )?;
-            let config = AsyncConnectionConfig::new().set_response_timeout(Some(response));
-            Conn::Plain(client.get_async_connection_with_config(&config).await?)
+            let conn = SentinelConn::new(client, current.clone(), response, connect);
+            conn.connect().await?;
+            Conn::Sentinel(conn)
         }
     })
 }
@@ -494,6 +636,19 @@ mod tests {
         assert_eq!(k.inbox("n1"), "amq:{inbox:n1}");
         assert_eq!(k.session("dev/42"), "amq:{s:dev/42}");
         assert_eq!(k.routes(), "amq:{routes}");
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("redis://astramq:pw@127.0.0.1:6379/0"),
+            "redis://astramq:***@127.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redact("redis+sentinel://u:p@w@h1:1,h2:2/mymaster"),
+            "redis+sentinel://u:***@h1:1,h2:2/mymaster"
+        );
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
     }
 
     #[tokio::test]

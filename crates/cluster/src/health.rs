@@ -85,11 +85,14 @@ impl Default for RedisHealth {
 }
 
 /// Whether an error means Redis cannot be reached (as opposed to a command it refused).
+/// A server answering `READONLY` or `MASTERDOWN` is a replica (a master demoted by a
+/// Sentinel failover): as unusable for the node's writes as one that is gone.
 pub fn is_connection_error(e: &redis::RedisError) -> bool {
     e.is_io_error()
         || e.is_connection_refusal()
         || e.is_connection_dropped()
         || e.is_unrecoverable_error()
+        || matches!(e.code(), Some("READONLY" | "MASTERDOWN"))
 }
 
 impl RedisHealth {

@@ -8,6 +8,10 @@
 
 //! - [`conn`] — connections to Redis (single, TLS, Sentinel, Cluster) and the key
 //!   layout (prefix and hash tags).
+//! - [`durable`] — `WAIT` for replicas before an acknowledgement is released
+//!   (`cluster.redis_wait_replicas`).
+//! - [`sentinel`] — a connection that follows a Sentinel failover (reopens through
+//!   Sentinel after a lost connection or a `READONLY` from a demoted master).
 //! - [`routes`] — the cluster route table in memory: which nodes need a message, and
 //!   which node serves each shared-subscription group.
 //! - [`wire`] — the records nodes exchange through Redis.
@@ -27,11 +31,13 @@
 pub mod backlog;
 pub mod bus;
 pub mod conn;
+pub mod durable;
 pub mod feed;
 pub mod health;
 pub mod membership;
 pub mod node;
 pub mod routes;
+pub mod sentinel;
 pub mod sessions;
 pub mod wire;
 

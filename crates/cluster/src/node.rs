@@ -137,7 +137,9 @@ impl ClusterNode {
     ) -> Result<Arc<ClusterNode>, StartError> {
         let me = settings.node_id.clone();
         let timeout = Duration::from_secs(settings.redis_connect_timeout_secs);
-        let redis = Redis::connect(&settings.redis, timeout).await?;
+        let redis = Redis::connect(&settings.redis, timeout)
+            .await?
+            .with_wait_replicas(settings.redis_wait_replicas, settings.redis_wait_timeout)?;
         let keys = Keys::new(&settings.key_prefix);
         let mut conn = redis.conn();
         bus::ensure_group(&mut conn, &keys.inbox(&me)).await?;
@@ -184,7 +186,8 @@ impl ClusterNode {
         let backlog = Arc::new(Backlog::new(settings.forward));
         let handovers = Arc::new(bus::Handovers::default());
         let (stop_tx, stop_rx) = watch::channel(false);
-        let (sessions, sessions_task) = Sessions::start(redis.conn(), keys.clone(), me.clone());
+        let (sessions, sessions_task) =
+            Sessions::start(redis.durable_conn(), keys.clone(), me.clone());
         broker.stall.set_limit(settings.liveness_ttl);
         let (this_tx, this_rx) = oneshot::channel::<std::sync::Weak<ClusterNode>>();
         let tasks = vec![
@@ -225,7 +228,7 @@ impl ClusterNode {
             )),
         ];
 
-        tracing::info!(node_id = %me, gossip = %membership.local_addr(), redis = %settings.redis, "joined the cluster");
+        tracing::info!(node_id = %me, gossip = %membership.local_addr(), redis = %redis.url(), "joined the cluster");
 
         let node = Arc::new(ClusterNode {
             me,

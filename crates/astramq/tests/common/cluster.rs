@@ -46,7 +46,7 @@ pub fn redis_tool(name: &str) -> PathBuf {
     }
     panic!(
         "{name} is required by the cluster tests but is not installed: run scripts/test.sh, \
-         or `apt-get install redis-server redis-tools`"
+         or `apt-get install redis-server redis-tools redis-sentinel`"
     );
 }
 
@@ -326,6 +326,19 @@ impl RedisServer {
         }
     }
 
+    /// Whether the process is still running.
+    pub fn is_running(&self) -> bool {
+        // `try_wait` needs `&mut`; a killed server is reaped by `kill`, so a running
+        // one answers PING.
+        self.try_cmd(&["PING"]).is_ok()
+    }
+
+    /// SIGKILLs the server and reaps it (no shutdown, nothing saved).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Starts the (shut down) server again on the same port and directory, and waits
     /// for it to answer PING.
     pub fn restart(&mut self) {
@@ -405,12 +418,20 @@ impl RedisCluster {
     /// Starts three `redis-server --cluster-enabled yes`, joins them with
     /// `redis-cli --cluster create`, and waits for `cluster_state:ok` on each.
     pub fn start() -> RedisCluster {
-        let servers: Vec<RedisServer> = (0..3).map(|_| RedisServer::spawn(true)).collect();
+        Self::start_with_replicas(0)
+    }
+
+    /// Three masters with `replicas` replicas each (`servers[0..3]` are the
+    /// masters at start: `redis-cli --cluster create` makes the first addresses
+    /// masters).
+    pub fn start_with_replicas(replicas: usize) -> RedisCluster {
+        let n = 3 * (1 + replicas);
+        let servers: Vec<RedisServer> = (0..n).map(|_| RedisServer::spawn(true)).collect();
         let addrs: Vec<String> = servers.iter().map(|s| s.addr().to_string()).collect();
         let out = Command::new(redis_tool("redis-cli"))
             .args(["--cluster", "create"])
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
             .expect("run redis-cli --cluster create");
@@ -427,7 +448,7 @@ impl RedisCluster {
                 let info = s.cmd(&["CLUSTER", "INFO"]).text();
                 if info.contains("cluster_state:ok")
                     && info.contains("cluster_slots_assigned:16384")
-                    && info.contains("cluster_known_nodes:3")
+                    && info.contains(&format!("cluster_known_nodes:{n}"))
                 {
                     break;
                 }
@@ -459,6 +480,8 @@ impl RedisCluster {
 pub enum Backend {
     Single(RedisServer),
     Cluster(RedisCluster),
+    /// A master, a replica and three sentinels (`common/sentinel.rs`).
+    Sentinel(super::sentinel::RedisSentinel),
 }
 
 impl Backend {
@@ -466,6 +489,7 @@ impl Backend {
         match self {
             Backend::Single(s) => s.url(),
             Backend::Cluster(c) => c.url(),
+            Backend::Sentinel(s) => s.url(),
         }
     }
 
@@ -473,6 +497,7 @@ impl Backend {
         match self {
             Backend::Single(s) => s.cmd(args),
             Backend::Cluster(c) => c.cmd(args),
+            Backend::Sentinel(s) => s.cmd(args),
         }
     }
 }
@@ -485,15 +510,41 @@ impl Backend {
 pub struct ClusterBuilder {
     nodes: usize,
     redis_cluster: bool,
+    cluster_replicas: usize,
     args: Vec<String>,
     node_args: Vec<Vec<String>>,
     redis_per_node: bool,
+    sentinel: Option<usize>,
+    user: Option<(String, String, Vec<String>)>,
 }
 
 impl ClusterBuilder {
+    /// Run on Redis under Sentinel (a master, `replicas` replicas, three sentinels);
+    /// the nodes get the `redis+sentinel://` URL.
+    pub fn sentinel(mut self, replicas: usize) -> Self {
+        self.sentinel = Some(replicas);
+        self
+    }
+
+    /// Before the nodes start, create the Redis ACL user `user` with `password` and
+    /// `rules` (`ACL SETUSER user on >password rules...`, on every data server), and
+    /// give the nodes a URL that logs in as that user.
+    pub fn redis_user(mut self, user: &str, password: &str, rules: &[&str]) -> Self {
+        let rules = rules.iter().map(|r| r.to_string()).collect();
+        self.user = Some((user.to_string(), password.to_string(), rules));
+        self
+    }
+
     /// Run on a three-master Redis Cluster instead of one server.
     pub fn redis_cluster(mut self) -> Self {
         self.redis_cluster = true;
+        self
+    }
+
+    /// Run on a three-master Redis Cluster with one replica per master.
+    pub fn redis_cluster_with_replicas(mut self) -> Self {
+        self.redis_cluster = true;
+        self.cluster_replicas = 1;
         self
     }
 
@@ -521,10 +572,28 @@ impl ClusterBuilder {
     /// until every node has seen every other come up.
     pub async fn start(self) -> TestCluster {
         let redis = if self.redis_cluster {
-            Backend::Cluster(RedisCluster::start())
+            Backend::Cluster(RedisCluster::start_with_replicas(self.cluster_replicas))
+        } else if let Some(replicas) = self.sentinel {
+            Backend::Sentinel(super::sentinel::RedisSentinel::start(replicas))
         } else {
             Backend::Single(RedisServer::start())
         };
+        let mut credentials = None;
+        if let Some((user, password, rules)) = &self.user {
+            let servers: Vec<&RedisServer> = match &redis {
+                Backend::Single(s) => vec![s],
+                Backend::Cluster(c) => c.servers.iter().collect(),
+                Backend::Sentinel(s) => s.servers.iter().collect(),
+            };
+            let pass = format!(">{password}");
+            let mut args = vec!["ACL", "SETUSER", user.as_str(), "on", pass.as_str()];
+            args.extend(rules.iter().map(String::as_str));
+            for server in servers {
+                let r = server.cmd(&args);
+                assert_eq!(r, resp::Value::Status("OK".into()), "{args:?}: {r:?}");
+            }
+            credentials = Some(format!("{user}:{password}@"));
+        }
         let mut c = TestCluster {
             nodes: Vec::new(),
             redis,
@@ -532,6 +601,7 @@ impl ClusterBuilder {
             args: self.args,
             node_args: self.node_args,
             redis_per_node: self.redis_per_node,
+            credentials,
             running: Vec::new(),
             seq: AtomicU64::new(0),
         };
@@ -571,6 +641,8 @@ pub struct TestCluster {
     args: Vec<String>,
     node_args: Vec<Vec<String>>,
     redis_per_node: bool,
+    /// `user:password@` for the nodes' Redis URL ([`ClusterBuilder::redis_user`]).
+    credentials: Option<String>,
     running: Vec<bool>,
     seq: AtomicU64,
 }
@@ -580,9 +652,12 @@ impl TestCluster {
         ClusterBuilder {
             nodes,
             redis_cluster: false,
+            cluster_replicas: 0,
             args: Vec::new(),
             node_args: vec![Vec::new(); nodes],
             redis_per_node: false,
+            sentinel: None,
+            user: None,
         }
     }
 
@@ -596,7 +671,7 @@ impl TestCluster {
     pub fn redis_addr_of(&self, i: usize) -> SocketAddr {
         let port = match &self.redis {
             Backend::Single(r) => r.port(),
-            Backend::Cluster(_) => panic!("one address per node needs a single Redis server"),
+            _ => panic!("one address per node needs a single Redis server"),
         };
         if self.redis_per_node {
             SocketAddr::from(([127, 0, 0, 11 + i as u8], port))
@@ -607,11 +682,14 @@ impl TestCluster {
 
     fn spawn_node(&self, id: &str, gossip: &str, join: Option<SocketAddr>) -> Broker {
         let i = self.ids.iter().position(|n| n == id).unwrap_or(0);
-        let url = if self.redis_per_node {
+        let mut url = if self.redis_per_node {
             format!("redis://{}", self.redis_addr_of(i))
         } else {
             self.redis.url()
         };
+        if let Some(c) = &self.credentials {
+            url = url.replacen("://", &format!("://{c}"), 1);
+        }
         let mut args = vec!["--node-id", id, "--redis", &url];
         // A node given its own gossip address (`node_args`) keeps it.
         if !self.node_args[i].iter().any(|a| a == "--gossip-listen") {
@@ -657,11 +735,27 @@ impl TestCluster {
         &self.redis
     }
 
+    /// The Redis Cluster (panics on another backend).
+    pub fn redis_cluster_mut(&mut self) -> &mut RedisCluster {
+        match &mut self.redis {
+            Backend::Cluster(c) => c,
+            _ => panic!("redis_cluster_mut: the cluster does not run on Redis Cluster"),
+        }
+    }
+
+    /// Redis under Sentinel (panics on another backend).
+    pub fn redis_sentinel(&mut self) -> &mut super::sentinel::RedisSentinel {
+        match &mut self.redis {
+            Backend::Sentinel(s) => s,
+            _ => panic!("redis_sentinel: the cluster does not run under Sentinel"),
+        }
+    }
+
     /// The single `redis-server` (panics on a Redis Cluster backend).
     pub fn redis_server(&mut self) -> &mut RedisServer {
         match &mut self.redis {
             Backend::Single(s) => s,
-            Backend::Cluster(_) => panic!("redis_server: the cluster runs on a Redis Cluster"),
+            _ => panic!("redis_server: the cluster does not run on a single Redis server"),
         }
     }
 

@@ -160,13 +160,61 @@ impl ClusterNode {
 }
 
 /// One probe: the incarnation marker's value (`None` if missing), on the watcher's
-/// own connection (opened if needed).
+/// own connection (opened if needed). Through Sentinel the probe also asks the
+/// server's `ROLE`: a master demoted by a failover still answers reads, so only its
+/// role tells. Then every connection is told to ask Sentinel again
+/// ([`crate::conn::Redis::forget_master`]) and the probe retries once on a new one.
 async fn probe(
     node: &ClusterNode,
     conn: &mut Option<Conn>,
     key: &str,
 ) -> Result<Option<String>, String> {
-    let c = match conn {
+    if !node.redis.follows_sentinel() {
+        return probe_once(node, conn, key).await;
+    }
+    for _ in 0..2 {
+        let c = connection(node, conn).await?;
+        let (role, value): (redis::Value, Option<String>) = redis::pipe()
+            .cmd("ROLE")
+            .cmd("GET")
+            .arg(key)
+            .query_async(c)
+            .await
+            .map_err(|e| e.to_string())?;
+        if is_master(&role) {
+            return Ok(value);
+        }
+        tracing::info!(
+            "redis: the server Sentinel named master is now a replica; asking Sentinel again"
+        );
+        node.redis.forget_master();
+        *conn = None;
+    }
+    Err("the master Sentinel names answers ROLE as a replica".into())
+}
+
+/// Whether a `ROLE` reply is a master's.
+fn is_master(role: &redis::Value) -> bool {
+    match role {
+        redis::Value::Array(items) => {
+            matches!(
+                items.first(),
+                Some(redis::Value::BulkString(b)) if b.as_slice() == b"master"
+            ) || matches!(
+                items.first(),
+                Some(redis::Value::SimpleString(s)) if s == "master"
+            )
+        }
+        _ => false,
+    }
+}
+
+/// The watcher's own connection, opened if needed.
+async fn connection<'a>(
+    node: &ClusterNode,
+    conn: &'a mut Option<Conn>,
+) -> Result<&'a mut Conn, String> {
+    Ok(match conn {
         Some(c) => c,
         None => conn.insert(
             node.redis
@@ -174,7 +222,16 @@ async fn probe(
                 .await
                 .map_err(|e| e.to_string())?,
         ),
-    };
+    })
+}
+
+/// [`probe`] without the role check (one server, Redis Cluster).
+async fn probe_once(
+    node: &ClusterNode,
+    conn: &mut Option<Conn>,
+    key: &str,
+) -> Result<Option<String>, String> {
+    let c = connection(node, conn).await?;
     redis::cmd("GET")
         .arg(key)
         .query_async(c)

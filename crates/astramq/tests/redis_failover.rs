@@ -1,0 +1,440 @@
+//! Redis failover under load (issue #12 item 1; DESIGN invariants 6 and 1): three
+//! `astramq` nodes on `redis+sentinel://…/mymaster` (one master, one replica, three
+//! `redis-sentinel` processes, quorum 2, down-after 1 s — `common/sentinel.rs`), the
+//! chaos load through `astramq lb` (persistent subscribers on every node, QoS 1 or 2
+//! publishers — `common/chaos.rs`), and a fault on the Redis master.
+//!
+//! ```sh
+//! cargo test -p astramq --test redis_failover -- --test-threads=1 --nocapture
+//! ```
+//!
+//! | test | fault | asserts |
+//! |---|---|---|
+//! | `kill9_master_qos1` / `_qos2` | `kill -9` of the master | Sentinel promotes the replica; every node says Redis is reachable again and the load is acknowledged again within [`RECOVER`] of the promotion, with no node restarted |
+//! | `sentinel_failover_demotes_master_qos1` | `SENTINEL FAILOVER` (the master keeps running until Sentinel demotes it, closing its clients' connections) | the same |
+//! | `*_wait_replicas` | the same, nodes with `cluster.redis_wait_replicas = 1` and one replica (WAIT must cover every replica); after a `kill -9` the killed server is restarted and becomes the new master's replica | the same (recovery counted from the restarted server's resync), and lost = 0 |
+//! | `wait_replicas_cost` | none: 300 sequential cross-node QoS 1 messages with the setting off, then on | reports the mean acknowledgement time of each |
+//! | `redis_cluster_kill9_master_qos1` (ignored: fails today, issue #12 item 2) | Redis Cluster, 3 masters + 3 replicas, `kill -9` of a master | the nodes serve again within 10 s of the replica taking the slots over |
+//!
+//! Lost and duplicates are counted as in the chaos suite and reported (a table row,
+//! appended as JSON to `$CARGO_TARGET_TMPDIR/chaos.jsonl`). With the setting off they
+//! are *reported, not asserted*: Redis replicates asynchronously, so a write the old
+//! master acknowledged in its last moments can be missing on the new one, and with it
+//! a message the broker acknowledged (docs/reliability.md, "Redis failover", has the
+//! measured rows). With `cluster.redis_wait_replicas = 1` every write an
+//! acknowledgement depends on was confirmed by the replica first: lost = 0 is asserted.
+//! Recovery is asserted: before the fix in `astramq-cluster` (`sentinel.rs`), the
+//! nodes' shared connection stayed bound to the dead master and every test here
+//! failed at "reachable again".
+
+mod common;
+#[path = "common/chaos.rs"]
+mod harness;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use common::cluster::*;
+use common::sentinel::RedisSentinel;
+use common::*;
+use harness::*;
+
+/// Upper bound of one scenario, cluster start included.
+const LIMIT: Duration = Duration::from_secs(90);
+/// Sentinel's own time to promote the replica (down-after 1 s, then election), and
+/// to demote a master that kept running (it did so ~11 s after the promotion here).
+const PROMOTION: Duration = Duration::from_secs(20);
+/// After the promotion: how long the nodes may take to serve cross-node QoS 1/2
+/// messages again (they probe Redis every second).
+const RECOVER: Duration = Duration::from_secs(10);
+/// After the load stops: how long acknowledged messages may take to arrive.
+const SETTLE: Duration = Duration::from_secs(12);
+
+/// One scenario at a time: each loads the machine and measures times.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn sentinel(c: &TestCluster) -> &RedisSentinel {
+    match c.redis() {
+        Backend::Sentinel(s) => s,
+        _ => unreachable!("these tests run under Sentinel"),
+    }
+}
+
+/// What happens to the master.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// SIGKILL: every connection to it breaks.
+    Kill9,
+    /// `SENTINEL FAILOVER`: it keeps running, is made a replica of the promoted one,
+    /// and answers writes on the nodes' open connections with `READONLY`.
+    Demote,
+}
+
+/// A TOML file turning `cluster.redis_wait_replicas` on (1 replica, 1 s), for
+/// `--config`; deleted on drop.
+fn wait_replicas_config() -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().expect("temp file");
+    std::io::Write::write_all(
+        &mut f,
+        b"[cluster]\nredis_wait_replicas = 1\nredis_wait_timeout_ms = 1000\n",
+    )
+    .unwrap();
+    f
+}
+
+/// Runs the load on Redis with `replicas` replicas, applies `fault` to the master,
+/// and returns the row (emitted). `wait`: the nodes run with
+/// `cluster.redis_wait_replicas = 1`, and lost = 0 is asserted.
+async fn failover_under_load(
+    scenario: &str,
+    spec: LoadSpec,
+    fault: Fault,
+    replicas: usize,
+    wait: bool,
+) -> Row {
+    let config = wait_replicas_config();
+    let path = config.path().to_str().unwrap().to_string();
+    let args: &[&str] = if wait { &["--config", &path] } else { &[] };
+    let builder = TestCluster::builder(3).sentinel(replicas).args(args);
+    let ch = Chaos::start_with(builder).await;
+    let load = Load::start(&ch, &spec).await;
+    assert!(
+        load.wait_more_acked(200, T).await,
+        "load not flowing before the fault"
+    );
+    let mut ch = ch;
+    let wall = SystemTime::now();
+    let fault_at = Instant::now();
+    let old = match fault {
+        Fault::Kill9 => ch.cluster.redis_sentinel().kill_master(),
+        Fault::Demote => sentinel(&ch.cluster).failover(),
+    };
+    let mut promoted_in = sentinel(&ch.cluster).wait_failover(old, PROMOTION).await;
+    if let Fault::Demote = fault {
+        // The old master keeps serving until Sentinel reconfigures it as a replica;
+        // recovery counts from then.
+        promoted_in = sentinel(&ch.cluster)
+            .wait_demoted(old, PROMOTION)
+            .await
+            .max(promoted_in);
+    }
+    if let (Fault::Kill9, true) = (fault, wait) {
+        // WAIT 1 on the promoted master needs a replica again: the killed server is
+        // restarted, as its supervisor would, and Sentinel makes it one. Recovery
+        // counts from then.
+        let back = ch
+            .cluster
+            .redis_sentinel()
+            .restart_as_replica(old, PROMOTION)
+            .await;
+        promoted_in += back;
+    }
+    let promoted_at = Instant::now();
+    let flowing = load.wait_more_acked(AFTER_RECOVERY, RECOVER).await;
+    let recover = fault_at.elapsed();
+    let after_promotion = promoted_at.elapsed();
+    // Every node, not only those the publishers happen to use, follows the failover.
+    let mut reachable = Vec::new();
+    for i in 0..ch.cluster.len() {
+        let log = ch.cluster.node(i).stderr();
+        let outage = log.contains("serving local clients only");
+        reachable.push(!outage || log.contains("redis reachable again after"));
+    }
+    let disconnects = load.disconnect_reasons();
+    let (counts, details) = load.finish(SETTLE).await;
+    let mut note = format!(
+        "{fault:?}; Sentinel promoted the replica (and, for Demote, the old master \
+         answered ROLE slave; for Kill9 with WAIT, the restarted old master was a \
+         replica again) {} ms after the fault; load acknowledged again {} ms after that",
+        promoted_in.as_millis(),
+        after_promotion.as_millis()
+    );
+    note.push_str(&format!("; {replicas} replica(s)"));
+    if wait {
+        note.push_str("; cluster.redis_wait_replicas = 1");
+    }
+    if !disconnects.is_empty() {
+        note.push_str(&format!(
+            "; server DISCONNECTs (reason: count) {disconnects:?}"
+        ));
+    }
+    let row = Row {
+        scenario: scenario.to_string(),
+        counts,
+        detect_ms: first_log_ms(&ch.cluster, "serving local clients only", wall),
+        recover_ms: flowing.then_some(recover.as_millis() as u64),
+        note,
+    };
+    row.emit();
+    for d in &details {
+        println!("  {d}");
+    }
+    assert!(row.counts.acknowledged > 0, "nothing acknowledged: {row:?}");
+    assert!(
+        flowing,
+        "invariant 6: the load was not acknowledged again within {RECOVER:?} of the \
+         promotion ({} more needed)\n{}\n{}",
+        AFTER_RECOVERY,
+        tail(&ch.cluster.node(0).stderr(), 4000),
+        sentinel(&ch.cluster).logs()
+    );
+    if wait {
+        assert_eq!(
+            row.counts.lost,
+            0,
+            "invariant 1 with cluster.redis_wait_replicas = 1: acknowledged deliveries lost \
+             in the failover:\n{}",
+            details.join("\n")
+        );
+    }
+    for (i, ok) in reachable.iter().enumerate() {
+        assert!(
+            ok,
+            "invariant 6: {} saw the outage but never said Redis was reachable again:\n{}",
+            ch.cluster.id(i),
+            tail(&ch.cluster.node(i).stderr(), 4000)
+        );
+    }
+    row
+}
+
+async fn bounded(f: impl std::future::Future<Output = Row>) -> Row {
+    let _alone = SERIAL.lock().await;
+    tokio::time::timeout(LIMIT, f)
+        .await
+        .unwrap_or_else(|_| panic!("scenario exceeded {LIMIT:?}"))
+}
+
+// Invariant 6 through a Redis master failure: the master is SIGKILLed under QoS 1
+// load; Sentinel promotes the replica; the nodes find it by themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_master_qos1() {
+    let spec = LoadSpec::new("sk1", 1);
+    bounded(failover_under_load(
+        "s1. Sentinel: kill -9 of the master, QoS 1",
+        spec,
+        Fault::Kill9,
+        1,
+        false,
+    ))
+    .await;
+}
+
+// The same at QoS 2 ([MQTT-4.3.3]: duplicates are reported; a write lost with the
+// old master can show as a loss or, for a PUBREL state, a duplicate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_master_qos2() {
+    let spec = LoadSpec::new("sk2", 2);
+    bounded(failover_under_load(
+        "s2. Sentinel: kill -9 of the master, QoS 2",
+        spec,
+        Fault::Kill9,
+        1,
+        false,
+    ))
+    .await;
+}
+
+// A master demoted while it runs (`SENTINEL FAILOVER`): the nodes' connections to it
+// stay open and its writes answer `READONLY`; that must send them to the new master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_demotes_master_qos1() {
+    let spec = LoadSpec::new("sd1", 1);
+    bounded(failover_under_load(
+        "s3. Sentinel: SENTINEL FAILOVER (master demoted), QoS 1",
+        spec,
+        Fault::Demote,
+        1,
+        false,
+    ))
+    .await;
+}
+
+// Invariant 1 through a failover: with `cluster.redis_wait_replicas = 1` and one
+// replica, nothing the old master acknowledged is missing on the promoted replica
+// (it confirmed every such write). The promoted master has no replica until the
+// killed server is restarted and Sentinel makes it one: until then, QoS 1/2 messages
+// for other nodes are refused (the setting's price; docs/reliability.md).
+// (Two replicas with WAIT 1 are not enough: Sentinel may promote the one lacking a
+// write the other confirmed — measured, docs/reliability.md.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_master_qos1_wait_replicas() {
+    let spec = LoadSpec::new("sw1", 1);
+    bounded(failover_under_load(
+        "s4. Sentinel: kill -9 of the master, QoS 1, redis_wait_replicas = 1",
+        spec,
+        Fault::Kill9,
+        1,
+        true,
+    ))
+    .await;
+}
+
+// The same at QoS 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_master_qos2_wait_replicas() {
+    let spec = LoadSpec::new("sw2", 2);
+    bounded(failover_under_load(
+        "s5. Sentinel: kill -9 of the master, QoS 2, redis_wait_replicas = 1",
+        spec,
+        Fault::Kill9,
+        1,
+        true,
+    ))
+    .await;
+}
+
+// A demoted master keeps accepting writes until Sentinel reconfigures it, but its
+// only replica has left it to be master: WAIT 1 fails there, so nothing acknowledged
+// is lost. (With a second replica still following the old master, WAIT 1 would
+// succeed there and the write be lost: against this fault the setting must equal
+// the number of replicas — docs/reliability.md.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_demotes_master_qos1_wait_replicas() {
+    let spec = LoadSpec::new("sdw1", 1);
+    bounded(failover_under_load(
+        "s6. Sentinel: SENTINEL FAILOVER (master demoted), QoS 1, redis_wait_replicas = 1",
+        spec,
+        Fault::Demote,
+        1,
+        true,
+    ))
+    .await;
+}
+
+/// Mean time from PUBLISH to PUBACK of `n` sequential QoS 1 messages published on
+/// node 1 with a subscriber on node 2 (so each waits for its copy in node 2's inbox).
+async fn cross_node_ack_time(c: &TestCluster, n: usize) -> Duration {
+    let mut sub = c.client(1, Version::V5, "cost-sub").await;
+    sub.sub("cost/#", 1).await;
+    c.sync_feed(1, 0).await;
+    let mut publ = c.client(0, Version::V5, "cost-pub").await;
+    let start = Instant::now();
+    for i in 0..n {
+        let reason = publ
+            .publish("cost/x", format!("{i}").as_bytes(), 1, false)
+            .await;
+        assert_eq!(reason, 0, "message {i} refused");
+    }
+    let mean = start.elapsed() / n as u32;
+    for _ in 0..n {
+        sub.recv_publish(T).await;
+    }
+    mean
+}
+
+// The price of `cluster.redis_wait_replicas = 1`, measured (reported, not asserted:
+// the machine is shared): sequential cross-node QoS 1 acknowledgements.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_replicas_cost() {
+    let _alone = SERIAL.lock().await;
+    const N: usize = 300;
+    let off = TestCluster::builder(2).sentinel(2).start().await;
+    let t_off = cross_node_ack_time(&off, N).await;
+    drop(off);
+    let config = wait_replicas_config();
+    let path = config.path().to_str().unwrap().to_string();
+    let on = TestCluster::builder(2)
+        .sentinel(2)
+        .args(&["--config", &path])
+        .start()
+        .await;
+    let t_on = cross_node_ack_time(&on, N).await;
+    println!(
+        "cross-node QoS 1, {N} sequential messages: mean PUBLISH→PUBACK {:.2} ms with \
+         redis_wait_replicas off, {:.2} ms with redis_wait_replicas = 1",
+        t_off.as_secs_f64() * 1000.0,
+        t_on.as_secs_f64() * 1000.0
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Redis Cluster (issue #12 item 2: the failing first step)
+// ---------------------------------------------------------------------------
+
+/// Waits until server 0 of the Redis Cluster sees `killed` failed and the cluster
+/// whole again (a replica took its slots over); returns the time waited.
+async fn wait_cluster_failover(c: &TestCluster, killed: u16, timeout: Duration) -> Duration {
+    let start = Instant::now();
+    let Backend::Cluster(rc) = c.redis() else {
+        unreachable!("a Redis Cluster test")
+    };
+    loop {
+        let info = rc.servers[0].cmd(&["CLUSTER", "INFO"]).text();
+        let nodes = rc.servers[0].cmd(&["CLUSTER", "NODES"]).text();
+        let failed = nodes
+            .lines()
+            .any(|l| l.contains(&format!(":{killed}@")) && l.contains("fail"));
+        if failed && info.contains("cluster_state:ok") {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "no Redis Cluster failover within {timeout:?}:\n{info}\n{nodes}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// Invariant 6 on Redis Cluster: three masters with a replica each
+// (`cluster-node-timeout` 5 s); one master is SIGKILLed under QoS 1 load and its
+// replica takes its slots over. The nodes must serve again within RECOVER of the
+// cluster being whole; lost and duplicates are reported.
+//
+// Ignored: it fails today (issue #12 item 2 is open). Measured 2026-12-06: the
+// replica took the slots over ~6 s after the kill, but the nodes were still refusing
+// cross-node QoS 1 60 s later; their probe logs `no answer within 1s` at every tick
+// and the inbox consumer `timed out`, while the redis crate's cluster connection
+// keeps trying the dead node (`Failed to connect to node … Connection refused`).
+// Run it with `-- --ignored redis_cluster_kill9_master_qos1`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "issue #12 item 2: nodes do not follow a Redis Cluster failover yet"]
+async fn redis_cluster_kill9_master_qos1() {
+    let _alone = SERIAL.lock().await;
+    let run = async {
+        let builder = TestCluster::builder(3).redis_cluster_with_replicas();
+        let mut ch = Chaos::start_with(builder).await;
+        let load = Load::start(&ch, &LoadSpec::new("rc1", 1)).await;
+        assert!(
+            load.wait_more_acked(200, T).await,
+            "load not flowing before the fault"
+        );
+        let wall = SystemTime::now();
+        let fault_at = Instant::now();
+        // servers[1] is a master at start (servers[0] answers the test's commands).
+        let victim = &mut ch.cluster.redis_cluster_mut().servers[1];
+        let killed = victim.port();
+        victim.kill();
+        let failover = wait_cluster_failover(&ch.cluster, killed, Duration::from_secs(30)).await;
+        let whole_at = Instant::now();
+        let flowing = load.wait_more_acked(AFTER_RECOVERY, RECOVER).await;
+        let after = whole_at.elapsed();
+        let recover = fault_at.elapsed();
+        let (counts, details) = load.finish(SETTLE).await;
+        let row = Row {
+            scenario: "r1. Redis Cluster: kill -9 of a master (3 masters + 3 replicas), QoS 1"
+                .to_string(),
+            counts,
+            detect_ms: first_log_ms(&ch.cluster, "serving local clients only", wall),
+            recover_ms: flowing.then_some(recover.as_millis() as u64),
+            note: format!(
+                "the replica took the slots over {} ms after the kill; waited {} ms after \
+                 that for the load to be acknowledged again",
+                failover.as_millis(),
+                after.as_millis()
+            ),
+        };
+        row.emit();
+        for d in &details {
+            println!("  {d}");
+        }
+        assert!(
+            flowing,
+            "invariant 6: the load was not acknowledged again within {RECOVER:?} of the \
+             Redis Cluster failover\n{}",
+            tail(&ch.cluster.node(0).stderr(), 4000)
+        );
+    };
+    tokio::time::timeout(LIMIT, run)
+        .await
+        .unwrap_or_else(|_| panic!("scenario exceeded {LIMIT:?}"));
+}
