@@ -48,6 +48,7 @@ const NODE_ACL: &[&str] = &[
     "+zscore",
     "+zremrangebyscore",
     "+xadd",
+    "+xlen",
     "+xread",
     "+xreadgroup",
     "+xack",
