@@ -452,11 +452,6 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                 told = true;
             }
         }
-        let grace = Duration::from_secs(1);
-        // Flushed and shut down (TCP FIN), unless the client stopped reading.
-        let flushed = tokio::time::timeout(grace, self.conn.tx.close())
-            .await
-            .is_ok();
         let will = match exit {
             Exit::Normal => {
                 // [MQTT-3.1.2-10] Discarded: nobody may publish it after this node dies.
@@ -488,6 +483,13 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
         tracing::debug!(client_id = %self.client_id, peer = %self.peer, ?exit, "client disconnected");
         self.broker
             .disconnected(self.conn_id, self.session, will.map(|w| *w));
+        // Only then flushed and shut down (TCP FIN), unless the client stopped
+        // reading: a client that sees the connection end finds its session parked (a
+        // message published right after goes to its queue, not to this connection).
+        let grace = Duration::from_secs(1);
+        let flushed = tokio::time::timeout(grace, self.conn.tx.close())
+            .await
+            .is_ok();
         // The exit guard goes with the rest of `self` on return: a claimer waiting
         // for this connection to end proceeds before any lingering.
         (told && flushed).then_some((self.conn, self.client_id))
