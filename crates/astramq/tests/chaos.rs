@@ -58,16 +58,9 @@ fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
 
-/// Scenarios run one at a time even when the test harness runs tests in parallel
-/// (`cargo test --workspace` does): each one loads the machine, and measures times.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Runs one scenario alone (see [`SERIAL`]) within [`SCENARIO_LIMIT`].
+/// Runs one scenario alone within [`SCENARIO_LIMIT`].
 async fn bounded(f: impl std::future::Future<Output = ()>) {
-    let _alone = SERIAL.lock().await;
-    tokio::time::timeout(SCENARIO_LIMIT, f)
-        .await
-        .unwrap_or_else(|_| panic!("scenario exceeded {SCENARIO_LIMIT:?}"));
+    alone_within(SCENARIO_LIMIT, f).await
 }
 
 /// Prints the row, appends it to the JSON lines, and prints what is missing or

@@ -51,13 +51,9 @@ const SETTLE: Duration = Duration::from_secs(15);
 const CUT: usize = 1;
 const OTHER: usize = 0;
 
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
+/// Runs one scenario alone within [`SCENARIO_LIMIT`].
 async fn bounded(f: impl std::future::Future<Output = ()>) {
-    let _alone = SERIAL.lock().await;
-    tokio::time::timeout(SCENARIO_LIMIT, f)
-        .await
-        .unwrap_or_else(|_| panic!("scenario exceeded {SCENARIO_LIMIT:?}"));
+    alone_within(SCENARIO_LIMIT, f).await
 }
 
 fn ms(d: Duration) -> u64 {

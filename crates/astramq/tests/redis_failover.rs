@@ -49,9 +49,6 @@ const RECOVER: Duration = Duration::from_secs(10);
 /// After the load stops: how long acknowledged messages may take to arrive.
 const SETTLE: Duration = Duration::from_secs(12);
 
-/// One scenario at a time: each loads the machine and measures times.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 fn sentinel(c: &TestCluster) -> &RedisSentinel {
     match c.redis() {
         Backend::Sentinel(s) => s,

@@ -52,6 +52,19 @@ use tokio::sync::{watch, Notify};
 use crate::common::cluster::*;
 use crate::common::*;
 
+/// Scenarios run one at a time even when the test harness runs tests in parallel
+/// (`cargo test --workspace` does): each one loads the machine, and measures times.
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Runs one scenario alone (see [`SERIAL`]), failing it if it takes longer than
+/// `limit`.
+pub async fn alone_within(limit: Duration, f: impl std::future::Future<Output = ()>) {
+    let _alone = SERIAL.lock().await;
+    tokio::time::timeout(limit, f)
+        .await
+        .unwrap_or_else(|_| panic!("scenario exceeded {limit:?}"));
+}
+
 /// Session expiry of every persistent client in the load (seconds).
 pub const EXPIRY: u32 = 300;
 /// The keep-alive every load client announces. Clients ping every third of it and
