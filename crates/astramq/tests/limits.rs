@@ -17,18 +17,6 @@ use common::*;
 
 const T: Duration = Duration::from_secs(10);
 
-/// The sample `name` (labels included) in `/metrics` of the broker at `health`.
-async fn metric_at(health: std::net::SocketAddr, name: &str) -> u64 {
-    let (code, body) = http_get(health, "/metrics").await.expect("GET /metrics");
-    assert_eq!(code, 200, "{body}");
-    body.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{body}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// A single node with a health endpoint and this `[limits]` section.
 fn broker(limits: &str) -> Broker {
     Broker::start_with(

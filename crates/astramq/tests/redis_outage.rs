@@ -63,16 +63,7 @@ fn log_count(c: &TestCluster, i: usize, needle: &str) -> usize {
 
 /// The metric `name`'s value in node `i`'s `GET /metrics`.
 async fn metric(c: &TestCluster, i: usize, name: &str) -> u64 {
-    let (code, body) = http_get(c.node(i).health_addr(), "/metrics")
-        .await
-        .expect("GET /metrics");
-    assert_eq!(code, 200, "{body}");
-    body.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{body}"))
-        .trim()
-        .parse()
-        .unwrap()
+    metric_at(c.node(i).health_addr(), name).await
 }
 
 /// The incarnation marker the nodes keep in Redis.

@@ -603,6 +603,19 @@ impl Drop for Lb {
     }
 }
 
+/// The value of sample `name` (labels included) in `GET /metrics` of the health
+/// endpoint at `health`; panics if it is missing.
+pub async fn metric_at(health: SocketAddr, name: &str) -> u64 {
+    let (code, body) = http_get(health, "/metrics").await.expect("GET /metrics");
+    assert_eq!(code, 200, "{body}");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{body}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 /// A plain HTTP/1.1 `GET path` (one request, `Connection: close`): the status code
 /// and the body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
