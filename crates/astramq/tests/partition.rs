@@ -348,7 +348,6 @@ async fn partition_under_load<G>(
         "the cluster was not whole again within {RECOVERY:?} of the heal"
     );
     assert!(flowing, "load did not flow again after the heal");
-    let _ = t0;
 }
 
 /// Polls `cond` every 50 ms until it holds or `timeout` passes.

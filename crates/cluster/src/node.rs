@@ -936,7 +936,7 @@ impl Cluster for ClusterNode {
             return outage::refused(msg, local_groups, e);
         }
         let publish = publish_bytes(msg);
-        let id = self.sessions.message_id(msg);
+        let id = key.unwrap_or_else(|| self.sessions.message_id(msg));
         // Two runs of one node id (a restart not yet noticed) share one inbox: one
         // record for both.
         let mut per_node: HashMap<&str, Vec<(String, String)>> = HashMap::new();
