@@ -311,11 +311,8 @@ impl ClusterNode {
                 table.add(&new, f);
             }
         }
-        for f in filters {
-            let _ = self
-                .changes
-                .send(Change::RouteRemoved(old.clone(), f.clone()));
-            let _ = self.changes.send(Change::RouteAdded(new.clone(), f));
+        for change in crate::feed::reannouncement(&old, &new, &filters) {
+            let _ = self.changes.send(change);
         }
     }
 
