@@ -187,8 +187,12 @@ impl ClusterNode {
         let backlog = Arc::new(Backlog::new(settings.forward));
         let handovers = Arc::new(bus::Handovers::default());
         let (stop_tx, stop_rx) = watch::channel(false);
-        let (sessions, sessions_task) =
-            Sessions::start(redis.durable_conn(), keys.clone(), me.clone());
+        let (sessions, sessions_task) = Sessions::start(
+            redis.durable_conn(),
+            keys.clone(),
+            me.clone(),
+            settings.session_store_max_queued,
+        );
         broker.stall.set_limit(settings.liveness_ttl);
         let (this_tx, this_rx) = oneshot::channel::<std::sync::Weak<ClusterNode>>();
         let tasks = vec![
