@@ -460,6 +460,22 @@ impl RedisCluster {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
+        // Every replica has its master's data: a replica that never synced cannot be
+        // elected, and a test that kills a master before then sees no failover at all.
+        for s in &servers {
+            loop {
+                let info = s.cmd(&["INFO", "replication"]).text();
+                if info.contains("role:master") || info.contains("master_link_status:up") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "replica on port {} not in sync within {STARTUP:?}:\n{info}",
+                    s.port()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         RedisCluster { servers }
     }
 
