@@ -38,15 +38,33 @@ pub use queue::StoreQueue;
 ///
 /// Returns the epoch flag followed by one flag per entry: 1 if it was new, 0 if an
 /// entry with that key existed (the same inbox entry delivered again after a crash:
-/// it is not queued twice).
+/// it is not queued twice) or was delivered, 2 if the owner replaced an entry that
+/// no owner had queued. A writer that is not the owner (a node still routing to a
+/// session that moved, a stale copy after a partition) stores its entry as `F`:
+/// nobody queued it, so the owner's own copy of that message, arriving later, is
+/// queued instead of being taken for a duplicate (the new owner otherwise only
+/// found it by reading the journal, in the few seconds after a takeover it does so).
+/// A repair's `P` entries are nobody's in the same way.
 const JOURNAL_SCRIPT: &str = r"
 local out = {1}
-if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then out[1] = 0 end
+local owner = redis.call('HGET', KEYS[1], 'epoch') == ARGV[1]
+if not owner then out[1] = 0 end
 for i = 2, #ARGV, 2 do
   if redis.call('ZSCORE', KEYS[3], ARGV[i]) then
     out[#out + 1] = 0
   else
-    out[#out + 1] = redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1])
+    local v = redis.call('HGET', KEYS[2], ARGV[i])
+    if not v then
+      local value = ARGV[i + 1]
+      if not owner then value = 'F' .. string.sub(value, 2) end
+      redis.call('HSET', KEYS[2], ARGV[i], value)
+      out[#out + 1] = 1
+    elseif owner and (string.sub(v, 1, 1) == 'F' or string.sub(v, 1, 1) == 'P') then
+      redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+      out[#out + 1] = 2
+    else
+      out[#out + 1] = 0
+    end
   end
 end
 return out

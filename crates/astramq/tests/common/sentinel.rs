@@ -134,7 +134,7 @@ impl RedisSentinel {
     /// Starts a master, `replicas` replicas and the sentinels; returns once a
     /// failover is possible.
     pub fn start(replicas: usize) -> RedisSentinel {
-        let master = RedisServer::start();
+        let master = RedisServer::start_persistent();
         // A replica (re)joining a master is synced at once rather than after the
         // default 5 s pause that waits for more replicas to share one transfer.
         master.cmd(&["CONFIG", "SET", "repl-diskless-sync-delay", "0"]);
@@ -142,7 +142,7 @@ impl RedisSentinel {
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut servers = vec![master];
         for _ in 0..replicas {
-            let replica = RedisServer::start();
+            let replica = RedisServer::start_persistent();
             replica.cmd(&["CONFIG", "SET", "repl-diskless-sync-delay", "0"]);
             replica.cmd(&["REPLICAOF", "127.0.0.1", &port]);
             while !replica
