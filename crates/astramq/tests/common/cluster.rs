@@ -272,7 +272,7 @@ impl RedisServer {
             };
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
-                if server.try_cmd(&["PING"]).is_ok_and(|v| v.text() == "PONG") {
+                if server.answers_pong() {
                     return server;
                 }
                 if let Ok(Some(status)) = server.child.try_wait() {
@@ -295,6 +295,12 @@ impl RedisServer {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Whether the server answers PING with PONG (not an error such as `LOADING`
+    /// while it reads its append-only file back).
+    fn answers_pong(&self) -> bool {
+        matches!(self.try_cmd(&["PING"]), Ok(resp::Value::Status(s)) if s == "PONG")
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -397,7 +403,7 @@ impl RedisServer {
             self.stderr = capture(child.stderr.take().unwrap());
             self.child = child;
             loop {
-                if self.try_cmd(&["PING"]).is_ok_and(|v| v.text() == "PONG") {
+                if self.answers_pong() {
                     return;
                 }
                 if self.child.try_wait().expect("try_wait").is_some() {

@@ -338,8 +338,12 @@ pub fn role(s: &RedisServer) -> Option<String> {
 
 /// Whether `s` is a replica of the server on `port` with its link up.
 fn follows(s: &RedisServer, port: u16) -> bool {
-    s.try_cmd(&["INFO", "replication"]).is_ok_and(|v| {
-        let info = v.text();
-        info.contains(&format!("master_port:{port}")) && info.contains("master_link_status:up")
-    })
+    // An error reply (`LOADING` while it reads its append-only file) is "not yet".
+    match s.try_cmd(&["INFO", "replication"]) {
+        Ok(v @ resp::Value::Bulk(Some(_))) => {
+            let info = v.text();
+            info.contains(&format!("master_port:{port}")) && info.contains("master_link_status:up")
+        }
+        _ => false,
+    }
 }
