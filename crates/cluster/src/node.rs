@@ -26,11 +26,11 @@ use crate::backlog::Backlog;
 use crate::bus::{self, Outgoing};
 use crate::conn::{query_per_key, run_per_key, Keys, Redis, RedisError, INBOX_GROUP};
 use crate::feed::{self, Change};
-use crate::membership::{self, MemberEvent, MembershipConfig, MembershipHandle, NodeMeta};
 use crate::routes::RouteTable;
 use crate::sessions::Sessions;
 use crate::wire;
 use crate::wire::{publish_bytes, put_kick, put_message};
+use membership::{self, MemberEvent, MembershipConfig, MembershipHandle, NodeMeta};
 
 mod drain;
 mod liveness;

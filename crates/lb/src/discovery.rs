@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cluster::membership::{Member, MembershipHandle, NodeMeta, Role};
+use membership::{Member, MembershipHandle, NodeMeta, Role};
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, Pool};
