@@ -1137,7 +1137,7 @@ impl ClusterNode {
             // [MQTT-3.1.4-3] The other node disconnects its connection (0x8E) and
             // hands the session over through our inbox.
             let handed = self.handovers.expect(client_id, epoch);
-            let mut record = BytesMut::new();
+            let mut record = crate::wire::bus_entry();
             put_kick(&mut record, client_id, epoch, &self.me);
             let kicked = redis::cmd("XADD")
                 .arg(self.keys.inbox(&prev))
