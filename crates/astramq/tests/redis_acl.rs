@@ -306,8 +306,8 @@ async fn sentinel_url_carries_the_master_credentials() {
 // That resend must be routed and delivered once. Taken for a redelivery of a message
 // already received [MQTT-4.3.3-9], it was acknowledged and reached no one (lost in
 // the Sentinel failover test `kill9_master_qos2_wait_replicas`). The store is made
-// to fail, deterministically, by taking HSETNX (the journal's command) from the
-// nodes' ACL user for a moment.
+// to fail, deterministically, by taking ZSCORE (which only the journal's script
+// uses: its delivered-id check) from the nodes' ACL user for a moment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos2_resent_after_a_failed_store_is_delivered_once() {
     let c = TestCluster::builder(1)
@@ -324,7 +324,7 @@ async fn qos2_resent_after_a_failed_store_is_delivered_once() {
     assert_eq!(publ.publish("q2/t", b"before", 2, false).await, 0);
     assert_eq!(sub.recv_publish(T).await.payload, b"before");
 
-    c.redis().cmd(&["ACL", "SETUSER", USER, "-hsetnx"]);
+    c.redis().cmd(&["ACL", "SETUSER", USER, "-zscore"]);
     let mut msg = Publish::new("q2/t", b"resent", 2).pid(42);
     publ.send(&msg.encode(v)).await;
     let seen = publ.expect_closed(T).await;
@@ -332,7 +332,7 @@ async fn qos2_resent_after_a_failed_store_is_delivered_once() {
         !seen.iter().any(|p| matches!(p, Packet::Pubrec(_))),
         "PUBREC for a message whose copy was not stored: {seen:?}"
     );
-    c.redis().cmd(&["ACL", "SETUSER", USER, "+hsetnx"]);
+    c.redis().cmd(&["ACL", "SETUSER", USER, "+zscore"]);
 
     // The node may refuse connections until it has seen Redis answer again.
     let deadline = Instant::now() + DETECTION;

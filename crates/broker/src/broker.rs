@@ -272,7 +272,7 @@ impl Broker {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let broker = self.clone();
         tokio::spawn(async move {
-            let stopped = || ClusterError("cluster stopped".into());
+            let stopped = || ClusterError::unavailable("cluster stopped");
             let a = match forwarded {
                 Some(f) => f.await.unwrap_or_else(|_| Err(stopped())),
                 None => Ok(()),

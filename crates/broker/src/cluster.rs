@@ -22,24 +22,37 @@ use crate::message::Message;
 use crate::router::Blocked;
 use crate::session::{JournalUpdate, PendingWill, SessionSnapshot, Subscription};
 
-/// A cluster operation that could not be done (Redis unreachable, timeout).
-#[derive(Debug, Clone, Error)]
-#[error("cluster unavailable: {0}")]
-pub struct ClusterError(pub String);
-
-/// The message of a [`ClusterError`] refusing a write for a session another node
-/// owns now.
-pub const TAKEN_OVER: &str = "session taken over by another node";
-
-/// How the text of a [`ClusterError`] starts when it was refused at once because the
-/// cluster already knows Redis is unreachable (that outage was logged once, so the
-/// refusals themselves are logged at debug level only).
-pub const OUTAGE_PREFIX: &str = "redis unreachable";
+/// A cluster operation that could not be done. What a client is told follows from
+/// the kind: a refusal during a known outage is logged at debug level only (the
+/// outage itself was logged once), a full session store is a quota (v5 0x97), a
+/// session owned elsewhere now ends the connection (0x8E).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ClusterError {
+    /// Refused at once: the cluster already knows Redis is unreachable (since when,
+    /// and why).
+    #[error("cluster unavailable: redis unreachable{0}")]
+    Outage(String),
+    /// A write for a session that another node owns now.
+    #[error("cluster unavailable: session taken over by another node")]
+    TakenOver,
+    /// Too many deliveries to persistent sessions wait for Redis
+    /// (`cluster.session_store_max_queued`, the bound).
+    #[error("cluster unavailable: session store queue full: {0} deliveries wait for redis (cluster.session_store_max_queued)")]
+    QueueFull(usize),
+    /// Anything else: a Redis error or timeout, a task that stopped.
+    #[error("cluster unavailable: {0}")]
+    Unavailable(String),
+}
 
 impl ClusterError {
-    /// Whether this is a refusal during a known Redis outage (see [`OUTAGE_PREFIX`]).
+    /// Whether this is a refusal during a known Redis outage.
     pub fn is_outage(&self) -> bool {
-        self.0.starts_with(OUTAGE_PREFIX)
+        matches!(self, ClusterError::Outage(_))
+    }
+
+    /// [`ClusterError::Unavailable`] with `reason`.
+    pub fn unavailable(reason: impl std::fmt::Display) -> ClusterError {
+        ClusterError::Unavailable(reason.to_string())
     }
 }
 

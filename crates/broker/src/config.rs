@@ -111,7 +111,7 @@ pub struct ClusterTuning {
     /// How long each `WAIT` may take before the write counts as failed, ms.
     pub redis_wait_timeout_ms: u64,
     /// Deliveries to persistent sessions waiting to be journaled in Redis; beyond it
-    /// a QoS 1/2 message for a persistent session is not acknowledged (v5 0x80, a
+    /// a QoS 1/2 message for a persistent session is not acknowledged (v5 0x97, a
     /// 3.1.1 publisher is disconnected and resends; a copy from another node stays in
     /// this node's inbox and is read again), so a Redis slower than the publishers
     /// costs them speed, not memory.

@@ -165,7 +165,7 @@ pub async fn forwarder(
                     redis
                         .health()
                         .failed("forwarding messages to other nodes", &e);
-                    Err(ClusterError(e.to_string()))
+                    Err(ClusterError::unavailable(&e))
                 }
             }
         } else {
@@ -481,7 +481,7 @@ async fn deliver(
     for rx in stored {
         let mut full = rx
             .await
-            .unwrap_or_else(|_| Err(ClusterError("session store stopped".into())))?;
+            .unwrap_or_else(|_| Err(ClusterError::unavailable("session store stopped")))?;
         if !full.is_empty() {
             // Full queues of connected persistent sessions: wait for room (the inbox
             // backs up in Redis meanwhile), as for any other delivery.

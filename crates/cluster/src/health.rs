@@ -23,7 +23,7 @@ use std::fmt::Display;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use broker::cluster::{ClusterError, OUTAGE_PREFIX};
+use broker::cluster::ClusterError;
 use broker::metrics::LogLimiter;
 use parking_lot::Mutex;
 use tokio::sync::watch;
@@ -201,11 +201,10 @@ impl RedisHealth {
     /// The error operations needing Redis get during an outage.
     pub fn unavailable(&self) -> ClusterError {
         match self.unreachable_since() {
-            Some((since, _, reason)) => ClusterError(format!(
-                "{OUTAGE_PREFIX} since {} ({reason})",
-                rfc3339(since)
-            )),
-            None => ClusterError(OUTAGE_PREFIX.into()),
+            Some((since, _, reason)) => {
+                ClusterError::Outage(format!(" since {} ({reason})", rfc3339(since)))
+            }
+            None => ClusterError::Outage(String::new()),
         }
     }
 
@@ -270,9 +269,13 @@ mod tests {
         assert_eq!(h.outages.load(Ordering::Relaxed), 1);
         assert!(!h.is_reachable());
         let e = h.check(Refused::Publish).unwrap_err();
-        assert!(e.0.starts_with("redis unreachable since "), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("cluster unavailable: redis unreachable since "),
+            "{e}"
+        );
         assert!(e.is_outage());
-        assert!(e.0.contains("connection refused"), "{e}");
+        assert!(e.to_string().contains("connection refused"), "{e}");
         assert!(h.check(Refused::Connect).is_err());
         assert_eq!(h.refused_publishes.load(Ordering::Relaxed), 1);
         assert_eq!(h.refused_connects.load(Ordering::Relaxed), 1);

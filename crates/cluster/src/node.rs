@@ -1001,7 +1001,7 @@ impl Cluster for ClusterNode {
                     epoch: claim.epoch,
                     session: session.or_else(|| existed.then(SessionSnapshot::default)),
                 }),
-                Err(e) => Err(ClusterError(e.to_string())),
+                Err(e) => Err(ClusterError::unavailable(&e)),
             }
         })
     }
@@ -1078,12 +1078,12 @@ impl ClusterNode {
                 .arg("owner")
                 .query_async(&mut conn)
                 .await
-                .map_err(|e| ClusterError(e.to_string()))?;
+                .map_err(ClusterError::unavailable)?;
             if let Some(owner) = owner.filter(|o| !o.is_empty() && *o != self.me) {
                 if !self
                     .is_alive(&owner)
                     .await
-                    .map_err(|e| ClusterError(e.to_string()))?
+                    .map_err(ClusterError::unavailable)?
                 {
                     if self.member_up(&owner) {
                         // Its liveness lapsed but gossip hears it: it is cut off from
@@ -1091,7 +1091,7 @@ impl ClusterNode {
                         // session over while its connection may still be served.
                         // Taking the session now would make two live owners
                         // (invariant 7): refuse, the client tries again.
-                        return Err(ClusterError(format!(
+                        return Err(ClusterError::Unavailable(format!(
                             "previous owner {owner} is up but not reaching redis; cannot take the session over now"
                         )));
                     }
@@ -1112,7 +1112,7 @@ impl ClusterNode {
                 .arg(u8::from(request.clean_start))
                 .invoke_async(&mut conn)
                 .await
-                .map_err(|e| ClusterError(e.to_string()))?;
+                .map_err(ClusterError::unavailable)?;
             if request.expiry_secs > 0 || request.will.is_some() {
                 // A survivor finds it here if this node dies.
                 redis::cmd("SADD")
@@ -1120,7 +1120,7 @@ impl ClusterNode {
                     .arg(client_id)
                     .query_async::<()>(&mut conn)
                     .await
-                    .map_err(|e| ClusterError(e.to_string()))?;
+                    .map_err(ClusterError::unavailable)?;
             }
             if prev.is_empty() || prev == self.me {
                 return Ok((
@@ -1145,7 +1145,7 @@ impl ClusterNode {
                 .await;
             if let Err(e) = kicked {
                 self.handovers.cancel(client_id, epoch);
-                return Err(ClusterError(e.to_string()));
+                return Err(ClusterError::unavailable(&e));
             }
             // Wait for the handover; if the previous node turns out dead meanwhile
             // (its liveness key expires), repair it instead: what it held for this
@@ -1162,7 +1162,7 @@ impl ClusterNode {
                         if let Ok(Some((owner, current))) = self.sessions.owner(client_id).await {
                             if current > epoch {
                                 self.handovers.cancel(client_id, epoch);
-                                return Err(ClusterError(format!(
+                                return Err(ClusterError::Unavailable(format!(
                                     "client id claimed again on {owner} meanwhile"
                                 )));
                             }
@@ -1199,7 +1199,7 @@ impl ClusterNode {
                             }
                             self.handovers.cancel(client_id, epoch);
                             tracing::warn!(%client_id, previous = %prev, ?released, "previous node did not hand the session over in time; connection refused");
-                            return Err(ClusterError(format!(
+                            return Err(ClusterError::Unavailable(format!(
                                 "previous owner {prev} did not hand the session over within {HANDOVER_WAIT:?}"
                             )));
                         }

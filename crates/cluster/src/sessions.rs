@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use broker::cluster::{ClusterError, JournalOutcome, SessionChange, TAKEN_OVER};
+use broker::cluster::{ClusterError, JournalOutcome, SessionChange};
 use broker::mailbox::Journaled;
 use broker::router::Blocked;
 use broker::session::{JournalUpdate, Outbound, PendingWill, SessionSnapshot};
@@ -307,17 +307,14 @@ impl Sessions {
                     "session store: deliveries to persistent sessions refused, too many wait for redis (cluster.session_store_max_queued; count since the last line)"
                 );
             }
-            let _ = done.send(Err(ClusterError(format!(
-                "session store queue full: {} deliveries wait for redis (cluster.session_store_max_queued)",
-                self.queue.max()
-            ))));
+            let _ = done.send(Err(ClusterError::QueueFull(self.queue.max())));
             return rx;
         }
         let op = Op::Journal(JournalOp { entries, done });
         if let Err(mpsc::error::SendError(Op::Journal(op))) = self.ops.send(op) {
             let _ = op
                 .done
-                .send(Err(ClusterError("session store stopped".into())));
+                .send(Err(ClusterError::unavailable("session store stopped")));
         }
         rx
     }
@@ -355,7 +352,7 @@ impl Sessions {
         if let Err(mpsc::error::SendError(Op::Change(_, Some(tx)))) =
             self.ops.send(Op::Change(change, Some(tx)))
         {
-            let _ = tx.send(Err(ClusterError("session store stopped".into())));
+            let _ = tx.send(Err(ClusterError::unavailable("session store stopped")));
         }
         rx
     }
@@ -699,7 +696,7 @@ async fn writer(
                         }
                     ) && !matches!(values.get(at), Some(redis::Value::Int(1)));
                     let _ = tx.send(if fenced {
-                        Err(ClusterError(TAKEN_OVER.into()))
+                        Err(ClusterError::TakenOver)
                     } else {
                         Ok(())
                     });
@@ -762,7 +759,7 @@ async fn writer(
                     failing_since = Some(std::time::Instant::now());
                     tracing::warn!(error = %e, "session store: redis unreachable; persistent-session messages are refused until it is back");
                 }
-                let err = ClusterError(e.to_string());
+                let err = ClusterError::unavailable(&e);
                 for (j, _) in journals {
                     // Their write may have happened, its answer lost: a retry that
                     // finds them stored still queues them.

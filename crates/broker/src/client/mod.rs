@@ -84,7 +84,7 @@ async fn wait_durable(acks: &mut VecDeque<PendingAck>) {
     if let Some(rx) = ack.durable.as_mut() {
         let outcome = rx
             .await
-            .unwrap_or_else(|_| Err(ClusterError("forwarder stopped".into())));
+            .unwrap_or_else(|_| Err(ClusterError::unavailable("forwarder stopped")));
         ack.durable = None;
         ack.failed = outcome.err();
     }
@@ -95,7 +95,7 @@ async fn wait_deferred(deferred: &mut Option<Box<Deferred>>) -> Result<(), Clust
     match deferred.as_mut() {
         Some(d) => (&mut d.rx)
             .await
-            .unwrap_or_else(|_| Err(ClusterError("session store stopped".into()))),
+            .unwrap_or_else(|_| Err(ClusterError::unavailable("session store stopped"))),
         None => std::future::pending().await,
     }
 }

@@ -208,7 +208,7 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
         let d = self.deferred.take()?;
         match stored {
             Ok(()) => self.route_and_ack(d.msg, QoS::ExactlyOnce, d.packet_id),
-            Err(e) if e.0 == crate::cluster::TAKEN_OVER => {
+            Err(ClusterError::TakenOver) => {
                 // This node was declared dead while frozen and another node owns the
                 // session now [MQTT-3.1.4-3]: what this connection still sends is not
                 // routed; the client resends it there.
@@ -305,7 +305,9 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                 Some(rx) => match rx.try_recv() {
                     Ok(r) => r,
                     Err(TryRecvError::Empty) => return None,
-                    Err(TryRecvError::Closed) => Err(ClusterError("forwarder stopped".into())),
+                    Err(TryRecvError::Closed) => {
+                        Err(ClusterError::unavailable("forwarder stopped"))
+                    }
                 },
             };
             let ack = self.acks.pop_front()?;
@@ -336,7 +338,11 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                     if ack.kind == AckKind::Rec {
                         self.abandon_qos2(ack.packet_id);
                     }
-                    ReasonCode::UnspecifiedError
+                    match e {
+                        // Too many deliveries wait for Redis: a quota, try later.
+                        ClusterError::QueueFull(_) => ReasonCode::QuotaExceeded,
+                        _ => ReasonCode::UnspecifiedError,
+                    }
                 }
             };
             let kind = match ack.kind {
