@@ -29,6 +29,16 @@ impl ReadSide for tokio::net::tcp::OwnedReadHalf {
     }
 }
 
+/// TLS and WebSocket connections: decrypted or unframed bytes may already wait in
+/// the transport's own buffers, where the socket's readiness cannot see them, so
+/// they are always "readable" and an idle one holds a read buffer (TLS and
+/// WebSocket state cost more than that buffer anyway).
+impl<S: AsyncRead + Send> ReadSide for tokio::io::ReadHalf<S> {
+    fn poll_readable(&self, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
 /// Stop encoding more deliveries once this many bytes wait to be written.
 pub const WRITE_HIGH_WATER: usize = 64 * 1024;
 
@@ -85,6 +95,9 @@ pub struct Writer<W> {
     writer: W,
     /// Encoded packets waiting to be written.
     pub wbuf: BytesMut,
+    /// Bytes handed to the transport that it may still hold (a TLS record, a
+    /// WebSocket frame) until flushed. Always false on TCP, whose flush is a no-op.
+    unflushed: bool,
 }
 
 /// One client socket with its buffers, as two halves that a `select!` can drive at
@@ -178,12 +191,26 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         }
     }
 
-    /// Writes some of the write buffer. Cancel-safe: usable in `select!`.
+    /// Whether [`Writer::write_some`] has work: bytes buffered, or a transport
+    /// to flush.
+    pub fn has_pending(&self) -> bool {
+        !self.wbuf.is_empty() || self.unflushed
+    }
+
+    /// Writes some of the write buffer; once it is all written, flushes the
+    /// transport (TLS and WebSocket streams may buffer what they accepted).
+    /// Cancel-safe: usable in `select!` (an interrupted flush is resumed by the next
+    /// call, since [`Writer::has_pending`] stays true).
     pub async fn write_some(&mut self) -> std::io::Result<()> {
-        self.writer.write_buf(&mut self.wbuf).await?;
+        if !self.wbuf.is_empty() {
+            self.writer.write_buf(&mut self.wbuf).await?;
+        }
         if self.wbuf.is_empty() {
             // Everything written: an idle connection keeps no write buffer.
             self.wbuf = BytesMut::new();
+            self.unflushed = true;
+            self.writer.flush().await?;
+            self.unflushed = false;
         }
         Ok(())
     }
@@ -215,6 +242,7 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Connection<R, W> {
             tx: Writer {
                 writer,
                 wbuf: BytesMut::new(),
+                unflushed: false,
             },
         }
     }
