@@ -1,0 +1,95 @@
+//! Certificates for the TLS tests, made by each test (rcgen, ECDSA P-256): a CA,
+//! server certificates for `localhost` and 127.0.0.1 signed by it, and client
+//! certificates with a chosen Common Name. Nothing is checked in; files go to the
+//! test's own directory.
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
+
+/// A certificate authority that can sign server and client certificates.
+pub struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+/// A certificate and its key, as PEM.
+pub struct Issued {
+    /// The certificate (PEM).
+    pub cert: String,
+    /// The private key (PEM, PKCS#8).
+    pub key: String,
+}
+
+impl Issued {
+    /// Writes `NAME.crt` and `NAME.key` into `dir`; returns their paths.
+    pub fn write(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let cert = dir.join(format!("{name}.crt"));
+        let key = dir.join(format!("{name}.key"));
+        std::fs::write(&cert, &self.cert).unwrap();
+        std::fs::write(&key, &self.key).unwrap();
+        (cert, key)
+    }
+}
+
+impl Ca {
+    /// A new CA named `name`.
+    pub fn new(name: &str) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name = DistinguishedName::new();
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = p.self_signed(&key).unwrap();
+        Ca { cert, key }
+    }
+
+    /// The CA certificate (PEM).
+    pub fn pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    /// Writes the CA certificate to `dir/NAME.crt` and returns the path.
+    pub fn write(&self, dir: &Path, name: &str) -> PathBuf {
+        let path = dir.join(format!("{name}.crt"));
+        std::fs::write(&path, self.pem()).unwrap();
+        path
+    }
+
+    /// A server certificate for `localhost` and 127.0.0.1.
+    pub fn server(&self) -> Issued {
+        let mut p = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+        p.distinguished_name = DistinguishedName::new();
+        p.distinguished_name.push(DnType::CommonName, "localhost");
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.sign(p)
+    }
+
+    /// A client certificate whose subject is `dn` (in certificate order).
+    pub fn client(&self, dn: &[(DnType, &str)]) -> Issued {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name = DistinguishedName::new();
+        for (t, v) in dn {
+            p.distinguished_name.push(t.clone(), *v);
+        }
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(p)
+    }
+
+    fn sign(&self, p: CertificateParams) -> Issued {
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
+        Issued {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+}
