@@ -35,7 +35,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a broker node (the default).
-    Broker(BrokerArgs),
+    Broker(Box<BrokerArgs>),
     /// Create or update a Mosquitto-compatible password file.
     Passwd(crate::passwd::PasswdArgs),
     /// Load-test an MQTT broker (scenarios conn, pub, sub, fanin, fanout, pairs).

@@ -23,8 +23,8 @@ use cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command.unwrap_or(Command::Broker(cli.broker)) {
-        Command::Broker(args) => run_broker(args),
+    let result = match cli.command.unwrap_or(Command::Broker(Box::new(cli.broker))) {
+        Command::Broker(args) => run_broker(*args),
         Command::Passwd(args) => passwd::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Lb(args) => run_lb(args),

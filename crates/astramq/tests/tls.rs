@@ -19,6 +19,7 @@ use common::*;
 use rcgen::DnType;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
@@ -745,4 +746,46 @@ async fn sighup_without_tls_is_harmless() {
         .await
         .ping()
         .await;
+}
+
+// --- 08-4: bad input ------------------------------------------------------------
+
+/// A client that starts a TLS connection and never finishes the handshake is
+/// closed after `limits.connect_timeout_secs`; garbage instead of a ClientHello is
+/// refused at once. Both are logged; the node serves on.
+#[tokio::test]
+async fn an_unfinished_handshake_times_out_and_garbage_is_refused() {
+    let pki = Pki::new();
+    let (broker, tls) = start(&pki, "[limits]\nconnect_timeout_secs = 1\n");
+    let mut silent = tokio::net::TcpStream::connect(tls).await.unwrap();
+    // The first bytes of a TLS record header, then nothing.
+    silent.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
+    let mut garbage = tokio::net::TcpStream::connect(tls).await.unwrap();
+    garbage.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    for s in [&mut garbage, &mut silent] {
+        let mut b = [0u8; 256];
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match s.read(&mut b).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {} // a TLS alert
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "still open after 5 s");
+    }
+    wait_for(T, "both logged", || {
+        let log = broker.stderr();
+        log.contains("TLS handshake failed")
+            && log.contains("not done within limits.connect_timeout_secs")
+    })
+    .await;
+    let out = mosquitto_pub_at(
+        "localhost",
+        tls,
+        &["--cafile", s(&pki.ca_file), "-t", "t", "-m", "m"],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
 }

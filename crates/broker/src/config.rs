@@ -721,8 +721,10 @@ mod tests {
 
     #[test]
     fn tls_settings_are_checked() {
-        let mut c = Config::default();
-        c.tls_listen = vec!["127.0.0.1:8883".parse().unwrap()];
+        let mut c = Config {
+            tls_listen: vec!["127.0.0.1:8883".parse().unwrap()],
+            ..Default::default()
+        };
         assert_eq!(c.validate().unwrap_err().key, "tls_cert");
         c.tls_cert = Some("c.pem".into());
         assert_eq!(c.validate().unwrap_err().key, "tls_key");
@@ -736,9 +738,11 @@ mod tests {
         c.validate().unwrap();
         c.use_subject_as_username = true;
         assert_eq!(c.validate().unwrap_err().key, "use_subject_as_username");
-        let mut c = Config::default();
-        c.ws_listen = vec!["127.0.0.1:8080".parse().unwrap()];
-        c.ws_path = "mqtt".into();
+        let c = Config {
+            ws_listen: vec!["127.0.0.1:8080".parse().unwrap()],
+            ws_path: "mqtt".into(),
+            ..Default::default()
+        };
         assert_eq!(c.validate().unwrap_err().key, "ws_path");
     }
 

@@ -47,6 +47,7 @@ impl TlsFiles {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn files(cert: &Path, key: &Path) -> TlsFiles {
         TlsFiles {

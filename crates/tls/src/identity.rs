@@ -128,7 +128,7 @@ fn text(tag: u8, value: &[u8]) -> Option<String> {
     match tag {
         0x0C | 0x13 | 0x16 => std::str::from_utf8(value).ok().map(str::to_string),
         0x14 => Some(value.iter().map(|&b| char::from(b)).collect()),
-        0x1E if value.len() % 2 == 0 => {
+        0x1E if value.len().is_multiple_of(2) => {
             let units: Vec<u16> = value
                 .chunks(2)
                 .map(|c| u16::from_be_bytes([c[0], c[1]]))
