@@ -25,6 +25,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${missing[@]}"
 fi
 
+# tests/websocket.rs drives paho-mqtt (PyPI), a real MQTT-over-WebSocket client.
+python3 -c 'import paho.mqtt' 2>/dev/null || python3 -m pip install -q paho-mqtt \
+    || python3 -m pip install -q --break-system-packages paho-mqtt
+
 # Tests that hold many sockets need more than the default soft limit.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 

@@ -207,26 +207,13 @@ mod tests {
     ) {
         let (a, b) = tokio::io::duplex(64 * 1024);
         let server = tokio::spawn(async move { accept(a, "/mqtt", 1 << 20).await.unwrap() });
-        let mut req = "ws://localhost/mqtt".into_client_request_ok();
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = "ws://localhost/mqtt".into_client_request().unwrap();
         req.headers_mut()
             .insert("sec-websocket-protocol", HeaderValue::from_static("mqtt"));
         let (client, resp) = tokio_tungstenite::client_async(req, b).await.unwrap();
         assert_eq!(resp.headers()["sec-websocket-protocol"], "mqtt");
         (server.await.unwrap(), client)
-    }
-
-    trait IntoReq {
-        fn into_client_request_ok(
-            self,
-        ) -> tokio_tungstenite::tungstenite::handshake::client::Request;
-    }
-    impl IntoReq for &str {
-        fn into_client_request_ok(
-            self,
-        ) -> tokio_tungstenite::tungstenite::handshake::client::Request {
-            use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-            self.into_client_request().unwrap()
-        }
     }
 
     #[tokio::test]
