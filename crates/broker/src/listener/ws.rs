@@ -90,7 +90,13 @@ where
             }
         }
     };
+    // tungstenite's default buffers are 128 KiB each, allocated per connection: far
+    // too much for many idle clients. The read buffer grows when a large frame
+    // needs it; writes come in batches already (the connection's write buffer), so
+    // each goes out at once, and a full socket holds the next one back (backpressure).
     let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message));
     match tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)).await {
