@@ -2,7 +2,8 @@
 //! (`wss_listen`), MQTT 5.0 section 6 / 3.1.1 section 6.
 //!
 //! Clients: paho-mqtt (PyPI, `transport="websockets"`, the script in
-//! `tests/clients/paho_ws.py`), Mosquitto's `mosquitto_sub` on the plain listener
+//! `tests/clients/paho_ws.py`), MQTT.js (npm, what browser apps use, run by Node:
+//! `tests/clients/mqttjs_ws.mjs`), Mosquitto's `mosquitto_sub` on the plain listener
 //! to see WebSocket clients' messages cross over, raw HTTP for the exact refusals,
 //! and a raw WebSocket client (tokio-tungstenite) for framing and bad input.
 
@@ -34,6 +35,25 @@ async fn paho(args: &[&str]) -> (bool, String) {
         !out.stderr.contains("No module named 'paho'"),
         "paho-mqtt is required by this test: `python3 -m pip install paho-mqtt` (scripts/test.sh does)"
     );
+    (
+        out.status.success(),
+        format!("{}{}", out.stdout, out.stderr),
+    )
+}
+
+/// Runs the MQTT.js script with `args`; (exit success, output).
+async fn mqttjs(args: &[&str]) -> (bool, String) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients");
+    assert!(
+        dir.join("node_modules/mqtt").exists(),
+        "MQTT.js is required by this test: `npm ci` in {} (scripts/test.sh does)",
+        dir.display()
+    );
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.arg(dir.join("mqttjs_ws.mjs"))
+        .args(args)
+        .kill_on_drop(true);
+    let out = run_command(cmd, Duration::from_secs(30)).await;
     (
         out.status.success(),
         format!("{}{}", out.stdout, out.stderr),
@@ -173,6 +193,30 @@ async fn ws_paho_mqtt31_with_subprotocol_mqttv31_and_mqtt5() {
         "{out}\n{}",
         broker.stderr()
     );
+}
+
+/// MQTT.js over `ws://`, MQTT 3.1.1 and 5.0, a small and a 200 KB message.
+#[tokio::test]
+async fn ws_mqttjs_publishes_and_subscribes_311_and_5() {
+    let (broker, ws) = start_ws("");
+    for protocol in ["4", "5"] {
+        let (ok, out) = mqttjs(&[
+            "--port",
+            &port(ws),
+            "--protocol",
+            protocol,
+            "--sizes",
+            "10,200000",
+        ])
+        .await;
+        assert!(
+            ok && out.contains("received 2 10,200000"),
+            "v{protocol}: {out}\n{}",
+            broker.stderr()
+        );
+    }
+    let (ok, out) = mqttjs(&["--port", &port(ws), "--path", "/elsewhere"]).await;
+    assert!(!ok && out.contains("connect failed"), "{out}");
 }
 
 // --- 09-2: refusals ---------------------------------------------------------------
