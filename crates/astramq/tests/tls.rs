@@ -72,7 +72,10 @@ fn start(pki: &Pki, extra: &str) -> (Broker, SocketAddr) {
         s(&pki.cert),
         s(&pki.key)
     );
-    let broker = Broker::builder().config(&toml).start();
+    let broker = Broker::builder()
+        .config(&toml)
+        .args(&["--health-listen", "127.0.0.1:0"])
+        .start();
     let tls = broker.listener("tls");
     (broker, tls)
 }
@@ -329,6 +332,8 @@ async fn mtls_a_client_without_a_certificate_is_refused_in_the_handshake() {
         log.contains("TLS handshake failed") && log.contains("peer sent no certificates")
     })
     .await;
+    let failures = r#"astramq_connection_setup_failures_total{reason="tls"}"#;
+    assert!(metric_at(broker.health_addr(), failures).await >= 1);
 }
 
 /// A certificate from a CA not in `tls_client_ca` is refused in the handshake.

@@ -68,6 +68,7 @@ fn port(addr: SocketAddr) -> String {
 fn start_ws(extra: &str) -> (Broker, SocketAddr) {
     let broker = Broker::builder()
         .config(&format!("ws_listen = [\"127.0.0.1:0\"]\n{extra}"))
+        .args(&["--health-listen", "127.0.0.1:0"])
         .start();
     let ws = broker.listener("ws");
     (broker, ws)

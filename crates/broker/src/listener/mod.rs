@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use crate::broker::Broker;
 use crate::client;
 use crate::config::{ListenerSpec, Transport};
+use crate::metrics::Metrics;
 use crate::proxy;
 use tls::TlsReloader;
 
@@ -59,6 +60,7 @@ pub(crate) async fn serve(
         Ok(Some(r)) => r,
         Ok(None) => return,
         Err(_) => {
+            Metrics::add(&broker.metrics.setup_timed_out, 1);
             tracing::info!(
                 %peer,
                 listener = spec.transport.name(),
@@ -95,6 +97,7 @@ async fn set_up(
         match proxy::read_header(&mut stream).await {
             Ok(header) => peer = header.source.unwrap_or(peer),
             Err(e) => {
+                Metrics::add(&broker.metrics.setup_failed_proxy, 1);
                 tracing::debug!(%peer, listener = name, error = %e, "closing: bad PROXY protocol header");
                 return None;
             }
@@ -104,12 +107,17 @@ async fn set_up(
     let max_message = config.limits.max_packet_size as usize + 5;
     let path = config.ws_path.as_str();
     let refused = |e: String| {
+        Metrics::add(&broker.metrics.setup_failed_ws, 1);
         tracing::info!(%peer, listener = name, "refusing: {e}");
     };
+    let tls_failed = || Metrics::add(&broker.metrics.setup_failed_tls, 1);
     let ready = match spec.transport {
         Transport::Tcp => return Some((Ready::Tcp(stream), peer, None)),
         Transport::Tls => {
-            let (s, user) = tls::accept(tls?, config, stream, peer, name).await?;
+            let Some((s, user)) = tls::accept(tls?, config, stream, peer, name).await else {
+                tls_failed();
+                return None;
+            };
             return Some((Ready::Wrapped(Box::new(s)), peer, user));
         }
         Transport::Ws => match ws::accept(stream, path, max_message).await {
@@ -120,7 +128,10 @@ async fn set_up(
             }
         },
         Transport::Wss => {
-            let (s, user) = tls::accept(tls?, config, stream, peer, name).await?;
+            let Some((s, user)) = tls::accept(tls?, config, stream, peer, name).await else {
+                tls_failed();
+                return None;
+            };
             match ws::accept(s, path, max_message).await {
                 Ok(s) => (Ready::Wrapped(Box::new(s)), user),
                 Err(e) => {
