@@ -89,7 +89,7 @@ fn run_broker(args: cli::BrokerArgs) -> anyhow::Result<()> {
             writeln!(stdout, "listening on {addr} (proxy)")?;
         }
         for l in server.listeners() {
-            if l.transport == broker::config::Transport::Tcp {
+            if l.transport == broker::listener::Transport::Tcp {
                 continue;
             }
             let (addr, kind) = (l.addr, l.transport.name());

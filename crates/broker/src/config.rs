@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::listener::{ListenerSpec, Transport};
+
 /// A configuration value that cannot be used, naming the key.
 #[derive(Debug, Error)]
 #[error("invalid configuration: {key}: {reason}")]
@@ -497,53 +499,6 @@ impl Config {
     }
 }
 
-/// How a listener's connections reach MQTT.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Transport {
-    /// MQTT straight over TCP.
-    Tcp,
-    /// MQTT over TLS.
-    Tls,
-    /// MQTT over WebSocket.
-    Ws,
-    /// MQTT over WebSocket over TLS.
-    Wss,
-}
-
-impl Transport {
-    /// Whether connections are TLS (TLS or WSS).
-    pub fn is_tls(self) -> bool {
-        matches!(self, Transport::Tls | Transport::Wss)
-    }
-
-    /// Whether connections start with a WebSocket upgrade.
-    pub fn is_ws(self) -> bool {
-        matches!(self, Transport::Ws | Transport::Wss)
-    }
-
-    /// Its name in logs and in the `listening on ADDR (NAME)` lines.
-    pub fn name(self) -> &'static str {
-        match self {
-            Transport::Tcp => "tcp",
-            Transport::Tls => "tls",
-            Transport::Ws => "ws",
-            Transport::Wss => "wss",
-        }
-    }
-}
-
-/// One listener to bind: an address, its transport, and whether a PROXY protocol v2
-/// header comes first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ListenerSpec {
-    /// Where to listen.
-    pub addr: SocketAddr,
-    /// How its connections carry MQTT.
-    pub transport: Transport,
-    /// Whether each connection starts with a PROXY protocol v2 header.
-    pub proxied: bool,
-}
-
 impl Config {
     /// Every listener to bind, in the order the keys are documented (`listen`,
     /// `proxy_listen`, then TLS, WS and WSS, each plain then proxied).
@@ -619,18 +574,6 @@ impl Config {
             return Err(ConfigError::new("ws_path", "must start with /"));
         }
         Ok(())
-    }
-
-    /// The user name a client certificate gives, per `use_identity_as_username` /
-    /// `use_subject_as_username` (`None` when neither is set).
-    pub fn certificate_username(&self, der: &[u8]) -> Option<Option<String>> {
-        if self.use_identity_as_username {
-            Some(tls::identity::common_name(der))
-        } else if self.use_subject_as_username {
-            Some(tls::identity::subject_name(der))
-        } else {
-            None
-        }
     }
 }
 

@@ -33,8 +33,8 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{AuthLoadError, Authenticator};
 use crate::broker::Broker;
 use crate::client;
-use crate::config::{Config, ConfigError, ListenerSpec, Transport};
-use crate::listener::{self, tls::TlsReloader};
+use crate::config::{Config, ConfigError};
+use crate::listener::{self, tls::TlsReloader, ListenerSpec, Transport};
 use crate::metrics::Metrics;
 use crate::registry::KEEP_ALIVE_SWEEP;
 

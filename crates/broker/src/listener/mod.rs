@@ -23,10 +23,56 @@ use tokio::sync::watch;
 
 use crate::broker::Broker;
 use crate::client;
-use crate::config::{ListenerSpec, Transport};
 use crate::metrics::Metrics;
 use crate::proxy;
 use tls::TlsReloader;
+
+/// How a listener's connections reach MQTT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// MQTT straight over TCP.
+    Tcp,
+    /// MQTT over TLS.
+    Tls,
+    /// MQTT over WebSocket.
+    Ws,
+    /// MQTT over WebSocket over TLS.
+    Wss,
+}
+
+impl Transport {
+    /// Whether connections are TLS (TLS or WSS).
+    pub fn is_tls(self) -> bool {
+        matches!(self, Transport::Tls | Transport::Wss)
+    }
+
+    /// Whether connections start with a WebSocket upgrade.
+    pub fn is_ws(self) -> bool {
+        matches!(self, Transport::Ws | Transport::Wss)
+    }
+
+    /// Its name in logs and in the `listening on ADDR (NAME)` lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+            Transport::Ws => "ws",
+            Transport::Wss => "wss",
+        }
+    }
+}
+
+/// One listener to bind: an address, its transport, and whether a PROXY protocol v2
+/// header comes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerSpec {
+    /// Where to listen.
+    pub addr: SocketAddr,
+    /// How its connections carry MQTT.
+    pub transport: Transport,
+    /// Whether each connection starts with a PROXY protocol v2 header.
+    pub proxied: bool,
+}
 
 /// A byte stream MQTT runs over (TLS, WebSocket, WebSocket over TLS), boxed so that
 /// the connection code is compiled once for all of them.

@@ -143,17 +143,30 @@ where
         .peer_certificates()
         .and_then(|c| c.first())
         .map(|c| c.as_ref().to_vec());
-    let user = match der.map(|d| config.certificate_username(&d)) {
-        None | Some(None) => None,
-        Some(Some(Some(name))) => Some(name.into_boxed_str()),
-        Some(Some(None)) => {
-            tracing::info!(
-                %peer,
-                listener,
-                "refusing: the client certificate has no subject name to use as user name (use_identity_as_username needs a Common Name)"
-            );
-            return None;
+    match der.map_or(Ok(None), |d| certificate_user(config, &d)) {
+        Ok(user) => Some((tls, user)),
+        Err(why) => {
+            tracing::info!(%peer, listener, "refusing: {why}");
+            None
         }
+    }
+}
+
+/// The user name a verified client certificate gives under
+/// `use_identity_as_username` (its Common Name) or `use_subject_as_username` (its
+/// whole subject); `Ok(None)` when neither is set. An error, saying why, when the
+/// certificate has no such name.
+fn certificate_user(config: &Config, der: &[u8]) -> Result<Option<Box<str>>, &'static str> {
+    let name = if config.use_identity_as_username {
+        ::tls::identity::common_name(der).ok_or(
+            "the client certificate has no Common Name to use as user name (use_identity_as_username)",
+        )?
+    } else if config.use_subject_as_username {
+        ::tls::identity::subject_name(der).ok_or(
+            "the client certificate's subject cannot be read as a user name (use_subject_as_username)",
+        )?
+    } else {
+        return Ok(None);
     };
-    Some((tls, user))
+    Ok(Some(name.into_boxed_str()))
 }
