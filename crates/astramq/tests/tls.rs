@@ -11,18 +11,14 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
+use common::certs::{tls_connect, tls_over};
 use common::certs::{Ca, Issued};
 use common::*;
 use rcgen::DnType;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
-use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls;
 
 /// A test CA, a server certificate it signed, and the files, in one directory.
 struct Pki {
@@ -78,45 +74,6 @@ fn start(pki: &Pki, extra: &str) -> (Broker, SocketAddr) {
         .start();
     let tls = broker.listener("tls");
     (broker, tls)
-}
-
-fn roots(ca_pem: &str) -> RootCertStore {
-    let mut roots = RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    roots
-}
-
-/// A rustls client connection to `addr` (as `localhost`), TLS `version` only,
-/// trusting `ca_pem`, presenting `client` when given.
-async fn tls_connect(
-    addr: SocketAddr,
-    ca_pem: &str,
-    client: Option<&Issued>,
-    version: &'static rustls::SupportedProtocolVersion,
-) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[version])
-        .unwrap()
-        .with_root_certificates(roots(ca_pem));
-    let config = match client {
-        Some(c) => builder
-            .with_client_auth_cert(
-                CertificateDer::pem_slice_iter(c.cert.as_bytes())
-                    .collect::<Result<Vec<_>, _>>()
-                    .unwrap(),
-                PrivateKeyDer::from_pem_slice(c.key.as_bytes()).unwrap(),
-            )
-            .unwrap(),
-        None => builder.with_no_client_auth(),
-    };
-    let tcp = TcpStream::connect(addr).await?;
-    let name = ServerName::try_from("localhost").unwrap();
-    TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
 }
 
 /// A raw MQTT client connected (CONNACK 0) over TLS.
@@ -793,4 +750,40 @@ async fn an_unfinished_handshake_times_out_and_garbage_is_refused() {
     )
     .await;
     assert!(out.status.success(), "{out:?}");
+}
+
+/// `tls_proxy_listen`: the PROXY v2 header comes before the TLS handshake, and the
+/// address it carries is the client's; without it the connection is refused.
+#[tokio::test]
+async fn tls_proxy_listen_reads_the_header_before_the_handshake() {
+    let pki = Pki::new();
+    let (broker, _) = start(&pki, "tls_proxy_listen = [\"127.0.0.1:0\"]\n");
+    let proxied = broker.listener("tls, proxy");
+    // PROXY v2, TCP over IPv4, from 10.9.8.7:12345.
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    header.extend_from_slice(&[
+        0x21, 0x11, 0, 12, 10, 9, 8, 7, 127, 0, 0, 1, 0x30, 0x39, 7, 91,
+    ]);
+    let mut tcp = tokio::net::TcpStream::connect(proxied).await.unwrap();
+    tcp.write_all(&header).await.unwrap();
+    let stream = tls_over(tcp, &pki.ca.pem(), None, &rustls::version::TLS13)
+        .await
+        .unwrap();
+    let mut c = RawClient::over(stream);
+    assert_eq!(
+        c.handshake(Connect::new(Version::V311, "behind-lb"))
+            .await
+            .code,
+        0
+    );
+    wait_for(T, "the PROXY source address logged", || {
+        broker.stderr().contains("peer=10.9.8.7:12345")
+    })
+    .await;
+    // A TLS client without the header is refused.
+    assert!(
+        tls_connect(proxied, &pki.ca.pem(), None, &rustls::version::TLS13)
+            .await
+            .is_err()
+    );
 }

@@ -1,9 +1,18 @@
 //! Certificates for the TLS tests, made by each test (rcgen, ECDSA P-256): a CA,
 //! server certificates for `localhost` and 127.0.0.1 signed by it, and client
 //! certificates with a chosen Common Name. Nothing is checked in; files go to the
-//! test's own directory.
+//! test's own directory. [`tls_connect`]: a rustls client connection pinned to one
+//! TLS version.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+use tokio_rustls::TlsConnector;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -92,4 +101,53 @@ impl Ca {
             key: key.serialize_pem(),
         }
     }
+}
+
+fn roots(ca_pem: &str) -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    roots
+}
+
+/// A rustls client connection to `addr` (as `localhost`), TLS `version` only,
+/// trusting `ca_pem`, presenting `client` when given.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    ca_pem: &str,
+    client: Option<&Issued>,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    tls_over(tcp, ca_pem, client, version).await
+}
+
+/// Like [`tls_connect`], over a TCP connection already made (after a PROXY header).
+pub async fn tls_over(
+    tcp: TcpStream,
+    ca_pem: &str,
+    client: Option<&Issued>,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(roots(ca_pem));
+    let config = match client {
+        Some(c) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(c.cert.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap(),
+                PrivateKeyDer::from_pem_slice(c.key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    let name = ServerName::try_from("localhost").unwrap();
+    TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
 }
