@@ -20,7 +20,16 @@ pub trait ReadSide: AsyncRead + Unpin + Send {
     /// future: waiting on it adds a few bytes to an idle connection's task, where
     /// tokio's `readable()` future adds well over a hundred.
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
+
+    /// Size of the read buffer allocated when an idle connection starts reading:
+    /// where [`ReadSide::poll_readable`] knows data waits, a full chunk; where it
+    /// cannot tell, a small one, so that an idle connection waiting in its read holds
+    /// little (it grows to full chunks once data flows).
+    const FIRST_READ: usize = READ_CHUNK;
 }
+
+/// Bytes reserved for each read once data flows.
+const READ_CHUNK: usize = 4096;
 
 impl ReadSide for tokio::net::tcp::OwnedReadHalf {
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -31,12 +40,15 @@ impl ReadSide for tokio::net::tcp::OwnedReadHalf {
 
 /// TLS and WebSocket connections: decrypted or unframed bytes may already wait in
 /// the transport's own buffers, where the socket's readiness cannot see them, so
-/// they are always "readable" and an idle one holds a read buffer (TLS and
-/// WebSocket state cost more than that buffer anyway).
+/// they are always "readable" and an idle one waits in a read, holding a small
+/// buffer ([`ReadSide::FIRST_READ`]).
 impl<S: AsyncRead + Send> ReadSide for tokio::io::ReadHalf<S> {
     fn poll_readable(&self, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
     }
+
+    /// An idle TLS or WebSocket connection sits in its read: keep that buffer small.
+    const FIRST_READ: usize = 256;
 }
 
 /// Stop encoding more deliveries once this many bytes wait to be written.
@@ -140,8 +152,10 @@ impl<R: ReadSide> Reader<R> {
                 .await
                 .map_err(|_| ReadError::Closed)?;
         }
-        if self.rbuf.capacity() - self.rbuf.len() < 512 {
-            self.rbuf.reserve(4096);
+        if self.rbuf.capacity() == 0 {
+            self.rbuf.reserve(R::FIRST_READ);
+        } else if self.rbuf.capacity() - self.rbuf.len() < 512 {
+            self.rbuf.reserve(READ_CHUNK);
         }
         match self.reader.read_buf(&mut self.rbuf).await {
             Ok(0) | Err(_) => Err(ReadError::Closed),
