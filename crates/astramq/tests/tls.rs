@@ -13,48 +13,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::certs::{tls_connect, tls_over};
+use common::certs::{tls_connect, tls_over, Pki};
 use common::certs::{Ca, Issued};
 use common::*;
 use rcgen::DnType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::rustls;
-
-/// A test CA, a server certificate it signed, and the files, in one directory.
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: Ca,
-    ca_file: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = Ca::new("AstraMQ test server CA");
-        let ca_file = ca.write(dir.path(), "ca");
-        let (cert, key) = ca.server().write(dir.path(), "server");
-        Pki {
-            dir,
-            ca,
-            ca_file,
-            cert,
-            key,
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// A client CA whose bundle is written to `NAME.crt`.
-    fn client_ca(&self, name: &str) -> (Ca, PathBuf) {
-        let ca = Ca::new(name);
-        let path = ca.write(self.dir.path(), name);
-        (ca, path)
-    }
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -786,4 +750,33 @@ async fn tls_proxy_listen_reads_the_header_before_the_handshake() {
             .await
             .is_err()
     );
+}
+
+/// A burst of large messages (3 MB) to a TLS subscriber: every one arrives, in
+/// order, across many TLS records.
+#[tokio::test]
+async fn a_tls_subscriber_receives_a_burst_of_large_messages() {
+    let pki = Pki::new();
+    let (broker, tls) = start(&pki, "");
+    let mut sub = tls_sub(
+        &broker,
+        tls,
+        "bulk",
+        &["--cafile", s(&pki.ca_file), "-q", "1"],
+    )
+    .await;
+    let mut publisher = broker.client(Version::V311, "bulk-pub").await;
+    let payload = vec![b'x'; 10_000];
+    for i in 0..300 {
+        let topic = format!("bulk/{i}");
+        publisher.publish(&topic, &payload, 1, false).await;
+    }
+    for i in 0..300 {
+        let line = next_message(&mut sub, "bulk").await;
+        assert!(
+            line.starts_with(&format!("bulk/{i} xxx")),
+            "message {i}: {:.40}",
+            line
+        );
+    }
 }

@@ -151,3 +151,46 @@ pub async fn tls_over(
         .connect(name, tcp)
         .await
 }
+
+/// A test CA, a server certificate it signed, and the files, in one directory.
+pub struct Pki {
+    /// The directory holding the files.
+    pub dir: tempfile::TempDir,
+    /// The CA.
+    pub ca: Ca,
+    /// The CA certificate's file.
+    pub ca_file: PathBuf,
+    /// The server certificate's file.
+    pub cert: PathBuf,
+    /// Its key's file.
+    pub key: PathBuf,
+}
+
+impl Pki {
+    /// A new CA and server certificate, written to a new directory.
+    pub fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new("AstraMQ test server CA");
+        let ca_file = ca.write(dir.path(), "ca");
+        let (cert, key) = ca.server().write(dir.path(), "server");
+        Pki {
+            dir,
+            ca,
+            ca_file,
+            cert,
+            key,
+        }
+    }
+
+    /// A file in the directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A client CA whose bundle is written to `NAME.crt`.
+    pub fn client_ca(&self, name: &str) -> (Ca, PathBuf) {
+        let ca = Ca::new(name);
+        let path = ca.write(self.dir.path(), name);
+        (ca, path)
+    }
+}
