@@ -130,6 +130,11 @@ where
 {
     let tls = match reloader.acceptor().accept(stream).await {
         Ok(tls) => tls,
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            // Closed before a ClientHello: a TCP health check, a port scan.
+            tracing::debug!(%peer, listener, error = %e, "TLS handshake failed");
+            return None;
+        }
         Err(e) => {
             // rustls's reason: "peer sent no certificates", "invalid peer
             // certificate: UnknownIssuer", "received corrupt message", …
