@@ -10,55 +10,17 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::certs::Ca;
+use common::wsclients::{mqttjs, paho};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use rcgen::DnType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
-
-/// The paho-mqtt client script.
-fn paho_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/paho_ws.py")
-}
-
-/// Runs the paho script with `args`; (exit success, stdout).
-async fn paho(args: &[&str]) -> (bool, String) {
-    let mut cmd = tokio::process::Command::new("python3");
-    cmd.arg(paho_script()).args(args).kill_on_drop(true);
-    let out = run_command(cmd, Duration::from_secs(30)).await;
-    assert!(
-        !out.stderr.contains("No module named 'paho'"),
-        "paho-mqtt is required by this test: `python3 -m pip install paho-mqtt` (scripts/test.sh does)"
-    );
-    (
-        out.status.success(),
-        format!("{}{}", out.stdout, out.stderr),
-    )
-}
-
-/// Runs the MQTT.js script with `args`; (exit success, output).
-async fn mqttjs(args: &[&str]) -> (bool, String) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients");
-    assert!(
-        dir.join("node_modules/mqtt").exists(),
-        "MQTT.js is required by this test: `npm ci` in {} (scripts/test.sh does)",
-        dir.display()
-    );
-    let mut cmd = tokio::process::Command::new("node");
-    cmd.arg(dir.join("mqttjs_ws.mjs"))
-        .args(args)
-        .kill_on_drop(true);
-    let out = run_command(cmd, Duration::from_secs(30)).await;
-    (
-        out.status.success(),
-        format!("{}{}", out.stdout, out.stderr),
-    )
-}
 
 fn port(addr: SocketAddr) -> String {
     addr.port().to_string()
@@ -412,90 +374,4 @@ async fn wss_paho_publishes_and_subscribes_and_client_certificates_apply() {
         broker.stderr().contains("peer sent no certificates")
     })
     .await;
-}
-
-// --- 09-5: through `astramq lb` -------------------------------------------------------
-
-/// A node with a WebSocket listener behind a PROXY v2 header (`ws_proxy_listen`)
-/// and a plain one.
-fn ws_node() -> (Broker, SocketAddr, SocketAddr) {
-    let broker = Broker::builder()
-        .config("ws_listen = [\"127.0.0.1:0\"]\nws_proxy_listen = [\"127.0.0.1:0\"]\n")
-        .start();
-    let proxied = broker.listener("ws, proxy");
-    let plain = broker.listener("ws");
-    (broker, plain, proxied)
-}
-
-/// `astramq lb` is a TCP balancer, so WebSocket passes through it unchanged: with
-/// the nodes' `ws_proxy_listen` addresses as backends (PROXY v2), paho-mqtt clients
-/// connect through the balancer, are spread round robin over the nodes, and each
-/// node sees the client's address.
-#[tokio::test]
-async fn ws_through_the_load_balancer_with_proxy_protocol() {
-    let (a, _, a_proxy) = ws_node();
-    let (b, _, b_proxy) = ws_node();
-    let backends = format!("{a_proxy},{b_proxy}");
-    let lb = Lb::start(&["--backends", &backends, "--proxy-protocol", "true"]);
-    for id in ["via-lb-1", "via-lb-2"] {
-        let (ok, out) = paho(&["--port", &port(lb.addr()), "--client-id", id]).await;
-        assert!(
-            ok && out.contains("received 1"),
-            "{id}: {out}\n{}",
-            lb.stderr()
-        );
-    }
-    // Round robin: one client on each node, both logged with a client address
-    // (from the PROXY header) rather than failing the header.
-    let on = |broker: &Broker, id: &str| broker.stderr().contains(&format!("client_id={id}"));
-    assert!(
-        (on(&a, "via-lb-1") && on(&b, "via-lb-2")) || (on(&a, "via-lb-2") && on(&b, "via-lb-1")),
-        "not one client per node\n--- a ---\n{}\n--- b ---\n{}",
-        a.stderr(),
-        b.stderr()
-    );
-    for n in [&a, &b] {
-        assert!(
-            !n.stderr().contains("bad PROXY protocol header"),
-            "{}",
-            n.stderr()
-        );
-    }
-}
-
-/// The balancer terminating TLS (`--tls-cert`) in front of the nodes' plain
-/// WebSocket listeners: `wss://` to the balancer, `ws` to the nodes.
-#[tokio::test]
-async fn wss_terminated_by_the_load_balancer() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::new("lb test CA");
-    let ca_file = ca.write(dir.path(), "ca");
-    let (cert, key) = ca.server().write(dir.path(), "server");
-    let (node, ws, _) = ws_node();
-    let lb = Lb::start(&[
-        "--backends",
-        &ws.to_string(),
-        "--proxy-protocol",
-        "false",
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-    ]);
-    let (ok, out) = paho(&[
-        "--port",
-        &port(lb.addr()),
-        "--tls",
-        "--ca",
-        ca_file.to_str().unwrap(),
-        "--sizes",
-        "10,100000",
-    ])
-    .await;
-    assert!(
-        ok && out.contains("received 2"),
-        "{out}\n{}\n{}",
-        lb.stderr(),
-        node.stderr()
-    );
 }

@@ -278,13 +278,25 @@ impl ClusterNode {
         Ok(node)
     }
 
-    /// Stops advertising MQTT and PROXY listeners, so load balancers send no new
-    /// clients here (a live member without listeners is draining).
+    /// Stops advertising MQTT, PROXY, TLS and WebSocket listeners, so load
+    /// balancers send no new clients here (a live member without listeners is
+    /// draining).
     pub fn set_draining(&self) {
         if let Some(m) = self.membership.lock().as_ref() {
             let mut meta = m.meta();
             meta.mqtt.clear();
             meta.proxy.clear();
+            meta.listeners.clear();
+            m.set_meta(meta);
+        }
+    }
+
+    /// Advertises this node's TLS and WebSocket listeners through gossip
+    /// (`NodeMeta::listeners`), for balancers passing those transports through.
+    pub fn set_listeners(&self, listeners: Vec<crate::membership::AdvertisedListener>) {
+        if let Some(m) = self.membership.lock().as_ref() {
+            let mut meta = m.meta();
+            meta.listeners = listeners;
             m.set_meta(meta);
         }
     }

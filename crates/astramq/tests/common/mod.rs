@@ -15,6 +15,7 @@
 //! - [`wait_for`]: poll a condition with a timeout instead of sleeping.
 //! - [`versions_test!`]: run one `async fn(Version)` as a 3.1.1 and a 5.0 test.
 //! - [`certs`]: a test CA and certificates (rcgen), written to files.
+//! - [`wsclients`]: paho-mqtt and MQTT.js over WebSocket.
 //! - [`cluster`]: `redis-server` processes and clusters of `astramq` nodes
 //!   (used by `tests/cluster.rs`).
 
@@ -25,6 +26,7 @@ pub mod certs;
 pub mod cluster;
 pub mod raw;
 pub mod sentinel;
+pub mod wsclients;
 
 pub use raw::*;
 
