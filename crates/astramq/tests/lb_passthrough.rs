@@ -274,3 +274,68 @@ async fn gossip_tls_passthrough_keeps_client_certificates_end_to_end() {
     .await;
     assert!(!out.status.success(), "{out:?}");
 }
+
+/// End to end with real clustered nodes: each advertises its `ws_proxy_listen`
+/// through gossip by itself, and `astramq lb --join --backend-transport ws` routes
+/// WebSocket clients to both; a message crosses from one node to the other.
+#[tokio::test]
+async fn clustered_nodes_advertise_their_websocket_listeners_to_the_balancer() {
+    let redis = common::cluster::RedisServer::start();
+    let url = redis.url();
+    let node = |id: &str, join: Option<SocketAddr>| {
+        let mut args = vec![
+            "--redis".to_string(),
+            url.clone(),
+            "--node-id".to_string(),
+            id.to_string(),
+            "--gossip-listen".to_string(),
+            "127.0.0.1:0".to_string(),
+            "--ws-proxy-listen".to_string(),
+            "127.0.0.1:0".to_string(),
+        ];
+        if let Some(j) = join {
+            args.extend(["--join".to_string(), j.to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Broker::builder().args(&args).start()
+    };
+    let n1 = node("ws-n1", None);
+    let n2 = node("ws-n2", Some(n1.gossip_addr()));
+    let lb = Lb::start(&[
+        "--join",
+        &n1.gossip_addr().to_string(),
+        "--gossip-listen",
+        "127.0.0.1:0",
+        "--backend-transport",
+        "ws",
+    ]);
+    wait_up(&lb, n1.listener("ws, proxy")).await;
+    wait_up(&lb, n2.listener("ws, proxy")).await;
+    // A subscriber on n2 (plain MQTT) sees what a WebSocket client publishes.
+    let mut sub = BgSub::spawn(&n2, &["-t", "cross/#", "-v"]);
+    sub.probe(&n2, "cross/probe", b"p").await;
+    for i in 0..2 {
+        let id = format!("clustered-ws-{i}");
+        let (ok, out) = paho(&[
+            "--port",
+            &port(lb.addr()),
+            "--client-id",
+            &id,
+            "--topic",
+            "cross/ws",
+        ])
+        .await;
+        assert!(ok && out.contains("received 1"), "{out}\n{}", lb.stderr());
+    }
+    let on = |b: &Broker| b.stderr().contains("client_id=clustered-ws-");
+    assert!(on(&n1) && on(&n2), "round robin over both nodes");
+    loop {
+        let line = sub
+            .next_line(T)
+            .await
+            .expect("the WebSocket client's message on n2");
+        if line.starts_with("cross/ws ") {
+            break;
+        }
+    }
+}
