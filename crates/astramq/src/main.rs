@@ -69,7 +69,7 @@ fn run_broker(args: cli::BrokerArgs) -> anyhow::Result<()> {
                 )
                 .await?;
                 server.broker().set_cluster(node.clone());
-                node.set_listeners(advertised(&server.listeners()));
+                node.set_listeners(&server.listeners());
                 Some(node)
             }
             None => None,
@@ -145,30 +145,6 @@ fn run_broker(args: cli::BrokerArgs) -> anyhow::Result<()> {
         tracing::info!("stopped");
         Ok(())
     })
-}
-
-/// The TLS and WebSocket listeners, as gossip advertises them.
-fn advertised(
-    listeners: &[broker::listener::ListenerSpec],
-) -> Vec<cluster::membership::AdvertisedListener> {
-    use broker::listener::Transport;
-    use cluster::membership::{AdvertisedListener, ListenerKind};
-    listeners
-        .iter()
-        .filter_map(|l| {
-            let kind = match l.transport {
-                Transport::Tcp => return None,
-                Transport::Tls => ListenerKind::Tls,
-                Transport::Ws => ListenerKind::Ws,
-                Transport::Wss => ListenerKind::Wss,
-            };
-            Some(AdvertisedListener {
-                kind,
-                addr: l.addr,
-                proxy: l.proxied,
-            })
-        })
-        .collect()
 }
 
 fn run_lb(args: lb::LbArgs) -> anyhow::Result<()> {

@@ -24,8 +24,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 // `::cluster` is the crate; `common::cluster` (the test harness) is glob-imported.
-use ::cluster::membership::{self, MembershipConfig, MembershipHandle, NodeMeta, Role};
 use common::*;
+use membership::{self, MembershipConfig, MembershipHandle, NodeMeta, Role};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

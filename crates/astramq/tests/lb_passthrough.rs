@@ -13,12 +13,12 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ::cluster::membership::{
-    self, AdvertisedListener, ListenerKind, MembershipConfig, MembershipHandle, NodeMeta,
-};
 use common::certs::{Ca, Pki};
 use common::wsclients::{mqttjs, paho};
 use common::*;
+use membership::{
+    self, AdvertisedListener, ListenerKind, MembershipConfig, MembershipHandle, NodeMeta,
+};
 use rcgen::DnType;
 
 fn port(addr: SocketAddr) -> String {

@@ -441,3 +441,82 @@ async fn full_qos12_lane_throttles_the_publisher_without_loss() {
         want
     );
 }
+
+// ---------------------------------------------------------------------------
+// cluster.session_store_max_queued: deliveries to persistent sessions waiting for Redis
+// ---------------------------------------------------------------------------
+
+// While Redis takes no writes (`CLIENT PAUSE … WRITE`), deliveries to a persistent
+// session wait for the session store; beyond `session_store_max_queued` of them a new
+// message is refused: its publisher gets PUBACK 0x80 (nothing acknowledged is lost,
+// nothing waits without bound), the refusals are counted, and once Redis takes writes
+// again the others are acknowledged and delivered.
+#[tokio::test]
+async fn session_store_queue_is_bounded_and_refuses_beyond() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("astramq.toml");
+    std::fs::write(&cfg, "[cluster]\nsession_store_max_queued = 4\n").unwrap();
+    let c = TestCluster::builder(1)
+        .args(&[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--health-listen",
+            "127.0.0.1:0",
+        ])
+        .start()
+        .await;
+    let health = c.node(0).health_addr();
+    let v = Version::V5;
+    let (mut sub, _) = RawClient::connect(
+        c.node(0).addr(),
+        Connect::persistent(v, "store-sub", false, 300),
+    )
+    .await;
+    sub.sub("store/t", 1).await;
+    let mut publ = c.client(0, v, "store-pub").await;
+    let publish = |i: u16| Publish::new("store/t", format!("m{i}").as_bytes(), 1).pid(i);
+    let queued = r#"astramq_session_store_queued{kind="journal"}"#;
+
+    c.redis().cmd(&["CLIENT", "PAUSE", "60000", "WRITE"]);
+    // m1 is taken into the batch the store is writing (stuck until Redis takes writes),
+    publ.send(&publish(1).encode(v)).await;
+    let deadline = Instant::now() + T;
+    while metric_at(health, "astramq_session_store_writing").await != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "m1 never reached the store's writer"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // then m2..m5 wait behind it, up to the bound, and m6..m10 are refused.
+    for i in 2..=10 {
+        publ.send(&publish(i).encode(v)).await;
+    }
+    while metric_at(health, "astramq_session_store_refused_total").await != 5 {
+        assert!(Instant::now() < deadline, "refusals not counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(metric_at(health, queued).await, 4, "the bound holds");
+    c.redis().cmd(&["CLIENT", "UNPAUSE"]);
+
+    // Acknowledgements in PUBLISH order [MQTT-4.6.0-2]: 5 stored, 5 refused (0x80).
+    for i in 1..=10u16 {
+        let ack = publ
+            .wait_packet(T, "PUBACK", |p| match p {
+                Packet::Puback(a) => Some(a.clone()),
+                _ => None,
+            })
+            .await;
+        assert_eq!(ack.pid, i);
+        assert_eq!(ack.reason, if i <= 5 { 0 } else { 0x80 }, "PUBACK {i}");
+    }
+    let got: Vec<String> = sub
+        .recv_publishes(5, T)
+        .await
+        .iter()
+        .map(|p| p.payload_str())
+        .collect();
+    assert_eq!(got, ["m1", "m2", "m3", "m4", "m5"]);
+    sub.expect_no_publish(Duration::from_millis(300)).await;
+    assert_eq!(metric_at(health, queued).await, 0);
+}

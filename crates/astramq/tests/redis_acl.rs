@@ -299,3 +299,76 @@ async fn sentinel_url_carries_the_master_credentials() {
         refused.join("\n")
     );
 }
+
+// A 3.1.1 publisher cannot be refused: when the cluster cannot store a QoS 2
+// message's copies, the node closes the connection without PUBREC, and the client
+// resends the PUBLISH after reconnecting, same packet id, DUP set [MQTT-4.4.0-1].
+// That resend must be routed and delivered once. Taken for a redelivery of a message
+// already received [MQTT-4.3.3-9], it was acknowledged and reached no one (lost in
+// the Sentinel failover test `kill9_master_qos2_wait_replicas`). The store is made
+// to fail, deterministically, by taking HSETNX (the journal's command) from the
+// nodes' ACL user for a moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos2_resent_after_a_failed_store_is_delivered_once() {
+    let c = TestCluster::builder(1)
+        .redis_user(USER, PASSWORD, &rules())
+        .start()
+        .await;
+    let v = Version::V311;
+    let addr = c.node(0).addr();
+    let (mut sub, _) =
+        RawClient::connect(addr, Connect::persistent(v, "q2-sub", false, EXPIRY)).await;
+    sub.sub("q2/t", 2).await;
+    let (mut publ, _) =
+        RawClient::connect(addr, Connect::persistent(v, "q2-pub", false, EXPIRY)).await;
+    assert_eq!(publ.publish("q2/t", b"before", 2, false).await, 0);
+    assert_eq!(sub.recv_publish(T).await.payload, b"before");
+
+    c.redis().cmd(&["ACL", "SETUSER", USER, "-hsetnx"]);
+    let mut msg = Publish::new("q2/t", b"resent", 2).pid(42);
+    publ.send(&msg.encode(v)).await;
+    let seen = publ.expect_closed(T).await;
+    assert!(
+        !seen.iter().any(|p| matches!(p, Packet::Pubrec(_))),
+        "PUBREC for a message whose copy was not stored: {seen:?}"
+    );
+    c.redis().cmd(&["ACL", "SETUSER", USER, "+hsetnx"]);
+
+    // The node may refuse connections until it has seen Redis answer again.
+    let deadline = Instant::now() + DETECTION;
+    let mut publ = loop {
+        let (cl, ca) =
+            RawClient::connect(addr, Connect::persistent(v, "q2-pub", false, EXPIRY)).await;
+        if ca.code == 0 {
+            assert!(ca.session_present, "the publisher's session is kept");
+            break cl;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reconnect refused ({}) for {DETECTION:?}",
+            ca.code
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    msg.dup = true;
+    publ.send(&msg.encode(v)).await;
+    let rec = publ
+        .wait_packet(T, "PUBREC", |p| match p {
+            Packet::Pubrec(a) => Some(a.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(rec.pid, 42);
+    publ.send(&encode_ack(PUBREL, 42, 0, v)).await;
+    publ.wait_packet(T, "PUBCOMP", |p| {
+        matches!(p, Packet::Pubcomp(_)).then_some(())
+    })
+    .await;
+    assert_eq!(
+        sub.recv_publish(T).await.payload,
+        b"resent",
+        "the resend reached the subscriber"
+    );
+    // Exactly once [MQTT-4.3.3-9]: nothing else arrives for it.
+    sub.expect_no_publish(Duration::from_millis(500)).await;
+}

@@ -148,6 +148,12 @@ pub struct ClusterTuning {
     pub redis_wait_replicas: u32,
     /// How long each `WAIT` may take before the write counts as failed, ms.
     pub redis_wait_timeout_ms: u64,
+    /// Deliveries to persistent sessions waiting to be journaled in Redis; beyond it
+    /// a QoS 1/2 message for a persistent session is not acknowledged (v5 0x80, a
+    /// 3.1.1 publisher is disconnected and resends; a copy from another node stays in
+    /// this node's inbox and is read again), so a Redis slower than the publishers
+    /// costs them speed, not memory.
+    pub session_store_max_queued: usize,
 }
 
 /// Bounds of what waits to cross the bus toward one destination node (from
@@ -179,6 +185,7 @@ impl Default for ClusterTuning {
             inbox_backlog_entries: 16,
             redis_wait_replicas: 0,
             redis_wait_timeout_ms: 1000,
+            session_store_max_queued: 65_536,
         }
     }
 }
@@ -216,6 +223,8 @@ pub struct ClusterSettings {
     pub redis_wait_replicas: u32,
     /// How long each `WAIT` may take.
     pub redis_wait_timeout: std::time::Duration,
+    /// See [`ClusterTuning::session_store_max_queued`].
+    pub session_store_max_queued: usize,
 }
 
 impl Default for Config {
@@ -453,6 +462,10 @@ impl Config {
             ("cluster.forward_qos12_backlog", c.forward_qos12_backlog),
             ("cluster.forward_backlog_bytes", c.forward_backlog_bytes),
             ("cluster.inbox_backlog_entries", c.inbox_backlog_entries),
+            (
+                "cluster.session_store_max_queued",
+                c.session_store_max_queued,
+            ),
         ] {
             if value == 0 {
                 return Err(ConfigError::new(key, "must be at least 1"));
@@ -604,6 +617,7 @@ impl Config {
             redis_wait_timeout: std::time::Duration::from_millis(
                 self.cluster.redis_wait_timeout_ms,
             ),
+            session_store_max_queued: self.cluster.session_store_max_queued,
         })
     }
 }

@@ -552,7 +552,7 @@ mod tests {
         let r = Router::new();
         let mb = mailbox();
         r.subscribe("#", sub("c", &mb, QoS::AtLeastOnce, None));
-        let deny: ReadCheck = &|_, t| t != "secret";
+        let deny: ReadCheck<'_> = &|_, t| t != "secret";
         assert_eq!(
             r.route(
                 &msg("secret", QoS::AtLeastOnce),

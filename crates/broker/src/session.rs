@@ -255,6 +255,14 @@ impl Session {
         Some(self.unsettled.swap_remove(at).1)
     }
 
+    /// Inbound QoS 2 packet `id` was routed as message `message_id` but not
+    /// acknowledged: its resend is routed again under that id (see `unsettled`).
+    pub fn unsettle_qos2(&mut self, id: u16, message_id: Box<str>) {
+        self.inbound_qos2.insert(id);
+        self.take_unsettled(id);
+        self.unsettled.push((id, message_id));
+    }
+
     /// PUBREL for `id`: true if it was pending.
     pub fn release_qos2(&mut self, id: u16) -> bool {
         self.take_unsettled(id);

@@ -38,6 +38,21 @@ pub enum Change {
     },
 }
 
+/// The changes that move `filters` from route identity `old` to `new` (this node
+/// rejoined under a new gossip generation): every new route before any old one goes,
+/// so a reader applying them one at a time always routes these filters here. (The
+/// other order left a moment with no route: a message published then on another
+/// node skipped this one, and a parked persistent session here missed it.)
+pub fn reannouncement(old: &str, new: &str, filters: &[String]) -> Vec<Change> {
+    let added = filters
+        .iter()
+        .map(|f| Change::RouteAdded(new.to_string(), f.clone()));
+    let removed = filters
+        .iter()
+        .map(|f| Change::RouteRemoved(old.to_string(), f.clone()));
+    added.chain(removed).collect()
+}
+
 /// Feed entries kept (approximately); a node that falls further behind resyncs.
 const FEED_MAXLEN: usize = 100_000;
 

@@ -1,11 +1,8 @@
 //! Clustering for AstraMQ: the parts that make several broker nodes one broker.
 //!
-//! - [`membership`] — who is in the cluster. SWIM-style gossip (the `foca` crate)
-//!   over UDP: each node advertises its id, MQTT listeners, admin address, role and
-//!   connection count; failures are detected in seconds; a clean shutdown leaves at
-//!   once; with a cluster key every datagram is authenticated. The load balancer
-//!   joins the same gossip with [`membership::Role::LoadBalancer`].
-
+//! - who is in the cluster: the `astramq-membership` crate (SWIM-style gossip over
+//!   UDP through `foca`; each node advertises its id, MQTT listeners, admin address,
+//!   role and connection count). The load balancer uses that crate alone.
 //! - [`conn`] — connections to Redis (single, TLS, Sentinel, Cluster) and the key
 //!   layout (prefix and hash tags).
 //! - [`durable`] — `WAIT` for replicas before an acknowledgement is released
@@ -34,7 +31,6 @@ pub mod conn;
 pub mod durable;
 pub mod feed;
 pub mod health;
-pub mod membership;
 pub mod node;
 pub mod routes;
 pub mod sentinel;

@@ -26,11 +26,11 @@ use crate::backlog::Backlog;
 use crate::bus::{self, Outgoing};
 use crate::conn::{query_per_key, run_per_key, Keys, Redis, RedisError, INBOX_GROUP};
 use crate::feed::{self, Change};
-use crate::membership::{self, MemberEvent, MembershipConfig, MembershipHandle, NodeMeta};
 use crate::routes::RouteTable;
 use crate::sessions::Sessions;
 use crate::wire;
 use crate::wire::{publish_bytes, put_kick, put_message};
+use membership::{self, MemberEvent, MembershipConfig, MembershipHandle, NodeMeta};
 
 mod drain;
 mod liveness;
@@ -187,8 +187,12 @@ impl ClusterNode {
         let backlog = Arc::new(Backlog::new(settings.forward));
         let handovers = Arc::new(bus::Handovers::default());
         let (stop_tx, stop_rx) = watch::channel(false);
-        let (sessions, sessions_task) =
-            Sessions::start(redis.durable_conn(), keys.clone(), me.clone());
+        let (sessions, sessions_task) = Sessions::start(
+            redis.durable_conn(),
+            keys.clone(),
+            me.clone(),
+            settings.session_store_max_queued,
+        );
         broker.stall.set_limit(settings.liveness_ttl);
         let (this_tx, this_rx) = oneshot::channel::<std::sync::Weak<ClusterNode>>();
         let tasks = vec![
@@ -292,11 +296,30 @@ impl ClusterNode {
     }
 
     /// Advertises this node's TLS and WebSocket listeners through gossip
-    /// (`NodeMeta::listeners`), for balancers passing those transports through.
-    pub fn set_listeners(&self, listeners: Vec<crate::membership::AdvertisedListener>) {
+    /// (`NodeMeta::listeners`), for balancers passing those transports through. Plain
+    /// MQTT listeners are advertised at start (`NodeMeta::mqtt`, `proxy`).
+    pub fn set_listeners(&self, listeners: &[broker::listener::ListenerSpec]) {
+        use broker::listener::Transport;
+        use membership::{AdvertisedListener, ListenerKind};
+        let advertised = listeners
+            .iter()
+            .filter_map(|l| {
+                let kind = match l.transport {
+                    Transport::Tcp => return None,
+                    Transport::Tls => ListenerKind::Tls,
+                    Transport::Ws => ListenerKind::Ws,
+                    Transport::Wss => ListenerKind::Wss,
+                };
+                Some(AdvertisedListener {
+                    kind,
+                    addr: l.addr,
+                    proxy: l.proxied,
+                })
+            })
+            .collect();
         if let Some(m) = self.membership.lock().as_ref() {
             let mut meta = m.meta();
-            meta.listeners = listeners;
+            meta.listeners = advertised;
             m.set_meta(meta);
         }
     }
@@ -323,11 +346,8 @@ impl ClusterNode {
                 table.add(&new, f);
             }
         }
-        for f in filters {
-            let _ = self
-                .changes
-                .send(Change::RouteRemoved(old.clone(), f.clone()));
-            let _ = self.changes.send(Change::RouteAdded(new.clone(), f));
+        for change in crate::feed::reannouncement(&old, &new, &filters) {
+            let _ = self.changes.send(change);
         }
     }
 

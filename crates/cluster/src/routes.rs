@@ -177,6 +177,36 @@ impl RouteTable {
 mod tests {
     use super::*;
 
+    // A node declared down while alive rejoins under a new identity and announces its
+    // routes again; other nodes apply the feed one entry at a time, publishing in
+    // between. At no step may a filter lose its route to that node (a parked
+    // persistent session there would miss the message: lost in partition test p5).
+    #[test]
+    fn a_reannounced_node_keeps_its_routes_at_every_step() {
+        let filters = vec!["x/#".to_string(), "$share/g/y".to_string(), "z".to_string()];
+        let mut t = RouteTable::new();
+        for f in &filters {
+            t.add("n3@1", f);
+        }
+        let routed = |t: &RouteTable| {
+            ["x/1", "y", "z"].iter().all(|topic| {
+                let p = t.place(topic, "n1@1", Some("k"));
+                p.remote.keys().any(|n| crate::node::node_of(n) == "n3")
+            })
+        };
+        assert!(routed(&t));
+        for change in crate::feed::reannouncement("n3@1", "n3@2", &filters) {
+            match change {
+                crate::feed::Change::RouteAdded(n, f) => t.add(&n, &f),
+                crate::feed::Change::RouteRemoved(n, f) => t.remove(&n, &f),
+                crate::feed::Change::Retained { .. } => unreachable!("routes only"),
+            }
+            assert!(routed(&t), "a filter lost its route to n3 midway");
+        }
+        assert_eq!(t.filters_of("n3@1"), Vec::<String>::new());
+        assert_eq!(t.filters_of("n3@2").len(), filters.len());
+    }
+
     #[test]
     fn plain_routes_go_to_other_nodes_once() {
         let mut t = RouteTable::new();

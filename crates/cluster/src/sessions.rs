@@ -28,6 +28,9 @@ use crate::wire::{
     read_will, subscription_value, will_value, JournalEntry,
 };
 
+mod queue;
+pub use queue::StoreQueue;
+
 /// Appends journal entries to a session; returns 0 when the session's epoch moved on
 /// (another node claimed it meanwhile). The entries are written either way: the
 /// journal belongs to the session, not to a node, and a delivery racing a takeover
@@ -35,15 +38,33 @@ use crate::wire::{
 ///
 /// Returns the epoch flag followed by one flag per entry: 1 if it was new, 0 if an
 /// entry with that key existed (the same inbox entry delivered again after a crash:
-/// it is not queued twice).
+/// it is not queued twice) or was delivered, 2 if the owner replaced an entry that
+/// no owner had queued. A writer that is not the owner (a node still routing to a
+/// session that moved, a stale copy after a partition) stores its entry as `F`:
+/// nobody queued it, so the owner's own copy of that message, arriving later, is
+/// queued instead of being taken for a duplicate (the new owner otherwise only
+/// found it by reading the journal, in the few seconds after a takeover it does so).
+/// A repair's `P` entries are nobody's in the same way.
 const JOURNAL_SCRIPT: &str = r"
 local out = {1}
-if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then out[1] = 0 end
+local owner = redis.call('HGET', KEYS[1], 'epoch') == ARGV[1]
+if not owner then out[1] = 0 end
 for i = 2, #ARGV, 2 do
   if redis.call('ZSCORE', KEYS[3], ARGV[i]) then
     out[#out + 1] = 0
   else
-    out[#out + 1] = redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1])
+    local v = redis.call('HGET', KEYS[2], ARGV[i])
+    if not v then
+      local value = ARGV[i + 1]
+      if not owner then value = 'F' .. string.sub(value, 2) end
+      redis.call('HSET', KEYS[2], ARGV[i], value)
+      out[#out + 1] = 1
+    elseif owner and (string.sub(v, 1, 1) == 'F' or string.sub(v, 1, 1) == 'P') then
+      redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+      out[#out + 1] = 2
+    else
+      out[#out + 1] = 0
+    end
   end
 end
 return out
@@ -202,6 +223,7 @@ pub struct Sessions {
     me: String,
     conn: Conn,
     ops: mpsc::UnboundedSender<Op>,
+    queue: Arc<StoreQueue>,
     seq: AtomicU64,
 }
 
@@ -211,19 +233,30 @@ impl Sessions {
         conn: Conn,
         keys: Keys,
         me: String,
+        max_queued: usize,
     ) -> (Arc<Sessions>, tokio::task::JoinHandle<()>) {
-        // Not bounded (yet). Journal writes carry a receiver their publisher's
-        // acknowledgement (or the inbox consumer) waits for, so in-flight windows bound
-        // them; the other changes (subscriptions, acknowledgements of journaled
-        // deliveries, wills, inbound QoS 2 ids) come one per client packet, limited in
-        // rate but not in size while Redis is slow or down: a known gap of issue #11.
+        // Journal entries, the data path, are bounded by `max_queued`: beyond it a
+        // message is refused (not acknowledged) rather than queued. The other changes
+        // (subscriptions, acknowledgements of journaled deliveries, wills, inbound
+        // QoS 2 ids) cannot be refused after the fact; they come one per client packet
+        // about a subscription or an in-flight message, so the protocol's own limits
+        // bound them (`limits.max_subscriptions`, Receive Maximum, the session queue),
+        // and they are counted (`astramq_session_store_queued{kind="change"}`).
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(writer(conn.clone(), keys.clone(), me.clone(), rx));
+        let queue = Arc::new(StoreQueue::new(max_queued));
+        let task = tokio::spawn(writer(
+            conn.clone(),
+            keys.clone(),
+            me.clone(),
+            rx,
+            queue.clone(),
+        ));
         let sessions = Arc::new(Sessions {
             keys,
             me,
             conn,
             ops: tx,
+            queue,
             seq: AtomicU64::new(0),
         });
         (sessions, task)
@@ -240,7 +273,7 @@ impl Sessions {
         key: Option<String>,
     ) -> oneshot::Receiver<JournalOutcome> {
         let (done, rx) = oneshot::channel();
-        let entries = entries
+        let entries: Vec<Entry> = entries
             .into_iter()
             .filter_map(|mut b| {
                 let (client_id, epoch) = {
@@ -265,6 +298,21 @@ impl Sessions {
                 })
             })
             .collect();
+        let n = entries.len();
+        if n > 0 && !self.queue.admit(n) {
+            if let Some(count) = self.queue.refuse(n) {
+                tracing::warn!(
+                    refused = count,
+                    max = self.queue.max(),
+                    "session store: deliveries to persistent sessions refused, too many wait for redis (cluster.session_store_max_queued; count since the last line)"
+                );
+            }
+            let _ = done.send(Err(ClusterError(format!(
+                "session store queue full: {} deliveries wait for redis (cluster.session_store_max_queued)",
+                self.queue.max()
+            ))));
+            return rx;
+        }
         let op = Op::Journal(JournalOp { entries, done });
         if let Err(mpsc::error::SendError(Op::Journal(op))) = self.ops.send(op) {
             let _ = op
@@ -288,7 +336,13 @@ impl Sessions {
 
     /// Mirrors a change to a persistent session, in order with the journal.
     pub fn changed(&self, change: SessionChange) {
+        self.queue.change_sent();
         let _ = self.ops.send(Op::Change(change, None));
+    }
+
+    /// What waits for the writer, and what it refused.
+    pub fn queue(&self) -> &StoreQueue {
+        &self.queue
     }
 
     /// Mirrors a change; the receiver resolves once it is stored.
@@ -297,6 +351,7 @@ impl Sessions {
         change: SessionChange,
     ) -> oneshot::Receiver<Result<(), ClusterError>> {
         let (tx, rx) = oneshot::channel();
+        self.queue.change_sent();
         if let Err(mpsc::error::SendError(Op::Change(_, Some(tx)))) =
             self.ops.send(Op::Change(change, Some(tx)))
         {
@@ -543,7 +598,13 @@ fn snapshot(
 }
 
 /// Applies operations in order, batching.
-async fn writer(conn: Conn, keys: Keys, me: String, mut rx: mpsc::UnboundedReceiver<Op>) {
+async fn writer(
+    conn: Conn,
+    keys: Keys,
+    me: String,
+    mut rx: mpsc::UnboundedReceiver<Op>,
+    queue: Arc<StoreQueue>,
+) {
     let mut retry: Vec<(SessionChange, Stored)> = Vec::new();
     // Journal entries whose write failed (maybe after it happened).
     let mut uncertain: HashSet<(Arc<str>, String)> = HashSet::new();
@@ -553,13 +614,19 @@ async fn writer(conn: Conn, keys: Keys, me: String, mut rx: mpsc::UnboundedRecei
         let mut batch = Vec::new();
         if retry.is_empty() {
             match rx.recv().await {
-                Some(op) => batch.push(op),
+                Some(op) => {
+                    queue.taken(&op);
+                    batch.push(op)
+                }
                 None => return,
             }
         }
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(op) => batch.push(op),
+                Ok(op) => {
+                    queue.taken(&op);
+                    batch.push(op)
+                }
                 Err(_) => break,
             }
         }
@@ -607,7 +674,11 @@ async fn writer(conn: Conn, keys: Keys, me: String, mut rx: mpsc::UnboundedRecei
                 }
             }
         }
-        match query_per_key(&conn, cmds).await {
+        let writing: usize = journals.iter().map(|(j, _)| j.entries.len()).sum();
+        queue.set_writing(writing);
+        let result = query_per_key(&conn, cmds).await;
+        queue.set_writing(0);
+        match result {
             Ok(values) => {
                 if let Some(since) = failing_since.take() {
                     tracing::info!(

@@ -457,7 +457,9 @@ pub enum JournalEntry {
 /// Decodes a journal entry's value.
 pub fn read_journal(mut value: &[u8]) -> Result<JournalEntry, WireError> {
     match get_u8(&mut value)? {
-        b'D' => Ok(JournalEntry::Pending(get_delivery(
+        // `F`: written by a node that was not the session's owner (see the journal
+        // script in sessions.rs); the same delivery.
+        b'D' | b'F' => Ok(JournalEntry::Pending(get_delivery(
             &mut value,
             Instant::now(),
         )?)),

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cluster::membership::{ListenerKind, Member, MembershipHandle, NodeMeta, Role};
+use membership::{ListenerKind, Member, MembershipHandle, NodeMeta, Role};
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, Pool};
@@ -216,7 +216,7 @@ mod tests {
 
     #[test]
     fn backend_transport_picks_the_nodes_tls_or_websocket_listener() {
-        use cluster::membership::AdvertisedListener;
+        use membership::AdvertisedListener;
         let l = |kind, addr: &str, proxy| AdvertisedListener {
             kind,
             addr: addr.parse().unwrap(),

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use cluster::membership::MembershipError;
+use membership::MembershipError;
 
 /// Why [`LoadBalancer::bind`](crate::LoadBalancer::bind) failed. Once running, the
 /// balancer does not fail as a whole: a connection that cannot be served is closed

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use cluster::membership::{self, MembershipConfig, MembershipHandle, NodeMeta};
+use membership::{self, MembershipConfig, MembershipHandle, NodeMeta};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;

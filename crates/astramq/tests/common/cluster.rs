@@ -198,15 +198,42 @@ pub struct RedisServer {
     port: u16,
     stderr: Arc<Mutex<String>>,
     dir: tempfile::TempDir,
+    /// Keeps an append-only file, so a restart comes back with the data.
+    persistent: bool,
+}
+
+/// `redis-server` arguments for persistence: an append-only file (fsync every second;
+/// a SIGKILL loses nothing the kernel has) or none at all.
+fn persistence_args(persistent: bool) -> [&'static str; 6] {
+    if persistent {
+        [
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+        ]
+    } else {
+        ["--save", "", "--appendonly", "no", "--appendfsync", "no"]
+    }
 }
 
 impl RedisServer {
     /// Starts a standalone server: no snapshots, no AOF, loopback only.
     pub fn start() -> RedisServer {
-        Self::spawn(false)
+        Self::spawn(false, false)
     }
 
-    fn spawn(cluster_mode: bool) -> RedisServer {
+    /// Starts a standalone server with an append-only file: restarted after a kill,
+    /// it has its data again, as a supervised Redis in production has (the Redis
+    /// documentation warns against restarting a master without persistence: its
+    /// replicas, or a Sentinel that promotes it, would take its empty data set).
+    pub fn start_persistent() -> RedisServer {
+        Self::spawn(false, true)
+    }
+
+    fn spawn(cluster_mode: bool, persistent: bool) -> RedisServer {
         let bin = redis_tool("redis-server");
         let mut last_log = String::new();
         // The port is free when picked but could be taken before redis binds it:
@@ -217,7 +244,7 @@ impl RedisServer {
             let mut cmd = Command::new(&bin);
             cmd.args(["--port", &port.to_string(), "--bind"])
                 .args(REDIS_BINDS)
-                .args(["--save", "", "--appendonly", "no"])
+                .args(persistence_args(persistent))
                 .arg("--dir")
                 .arg(dir.path())
                 .arg("--logfile")
@@ -241,10 +268,11 @@ impl RedisServer {
                 port,
                 stderr,
                 dir,
+                persistent,
             };
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
-                if server.try_cmd(&["PING"]).is_ok_and(|v| v.text() == "PONG") {
+                if server.answers_pong() {
                     return server;
                 }
                 if let Ok(Some(status)) = server.child.try_wait() {
@@ -267,6 +295,12 @@ impl RedisServer {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Whether the server answers PING with PONG (not an error such as `LOADING`
+    /// while it reads its append-only file back).
+    fn answers_pong(&self) -> bool {
+        matches!(self.try_cmd(&["PING"]), Ok(resp::Value::Status(s)) if s == "PONG")
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -356,7 +390,7 @@ impl RedisServer {
             let mut child = Command::new(&bin)
                 .args(["--port", &self.port.to_string(), "--bind"])
                 .args(REDIS_BINDS)
-                .args(["--save", "", "--appendonly", "no"])
+                .args(persistence_args(self.persistent))
                 .arg("--dir")
                 .arg(self.dir.path())
                 .arg("--logfile")
@@ -369,7 +403,7 @@ impl RedisServer {
             self.stderr = capture(child.stderr.take().unwrap());
             self.child = child;
             loop {
-                if self.try_cmd(&["PING"]).is_ok_and(|v| v.text() == "PONG") {
+                if self.answers_pong() {
                     return;
                 }
                 if self.child.try_wait().expect("try_wait").is_some() {
@@ -426,7 +460,7 @@ impl RedisCluster {
     /// masters).
     pub fn start_with_replicas(replicas: usize) -> RedisCluster {
         let n = 3 * (1 + replicas);
-        let servers: Vec<RedisServer> = (0..n).map(|_| RedisServer::spawn(true)).collect();
+        let servers: Vec<RedisServer> = (0..n).map(|_| RedisServer::spawn(true, false)).collect();
         let addrs: Vec<String> = servers.iter().map(|s| s.addr().to_string()).collect();
         let out = Command::new(redis_tool("redis-cli"))
             .args(["--cluster", "create"])
@@ -455,6 +489,22 @@ impl RedisCluster {
                 assert!(
                     Instant::now() < deadline,
                     "Redis Cluster not ok on port {} within {STARTUP:?}:\n{info}",
+                    s.port()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        // Every replica has its master's data: a replica that never synced cannot be
+        // elected, and a test that kills a master before then sees no failover at all.
+        for s in &servers {
+            loop {
+                let info = s.cmd(&["INFO", "replication"]).text();
+                if info.contains("role:master") || info.contains("master_link_status:up") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "replica on port {} not in sync within {STARTUP:?}:\n{info}",
                     s.port()
                 );
                 std::thread::sleep(Duration::from_millis(50));

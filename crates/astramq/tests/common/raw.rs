@@ -736,7 +736,7 @@ pub fn decode(v: Version, first: u8, body: &[u8]) -> Result<Packet, DecodeError>
     let mut c = Cur { b: body, i: 0 };
     let ptype = first >> 4;
     let flags = first & 0x0f;
-    let ack = |c: &mut Cur| -> Result<Ack, DecodeError> {
+    let ack = |c: &mut Cur<'_>| -> Result<Ack, DecodeError> {
         let pid = c.u16()?;
         let mut reason = 0;
         let mut props = Props::new();

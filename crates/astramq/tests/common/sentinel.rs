@@ -134,7 +134,7 @@ impl RedisSentinel {
     /// Starts a master, `replicas` replicas and the sentinels; returns once a
     /// failover is possible.
     pub fn start(replicas: usize) -> RedisSentinel {
-        let master = RedisServer::start();
+        let master = RedisServer::start_persistent();
         // A replica (re)joining a master is synced at once rather than after the
         // default 5 s pause that waits for more replicas to share one transfer.
         master.cmd(&["CONFIG", "SET", "repl-diskless-sync-delay", "0"]);
@@ -142,7 +142,7 @@ impl RedisSentinel {
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut servers = vec![master];
         for _ in 0..replicas {
-            let replica = RedisServer::start();
+            let replica = RedisServer::start_persistent();
             replica.cmd(&["CONFIG", "SET", "repl-diskless-sync-delay", "0"]);
             replica.cmd(&["REPLICAOF", "127.0.0.1", &port]);
             while !replica
@@ -338,8 +338,12 @@ pub fn role(s: &RedisServer) -> Option<String> {
 
 /// Whether `s` is a replica of the server on `port` with its link up.
 fn follows(s: &RedisServer, port: u16) -> bool {
-    s.try_cmd(&["INFO", "replication"]).is_ok_and(|v| {
-        let info = v.text();
-        info.contains(&format!("master_port:{port}")) && info.contains("master_link_status:up")
-    })
+    // An error reply (`LOADING` while it reads its append-only file) is "not yet".
+    match s.try_cmd(&["INFO", "replication"]) {
+        Ok(v @ resp::Value::Bulk(Some(_))) => {
+            let info = v.text();
+            info.contains(&format!("master_port:{port}")) && info.contains("master_link_status:up")
+        }
+        _ => false,
+    }
 }

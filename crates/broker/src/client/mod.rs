@@ -228,6 +228,9 @@ struct PendingAck {
     durable: Option<tokio::sync::oneshot::Receiver<Result<(), ClusterError>>>,
     /// Set when the cluster could not store the message.
     failed: Option<ClusterError>,
+    /// The cluster-wide id of a routed QoS 2 message, kept for a 3.1.1 client's
+    /// resend should the cluster fail to store it (see `flush_acks`).
+    message_id: Option<Box<str>>,
     /// Held while the message waits for room in subscribers' queues.
     held: bool,
 }

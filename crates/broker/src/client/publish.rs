@@ -120,6 +120,7 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                     reason: ReasonCode::Success,
                     durable: None,
                     failed: None,
+                    message_id: None,
                     held: false,
                 });
                 return self.flush_acks();
@@ -157,7 +158,7 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
             }
             return self.route_and_ack(msg, qos, packet_id);
         };
-        self.ack_inbound(qos, packet_id, reason, None, None)
+        self.ack_inbound(qos, packet_id, reason, None, None, None)
     }
 
     /// A persistent session in a cluster: records in the cluster, before routing, that
@@ -194,6 +195,14 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
         }
     }
 
+    /// Inbound QoS 2 packet `packet_id` ends unacknowledged (v5: a failed PUBREC): it
+    /// is free again here and in the cluster store, so a new message under that id is
+    /// not taken for the old one.
+    fn abandon_qos2(&mut self, packet_id: u16) {
+        self.session.release_qos2(packet_id);
+        self.forget_inbound_qos2(packet_id);
+    }
+
     /// The deferred QoS 2 PUBLISH's packet id is stored (or could not be): route it.
     pub(super) fn route_deferred(&mut self, stored: Result<(), ClusterError>) -> Option<Exit> {
         let d = self.deferred.take()?;
@@ -207,9 +216,10 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                 Some(Exit::Server(ReasonCode::SessionTakenOver))
             }
             Err(e) => {
-                self.session.release_qos2(d.packet_id);
+                // Nothing was routed; the id may have been stored, its answer lost.
+                self.abandon_qos2(d.packet_id);
                 let (qos, reason) = (QoS::ExactlyOnce, ReasonCode::Success);
-                self.ack_inbound(qos, d.packet_id, reason, None, Some(e))
+                self.ack_inbound(qos, d.packet_id, reason, None, Some(e), None)
             }
         }
     }
@@ -244,7 +254,10 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
         } else {
             ReasonCode::Success
         };
-        self.ack_inbound(qos, packet_id, reason, published.durable, None)
+        let message_id = (qos == QoS::ExactlyOnce)
+            .then(|| msg.id.get().cloned())
+            .flatten();
+        self.ack_inbound(qos, packet_id, reason, published.durable, None, message_id)
     }
 
     /// Queues the acknowledgement of an inbound PUBLISH: sent once `durable` (its
@@ -257,6 +270,7 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
         reason: ReasonCode,
         durable: Option<tokio::sync::oneshot::Receiver<Result<(), ClusterError>>>,
         failed: Option<ClusterError>,
+        message_id: Option<Box<str>>,
     ) -> Option<Exit> {
         if qos == QoS::AtMostOnce {
             return None;
@@ -271,6 +285,7 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
             kind: if qos2 { AckKind::Rec } else { AckKind::Ack },
             packet_id,
             reason,
+            message_id: durable.as_ref().and(message_id),
             durable,
             failed,
             held: !self.blocked.is_empty(),
@@ -304,11 +319,22 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                         tracing::warn!(client_id = %self.client_id, error = %e, "message not acknowledged: cluster copies not stored");
                     }
                     if !self.protocol.is_v5() {
-                        // 3.1.1 cannot refuse: close, so the client resends it later.
+                        // 3.1.1 cannot refuse: close, so the client resends it later
+                        // (same packet id, DUP) [MQTT-4.4.0-1]. A QoS 2 copy may have
+                        // reached some subscribers: the resend is routed again under
+                        // the same message id, so those are not stored twice and the
+                        // others get theirs. (Left as "received", the resend was taken
+                        // for a duplicate and acknowledged unrouted: lost.)
+                        if ack.kind == AckKind::Rec {
+                            match ack.message_id {
+                                Some(id) => self.session.unsettle_qos2(ack.packet_id, id),
+                                None => self.abandon_qos2(ack.packet_id),
+                            }
+                        }
                         return Some(Exit::Server(ReasonCode::ServerUnavailable));
                     }
                     if ack.kind == AckKind::Rec {
-                        self.session.release_qos2(ack.packet_id);
+                        self.abandon_qos2(ack.packet_id);
                     }
                     ReasonCode::UnspecifiedError
                 }
@@ -379,6 +405,7 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                 reason: ReasonCode::Success,
                 durable: stored,
                 failed: None,
+                message_id: None,
                 held: false,
             });
             return self.flush_acks();

@@ -462,5 +462,31 @@ impl HealthProbe for ClusterNode {
             "Destination nodes whose inbox stream held cluster.inbox_backlog_entries or more unread entries when last written to (QoS 0 to them is shed).",
             backlog.inbox_full as u64,
         );
+        let store = self.sessions.queue();
+        broker::health::labelled(
+            out,
+            "astramq_session_store_queued",
+            "gauge",
+            "Persistent-session writes waiting for Redis, by kind: journal entries (bounded by cluster.session_store_max_queued) and other changes.",
+            "kind",
+            &[
+                ("journal", store.entries() as u64),
+                ("change", store.changes() as u64),
+            ],
+        );
+        metric(
+            out,
+            "astramq_session_store_writing",
+            "gauge",
+            "Journal entries in the batch the session store is writing to Redis now.",
+            store.writing() as u64,
+        );
+        metric(
+            out,
+            "astramq_session_store_refused_total",
+            "counter",
+            "Deliveries to persistent sessions refused (message not acknowledged) because cluster.session_store_max_queued of them waited for Redis.",
+            store.refused(),
+        );
     }
 }

@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use astramq_cluster::membership::{
+use astramq_membership::{
     spawn, Member, MemberEvent, MembershipConfig, MembershipHandle, NodeMeta, Role,
 };
 use tokio::sync::broadcast;
