@@ -122,7 +122,7 @@ pub async fn forwarder(
             for (node, record) in &o.dests {
                 per_node
                     .entry(node.as_str())
-                    .or_default()
+                    .or_insert_with(crate::wire::bus_entry)
                     .extend_from_slice(record);
             }
         }
@@ -447,7 +447,7 @@ async fn deliver(
                         }
                     }
                     let session = broker.kick(&client_id, epoch).await;
-                    let mut record = BytesMut::new();
+                    let mut record = crate::wire::bus_entry();
                     put_handover(&mut record, &client_id, epoch, session.as_ref());
                     let sent = redis::cmd("XADD")
                         .arg(keys.inbox(&to))

@@ -14,11 +14,14 @@ use std::time::Duration;
 use broker::broker::Broker;
 use parking_lot::Mutex;
 use redis::streams::StreamReadReply;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::conn::{run_per_key, Backoff, Conn, Keys, Redis};
 use crate::routes::RouteTable;
 use crate::wire::{read_retained, retained_value, FeedRecord};
+
+mod queue;
+pub use queue::FeedQueue;
 
 /// A change made on this node.
 #[derive(Debug)]
@@ -57,14 +60,10 @@ pub fn reannouncement(old: &str, new: &str, filters: &[String]) -> Vec<Change> {
 const FEED_MAXLEN: usize = 100_000;
 
 /// Writes this node's changes to Redis, in order.
-pub async fn writer(redis: Redis, keys: Keys, mut rx: mpsc::UnboundedReceiver<Change>) {
+pub async fn writer(redis: Redis, keys: Keys, queue: Arc<FeedQueue>) {
     let conn = redis.conn();
-    let mut batch = Vec::new();
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while let Ok(c) = rx.try_recv() {
-            batch.push(c);
-        }
+    loop {
+        let batch = queue.take().await;
         // The state first, then the feed entries that announce it, so a reader never
         // sees an announcement before the value.
         let mut state = Vec::new();
@@ -128,7 +127,6 @@ pub async fn writer(redis: Redis, keys: Keys, mut rx: mpsc::UnboundedReceiver<Ch
                 }
             }
         }
-        batch.clear();
     }
 }
 

@@ -19,7 +19,7 @@ use broker::session::SessionSnapshot;
 use bytes::BytesMut;
 use parking_lot::Mutex;
 use thiserror::Error;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::backlog::Backlog;
@@ -94,7 +94,7 @@ pub struct ClusterNode {
     routes: Arc<Mutex<RouteTable>>,
     /// Local subscriptions per filter; a route exists while the count is positive.
     local_filters: Mutex<HashMap<String, usize>>,
-    changes: mpsc::UnboundedSender<Change>,
+    changes: Arc<feed::FeedQueue>,
     /// What waits for the forwarder, bounded per destination node.
     backlog: Arc<Backlog>,
     claim_script: redis::Script,
@@ -179,7 +179,7 @@ impl ClusterNode {
         // the per-client bounds (publish rate, subscriptions, connections), and the
         // writer takes all that is queued in one round trip. While Redis is slow or
         // down nothing caps it in size: a known gap of issue #11.
-        let (changes_tx, changes_rx) = mpsc::unbounded_channel();
+        let changes = Arc::new(feed::FeedQueue::new());
         let from = feed::resync(&mut conn, &keys, &me_route, &routes, &broker).await?;
         let generation = std::sync::atomic::AtomicU64::new(membership.generation());
         let me_route = Arc::new(Mutex::new(me_route));
@@ -206,7 +206,7 @@ impl ClusterNode {
                 this_rx,
                 stop_rx.clone(),
             )),
-            tokio::spawn(feed::writer(redis.clone(), keys.clone(), changes_rx)),
+            tokio::spawn(feed::writer(redis.clone(), keys.clone(), changes.clone())),
             tokio::spawn(bus::forwarder(
                 redis.clone(),
                 keys.clone(),
@@ -243,7 +243,7 @@ impl ClusterNode {
             redis,
             routes,
             local_filters: Mutex::new(HashMap::new()),
-            changes: changes_tx,
+            changes,
             backlog,
             claim_script: redis::Script::new(CLAIM_SCRIPT),
             handovers,
@@ -347,7 +347,7 @@ impl ClusterNode {
             }
         }
         for change in crate::feed::reannouncement(&old, &new, &filters) {
-            let _ = self.changes.send(change);
+            self.changes.push(change);
         }
     }
 
@@ -453,7 +453,7 @@ impl ClusterNode {
         // sessions it adopted: another node never sees the dead node's routes gone
         // before the adopter's are there.
         for (identity, filter) in &routes {
-            let _ = self.changes.send(Change::RouteRemoved(
+            self.changes.push(Change::RouteRemoved(
                 identity.to_string(),
                 filter.to_string(),
             ));
@@ -929,9 +929,8 @@ impl Cluster for ClusterNode {
         if *n == 1 {
             let me = self.identity();
             self.routes.lock().add(&me, filter);
-            let _ = self
-                .changes
-                .send(Change::RouteAdded(me, filter.to_string()));
+            self.changes
+                .push(Change::RouteAdded(me, filter.to_string()));
         }
     }
 
@@ -945,9 +944,8 @@ impl Cluster for ClusterNode {
             local.remove(filter);
             let me = self.identity();
             self.routes.lock().remove(&me, filter);
-            let _ = self
-                .changes
-                .send(Change::RouteRemoved(me, filter.to_string()));
+            self.changes
+                .push(Change::RouteRemoved(me, filter.to_string()));
         }
     }
 
@@ -1011,9 +1009,8 @@ impl Cluster for ClusterNode {
     }
 
     fn retained(&self, msg: &Arc<Message>) {
-        let _ = self
-            .changes
-            .send(feed::retained_change(self.identity(), msg));
+        self.changes
+            .push(feed::retained_change(self.identity(), msg));
     }
 
     fn claim<'a>(
@@ -1168,7 +1165,7 @@ impl ClusterNode {
             // [MQTT-3.1.4-3] The other node disconnects its connection (0x8E) and
             // hands the session over through our inbox.
             let handed = self.handovers.expect(client_id, epoch);
-            let mut record = BytesMut::new();
+            let mut record = crate::wire::bus_entry();
             put_kick(&mut record, client_id, epoch, &self.me);
             let kicked = redis::cmd("XADD")
                 .arg(self.keys.inbox(&prev))

@@ -59,6 +59,27 @@ const MESSAGE: u8 = 1;
 const KICK: u8 = 2;
 const HANDOVER: u8 = 3;
 
+/// The first byte of every inbox entry: the format of the records after it. A node
+/// meeting another value (a node of another version in the same cluster) refuses the
+/// entry with an error naming both, instead of misreading it.
+pub const BUS_FORMAT: u8 = 0xB1;
+
+/// An empty inbox entry, ready for records (`put_message`, `put_kick`,
+/// `put_handover`).
+pub fn bus_entry() -> BytesMut {
+    let mut out = BytesMut::new();
+    out.put_u8(BUS_FORMAT);
+    out
+}
+
+/// How many of `len` items a 16-bit count carries. Records never hold more in
+/// practice (shared groups one node serves for one message; subscription identifiers
+/// of one delivery); should they, the count is capped explicitly and the rest left
+/// out, rather than the count wrapping and the record being misread.
+fn capped(len: usize) -> u16 {
+    u16::try_from(len).unwrap_or(u16::MAX)
+}
+
 /// The v5 PUBLISH bytes of `msg` as forwarded now (remaining expiry), shared by every
 /// destination's record.
 pub fn publish_bytes(msg: &Message) -> Bytes {
@@ -89,8 +110,9 @@ pub fn put_message(
     out.put_u8(MESSAGE);
     put_str(out, origin.unwrap_or(""));
     put_str(out, id);
-    out.put_u16(groups.len() as u16);
-    for (g, f) in groups {
+    let n = capped(groups.len());
+    out.put_u16(n);
+    for (g, f) in groups.iter().take(usize::from(n)) {
         put_str(out, g);
         put_str(out, f);
     }
@@ -180,8 +202,9 @@ fn options_from(b: u8) -> Result<SubscriptionOptions, WireError> {
 fn put_delivery(out: &mut BytesMut, d: &Queued) {
     out.put_u8(d.qos as u8);
     out.put_u8(u8::from(d.retain));
-    out.put_u16(d.sub_ids.len() as u16);
-    for id in &d.sub_ids {
+    let n = capped(d.sub_ids.len());
+    out.put_u16(n);
+    for id in d.sub_ids.iter().take(usize::from(n)) {
         out.put_u32(*id);
     }
     put_str(out, d.msg.origin.as_deref().unwrap_or(""));
@@ -279,6 +302,14 @@ fn get_snapshot(buf: &mut &[u8], now: Instant) -> Result<SessionSnapshot, WireEr
 
 /// Decodes every record of one stream entry.
 pub fn read_records(mut buf: &[u8]) -> Result<Vec<BusRecord>, WireError> {
+    match get_u8(&mut buf)? {
+        BUS_FORMAT => {}
+        other => {
+            return Err(WireError(format!(
+                "inbox entry in format {other:#04x}; this node reads {BUS_FORMAT:#04x} (a node of another version in the cluster?)"
+            )))
+        }
+    }
     let mut records = Vec::new();
     let now = Instant::now();
     while buf.has_remaining() {
@@ -562,8 +593,14 @@ fn get_opt_str(buf: &mut &[u8]) -> Result<Option<String>, WireError> {
     })
 }
 
+/// A string of at most 65,535 bytes: MQTT's own limit for every string carried here
+/// (topics, client ids, filters, group names), and node ids are at most 200.
 fn put_str(out: &mut BytesMut, s: &str) {
-    out.put_u16(s.len() as u16);
+    debug_assert!(
+        s.len() <= usize::from(u16::MAX),
+        "string too long for the wire"
+    );
+    out.put_u16(capped(s.len()));
     out.put_slice(s.as_bytes());
 }
 
@@ -630,9 +667,24 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_in_another_format_is_refused_not_misread() {
+        let mut out = bus_entry();
+        put_kick(&mut out, "c1", 7, "n2");
+        out[0] = 0x01; // what an entry without the format byte starts with
+        let e = read_records(&out).unwrap_err();
+        assert!(e.0.contains("format 0x01") && e.0.contains("0xb1"), "{e:?}");
+    }
+
+    #[test]
+    fn counts_beyond_16_bits_are_capped_not_wrapped() {
+        assert_eq!(capped(3), 3);
+        assert_eq!(capped(70_000), u16::MAX);
+    }
+
+    #[test]
     fn message_and_kick_round_trip() {
         let msg = message();
-        let mut out = BytesMut::new();
+        let mut out = bus_entry();
         let groups = vec![("g".to_string(), "a/+".to_string())];
         put_message(
             &mut out,
@@ -700,7 +752,7 @@ mod tests {
             queued: vec![d(QoS::ExactlyOnce)],
             unsettled: vec![(12, "1700000000000:n1:7".into())],
         };
-        let mut out = BytesMut::new();
+        let mut out = bus_entry();
         put_handover(&mut out, "c", 5, Some(&snapshot));
         put_handover(&mut out, "d", 6, None);
         let records = read_records(&out).unwrap();
@@ -747,7 +799,7 @@ mod tests {
     #[test]
     fn truncated_records_are_errors_not_panics() {
         let msg = message();
-        let mut out = BytesMut::new();
+        let mut out = bus_entry();
         put_message(&mut out, None, "m1", &[], &publish_bytes(&msg));
         for cut in 0..out.len() {
             let _ = read_records(&out[..cut]);

@@ -753,7 +753,7 @@ impl TestCluster {
         // Redis client's chatter.
         let mut b = Broker::builder().args(&args).env(
             "ASTRAMQ_LOG_LEVEL",
-            "info,astramq_cluster=debug,astramq_broker=debug",
+            "info,astramq_cluster=debug,astramq_membership=debug,astramq_broker=debug",
         );
         for a in self
             .args

@@ -106,9 +106,8 @@ impl ClusterNode {
         let local = self.local_filters.lock();
         let me = self.identity();
         for filter in local.keys() {
-            let _ = self
-                .changes
-                .send(Change::RouteAdded(me.clone(), filter.clone()));
+            self.changes
+                .push(Change::RouteAdded(me.clone(), filter.clone()));
         }
         local.len()
     }
@@ -461,6 +460,13 @@ impl HealthProbe for ClusterNode {
             "gauge",
             "Destination nodes whose inbox stream held cluster.inbox_backlog_entries or more unread entries when last written to (QoS 0 to them is shed).",
             backlog.inbox_full as u64,
+        );
+        metric(
+            out,
+            "astramq_cluster_feed_queued",
+            "gauge",
+            "Route and retained-message changes waiting to be written to Redis (coalesced: at most one per route and per retained topic).",
+            self.changes.len() as u64,
         );
         let store = self.sessions.queue();
         broker::health::labelled(
