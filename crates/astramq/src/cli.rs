@@ -35,7 +35,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a broker node (the default).
-    Broker(BrokerArgs),
+    Broker(Box<BrokerArgs>),
     /// Create or update a Mosquitto-compatible password file.
     Passwd(crate::passwd::PasswdArgs),
     /// Load-test an MQTT broker (scenarios conn, pub, sub, fanin, fanout, pairs).
@@ -59,6 +59,61 @@ pub struct BrokerArgs {
     /// env `ASTRAMQ_PROXY_LISTEN` (comma-separated).
     #[arg(long, value_name = "ADDR")]
     pub proxy_listen: Vec<SocketAddr>,
+    /// Address to accept MQTT over TLS on (repeatable); needs `--tls-cert` and
+    /// `--tls-key`. Key `tls_listen`, env `ASTRAMQ_TLS_LISTEN` (comma-separated).
+    #[arg(long, value_name = "ADDR")]
+    pub tls_listen: Vec<SocketAddr>,
+    /// Like `--tls-listen`, each connection starting with a PROXY protocol v2
+    /// header. Key `tls_proxy_listen`, env `ASTRAMQ_TLS_PROXY_LISTEN`.
+    #[arg(long, value_name = "ADDR")]
+    pub tls_proxy_listen: Vec<SocketAddr>,
+    /// Address to accept MQTT over WebSocket on (repeatable). Key `ws_listen`, env
+    /// `ASTRAMQ_WS_LISTEN` (comma-separated).
+    #[arg(long, value_name = "ADDR")]
+    pub ws_listen: Vec<SocketAddr>,
+    /// Like `--ws-listen`, behind a PROXY protocol v2 header. Key
+    /// `ws_proxy_listen`, env `ASTRAMQ_WS_PROXY_LISTEN`.
+    #[arg(long, value_name = "ADDR")]
+    pub ws_proxy_listen: Vec<SocketAddr>,
+    /// Address to accept MQTT over WebSocket over TLS on (repeatable). Key
+    /// `wss_listen`, env `ASTRAMQ_WSS_LISTEN` (comma-separated).
+    #[arg(long, value_name = "ADDR")]
+    pub wss_listen: Vec<SocketAddr>,
+    /// Like `--wss-listen`, behind a PROXY protocol v2 header. Key
+    /// `wss_proxy_listen`, env `ASTRAMQ_WSS_PROXY_LISTEN`.
+    #[arg(long, value_name = "ADDR")]
+    pub wss_proxy_listen: Vec<SocketAddr>,
+    /// HTTP path of the WebSocket upgrade (default `/mqtt`). Key `ws_path`, env
+    /// `ASTRAMQ_WS_PATH`.
+    #[arg(long, value_name = "PATH")]
+    pub ws_path: Option<String>,
+    /// PEM certificate chain (leaf first) of the TLS and WSS listeners. Key
+    /// `tls_cert`, env `ASTRAMQ_TLS_CERT`.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`. Key `tls_key`, env `ASTRAMQ_TLS_KEY`.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM bundle of the CAs client certificates are checked against. Key
+    /// `tls_client_ca`, env `ASTRAMQ_TLS_CLIENT_CA`.
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Refuse TLS clients without a valid certificate (needs `--tls-client-ca`). Key
+    /// `require_certificate`, env `ASTRAMQ_REQUIRE_CERTIFICATE`.
+    #[arg(long, value_name = "BOOL")]
+    pub require_certificate: Option<bool>,
+    /// The client certificate's Common Name is the user name. Key
+    /// `use_identity_as_username`, env `ASTRAMQ_USE_IDENTITY_AS_USERNAME`.
+    #[arg(long, value_name = "BOOL")]
+    pub use_identity_as_username: Option<bool>,
+    /// The client certificate's whole subject is the user name. Key
+    /// `use_subject_as_username`, env `ASTRAMQ_USE_SUBJECT_AS_USERNAME`.
+    #[arg(long, value_name = "BOOL")]
+    pub use_subject_as_username: Option<bool>,
+    /// Seconds between checks of the TLS files for changes (0 = SIGHUP only). Key
+    /// `tls_reload_interval_secs`, env `ASTRAMQ_TLS_RELOAD_INTERVAL_SECS`.
+    #[arg(long, value_name = "SECS")]
+    pub tls_reload_interval_secs: Option<u64>,
     /// TOML configuration file. Env `ASTRAMQ_CONFIG`.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -142,6 +197,20 @@ pub fn load_config(args: &BrokerArgs, env: &HashMap<String, String>) -> anyhow::
 const TOP_KEYS: &[&str] = &[
     "listen",
     "proxy_listen",
+    "tls_listen",
+    "tls_proxy_listen",
+    "ws_listen",
+    "ws_proxy_listen",
+    "wss_listen",
+    "wss_proxy_listen",
+    "ws_path",
+    "tls_cert",
+    "tls_key",
+    "tls_client_ca",
+    "require_certificate",
+    "use_identity_as_username",
+    "use_subject_as_username",
+    "tls_reload_interval_secs",
     "allow_anonymous",
     "password_file",
     "acl_file",
@@ -155,7 +224,17 @@ const TOP_KEYS: &[&str] = &[
     "cluster_key",
 ];
 /// Keys whose environment value is a comma-separated list.
-const LIST_KEYS: &[&str] = &["listen", "proxy_listen", "join"];
+const LIST_KEYS: &[&str] = &[
+    "listen",
+    "proxy_listen",
+    "tls_listen",
+    "tls_proxy_listen",
+    "ws_listen",
+    "ws_proxy_listen",
+    "wss_listen",
+    "wss_proxy_listen",
+    "join",
+];
 const SECTIONS: &[&str] = &["limits", "shutdown", "cluster"];
 
 fn apply_env(table: &mut Table, env: &HashMap<String, String>) -> anyhow::Result<()> {
@@ -207,21 +286,47 @@ fn env_value(raw: &str) -> Value {
 }
 
 fn apply_flags(table: &mut Table, args: &BrokerArgs) {
-    if !args.listen.is_empty() {
-        let addrs = args
-            .listen
-            .iter()
-            .map(|a| Value::String(a.to_string()))
-            .collect();
-        table.insert("listen".into(), Value::Array(addrs));
+    for (key, addrs) in [
+        ("listen", &args.listen),
+        ("proxy_listen", &args.proxy_listen),
+        ("tls_listen", &args.tls_listen),
+        ("tls_proxy_listen", &args.tls_proxy_listen),
+        ("ws_listen", &args.ws_listen),
+        ("ws_proxy_listen", &args.ws_proxy_listen),
+        ("wss_listen", &args.wss_listen),
+        ("wss_proxy_listen", &args.wss_proxy_listen),
+    ] {
+        if !addrs.is_empty() {
+            let addrs = addrs.iter().map(|a| Value::String(a.to_string())).collect();
+            table.insert(key.into(), Value::Array(addrs));
+        }
     }
-    if !args.proxy_listen.is_empty() {
-        let addrs = args
-            .proxy_listen
-            .iter()
-            .map(|a| Value::String(a.to_string()))
-            .collect();
-        table.insert("proxy_listen".into(), Value::Array(addrs));
+    for (key, file) in [
+        ("tls_cert", &args.tls_cert),
+        ("tls_key", &args.tls_key),
+        ("tls_client_ca", &args.tls_client_ca),
+    ] {
+        if let Some(p) = file {
+            table.insert(key.into(), Value::String(p.display().to_string()));
+        }
+    }
+    for (key, flag) in [
+        ("require_certificate", args.require_certificate),
+        ("use_identity_as_username", args.use_identity_as_username),
+        ("use_subject_as_username", args.use_subject_as_username),
+    ] {
+        if let Some(b) = flag {
+            table.insert(key.into(), Value::Boolean(b));
+        }
+    }
+    if let Some(p) = &args.ws_path {
+        table.insert("ws_path".into(), Value::String(p.clone()));
+    }
+    if let Some(v) = args.tls_reload_interval_secs {
+        table.insert(
+            "tls_reload_interval_secs".into(),
+            Value::Integer(i64::try_from(v).unwrap_or(i64::MAX)),
+        );
     }
     if let Some(b) = args.allow_anonymous {
         table.insert("allow_anonymous".into(), Value::Boolean(b));
@@ -327,6 +432,46 @@ mod tests {
         };
         let c = load_config(&args, &env(&[])).unwrap();
         assert_eq!(c.proxy_listen, vec!["127.0.0.1:2884".parse().unwrap()]);
+    }
+
+    #[test]
+    fn tls_and_websocket_settings_from_env_and_flags() {
+        let c = load_config(
+            &BrokerArgs::default(),
+            &env(&[
+                ("ASTRAMQ_TLS_LISTEN", "127.0.0.1:8883,127.0.0.1:8884"),
+                ("ASTRAMQ_WSS_LISTEN", "127.0.0.1:8443"),
+                ("ASTRAMQ_WS_LISTEN", "127.0.0.1:8080"),
+                ("ASTRAMQ_WS_PATH", "/ws"),
+                ("ASTRAMQ_TLS_CERT", "/etc/astramq/cert.pem"),
+                ("ASTRAMQ_TLS_KEY", "/etc/astramq/key.pem"),
+                ("ASTRAMQ_TLS_CLIENT_CA", "/etc/astramq/ca.pem"),
+                ("ASTRAMQ_REQUIRE_CERTIFICATE", "true"),
+                ("ASTRAMQ_USE_IDENTITY_AS_USERNAME", "true"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.tls_listen.len(), 2);
+        assert_eq!(c.wss_listen.len(), 1);
+        assert_eq!(c.ws_path, "/ws");
+        assert!(c.require_certificate && c.use_identity_as_username);
+        let args = BrokerArgs {
+            tls_listen: vec!["127.0.0.1:9883".parse().unwrap()],
+            tls_cert: Some("c.pem".into()),
+            tls_key: Some("k.pem".into()),
+            tls_reload_interval_secs: Some(1),
+            ..Default::default()
+        };
+        let c = load_config(&args, &env(&[])).unwrap();
+        assert_eq!(c.tls_listen, vec!["127.0.0.1:9883".parse().unwrap()]);
+        assert_eq!(c.tls_cert, Some(PathBuf::from("c.pem")));
+        assert_eq!(c.tls_reload_interval_secs, 1);
+        let e = load_config(
+            &BrokerArgs::default(),
+            &env(&[("ASTRAMQ_TLS_LISTEN", "127.0.0.1:8883")]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("tls_cert"), "{e}");
     }
 
     #[test]

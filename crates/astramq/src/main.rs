@@ -23,8 +23,8 @@ use cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command.unwrap_or(Command::Broker(cli.broker)) {
-        Command::Broker(args) => run_broker(args),
+    let result = match cli.command.unwrap_or(Command::Broker(Box::new(cli.broker))) {
+        Command::Broker(args) => run_broker(*args),
         Command::Passwd(args) => passwd::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Lb(args) => run_lb(args),
@@ -69,10 +69,16 @@ fn run_broker(args: cli::BrokerArgs) -> anyhow::Result<()> {
                 )
                 .await?;
                 server.broker().set_cluster(node.clone());
+                node.set_listeners(&server.listeners());
                 Some(node)
             }
             None => None,
         };
+        // Before the first `listening` line: from then on a SIGHUP reloads TLS
+        // rather than ending the process (its default action).
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot listen for SIGHUP")?;
+        let reload_task = tokio::spawn(reload_on_sighup(hup, server.tls_reloader()));
         let mut stdout = std::io::stdout();
         for addr in server.local_addrs() {
             tracing::info!(%addr, "listening");
@@ -83,6 +89,16 @@ fn run_broker(args: cli::BrokerArgs) -> anyhow::Result<()> {
             tracing::info!(%addr, "listening (PROXY protocol v2 required)");
             writeln!(stdout, "listening on {addr} (proxy)")?;
         }
+        for l in server.listeners() {
+            if l.transport == broker::listener::Transport::Tcp {
+                continue;
+            }
+            let (addr, kind) = (l.addr, l.transport.name());
+            let proxy = if l.proxied { ", proxy" } else { "" };
+            tracing::info!(%addr, transport = kind, proxy = l.proxied, "listening");
+            writeln!(stdout, "listening on {addr} ({kind}{proxy})")?;
+        }
+
         let (health_task, stopping) = match health {
             Some(h) => {
                 let addr = h.local_addr()?;
@@ -125,6 +141,7 @@ fn run_broker(args: cli::BrokerArgs) -> anyhow::Result<()> {
         if let Some(t) = health_task {
             t.abort();
         }
+        reload_task.abort();
         tracing::info!("stopped");
         Ok(())
     })
@@ -161,6 +178,24 @@ fn init_logging(level: &str) -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     Ok(())
+}
+
+/// On each SIGHUP, reloads the TLS certificate, key and client CA (the reloader
+/// logs the outcome). Without TLS it only logs that there is nothing to reload:
+/// SIGHUP's default action would end the process.
+async fn reload_on_sighup(
+    mut hup: tokio::signal::unix::Signal,
+    tls: Option<Arc<broker::listener::tls::TlsReloader>>,
+) {
+    while hup.recv().await.is_some() {
+        match &tls {
+            Some(t) => {
+                let t = t.clone();
+                let _ = tokio::task::spawn_blocking(move || t.reload()).await;
+            }
+            None => tracing::info!("SIGHUP: no TLS configured, nothing to reload"),
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

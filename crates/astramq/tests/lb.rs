@@ -349,6 +349,7 @@ async fn member(id: &str, node: &Node, seed: Option<SocketAddr>) -> MembershipHa
             admin: None,
             connections: 0,
             proxy: vec![node.proxy],
+            listeners: Vec::new(),
         },
         ..MembershipConfig::for_test(id)
     })
@@ -524,6 +525,7 @@ async fn draining_member_gets_no_new_connections_and_keeps_its_clients() {
     b.set_meta(NodeMeta {
         mqtt: Vec::new(),
         proxy: Vec::new(),
+        listeners: Vec::new(),
         ..b.meta()
     });
     wait_for(

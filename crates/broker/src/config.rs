@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::listener::{ListenerSpec, Transport};
+
 /// A configuration value that cannot be used, naming the key.
 #[derive(Debug, Error)]
 #[error("invalid configuration: {key}: {reason}")]
@@ -39,6 +41,42 @@ pub struct Config {
     /// header (from a load balancer); the client address it carries is the one
     /// logged and used. See [`crate::proxy`].
     pub proxy_listen: Vec<SocketAddr>,
+    /// TCP addresses for MQTT over TLS (`tls_cert`, `tls_key`).
+    pub tls_listen: Vec<SocketAddr>,
+    /// Like `tls_listen`, each connection starting with a PROXY protocol v2 header
+    /// (before the TLS handshake).
+    pub tls_proxy_listen: Vec<SocketAddr>,
+    /// TCP addresses for MQTT over WebSocket (HTTP upgrade on `ws_path`).
+    pub ws_listen: Vec<SocketAddr>,
+    /// Like `ws_listen`, behind a PROXY protocol v2 header.
+    pub ws_proxy_listen: Vec<SocketAddr>,
+    /// TCP addresses for MQTT over WebSocket over TLS.
+    pub wss_listen: Vec<SocketAddr>,
+    /// Like `wss_listen`, behind a PROXY protocol v2 header.
+    pub wss_proxy_listen: Vec<SocketAddr>,
+    /// The HTTP path WebSocket listeners upgrade on; any other gets 404.
+    pub ws_path: String,
+    /// PEM certificate chain (leaf first) of the TLS and WSS listeners.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert` (PKCS#8, PKCS#1 or SEC1).
+    pub tls_key: Option<PathBuf>,
+    /// PEM bundle of the CAs whose client certificates the TLS and WSS listeners
+    /// accept; without it no client certificate is asked for.
+    pub tls_client_ca: Option<PathBuf>,
+    /// With `tls_client_ca`: a client without a valid certificate is refused during
+    /// the handshake (Mosquitto's `require_certificate`). Without it a certificate is
+    /// optional, but one that is sent must be valid.
+    pub require_certificate: bool,
+    /// The client certificate's Common Name is the client's user name (for the ACL),
+    /// whatever CONNECT says, and no password is checked (Mosquitto's
+    /// `use_identity_as_username`). Needs `require_certificate`.
+    pub use_identity_as_username: bool,
+    /// The certificate's whole subject (`CN=…,O=…,C=…`, RFC 4514) is the user name
+    /// (Mosquitto's `use_subject_as_username`). Needs `require_certificate`.
+    pub use_subject_as_username: bool,
+    /// How often the TLS files are read to notice a change (a renewed certificate, a
+    /// Kubernetes secret swapped by symlink), in seconds; 0 = only on SIGHUP.
+    pub tls_reload_interval_secs: u64,
     /// Whether clients without a user name may connect.
     pub allow_anonymous: bool,
     /// A `mosquitto_passwd` password file.
@@ -194,6 +232,20 @@ impl Default for Config {
         Config {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 1883))],
             proxy_listen: Vec::new(),
+            tls_listen: Vec::new(),
+            tls_proxy_listen: Vec::new(),
+            ws_listen: Vec::new(),
+            ws_proxy_listen: Vec::new(),
+            wss_listen: Vec::new(),
+            wss_proxy_listen: Vec::new(),
+            ws_path: "/mqtt".into(),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            require_certificate: false,
+            use_identity_as_username: false,
+            use_subject_as_username: false,
+            tls_reload_interval_secs: 5,
             allow_anonymous: true,
             password_file: None,
             acl_file: None,
@@ -346,9 +398,10 @@ impl Config {
 
     /// Checks values that parse but cannot work together.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.listen.is_empty() && self.proxy_listen.is_empty() {
+        if self.listeners().next().is_none() {
             return Err(ConfigError::new("listen", "at least one address is needed"));
         }
+        self.validate_tls()?;
         let l = &self.limits;
         if l.max_packet_size < 64 || l.max_packet_size > 268_435_455 {
             return Err(ConfigError::new(
@@ -460,6 +513,84 @@ impl Config {
 }
 
 impl Config {
+    /// Every listener to bind, in the order the keys are documented (`listen`,
+    /// `proxy_listen`, then TLS, WS and WSS, each plain then proxied).
+    pub fn listeners(&self) -> impl Iterator<Item = ListenerSpec> + '_ {
+        [
+            (&self.listen, Transport::Tcp, false),
+            (&self.proxy_listen, Transport::Tcp, true),
+            (&self.tls_listen, Transport::Tls, false),
+            (&self.tls_proxy_listen, Transport::Tls, true),
+            (&self.ws_listen, Transport::Ws, false),
+            (&self.ws_proxy_listen, Transport::Ws, true),
+            (&self.wss_listen, Transport::Wss, false),
+            (&self.wss_proxy_listen, Transport::Wss, true),
+        ]
+        .into_iter()
+        .flat_map(|(addrs, transport, proxied)| {
+            addrs.iter().map(move |&addr| ListenerSpec {
+                addr,
+                transport,
+                proxied,
+            })
+        })
+    }
+
+    /// The TLS files and client-certificate policy, when `tls_cert` is set.
+    pub fn server_tls(&self) -> Option<tls::ServerTls> {
+        Some(tls::ServerTls {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+            require_certificate: self.require_certificate,
+            names: tls::server::SettingNames::KEYS,
+        })
+    }
+
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let needs_tls = self.listeners().any(|l| l.transport.is_tls());
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return Err(ConfigError::new("tls_key", "required with tls_cert")),
+            (None, Some(_)) => return Err(ConfigError::new("tls_cert", "required with tls_key")),
+            (None, None) if needs_tls => {
+                return Err(ConfigError::new(
+                    "tls_cert",
+                    "required by tls_listen and wss_listen (with tls_key)",
+                ))
+            }
+            _ => {}
+        }
+        if self.require_certificate && self.tls_client_ca.is_none() {
+            return Err(ConfigError::new(
+                "require_certificate",
+                "needs tls_client_ca (the CAs client certificates are checked against)",
+            ));
+        }
+        if self.use_identity_as_username && self.use_subject_as_username {
+            return Err(ConfigError::new(
+                "use_subject_as_username",
+                "cannot be set together with use_identity_as_username",
+            ));
+        }
+        for (key, set) in [
+            ("use_identity_as_username", self.use_identity_as_username),
+            ("use_subject_as_username", self.use_subject_as_username),
+        ] {
+            if set && !self.require_certificate {
+                return Err(ConfigError::new(
+                    key,
+                    "needs require_certificate = true (every client then has a certificate to take the name from)",
+                ));
+            }
+        }
+        if !self.ws_path.starts_with('/') {
+            return Err(ConfigError::new("ws_path", "must start with /"));
+        }
+        Ok(())
+    }
+}
+
+impl Config {
     /// The cluster settings, when `redis` is set.
     pub fn cluster_settings(&self) -> Option<ClusterSettings> {
         let redis = self.redis.clone()?;
@@ -543,6 +674,54 @@ mod tests {
     fn unknown_keys_are_rejected() {
         let e = Config::from_toml("[limits]\nmax_pakcet_size = 10\n").unwrap_err();
         assert!(e.to_string().contains("max_pakcet_size"), "{e}");
+    }
+
+    #[test]
+    fn tls_settings_are_checked() {
+        let mut c = Config {
+            tls_listen: vec!["127.0.0.1:8883".parse().unwrap()],
+            ..Default::default()
+        };
+        assert_eq!(c.validate().unwrap_err().key, "tls_cert");
+        c.tls_cert = Some("c.pem".into());
+        assert_eq!(c.validate().unwrap_err().key, "tls_key");
+        c.tls_key = Some("k.pem".into());
+        c.validate().unwrap();
+        c.use_identity_as_username = true;
+        assert_eq!(c.validate().unwrap_err().key, "use_identity_as_username");
+        c.require_certificate = true;
+        assert_eq!(c.validate().unwrap_err().key, "require_certificate");
+        c.tls_client_ca = Some("ca.pem".into());
+        c.validate().unwrap();
+        c.use_subject_as_username = true;
+        assert_eq!(c.validate().unwrap_err().key, "use_subject_as_username");
+        let c = Config {
+            ws_listen: vec!["127.0.0.1:8080".parse().unwrap()],
+            ws_path: "mqtt".into(),
+            ..Default::default()
+        };
+        assert_eq!(c.validate().unwrap_err().key, "ws_path");
+    }
+
+    #[test]
+    fn listeners_come_in_documented_order() {
+        let c = Config::from_toml(
+            "listen = []\nwss_listen = [\"127.0.0.1:3\"]\ntls_proxy_listen = [\"127.0.0.1:2\"]\nws_listen = [\"127.0.0.1:1\"]\ntls_cert = \"c\"\ntls_key = \"k\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let l: Vec<_> = c
+            .listeners()
+            .map(|l| (l.addr.port(), l.transport, l.proxied))
+            .collect();
+        assert_eq!(
+            l,
+            vec![
+                (2, Transport::Tls, true),
+                (1, Transport::Ws, false),
+                (3, Transport::Wss, false)
+            ]
+        );
     }
 
     #[test]

@@ -20,13 +20,35 @@ pub trait ReadSide: AsyncRead + Unpin + Send {
     /// future: waiting on it adds a few bytes to an idle connection's task, where
     /// tokio's `readable()` future adds well over a hundred.
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
+
+    /// Size of the read buffer allocated when an idle connection starts reading:
+    /// where [`ReadSide::poll_readable`] knows data waits, a full chunk; where it
+    /// cannot tell, a small one, so that an idle connection waiting in its read holds
+    /// little (it grows to full chunks once data flows).
+    const FIRST_READ: usize = READ_CHUNK;
 }
+
+/// Bytes reserved for each read once data flows.
+const READ_CHUNK: usize = 4096;
 
 impl ReadSide for tokio::net::tcp::OwnedReadHalf {
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let stream: &tokio::net::TcpStream = self.as_ref();
         stream.poll_read_ready(cx)
     }
+}
+
+/// TLS and WebSocket connections: decrypted or unframed bytes may already wait in
+/// the transport's own buffers, where the socket's readiness cannot see them, so
+/// they are always "readable" and an idle one waits in a read, holding a small
+/// buffer ([`ReadSide::FIRST_READ`]).
+impl<S: AsyncRead + Send> ReadSide for tokio::io::ReadHalf<S> {
+    fn poll_readable(&self, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    /// An idle TLS or WebSocket connection sits in its read: keep that buffer small.
+    const FIRST_READ: usize = 256;
 }
 
 /// Stop encoding more deliveries once this many bytes wait to be written.
@@ -85,6 +107,9 @@ pub struct Writer<W> {
     writer: W,
     /// Encoded packets waiting to be written.
     pub wbuf: BytesMut,
+    /// Bytes handed to the transport that it may still hold (a TLS record, a
+    /// WebSocket frame) until flushed. Always false on TCP, whose flush is a no-op.
+    unflushed: bool,
 }
 
 /// One client socket with its buffers, as two halves that a `select!` can drive at
@@ -127,8 +152,10 @@ impl<R: ReadSide> Reader<R> {
                 .await
                 .map_err(|_| ReadError::Closed)?;
         }
-        if self.rbuf.capacity() - self.rbuf.len() < 512 {
-            self.rbuf.reserve(4096);
+        if self.rbuf.capacity() == 0 {
+            self.rbuf.reserve(R::FIRST_READ);
+        } else if self.rbuf.capacity() - self.rbuf.len() < 512 {
+            self.rbuf.reserve(READ_CHUNK);
         }
         match self.reader.read_buf(&mut self.rbuf).await {
             Ok(0) | Err(_) => Err(ReadError::Closed),
@@ -178,12 +205,26 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         }
     }
 
-    /// Writes some of the write buffer. Cancel-safe: usable in `select!`.
+    /// Whether [`Writer::write_some`] has work: bytes buffered, or a transport
+    /// to flush.
+    pub fn has_pending(&self) -> bool {
+        !self.wbuf.is_empty() || self.unflushed
+    }
+
+    /// Writes some of the write buffer; once it is all written, flushes the
+    /// transport (TLS and WebSocket streams may buffer what they accepted).
+    /// Cancel-safe: usable in `select!` (an interrupted flush is resumed by the next
+    /// call, since [`Writer::has_pending`] stays true).
     pub async fn write_some(&mut self) -> std::io::Result<()> {
-        self.writer.write_buf(&mut self.wbuf).await?;
+        if !self.wbuf.is_empty() {
+            self.writer.write_buf(&mut self.wbuf).await?;
+        }
         if self.wbuf.is_empty() {
             // Everything written: an idle connection keeps no write buffer.
             self.wbuf = BytesMut::new();
+            self.unflushed = true;
+            self.writer.flush().await?;
+            self.unflushed = false;
         }
         Ok(())
     }
@@ -215,6 +256,7 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Connection<R, W> {
             tx: Writer {
                 writer,
                 wbuf: BytesMut::new(),
+                unflushed: false,
             },
         }
     }

@@ -333,6 +333,21 @@ fn metrics(state: &State<'_>) -> String {
             ("connection_rate", get(&m.refused_connection_rate)),
         ],
     );
+    labelled(
+        &mut out,
+        "astramq_connection_setup_failures_total",
+        "counter",
+        "Connections closed before MQTT, by reason: tls (handshake failed, e.g. no or an \
+         invalid client certificate), websocket (upgrade refused), proxy (bad PROXY v2 \
+         header), timeout (not done within limits.connect_timeout_secs).",
+        "reason",
+        &[
+            ("tls", get(&m.setup_failed_tls)),
+            ("websocket", get(&m.setup_failed_ws)),
+            ("proxy", get(&m.setup_failed_proxy)),
+            ("timeout", get(&m.setup_timed_out)),
+        ],
+    );
     metric(
         &mut out,
         "astramq_subscriptions_refused_total",

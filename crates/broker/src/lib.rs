@@ -2,6 +2,8 @@
 //!
 //! - [`config`] — typed configuration and its validation.
 //! - [`server`] — listeners, accept loop, graceful shutdown.
+//! - [`listener`] — set-up before MQTT: PROXY header, TLS handshake (client
+//!   certificates, reloading), WebSocket upgrade.
 //! - [`proxy`] — PROXY protocol v2 headers on `proxy_listen` listeners.
 //! - [`connection`] — bytes ⇄ packets on one socket.
 //! - [`client`] — one connection's life: CONNECT, PUBLISH flows, SUBSCRIBE.
@@ -26,6 +28,7 @@ pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod health;
+pub mod listener;
 pub mod mailbox;
 pub mod message;
 pub mod metrics;

@@ -39,6 +39,18 @@ pub struct Metrics {
     pub refused_max_connections: AtomicU64,
     /// Connections closed at accept because of `limits.max_connection_rate`.
     pub refused_connection_rate: AtomicU64,
+    /// Connections closed before MQTT because the TLS handshake failed (no or an
+    /// invalid client certificate, plain MQTT or garbage on a TLS port, …) or the
+    /// certificate had no name for `use_identity_as_username`.
+    pub setup_failed_tls: AtomicU64,
+    /// Connections closed before MQTT because the WebSocket upgrade was refused
+    /// (wrong path, no `mqtt` subprotocol, not an upgrade).
+    pub setup_failed_ws: AtomicU64,
+    /// Connections closed before MQTT because of a missing or bad PROXY v2 header.
+    pub setup_failed_proxy: AtomicU64,
+    /// Connections closed because the PROXY header, TLS handshake or WebSocket
+    /// upgrade was not done within `limits.connect_timeout_secs`.
+    pub setup_timed_out: AtomicU64,
     /// SUBSCRIBE filters refused because the session had `limits.max_subscriptions`.
     pub subscriptions_refused: AtomicU64,
     /// Limits overflow warnings to one log line a second.

@@ -6,8 +6,10 @@
 //! every client (v5: DISCONNECT 0x8B) and waits for connections to flush, within the
 //! grace period.
 //!
-//! Listeners from `proxy_listen` read a PROXY protocol v2 header first (within
-//! `limits.connect_timeout_secs`) and report the client address it carries.
+//! Listeners from `proxy_listen` (and the `*_proxy_listen` keys) read a PROXY
+//! protocol v2 header first (within `limits.connect_timeout_secs`) and report the
+//! client address it carries. TLS and WebSocket listeners do their handshake or
+//! upgrade in [`crate::listener`] before the same connection code runs.
 //!
 //! Each listener bounds its open connections (`limits.max_connections`) and how fast
 //! it accepts new ones (`limits.max_connection_rate`). A connection beyond either is
@@ -32,8 +34,8 @@ use crate::auth::{AuthLoadError, Authenticator};
 use crate::broker::Broker;
 use crate::client;
 use crate::config::{Config, ConfigError};
+use crate::listener::{self, tls::TlsReloader, ListenerSpec, Transport};
 use crate::metrics::Metrics;
-use crate::proxy;
 use crate::registry::KEEP_ALIVE_SWEEP;
 
 /// Why the server could not start.
@@ -45,6 +47,9 @@ pub enum ServerError {
     /// A password or ACL file could not be loaded.
     #[error(transparent)]
     Auth(#[from] AuthLoadError),
+    /// A TLS file could not be read or used (the message names the key and file).
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// A listener could not be bound.
     #[error("listen: cannot bind {addr}: {source}")]
     Bind {
@@ -59,32 +64,63 @@ pub enum ServerError {
 #[derive(Debug)]
 pub struct Server {
     broker: Arc<Broker>,
-    listeners: Vec<TcpListener>,
-    proxy_listeners: Vec<TcpListener>,
+    listeners: Vec<(TcpListener, ListenerSpec)>,
+    tls: Option<Arc<TlsReloader>>,
 }
 
 impl Server {
-    /// Validates `config`, loads auth files and binds the listeners.
+    /// Validates `config`, loads auth and TLS files and binds the listeners.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
         config.validate()?;
         let auth = Authenticator::load(&config)?;
-        let listeners = bind_all(&config.listen).await?;
-        let proxy_listeners = bind_all(&config.proxy_listen).await?;
+        let tls = match config.server_tls() {
+            Some(files) => Some(Arc::new(TlsReloader::load(files)?)),
+            None => None,
+        };
+        let mut listeners = Vec::new();
+        for mut spec in config.listeners() {
+            let addr = spec.addr;
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind { addr, source })?;
+            spec.addr = l.local_addr().unwrap_or(addr);
+            listeners.push((l, spec));
+        }
         Ok(Server {
             broker: Broker::new(config, auth),
             listeners,
-            proxy_listeners,
+            tls,
         })
     }
 
-    /// The addresses actually bound (port 0 resolved), `proxy_listen` excluded.
+    /// The plain MQTT (`listen`) addresses actually bound (port 0 resolved).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        addrs(&self.listeners)
+        self.addrs_of(Transport::Tcp, false)
     }
 
     /// The `proxy_listen` addresses actually bound (port 0 resolved).
     pub fn proxy_addrs(&self) -> Vec<SocketAddr> {
-        addrs(&self.proxy_listeners)
+        self.addrs_of(Transport::Tcp, true)
+    }
+
+    /// Every listener bound, port 0 resolved, in the order of
+    /// [`Config::listeners`].
+    pub fn listeners(&self) -> Vec<ListenerSpec> {
+        self.listeners.iter().map(|(_, s)| *s).collect()
+    }
+
+    fn addrs_of(&self, transport: Transport, proxied: bool) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter(|(_, s)| s.transport == transport && s.proxied == proxied)
+            .map(|(_, s)| s.addr)
+            .collect()
+    }
+
+    /// The TLS configuration's reloader, when TLS is configured: SIGHUP calls
+    /// [`TlsReloader::reload`].
+    pub fn tls_reloader(&self) -> Option<Arc<TlsReloader>> {
+        self.tls.clone()
     }
 
     /// The shared broker state (for metrics and tests).
@@ -97,16 +133,22 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         let tracker = TaskTracker::new();
         let mut accept_loops = Vec::new();
-        let listeners = self.listeners.into_iter().map(|l| (l, false));
-        let proxied = self.proxy_listeners.into_iter().map(|l| (l, true));
-        for (listener, proxied) in listeners.chain(proxied) {
+        for (listener, spec) in self.listeners {
             let broker = self.broker.clone();
             let stop = stop_rx.clone();
             let tracker = tracker.clone();
+            let tls = self.tls.clone();
             accept_loops.push(tokio::spawn(accept_loop(
-                broker, listener, proxied, stop, tracker,
+                broker, listener, spec, tls, stop, tracker,
             )));
         }
+        let interval = self.broker.config.tls_reload_interval_secs;
+        let tls_watch = match &self.tls {
+            Some(t) if interval > 0 => {
+                Some(tokio::spawn(t.clone().watch(Duration::from_secs(interval))))
+            }
+            _ => None,
+        };
         // One timer for every connection's keep alive, instead of one per connection.
         let broker = self.broker.clone();
         let keep_alive_sweep = tokio::spawn(async move {
@@ -127,6 +169,9 @@ impl Server {
         });
         shutdown.await;
         keep_alive_sweep.abort();
+        if let Some(w) = tls_watch {
+            w.abort();
+        }
         // Stop accepting first: a draining node takes no new clients.
         for a in &accept_loops {
             a.abort();
@@ -160,28 +205,11 @@ impl Server {
     }
 }
 
-async fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, ServerError> {
-    let mut listeners = Vec::new();
-    for &addr in addrs {
-        let l = TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServerError::Bind { addr, source })?;
-        listeners.push(l);
-    }
-    Ok(listeners)
-}
-
-fn addrs(listeners: &[TcpListener]) -> Vec<SocketAddr> {
-    listeners
-        .iter()
-        .filter_map(|l| l.local_addr().ok())
-        .collect()
-}
-
 async fn accept_loop(
     broker: Arc<Broker>,
     listener: TcpListener,
-    proxied: bool,
+    spec: ListenerSpec,
+    tls: Option<Arc<TlsReloader>>,
     mut stop: watch::Receiver<bool>,
     tracker: TaskTracker,
 ) {
@@ -218,7 +246,8 @@ async fn accept_loop(
                     stream,
                     OpenConnection(open.clone()),
                     peer,
-                    proxied,
+                    spec,
+                    tls.clone(),
                     stop.clone(),
                 ));
             }
@@ -259,21 +288,22 @@ fn refuse(m: &Metrics, counter: &std::sync::atomic::AtomicU64) {
 type ConnectionFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Serves one accepted TCP connection. A plain function returning the task's future,
-/// so that without the PROXY protocol that future is [`client::serve`]'s small one
+/// so that on a plain MQTT listener that future is [`client::serve`]'s small one
 /// alone, with none of this function's state (an idle connection's memory is mostly
-/// its future).
+/// its future). PROXY headers, TLS and WebSocket go through [`listener::serve`].
 fn serve_tcp(
     broker: Arc<Broker>,
     stream: TcpStream,
     open: OpenConnection,
     peer: SocketAddr,
-    proxied: bool,
+    spec: ListenerSpec,
+    tls: Option<Arc<TlsReloader>>,
     stop: watch::Receiver<bool>,
 ) -> ConnectionFuture {
     let _ = stream.set_nodelay(true);
-    let (mut r, w) = stream.into_split();
-    if !proxied {
-        let serve = client::serve(broker, r, w, peer.to_string(), stop);
+    if spec.transport == Transport::Tcp && !spec.proxied {
+        let (r, w) = stream.into_split();
+        let serve = client::serve(broker, r, w, peer.to_string(), None, stop);
         return Box::pin(async move {
             let _open = open;
             serve.await
@@ -281,20 +311,6 @@ fn serve_tcp(
     }
     Box::pin(async move {
         let _open = open;
-        // The header is part of connecting: same time limit as the CONNECT. Boxed, so
-        // its buffer and timer do not size the connection's task for its whole life.
-        let limit = Duration::from_secs(broker.config.limits.connect_timeout_secs);
-        let peer = match Box::pin(tokio::time::timeout(limit, proxy::read_header(&mut r))).await {
-            Ok(Ok(header)) => header.source.unwrap_or(peer),
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "closing: bad PROXY protocol header");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "closing: no PROXY protocol header in time");
-                return;
-            }
-        };
-        client::serve(broker, r, w, peer.to_string(), stop).await;
+        listener::serve(broker, stream, peer, spec, tls, stop).await;
     })
 }

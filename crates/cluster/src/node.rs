@@ -282,13 +282,44 @@ impl ClusterNode {
         Ok(node)
     }
 
-    /// Stops advertising MQTT and PROXY listeners, so load balancers send no new
-    /// clients here (a live member without listeners is draining).
+    /// Stops advertising MQTT, PROXY, TLS and WebSocket listeners, so load
+    /// balancers send no new clients here (a live member without listeners is
+    /// draining).
     pub fn set_draining(&self) {
         if let Some(m) = self.membership.lock().as_ref() {
             let mut meta = m.meta();
             meta.mqtt.clear();
             meta.proxy.clear();
+            meta.listeners.clear();
+            m.set_meta(meta);
+        }
+    }
+
+    /// Advertises this node's TLS and WebSocket listeners through gossip
+    /// (`NodeMeta::listeners`), for balancers passing those transports through. Plain
+    /// MQTT listeners are advertised at start (`NodeMeta::mqtt`, `proxy`).
+    pub fn set_listeners(&self, listeners: &[broker::listener::ListenerSpec]) {
+        use broker::listener::Transport;
+        use membership::{AdvertisedListener, ListenerKind};
+        let advertised = listeners
+            .iter()
+            .filter_map(|l| {
+                let kind = match l.transport {
+                    Transport::Tcp => return None,
+                    Transport::Tls => ListenerKind::Tls,
+                    Transport::Ws => ListenerKind::Ws,
+                    Transport::Wss => ListenerKind::Wss,
+                };
+                Some(AdvertisedListener {
+                    kind,
+                    addr: l.addr,
+                    proxy: l.proxied,
+                })
+            })
+            .collect();
+        if let Some(m) = self.membership.lock().as_ref() {
+            let mut meta = m.meta();
+            meta.listeners = advertised;
             m.set_meta(meta);
         }
     }

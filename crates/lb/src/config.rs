@@ -27,6 +27,22 @@ pub enum Strategy {
     ClientId,
 }
 
+/// Which of a broker's listeners gossip-discovered backends are reached on (what
+/// the balancer's clients speak).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum BackendTransport {
+    /// Plain MQTT (`--listen` / `--proxy-listen`): the default.
+    #[default]
+    Mqtt,
+    /// TLS passed through to the nodes' `tls_listen` / `tls_proxy_listen`: the nodes
+    /// terminate it (client certificates included); the balancer reads nothing.
+    Tls,
+    /// WebSocket passed through to the nodes' `ws_listen` / `ws_proxy_listen`.
+    Ws,
+    /// WebSocket over TLS passed through to `wss_listen` / `wss_proxy_listen`.
+    Wss,
+}
+
 /// Flags of `astramq lb`.
 #[derive(Debug, Clone, Args)]
 pub struct LbArgs {
@@ -50,6 +66,13 @@ pub struct LbArgs {
     /// How a node is chosen for each new connection.
     #[arg(long, value_enum, default_value_t = Strategy::RoundRobin)]
     pub strategy: Strategy,
+    /// With `--join`: which listeners of the nodes to send clients to. `tls`, `ws`
+    /// and `wss` pass the connection through untouched to the nodes' TLS or
+    /// WebSocket listeners (their PROXY variant when `--proxy-protocol` is true and
+    /// the node has one), so the nodes terminate TLS and WebSocket themselves; the
+    /// `client-id` strategy cannot read such a stream and is refused with them.
+    #[arg(long, value_enum, default_value_t = BackendTransport::Mqtt)]
+    pub backend_transport: BackendTransport,
     /// Send a PROXY protocol v2 header carrying the client's address. With `--join`
     /// (default true): a broker advertising a PROXY listener (`--proxy-listen`) gets
     /// the header there; one advertising none gets plain TCP on its MQTT listener
@@ -147,6 +170,8 @@ pub struct LbConfig {
     pub discovery: Discovery,
     /// Node choice.
     pub strategy: Strategy,
+    /// Which listeners of gossip-discovered brokers get the connections.
+    pub backend_transport: BackendTransport,
     /// Whether to send a PROXY v2 header: in static mode to every backend, in gossip
     /// mode to the brokers that advertise a PROXY listener (the others get plain
     /// TCP on their MQTT listener).
@@ -174,6 +199,7 @@ impl LbConfig {
             listen,
             discovery: Discovery::Static(backends),
             strategy: Strategy::RoundRobin,
+            backend_transport: BackendTransport::Mqtt,
             proxy_protocol: true,
             hash_balance_factor: 1.25,
             connect_timeout: Duration::from_secs(2),
@@ -215,6 +241,27 @@ impl LbConfig {
             .is_some_and(|t| t.handshake_timeout.is_zero())
         {
             return bad("--tls-handshake-timeout-secs: must not be zero");
+        }
+        if self.backend_transport != BackendTransport::Mqtt {
+            if self.strategy == Strategy::ClientId {
+                return bad(
+                    "--strategy client-id reads the MQTT CONNECT, which a TLS or WebSocket \
+                     connection passed through hides: use round-robin or least-connections \
+                     with --backend-transport tls, ws or wss",
+                );
+            }
+            if self.tls.is_some()
+                && matches!(
+                    self.backend_transport,
+                    BackendTransport::Tls | BackendTransport::Wss
+                )
+            {
+                return bad(
+                    "--tls-cert terminates TLS at the balancer: the nodes then get plain \
+                     bytes, which their tls/wss listeners refuse (use --backend-transport \
+                     mqtt or ws behind it)",
+                );
+            }
         }
         if self.max_connect_size < 16 {
             return bad("--max-connect-size: must be at least 16 bytes");
@@ -265,6 +312,7 @@ impl LbArgs {
             listen: self.listen,
             discovery,
             strategy: self.strategy,
+            backend_transport: self.backend_transport,
             proxy_protocol,
             hash_balance_factor: self.hash_balance_factor,
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
@@ -411,6 +459,27 @@ mod tests {
         };
         assert_eq!(g.advertise, Some("127.0.0.1:7946".parse().unwrap()));
         assert!(g.node_id.starts_with("lb-"));
+    }
+
+    #[test]
+    fn passthrough_transports_refuse_client_id_and_double_tls() {
+        let base = [
+            "--listen",
+            "127.0.0.1:1880",
+            "--join",
+            "127.0.0.1:7946",
+            "--gossip-listen",
+            "127.0.0.1:0",
+        ];
+        let with = |extra: &[&str]| parse(&[&base[..], extra].concat());
+        let c = with(&["--backend-transport", "ws"]).unwrap();
+        assert_eq!(c.backend_transport, BackendTransport::Ws);
+        let e = with(&["--backend-transport", "tls", "--strategy", "client-id"]).unwrap_err();
+        assert!(e.contains("client-id"), "{e}");
+        let tls = ["--tls-cert", "c.pem", "--tls-key", "k.pem"];
+        let e = with(&[&["--backend-transport", "wss"][..], &tls].concat()).unwrap_err();
+        assert!(e.contains("--tls-cert"), "{e}");
+        with(&[&["--backend-transport", "ws"][..], &tls].concat()).unwrap();
     }
 
     #[test]

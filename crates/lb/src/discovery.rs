@@ -10,10 +10,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use membership::{Member, MembershipHandle, NodeMeta, Role};
+use membership::{ListenerKind, Member, MembershipHandle, NodeMeta, Role};
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, Pool};
+use crate::config::BackendTransport;
 
 /// How often the balancer re-advertises its own connection count.
 const ADVERTISE_EVERY: Duration = Duration::from_secs(1);
@@ -30,21 +31,44 @@ struct Target {
 /// on (`--proxy-protocol true`, the default): its first PROXY listener, else its
 /// first plain MQTT listener *without* the header (a plain listener closes a
 /// connection that starts with one). With PROXY v2 off: its first plain listener
-/// only (a PROXY listener closes a connection without the header).
+/// only (a PROXY listener closes a connection without the header). The same, among
+/// its TLS or WebSocket listeners of the kind asked for, with `--backend-transport`.
 ///
 /// `None` when there is no such listener. A live broker advertising no listener at
 /// all is draining: it keeps its clients for a while but gets no new ones.
-fn target(meta: &NodeMeta, proxy_protocol: bool) -> Option<Target> {
-    match (proxy_protocol, meta.proxy.first(), meta.mqtt.first()) {
-        (true, Some(&addr), _) => Some(Target {
+fn target(meta: &NodeMeta, proxy_protocol: bool, transport: BackendTransport) -> Option<Target> {
+    let (proxied, plain) = match kind(transport) {
+        None => (meta.proxy.first().copied(), meta.mqtt.first().copied()),
+        Some(kind) => {
+            let of = |proxy: bool| {
+                meta.listeners
+                    .iter()
+                    .find(|l| l.kind == kind && l.proxy == proxy)
+                    .map(|l| l.addr)
+            };
+            (of(true), of(false))
+        }
+    };
+    match (proxy_protocol, proxied, plain) {
+        (true, Some(addr), _) => Some(Target {
             addr,
             proxy_v2: true,
         }),
-        (_, _, Some(&addr)) => Some(Target {
+        (_, _, Some(addr)) => Some(Target {
             addr,
             proxy_v2: false,
         }),
         _ => None,
+    }
+}
+
+/// The advertised listener kind a transport uses (`None`: plain MQTT).
+fn kind(transport: BackendTransport) -> Option<ListenerKind> {
+    match transport {
+        BackendTransport::Mqtt => None,
+        BackendTransport::Tls => Some(ListenerKind::Tls),
+        BackendTransport::Ws => Some(ListenerKind::Ws),
+        BackendTransport::Wss => Some(ListenerKind::Wss),
     }
 }
 
@@ -54,16 +78,20 @@ fn target(meta: &NodeMeta, proxy_protocol: bool) -> Option<Target> {
 pub(crate) struct Follower {
     /// `--proxy-protocol`: use a broker's PROXY listener when it advertises one.
     proxy_protocol: bool,
+    /// `--backend-transport`: which kind of listener.
+    transport: BackendTransport,
     /// Runs (node id, generation) already reported as unusable: only PROXY
     /// listeners while PROXY v2 is off. Reported once, not at every sync.
     unusable: HashSet<(String, u64)>,
 }
 
 impl Follower {
-    /// A follower for a balancer with `--proxy-protocol proxy_protocol`.
-    pub(crate) fn new(proxy_protocol: bool) -> Follower {
+    /// A follower for a balancer with `--proxy-protocol proxy_protocol` and
+    /// `--backend-transport transport`.
+    pub(crate) fn new(proxy_protocol: bool, transport: BackendTransport) -> Follower {
         Follower {
             proxy_protocol,
+            transport,
             unusable: HashSet::new(),
         }
     }
@@ -88,16 +116,18 @@ impl Follower {
             let existing = current
                 .iter()
                 .find(|b| b.key() == m.node_id && b.generation() == m.generation);
-            let target = target(&m.meta, self.proxy_protocol);
+            let target = target(&m.meta, self.proxy_protocol, self.transport);
             let backend = match (existing, target) {
                 (Some(b), Some(t)) if b.addr() == t.addr && b.proxy_v2() == t.proxy_v2 => b.clone(),
                 // Draining: keep the old backend (and its connections), route nothing new.
                 (Some(b), None) => b.clone(),
                 (_, Some(t)) => self.up(m, t),
                 (None, None) => {
-                    if !m.meta.proxy.is_empty()
-                        && self.unusable.insert((m.node_id.clone(), m.generation))
-                    {
+                    let proxy_only = match kind(self.transport) {
+                        None => !m.meta.proxy.is_empty(),
+                        Some(k) => m.meta.listeners.iter().any(|l| l.kind == k && l.proxy),
+                    };
+                    if proxy_only && self.unusable.insert((m.node_id.clone(), m.generation)) {
                         tracing::warn!(node = %m.node_id, proxy = ?m.meta.proxy, "broker has only PROXY listeners and --proxy-protocol is false: no connections for it (give it a --listen address, or run the balancer with --proxy-protocol true)");
                     }
                     continue;
@@ -141,9 +171,10 @@ pub(crate) async fn run(
     handle: MembershipHandle,
     pool: Arc<Pool>,
     proxy_protocol: bool,
+    transport: BackendTransport,
     stop: CancellationToken,
 ) {
-    let mut follower = Follower::new(proxy_protocol);
+    let mut follower = Follower::new(proxy_protocol, transport);
     let mut members = handle.members();
     let mut tick = tokio::time::interval(ADVERTISE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -184,9 +215,34 @@ mod tests {
     }
 
     #[test]
+    fn backend_transport_picks_the_nodes_tls_or_websocket_listener() {
+        use membership::AdvertisedListener;
+        let l = |kind, addr: &str, proxy| AdvertisedListener {
+            kind,
+            addr: addr.parse().unwrap(),
+            proxy,
+        };
+        let mut m = member("a", 1, &["127.0.0.1:1883"], 0);
+        m.meta.listeners = vec![
+            l(ListenerKind::Tls, "127.0.0.1:8883", false),
+            l(ListenerKind::Ws, "127.0.0.1:8080", false),
+            l(ListenerKind::Ws, "127.0.0.1:9080", true),
+        ];
+        let pick = |proxy, transport| {
+            let t = target(&m.meta, proxy, transport)?;
+            Some((t.addr.port(), t.proxy_v2))
+        };
+        assert_eq!(pick(true, BackendTransport::Ws), Some((9080, true)));
+        assert_eq!(pick(false, BackendTransport::Ws), Some((8080, false)));
+        assert_eq!(pick(true, BackendTransport::Tls), Some((8883, false)));
+        assert_eq!(pick(true, BackendTransport::Wss), None, "no wss listener");
+        assert_eq!(pick(true, BackendTransport::Mqtt), Some((1883, false)));
+    }
+
+    #[test]
     fn brokers_become_backends_and_others_do_not() {
         let pool = Pool::default();
-        let mut f = Follower::new(true);
+        let mut f = Follower::new(true, BackendTransport::Mqtt);
         let mut lb = member("lb-2", 1, &[], 0);
         lb.meta.role = Role::LoadBalancer;
         f.sync(
@@ -211,7 +267,7 @@ mod tests {
     #[test]
     fn a_vanished_member_is_cancelled_and_updates_keep_the_backend() {
         let pool = Pool::default();
-        let mut f = Follower::new(true);
+        let mut f = Follower::new(true, BackendTransport::Mqtt);
         f.sync(
             &pool,
             &[
@@ -233,7 +289,7 @@ mod tests {
     #[test]
     fn a_restart_replaces_the_backend() {
         let pool = Pool::default();
-        let mut f = Follower::new(true);
+        let mut f = Follower::new(true, BackendTransport::Mqtt);
         f.sync(&pool, &[member("a", 1, &["127.0.0.1:1"], 0)]);
         let old = pool.snapshot()[0].clone();
         f.sync(&pool, &[member("a", 2, &["127.0.0.1:1"], 0)]);
@@ -244,7 +300,7 @@ mod tests {
     #[test]
     fn a_draining_broker_keeps_its_connections_but_gets_no_new_ones() {
         let pool = Pool::default();
-        let mut f = Follower::new(true);
+        let mut f = Follower::new(true, BackendTransport::Mqtt);
         f.sync(&pool, &[member("a", 1, &["127.0.0.1:1"], 0)]);
         let a = pool.snapshot()[0].clone();
         f.sync(&pool, &[member("a", 1, &[], 0)]);
@@ -269,7 +325,7 @@ mod tests {
     #[test]
     fn proxy_v2_goes_to_a_proxy_listener_and_plain_tcp_to_a_node_without_one() {
         let pool = Pool::default();
-        let mut f = Follower::new(true);
+        let mut f = Follower::new(true, BackendTransport::Mqtt);
         let members = [
             with_proxy(member("a", 1, &["127.0.0.1:1883"], 0), &["127.0.0.1:2883"]),
             member("b", 1, &["127.0.0.1:1884"], 0),
@@ -289,7 +345,7 @@ mod tests {
     #[test]
     fn without_proxy_v2_plain_listeners_only_and_proxy_only_nodes_reported_once() {
         let pool = Pool::default();
-        let mut f = Follower::new(false);
+        let mut f = Follower::new(false, BackendTransport::Mqtt);
         let members = [
             with_proxy(member("a", 1, &["127.0.0.1:1883"], 0), &["127.0.0.1:2883"]),
             with_proxy(member("c", 1, &[], 0), &["127.0.0.1:2885"]),
@@ -309,7 +365,7 @@ mod tests {
     #[test]
     fn a_node_that_starts_advertising_a_proxy_listener_gets_a_new_backend() {
         let pool = Pool::default();
-        let mut f = Follower::new(true);
+        let mut f = Follower::new(true, BackendTransport::Mqtt);
         f.sync(&pool, &[member("a", 1, &["127.0.0.1:1883"], 0)]);
         let plain = pool.snapshot()[0].clone();
         f.sync(
@@ -326,7 +382,7 @@ mod tests {
     #[test]
     fn a_proxy_only_node_drains_when_it_stops_advertising() {
         let pool = Pool::default();
-        let mut f = Follower::new(true);
+        let mut f = Follower::new(true, BackendTransport::Mqtt);
         f.sync(
             &pool,
             &[with_proxy(member("a", 1, &[], 0), &["127.0.0.1:2883"])],

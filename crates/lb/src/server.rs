@@ -104,6 +104,7 @@ impl LoadBalancer {
                 handle,
                 self.pool.clone(),
                 self.config.proxy_protocol,
+                self.config.backend_transport,
                 stop_discovery.clone(),
             ))
         });

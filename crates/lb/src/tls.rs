@@ -3,13 +3,10 @@
 //! handshake (within [`TlsFiles::handshake_timeout`]) before anything else reads
 //! from it, so every strategy — client-id included — sees the decrypted stream.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::rustls::{self, ServerConfig};
+use tls::{ServerTls, SettingNames};
 use tokio_rustls::TlsAcceptor;
 
 use crate::error::LbError;
@@ -30,60 +27,27 @@ impl TlsFiles {
     /// The default handshake timeout.
     pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-    /// Reads and parses both files and builds the acceptor. Every error names the
-    /// file (and flag) at fault.
+    /// Reads and parses both files and builds the acceptor (the workspace's shared
+    /// TLS setup, `crates/tls`: ring, TLS 1.2 and 1.3). Every error names the file
+    /// and flag at fault.
     pub(crate) fn acceptor(&self) -> Result<TlsAcceptor, LbError> {
-        let certs = load_certs(&self.cert)?;
-        let key = load_key(&self.key)?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| LbError::Tls(format!("TLS setup: {e}")))?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .map_err(|e| {
-                LbError::Tls(format!(
-                    "--tls-cert {} / --tls-key {}: {e}",
-                    self.cert.display(),
-                    self.key.display()
-                ))
-            })?;
-        Ok(TlsAcceptor::from(Arc::new(config)))
-    }
-}
-
-fn file_error(flag: &str, path: &Path, why: impl std::fmt::Display) -> LbError {
-    LbError::Tls(format!("{flag} {}: {why}", path.display()))
-}
-
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, LbError> {
-    let bytes = std::fs::read(path).map_err(|e| file_error("--tls-cert", path, e))?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_error("--tls-cert", path, format!("invalid PEM: {e}")))?;
-    if certs.is_empty() {
-        return Err(file_error(
-            "--tls-cert",
-            path,
-            "no PEM certificate (-----BEGIN CERTIFICATE-----) found",
-        ));
-    }
-    Ok(certs)
-}
-
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, LbError> {
-    let bytes = std::fs::read(path).map_err(|e| file_error("--tls-key", path, e))?;
-    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
-        rustls_pki_types::pem::Error::NoItemsFound => {
-            file_error("--tls-key", path, "no PEM private key found")
+        let config = ServerTls {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            client_ca: None,
+            require_certificate: false,
+            names: SettingNames::FLAGS,
         }
-        e => file_error("--tls-key", path, format!("invalid PEM: {e}")),
-    })
+        .server_config()
+        .map_err(|e| LbError::Tls(e.to_string()))?;
+        Ok(TlsAcceptor::from(config))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn files(cert: &Path, key: &Path) -> TlsFiles {
         TlsFiles {

@@ -49,6 +49,32 @@ pub struct NodeMeta {
     /// must start with a PROXY v2 header, so only load balancers use them. Last in
     /// the encoding, so a reader that predates it still decodes the fields above.
     pub proxy: Vec<SocketAddr>,
+    /// TLS and WebSocket listeners (`tls_listen`, `ws_listen`, `wss_listen` and their
+    /// PROXY variants), for a load balancer passing those transports through
+    /// (`astramq lb --backend-transport`). Appended after `proxy` for the same reason.
+    pub listeners: Vec<AdvertisedListener>,
+}
+
+/// The transport of an advertised listener other than plain MQTT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ListenerKind {
+    /// MQTT over TLS.
+    Tls,
+    /// MQTT over WebSocket.
+    Ws,
+    /// MQTT over WebSocket over TLS.
+    Wss,
+}
+
+/// A TLS or WebSocket listener a broker advertises.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdvertisedListener {
+    /// What it speaks.
+    pub kind: ListenerKind,
+    /// Where.
+    pub addr: SocketAddr,
+    /// Whether each connection must start with a PROXY protocol v2 header.
+    pub proxy: bool,
 }
 
 impl NodeMeta {
@@ -60,6 +86,7 @@ impl NodeMeta {
             admin: None,
             connections: 0,
             proxy: Vec::new(),
+            listeners: Vec::new(),
         }
     }
 

@@ -28,7 +28,7 @@ mod identity;
 mod meta;
 mod view;
 
-pub use config::{MembershipConfig, NodeMeta, Role};
+pub use config::{AdvertisedListener, ListenerKind, MembershipConfig, NodeMeta, Role};
 pub use error::MembershipError;
 pub use handle::{spawn, MembershipHandle, MembershipStats};
 pub use view::{Member, MemberEvent};

@@ -24,6 +24,7 @@ fn broker_meta(port: u16) -> NodeMeta {
         admin: Some(addr(&format!("127.0.0.1:{}", port + 1000))),
         connections: 0,
         proxy: vec![addr(&format!("127.0.0.1:{}", port + 2000))],
+        listeners: Vec::new(),
     }
 }
 

@@ -14,15 +14,19 @@
 //! - [`mosquitto_pub`] / [`mosquitto_sub`]: the Debian command-line clients.
 //! - [`wait_for`]: poll a condition with a timeout instead of sleeping.
 //! - [`versions_test!`]: run one `async fn(Version)` as a 3.1.1 and a 5.0 test.
+//! - [`certs`]: a test CA and certificates (rcgen), written to files.
+//! - [`wsclients`]: paho-mqtt and MQTT.js over WebSocket.
 //! - [`cluster`]: `redis-server` processes and clusters of `astramq` nodes
 //!   (used by `tests/cluster.rs`).
 
 // Each test file compiles this module separately and uses only part of it.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod cluster;
 pub mod raw;
 pub mod sentinel;
+pub mod wsclients;
 
 pub use raw::*;
 
@@ -146,6 +150,8 @@ pub struct Broker {
     gossip: Option<SocketAddr>,
     /// The health endpoint's address (`health on ADDR`, with `--health-listen`).
     health: Option<SocketAddr>,
+    /// Every line the broker printed on standard output so far.
+    stdout: Arc<Mutex<Vec<String>>>,
 }
 
 impl Broker {
@@ -206,12 +212,14 @@ impl Broker {
 
         let (tx, rx) = mpsc::channel();
         let stdout = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let seen = lines.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
+                seen.lock().unwrap().push(line.clone());
+                // The start-up loops stop listening once they have what they need.
+                let _ = tx.send(line);
             }
         });
         let mut broker = Broker {
@@ -222,6 +230,7 @@ impl Broker {
             exited: None,
             gossip: None,
             health: None,
+            stdout: lines,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         let expected = b.listen_count();
@@ -374,6 +383,32 @@ impl Broker {
             exited: None,
             gossip: None,
             health: None,
+            stdout: Arc::default(),
+        }
+    }
+
+    /// The address of the listener printed as `listening on ADDR (KIND)` (`tls`,
+    /// `ws`, `wss`, `tls, proxy`…), waiting up to 10 s for the line.
+    pub fn listener(&self, kind: &str) -> SocketAddr {
+        let suffix = format!(" ({kind})");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = self.stdout.lock().unwrap().iter().find_map(|l| {
+                l.strip_prefix("listening on ")?
+                    .strip_suffix(&suffix)?
+                    .parse()
+                    .ok()
+            });
+            if let Some(a) = found {
+                return a;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no `listening on ADDR ({kind})` line within 10 s; stdout: {:?}\n--- stderr ---\n{}",
+                self.stdout.lock().unwrap(),
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -710,6 +745,31 @@ pub async fn mosquitto_sub(broker: &Broker, args: &[&str]) -> Output {
     run_cmd(cmd, Duration::from_secs(15)).await
 }
 
+/// `mosquitto_pub -h HOST -p PORT ARGS...` against any listener (TLS ones need
+/// `-h localhost`, the name in the test certificates), run to completion.
+pub async fn mosquitto_pub_at(host: &str, addr: SocketAddr, args: &[&str]) -> Output {
+    let mut cmd = tokio::process::Command::new(required_tool("/usr/bin/mosquitto_pub"));
+    cmd.args(["-h", host, "-p", &addr.port().to_string()])
+        .args(args)
+        .kill_on_drop(true);
+    run_cmd(cmd, Duration::from_secs(10)).await
+}
+
+/// `mosquitto_sub -h HOST -p PORT ARGS...` against any listener, run to
+/// completion; pass `-C count` and `-W secs` so it ends on its own.
+pub async fn mosquitto_sub_at(host: &str, addr: SocketAddr, args: &[&str]) -> Output {
+    let mut cmd = tokio::process::Command::new(required_tool("/usr/bin/mosquitto_sub"));
+    cmd.args(["-h", host, "-p", &addr.port().to_string()])
+        .args(args)
+        .kill_on_drop(true);
+    run_cmd(cmd, Duration::from_secs(15)).await
+}
+
+/// Runs any command to completion within `timeout`, capturing its output.
+pub async fn run_command(cmd: tokio::process::Command, timeout: Duration) -> Output {
+    run_cmd(cmd, timeout).await
+}
+
 /// `mosquitto_sub` running in the background; its stdout lines arrive on a
 /// channel so a test can wait for "subscribed and receiving".
 pub struct BgSub {
@@ -719,9 +779,14 @@ pub struct BgSub {
 
 impl BgSub {
     pub fn spawn(broker: &Broker, args: &[&str]) -> BgSub {
+        Self::spawn_at("127.0.0.1", broker.addr(), args)
+    }
+
+    /// Like [`BgSub::spawn`], on any listener (`-h HOST -p PORT`).
+    pub fn spawn_at(host: &str, addr: SocketAddr, args: &[&str]) -> BgSub {
         use tokio::io::AsyncBufReadExt;
         let mut child = tokio::process::Command::new(required_tool("/usr/bin/mosquitto_sub"))
-            .args(["-h", "127.0.0.1", "-p", &broker.port().to_string()])
+            .args(["-h", host, "-p", &addr.port().to_string()])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -770,6 +835,12 @@ impl BgSub {
 
     pub fn kill(&mut self) {
         self.child.start_kill().expect("kill mosquitto_sub");
+    }
+
+    /// Whether mosquitto_sub is still running (its connection is up, as it
+    /// exits when the connection drops).
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_none()
     }
 
     pub async fn wait(&mut self, timeout: Duration) -> ExitStatus {

@@ -843,10 +843,28 @@ impl fmt::Display for ReadError {
     }
 }
 
+/// What a [`RawClient`] talks over: TCP, or TLS over TCP.
+pub trait RawStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {
+    /// The client's own address.
+    fn local_addr(&self) -> std::io::Result<SocketAddr>;
+}
+
+impl RawStream for TcpStream {
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        TcpStream::local_addr(self)
+    }
+}
+
+impl RawStream for tokio_rustls::client::TlsStream<TcpStream> {
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.get_ref().0.local_addr()
+    }
+}
+
 /// A byte-level MQTT client. Packets that a helper is not waiting for are
 /// queued and returned by later reads, so interleavings do not lose packets.
 pub struct RawClient {
-    stream: TcpStream,
+    stream: Box<dyn RawStream>,
     buf: Vec<u8>,
     pub version: Version,
     pending: VecDeque<Packet>,
@@ -885,8 +903,13 @@ impl RawClient {
 
     fn from_stream(stream: TcpStream) -> RawClient {
         stream.set_nodelay(true).unwrap();
+        Self::over(stream)
+    }
+
+    /// A client over an already established stream (a TLS connection).
+    pub fn over(stream: impl RawStream + 'static) -> RawClient {
         RawClient {
-            stream,
+            stream: Box::new(stream),
             buf: Vec::new(),
             version: Version::V311,
             pending: VecDeque::new(),

@@ -48,10 +48,14 @@ fn keep_alive(limits: &crate::config::Limits, asked: u16) -> (u16, Option<u16>) 
 }
 
 /// Reads and answers CONNECT. `None` when the connection was refused or closed.
+/// `cert_user`: the user name the client's TLS certificate gives
+/// (`use_identity_as_username`, `use_subject_as_username`), which replaces the
+/// CONNECT's and is not checked against the password file.
 pub(super) async fn handshake<R, W>(
     broker: Arc<Broker>,
     mut conn: Connection<R, W>,
     peer: String,
+    cert_user: Option<Box<str>>,
     shutdown: watch::Receiver<bool>,
 ) -> Option<Box<Client<R, W>>>
 where
@@ -89,7 +93,12 @@ where
             return None;
         }
     };
-    accept(broker, conn, peer, shutdown, *connect).await
+    let mut connect = *connect;
+    let authenticated = cert_user.is_some();
+    if let Some(user) = cert_user {
+        connect.username = Some(user.into());
+    }
+    accept(broker, conn, peer, shutdown, connect, authenticated).await
 }
 
 /// Sends a refusing CONNACK and closes.
@@ -113,6 +122,7 @@ async fn accept<R, W>(
     peer: String,
     shutdown: watch::Receiver<bool>,
     c: Connect,
+    authenticated: bool,
 ) -> Option<Box<Client<R, W>>>
 where
     R: ReadSide,
@@ -145,10 +155,16 @@ where
         c.client_id.as_str().into()
     };
 
-    if let Err(code) = broker
-        .auth
-        .connect(c.username.as_deref(), c.password.as_deref())
-    {
+    // A user name from a verified client certificate needs no password (as in
+    // Mosquitto); the ACL still applies to it.
+    let decision = if authenticated {
+        Ok(())
+    } else {
+        broker
+            .auth
+            .connect(c.username.as_deref(), c.password.as_deref())
+    };
+    if let Err(code) = decision {
         tracing::info!(%peer, client_id = %client_id, username = ?c.username, ?code, "connection refused");
         refuse(&mut conn, protocol, code).await;
         return None;

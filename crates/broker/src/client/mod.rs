@@ -34,7 +34,9 @@ use crate::registry::{ExitGuard, Request};
 use crate::router::Blocked;
 use crate::session::{PendingWill, Session};
 
-/// Serves one accepted socket until it closes or the broker shuts down.
+/// Serves one accepted socket until it closes or the broker shuts down. `cert_user`
+/// is the user name taken from the client's TLS certificate, if the listener takes
+/// one (it then replaces the CONNECT's, and no password is checked).
 ///
 /// Most of a connection's memory while idle is this future, held by its task, so it
 /// is kept small: a plain function (its arguments go into the boxed handshake rather
@@ -44,6 +46,7 @@ pub fn serve<R, W>(
     reader: R,
     writer: W,
     peer: String,
+    cert_user: Option<Box<str>>,
     shutdown: watch::Receiver<bool>,
 ) -> impl std::future::Future<Output = ()> + Send
 where
@@ -53,7 +56,7 @@ where
     let max_in = broker.config.limits.max_packet_size as usize;
     let conn = Connection::new(reader, writer, max_in);
     // Boxed: the handshake's state is large and short-lived.
-    let handshake = Box::pin(connect::handshake(broker, conn, peer, shutdown));
+    let handshake = Box::pin(connect::handshake(broker, conn, peer, cert_user, shutdown));
     async move {
         if let Some(mut client) = handshake.await {
             let exit = client.run().await;
@@ -285,7 +288,7 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                     Err(ReadError::Closed) => return Exit::Lost,
                     Err(ReadError::Decode(e)) => return self.decode_error(e),
                 },
-                r = self.conn.tx.write_some(), if !self.conn.tx.wbuf.is_empty() => {
+                r = self.conn.tx.write_some(), if self.conn.tx.has_pending() => {
                     if r.is_err() {
                         return Exit::Lost;
                     }
