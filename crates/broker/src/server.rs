@@ -51,7 +51,7 @@ pub enum ServerError {
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     /// A listener could not be bound.
-    #[error("listen: cannot bind {addr}: {source}")]
+    #[error("listen: cannot bind {addr}")]
     Bind {
         /// The address.
         addr: SocketAddr,

@@ -13,7 +13,7 @@ pub enum LbError {
     #[error("invalid configuration: {0}")]
     Config(String),
     /// The client listener could not be bound.
-    #[error("listen: cannot bind {addr}: {source}")]
+    #[error("listen: cannot bind {addr}")]
     Bind {
         /// The address.
         addr: SocketAddr,
