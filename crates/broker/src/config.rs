@@ -110,6 +110,14 @@ pub struct ClusterTuning {
     pub redis_wait_replicas: u32,
     /// How long each `WAIT` may take before the write counts as failed, ms.
     pub redis_wait_timeout_ms: u64,
+    /// PEM file of the certificate authorities that sign the Redis servers'
+    /// certificates (`rediss://` only); default: the system's trust store.
+    pub redis_tls_ca: Option<PathBuf>,
+    /// PEM client certificate (chain) presented to Redis for mutual TLS; needs
+    /// `redis_tls_key`.
+    pub redis_tls_cert: Option<PathBuf>,
+    /// PEM private key of `redis_tls_cert`.
+    pub redis_tls_key: Option<PathBuf>,
 }
 
 /// Bounds of what waits to cross the bus toward one destination node (from
@@ -141,6 +149,9 @@ impl Default for ClusterTuning {
             inbox_backlog_entries: 16,
             redis_wait_replicas: 0,
             redis_wait_timeout_ms: 1000,
+            redis_tls_ca: None,
+            redis_tls_cert: None,
+            redis_tls_key: None,
         }
     }
 }
@@ -178,6 +189,12 @@ pub struct ClusterSettings {
     pub redis_wait_replicas: u32,
     /// How long each `WAIT` may take.
     pub redis_wait_timeout: std::time::Duration,
+    /// See [`ClusterTuning::redis_tls_ca`].
+    pub redis_tls_ca: Option<PathBuf>,
+    /// See [`ClusterTuning::redis_tls_cert`].
+    pub redis_tls_cert: Option<PathBuf>,
+    /// See [`ClusterTuning::redis_tls_key`].
+    pub redis_tls_key: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -436,6 +453,21 @@ impl Config {
                 "must be at least 1 when cluster.redis_wait_replicas is set (0 would wait forever)",
             ));
         }
+        match (&c.redis_tls_cert, &c.redis_tls_key) {
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    "cluster.redis_tls_key",
+                    "required with cluster.redis_tls_cert (the client certificate's key)",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "cluster.redis_tls_cert",
+                    "required with cluster.redis_tls_key",
+                ))
+            }
+            _ => {}
+        }
         if !self.allow_anonymous && self.password_file.is_none() {
             return Err(ConfigError::new(
                 "allow_anonymous",
@@ -473,6 +505,9 @@ impl Config {
             redis_wait_timeout: std::time::Duration::from_millis(
                 self.cluster.redis_wait_timeout_ms,
             ),
+            redis_tls_ca: self.cluster.redis_tls_ca.clone(),
+            redis_tls_cert: self.cluster.redis_tls_cert.clone(),
+            redis_tls_key: self.cluster.redis_tls_key.clone(),
         })
     }
 }

@@ -8,6 +8,8 @@
 
 //! - [`conn`] — connections to Redis (single, TLS, Sentinel, Cluster) and the key
 //!   layout (prefix and hash tags).
+//! - [`tls`] — TLS toward Redis (`rediss://`, `rediss+cluster://`,
+//!   `rediss+sentinel://`): verification, a custom CA, a client certificate.
 //! - [`durable`] — `WAIT` for replicas before an acknowledgement is released
 //!   (`cluster.redis_wait_replicas`).
 //! - [`sentinel`] — a connection that follows a Sentinel failover (reopens through
@@ -39,6 +41,7 @@ pub mod node;
 pub mod routes;
 pub mod sentinel;
 pub mod sessions;
+pub mod tls;
 pub mod wire;
 
 pub use node::{ClusterNode, StartError};

@@ -29,6 +29,7 @@ use crate::feed::{self, Change};
 use crate::membership::{self, MemberEvent, MembershipConfig, MembershipHandle, NodeMeta};
 use crate::routes::RouteTable;
 use crate::sessions::Sessions;
+use crate::tls::RedisTls;
 use crate::wire;
 use crate::wire::{publish_bytes, put_kick, put_message};
 
@@ -138,7 +139,7 @@ impl ClusterNode {
     ) -> Result<Arc<ClusterNode>, StartError> {
         let me = settings.node_id.clone();
         let timeout = Duration::from_secs(settings.redis_connect_timeout_secs);
-        let redis = Redis::connect(&settings.redis, timeout)
+        let redis = Redis::connect(&settings.redis, &RedisTls::from(settings), timeout)
             .await?
             .with_wait_replicas(settings.redis_wait_replicas, settings.redis_wait_timeout)?;
         let keys = Keys::new(&settings.key_prefix);
