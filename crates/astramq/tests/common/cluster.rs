@@ -192,21 +192,42 @@ const REDIS_BINDS: [&str; 9] = [
     "127.0.0.18",
 ];
 
+/// The TLS files of a `redis-server` that speaks TLS only ([`RedisServer::start_tls`]).
+#[derive(Clone, Debug)]
+pub struct RedisTlsFiles {
+    /// The server's certificate and key (PEM).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The CA that signs the server's certificate and the clients' certificates.
+    pub ca: PathBuf,
+    /// A client certificate and key signed by `ca`: required from every client
+    /// (`--tls-auth-clients yes`) when set, not asked for otherwise.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
 /// One `redis-server` on a free loopback port, killed on drop.
 pub struct RedisServer {
     child: Child,
     port: u16,
     stderr: Arc<Mutex<String>>,
     dir: tempfile::TempDir,
+    tls: Option<RedisTlsFiles>,
 }
 
 impl RedisServer {
     /// Starts a standalone server: no snapshots, no AOF, loopback only.
     pub fn start() -> RedisServer {
-        Self::spawn(false)
+        Self::spawn(false, None)
     }
 
-    fn spawn(cluster_mode: bool) -> RedisServer {
+    /// Starts a standalone server that speaks TLS only (`--port 0 --tls-port P`).
+    /// [`RedisServer::cmd`] then goes through `redis-cli --tls` and returns its
+    /// output as text; [`RedisServer::restart`] is not supported.
+    pub fn start_tls(tls: RedisTlsFiles) -> RedisServer {
+        Self::spawn(false, Some(tls))
+    }
+
+    fn spawn(cluster_mode: bool, tls: Option<RedisTlsFiles>) -> RedisServer {
         let bin = redis_tool("redis-server");
         let mut last_log = String::new();
         // The port is free when picked but could be taken before redis binds it:
@@ -215,7 +236,22 @@ impl RedisServer {
             let dir = tempfile::tempdir().expect("tempdir");
             let port = free_port();
             let mut cmd = Command::new(&bin);
-            cmd.args(["--port", &port.to_string(), "--bind"])
+            match &tls {
+                None => cmd.args(["--port", &port.to_string()]),
+                Some(t) => cmd
+                    .args(["--port", "0", "--tls-port", &port.to_string()])
+                    .arg("--tls-cert-file")
+                    .arg(&t.cert)
+                    .arg("--tls-key-file")
+                    .arg(&t.key)
+                    .arg("--tls-ca-cert-file")
+                    .arg(&t.ca)
+                    .args([
+                        "--tls-auth-clients",
+                        if t.client.is_some() { "yes" } else { "no" },
+                    ]),
+            };
+            cmd.arg("--bind")
                 .args(REDIS_BINDS)
                 .args(["--save", "", "--appendonly", "no"])
                 .arg("--dir")
@@ -241,6 +277,7 @@ impl RedisServer {
                 port,
                 stderr,
                 dir,
+                tls: tls.clone(),
             };
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
@@ -273,13 +310,45 @@ impl RedisServer {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
-    /// The URL nodes are given: `redis://127.0.0.1:PORT`.
+    /// The URL nodes are given: `redis://127.0.0.1:PORT` (`rediss://` with TLS).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     pub fn try_cmd(&self, args: &[&str]) -> std::io::Result<resp::Value> {
-        resp::command(self.addr(), args)
+        match &self.tls {
+            None => resp::command(self.addr(), args),
+            Some(tls) => self.cli_tls(tls, args),
+        }
+    }
+
+    /// `redis-cli --tls` (the test's RESP client speaks plain TCP only): the reply as
+    /// text, an error reply as [`resp::Value::Error`].
+    fn cli_tls(&self, tls: &RedisTlsFiles, args: &[&str]) -> std::io::Result<resp::Value> {
+        let mut cmd = Command::new(redis_tool("redis-cli"));
+        cmd.args(["--tls", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .arg("--cacert")
+            .arg(&tls.ca);
+        if let Some((cert, key)) = &tls.client {
+            cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+        }
+        let out = cmd.args(args).stdin(Stdio::null()).output()?;
+        let text = String::from_utf8_lossy(&out.stdout).trim_end().to_string();
+        let err = String::from_utf8_lossy(&out.stderr).trim_end().to_string();
+        if !out.status.success() || text.starts_with("Could not connect") || !err.is_empty() {
+            return Err(std::io::Error::other(format!(
+                "redis-cli --tls: {text}{err}"
+            )));
+        }
+        Ok(match text.strip_prefix("ERR") {
+            Some(_) => resp::Value::Error(text),
+            None => resp::Value::Bulk(Some(text.into_bytes())),
+        })
     }
 
     /// Runs a command; panics if Redis cannot be reached.
@@ -426,7 +495,7 @@ impl RedisCluster {
     /// masters).
     pub fn start_with_replicas(replicas: usize) -> RedisCluster {
         let n = 3 * (1 + replicas);
-        let servers: Vec<RedisServer> = (0..n).map(|_| RedisServer::spawn(true)).collect();
+        let servers: Vec<RedisServer> = (0..n).map(|_| RedisServer::spawn(true, None)).collect();
         let addrs: Vec<String> = servers.iter().map(|s| s.addr().to_string()).collect();
         let out = Command::new(redis_tool("redis-cli"))
             .args(["--cluster", "create"])
@@ -516,9 +585,17 @@ pub struct ClusterBuilder {
     redis_per_node: bool,
     sentinel: Option<usize>,
     user: Option<(String, String, Vec<String>)>,
+    tls: Option<RedisTlsFiles>,
 }
 
 impl ClusterBuilder {
+    /// Run on one `redis-server` that speaks TLS only ([`RedisServer::start_tls`]);
+    /// the nodes get its `rediss://` URL (their TLS flags go in [`Self::args`]).
+    pub fn redis_tls(mut self, tls: RedisTlsFiles) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Run on Redis under Sentinel (a master, `replicas` replicas, three sentinels);
     /// the nodes get the `redis+sentinel://` URL.
     pub fn sentinel(mut self, replicas: usize) -> Self {
@@ -575,6 +652,8 @@ impl ClusterBuilder {
             Backend::Cluster(RedisCluster::start_with_replicas(self.cluster_replicas))
         } else if let Some(replicas) = self.sentinel {
             Backend::Sentinel(super::sentinel::RedisSentinel::start(replicas))
+        } else if let Some(tls) = self.tls {
+            Backend::Single(RedisServer::start_tls(tls))
         } else {
             Backend::Single(RedisServer::start())
         };
@@ -658,6 +737,7 @@ impl TestCluster {
             redis_per_node: false,
             sentinel: None,
             user: None,
+            tls: None,
         }
     }
 
