@@ -110,6 +110,12 @@ pub struct ClusterTuning {
     pub redis_wait_replicas: u32,
     /// How long each `WAIT` may take before the write counts as failed, ms.
     pub redis_wait_timeout_ms: u64,
+    /// How long a session's Redis keys outlive the session, s: a parked session's
+    /// keys expire `session expiry + this` after they were last refreshed, a clean
+    /// session's this long after its node last refreshed them, refreshed every
+    /// quarter of it by the node holding the session (see the cluster crate's
+    /// `lifetime` module).
+    pub session_grace_secs: u64,
     /// PEM file of the certificate authorities that sign the Redis servers'
     /// certificates (`rediss://` only); default: the system's trust store.
     pub redis_tls_ca: Option<PathBuf>,
@@ -149,6 +155,7 @@ impl Default for ClusterTuning {
             inbox_backlog_entries: 16,
             redis_wait_replicas: 0,
             redis_wait_timeout_ms: 1000,
+            session_grace_secs: 300,
             redis_tls_ca: None,
             redis_tls_cert: None,
             redis_tls_key: None,
@@ -189,6 +196,8 @@ pub struct ClusterSettings {
     pub redis_wait_replicas: u32,
     /// How long each `WAIT` may take.
     pub redis_wait_timeout: std::time::Duration,
+    /// See [`ClusterTuning::session_grace_secs`].
+    pub session_grace: std::time::Duration,
     /// See [`ClusterTuning::redis_tls_ca`].
     pub redis_tls_ca: Option<PathBuf>,
     /// See [`ClusterTuning::redis_tls_cert`].
@@ -453,6 +462,12 @@ impl Config {
                 "must be at least 1 when cluster.redis_wait_replicas is set (0 would wait forever)",
             ));
         }
+        if c.session_grace_secs == 0 {
+            return Err(ConfigError::new(
+                "cluster.session_grace_secs",
+                "must be at least 1 (session keys are refreshed every quarter of it)",
+            ));
+        }
         match (&c.redis_tls_cert, &c.redis_tls_key) {
             (Some(_), None) => {
                 return Err(ConfigError::new(
@@ -505,6 +520,7 @@ impl Config {
             redis_wait_timeout: std::time::Duration::from_millis(
                 self.cluster.redis_wait_timeout_ms,
             ),
+            session_grace: std::time::Duration::from_secs(self.cluster.session_grace_secs),
             redis_tls_ca: self.cluster.redis_tls_ca.clone(),
             redis_tls_cert: self.cluster.redis_tls_cert.clone(),
             redis_tls_key: self.cluster.redis_tls_key.clone(),

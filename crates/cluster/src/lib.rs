@@ -27,6 +27,8 @@
 //!   one log line per transition, the counters behind the health endpoint.
 //! - [`sessions`] — persistent sessions in Redis (subscriptions, will, and a journal
 //!   of unacknowledged deliveries), so that a session outlives its node.
+//! - [`lifetime`] — every key's lifetime: session keys expire with their session
+//!   (refreshed while it lives), a failed node's inbox goes after its repair.
 //! - [`node`] — [`node::ClusterNode`]: starts all of the above and implements the
 //!   broker's `Cluster` interface.
 
@@ -36,6 +38,7 @@ pub mod conn;
 pub mod durable;
 pub mod feed;
 pub mod health;
+pub mod lifetime;
 pub mod membership;
 pub mod node;
 pub mod routes;

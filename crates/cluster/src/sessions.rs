@@ -211,6 +211,7 @@ impl Sessions {
         conn: Conn,
         keys: Keys,
         me: String,
+        grace: std::time::Duration,
     ) -> (Arc<Sessions>, tokio::task::JoinHandle<()>) {
         // Not bounded (yet). Journal writes carry a receiver their publisher's
         // acknowledgement (or the inbox consumer) waits for, so in-flight windows bound
@@ -218,7 +219,7 @@ impl Sessions {
         // deliveries, wills, inbound QoS 2 ids) come one per client packet, limited in
         // rate but not in size while Redis is slow or down: a known gap of issue #11.
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(writer(conn.clone(), keys.clone(), me.clone(), rx));
+        let task = tokio::spawn(writer(conn.clone(), keys.clone(), (me.clone(), grace), rx));
         let sessions = Arc::new(Sessions {
             keys,
             me,
@@ -543,7 +544,12 @@ fn snapshot(
 }
 
 /// Applies operations in order, batching.
-async fn writer(conn: Conn, keys: Keys, me: String, mut rx: mpsc::UnboundedReceiver<Op>) {
+async fn writer(
+    conn: Conn,
+    keys: Keys,
+    (me, grace): (String, std::time::Duration),
+    mut rx: mpsc::UnboundedReceiver<Op>,
+) {
     let mut retry: Vec<(SessionChange, Stored)> = Vec::new();
     // Journal entries whose write failed (maybe after it happened).
     let mut uncertain: HashSet<(Arc<str>, String)> = HashSet::new();
@@ -571,13 +577,13 @@ async fn writer(conn: Conn, keys: Keys, me: String, mut rx: mpsc::UnboundedRecei
         let mut change_at = Vec::with_capacity(changes.len());
         for (c, _) in &changes {
             change_at.push(cmds.len());
-            change_cmds(&keys, &me, c, &mut cmds);
+            change_cmds(&keys, (&me, grace), c, &mut cmds);
         }
         for op in batch {
             match op {
                 Op::Change(c, stored) => {
                     change_at.push(cmds.len());
-                    change_cmds(&keys, &me, &c, &mut cmds);
+                    change_cmds(&keys, (&me, grace), &c, &mut cmds);
                     changes.push((c, stored));
                 }
                 Op::Journal(j) => {
@@ -737,7 +743,12 @@ fn groups(entries: &[Entry]) -> Vec<std::ops::Range<usize>> {
 }
 
 /// The Redis commands that mirror one change.
-fn change_cmds(keys: &Keys, me: &str, c: &SessionChange, out: &mut Vec<(String, redis::Cmd)>) {
+fn change_cmds(
+    keys: &Keys,
+    (me, grace): (&str, std::time::Duration),
+    c: &SessionChange,
+    out: &mut Vec<(String, redis::Cmd)>,
+) {
     match c {
         SessionChange::Subscribed {
             client_id,
@@ -861,6 +872,13 @@ fn change_cmds(keys: &Keys, me: &str, c: &SessionChange, out: &mut Vec<(String, 
             let mut hdel = redis::cmd("HDEL");
             hdel.arg(keys.session(client_id)).arg("exp").arg("will");
             out.push((keys.session(client_id), hdel));
+            // ... for the grace only (`crate::lifetime`).
+            let mut end = redis::cmd("EVAL");
+            end.arg(crate::lifetime::ENDED_SCRIPT).arg(1);
+            end.arg(keys.session(client_id))
+                .arg(me)
+                .arg(grace.as_millis() as u64);
+            out.push((keys.session(client_id), end));
             let mut srem = redis::cmd("SREM");
             srem.arg(keys.owned(me)).arg(&**client_id);
             out.push((keys.owned(me), srem));
