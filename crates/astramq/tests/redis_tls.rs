@@ -151,6 +151,12 @@ async fn two_nodes_over_rediss_pass_qos1_across_nodes() {
         "the nodes are connected:\n{clients}"
     );
 
+    qos1_across_nodes(&c).await;
+}
+
+/// A rumqttc QoS 1 PUBLISH on n1 reaches a rumqttc subscriber on n2; a message queued
+/// while that persistent subscriber is away is resumed on n1.
+async fn qos1_across_nodes(c: &TestCluster) {
     let mut sub = V4Client::connect_with({
         let mut o = V4Client::options(c.node(1), "tls-sub");
         o.set_clean_session(false);
@@ -245,4 +251,45 @@ async fn missing_client_certificate_and_plain_url_with_tls_files_are_errors() {
         "the error says TLS files need a TLS URL:\n{}",
         out.stderr
     );
+}
+
+// Redis Cluster over TLS (`rediss+cluster://`): three masters with TLS-only client
+// ports, cluster bus and replication; the nodes learn every master from the slot map
+// and reach each with the same CA and client certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_over_rediss_redis_cluster_pass_qos1_across_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "good");
+    let tls = tls_files(dir.path(), &ca, &["localhost", "127.0.0.1"], true);
+    let (cert, key) = tls.client.clone().unwrap();
+    let c = TestCluster::builder(2)
+        .redis_tls(tls)
+        .redis_cluster()
+        .args(&["--redis-tls-ca", path(&ca.pem)])
+        .args(&[
+            "--redis-tls-cert",
+            path(&cert),
+            "--redis-tls-key",
+            path(&key),
+        ])
+        .start()
+        .await;
+    assert!(
+        c.redis().url().starts_with("rediss+cluster://"),
+        "{}",
+        c.redis().url()
+    );
+    qos1_across_nodes(&c).await;
+}
+
+// Redis Cluster with a CA the node does not trust: a start-up error naming the URL.
+#[tokio::test]
+async fn redis_cluster_with_a_wrong_ca_is_a_start_up_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "good");
+    let other = Ca::new(dir.path(), "other");
+    let redis = RedisCluster::start_tls(tls_files(dir.path(), &ca, &["127.0.0.1"], false));
+    let url = redis.url();
+    let out = start_up_error(&url, &["--redis-tls-ca", path(&other.pem)]).await;
+    assert!(out.stderr.contains("UnknownIssuer"), "{}", out.stderr);
 }

@@ -60,13 +60,15 @@ pub enum StartError {
 /// it), discards the stored session on Clean Start (ARGV 4 = 1), and returns whether a
 /// persistent session existed before.
 /// Expiry handling (`crate::lifetime`): a new hash starts its epoch at Redis's clock
-/// in µs (ARGV 5 = grace, ms), and every session key gets TTL expiry + grace.
+/// in µs (keys left by an expired one are dropped), and every session key gets TTL
+/// expiry + grace (ARGV 5, ms).
 const CLAIM_SCRIPT: &str = r"
 local prev = redis.call('HGET', KEYS[1], 'owner')
 local prev_exp = tonumber(redis.call('HGET', KEYS[1], 'exp') or '0')
 if not redis.call('HGET', KEYS[1], 'epoch') then
   local t = redis.call('TIME')
   redis.call('HSET', KEYS[1], 'epoch', t[1] .. string.rep('0', 6 - #t[2]) .. t[2])
+  redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
 end
 local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'exp', ARGV[2])

@@ -249,7 +249,9 @@ impl RedisServer {
                     .args([
                         "--tls-auth-clients",
                         if t.client.is_some() { "yes" } else { "no" },
-                    ]),
+                    ])
+                    // A Redis Cluster's bus and replication over TLS too.
+                    .args(["--tls-cluster", "yes", "--tls-replication", "yes"]),
             };
             cmd.arg("--bind")
                 .args(REDIS_BINDS)
@@ -331,9 +333,17 @@ impl RedisServer {
     /// text, an error reply as [`resp::Value::Error`].
     fn cli_tls(&self, tls: &RedisTlsFiles, args: &[&str]) -> std::io::Result<resp::Value> {
         let mut cmd = Command::new(redis_tool("redis-cli"));
-        cmd.args(["--tls", "-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .arg("--cacert")
-            .arg(&tls.ca);
+        // `-c`: follows a Redis Cluster's redirections.
+        cmd.args([
+            "-c",
+            "--tls",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+        ])
+        .arg("--cacert")
+        .arg(&tls.ca);
         if let Some((cert, key)) = &tls.client {
             cmd.arg("--cert").arg(cert).arg("--key").arg(key);
         }
@@ -494,10 +504,29 @@ impl RedisCluster {
     /// masters at start: `redis-cli --cluster create` makes the first addresses
     /// masters).
     pub fn start_with_replicas(replicas: usize) -> RedisCluster {
+        Self::start_with(replicas, None)
+    }
+
+    /// Three masters speaking TLS only (clients, cluster bus, replication), no
+    /// replicas; [`RedisCluster::url`] is then `rediss+cluster://`.
+    pub fn start_tls(tls: RedisTlsFiles) -> RedisCluster {
+        Self::start_with(0, Some(tls))
+    }
+
+    fn start_with(replicas: usize, tls: Option<RedisTlsFiles>) -> RedisCluster {
         let n = 3 * (1 + replicas);
-        let servers: Vec<RedisServer> = (0..n).map(|_| RedisServer::spawn(true, None)).collect();
+        let servers: Vec<RedisServer> = (0..n)
+            .map(|_| RedisServer::spawn(true, tls.clone()))
+            .collect();
         let addrs: Vec<String> = servers.iter().map(|s| s.addr().to_string()).collect();
-        let out = Command::new(redis_tool("redis-cli"))
+        let mut create = Command::new(redis_tool("redis-cli"));
+        if let Some(t) = &tls {
+            create.arg("--tls").arg("--cacert").arg(&t.ca);
+            if let Some((cert, key)) = &t.client {
+                create.arg("--cert").arg(cert).arg("--key").arg(key);
+            }
+        }
+        let out = create
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
@@ -532,16 +561,25 @@ impl RedisCluster {
         RedisCluster { servers }
     }
 
-    /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3`.
+    /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3` (`rediss+cluster://`
+    /// with TLS).
     pub fn url(&self) -> String {
         let hosts: Vec<String> = self.servers.iter().map(|s| s.addr().to_string()).collect();
-        format!("redis+cluster://{}", hosts.join(","))
+        let scheme = if self.servers[0].tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}+cluster://{}", hosts.join(","))
     }
 
     /// Runs a command on whichever master holds the key (redirections followed).
     pub fn cmd(&self, args: &[&str]) -> resp::Value {
-        resp::command(self.servers[0].addr(), args)
-            .unwrap_or_else(|e| panic!("redis cluster {args:?}: {e}"))
+        let r = match &self.servers[0].tls {
+            None => resp::command(self.servers[0].addr(), args),
+            Some(_) => self.servers[0].try_cmd(args),
+        };
+        r.unwrap_or_else(|e| panic!("redis cluster {args:?}: {e}"))
     }
 }
 
@@ -589,8 +627,9 @@ pub struct ClusterBuilder {
 }
 
 impl ClusterBuilder {
-    /// Run on one `redis-server` that speaks TLS only ([`RedisServer::start_tls`]);
-    /// the nodes get its `rediss://` URL (their TLS flags go in [`Self::args`]).
+    /// Run on one `redis-server` that speaks TLS only ([`RedisServer::start_tls`]), or
+    /// with [`Self::redis_cluster`] on a TLS Redis Cluster; the nodes get the
+    /// `rediss://` (`rediss+cluster://`) URL (their TLS flags go in [`Self::args`]).
     pub fn redis_tls(mut self, tls: RedisTlsFiles) -> Self {
         self.tls = Some(tls);
         self
@@ -648,7 +687,9 @@ impl ClusterBuilder {
     /// Starts Redis, then `n1` (the seed), then the others joining `n1`, and waits
     /// until every node has seen every other come up.
     pub async fn start(self) -> TestCluster {
-        let redis = if self.redis_cluster {
+        let redis = if let (true, Some(tls)) = (self.redis_cluster, &self.tls) {
+            Backend::Cluster(RedisCluster::start_tls(tls.clone()))
+        } else if self.redis_cluster {
             Backend::Cluster(RedisCluster::start_with_replicas(self.cluster_replicas))
         } else if let Some(replicas) = self.sentinel {
             Backend::Sentinel(super::sentinel::RedisSentinel::start(replicas))
