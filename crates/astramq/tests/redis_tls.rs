@@ -208,7 +208,12 @@ async fn wrong_ca_is_a_start_up_error_naming_the_url() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new(dir.path(), "good");
     let other = Ca::new(dir.path(), "other");
-    let redis = RedisServer::start_tls(tls_files(dir.path(), &ca, &["127.0.0.1"], false));
+    let redis = RedisServer::start_tls(tls_files(
+        dir.path(),
+        &ca,
+        &["localhost", "127.0.0.1"],
+        false,
+    ));
     let url = redis.url();
     let out = start_up_error(&url, &["--redis-tls-ca", path(&other.pem)]).await;
     assert!(
@@ -221,12 +226,13 @@ async fn wrong_ca_is_a_start_up_error_naming_the_url() {
     assert!(out.stderr.contains("UnknownIssuer"), "{}", out.stderr);
 }
 
-// The right CA, but a certificate for another host name than the one dialled.
+// The right CA, but a certificate for another host name than the one dialled: the
+// node dials 127.0.0.1, the certificate names `localhost` only.
 #[tokio::test]
 async fn host_name_mismatch_is_a_start_up_error_naming_the_url() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new(dir.path(), "good");
-    let redis = RedisServer::start_tls(tls_files(dir.path(), &ca, &["redis.example"], false));
+    let redis = RedisServer::start_tls(tls_files(dir.path(), &ca, &["localhost"], false));
     let out = start_up_error(&redis.url(), &["--redis-tls-ca", path(&ca.pem)]).await;
     assert!(
         out.stderr.contains("not valid for name"),
@@ -241,7 +247,12 @@ async fn host_name_mismatch_is_a_start_up_error_naming_the_url() {
 async fn missing_client_certificate_and_plain_url_with_tls_files_are_errors() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new(dir.path(), "good");
-    let redis = RedisServer::start_tls(tls_files(dir.path(), &ca, &["127.0.0.1"], true));
+    let redis = RedisServer::start_tls(tls_files(
+        dir.path(),
+        &ca,
+        &["localhost", "127.0.0.1"],
+        true,
+    ));
     start_up_error(&redis.url(), &["--redis-tls-ca", path(&ca.pem)]).await;
 
     let plain = format!("redis://127.0.0.1:{}", redis.port());
@@ -288,8 +299,67 @@ async fn redis_cluster_with_a_wrong_ca_is_a_start_up_error() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new(dir.path(), "good");
     let other = Ca::new(dir.path(), "other");
-    let redis = RedisCluster::start_tls(tls_files(dir.path(), &ca, &["127.0.0.1"], false));
+    let redis = RedisCluster::start_tls(tls_files(
+        dir.path(),
+        &ca,
+        &["localhost", "127.0.0.1"],
+        false,
+    ));
     let url = redis.url();
     let out = start_up_error(&url, &["--redis-tls-ca", path(&other.pem)]).await;
     assert!(out.stderr.contains("UnknownIssuer"), "{}", out.stderr);
+}
+
+// Sentinel over TLS (`rediss+sentinel://`): the sentinels, the master and its
+// replica speak TLS only; the nodes ask a sentinel for the master and reach it with
+// the same CA and client certificate, and follow a `kill -9` failover to the replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_over_rediss_sentinel_pass_qos1_and_follow_a_failover() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "good");
+    let tls = tls_files(dir.path(), &ca, &["localhost", "127.0.0.1"], true);
+    let (cert, key) = tls.client.clone().unwrap();
+    let mut c = TestCluster::builder(2)
+        .redis_tls(tls)
+        .sentinel(1)
+        .args(&["--redis-tls-ca", path(&ca.pem)])
+        .args(&[
+            "--redis-tls-cert",
+            path(&cert),
+            "--redis-tls-key",
+            path(&key),
+        ])
+        .start()
+        .await;
+    assert!(
+        c.redis().url().starts_with("rediss+sentinel://"),
+        "{}",
+        c.redis().url()
+    );
+    qos1_across_nodes(&c).await;
+
+    let v = Version::V5;
+    let mut sub = c.client(1, v, "tls-s-sub").await;
+    sub.sub("tlss/#", 1).await;
+    c.sync_from(1).await;
+    let mut publ = c.client(0, v, "tls-s-pub").await;
+    let old = c.redis_sentinel().kill_master();
+    let Backend::Sentinel(s) = c.redis() else {
+        unreachable!()
+    };
+    s.wait_failover(old, Duration::from_secs(20)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        // Refused (0x80) until the nodes reach the promoted replica, over TLS.
+        if publ.publish("tlss/x", b"after", 1, false).await == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cross-node QoS 1 still refused 15 s after the promotion:\n{}",
+            c.node(0).stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(sub.recv_publish(T).await.payload, b"after");
 }

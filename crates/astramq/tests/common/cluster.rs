@@ -110,9 +110,23 @@ pub mod resp {
 
     /// Runs one command at `addr`, following Redis Cluster redirections.
     pub fn command(addr: SocketAddr, args: &[&str]) -> std::io::Result<Value> {
+        command_with(addr, None, args)
+    }
+
+    /// [`command`], over TLS when `tls` is given (through the redis crate: this
+    /// client speaks plain TCP only).
+    pub fn command_with(
+        addr: SocketAddr,
+        tls: Option<&RedisTlsFiles>,
+        args: &[&str],
+    ) -> std::io::Result<Value> {
         let mut addr = addr;
         for _ in 0..5 {
-            match once(addr, args)? {
+            let reply = match tls {
+                None => once(addr, args)?,
+                Some(tls) => once_tls(addr, tls, args)?,
+            };
+            match reply {
                 Value::Error(e) if e.starts_with("MOVED ") || e.starts_with("ASK ") => {
                     let to = e.split_whitespace().nth(2).unwrap_or_default();
                     addr = to
@@ -123,6 +137,55 @@ pub mod resp {
             }
         }
         Err(std::io::Error::other("too many redirections"))
+    }
+
+    fn once_tls(addr: SocketAddr, tls: &RedisTlsFiles, args: &[&str]) -> std::io::Result<Value> {
+        let io = |e: redis::RedisError| std::io::Error::other(e.to_string());
+        let read = |p: &Path| std::fs::read(p);
+        let certs = redis::TlsCertificates {
+            client_tls: match &tls.client {
+                Some((c, k)) => Some(redis::ClientTlsConfig {
+                    client_cert: read(c)?,
+                    client_key: read(k)?,
+                }),
+                None => None,
+            },
+            root_cert: Some(read(&tls.ca)?),
+        };
+        // By name: the test certificates name `localhost`, and a host-name mismatch
+        // test's certificate names nothing else (the nodes dial 127.0.0.1).
+        let host = match addr.ip().is_loopback() {
+            true => "localhost".to_string(),
+            false => addr.ip().to_string(),
+        };
+        let url = format!("rediss://{host}:{}", addr.port());
+        let client = redis::Client::build_with_tls(url, certs).map_err(io)?;
+        let mut conn = client
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .map_err(io)?;
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        Ok(convert(cmd.query::<redis::Value>(&mut conn).map_err(io)?))
+    }
+
+    fn convert(v: redis::Value) -> Value {
+        match v {
+            redis::Value::Nil => Value::Bulk(None),
+            redis::Value::Int(n) => Value::Int(n),
+            redis::Value::BulkString(b) => Value::Bulk(Some(b)),
+            redis::Value::Array(items) | redis::Value::Set(items) => {
+                Value::Array(Some(items.into_iter().map(convert).collect()))
+            }
+            redis::Value::SimpleString(s) => Value::Status(s),
+            redis::Value::Okay => Value::Status("OK".into()),
+            redis::Value::ServerError(e) => Value::Error(match e.details() {
+                Some(d) => format!("{} {d}", e.code()),
+                None => e.code().to_string(),
+            }),
+            other => Value::Error(format!("unsupported reply {other:?}")),
+        }
     }
 
     fn once(addr: SocketAddr, args: &[&str]) -> std::io::Result<Value> {
@@ -220,9 +283,9 @@ impl RedisServer {
         Self::spawn(false, None)
     }
 
-    /// Starts a standalone server that speaks TLS only (`--port 0 --tls-port P`).
-    /// [`RedisServer::cmd`] then goes through `redis-cli --tls` and returns its
-    /// output as text; [`RedisServer::restart`] is not supported.
+    /// Starts a standalone server that speaks TLS only (`--port 0 --tls-port P`);
+    /// [`RedisServer::cmd`] then speaks TLS too. [`RedisServer::restart`] is not
+    /// supported.
     pub fn start_tls(tls: RedisTlsFiles) -> RedisServer {
         Self::spawn(false, Some(tls))
     }
@@ -323,42 +386,12 @@ impl RedisServer {
     }
 
     pub fn try_cmd(&self, args: &[&str]) -> std::io::Result<resp::Value> {
-        match &self.tls {
-            None => resp::command(self.addr(), args),
-            Some(tls) => self.cli_tls(tls, args),
-        }
+        resp::command_with(self.addr(), self.tls.as_ref(), args)
     }
 
-    /// `redis-cli --tls` (the test's RESP client speaks plain TCP only): the reply as
-    /// text, an error reply as [`resp::Value::Error`].
-    fn cli_tls(&self, tls: &RedisTlsFiles, args: &[&str]) -> std::io::Result<resp::Value> {
-        let mut cmd = Command::new(redis_tool("redis-cli"));
-        // `-c`: follows a Redis Cluster's redirections.
-        cmd.args([
-            "-c",
-            "--tls",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &self.port.to_string(),
-        ])
-        .arg("--cacert")
-        .arg(&tls.ca);
-        if let Some((cert, key)) = &tls.client {
-            cmd.arg("--cert").arg(cert).arg("--key").arg(key);
-        }
-        let out = cmd.args(args).stdin(Stdio::null()).output()?;
-        let text = String::from_utf8_lossy(&out.stdout).trim_end().to_string();
-        let err = String::from_utf8_lossy(&out.stderr).trim_end().to_string();
-        if !out.status.success() || text.starts_with("Could not connect") || !err.is_empty() {
-            return Err(std::io::Error::other(format!(
-                "redis-cli --tls: {text}{err}"
-            )));
-        }
-        Ok(match text.strip_prefix("ERR") {
-            Some(_) => resp::Value::Error(text),
-            None => resp::Value::Bulk(Some(text.into_bytes())),
-        })
+    /// The TLS files, when the server speaks TLS only.
+    pub fn tls(&self) -> Option<&RedisTlsFiles> {
+        self.tls.as_ref()
     }
 
     /// Runs a command; panics if Redis cannot be reached.
@@ -575,11 +608,9 @@ impl RedisCluster {
 
     /// Runs a command on whichever master holds the key (redirections followed).
     pub fn cmd(&self, args: &[&str]) -> resp::Value {
-        let r = match &self.servers[0].tls {
-            None => resp::command(self.servers[0].addr(), args),
-            Some(_) => self.servers[0].try_cmd(args),
-        };
-        r.unwrap_or_else(|e| panic!("redis cluster {args:?}: {e}"))
+        self.servers[0]
+            .try_cmd(args)
+            .unwrap_or_else(|e| panic!("redis cluster {args:?}: {e}"))
     }
 }
 
@@ -691,6 +722,11 @@ impl ClusterBuilder {
             Backend::Cluster(RedisCluster::start_tls(tls.clone()))
         } else if self.redis_cluster {
             Backend::Cluster(RedisCluster::start_with_replicas(self.cluster_replicas))
+        } else if let (Some(replicas), Some(tls)) = (self.sentinel, &self.tls) {
+            Backend::Sentinel(super::sentinel::RedisSentinel::start_tls(
+                replicas,
+                tls.clone(),
+            ))
         } else if let Some(replicas) = self.sentinel {
             Backend::Sentinel(super::sentinel::RedisSentinel::start(replicas))
         } else if let Some(tls) = self.tls {
