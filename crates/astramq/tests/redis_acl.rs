@@ -35,6 +35,7 @@ const NODE_ACL: &[&str] = &[
     // Key lifetimes (crates/cluster/src/lifetime.rs): session keys' TTL, and the
     // claim script's epoch seed.
     "+pexpire",
+    "+pttl",
     "+persist",
     "+time",
     "+hget",

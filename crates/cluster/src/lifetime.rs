@@ -40,6 +40,28 @@ use std::time::Duration;
 
 use crate::conn::{Conn, Keys};
 
+/// A Lua function for the session scripts: `keep_ttl(key, from)` gives `key`, if it
+/// has no TTL (it was just created), the TTL `from` (the session hash) has — so a key
+/// written between two refreshes has a lifetime at once.
+macro_rules! keep_ttl_lua {
+    () => {
+        r"
+local function keep_ttl(key, from)
+  if redis.call('PTTL', key) == -1 then
+    local t = redis.call('PTTL', from)
+    if t > 0 then redis.call('PEXPIRE', key, t) end
+  end
+end
+"
+    };
+}
+pub(crate) use keep_ttl_lua;
+
+/// `keep_ttl` on its own: KEYS 2 gets the TTL of KEYS 1 if it has none (after a
+/// subscription created the session's `:subs` hash).
+pub const KEEP_TTL_SCRIPT: &str =
+    concat!(keep_ttl_lua!(), "keep_ttl(KEYS[2], KEYS[1])\nreturn 1\n");
+
 /// Sets the TTL of a session's keys (KEYS 1–5: hash, subscriptions, journal, delivered
 /// ids, inbound ids) from the hash's expiry plus ARGV 3 (grace, ms), if this node
 /// (ARGV 1) owns the session; writes the hash back with the epoch the node holds

@@ -23,6 +23,7 @@ use broker::session::{JournalUpdate, Outbound, PendingWill, SessionSnapshot};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::conn::{query_per_key, Backoff, Conn, Keys};
+use crate::lifetime::{keep_ttl_lua, KEEP_TTL_SCRIPT};
 use crate::wire::{
     journal_received, journal_value, journal_value_unnumbered, read_journal, read_subscription,
     read_will, subscription_value, will_value, JournalEntry,
@@ -36,7 +37,9 @@ use crate::wire::{
 /// Returns the epoch flag followed by one flag per entry: 1 if it was new, 0 if an
 /// entry with that key existed (the same inbox entry delivered again after a crash:
 /// it is not queued twice).
-const JOURNAL_SCRIPT: &str = r"
+const JOURNAL_SCRIPT: &str = concat!(
+    keep_ttl_lua!(),
+    r"
 local out = {1}
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then out[1] = 0 end
 for i = 2, #ARGV, 2 do
@@ -46,8 +49,10 @@ for i = 2, #ARGV, 2 do
     out[#out + 1] = redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1])
   end
 end
+keep_ttl(KEYS[2], KEYS[1])
 return out
-";
+"
+);
 
 /// The previous owner (ARGV[3]), kicked by the claim of ARGV[1] at epoch ARGV[2]:
 /// 0 when Redis names it the owner again (that claim was given back, or it claimed the
@@ -88,7 +93,9 @@ pub enum Released {
 /// Appends journal entries to a session whoever owns it, reserving packet ids from
 /// the session's own counter: for messages a dead node held for a session that was
 /// claimed elsewhere before the repair (its new owner loads them after the repair).
-const JOURNAL_ANY_SCRIPT: &str = r"
+const JOURNAL_ANY_SCRIPT: &str = concat!(
+    keep_ttl_lua!(),
+    r"
 local ids = {}
 for i = 1, #ARGV, 2 do
   if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 0 and not redis.call('ZSCORE', KEYS[3], ARGV[i]) then
@@ -96,8 +103,10 @@ for i = 1, #ARGV, 2 do
     redis.call('HSET', KEYS[2], ARGV[i], 'P' .. string.char(math.floor(id / 256), id % 256) .. ARGV[i + 1])
   end
 end
+keep_ttl(KEYS[2], KEYS[1])
 return 1
-";
+"
+);
 
 /// Writes back a session after Redis lost its data, unless another node claimed the
 /// client id since: owner, epoch (never lowered), expiry, will, subscriptions
@@ -122,13 +131,18 @@ return 1
 ";
 
 /// Forgets a delivered journal entry and remembers its key (ARGV 1) for ARGV 3 ms
-/// after ARGV 2 (now), dropping keys remembered longer.
-const DONE_SCRIPT: &str = r"
+/// after ARGV 2 (now), dropping keys remembered longer (KEYS 3: the session hash,
+/// whose TTL a new set takes).
+const DONE_SCRIPT: &str = concat!(
+    keep_ttl_lua!(),
+    r"
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[2]) - tonumber(ARGV[3]))
+keep_ttl(KEYS[2], KEYS[3])
 return 1
-";
+"
+);
 
 /// How long a delivered message's key is remembered per session.
 const DONE_REMEMBERED: std::time::Duration = std::time::Duration::from_secs(600);
@@ -136,11 +150,15 @@ const DONE_REMEMBERED: std::time::Duration = std::time::Duration::from_secs(600)
 /// Records an inbound QoS 2 packet id's message id, if the connection (ARGV 1, its
 /// epoch) still owns the session: a node that was frozen and declared dead must not
 /// route what it reads from its sockets afterwards.
-const INBOUND_SCRIPT: &str = r"
+const INBOUND_SCRIPT: &str = concat!(
+    keep_ttl_lua!(),
+    r"
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+keep_ttl(KEYS[2], KEYS[1])
 return 1
-";
+"
+);
 
 /// Takes over a session from a dead node, if that node still owns it and there is
 /// something to take (a persistent session or a will): new epoch, new owner.
@@ -760,6 +778,13 @@ fn change_cmds(
                 .arg(filter)
                 .arg(subscription_value(sub));
             out.push((keys.session(client_id), cmd));
+            // A new `:subs` hash takes the session's TTL (`crate::lifetime`).
+            let mut ttl = redis::cmd("EVAL");
+            ttl.arg(KEEP_TTL_SCRIPT)
+                .arg(2)
+                .arg(keys.session(client_id))
+                .arg(keys.subscriptions(client_id));
+            out.push((keys.session(client_id), ttl));
         }
         SessionChange::Unsubscribed { client_id, filter } => {
             let mut cmd = redis::cmd("HDEL");
@@ -775,9 +800,10 @@ fn change_cmds(
                         // then not stored again.
                         let mut cmd = redis::cmd("EVAL");
                         cmd.arg(DONE_SCRIPT)
-                            .arg(2)
+                            .arg(3)
                             .arg(keys.journal(client_id))
                             .arg(keys.done(client_id))
+                            .arg(keys.session(client_id))
                             .arg(&**key)
                             .arg(unix_ms())
                             .arg(DONE_REMEMBERED.as_millis() as u64);
