@@ -187,7 +187,7 @@ impl ClusterNode {
             .filter_map(|f| f.split_once('\n'))
             .filter(|(identity, _)| node_of(identity) == me)
             .collect();
-        remove_routes(&conn, &keys, &stale).await?;
+        feed::remove_routes(&conn, &keys, &stale).await?;
 
         let routes = Arc::new(Mutex::new(RouteTable::new()));
         // Not bounded (yet): its producers are a filter's first subscription or last
@@ -808,29 +808,6 @@ impl ClusterNode {
             t.abort();
         }
     }
-}
-
-/// Deletes `(identity, filter)` routes from Redis, then announces each removal.
-async fn remove_routes(
-    conn: &crate::conn::Conn,
-    keys: &Keys,
-    routes: &[(&str, &str)],
-) -> Result<(), redis::RedisError> {
-    let hdel = routes.iter().map(|(identity, filter)| {
-        let mut c = redis::cmd("HDEL");
-        c.arg(keys.routes())
-            .arg(feed::route_field(identity, filter));
-        (keys.routes(), c)
-    });
-    run_per_key(conn, hdel.collect()).await?;
-    let announce = routes.iter().map(|(identity, filter)| {
-        let record = crate::wire::FeedRecord::RouteRemoved {
-            node: identity.to_string(),
-            filter: filter.to_string(),
-        };
-        (keys.feed(), feed::feed_entry(keys, &record))
-    });
-    run_per_key(conn, announce.collect()).await
 }
 
 /// A run's name in the route table.
