@@ -206,4 +206,19 @@ async fn keys_return_to_baseline_after_clients_leave_and_a_node_dies() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // The client ids come back after their keys expired: n1 and n2 remember the epochs
+    // they saw (their fences), and a hash created anew starts above them, so the
+    // claims are accepted (an epoch restarting at 1 would be refused as stale).
+    for (i, id) in [(0, "k-sub1"), (1, "k-pub"), (0, "k-sub3")] {
+        let (again, ca) =
+            RawClient::connect(c.node(i).addr(), Connect::persistent(v, id, false, 3)).await;
+        assert!(!ca.session_present, "{id}: its session had expired");
+        let epoch = c.redis().cmd(&["HGET", &c.key(&format!("{{s:{id}}}")), "epoch"]);
+        assert!(
+            epoch.text().len() >= 16,
+            "{id}: a new hash's epoch starts at Redis's clock in µs: {epoch:?}"
+        );
+        again.disconnect().await;
+    }
 }
