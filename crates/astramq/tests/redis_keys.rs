@@ -214,7 +214,9 @@ async fn keys_return_to_baseline_after_clients_leave_and_a_node_dies() {
         let (again, ca) =
             RawClient::connect(c.node(i).addr(), Connect::persistent(v, id, false, 3)).await;
         assert!(!ca.session_present, "{id}: its session had expired");
-        let epoch = c.redis().cmd(&["HGET", &c.key(&format!("{{s:{id}}}")), "epoch"]);
+        let epoch = c
+            .redis()
+            .cmd(&["HGET", &c.key(&format!("{{s:{id}}}")), "epoch"]);
         assert!(
             epoch.text().len() >= 16,
             "{id}: a new hash's epoch starts at Redis's clock in µs: {epoch:?}"

@@ -22,6 +22,7 @@
 
 pub mod cluster;
 pub mod raw;
+pub mod resp;
 pub mod sentinel;
 
 pub use raw::*;
