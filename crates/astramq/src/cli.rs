@@ -143,9 +143,23 @@ pub struct BrokerArgs {
     #[arg(long, value_name = "ID")]
     pub node_id: Option<String>,
     /// Redis URL; joins a cluster (`redis://`, `rediss://`, `redis+cluster://h:p,h:p`,
-    /// `redis+sentinel://h:p/master`). Key `redis`, env `ASTRAMQ_REDIS`.
+    /// `redis+sentinel://h:p/master`; TLS: `rediss+cluster://`, `rediss+sentinel://`).
+    /// Key `redis`, env `ASTRAMQ_REDIS`.
     #[arg(long, value_name = "URL")]
     pub redis: Option<String>,
+    /// PEM certificate authorities that sign the Redis servers' certificates
+    /// (`rediss://` URLs; default: the system's trust store). Key
+    /// `cluster.redis_tls_ca`, env `ASTRAMQ_CLUSTER_REDIS_TLS_CA`.
+    #[arg(long, value_name = "FILE")]
+    pub redis_tls_ca: Option<PathBuf>,
+    /// PEM client certificate for Redis servers that require one (mutual TLS). Key
+    /// `cluster.redis_tls_cert`, env `ASTRAMQ_CLUSTER_REDIS_TLS_CERT`.
+    #[arg(long, value_name = "FILE")]
+    pub redis_tls_cert: Option<PathBuf>,
+    /// PEM private key of `--redis-tls-cert`. Key `cluster.redis_tls_key`, env
+    /// `ASTRAMQ_CLUSTER_REDIS_TLS_KEY`.
+    #[arg(long, value_name = "FILE")]
+    pub redis_tls_key: Option<PathBuf>,
     /// UDP address for gossip. Key `gossip_listen`, env `ASTRAMQ_GOSSIP_LISTEN`.
     #[arg(long, value_name = "ADDR")]
     pub gossip_listen: Option<SocketAddr>,
@@ -363,6 +377,20 @@ fn apply_flags(table: &mut Table, args: &BrokerArgs) {
     if let Some(v) = &args.redis {
         table.insert("redis".into(), text(v));
     }
+    for (key, file) in [
+        ("redis_tls_ca", &args.redis_tls_ca),
+        ("redis_tls_cert", &args.redis_tls_cert),
+        ("redis_tls_key", &args.redis_tls_key),
+    ] {
+        if let Some(p) = file {
+            let cluster = table
+                .entry("cluster")
+                .or_insert_with(|| Value::Table(Table::new()));
+            if let Value::Table(t) = cluster {
+                t.insert(key.into(), path(p));
+            }
+        }
+    }
     if let Some(v) = &args.gossip_listen {
         table.insert("gossip_listen".into(), text(&v.to_string()));
     }
@@ -525,6 +553,32 @@ mod tests {
         };
         let c = load_config(&args, &e).unwrap();
         assert_eq!(c.limits.max_keep_alive_secs, 20);
+    }
+
+    #[test]
+    fn redis_tls_files_from_env_and_flags() {
+        let e = env(&[
+            ("ASTRAMQ_CLUSTER_REDIS_TLS_CA", "/etc/ca.pem"),
+            ("ASTRAMQ_CLUSTER_REDIS_TLS_CERT", "/etc/c.pem"),
+            ("ASTRAMQ_CLUSTER_REDIS_TLS_KEY", "/etc/k.pem"),
+        ]);
+        let c = load_config(&BrokerArgs::default(), &e).unwrap();
+        assert_eq!(c.cluster.redis_tls_ca, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(c.cluster.redis_tls_key, Some(PathBuf::from("/etc/k.pem")));
+        let args = BrokerArgs {
+            redis_tls_ca: Some("/other/ca.pem".into()),
+            ..Default::default()
+        };
+        let c = load_config(&args, &e).unwrap();
+        assert_eq!(c.cluster.redis_tls_ca, Some(PathBuf::from("/other/ca.pem")));
+        assert_eq!(c.cluster.redis_tls_cert, Some(PathBuf::from("/etc/c.pem")));
+        // A certificate without its key is refused, naming the missing key.
+        let args = BrokerArgs {
+            redis_tls_cert: Some("/etc/c.pem".into()),
+            ..Default::default()
+        };
+        let e = load_config(&args, &env(&[])).unwrap_err();
+        assert!(e.to_string().contains("cluster.redis_tls_key"), "{e}");
     }
 
     #[test]

@@ -32,6 +32,12 @@ const NODE_ACL: &[&str] = &[
     "+set",
     "+del",
     "+exists",
+    // Key lifetimes (crates/cluster/src/lifetime.rs): session keys' TTL, and the
+    // claim script's epoch seed.
+    "+pexpire",
+    "+pttl",
+    "+persist",
+    "+time",
     "+hget",
     "+hset",
     "+hsetnx",

@@ -154,6 +154,20 @@ pub struct ClusterTuning {
     /// this node's inbox and is read again), so a Redis slower than the publishers
     /// costs them speed, not memory.
     pub session_store_max_queued: usize,
+    /// How long a session's Redis keys outlive the session, s: a parked session's
+    /// keys expire `session expiry + this` after they were last refreshed, a clean
+    /// session's this long after its node last refreshed them, refreshed every
+    /// quarter of it by the node holding the session (see the cluster crate's
+    /// `lifetime` module).
+    pub session_grace_secs: u64,
+    /// PEM file of the certificate authorities that sign the Redis servers'
+    /// certificates (`rediss://` only); default: the system's trust store.
+    pub redis_tls_ca: Option<PathBuf>,
+    /// PEM client certificate (chain) presented to Redis for mutual TLS; needs
+    /// `redis_tls_key`.
+    pub redis_tls_cert: Option<PathBuf>,
+    /// PEM private key of `redis_tls_cert`.
+    pub redis_tls_key: Option<PathBuf>,
 }
 
 /// Bounds of what waits to cross the bus toward one destination node (from
@@ -186,6 +200,10 @@ impl Default for ClusterTuning {
             redis_wait_replicas: 0,
             redis_wait_timeout_ms: 1000,
             session_store_max_queued: 65_536,
+            session_grace_secs: 300,
+            redis_tls_ca: None,
+            redis_tls_cert: None,
+            redis_tls_key: None,
         }
     }
 }
@@ -225,6 +243,14 @@ pub struct ClusterSettings {
     pub redis_wait_timeout: std::time::Duration,
     /// See [`ClusterTuning::session_store_max_queued`].
     pub session_store_max_queued: usize,
+    /// See [`ClusterTuning::session_grace_secs`].
+    pub session_grace: std::time::Duration,
+    /// See [`ClusterTuning::redis_tls_ca`].
+    pub redis_tls_ca: Option<PathBuf>,
+    /// See [`ClusterTuning::redis_tls_cert`].
+    pub redis_tls_cert: Option<PathBuf>,
+    /// See [`ClusterTuning::redis_tls_key`].
+    pub redis_tls_key: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -502,6 +528,27 @@ impl Config {
                 "must be at least 1 when cluster.redis_wait_replicas is set (0 would wait forever)",
             ));
         }
+        if c.session_grace_secs == 0 {
+            return Err(ConfigError::new(
+                "cluster.session_grace_secs",
+                "must be at least 1 (session keys are refreshed every quarter of it)",
+            ));
+        }
+        match (&c.redis_tls_cert, &c.redis_tls_key) {
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    "cluster.redis_tls_key",
+                    "required with cluster.redis_tls_cert (the client certificate's key)",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "cluster.redis_tls_cert",
+                    "required with cluster.redis_tls_key",
+                ))
+            }
+            _ => {}
+        }
         if !self.allow_anonymous && self.password_file.is_none() {
             return Err(ConfigError::new(
                 "allow_anonymous",
@@ -618,6 +665,10 @@ impl Config {
                 self.cluster.redis_wait_timeout_ms,
             ),
             session_store_max_queued: self.cluster.session_store_max_queued,
+            session_grace: std::time::Duration::from_secs(self.cluster.session_grace_secs),
+            redis_tls_ca: self.cluster.redis_tls_ca.clone(),
+            redis_tls_cert: self.cluster.redis_tls_cert.clone(),
+            redis_tls_key: self.cluster.redis_tls_key.clone(),
         })
     }
 }

@@ -11,6 +11,10 @@
 //!   if any, are those of the Redis master and replicas (an ACL user); the sentinels
 //!   themselves are reached without authentication.
 //!
+//! With TLS ([`crate::tls`]): `rediss://`, `rediss+cluster://`, `rediss+sentinel://`;
+//! the server certificate and host name are always verified (against
+//! `cluster.redis_tls_ca` when set), a client certificate is optional.
+//!
 //! `redis://user:password@host:port` logs in as a Redis ACL user (`AUTH user password`
 //! on every connection); `docs/reliability.md` lists the minimal ACL the nodes need.
 //!
@@ -36,6 +40,7 @@ use thiserror::Error;
 use crate::durable::Durable;
 use crate::health::RedisHealth;
 use crate::sentinel::{Master, SentinelConn};
+use crate::tls::{is_tls_url, RedisTls, TlsError};
 
 /// Redis could not be reached or used.
 #[derive(Debug, Error)]
@@ -57,6 +62,14 @@ pub enum RedisError {
         secs: u64,
         /// The last error.
         reason: String,
+    },
+    /// The TLS settings cannot be used with this URL.
+    #[error("redis: {url}: {source}")]
+    Tls {
+        /// The URL.
+        url: String,
+        /// What is wrong.
+        source: TlsError,
     },
     /// A command failed.
     #[error("redis: {0}")]
@@ -135,9 +148,12 @@ enum Target {
         sentinels: Vec<String>,
         master: String,
         /// The master's and replicas' credentials, from the URL.
-        node: Option<redis::sentinel::SentinelNodeConnectionInfo>,
+        node: Option<redis::RedisConnectionInfo>,
         /// Shared by every connection of the deployment (see [`Redis::forget_master`]).
         current: Arc<Master>,
+        /// `rediss+sentinel://`: TLS to the sentinels and to the servers they name,
+        /// with these certificates (`None`: the system's trust store).
+        tls: Option<Option<redis::TlsCertificates>>,
     },
 }
 
@@ -164,8 +180,14 @@ impl std::fmt::Debug for Redis {
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Redis {
-    /// Connects, failing if Redis does not answer a PING within `timeout`.
-    pub async fn connect(url: &str, timeout: Duration) -> Result<Redis, RedisError> {
+    /// Connects, failing if Redis does not answer a PING within `timeout`. `tls`
+    /// applies to the TLS forms of the URL only ([`crate::tls`]); given with a
+    /// plain-text URL it is an error.
+    pub async fn connect(
+        url: &str,
+        tls: &RedisTls,
+        timeout: Duration,
+    ) -> Result<Redis, RedisError> {
         let full = url;
         // What errors, logs and `url()` show: the password replaced by `***`.
         let url = &redact(full);
@@ -173,15 +195,34 @@ impl Redis {
             url: url.to_string(),
             reason: reason.to_string(),
         };
-        let target = if let Some(rest) = full.strip_prefix("redis+cluster://") {
-            let seeds: Vec<String> = rest.split(',').map(|h| format!("redis://{h}")).collect();
-            let client = ClusterClient::builder(seeds)
+        let secure = is_tls_url(full);
+        if !secure && !tls.is_empty() {
+            return Err(bad(
+                "cluster.redis_tls_ca/cert/key are set but the URL is not \
+                 rediss://, rediss+cluster:// or rediss+sentinel://: refusing to send \
+                 in plain text",
+            ));
+        }
+        let certs = tls.certificates().map_err(|source| RedisError::Tls {
+            url: url.to_string(),
+            source,
+        })?;
+        // `rediss+...` is the TLS form of `redis+...`.
+        let plain = match full.strip_prefix("rediss+") {
+            Some(rest) => format!("redis+{rest}"),
+            None => full.to_string(),
+        };
+        let scheme = if secure { "rediss" } else { "redis" };
+        let target = if let Some(rest) = plain.strip_prefix("redis+cluster://") {
+            let seeds: Vec<String> = rest.split(',').map(|h| format!("{scheme}://{h}")).collect();
+            let mut builder = ClusterClient::builder(seeds)
                 .connection_timeout(timeout)
-                .response_timeout(RESPONSE_TIMEOUT)
-                .build()
-                .map_err(|e| bad(&e.to_string()))?;
-            Target::Cluster(Box::new(client))
-        } else if let Some(rest) = full.strip_prefix("redis+sentinel://") {
+                .response_timeout(RESPONSE_TIMEOUT);
+            if let Some(certs) = certs {
+                builder = builder.certs(certs);
+            }
+            Target::Cluster(Box::new(builder.build().map_err(|e| bad(&e.to_string()))?))
+        } else if let Some(rest) = plain.strip_prefix("redis+sentinel://") {
             let (hosts, master) = rest.split_once('/').ok_or_else(|| {
                 bad("expected redis+sentinel://[user:password@]host:port[,host:port]/master")
             })?;
@@ -194,13 +235,21 @@ impl Redis {
                 .transpose()
                 .map_err(|e| bad(&e.to_string()))?;
             Target::Sentinel {
-                sentinels: hosts.split(',').map(|h| format!("redis://{h}")).collect(),
+                sentinels: hosts
+                    .split(',')
+                    .map(|h| format!("{scheme}://{h}"))
+                    .collect(),
                 master: master.to_string(),
                 node,
                 current: Arc::new(Master::default()),
+                tls: secure.then_some(certs),
             }
         } else {
-            Target::Single(Client::open(full).map_err(|e| bad(&e.to_string()))?)
+            let client = match certs {
+                Some(certs) => Client::build_with_tls(full, certs),
+                None => Client::open(full),
+            };
+            Target::Single(client.map_err(|e| bad(&e.to_string()))?)
         };
         let unreachable = |reason: String| RedisError::Unreachable {
             url: url.to_string(),
@@ -345,7 +394,7 @@ pub fn redact(url: &str) -> String {
 fn master_credentials(
     credentials: &str,
     hosts: &str,
-) -> Result<redis::sentinel::SentinelNodeConnectionInfo, redis::RedisError> {
+) -> Result<redis::RedisConnectionInfo, redis::RedisError> {
     use redis::IntoConnectionInfo;
     let first = hosts.split(',').next().unwrap_or_default();
     let info = format!("redis://{credentials}@{first}").into_connection_info()?;
@@ -357,7 +406,7 @@ fn master_credentials(
     if let Some(password) = parsed.password() {
         settings = settings.set_password(password);
     }
-    Ok(redis::sentinel::SentinelNodeConnectionInfo::default().set_redis_connection_info(settings))
+    Ok(settings)
 }
 
 async fn open(
@@ -383,18 +432,59 @@ async fn open(
             master,
             node,
             current,
+            tls,
         } => {
-            let client = redis::sentinel::SentinelClient::build(
-                sentinels.clone(),
-                master.clone(),
-                node.clone(),
-                redis::sentinel::SentinelServerType::Master,
-            )?;
+            let client = match tls {
+                Some(certs) => sentinel_tls_client(sentinels, master, node, certs)?,
+                None => redis::sentinel::SentinelClient::build(
+                    sentinels.clone(),
+                    master.clone(),
+                    node.clone().map(|settings| {
+                        redis::sentinel::SentinelNodeConnectionInfo::default()
+                            .set_redis_connection_info(settings)
+                    }),
+                    redis::sentinel::SentinelServerType::Master,
+                )?,
+            };
             let conn = SentinelConn::new(client, current.clone(), response, connect);
             conn.connect().await?;
             Conn::Sentinel(conn)
         }
     })
+}
+
+/// A Sentinel client speaking TLS to the sentinels and to the master they name, both
+/// verified against `certs` (or the system's trust store), with the master's
+/// credentials from `node`.
+fn sentinel_tls_client(
+    sentinels: &[String],
+    master: &str,
+    node: &Option<redis::RedisConnectionInfo>,
+    certs: &Option<redis::TlsCertificates>,
+) -> Result<redis::sentinel::SentinelClient, redis::RedisError> {
+    use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
+    use redis::{IntoConnectionInfo, TlsMode};
+    let addrs = sentinels
+        .iter()
+        .map(|s| s.as_str().into_connection_info().map(|i| i.addr().clone()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut b = SentinelClientBuilder::new(addrs, master, SentinelServerType::Master)?
+        .set_client_to_sentinel_tls_mode(TlsMode::Secure)
+        .set_client_to_redis_tls_mode(TlsMode::Secure);
+    if let Some(certs) = certs {
+        b = b
+            .set_client_to_sentinel_certificates(certs.clone())
+            .set_client_to_redis_certificates(certs.clone());
+    }
+    if let Some(settings) = node {
+        if let Some(user) = settings.username() {
+            b = b.set_client_to_redis_username(user);
+        }
+        if let Some(password) = settings.password() {
+            b = b.set_client_to_redis_password(password);
+        }
+    }
+    b.build()
 }
 
 /// Retry pacing for the Redis loops: 100 ms, doubling to at most 5 s, back to 100 ms
@@ -654,9 +744,13 @@ mod tests {
     #[tokio::test]
     async fn unreachable_redis_is_a_clear_error() {
         // Port 1 on loopback: nothing listens there.
-        let e = Redis::connect("redis://127.0.0.1:1", Duration::from_millis(500))
-            .await
-            .unwrap_err();
+        let e = Redis::connect(
+            "redis://127.0.0.1:1",
+            &RedisTls::default(),
+            Duration::from_millis(500),
+        )
+        .await
+        .unwrap_err();
         let text = e.to_string();
         assert!(
             text.contains("cannot connect to redis://127.0.0.1:1"),
@@ -666,9 +760,13 @@ mod tests {
 
     #[tokio::test]
     async fn bad_url_is_a_clear_error() {
-        let e = Redis::connect("redis+sentinel://nohost", Duration::from_millis(200))
-            .await
-            .unwrap_err();
+        let e = Redis::connect(
+            "redis+sentinel://nohost",
+            &RedisTls::default(),
+            Duration::from_millis(200),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(e, RedisError::Url { .. }), "{e}");
     }
 }

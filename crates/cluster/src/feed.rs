@@ -323,3 +323,25 @@ pub fn retained_change(node: String, msg: &broker::message::Message) -> Change {
         value: (!msg.publish.payload().is_empty()).then(|| retained_value(msg)),
     }
 }
+
+/// Deletes `(identity, filter)` routes from Redis, then announces each removal.
+pub async fn remove_routes(
+    conn: &Conn,
+    keys: &Keys,
+    routes: &[(&str, &str)],
+) -> Result<(), redis::RedisError> {
+    let hdel = routes.iter().map(|(identity, filter)| {
+        let mut c = redis::cmd("HDEL");
+        c.arg(keys.routes()).arg(route_field(identity, filter));
+        (keys.routes(), c)
+    });
+    run_per_key(conn, hdel.collect()).await?;
+    let announce = routes.iter().map(|(identity, filter)| {
+        let record = crate::wire::FeedRecord::RouteRemoved {
+            node: identity.to_string(),
+            filter: filter.to_string(),
+        };
+        (keys.feed(), feed_entry(keys, &record))
+    });
+    run_per_key(conn, announce.collect()).await
+}

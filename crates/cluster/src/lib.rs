@@ -5,6 +5,8 @@
 //!   role and connection count). The load balancer uses that crate alone.
 //! - [`conn`] — connections to Redis (single, TLS, Sentinel, Cluster) and the key
 //!   layout (prefix and hash tags).
+//! - [`tls`] — TLS toward Redis (`rediss://`, `rediss+cluster://`,
+//!   `rediss+sentinel://`): verification, a custom CA, a client certificate.
 //! - [`durable`] — `WAIT` for replicas before an acknowledgement is released
 //!   (`cluster.redis_wait_replicas`).
 //! - [`sentinel`] — a connection that follows a Sentinel failover (reopens through
@@ -22,6 +24,8 @@
 //!   one log line per transition, the counters behind the health endpoint.
 //! - [`sessions`] — persistent sessions in Redis (subscriptions, will, and a journal
 //!   of unacknowledged deliveries), so that a session outlives its node.
+//! - [`lifetime`] — every key's lifetime: session keys expire with their session
+//!   (refreshed while it lives), a failed node's inbox goes after its repair.
 //! - [`node`] — [`node::ClusterNode`]: starts all of the above and implements the
 //!   broker's `Cluster` interface.
 
@@ -31,10 +35,12 @@ pub mod conn;
 pub mod durable;
 pub mod feed;
 pub mod health;
+pub mod lifetime;
 pub mod node;
 pub mod routes;
 pub mod sentinel;
 pub mod sessions;
+pub mod tls;
 pub mod wire;
 
 pub use node::{ClusterNode, StartError};

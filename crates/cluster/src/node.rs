@@ -26,8 +26,10 @@ use crate::backlog::Backlog;
 use crate::bus::{self, Outgoing};
 use crate::conn::{query_per_key, run_per_key, Keys, Redis, RedisError, INBOX_GROUP};
 use crate::feed::{self, Change};
+use crate::lifetime;
 use crate::routes::RouteTable;
 use crate::sessions::Sessions;
+use crate::tls::RedisTls;
 use crate::wire;
 use crate::wire::{publish_bytes, put_kick, put_message};
 use membership::{self, MemberEvent, MembershipConfig, MembershipHandle, NodeMeta};
@@ -57,13 +59,25 @@ pub enum StartError {
 /// It also records the session's expiry and will (ARGV 2, 3; an empty will removes
 /// it), discards the stored session on Clean Start (ARGV 4 = 1), and returns whether a
 /// persistent session existed before.
+/// Expiry handling (`crate::lifetime`): a new hash starts its epoch at Redis's clock
+/// in µs (keys left by an expired one are dropped), and every session key gets TTL
+/// expiry + grace (ARGV 5, ms).
 const CLAIM_SCRIPT: &str = r"
 local prev = redis.call('HGET', KEYS[1], 'owner')
 local prev_exp = tonumber(redis.call('HGET', KEYS[1], 'exp') or '0')
+if not redis.call('HGET', KEYS[1], 'epoch') then
+  local t = redis.call('TIME')
+  redis.call('HSET', KEYS[1], 'epoch', t[1] .. string.rep('0', 6 - #t[2]) .. t[2])
+  redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+end
 local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'exp', ARGV[2])
 if ARGV[3] == '' then redis.call('HDEL', KEYS[1], 'will') else redis.call('HSET', KEYS[1], 'will', ARGV[3]) end
 if ARGV[4] == '1' then redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5]) end
+for i = 1, 5 do
+  if tonumber(ARGV[2]) >= 4294967295 then redis.call('PERSIST', KEYS[i])
+  else redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[2]) * 1000 + tonumber(ARGV[5])) end
+end
 local existed = 0
 if prev_exp > 0 and ARGV[4] ~= '1' then existed = 1 end
 return {prev or '', epoch, existed}
@@ -101,6 +115,8 @@ pub struct ClusterNode {
     handovers: Arc<bus::Handovers>,
     /// Persistent sessions in Redis.
     sessions: Arc<Sessions>,
+    /// `cluster.session_grace_secs` (see [`crate::lifetime`]).
+    session_grace: Duration,
     /// This node, for tasks it spawns from `&self`.
     this: std::sync::OnceLock<std::sync::Weak<ClusterNode>>,
     broker: Arc<Broker>,
@@ -138,7 +154,7 @@ impl ClusterNode {
     ) -> Result<Arc<ClusterNode>, StartError> {
         let me = settings.node_id.clone();
         let timeout = Duration::from_secs(settings.redis_connect_timeout_secs);
-        let redis = Redis::connect(&settings.redis, timeout)
+        let redis = Redis::connect(&settings.redis, &RedisTls::from(settings), timeout)
             .await?
             .with_wait_replicas(settings.redis_wait_replicas, settings.redis_wait_timeout)?;
         let keys = Keys::new(&settings.key_prefix);
@@ -171,7 +187,7 @@ impl ClusterNode {
             .filter_map(|f| f.split_once('\n'))
             .filter(|(identity, _)| node_of(identity) == me)
             .collect();
-        remove_routes(&conn, &keys, &stale).await?;
+        feed::remove_routes(&conn, &keys, &stale).await?;
 
         let routes = Arc::new(Mutex::new(RouteTable::new()));
         // Not bounded (yet): its producers are a filter's first subscription or last
@@ -192,6 +208,7 @@ impl ClusterNode {
             keys.clone(),
             me.clone(),
             settings.session_store_max_queued,
+            settings.session_grace,
         );
         broker.stall.set_limit(settings.liveness_ttl);
         let (this_tx, this_rx) = oneshot::channel::<std::sync::Weak<ClusterNode>>();
@@ -207,6 +224,13 @@ impl ClusterNode {
                 stop_rx.clone(),
             )),
             tokio::spawn(feed::writer(redis.clone(), keys.clone(), changes.clone())),
+            tokio::spawn(lifetime::refresher(
+                redis.conn(),
+                keys.clone(),
+                &me,
+                broker.clone(),
+                settings,
+            )),
             tokio::spawn(bus::forwarder(
                 redis.clone(),
                 keys.clone(),
@@ -248,6 +272,7 @@ impl ClusterNode {
             claim_script: redis::Script::new(CLAIM_SCRIPT),
             handovers,
             sessions,
+            session_grace: settings.session_grace,
             this: std::sync::OnceLock::new(),
             broker: broker.clone(),
             nodes_repaired: Default::default(),
@@ -604,6 +629,7 @@ impl ClusterNode {
                     .unwrap_or(false);
                 if !busy {
                     self.drop_routes_of(dead).await;
+                    lifetime::forget_later(self.redis.conn(), self.keys.clone(), dead);
                 }
             }
             Some(targets) => {
@@ -635,6 +661,9 @@ impl ClusterNode {
                         } else {
                             node.take_inbox(&dead, &targets).await;
                         }
+                    }
+                    if let Some(node) = node.upgrade() {
+                        lifetime::forget_dead_node(&node.redis.conn(), &node.keys, &dead).await;
                     }
                 });
             }
@@ -810,57 +839,6 @@ impl ClusterNode {
     }
 }
 
-/// Takes over a failed node's sessions once Redis confirms it is dead (its liveness
-/// key expired): gossip alone may call a merely slow node dead.
-async fn repair_sessions(node: Arc<ClusterNode>, dead: String) {
-    let declared = std::time::Instant::now();
-    let deadline = declared + Duration::from_secs(10);
-    loop {
-        match node.is_alive(&dead).await {
-            Ok(false) => break,
-            Ok(true) if std::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Ok(true) => {
-                tracing::info!(node = %dead, "node declared failed by gossip is alive in redis; its sessions stay with it");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(node = %dead, error = %e, "cannot confirm a node's failure in redis; not taking its sessions");
-                return;
-            }
-        }
-    }
-    let ms = declared.elapsed().as_millis() as u64;
-    node.last_confirm_ms
-        .store(ms, std::sync::atomic::Ordering::Relaxed);
-    tracing::info!(node = %dead, ms, "node failure confirmed in redis (liveness expired)");
-    node.repair_node(&dead).await;
-}
-
-/// Deletes `(identity, filter)` routes from Redis, then announces each removal.
-async fn remove_routes(
-    conn: &crate::conn::Conn,
-    keys: &Keys,
-    routes: &[(&str, &str)],
-) -> Result<(), redis::RedisError> {
-    let hdel = routes.iter().map(|(identity, filter)| {
-        let mut c = redis::cmd("HDEL");
-        c.arg(keys.routes())
-            .arg(feed::route_field(identity, filter));
-        (keys.routes(), c)
-    });
-    run_per_key(conn, hdel.collect()).await?;
-    let announce = routes.iter().map(|(identity, filter)| {
-        let record = crate::wire::FeedRecord::RouteRemoved {
-            node: identity.to_string(),
-            filter: filter.to_string(),
-        };
-        (keys.feed(), feed::feed_entry(keys, &record))
-    });
-    run_per_key(conn, announce.collect()).await
-}
-
 /// A run's name in the route table.
 pub fn route_identity(node_id: &str, generation: u64) -> String {
     format!("{node_id}@{generation}")
@@ -893,7 +871,7 @@ async fn watch_members(
                     node.failures_detected
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     node.routes.lock().mark_down(&identity);
-                    tokio::spawn(repair_sessions(node.clone(), node_id));
+                    tokio::spawn(liveness::repair_sessions(node.clone(), node_id));
                 }
                 Ok(MemberEvent::Left { node_id, generation }) => {
                     tracing::info!(node = %node_id, "node left");
@@ -1141,6 +1119,7 @@ impl ClusterNode {
                 .arg(request.expiry_secs)
                 .arg(will)
                 .arg(u8::from(request.clean_start))
+                .arg(self.session_grace.as_millis() as u64)
                 .invoke_async(&mut conn)
                 .await
                 .map_err(ClusterError::unavailable)?;

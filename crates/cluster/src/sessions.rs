@@ -19,17 +19,20 @@ use std::sync::Arc;
 use broker::cluster::{ClusterError, JournalOutcome, SessionChange};
 use broker::mailbox::Journaled;
 use broker::router::Blocked;
-use broker::session::{JournalUpdate, Outbound, PendingWill, SessionSnapshot};
+use broker::session::{Outbound, PendingWill, SessionSnapshot};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::conn::{query_per_key, Backoff, Conn, Keys};
+use crate::lifetime::keep_ttl_lua;
 use crate::wire::{
-    journal_received, journal_value, journal_value_unnumbered, read_journal, read_subscription,
-    read_will, subscription_value, will_value, JournalEntry,
+    journal_value, journal_value_unnumbered, read_journal, read_subscription, read_will,
+    JournalEntry,
 };
 
 mod queue;
 pub use queue::StoreQueue;
+mod changes;
+use changes::change_cmds;
 
 /// Appends journal entries to a session; returns 0 when the session's epoch moved on
 /// (another node claimed it meanwhile). The entries are written either way: the
@@ -45,7 +48,9 @@ pub use queue::StoreQueue;
 /// queued instead of being taken for a duplicate (the new owner otherwise only
 /// found it by reading the journal, in the few seconds after a takeover it does so).
 /// A repair's `P` entries are nobody's in the same way.
-const JOURNAL_SCRIPT: &str = r"
+const JOURNAL_SCRIPT: &str = concat!(
+    keep_ttl_lua!(),
+    r"
 local out = {1}
 local owner = redis.call('HGET', KEYS[1], 'epoch') == ARGV[1]
 if not owner then out[1] = 0 end
@@ -67,8 +72,10 @@ for i = 2, #ARGV, 2 do
     end
   end
 end
+keep_ttl(KEYS[2], KEYS[1])
 return out
-";
+"
+);
 
 /// The previous owner (ARGV[3]), kicked by the claim of ARGV[1] at epoch ARGV[2]:
 /// 0 when Redis names it the owner again (that claim was given back, or it claimed the
@@ -109,7 +116,9 @@ pub enum Released {
 /// Appends journal entries to a session whoever owns it, reserving packet ids from
 /// the session's own counter: for messages a dead node held for a session that was
 /// claimed elsewhere before the repair (its new owner loads them after the repair).
-const JOURNAL_ANY_SCRIPT: &str = r"
+const JOURNAL_ANY_SCRIPT: &str = concat!(
+    keep_ttl_lua!(),
+    r"
 local ids = {}
 for i = 1, #ARGV, 2 do
   if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 0 and not redis.call('ZSCORE', KEYS[3], ARGV[i]) then
@@ -117,51 +126,10 @@ for i = 1, #ARGV, 2 do
     redis.call('HSET', KEYS[2], ARGV[i], 'P' .. string.char(math.floor(id / 256), id % 256) .. ARGV[i + 1])
   end
 end
+keep_ttl(KEYS[2], KEYS[1])
 return 1
-";
-
-/// Writes back a session after Redis lost its data, unless another node claimed the
-/// client id since: owner, epoch (never lowered), expiry, will, subscriptions
-/// (ARGV 5 says how many pairs), then journal entries (`HSETNX`).
-const RESTORE_SCRIPT: &str = r"
-local owner = redis.call('HGET', KEYS[1], 'owner')
-if owner and owner ~= '' and owner ~= ARGV[1] then return 0 end
-local e = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0')
-if e < tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], 'epoch', ARGV[2]) end
-redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'exp', ARGV[3])
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'will', ARGV[4]) end
-local i = 6
-for k = 1, tonumber(ARGV[5]) do
-  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
-  i = i + 2
-end
-while i < #ARGV do
-  redis.call('HSETNX', KEYS[3], ARGV[i], ARGV[i + 1])
-  i = i + 2
-end
-return 1
-";
-
-/// Forgets a delivered journal entry and remembers its key (ARGV 1) for ARGV 3 ms
-/// after ARGV 2 (now), dropping keys remembered longer.
-const DONE_SCRIPT: &str = r"
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[2]) - tonumber(ARGV[3]))
-return 1
-";
-
-/// How long a delivered message's key is remembered per session.
-const DONE_REMEMBERED: std::time::Duration = std::time::Duration::from_secs(600);
-
-/// Records an inbound QoS 2 packet id's message id, if the connection (ARGV 1, its
-/// epoch) still owns the session: a node that was frozen and declared dead must not
-/// route what it reads from its sockets afterwards.
-const INBOUND_SCRIPT: &str = r"
-if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-return 1
-";
+"
+);
 
 /// Takes over a session from a dead node, if that node still owns it and there is
 /// something to take (a persistent session or a will): new epoch, new owner.
@@ -234,6 +202,7 @@ impl Sessions {
         keys: Keys,
         me: String,
         max_queued: usize,
+        grace: std::time::Duration,
     ) -> (Arc<Sessions>, tokio::task::JoinHandle<()>) {
         // Journal entries, the data path, are bounded by `max_queued`: beyond it a
         // message is refused (not acknowledged) rather than queued. The other changes
@@ -247,7 +216,7 @@ impl Sessions {
         let task = tokio::spawn(writer(
             conn.clone(),
             keys.clone(),
-            me.clone(),
+            (me.clone(), grace),
             rx,
             queue.clone(),
         ));
@@ -598,7 +567,7 @@ fn snapshot(
 async fn writer(
     conn: Conn,
     keys: Keys,
-    me: String,
+    (me, grace): (String, std::time::Duration),
     mut rx: mpsc::UnboundedReceiver<Op>,
     queue: Arc<StoreQueue>,
 ) {
@@ -635,13 +604,13 @@ async fn writer(
         let mut change_at = Vec::with_capacity(changes.len());
         for (c, _) in &changes {
             change_at.push(cmds.len());
-            change_cmds(&keys, &me, c, &mut cmds);
+            change_cmds(&keys, (&me, grace), c, &mut cmds);
         }
         for op in batch {
             match op {
                 Op::Change(c, stored) => {
                     change_at.push(cmds.len());
-                    change_cmds(&keys, &me, &c, &mut cmds);
+                    change_cmds(&keys, (&me, grace), &c, &mut cmds);
                     changes.push((c, stored));
                 }
                 Op::Journal(j) => {
@@ -804,138 +773,6 @@ fn groups(entries: &[Entry]) -> Vec<std::ops::Range<usize>> {
     out
 }
 
-/// The Redis commands that mirror one change.
-fn change_cmds(keys: &Keys, me: &str, c: &SessionChange, out: &mut Vec<(String, redis::Cmd)>) {
-    match c {
-        SessionChange::Subscribed {
-            client_id,
-            filter,
-            sub,
-        } => {
-            let mut cmd = redis::cmd("HSET");
-            cmd.arg(keys.subscriptions(client_id))
-                .arg(filter)
-                .arg(subscription_value(sub));
-            out.push((keys.session(client_id), cmd));
-        }
-        SessionChange::Unsubscribed { client_id, filter } => {
-            let mut cmd = redis::cmd("HDEL");
-            cmd.arg(keys.subscriptions(client_id)).arg(filter);
-            out.push((keys.session(client_id), cmd));
-        }
-        SessionChange::Journal { client_id, updates } => {
-            for u in updates {
-                let mut cmd = match u {
-                    JournalUpdate::Done(key) => {
-                        // Deleted, and remembered for a while: a copy of the same
-                        // message arriving late (a repair, a publisher's resend) is
-                        // then not stored again.
-                        let mut cmd = redis::cmd("EVAL");
-                        cmd.arg(DONE_SCRIPT)
-                            .arg(2)
-                            .arg(keys.journal(client_id))
-                            .arg(keys.done(client_id))
-                            .arg(&**key)
-                            .arg(unix_ms())
-                            .arg(DONE_REMEMBERED.as_millis() as u64);
-                        cmd
-                    }
-                    JournalUpdate::Received(j) => {
-                        let mut cmd = redis::cmd("HSET");
-                        cmd.arg(keys.journal(client_id))
-                            .arg(&*j.key)
-                            .arg(journal_received(j.packet_id));
-                        cmd
-                    }
-                };
-                out.push((keys.session(client_id), std::mem::take(&mut cmd)));
-            }
-        }
-        SessionChange::WillDone { client_id } => {
-            let mut cmd = redis::cmd("HDEL");
-            cmd.arg(keys.session(client_id)).arg("will");
-            out.push((keys.session(client_id), cmd));
-        }
-        SessionChange::InboundQos2 {
-            client_id,
-            epoch,
-            packet_id,
-            message_id,
-        } => {
-            let mut cmd = match message_id {
-                Some(id) => {
-                    let mut c = redis::cmd("EVAL");
-                    c.arg(INBOUND_SCRIPT)
-                        .arg(2)
-                        .arg(keys.session(client_id))
-                        .arg(keys.inbound(client_id))
-                        .arg(*epoch)
-                        .arg(*packet_id)
-                        .arg(&**id);
-                    c
-                }
-                None => {
-                    let mut c = redis::cmd("HDEL");
-                    c.arg(keys.inbound(client_id)).arg(*packet_id);
-                    c
-                }
-            };
-            out.push((keys.session(client_id), std::mem::take(&mut cmd)));
-        }
-        SessionChange::Restore(r) => {
-            let id = &r.client_id;
-            let mut cmd = redis::cmd("EVAL");
-            cmd.arg(RESTORE_SCRIPT)
-                .arg(3)
-                .arg(keys.session(id))
-                .arg(keys.subscriptions(id))
-                .arg(keys.journal(id))
-                .arg(me)
-                .arg(r.epoch)
-                .arg(r.expiry_secs)
-                .arg(r.will.as_ref().map(will_value).unwrap_or_default())
-                .arg(r.subscriptions.len());
-            for (filter, sub) in &r.subscriptions {
-                cmd.arg(filter).arg(subscription_value(sub));
-            }
-            for (id, o) in &r.journal {
-                match o {
-                    Outbound::Published(d) => {
-                        if let Some(j) = &d.journal {
-                            cmd.arg(&*j.key).arg(journal_value(d));
-                        }
-                    }
-                    Outbound::Released(Some(key)) => {
-                        cmd.arg(&**key).arg(journal_received(*id));
-                    }
-                    Outbound::Released(None) => {}
-                }
-            }
-            out.push((keys.session(id), cmd));
-            if r.expiry_secs > 0 || r.will.is_some() {
-                let mut sadd = redis::cmd("SADD");
-                sadd.arg(keys.owned(me)).arg(&**id);
-                out.push((keys.owned(me), sadd));
-            }
-        }
-        SessionChange::Ended { client_id } => {
-            let mut del = redis::cmd("DEL");
-            del.arg(keys.subscriptions(client_id))
-                .arg(keys.journal(client_id))
-                .arg(keys.done(client_id))
-                .arg(keys.inbound(client_id));
-            out.push((keys.session(client_id), del));
-            // The hash stays: its epoch keeps counting, so fencing tokens only grow.
-            let mut hdel = redis::cmd("HDEL");
-            hdel.arg(keys.session(client_id)).arg("exp").arg("will");
-            out.push((keys.session(client_id), hdel));
-            let mut srem = redis::cmd("SREM");
-            srem.arg(keys.owned(me)).arg(&**client_id);
-            out.push((keys.owned(me), srem));
-        }
-    }
-}
-
 /// The journal key of record `index` of inbox entry `entry` (a stream id,
 /// `<ms>-<seq>`) of `node`'s inbox: the same wherever and however often the entry is
 /// delivered.
@@ -948,7 +785,7 @@ pub fn inbox_key(node: &str, entry: &str, index: usize) -> String {
 }
 
 /// Milliseconds since the Unix epoch.
-fn unix_ms() -> u64 {
+pub(super) fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use astramq_cluster::conn::{Keys, Redis};
 use astramq_cluster::sessions::Sessions;
+use astramq_cluster::tls::RedisTls;
 use broker::config::QueueOverflow;
 use broker::mailbox::{Delivery, Mailbox, MailboxLimits};
 use broker::message::Message;
@@ -44,7 +45,7 @@ async fn redis_server() -> (Server, Redis) {
     let url = format!("redis://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match Redis::connect(&url, Duration::from_secs(1)).await {
+        match Redis::connect(&url, &RedisTls::default(), Duration::from_secs(1)).await {
             Ok(r) => return (server, r),
             Err(e) => assert!(
                 Instant::now() < deadline,
@@ -93,7 +94,9 @@ async fn first_byte(redis: &Redis, keys: &Keys, key: &str) -> u8 {
 async fn the_owners_copy_of_an_entry_a_non_owner_journaled_is_queued() {
     let (_server, redis) = redis_server().await;
     let keys = Keys::new("t");
-    let (sessions, _writer) = Sessions::start(redis.durable_conn(), keys.clone(), "n3".into(), 100);
+    let grace = Duration::from_secs(300);
+    let (sessions, _writer) =
+        Sessions::start(redis.durable_conn(), keys.clone(), "n3".into(), 100, grace);
     // The session is at epoch 2 (its owner's claim); a stale node still has epoch 1.
     let _: () = redis::cmd("HSET")
         .arg(keys.session("c"))

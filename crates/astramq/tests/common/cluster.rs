@@ -4,8 +4,9 @@
 //! - [`RedisServer`]: one `redis-server` on a free loopback port, no persistence,
 //!   killed on drop. [`RedisCluster`]: three of them in cluster mode, slots assigned
 //!   by `redis-cli --cluster create`. A missing `redis-server` fails the test.
-//! - [`resp`]: a tiny blocking RESP client (follows `MOVED`) to look at the keys the
-//!   nodes write (`astramq:{routes}`, the inbox streams, sessions).
+//! - [`resp`] (`common/resp.rs`, re-exported here): a tiny blocking RESP client
+//!   (follows `MOVED`; TLS through the redis crate) to look at the keys the nodes
+//!   write (`astramq:{routes}`, the inbox streams, sessions).
 //! - [`TestCluster`]: Redis plus n nodes `n1..nN`; `n1` is the gossip seed every other
 //!   node joins. [`TestCluster::kill`] (SIGKILL), [`TestCluster::stop`] (SIGTERM),
 //!   [`TestCluster::restart`] (same node id, same gossip address),
@@ -16,8 +17,7 @@
 //!   another node made so far — the barrier to pass before asserting exact counts),
 //!   [`TestCluster::wait_log`], and [`super::wait_for`] for anything else.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,128 +50,7 @@ pub fn redis_tool(name: &str) -> PathBuf {
     );
 }
 
-// ---------------------------------------------------------------------------
-// RESP
-// ---------------------------------------------------------------------------
-
-/// A minimal blocking Redis client: enough to read what the nodes wrote.
-pub mod resp {
-    use super::*;
-
-    /// A RESP2 reply.
-    #[derive(Debug, Clone, PartialEq)]
-    pub enum Value {
-        Status(String),
-        Error(String),
-        Int(i64),
-        Bulk(Option<Vec<u8>>),
-        Array(Option<Vec<Value>>),
-    }
-
-    impl Value {
-        /// A status or bulk reply as text (`""` for nil).
-        pub fn text(&self) -> String {
-            match self {
-                Value::Status(s) => s.clone(),
-                Value::Bulk(Some(b)) => String::from_utf8_lossy(b).into_owned(),
-                Value::Bulk(None) | Value::Array(None) => String::new(),
-                other => panic!("expected a string reply, got {other:?}"),
-            }
-        }
-
-        /// An array of bulk strings (nil = empty).
-        pub fn strings(&self) -> Vec<String> {
-            match self {
-                Value::Array(Some(items)) => items.iter().map(Value::text).collect(),
-                Value::Array(None) => Vec::new(),
-                other => panic!("expected an array reply, got {other:?}"),
-            }
-        }
-
-        /// An integer reply.
-        pub fn int(&self) -> i64 {
-            match self {
-                Value::Int(n) => *n,
-                other => panic!("expected an integer reply, got {other:?}"),
-            }
-        }
-
-        /// A flat `[field, value, field, value...]` array: the value after `field`.
-        pub fn field(&self, field: &str) -> Option<&Value> {
-            match self {
-                Value::Array(Some(items)) => items
-                    .chunks(2)
-                    .find(|kv| kv.len() == 2 && kv[0].text() == field)
-                    .map(|kv| &kv[1]),
-                _ => None,
-            }
-        }
-    }
-
-    /// Runs one command at `addr`, following Redis Cluster redirections.
-    pub fn command(addr: SocketAddr, args: &[&str]) -> std::io::Result<Value> {
-        let mut addr = addr;
-        for _ in 0..5 {
-            match once(addr, args)? {
-                Value::Error(e) if e.starts_with("MOVED ") || e.starts_with("ASK ") => {
-                    let to = e.split_whitespace().nth(2).unwrap_or_default();
-                    addr = to
-                        .parse()
-                        .map_err(|_| std::io::Error::other(format!("bad redirection {e:?}")))?;
-                }
-                other => return Ok(other),
-            }
-        }
-        Err(std::io::Error::other("too many redirections"))
-    }
-
-    fn once(addr: SocketAddr, args: &[&str]) -> std::io::Result<Value> {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut req = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            req.extend_from_slice(a.as_bytes());
-            req.extend_from_slice(b"\r\n");
-        }
-        (&stream).write_all(&req)?;
-        read_value(&mut BufReader::new(stream))
-    }
-
-    fn read_value(r: &mut impl BufRead) -> std::io::Result<Value> {
-        let mut line = String::new();
-        if r.read_line(&mut line)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        let line = line.trim_end_matches("\r\n");
-        let (kind, rest) = line.split_at(1);
-        let num = || -> std::io::Result<i64> {
-            rest.parse()
-                .map_err(|_| std::io::Error::other(format!("bad RESP line {line:?}")))
-        };
-        Ok(match kind {
-            "+" => Value::Status(rest.to_string()),
-            "-" => Value::Error(rest.to_string()),
-            ":" => Value::Int(num()?),
-            "$" => match num()? {
-                n if n < 0 => Value::Bulk(None),
-                n => {
-                    let mut b = vec![0u8; n as usize + 2];
-                    r.read_exact(&mut b)?;
-                    b.truncate(n as usize);
-                    Value::Bulk(Some(b))
-                }
-            },
-            "*" => match num()? {
-                n if n < 0 => Value::Array(None),
-                n => Value::Array(Some(
-                    (0..n).map(|_| read_value(r)).collect::<Result<_, _>>()?,
-                )),
-            },
-            _ => return Err(std::io::Error::other(format!("bad RESP line {line:?}"))),
-        })
-    }
-}
+pub use super::resp;
 
 // ---------------------------------------------------------------------------
 // redis-server
@@ -192,12 +71,26 @@ const REDIS_BINDS: [&str; 9] = [
     "127.0.0.18",
 ];
 
+/// The TLS files of a `redis-server` that speaks TLS only ([`RedisServer::start_tls`]).
+#[derive(Clone, Debug)]
+pub struct RedisTlsFiles {
+    /// The server's certificate and key (PEM).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The CA that signs the server's certificate and the clients' certificates.
+    pub ca: PathBuf,
+    /// A client certificate and key signed by `ca`: required from every client
+    /// (`--tls-auth-clients yes`) when set, not asked for otherwise.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
 /// One `redis-server` on a free loopback port, killed on drop.
 pub struct RedisServer {
     child: Child,
     port: u16,
     stderr: Arc<Mutex<String>>,
     dir: tempfile::TempDir,
+    tls: Option<RedisTlsFiles>,
     /// Keeps an append-only file, so a restart comes back with the data.
     persistent: bool,
 }
@@ -222,7 +115,7 @@ fn persistence_args(persistent: bool) -> [&'static str; 6] {
 impl RedisServer {
     /// Starts a standalone server: no snapshots, no AOF, loopback only.
     pub fn start() -> RedisServer {
-        Self::spawn(false, false)
+        Self::spawn(false, false, None)
     }
 
     /// Starts a standalone server with an append-only file: restarted after a kill,
@@ -230,10 +123,17 @@ impl RedisServer {
     /// documentation warns against restarting a master without persistence: its
     /// replicas, or a Sentinel that promotes it, would take its empty data set).
     pub fn start_persistent() -> RedisServer {
-        Self::spawn(false, true)
+        Self::spawn(false, true, None)
     }
 
-    fn spawn(cluster_mode: bool, persistent: bool) -> RedisServer {
+    /// Starts a standalone server that speaks TLS only (`--port 0 --tls-port P`);
+    /// [`RedisServer::cmd`] then speaks TLS too. [`RedisServer::restart`] is not
+    /// supported.
+    pub fn start_tls(tls: RedisTlsFiles) -> RedisServer {
+        Self::spawn(false, false, Some(tls))
+    }
+
+    fn spawn(cluster_mode: bool, persistent: bool, tls: Option<RedisTlsFiles>) -> RedisServer {
         let bin = redis_tool("redis-server");
         let mut last_log = String::new();
         // The port is free when picked but could be taken before redis binds it:
@@ -242,7 +142,24 @@ impl RedisServer {
             let dir = tempfile::tempdir().expect("tempdir");
             let port = free_port();
             let mut cmd = Command::new(&bin);
-            cmd.args(["--port", &port.to_string(), "--bind"])
+            match &tls {
+                None => cmd.args(["--port", &port.to_string()]),
+                Some(t) => cmd
+                    .args(["--port", "0", "--tls-port", &port.to_string()])
+                    .arg("--tls-cert-file")
+                    .arg(&t.cert)
+                    .arg("--tls-key-file")
+                    .arg(&t.key)
+                    .arg("--tls-ca-cert-file")
+                    .arg(&t.ca)
+                    .args([
+                        "--tls-auth-clients",
+                        if t.client.is_some() { "yes" } else { "no" },
+                    ])
+                    // A Redis Cluster's bus and replication over TLS too.
+                    .args(["--tls-cluster", "yes", "--tls-replication", "yes"]),
+            };
+            cmd.arg("--bind")
                 .args(REDIS_BINDS)
                 .args(persistence_args(persistent))
                 .arg("--dir")
@@ -269,6 +186,7 @@ impl RedisServer {
                 stderr,
                 dir,
                 persistent,
+                tls: tls.clone(),
             };
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
@@ -307,13 +225,23 @@ impl RedisServer {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
-    /// The URL nodes are given: `redis://127.0.0.1:PORT`.
+    /// The URL nodes are given: `redis://127.0.0.1:PORT` (`rediss://` with TLS).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     pub fn try_cmd(&self, args: &[&str]) -> std::io::Result<resp::Value> {
-        resp::command(self.addr(), args)
+        resp::command_with(self.addr(), self.tls.as_ref(), args)
+    }
+
+    /// The TLS files, when the server speaks TLS only.
+    pub fn tls(&self) -> Option<&RedisTlsFiles> {
+        self.tls.as_ref()
     }
 
     /// Runs a command; panics if Redis cannot be reached.
@@ -459,10 +387,29 @@ impl RedisCluster {
     /// masters at start: `redis-cli --cluster create` makes the first addresses
     /// masters).
     pub fn start_with_replicas(replicas: usize) -> RedisCluster {
+        Self::start_with(replicas, None)
+    }
+
+    /// Three masters speaking TLS only (clients, cluster bus, replication), no
+    /// replicas; [`RedisCluster::url`] is then `rediss+cluster://`.
+    pub fn start_tls(tls: RedisTlsFiles) -> RedisCluster {
+        Self::start_with(0, Some(tls))
+    }
+
+    fn start_with(replicas: usize, tls: Option<RedisTlsFiles>) -> RedisCluster {
         let n = 3 * (1 + replicas);
-        let servers: Vec<RedisServer> = (0..n).map(|_| RedisServer::spawn(true, false)).collect();
+        let servers: Vec<RedisServer> = (0..n)
+            .map(|_| RedisServer::spawn(true, false, tls.clone()))
+            .collect();
         let addrs: Vec<String> = servers.iter().map(|s| s.addr().to_string()).collect();
-        let out = Command::new(redis_tool("redis-cli"))
+        let mut create = Command::new(redis_tool("redis-cli"));
+        if let Some(t) = &tls {
+            create.arg("--tls").arg("--cacert").arg(&t.ca);
+            if let Some((cert, key)) = &t.client {
+                create.arg("--cert").arg(cert).arg("--key").arg(key);
+            }
+        }
+        let out = create
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
@@ -513,15 +460,22 @@ impl RedisCluster {
         RedisCluster { servers }
     }
 
-    /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3`.
+    /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3` (`rediss+cluster://`
+    /// with TLS).
     pub fn url(&self) -> String {
         let hosts: Vec<String> = self.servers.iter().map(|s| s.addr().to_string()).collect();
-        format!("redis+cluster://{}", hosts.join(","))
+        let scheme = if self.servers[0].tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}+cluster://{}", hosts.join(","))
     }
 
     /// Runs a command on whichever master holds the key (redirections followed).
     pub fn cmd(&self, args: &[&str]) -> resp::Value {
-        resp::command(self.servers[0].addr(), args)
+        self.servers[0]
+            .try_cmd(args)
             .unwrap_or_else(|e| panic!("redis cluster {args:?}: {e}"))
     }
 }
@@ -566,9 +520,18 @@ pub struct ClusterBuilder {
     redis_per_node: bool,
     sentinel: Option<usize>,
     user: Option<(String, String, Vec<String>)>,
+    tls: Option<RedisTlsFiles>,
 }
 
 impl ClusterBuilder {
+    /// Run on one `redis-server` that speaks TLS only ([`RedisServer::start_tls`]), or
+    /// with [`Self::redis_cluster`] on a TLS Redis Cluster; the nodes get the
+    /// `rediss://` (`rediss+cluster://`) URL (their TLS flags go in [`Self::args`]).
+    pub fn redis_tls(mut self, tls: RedisTlsFiles) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Run on Redis under Sentinel (a master, `replicas` replicas, three sentinels);
     /// the nodes get the `redis+sentinel://` URL.
     pub fn sentinel(mut self, replicas: usize) -> Self {
@@ -621,10 +584,19 @@ impl ClusterBuilder {
     /// Starts Redis, then `n1` (the seed), then the others joining `n1`, and waits
     /// until every node has seen every other come up.
     pub async fn start(self) -> TestCluster {
-        let redis = if self.redis_cluster {
+        let redis = if let (true, Some(tls)) = (self.redis_cluster, &self.tls) {
+            Backend::Cluster(RedisCluster::start_tls(tls.clone()))
+        } else if self.redis_cluster {
             Backend::Cluster(RedisCluster::start_with_replicas(self.cluster_replicas))
+        } else if let (Some(replicas), Some(tls)) = (self.sentinel, &self.tls) {
+            Backend::Sentinel(super::sentinel::RedisSentinel::start_tls(
+                replicas,
+                tls.clone(),
+            ))
         } else if let Some(replicas) = self.sentinel {
             Backend::Sentinel(super::sentinel::RedisSentinel::start(replicas))
+        } else if let Some(tls) = self.tls {
+            Backend::Single(RedisServer::start_tls(tls))
         } else {
             Backend::Single(RedisServer::start())
         };
@@ -708,6 +680,7 @@ impl TestCluster {
             redis_per_node: false,
             sentinel: None,
             user: None,
+            tls: None,
         }
     }
 

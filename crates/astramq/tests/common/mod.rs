@@ -25,6 +25,7 @@
 pub mod certs;
 pub mod cluster;
 pub mod raw;
+pub mod resp;
 pub mod sentinel;
 pub mod wsclients;
 

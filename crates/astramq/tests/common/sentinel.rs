@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::cluster::{redis_tool, resp, RedisServer};
+use super::cluster::{redis_tool, resp, RedisServer, RedisTlsFiles};
 use super::{free_port, tail};
 
 /// The master name the sentinels monitor.
@@ -32,17 +32,30 @@ struct SentinelProcess {
     child: Child,
     port: u16,
     dir: tempfile::TempDir,
+    tls: Option<RedisTlsFiles>,
 }
 
 impl SentinelProcess {
-    fn start(master: SocketAddr) -> SentinelProcess {
+    fn start(master: SocketAddr, tls: Option<&RedisTlsFiles>) -> SentinelProcess {
         let bin = redis_tool("redis-sentinel");
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let conf = dir.path().join("sentinel.conf");
         // Sentinel rewrites its configuration file: it must be its own, writable.
+        // With TLS: a TLS-only port, and TLS toward the servers and other sentinels.
+        let listen = match tls {
+            None => format!("port {port}\n"),
+            Some(t) => format!(
+                "port 0\ntls-port {port}\ntls-cert-file {}\ntls-key-file {}\n\
+                 tls-ca-cert-file {}\ntls-replication yes\ntls-auth-clients {}\n",
+                t.cert.display(),
+                t.key.display(),
+                t.ca.display(),
+                if t.client.is_some() { "yes" } else { "no" },
+            ),
+        };
         let text = format!(
-            "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile {dir}/sentinel.log\n\
+            "{listen}bind 127.0.0.1\ndir {dir}\nlogfile {dir}/sentinel.log\n\
              sentinel monitor {MASTER} {ip} {mport} 2\n\
              sentinel down-after-milliseconds {MASTER} {DOWN_AFTER_MS}\n\
              sentinel failover-timeout {MASTER} 5000\n\
@@ -59,7 +72,13 @@ impl SentinelProcess {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
-        let mut s = SentinelProcess { child, port, dir };
+        let tls = tls.cloned();
+        let mut s = SentinelProcess {
+            child,
+            port,
+            dir,
+            tls,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while !s.try_cmd(&["PING"]).is_ok_and(|v| v.text() == "PONG") {
             if let Ok(Some(status)) = s.child.try_wait() {
@@ -80,7 +99,7 @@ impl SentinelProcess {
     }
 
     fn try_cmd(&self, args: &[&str]) -> std::io::Result<resp::Value> {
-        resp::command(self.addr(), args)
+        resp::command_with(self.addr(), self.tls.as_ref(), args)
     }
 
     fn log(&self) -> String {
@@ -134,7 +153,22 @@ impl RedisSentinel {
     /// Starts a master, `replicas` replicas and the sentinels; returns once a
     /// failover is possible.
     pub fn start(replicas: usize) -> RedisSentinel {
-        let master = RedisServer::start_persistent();
+        Self::start_with(replicas, None)
+    }
+
+    /// [`RedisSentinel::start`] with every server and sentinel speaking TLS only
+    /// (replication and the sentinels' links too); the URL is `rediss+sentinel://`.
+    pub fn start_tls(replicas: usize, tls: RedisTlsFiles) -> RedisSentinel {
+        Self::start_with(replicas, Some(tls))
+    }
+
+    fn start_with(replicas: usize, tls: Option<RedisTlsFiles>) -> RedisSentinel {
+        let server = || match &tls {
+            // An append-only file: see RedisServer::start_persistent.
+            None => RedisServer::start_persistent(),
+            Some(t) => RedisServer::start_tls(t.clone()),
+        };
+        let master = server();
         // A replica (re)joining a master is synced at once rather than after the
         // default 5 s pause that waits for more replicas to share one transfer.
         master.cmd(&["CONFIG", "SET", "repl-diskless-sync-delay", "0"]);
@@ -142,7 +176,7 @@ impl RedisSentinel {
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut servers = vec![master];
         for _ in 0..replicas {
-            let replica = RedisServer::start_persistent();
+            let replica = server();
             replica.cmd(&["CONFIG", "SET", "repl-diskless-sync-delay", "0"]);
             replica.cmd(&["REPLICAOF", "127.0.0.1", &port]);
             while !replica
@@ -159,7 +193,7 @@ impl RedisSentinel {
             servers.push(replica);
         }
         let sentinels = (0..3)
-            .map(|_| SentinelProcess::start(servers[0].addr()))
+            .map(|_| SentinelProcess::start(servers[0].addr(), tls.as_ref()))
             .collect();
         let s = RedisSentinel { sentinels, servers };
         let want_replicas = replicas.to_string();
@@ -200,7 +234,15 @@ impl RedisSentinel {
             .iter()
             .map(|s| s.addr().to_string())
             .collect();
-        format!("redis+sentinel://{credentials}{}/{MASTER}", hosts.join(","))
+        let scheme = if self.servers[0].tls().is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!(
+            "{scheme}+sentinel://{credentials}{}/{MASTER}",
+            hosts.join(",")
+        )
     }
 
     /// Index in [`RedisSentinel::servers`] of the master the first sentinel names.

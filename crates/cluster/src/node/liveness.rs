@@ -154,3 +154,31 @@ impl Lease {
         !std::mem::replace(&mut self.fenced, true)
     }
 }
+
+/// Takes over a failed node's sessions once Redis confirms it is dead (its liveness
+/// key expired): gossip alone may call a merely slow node dead.
+pub(super) async fn repair_sessions(node: Arc<ClusterNode>, dead: String) {
+    let declared = std::time::Instant::now();
+    let deadline = declared + Duration::from_secs(10);
+    loop {
+        match node.is_alive(&dead).await {
+            Ok(false) => break,
+            Ok(true) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Ok(true) => {
+                tracing::info!(node = %dead, "node declared failed by gossip is alive in redis; its sessions stay with it");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(node = %dead, error = %e, "cannot confirm a node's failure in redis; not taking its sessions");
+                return;
+            }
+        }
+    }
+    let ms = declared.elapsed().as_millis() as u64;
+    node.last_confirm_ms
+        .store(ms, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(node = %dead, ms, "node failure confirmed in redis (liveness expired)");
+    node.repair_node(&dead).await;
+}

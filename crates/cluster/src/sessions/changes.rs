@@ -1,0 +1,215 @@
+//! The Redis commands that mirror a [`SessionChange`] of a persistent session (the
+//! session store's writer sends them in order, batched), and the scripts only they
+//! use.
+
+use broker::cluster::SessionChange;
+use broker::session::{JournalUpdate, Outbound};
+
+use super::unix_ms;
+use crate::conn::Keys;
+use crate::lifetime::{keep_ttl_lua, KEEP_TTL_SCRIPT};
+use crate::wire::{journal_received, journal_value, subscription_value, will_value};
+
+/// Writes back a session after Redis lost its data, unless another node claimed the
+/// client id since: owner, epoch (never lowered), expiry, will, subscriptions
+/// (ARGV 5 says how many pairs), then journal entries (`HSETNX`).
+const RESTORE_SCRIPT: &str = r"
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if owner and owner ~= '' and owner ~= ARGV[1] then return 0 end
+local e = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0')
+if e < tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], 'epoch', ARGV[2]) end
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'exp', ARGV[3])
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'will', ARGV[4]) end
+local i = 6
+for k = 1, tonumber(ARGV[5]) do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+while i < #ARGV do
+  redis.call('HSETNX', KEYS[3], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+return 1
+";
+
+/// Forgets a delivered journal entry and remembers its key (ARGV 1) for ARGV 3 ms
+/// after ARGV 2 (now), dropping keys remembered longer (KEYS 3: the session hash,
+/// whose TTL a new set takes).
+const DONE_SCRIPT: &str = concat!(
+    keep_ttl_lua!(),
+    r"
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[2]) - tonumber(ARGV[3]))
+keep_ttl(KEYS[2], KEYS[3])
+return 1
+"
+);
+
+/// How long a delivered message's key is remembered per session.
+const DONE_REMEMBERED: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Records an inbound QoS 2 packet id's message id, if the connection (ARGV 1, its
+/// epoch) still owns the session: a node that was frozen and declared dead must not
+/// route what it reads from its sockets afterwards.
+const INBOUND_SCRIPT: &str = concat!(
+    keep_ttl_lua!(),
+    r"
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+keep_ttl(KEYS[2], KEYS[1])
+return 1
+"
+);
+
+/// The Redis commands that mirror one change.
+pub(super) fn change_cmds(
+    keys: &Keys,
+    (me, grace): (&str, std::time::Duration),
+    c: &SessionChange,
+    out: &mut Vec<(String, redis::Cmd)>,
+) {
+    match c {
+        SessionChange::Subscribed {
+            client_id,
+            filter,
+            sub,
+        } => {
+            let mut cmd = redis::cmd("HSET");
+            cmd.arg(keys.subscriptions(client_id))
+                .arg(filter)
+                .arg(subscription_value(sub));
+            out.push((keys.session(client_id), cmd));
+            // A new `:subs` hash takes the session's TTL (`crate::lifetime`).
+            let mut ttl = redis::cmd("EVAL");
+            ttl.arg(KEEP_TTL_SCRIPT)
+                .arg(2)
+                .arg(keys.session(client_id))
+                .arg(keys.subscriptions(client_id));
+            out.push((keys.session(client_id), ttl));
+        }
+        SessionChange::Unsubscribed { client_id, filter } => {
+            let mut cmd = redis::cmd("HDEL");
+            cmd.arg(keys.subscriptions(client_id)).arg(filter);
+            out.push((keys.session(client_id), cmd));
+        }
+        SessionChange::Journal { client_id, updates } => {
+            for u in updates {
+                let mut cmd = match u {
+                    JournalUpdate::Done(key) => {
+                        // Deleted, and remembered for a while: a copy of the same
+                        // message arriving late (a repair, a publisher's resend) is
+                        // then not stored again.
+                        let mut cmd = redis::cmd("EVAL");
+                        cmd.arg(DONE_SCRIPT)
+                            .arg(3)
+                            .arg(keys.journal(client_id))
+                            .arg(keys.done(client_id))
+                            .arg(keys.session(client_id))
+                            .arg(&**key)
+                            .arg(unix_ms())
+                            .arg(DONE_REMEMBERED.as_millis() as u64);
+                        cmd
+                    }
+                    JournalUpdate::Received(j) => {
+                        let mut cmd = redis::cmd("HSET");
+                        cmd.arg(keys.journal(client_id))
+                            .arg(&*j.key)
+                            .arg(journal_received(j.packet_id));
+                        cmd
+                    }
+                };
+                out.push((keys.session(client_id), std::mem::take(&mut cmd)));
+            }
+        }
+        SessionChange::WillDone { client_id } => {
+            let mut cmd = redis::cmd("HDEL");
+            cmd.arg(keys.session(client_id)).arg("will");
+            out.push((keys.session(client_id), cmd));
+        }
+        SessionChange::InboundQos2 {
+            client_id,
+            epoch,
+            packet_id,
+            message_id,
+        } => {
+            let mut cmd = match message_id {
+                Some(id) => {
+                    let mut c = redis::cmd("EVAL");
+                    c.arg(INBOUND_SCRIPT)
+                        .arg(2)
+                        .arg(keys.session(client_id))
+                        .arg(keys.inbound(client_id))
+                        .arg(*epoch)
+                        .arg(*packet_id)
+                        .arg(&**id);
+                    c
+                }
+                None => {
+                    let mut c = redis::cmd("HDEL");
+                    c.arg(keys.inbound(client_id)).arg(*packet_id);
+                    c
+                }
+            };
+            out.push((keys.session(client_id), std::mem::take(&mut cmd)));
+        }
+        SessionChange::Restore(r) => {
+            let id = &r.client_id;
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(RESTORE_SCRIPT)
+                .arg(3)
+                .arg(keys.session(id))
+                .arg(keys.subscriptions(id))
+                .arg(keys.journal(id))
+                .arg(me)
+                .arg(r.epoch)
+                .arg(r.expiry_secs)
+                .arg(r.will.as_ref().map(will_value).unwrap_or_default())
+                .arg(r.subscriptions.len());
+            for (filter, sub) in &r.subscriptions {
+                cmd.arg(filter).arg(subscription_value(sub));
+            }
+            for (id, o) in &r.journal {
+                match o {
+                    Outbound::Published(d) => {
+                        if let Some(j) = &d.journal {
+                            cmd.arg(&*j.key).arg(journal_value(d));
+                        }
+                    }
+                    Outbound::Released(Some(key)) => {
+                        cmd.arg(&**key).arg(journal_received(*id));
+                    }
+                    Outbound::Released(None) => {}
+                }
+            }
+            out.push((keys.session(id), cmd));
+            if r.expiry_secs > 0 || r.will.is_some() {
+                let mut sadd = redis::cmd("SADD");
+                sadd.arg(keys.owned(me)).arg(&**id);
+                out.push((keys.owned(me), sadd));
+            }
+        }
+        SessionChange::Ended { client_id } => {
+            let mut del = redis::cmd("DEL");
+            del.arg(keys.subscriptions(client_id))
+                .arg(keys.journal(client_id))
+                .arg(keys.done(client_id))
+                .arg(keys.inbound(client_id));
+            out.push((keys.session(client_id), del));
+            // The hash stays: its epoch keeps counting, so fencing tokens only grow.
+            let mut hdel = redis::cmd("HDEL");
+            hdel.arg(keys.session(client_id)).arg("exp").arg("will");
+            out.push((keys.session(client_id), hdel));
+            // ... for the grace only (`crate::lifetime`).
+            let mut end = redis::cmd("EVAL");
+            end.arg(crate::lifetime::ENDED_SCRIPT).arg(1);
+            end.arg(keys.session(client_id))
+                .arg(me)
+                .arg(grace.as_millis() as u64);
+            out.push((keys.session(client_id), end));
+            let mut srem = redis::cmd("SREM");
+            srem.arg(keys.owned(me)).arg(&**client_id);
+            out.push((keys.owned(me), srem));
+        }
+    }
+}
