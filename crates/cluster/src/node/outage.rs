@@ -44,6 +44,11 @@ use crate::health::{rfc3339, Refused};
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// A probe taking longer than this counts as Redis unreachable.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Opening the probe's own connection may take this long before Redis counts as
+/// unreachable: a new connection can cost a TLS handshake (two through Sentinel, and
+/// the redis crate reads the system's CA store for each), which is no sign of an
+/// outage. A refused connection fails at once either way.
+const PROBE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Retained messages written back per round trip after a data loss.
 const RETAINED_BATCH: usize = 500;
 
@@ -284,6 +289,20 @@ async fn watcher(node: Arc<ClusterNode>, broker: Arc<Broker>, mut stop: watch::R
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
+        }
+        if conn.is_none() {
+            let opened =
+                tokio::time::timeout(PROBE_CONNECT_TIMEOUT, connection(&node, &mut conn)).await;
+            let failed = match opened {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(e),
+                Err(_) => Some(format!("no connection within {PROBE_CONNECT_TIMEOUT:?}")),
+            };
+            if let Some(e) = failed {
+                conn = None;
+                health.cannot_connect("probe", &e);
+                continue;
+            }
         }
         let current = match tokio::time::timeout(PROBE_TIMEOUT, probe(&node, &mut conn, &key)).await
         {
