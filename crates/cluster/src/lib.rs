@@ -38,6 +38,7 @@ pub mod health;
 pub mod lifetime;
 pub mod node;
 pub mod routes;
+mod scripts;
 pub mod sentinel;
 pub mod sessions;
 pub mod tls;

@@ -57,45 +57,6 @@ end
 }
 pub(crate) use keep_ttl_lua;
 
-/// `keep_ttl` on its own: KEYS 2 gets the TTL of KEYS 1 if it has none (after a
-/// subscription created the session's `:subs` hash).
-pub const KEEP_TTL_SCRIPT: &str =
-    concat!(keep_ttl_lua!(), "keep_ttl(KEYS[2], KEYS[1])\nreturn 1\n");
-
-/// Sets the TTL of a session's keys (KEYS 1–5: hash, subscriptions, journal, delivered
-/// ids, inbound ids) from the hash's expiry plus ARGV 3 (grace, ms), if this node
-/// (ARGV 1) owns the session; writes the hash back with the epoch the node holds
-/// (ARGV 2) if it expired meanwhile. Returns 1 if refreshed, 2 if written back, 0
-/// if another node owns it. Never-expiring sessions (u32::MAX) are made persistent.
-const REFRESH_SCRIPT: &str = r"
-local owner = redis.call('HGET', KEYS[1], 'owner')
-local out = 1
-if not owner then
-  redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'epoch', ARGV[2])
-  out = 2
-elseif owner ~= ARGV[1] then
-  return 0
-end
-local exp = tonumber(redis.call('HGET', KEYS[1], 'exp') or '0')
-for i = 1, #KEYS do
-  if exp >= 4294967295 then
-    redis.call('PERSIST', KEYS[i])
-  else
-    redis.call('PEXPIRE', KEYS[i], exp * 1000 + tonumber(ARGV[3]))
-  end
-end
-return out
-";
-
-/// The session ended here: its hash (KEYS 1) lives ARGV 2 ms more, if this node
-/// (ARGV 1) still owns it.
-pub const ENDED_SCRIPT: &str = r"
-if redis.call('HGET', KEYS[1], 'owner') == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 1
-";
-
 /// The session keys of `client_id` in the order the scripts take them.
 pub fn session_keys(keys: &Keys, client_id: &str) -> [String; 5] {
     [
@@ -144,7 +105,7 @@ async fn refresh_loop(
                 .iter()
                 .map(|(id, epoch)| {
                     let mut cmd = redis::cmd("EVAL");
-                    cmd.arg(REFRESH_SCRIPT).arg(5);
+                    cmd.arg(crate::scripts::REFRESH_SCRIPT).arg(5);
                     for k in session_keys(&keys, id) {
                         cmd.arg(k);
                     }

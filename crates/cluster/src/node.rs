@@ -41,7 +41,7 @@ use crate::wire::{publish_bytes, put_kick, put_message};
 use membership::{self, MemberEvent, MembershipConfig, MembershipHandle, NodeMeta};
 
 mod claim;
-use claim::CLAIM_SCRIPT;
+use crate::scripts::CLAIM_SCRIPT;
 mod drain;
 mod liveness;
 mod outage;

@@ -23,84 +23,19 @@ use broker::session::{Outbound, PendingWill, SessionSnapshot};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::conn::{query_per_key, Backoff, Conn, Keys};
-use crate::lifetime::keep_ttl_lua;
 use crate::wire::{
     journal_value, journal_value_unnumbered, read_journal, read_subscription, read_will,
     JournalEntry,
+};
+
+use crate::scripts::{
+    ADOPT_SCRIPT, BEGIN_HANDOVER_SCRIPT, JOURNAL_ANY_SCRIPT, JOURNAL_SCRIPT, RELEASE_SCRIPT,
 };
 
 mod queue;
 pub use queue::StoreQueue;
 mod changes;
 use changes::change_cmds;
-
-/// Appends journal entries to a session; returns 0 when the session's epoch moved on
-/// (another node claimed it meanwhile). The entries are written either way: the
-/// journal belongs to the session, not to a node, and a delivery racing a takeover
-/// travels with the handed-over session or is found in Redis by the next owner.
-///
-/// Returns the epoch flag followed by one flag per entry: 1 if it was new, 0 if an
-/// entry with that key existed (the same inbox entry delivered again after a crash:
-/// it is not queued twice) or was delivered, 2 if the owner replaced an entry that
-/// no owner had queued. A writer that is not the owner (a node still routing to a
-/// session that moved, a stale copy after a partition) stores its entry as `F`:
-/// nobody queued it, so the owner's own copy of that message, arriving later, is
-/// queued instead of being taken for a duplicate (the new owner otherwise only
-/// found it by reading the journal, in the few seconds after a takeover it does so).
-/// A repair's `P` entries are nobody's in the same way.
-const JOURNAL_SCRIPT: &str = concat!(
-    keep_ttl_lua!(),
-    r"
-local out = {1}
-local owner = redis.call('HGET', KEYS[1], 'epoch') == ARGV[1]
-if not owner then out[1] = 0 end
-for i = 2, #ARGV, 2 do
-  if redis.call('ZSCORE', KEYS[3], ARGV[i]) then
-    out[#out + 1] = 0
-  else
-    local v = redis.call('HGET', KEYS[2], ARGV[i])
-    if not v then
-      local value = ARGV[i + 1]
-      if not owner then value = 'F' .. string.sub(value, 2) end
-      redis.call('HSET', KEYS[2], ARGV[i], value)
-      out[#out + 1] = 1
-    elseif owner and (string.sub(v, 1, 1) == 'F' or string.sub(v, 1, 1) == 'P') then
-      redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
-      out[#out + 1] = 2
-    else
-      out[#out + 1] = 0
-    end
-  end
-end
-keep_ttl(KEYS[2], KEYS[1])
-return out
-"
-);
-
-/// The previous owner (ARGV[3]), kicked by the claim of ARGV[1] at epoch ARGV[2]:
-/// 0 when Redis names it the owner again (that claim was given back, or it claimed the
-/// id again since): it keeps the session. Otherwise 1: it hands the session over as
-/// asked (a later claim takes it from there in turn), and when that claim is still the
-/// latest it commits to it, so the claimer no longer gives the id back.
-const BEGIN_HANDOVER_SCRIPT: &str = r"
-local owner = redis.call('HGET', KEYS[1], 'owner')
-if owner == ARGV[3] then return 0 end
-if owner == ARGV[1] and redis.call('HGET', KEYS[1], 'epoch') == ARGV[2] then
-  redis.call('HSET', KEYS[1], 'handing', ARGV[2])
-end
-return 1
-";
-
-/// A claimer that got no handover gives the id back (owner ARGV[3]) unless the
-/// previous owner committed to the handover (2) or another claim came since (0).
-const RELEASE_SCRIPT: &str = r"
-if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[2] then
-  return 0
-end
-if redis.call('HGET', KEYS[1], 'handing') == ARGV[2] then return 2 end
-redis.call('HSET', KEYS[1], 'owner', ARGV[3])
-return 1
-";
 
 /// What became of a claim given up for want of a handover ([`Sessions::release`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,36 +47,6 @@ pub enum Released {
     /// Another claim took it since.
     ClaimedSince,
 }
-
-/// Appends journal entries to a session whoever owns it, reserving packet ids from
-/// the session's own counter: for messages a dead node held for a session that was
-/// claimed elsewhere before the repair (its new owner loads them after the repair).
-const JOURNAL_ANY_SCRIPT: &str = concat!(
-    keep_ttl_lua!(),
-    r"
-local ids = {}
-for i = 1, #ARGV, 2 do
-  if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 0 and not redis.call('ZSCORE', KEYS[3], ARGV[i]) then
-    local id = redis.call('HINCRBY', KEYS[1], 'rpid', 1) % 65535 + 1
-    redis.call('HSET', KEYS[2], ARGV[i], 'P' .. string.char(math.floor(id / 256), id % 256) .. ARGV[i + 1])
-  end
-end
-keep_ttl(KEYS[2], KEYS[1])
-return 1
-"
-);
-
-/// Takes over a session from a dead node, if that node still owns it and there is
-/// something to take (a persistent session or a will): new epoch, new owner.
-const ADOPT_SCRIPT: &str = r"
-if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return false end
-local exp = tonumber(redis.call('HGET', KEYS[1], 'exp') or '0')
-local will = redis.call('HGET', KEYS[1], 'will')
-if exp == 0 and not will then return false end
-local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
-redis.call('HSET', KEYS[1], 'owner', ARGV[2])
-return {epoch, exp, will or ''}
-";
 
 /// Changes kept for retry while Redis is unreachable; beyond this the oldest go.
 const MAX_RETRY: usize = 100_000;

@@ -4,35 +4,6 @@
 
 use super::*;
 
-/// Claims a client id: bumps its ownership epoch and makes this node the owner,
-/// returning the previous owner (or "") and the new epoch, atomically.
-/// It also records the session's expiry and will (ARGV 2, 3; an empty will removes
-/// it), discards the stored session on Clean Start (ARGV 4 = 1), and returns whether a
-/// persistent session existed before.
-/// Expiry handling (`crate::lifetime`): a new hash starts its epoch at Redis's clock
-/// in µs (keys left by an expired one are dropped), and every session key gets TTL
-/// expiry + grace (ARGV 5, ms).
-pub(super) const CLAIM_SCRIPT: &str = r"
-local prev = redis.call('HGET', KEYS[1], 'owner')
-local prev_exp = tonumber(redis.call('HGET', KEYS[1], 'exp') or '0')
-if not redis.call('HGET', KEYS[1], 'epoch') then
-  local t = redis.call('TIME')
-  redis.call('HSET', KEYS[1], 'epoch', t[1] .. string.rep('0', 6 - #t[2]) .. t[2])
-  redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
-end
-local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
-redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'exp', ARGV[2])
-if ARGV[3] == '' then redis.call('HDEL', KEYS[1], 'will') else redis.call('HSET', KEYS[1], 'will', ARGV[3]) end
-if ARGV[4] == '1' then redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5]) end
-for i = 1, 5 do
-  if tonumber(ARGV[2]) >= 4294967295 then redis.call('PERSIST', KEYS[i])
-  else redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[2]) * 1000 + tonumber(ARGV[5])) end
-end
-local existed = 0
-if prev_exp > 0 and ARGV[4] ~= '1' then existed = 1 end
-return {prev or '', epoch, existed}
-";
-
 /// How long a claim waits in all for a previous owner that is alive (by gossip and
 /// Redis) or committed to the handover: a busy node works through its inbox first.
 pub(super) const HANDOVER_WAIT_MAX: Duration = Duration::from_secs(15);

@@ -7,60 +7,11 @@ use broker::session::{JournalUpdate, Outbound};
 
 use super::unix_ms;
 use crate::conn::Keys;
-use crate::lifetime::{keep_ttl_lua, KEEP_TTL_SCRIPT};
+use crate::scripts::{DONE_SCRIPT, INBOUND_SCRIPT, KEEP_TTL_SCRIPT, RESTORE_SCRIPT};
 use crate::wire::{journal_received, journal_value, subscription_value, will_value};
-
-/// Writes back a session after Redis lost its data, unless another node claimed the
-/// client id since: owner, epoch (never lowered), expiry, will, subscriptions
-/// (ARGV 5 says how many pairs), then journal entries (`HSETNX`).
-const RESTORE_SCRIPT: &str = r"
-local owner = redis.call('HGET', KEYS[1], 'owner')
-if owner and owner ~= '' and owner ~= ARGV[1] then return 0 end
-local e = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0')
-if e < tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], 'epoch', ARGV[2]) end
-redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'exp', ARGV[3])
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'will', ARGV[4]) end
-local i = 6
-for k = 1, tonumber(ARGV[5]) do
-  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
-  i = i + 2
-end
-while i < #ARGV do
-  redis.call('HSETNX', KEYS[3], ARGV[i], ARGV[i + 1])
-  i = i + 2
-end
-return 1
-";
-
-/// Forgets a delivered journal entry and remembers its key (ARGV 1) for ARGV 3 ms
-/// after ARGV 2 (now), dropping keys remembered longer (KEYS 3: the session hash,
-/// whose TTL a new set takes).
-const DONE_SCRIPT: &str = concat!(
-    keep_ttl_lua!(),
-    r"
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[2]) - tonumber(ARGV[3]))
-keep_ttl(KEYS[2], KEYS[3])
-return 1
-"
-);
 
 /// How long a delivered message's key is remembered per session.
 const DONE_REMEMBERED: std::time::Duration = std::time::Duration::from_secs(600);
-
-/// Records an inbound QoS 2 packet id's message id, if the connection (ARGV 1, its
-/// epoch) still owns the session: a node that was frozen and declared dead must not
-/// route what it reads from its sockets afterwards.
-const INBOUND_SCRIPT: &str = concat!(
-    keep_ttl_lua!(),
-    r"
-if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-keep_ttl(KEYS[2], KEYS[1])
-return 1
-"
-);
 
 /// The Redis commands that mirror one change.
 pub(super) fn change_cmds(
@@ -202,7 +153,7 @@ pub(super) fn change_cmds(
             out.push((keys.session(client_id), hdel));
             // ... for the grace only (`crate::lifetime`).
             let mut end = redis::cmd("EVAL");
-            end.arg(crate::lifetime::ENDED_SCRIPT).arg(1);
+            end.arg(crate::scripts::ENDED_SCRIPT).arg(1);
             end.arg(keys.session(client_id))
                 .arg(me)
                 .arg(grace.as_millis() as u64);
