@@ -25,6 +25,24 @@ fn broker(limits: &str) -> Broker {
     )
 }
 
+/// A cluster of `n` nodes, each with a health endpoint and the configuration file
+/// `toml` (kept while the returned directory lives).
+async fn cluster_with(n: usize, toml: &str) -> (TestCluster, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("astramq.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    let c = TestCluster::builder(n)
+        .args(&[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--health-listen",
+            "127.0.0.1:0",
+        ])
+        .start()
+        .await;
+    (c, dir)
+}
+
 // ---------------------------------------------------------------------------
 // limits.max_subscriptions
 // ---------------------------------------------------------------------------
@@ -270,18 +288,11 @@ versions_test!(qos1_is_throttled_without_loss);
 // `max_queued_messages`; the rest is dropped by the overflow policy and counted.
 #[tokio::test]
 async fn session_queue_bound_holds_for_messages_from_other_nodes() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("astramq.toml");
-    std::fs::write(
-        &cfg,
+    let (c, _config) = cluster_with(
+        2,
         "[limits]\nmax_inflight = 5\nmax_queued_messages = 10\nqueue_full_wait_ms = 0\n",
     )
-    .unwrap();
-    let cfg = cfg.to_str().unwrap();
-    let c = TestCluster::builder(2)
-        .args(&["--config", cfg, "--health-listen", "127.0.0.1:0"])
-        .start()
-        .await;
+    .await;
     let v = Version::V5;
     let mut s = c.client(1, v, "slow").await;
     s.sub("q/#", 1).await;
@@ -324,20 +335,13 @@ async fn session_queue_bound_holds_for_messages_from_other_nodes() {
 // written and acknowledged, and arrives when n2 resumes — with none of the QoS 0.
 #[tokio::test]
 async fn full_inbox_sheds_qos0_and_carries_qos1() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("astramq.toml");
     // Slow failure detection: n2 is frozen for a while on purpose.
-    std::fs::write(
-        &cfg,
+    let (c, _config) = cluster_with(
+        2,
         "[limits]\nmax_publish_rate = 0\n[cluster]\ninbox_backlog_entries = 2\n\
          suspect_to_down_ms = 60000\nliveness_ttl_ms = 60000\n",
     )
-    .unwrap();
-    let cfg = cfg.to_str().unwrap();
-    let c = TestCluster::builder(2)
-        .args(&["--config", cfg, "--health-listen", "127.0.0.1:0"])
-        .start()
-        .await;
+    .await;
     let v = Version::V5;
     let mut s = c.client(1, v, "sub").await;
     s.sub("f/#", 1).await;
@@ -383,19 +387,8 @@ async fn full_inbox_sheds_qos0_and_carries_qos1() {
 // Once Redis takes writes again, every message is acknowledged and delivered.
 #[tokio::test]
 async fn full_qos12_lane_throttles_the_publisher_without_loss() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("astramq.toml");
     // A long liveness lifetime: its refresh (a write) waits out the pause too.
-    std::fs::write(
-        &cfg,
-        "[limits]\nmax_publish_rate = 0\n[cluster]\nforward_qos12_backlog = 1\nliveness_ttl_ms = 20000\n",
-    )
-    .unwrap();
-    let cfg = cfg.to_str().unwrap();
-    let c = TestCluster::builder(2)
-        .args(&["--config", cfg, "--health-listen", "127.0.0.1:0"])
-        .start()
-        .await;
+    let (c, _config) = cluster_with(2, "[limits]\nmax_publish_rate = 0\n[cluster]\nforward_qos12_backlog = 1\nliveness_ttl_ms = 20000\n").await;
     let v = Version::V5;
     let mut s = c.client(1, v, "sub").await;
     s.sub("b/#", 1).await;
@@ -453,18 +446,7 @@ async fn full_qos12_lane_throttles_the_publisher_without_loss() {
 // again the others are acknowledged and delivered.
 #[tokio::test]
 async fn session_store_queue_is_bounded_and_refuses_beyond() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("astramq.toml");
-    std::fs::write(&cfg, "[cluster]\nsession_store_max_queued = 4\n").unwrap();
-    let c = TestCluster::builder(1)
-        .args(&[
-            "--config",
-            cfg.to_str().unwrap(),
-            "--health-listen",
-            "127.0.0.1:0",
-        ])
-        .start()
-        .await;
+    let (c, _config) = cluster_with(1, "[cluster]\nsession_store_max_queued = 4\n").await;
     let health = c.node(0).health_addr();
     let v = Version::V5;
     let (mut sub, _) = RawClient::connect(
