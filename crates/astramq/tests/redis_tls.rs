@@ -71,6 +71,18 @@ fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// The node flags for mutual TLS to Redis: trust `ca`, present `cert` and `key`.
+fn node_tls_args<'a>(ca: &'a Path, cert: &'a Path, key: &'a Path) -> [&'a str; 6] {
+    [
+        "--redis-tls-ca",
+        path(ca),
+        "--redis-tls-cert",
+        path(cert),
+        "--redis-tls-key",
+        path(key),
+    ]
+}
+
 /// Runs one node against `url` until it exits (it must, at start-up).
 async fn start_up_error(url: &str, extra: &[&str]) -> Output {
     let mut args = vec![
@@ -126,13 +138,7 @@ async fn two_nodes_over_rediss_pass_qos1_across_nodes() {
     let (cert, key) = tls.client.clone().unwrap();
     let c = TestCluster::builder(2)
         .redis_tls(tls)
-        .args(&["--redis-tls-ca", path(&ca.pem)])
-        .args(&[
-            "--redis-tls-cert",
-            path(&cert),
-            "--redis-tls-key",
-            path(&key),
-        ])
+        .args(&node_tls_args(&ca.pem, &cert, &key))
         .start()
         .await;
     assert!(
@@ -276,13 +282,7 @@ async fn two_nodes_over_rediss_redis_cluster_pass_qos1_across_nodes() {
     let c = TestCluster::builder(2)
         .redis_tls(tls)
         .redis_cluster()
-        .args(&["--redis-tls-ca", path(&ca.pem)])
-        .args(&[
-            "--redis-tls-cert",
-            path(&cert),
-            "--redis-tls-key",
-            path(&key),
-        ])
+        .args(&node_tls_args(&ca.pem, &cert, &key))
         .start()
         .await;
     assert!(
@@ -322,13 +322,7 @@ async fn two_nodes_over_rediss_sentinel_pass_qos1_and_follow_a_failover() {
     let mut c = TestCluster::builder(2)
         .redis_tls(tls)
         .sentinel(1)
-        .args(&["--redis-tls-ca", path(&ca.pem)])
-        .args(&[
-            "--redis-tls-cert",
-            path(&cert),
-            "--redis-tls-key",
-            path(&key),
-        ])
+        .args(&node_tls_args(&ca.pem, &cert, &key))
         .start()
         .await;
     assert!(
