@@ -134,6 +134,11 @@ pub struct BrokerArgs {
     /// `health_listen`, env `ASTRAMQ_HEALTH_LISTEN`. Default: none.
     #[arg(long, value_name = "ADDR")]
     pub health_listen: Option<SocketAddr>,
+    /// Keep persistent sessions, their queued messages and retained messages in this
+    /// directory, so they survive a restart (a single node; without it, memory only).
+    /// Key `data_dir`, env `ASTRAMQ_DATA_DIR`.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
     /// Longest keep alive a client may use, in seconds; a client asking for more or
     /// for none (0) is given this one (0 = no cap). Key `limits.max_keep_alive_secs`,
     /// env `ASTRAMQ_LIMITS_MAX_KEEP_ALIVE_SECS`.
@@ -230,6 +235,7 @@ const TOP_KEYS: &[&str] = &[
     "acl_file",
     "log_level",
     "health_listen",
+    "data_dir",
     "node_id",
     "redis",
     "gossip_listen",
@@ -249,7 +255,7 @@ const LIST_KEYS: &[&str] = &[
     "wss_proxy_listen",
     "join",
 ];
-const SECTIONS: &[&str] = &["limits", "shutdown", "cluster"];
+const SECTIONS: &[&str] = &["limits", "shutdown", "cluster", "store"];
 
 fn apply_env(table: &mut Table, env: &HashMap<String, String>) -> anyhow::Result<()> {
     let mut vars: Vec<_> = env.iter().collect();
@@ -359,6 +365,9 @@ fn apply_flags(table: &mut Table, args: &BrokerArgs) {
     let text = |s: &str| Value::String(s.to_string());
     if let Some(l) = &args.log_level {
         table.insert("log_level".into(), text(l));
+    }
+    if let Some(p) = &args.data_dir {
+        table.insert("data_dir".into(), path(p));
     }
     if let Some(v) = &args.health_listen {
         table.insert("health_listen".into(), text(&v.to_string()));

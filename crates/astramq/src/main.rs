@@ -49,7 +49,36 @@ fn run_broker(args: cli::BrokerArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let cluster_settings = config.cluster_settings();
         let health_listen = config.health_listen;
+        let data_dir = config.data_dir.clone();
+        let store_tuning = config.store.clone();
         let server = broker::Server::bind(config).await?;
+        // Sessions and retained messages come back before anyone is accepted.
+        let disk = match (&data_dir, &cluster_settings) {
+            (Some(dir), _) => {
+                let started = std::time::Instant::now();
+                let (disk, loaded) = store::DiskStore::open(dir, &store_tuning)?;
+                server.broker().set_store(disk.clone());
+                let unreadable = loaded.unreadable;
+                let done = store::install(server.broker(), loaded).await;
+                tracing::info!(
+                    path = %disk.path().display(),
+                    sessions = done.sessions,
+                    expired = done.expired,
+                    messages = done.messages,
+                    retained = done.retained,
+                    unreadable,
+                    ms = started.elapsed().as_millis() as u64,
+                    sync = ?store_tuning.sync,
+                    "data directory loaded"
+                );
+                Some(disk)
+            }
+            (None, None) => {
+                tracing::info!("no data_dir: sessions and retained messages are kept in memory only and are lost when the process stops");
+                None
+            }
+            (None, Some(_)) => None,
+        };
         let health = match health_listen {
             Some(addr) => Some(
                 broker::health::HealthServer::bind(addr)
@@ -107,9 +136,11 @@ fn run_broker(args: cli::BrokerArgs) -> anyhow::Result<()> {
                 if let Some(n) = &node {
                     n.set_admin(addr);
                 }
-                let probe = node
-                    .clone()
-                    .map(|n| n as Arc<dyn broker::health::HealthProbe>);
+                let probe = match (&node, &disk) {
+                    (Some(n), _) => Some(n.clone() as Arc<dyn broker::health::HealthProbe>),
+                    (None, Some(d)) => Some(d.clone() as Arc<dyn broker::health::HealthProbe>),
+                    (None, None) => None,
+                };
                 let stopping = h.stopping_flag();
                 (
                     Some(h.spawn(server.broker().clone(), probe)),
@@ -137,6 +168,9 @@ fn run_broker(args: cli::BrokerArgs) -> anyhow::Result<()> {
             .await;
         if let Some(node) = node {
             node.shutdown().await;
+        }
+        if let Some(disk) = disk {
+            disk.close().await;
         }
         if let Some(t) = health_task {
             t.abort();

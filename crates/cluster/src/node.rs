@@ -15,7 +15,7 @@ use std::time::Duration;
 use broker::broker::Broker;
 use broker::cluster::{
     BoxFuture, ClaimRequest, Cluster, ClusterClaim, ClusterError, Forwarded, LocalGroups,
-    SessionChange,
+    SessionChange, SessionStore,
 };
 use broker::config::ClusterSettings;
 use broker::message::Message;
@@ -606,7 +606,9 @@ impl Cluster for ClusterNode {
             throttle,
         }
     }
+}
 
+impl SessionStore for ClusterNode {
     fn retained(&self, msg: &Arc<Message>) {
         self.changes
             .push(feed::retained_change(self.identity(), msg));

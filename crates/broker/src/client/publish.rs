@@ -172,9 +172,9 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
         packet_id: u16,
     ) -> Option<tokio::sync::oneshot::Receiver<Result<(), ClusterError>>> {
         self.session.mailbox.journal()?;
-        let cluster = self.broker.cluster()?;
-        let id = cluster.message_id(msg).into();
-        Some(cluster.session_changed_stored(SessionChange::InboundQos2 {
+        let store = self.broker.store()?;
+        let id = store.message_id(msg).into();
+        Some(store.session_changed_stored(SessionChange::InboundQos2 {
             client_id: self.client_id.clone(),
             epoch: self.epoch,
             packet_id,
@@ -340,7 +340,9 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                     }
                     match e {
                         // Too many deliveries wait for Redis: a quota, try later.
-                        ClusterError::QueueFull(_) => ReasonCode::QuotaExceeded,
+                        ClusterError::QueueFull(_) | ClusterError::Full(_) => {
+                            ReasonCode::QuotaExceeded
+                        }
                         _ => ReasonCode::UnspecifiedError,
                     }
                 }

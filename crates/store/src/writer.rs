@@ -1,0 +1,456 @@
+//! The one thread that writes the database: it takes everything that arrived since
+//! its last commit and writes it in one transaction (group commit), then answers
+//! every waiter at once. With `sync = always` the commit is durable (fsync) before
+//! anyone is answered; with `sync = periodic` it is made durable every
+//! `store.sync_interval_ms`.
+//!
+//! A commit that fails (a full disk, an I/O error) fails the deliveries in it (their
+//! publishers are refused, nothing is acknowledged), keeps the other changes for the
+//! next commit, and reopens the database, which redb requires after an I/O error.
+
+use std::collections::{HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use broker::cluster::{ClusterError, JournalOutcome, SessionChange};
+use broker::config::SyncPolicy;
+use broker::router::Blocked;
+use broker::session::JournalUpdate;
+use parking_lot::Mutex;
+use redb::{Database, Durability, ReadableTable, WriteTransaction};
+use tokio::sync::oneshot;
+
+use crate::db::{INBOUND, JOURNAL, META, RETAINED, SESSIONS, SUBS};
+use crate::records::{self, child_key, child_range, journal_received, SessionRow};
+
+/// Changes kept for the next commit after one failed, at most: beyond this they are
+/// dropped (logged and counted). Each comes from one client packet about a
+/// subscription or an in-flight message, so the protocol's limits bound them long
+/// before this.
+const MAX_RETRIED_CHANGES: usize = 100_000;
+/// Operations written in one transaction at most.
+const MAX_BATCH: usize = 4096;
+/// How often the time of the last write is recorded while nothing else is written:
+/// sessions still connected when the process dies lost their connection then.
+const ALIVE_EVERY: Duration = Duration::from_secs(1);
+
+/// A delivery to a persistent session, to write before it is queued.
+pub(crate) struct Entry {
+    pub client_id: Arc<str>,
+    pub key: Box<str>,
+    pub value: Vec<u8>,
+    pub blocked: Blocked,
+}
+
+/// What the writer is asked to do.
+pub(crate) enum Op {
+    Journal {
+        entries: Vec<Entry>,
+        done: oneshot::Sender<JournalOutcome>,
+    },
+    Change {
+        change: SessionChange,
+        done: Option<oneshot::Sender<Result<(), ClusterError>>>,
+    },
+    Claim {
+        client_id: Arc<str>,
+        clean: bool,
+        row: Option<Box<SessionRow>>,
+        done: oneshot::Sender<Result<(), ClusterError>>,
+    },
+    Retained {
+        topic: String,
+        value: Option<Vec<u8>>,
+    },
+    /// Write what is pending durably and stop.
+    Stop(oneshot::Sender<()>),
+}
+
+/// Counters shared with the store's handle (for metrics and the queue bound).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Deliveries waiting for the writer.
+    pub queued: AtomicUsize,
+    /// Transactions committed.
+    pub commits: AtomicU64,
+    /// Commits that failed.
+    pub failures: AtomicU64,
+    /// Deliveries refused because `store.max_queued` wait already.
+    pub refused: AtomicU64,
+    /// Changes dropped after failed commits (beyond `MAX_RETRIED_CHANGES`).
+    pub dropped_changes: AtomicU64,
+    /// Since when commits fail (Unix ms; 0: they do not).
+    pub failing_since_ms: AtomicU64,
+}
+
+/// The writer's state.
+pub(crate) struct Writer {
+    pub db: Option<Database>,
+    pub path: PathBuf,
+    pub sync: SyncPolicy,
+    pub interval: Duration,
+    pub stats: Arc<Stats>,
+    /// Client ids with a session row, so a connection that is not persistent and
+    /// has nothing stored costs no write.
+    pub persisted: Arc<Mutex<HashSet<Arc<str>>>>,
+}
+
+impl Writer {
+    /// Runs until [`Op::Stop`] or until every sender is gone.
+    pub fn run(mut self, rx: Receiver<Op>) {
+        let mut retry: VecDeque<Op> = VecDeque::new();
+        let mut last_durable = Instant::now();
+        let mut last_write = Instant::now();
+        let mut dirty = false;
+        let mut stop = None;
+        loop {
+            let wait = match (self.sync, dirty) {
+                (SyncPolicy::Periodic, true) => {
+                    self.interval.saturating_sub(last_durable.elapsed())
+                }
+                _ => ALIVE_EVERY.saturating_sub(last_write.elapsed()),
+            };
+            let mut batch: Vec<Op> = retry.drain(..).collect();
+            match rx.recv_timeout(wait) {
+                Ok(op) => batch.push(op),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => stop = Some(None),
+            }
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            if let Some(at) = batch.iter().position(|op| matches!(op, Op::Stop(_))) {
+                if let Op::Stop(tx) = batch.remove(at) {
+                    stop = Some(Some(tx));
+                }
+            }
+            let durable = stop.is_some()
+                || match self.sync {
+                    SyncPolicy::Always => true,
+                    SyncPolicy::Periodic => last_durable.elapsed() >= self.interval,
+                };
+            let alive_due = last_write.elapsed() >= ALIVE_EVERY;
+            if batch.is_empty() && !alive_due && !(durable && dirty) {
+                if stop.is_some() {
+                    break;
+                }
+                continue;
+            }
+            match self.commit(&batch, durable) {
+                Ok(fresh) => {
+                    self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                    if self.stats.failing_since_ms.swap(0, Ordering::Relaxed) != 0 {
+                        tracing::info!(path = %self.path.display(), "data directory writable again");
+                    }
+                    last_write = Instant::now();
+                    if durable {
+                        last_durable = last_write;
+                        dirty = false;
+                    } else {
+                        dirty = true;
+                    }
+                    self.answer(batch, fresh);
+                }
+                Err(e) => {
+                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    let err = classify(&e);
+                    if self
+                        .stats
+                        .failing_since_ms
+                        .compare_exchange(
+                            0,
+                            records::unix_ms(),
+                            Ordering::Relaxed,
+                            Ordering::Relaxed,
+                        )
+                        .is_ok()
+                    {
+                        tracing::error!(path = %self.path.display(), error = %e, "cannot write the data directory; QoS 1/2 messages to persistent sessions are refused until it can be written");
+                    }
+                    self.fail(batch, &err, &mut retry);
+                    // redb refuses every later operation after an I/O error: reopen.
+                    self.db = None;
+                    if stop.is_none() {
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                }
+            }
+            if let Some(tx) = stop.take() {
+                if let Some(tx) = tx {
+                    let _ = tx.send(());
+                }
+                break;
+            }
+        }
+    }
+
+    fn db(&mut self) -> Result<&Database, redb::Error> {
+        if self.db.is_none() {
+            self.db = Some(Database::create(&self.path)?);
+        }
+        Ok(self.db.as_ref().expect("just opened"))
+    }
+
+    /// Writes `batch` in one transaction; for each journal op, which of its entries
+    /// were new (an entry already stored is not queued twice).
+    fn commit(&mut self, batch: &[Op], durable: bool) -> Result<Vec<Vec<bool>>, redb::Error> {
+        let persisted = self.persisted.clone();
+        let mut tx = self.db()?.begin_write()?;
+        tx.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })
+        .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+        let mut fresh = Vec::new();
+        let mut persisted = persisted.lock();
+        for op in batch {
+            if let Some(f) = apply(&tx, op, &mut persisted)? {
+                fresh.push(f);
+            }
+        }
+        tx.open_table(META)?.insert("alive", records::unix_ms())?;
+        drop(persisted);
+        tx.commit()?;
+        Ok(fresh)
+    }
+
+    /// Answers everyone after a commit: journaled deliveries are queued now.
+    fn answer(&self, batch: Vec<Op>, fresh: Vec<Vec<bool>>) {
+        let mut fresh = fresh.into_iter();
+        for op in batch {
+            match op {
+                Op::Journal { entries, done } => {
+                    let n = entries.len();
+                    let news = fresh.next().unwrap_or_default();
+                    let mut full = Vec::new();
+                    for (e, new) in entries.into_iter().zip(news) {
+                        if new {
+                            queue(e.blocked, &mut full);
+                        }
+                    }
+                    self.stats.queued.fetch_sub(n, Ordering::Relaxed);
+                    let _ = done.send(Ok(full));
+                }
+                Op::Change { done, .. } => {
+                    if let Some(done) = done {
+                        let _ = done.send(Ok(()));
+                    }
+                }
+                Op::Claim { done, .. } => {
+                    let _ = done.send(Ok(()));
+                }
+                Op::Retained { .. } | Op::Stop(_) => {}
+            }
+        }
+    }
+
+    /// A commit failed: deliveries and claims are refused, changes kept for the next.
+    fn fail(&self, batch: Vec<Op>, err: &ClusterError, retry: &mut VecDeque<Op>) {
+        for op in batch {
+            match op {
+                Op::Journal { entries, done } => {
+                    self.stats
+                        .queued
+                        .fetch_sub(entries.len(), Ordering::Relaxed);
+                    let _ = done.send(Err(err.clone()));
+                }
+                Op::Claim { done, .. } => {
+                    let _ = done.send(Err(err.clone()));
+                }
+                Op::Change {
+                    done: Some(done), ..
+                } => {
+                    let _ = done.send(Err(err.clone()));
+                }
+                op @ (Op::Change { done: None, .. } | Op::Retained { .. }) => {
+                    if retry.len() < MAX_RETRIED_CHANGES {
+                        retry.push_back(op);
+                    } else {
+                        self.stats.dropped_changes.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Op::Stop(_) => {}
+            }
+        }
+    }
+}
+
+/// Queues a stored delivery, as the cluster does: an offline session's queue applies
+/// its bounds and policy; a connected session's full queue makes the publisher wait.
+fn queue(b: Blocked, full: &mut Vec<Blocked>) {
+    if !b.mailbox.is_online() {
+        b.mailbox.push_journaled(b.delivery);
+        return;
+    }
+    if let Err(delivery) = b.mailbox.try_push_journaled(b.delivery) {
+        full.push(Blocked {
+            mailbox: b.mailbox,
+            delivery,
+        });
+    }
+}
+
+/// A full disk is a quota (v5 0x97); anything else is unavailability.
+fn classify(e: &redb::Error) -> ClusterError {
+    let full = match e {
+        redb::Error::Io(io) => {
+            io.kind() == std::io::ErrorKind::StorageFull
+                // ENOSPC, EDQUOT (quota), EFBIG (file size limit).
+                || matches!(io.raw_os_error(), Some(28 | 122 | 27))
+        }
+        _ => false,
+    };
+    if full {
+        ClusterError::Full(format!("disk full: {e}"))
+    } else {
+        ClusterError::unavailable(format!("data directory: {e}"))
+    }
+}
+
+/// Removes every row of `client_id`.
+fn delete_client(tx: &WriteTransaction, client_id: &str) -> Result<(), redb::Error> {
+    let (lo, hi) = child_range(client_id);
+    for table in [SUBS, JOURNAL, INBOUND] {
+        tx.open_table(table)?
+            .retain_in(lo.as_slice()..hi.as_slice(), |_, _| false)?;
+    }
+    tx.open_table(SESSIONS)?.remove(client_id)?;
+    Ok(())
+}
+
+/// Changes one session row in place.
+fn update_row(
+    tx: &WriteTransaction,
+    client_id: &str,
+    f: impl FnOnce(&mut SessionRow),
+) -> Result<(), redb::Error> {
+    let mut t = tx.open_table(SESSIONS)?;
+    let row = t.get(client_id)?.map(|v| records::read_session(v.value()));
+    if let Some(Ok(mut row)) = row {
+        f(&mut row);
+        t.insert(client_id, records::session_value(&row).as_slice())?;
+    }
+    Ok(())
+}
+
+/// Writes one op; for a journal op, which entries were new.
+fn apply(
+    tx: &WriteTransaction,
+    op: &Op,
+    persisted: &mut HashSet<Arc<str>>,
+) -> Result<Option<Vec<bool>>, redb::Error> {
+    match op {
+        Op::Journal { entries, .. } => {
+            let mut t = tx.open_table(JOURNAL)?;
+            let mut fresh = Vec::with_capacity(entries.len());
+            for e in entries {
+                let key = child_key(&e.client_id, e.key.as_bytes());
+                let new = t.get(key.as_slice())?.is_none();
+                if new {
+                    t.insert(key.as_slice(), e.value.as_slice())?;
+                }
+                fresh.push(new);
+            }
+            return Ok(Some(fresh));
+        }
+        Op::Claim {
+            client_id,
+            clean,
+            row,
+            ..
+        } => {
+            if *clean && persisted.contains(client_id) {
+                delete_client(tx, client_id)?;
+                persisted.remove(client_id);
+            }
+            if let Some(row) = row {
+                tx.open_table(SESSIONS)?
+                    .insert(&**client_id, records::session_value(row).as_slice())?;
+                persisted.insert(client_id.clone());
+            }
+        }
+        Op::Retained { topic, value } => {
+            let mut t = tx.open_table(RETAINED)?;
+            match value {
+                Some(v) => t.insert(topic.as_str(), v.as_slice())?,
+                None => t.remove(topic.as_str())?,
+            };
+        }
+        Op::Change { change, .. } => apply_change(tx, change, persisted)?,
+        Op::Stop(_) => {}
+    }
+    Ok(None)
+}
+
+fn apply_change(
+    tx: &WriteTransaction,
+    change: &SessionChange,
+    persisted: &mut HashSet<Arc<str>>,
+) -> Result<(), redb::Error> {
+    match change {
+        SessionChange::Subscribed {
+            client_id,
+            filter,
+            sub,
+        } => {
+            let key = child_key(client_id, filter.as_bytes());
+            let value = records::subscription_value(sub);
+            tx.open_table(SUBS)?
+                .insert(key.as_slice(), value.as_slice())?;
+        }
+        SessionChange::Unsubscribed { client_id, filter } => {
+            let key = child_key(client_id, filter.as_bytes());
+            tx.open_table(SUBS)?.remove(key.as_slice())?;
+        }
+        SessionChange::Journal { client_id, updates } => {
+            let mut t = tx.open_table(JOURNAL)?;
+            for u in updates {
+                match u {
+                    JournalUpdate::Done(key) => {
+                        t.remove(child_key(client_id, key.as_bytes()).as_slice())?;
+                    }
+                    JournalUpdate::Received(j) => {
+                        let key = child_key(client_id, j.key.as_bytes());
+                        t.insert(key.as_slice(), journal_received(j.packet_id).as_slice())?;
+                    }
+                }
+            }
+        }
+        SessionChange::WillDone { client_id } => update_row(tx, client_id, |r| r.will = None)?,
+        SessionChange::InboundQos2 {
+            client_id,
+            packet_id,
+            message_id,
+            ..
+        } => {
+            let key = child_key(client_id, &packet_id.to_be_bytes());
+            let mut t = tx.open_table(INBOUND)?;
+            match message_id {
+                Some(id) => t.insert(key.as_slice(), id.as_bytes())?,
+                None => t.remove(key.as_slice())?,
+            };
+        }
+        SessionChange::Parked {
+            client_id,
+            expiry_secs,
+        } => update_row(tx, client_id, |r| {
+            r.expiry_secs = *expiry_secs;
+            r.parked_at_ms = records::unix_ms();
+        })?,
+        SessionChange::Ended { client_id } => {
+            if persisted.remove(client_id) {
+                delete_client(tx, client_id)?;
+            }
+        }
+        // Only a cluster's Redis loses its data.
+        SessionChange::Restore(_) => {}
+    }
+    Ok(())
+}
