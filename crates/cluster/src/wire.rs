@@ -751,6 +751,7 @@ mod tests {
             inbound_qos2: vec![11],
             queued: vec![d(QoS::ExactlyOnce)],
             unsettled: vec![(12, "1700000000000:n1:7".into())],
+            maybe_sent: false,
         };
         let mut out = bus_entry();
         put_handover(&mut out, "c", 5, Some(&snapshot));

@@ -124,6 +124,7 @@ pub(crate) fn load(db: &Database) -> Result<Loaded, redb::Error> {
                 };
                 let snapshot = SessionSnapshot {
                     expiry_secs: row.expiry_secs,
+                    maybe_sent: true,
                     ..Default::default()
                 };
                 sessions.insert(

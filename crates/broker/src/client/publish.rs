@@ -530,10 +530,15 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
         let Some(id) = self.session.start_outbound(d) else {
             return;
         };
+        // A delivery restored from disk may have been sent before the process
+        // stopped: "might be a re-delivery" is what DUP says [MQTT-3.3.1-1].
+        let dup = self.session.take_maybe_sent(id);
         if let Some(d) = self.session.outbound(id) {
+            let mut wire = wire_for(d, v5, Some(id), topic_alias, send_topic, expiry);
+            wire.dup = dup;
             d.msg.publish.encode(
                 self.protocol,
-                &wire_for(d, v5, Some(id), topic_alias, send_topic, expiry),
+                &wire,
                 &mut self.conn.tx.wbuf,
             );
         }

@@ -1,0 +1,362 @@
+//! A single node with `--data-dir`: what survives `kill -9` and SIGTERM (persistent
+//! sessions, queued and in-flight QoS 1/2 messages, inbound QoS 2 ids, retained
+//! messages, delayed wills), and what the node says about a data directory it cannot
+//! use. Every test restarts a real broker process on the same directory.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+
+/// A broker on `dir`, with extra flags.
+fn node(dir: &Path, extra: &[&str]) -> Broker {
+    let dir = dir.to_str().expect("utf-8 path");
+    let mut args = vec!["--data-dir", dir];
+    args.extend_from_slice(extra);
+    Broker::builder().args(&args).start()
+}
+
+/// Stops `b` the hard way (`kill -9`) or with SIGTERM, and waits for it.
+async fn stop(mut b: Broker, how: &str) {
+    b.signal(how);
+    b.wait_exit(Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|| panic!("broker did not exit after SIG{how}"));
+}
+
+fn data_dir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+/// Connects `id` with a persistent session (v5: expiry `expiry`).
+async fn persistent(b: &Broker, v: Version, id: &str, expiry: u32) -> (RawClient, bool) {
+    let (c, ack) = RawClient::connect(b.addr(), Connect::persistent(v, id, false, expiry)).await;
+    assert_eq!(ack.code, 0, "CONNACK");
+    (c, ack.session_present)
+}
+
+// [MQTT-3.1.2-4]/[MQTT-3.1.2-5] (3.1.1 and 5.0): a persistent session and the QoS 1
+// and QoS 2 messages queued for it while it is offline survive the broker process
+// being killed; [MQTT-3.2.2-2]: Session Present is 1 when it resumes.
+async fn queued_messages_survive_kill_9(v: Version) {
+    let dir = data_dir();
+    let b = node(dir.path(), &[]);
+    let (mut s, present) = persistent(&b, v, "sub", 600).await;
+    assert!(!present);
+    s.subscribe(&[("q/1", 1), ("q/2", 2)]).await;
+    s.disconnect().await;
+    let mut p = b.client(v, "pub").await;
+    for i in 0..40u32 {
+        let topic = if i % 2 == 0 { "q/1" } else { "q/2" };
+        let qos = if i % 2 == 0 { 1 } else { 2 };
+        assert_eq!(p.publish(topic, &i.to_be_bytes(), qos, false).await, 0);
+    }
+    stop(b, "KILL").await;
+
+    let b = node(dir.path(), &[]);
+    let (mut s, present) = persistent(&b, v, "sub", 600).await;
+    assert!(present, "the session survived kill -9");
+    let got: Vec<u32> = s
+        .recv_publishes(40, T)
+        .await
+        .iter()
+        .map(|m| u32::from_be_bytes(m.payload[..4].try_into().unwrap()))
+        .collect();
+    assert_eq!(got, (0..40).collect::<Vec<_>>(), "every message, in order");
+    s.expect_no_publish_default().await;
+    // Delivered and acknowledged: not delivered again after another restart.
+    s.disconnect().await;
+    stop(b, "KILL").await;
+    let b = node(dir.path(), &[]);
+    let (mut s, present) = persistent(&b, v, "sub", 600).await;
+    assert!(present);
+    s.expect_no_publish_default().await;
+}
+versions_test!(queued_messages_survive_kill_9);
+
+// [MQTT-4.4.0-1]: unacknowledged PUBLISHes are resent on resume with DUP set and
+// their original packet ids, also after the broker was killed; subscriptions made
+// before the crash keep routing afterwards.
+async fn inflight_is_resent_with_dup_after_kill_9(v: Version) {
+    let dir = data_dir();
+    let b = node(dir.path(), &[]);
+    let (mut s, _) = persistent(&b, v, "sub", 600).await;
+    s.sub("f/#", 1).await;
+    s.auto_ack = false;
+    let mut p = b.client(v, "pub").await;
+    for i in 0..3u8 {
+        assert_eq!(p.publish("f/x", &[i], 1, false).await, 0);
+    }
+    let first: Vec<(u16, Vec<u8>)> = s
+        .recv_publishes(3, T)
+        .await
+        .into_iter()
+        .map(|m| (m.pid, m.payload))
+        .collect();
+    stop(b, "KILL").await;
+
+    let b = node(dir.path(), &[]);
+    let (mut s, present) = persistent(&b, v, "sub", 600).await;
+    assert!(present);
+    let again = s.recv_publishes(3, T).await;
+    for (m, (pid, payload)) in again.iter().zip(&first) {
+        assert!(m.dup, "resent with DUP");
+        assert_eq!(
+            (m.pid, &m.payload),
+            (*pid, payload),
+            "same packet id and message"
+        );
+    }
+    // The subscription survived too.
+    let mut p = b.client(v, "pub").await;
+    assert_eq!(p.publish("f/y", b"after", 1, false).await, 0);
+    let m = s.recv_publish(T).await;
+    assert_eq!((m.topic.as_str(), &m.payload[..]), ("f/y", &b"after"[..]));
+}
+versions_test!(inflight_is_resent_with_dup_after_kill_9);
+
+// [MQTT-4.3.3-9] (5.0) / [MQTT-4.3.3-2] (3.1.1): a QoS 2 message whose PUBREC the
+// publisher received before the broker was killed is delivered once: the publisher
+// releases it after the restart, and a resent PUBLISH with the same id is not routed
+// again.
+async fn inbound_qos2_is_exactly_once_across_kill_9(v: Version) {
+    let dir = data_dir();
+    let b = node(dir.path(), &[]);
+    let (mut s, _) = persistent(&b, v, "sub", 600).await;
+    s.sub("x", 2).await;
+    s.disconnect().await;
+    let (mut p, _) = persistent(&b, v, "pub", 600).await;
+    p.send(&Publish::new("x", b"once", 2).pid(7).encode(v))
+        .await;
+    let rec = p
+        .wait_packet(T, "PUBREC", |x| match x {
+            Packet::Pubrec(a) if a.pid == 7 => Some(a.reason),
+            _ => None,
+        })
+        .await;
+    assert_eq!(rec, 0);
+    stop(b, "KILL").await;
+
+    let b = node(dir.path(), &[]);
+    let (mut p, present) = persistent(&b, v, "pub", 600).await;
+    assert!(present);
+    let mut again = Publish::new("x", b"once", 2).pid(7);
+    again.dup = true;
+    p.send(&again.encode(v)).await;
+    p.send(&encode_ack(PUBREL, 7, 0, v)).await;
+    p.wait_packet(T, "PUBCOMP", |x| match x {
+        Packet::Pubcomp(a) if a.pid == 7 => Some(()),
+        _ => None,
+    })
+    .await;
+    let (mut s, present) = persistent(&b, v, "sub", 600).await;
+    assert!(present);
+    let m = s.recv_publish(T).await;
+    assert_eq!(&m.payload[..], b"once");
+    s.expect_no_publish_default().await;
+}
+versions_test!(inbound_qos2_is_exactly_once_across_kill_9);
+
+// [MQTT-3.3.1-5]: retained messages survive SIGTERM and kill -9;
+// [MQTT-3.3.2-5]: one whose Message Expiry Interval ran out while the broker was
+// stopped is gone, and one still alive carries what is left of its interval
+// [MQTT-3.3.2-6].
+#[tokio::test]
+async fn retained_messages_survive_restarts_and_keep_their_expiry() {
+    let v = Version::V5;
+    let dir = data_dir();
+    let b = node(dir.path(), &[]);
+    let mut p = b.client(v, "pub").await;
+    p.publish("r/plain", b"kept", 1, true).await;
+    let expiring = |topic: &str, secs: u32| {
+        Publish::new(topic, b"exp", 1)
+            .retain(true)
+            .props(Props::new().u32(0x02, secs))
+    };
+    p.publish_msg(expiring("r/short", 1)).await;
+    p.publish_msg(expiring("r/long", 600)).await;
+    p.publish("r/cleared", b"x", 1, true).await;
+    p.publish("r/cleared", b"", 1, true).await;
+    stop(b, "TERM").await;
+    // The wait is the thing under test: the short interval runs out while stopped.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let b = node(dir.path(), &[]);
+    let mut s = b.client(v, "s").await;
+    s.sub("r/#", 1).await;
+    let mut got = s.recv_publishes(2, T).await;
+    s.expect_no_publish_default().await;
+    got.sort_by(|a, b| a.topic.cmp(&b.topic));
+    assert_eq!(got[0].topic, "r/long");
+    let left = got[0].props.get_u32(0x02).expect("expiry interval");
+    assert!((590..=600).contains(&left), "{left}");
+    assert_eq!(
+        (got[1].topic.as_str(), &got[1].payload[..]),
+        ("r/plain", &b"kept"[..])
+    );
+    assert!(got.iter().all(|m| m.retain));
+    stop(b, "KILL").await;
+
+    let b = node(dir.path(), &[]);
+    let mut s = b.client(v, "s").await;
+    s.sub("r/plain", 0).await;
+    assert_eq!(&s.recv_publish(T).await.payload[..], b"kept");
+}
+
+// [MQTT-3.1.2-23]: the Session Expiry Interval counts while the broker is stopped: a
+// session that expired meanwhile is gone (Session Present 0), a longer one is not.
+#[tokio::test]
+async fn a_session_that_expired_while_stopped_is_gone() {
+    let v = Version::V5;
+    let dir = data_dir();
+    let b = node(dir.path(), &[]);
+    for (id, expiry) in [("short", 1), ("long", 600)] {
+        let (mut c, _) = persistent(&b, v, id, expiry).await;
+        c.sub("t", 1).await;
+        c.disconnect().await;
+    }
+    stop(b, "TERM").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let b = node(dir.path(), &[]);
+    let mut p = b.client(v, "pub").await;
+    p.publish("t", b"m", 1, false).await;
+    let (mut long, present) = persistent(&b, v, "long", 600).await;
+    assert!(present);
+    assert_eq!(&long.recv_publish(T).await.payload[..], b"m");
+    let (mut short, present) = persistent(&b, v, "short", 600).await;
+    assert!(!present, "expired while the broker was stopped");
+    short.expect_no_publish_default().await;
+}
+
+// [MQTT-3.1.3-9]: a will with a delay, pending when the broker was killed, is
+// published after the restart once its delay has passed (counted from the crash);
+// the session was connected when the process died, so its connection ended then.
+#[tokio::test]
+async fn a_pending_delayed_will_is_published_after_kill_9() {
+    let v = Version::V5;
+    let dir = data_dir();
+    let b = node(dir.path(), &[]);
+    let mut w = Will::new("will/t", b"gone");
+    w.qos = 1;
+    w.props = Props::new().u32(0x18, 2);
+    let _c = RawClient::connect_ok(
+        b.addr(),
+        Connect::persistent(v, "dying", false, 600).will(w),
+    )
+    .await;
+    stop(b, "KILL").await;
+
+    let b = node(dir.path(), &[]);
+    let mut watcher = b.client(v, "watcher").await;
+    watcher.sub("will/#", 1).await;
+    let m = watcher.recv_publish(Duration::from_secs(10)).await;
+    assert_eq!((m.topic.as_str(), &m.payload[..]), ("will/t", &b"gone"[..]));
+    // Published once: a restart after it does not publish it again.
+    stop(b, "KILL").await;
+    let b = node(dir.path(), &[]);
+    let mut watcher = b.client(v, "watcher").await;
+    watcher.sub("will/#", 1).await;
+    watcher.expect_no_publish(Duration::from_secs(3)).await;
+}
+
+// With `store.sync = "periodic"` a SIGTERM still writes everything (the writer makes
+// its last batch durable before the process exits).
+#[tokio::test]
+async fn periodic_sync_loses_nothing_on_sigterm() {
+    let v = Version::V311;
+    let dir = data_dir();
+    let cfg = "[store]\nsync = \"periodic\"\nsync_interval_ms = 60000\n";
+    let dir_s = dir.path().to_str().unwrap();
+    let start = || {
+        Broker::builder()
+            .config(cfg)
+            .args(&["--data-dir", dir_s])
+            .start()
+    };
+    let b = start();
+    let (mut s, _) = persistent(&b, v, "sub", 0).await;
+    s.sub("p", 1).await;
+    s.disconnect().await;
+    let mut p = b.client(v, "pub").await;
+    for i in 0..20u8 {
+        p.publish("p", &[i], 1, false).await;
+    }
+    stop(b, "TERM").await;
+    let b = start();
+    let (mut s, present) = persistent(&b, v, "sub", 0).await;
+    assert!(present);
+    let got: Vec<u8> = s
+        .recv_publishes(20, T)
+        .await
+        .iter()
+        .map(|m| m.payload[0])
+        .collect();
+    assert_eq!(got, (0..20).collect::<Vec<_>>());
+}
+
+/// Runs a broker that must refuse to start, and returns what it printed.
+async fn refused(dir: &Path) -> String {
+    let out = run_astramq(
+        &[
+            "broker",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ],
+        &[],
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(
+        !out.status.success(),
+        "the broker must refuse to start: {}",
+        out.stderr
+    );
+    out.stderr
+}
+
+#[tokio::test]
+async fn a_data_dir_in_use_by_another_process_is_refused() {
+    let dir = data_dir();
+    let _running = node(dir.path(), &[]);
+    let err = refused(dir.path()).await;
+    assert!(err.contains("in use by another process"), "{err}");
+    assert!(err.contains("astramq.redb"), "names the file: {err}");
+}
+
+#[tokio::test]
+async fn a_damaged_database_file_is_refused_with_its_name() {
+    let dir = data_dir();
+    let file: PathBuf = dir.path().join("astramq.redb");
+    std::fs::write(&file, vec![0x5a; 64 * 1024]).unwrap();
+    let err = refused(dir.path()).await;
+    assert!(
+        err.contains(&*file.to_string_lossy()),
+        "names the file: {err}"
+    );
+    assert!(err.contains("move it away"), "says what to do: {err}");
+}
+
+#[tokio::test]
+async fn data_dir_with_redis_is_a_config_error() {
+    let out = run_astramq(
+        &[
+            "broker",
+            "--data-dir",
+            "/tmp/x",
+            "--redis",
+            "redis://127.0.0.1:1",
+            "--node-id",
+            "n",
+        ],
+        &[],
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("data_dir"), "{}", out.stderr);
+}
