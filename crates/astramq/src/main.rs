@@ -204,7 +204,15 @@ fn run_lb(args: lb::LbArgs) -> anyhow::Result<()> {
 }
 
 fn init_logging(level: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
+    // The disk store's engine logs each flush and compaction at info, and each
+    // failed write while the disk is full (the store logs that once): only its
+    // other warnings, unless the filter names it.
+    let directives = if level.contains('=') {
+        level.to_string()
+    } else {
+        format!("{level},fjall=warn,fjall::batch=off,lsm_tree=warn")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
         .map_err(|e| anyhow::anyhow!("invalid configuration: log_level: {e}"))?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)

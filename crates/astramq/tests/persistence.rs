@@ -325,18 +325,21 @@ async fn a_data_dir_in_use_by_another_process_is_refused() {
     let _running = node(dir.path(), &[]);
     let err = refused(dir.path()).await;
     assert!(err.contains("in use by another process"), "{err}");
-    assert!(err.contains("astramq.redb"), "names the file: {err}");
+    assert!(err.contains("/db"), "names the database: {err}");
 }
 
 #[tokio::test]
-async fn a_damaged_database_file_is_refused_with_its_name() {
+async fn a_damaged_database_is_refused_with_its_name() {
     let dir = data_dir();
-    let file: PathBuf = dir.path().join("astramq.redb");
-    std::fs::write(&file, vec![0x5a; 64 * 1024]).unwrap();
+    // A database written once, then its format marker overwritten.
+    let b = node(dir.path(), &[]);
+    stop(b, "TERM").await;
+    let db: PathBuf = dir.path().join("db");
+    std::fs::write(db.join("version"), b"\xde\xad\xbe\xef").unwrap();
     let err = refused(dir.path()).await;
     assert!(
-        err.contains(&*file.to_string_lossy()),
-        "names the file: {err}"
+        err.contains(&*db.to_string_lossy()),
+        "names the database: {err}"
     );
     assert!(err.contains("move it away"), "says what to do: {err}");
 }
@@ -359,4 +362,143 @@ async fn data_dir_with_redis_is_a_config_error() {
     .await;
     assert!(!out.status.success());
     assert!(out.stderr.contains("data_dir"), "{}", out.stderr);
+}
+
+/// A tmpfs of `mb` MiB mounted by the test (root, as CI runs), unmounted on drop.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(mb: u32) -> SmallDisk {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(
+            st.success(),
+            "mount a {mb} MiB tmpfs (needs root, as CI has)"
+        );
+        SmallDisk { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn free_bytes(&self) -> u64 {
+        let out = std::process::Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(self.path())
+            .output()
+            .expect("df");
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse().ok())
+            .expect("df output")
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+// A full disk: new QoS 1 messages to persistent sessions are refused with v5 0x97
+// Quota exceeded ([MQTT-3.4.2-1]: a PUBACK reason code ≥ 0x80 means not accepted),
+// the node logs it once, keeps serving, and takes messages again once space
+// returns; every message acknowledged with 0x00 is delivered, before and after a
+// kill -9.
+#[tokio::test]
+async fn a_full_disk_refuses_with_quota_exceeded_and_recovers() {
+    let v = Version::V5;
+    let disk = SmallDisk::mount(8);
+    let data = disk.path().join("data");
+    let b = node(&data, &[]);
+    let (mut s, _) = persistent(&b, v, "sub", 600).await;
+    s.sub("big", 1).await;
+    s.disconnect().await;
+    // Leave ~256 KiB free for the database to grow into.
+    let filler = disk.path().join("filler");
+    let fill = disk.free_bytes().saturating_sub(256 * 1024);
+    std::fs::write(&filler, vec![0u8; fill as usize]).expect("write filler");
+
+    let mut p = b.client(v, "pub").await;
+    // Incompressible, or the store's compression would make room.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let payload: Vec<u8> = (0..8 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let mut accepted = Vec::new();
+    let mut refused = None;
+    for i in 0..400u32 {
+        let mut body = i.to_be_bytes().to_vec();
+        body.extend_from_slice(&payload);
+        match p.publish("big", &body, 1, false).await {
+            0 => accepted.push(i),
+            0x97 => {
+                refused = Some(i);
+                break;
+            }
+            r => panic!("message {i}: unexpected PUBACK reason {r:#x}"),
+        }
+    }
+    let refused = refused.expect("the disk never filled up");
+    assert!(
+        !accepted.is_empty(),
+        "some messages fit before the disk was full"
+    );
+
+    // Space returns: messages are taken again (the store reopens its file).
+    std::fs::remove_file(&filler).unwrap();
+    let mut next = refused + 1;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut body = next.to_be_bytes().to_vec();
+        body.extend_from_slice(b"after");
+        match p.publish("big", &body, 1, false).await {
+            0 => {
+                accepted.push(next);
+                break;
+            }
+            0x97 | 0x80 => {}
+            r => panic!("unexpected PUBACK reason {r:#x}"),
+        }
+        next += 1;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no recovery after space returned"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let logged = b
+        .stderr()
+        .matches("cannot write the data directory")
+        .count();
+    assert_eq!(logged, 1, "logged once: {}", tail(&b.stderr(), 4000));
+    stop(b, "KILL").await;
+
+    let b = node(&data, &[]);
+    let (mut s, present) = persistent(&b, v, "sub", 600).await;
+    assert!(present);
+    let got: Vec<u32> = s
+        .recv_publishes(accepted.len(), T)
+        .await
+        .iter()
+        .map(|m| u32::from_be_bytes(m.payload[..4].try_into().unwrap()))
+        .collect();
+    assert_eq!(got, accepted, "every accepted message, nothing refused");
+    s.expect_no_publish_default().await;
 }

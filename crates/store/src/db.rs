@@ -1,6 +1,6 @@
-//! The data directory's one database file (redb): its tables, opening it (locked
-//! against a second process, its format checked), and reading everything back at
-//! start-up.
+//! The data directory's database (fjall, an LSM tree with a write-ahead journal):
+//! its keyspaces, opening it (locked against a second process, its format checked),
+//! and reading everything back at start-up.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use broker::message::Message;
 use broker::session::{Outbound, SessionSnapshot};
-use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 
 use crate::records::{
     self, read_journal, read_retained, read_session, read_subscription, split_child, JournalEntry,
@@ -16,66 +16,79 @@ use crate::records::{
 };
 use crate::StoreError;
 
-/// `format` (the layout, [`FORMAT`]) and `alive` (Unix ms of the last write: when
-/// sessions still connected at a crash lost their connection).
-pub(crate) const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
-/// Client id → [`SessionRow`].
-pub(crate) const SESSIONS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("sessions");
-/// Client id, 0, filter → subscription options.
-pub(crate) const SUBS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("subscriptions");
-/// Client id, 0, message id → a delivery not yet acknowledged. Message ids sort by
-/// arrival, so a session's journal reads back in order.
-pub(crate) const JOURNAL: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("journal");
-/// Client id, 0, packet id (2 bytes) → the message id of an inbound QoS 2 message
-/// awaiting PUBREL.
-pub(crate) const INBOUND: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("inbound");
-/// Topic → retained message.
-pub(crate) const RETAINED: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("retained");
+/// The folder inside the data directory that holds the database.
+pub const DB_DIR: &str = "db";
 
-/// The file inside the data directory.
-pub const FILE: &str = "astramq.redb";
-
-/// Opens (creating if need be) the database in `dir`.
-pub(crate) fn open(dir: &Path) -> Result<(Database, PathBuf), StoreError> {
-    std::fs::create_dir_all(dir).map_err(|e| StoreError::Dir(dir.into(), e))?;
-    let path = dir.join(FILE);
-    let db = match Database::create(&path) {
-        Ok(db) => db,
-        Err(DatabaseError::DatabaseAlreadyOpen) => return Err(StoreError::InUse(path)),
-        Err(e) => return Err(StoreError::Open(path, e.into())),
-    };
-    check_format(&db).map_err(|e| match e {
-        StoreError::Redb(e) => StoreError::Open(path.clone(), e),
-        e => e,
-    })?;
-    Ok((db, path))
+/// The database and its keyspaces.
+#[derive(Clone)]
+pub(crate) struct Tables {
+    pub db: Database,
+    /// `format` (the layout, [`FORMAT`]) and `alive` (Unix ms of the last write:
+    /// when sessions still connected at a crash lost their connection), u64 BE.
+    pub meta: Keyspace,
+    /// Client id → [`SessionRow`].
+    pub sessions: Keyspace,
+    /// Client id, 0, filter → subscription options.
+    pub subs: Keyspace,
+    /// Client id, 0, message id → a delivery not yet acknowledged. Message ids sort by
+    /// arrival, so a session's journal reads back in order.
+    pub journal: Keyspace,
+    /// Client id, 0, packet id (2 bytes) → the message id of an inbound QoS 2
+    /// message awaiting PUBREL.
+    pub inbound: Keyspace,
+    /// Topic → retained message.
+    pub retained: Keyspace,
 }
 
-fn check_format(db: &Database) -> Result<(), StoreError> {
-    let tx = db.begin_write().map_err(redb::Error::from)?;
-    {
-        let mut meta = tx.open_table(META).map_err(redb::Error::from)?;
-        let found = meta
-            .get("format")
-            .map_err(redb::Error::from)?
-            .map(|v| v.value());
-        match found {
-            Some(f) if f == u64::from(FORMAT) => {}
-            Some(f) => return Err(StoreError::Format(f, FORMAT)),
-            None => {
-                meta.insert("format", u64::from(FORMAT))
-                    .map_err(redb::Error::from)?;
-            }
-        }
-        // Every table exists from the start, so readers never meet a missing one.
-        tx.open_table(SESSIONS).map_err(redb::Error::from)?;
-        tx.open_table(SUBS).map_err(redb::Error::from)?;
-        tx.open_table(JOURNAL).map_err(redb::Error::from)?;
-        tx.open_table(INBOUND).map_err(redb::Error::from)?;
-        tx.open_table(RETAINED).map_err(redb::Error::from)?;
+impl Tables {
+    /// Opens (creating if need be) the database at `path`.
+    pub fn open(path: &Path) -> Result<Tables, fjall::Error> {
+        // One background thread for flushes and compactions: the broker's own
+        // threads do the work that matters.
+        let db = Database::builder(path).worker_threads(1).open()?;
+        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        Ok(Tables {
+            meta: ks("meta")?,
+            sessions: ks("sessions")?,
+            subs: ks("subscriptions")?,
+            journal: ks("journal")?,
+            inbound: ks("inbound")?,
+            retained: ks("retained")?,
+            db,
+        })
     }
-    tx.commit().map_err(redb::Error::from)?;
-    Ok(())
+
+    /// A u64 from `meta`.
+    pub fn meta_u64(&self, key: &str) -> Result<Option<u64>, fjall::Error> {
+        Ok(self.meta.get(key)?.and_then(|v| {
+            let b: [u8; 8] = v.as_ref().try_into().ok()?;
+            Some(u64::from_be_bytes(b))
+        }))
+    }
+}
+
+/// Opens (creating if need be) the database in `dir`.
+pub(crate) fn open(dir: &Path) -> Result<(Tables, PathBuf), StoreError> {
+    std::fs::create_dir_all(dir).map_err(|e| StoreError::Dir(dir.into(), e))?;
+    let path = dir.join(DB_DIR);
+    let tables = match Tables::open(&path) {
+        Ok(t) => t,
+        Err(fjall::Error::Locked) => return Err(StoreError::InUse(path)),
+        Err(e) => return Err(StoreError::Open(path, e)),
+    };
+    match tables.meta_u64("format") {
+        Ok(Some(f)) if f == u64::from(FORMAT) => {}
+        Ok(Some(f)) => return Err(StoreError::Format(f, FORMAT)),
+        Ok(None) => {
+            let write = tables
+                .meta
+                .insert("format", u64::from(FORMAT).to_be_bytes())
+                .and_then(|()| tables.db.persist(fjall::PersistMode::SyncAll));
+            write.map_err(|e| StoreError::Open(path.clone(), e))?;
+        }
+        Err(e) => return Err(StoreError::Open(path, e)),
+    }
+    Ok((tables, path))
 }
 
 /// A persistent session read back at start-up.
@@ -105,17 +118,22 @@ pub struct Loaded {
     pub expired_messages: usize,
 }
 
+/// Every key and value of a keyspace, in key order.
+fn rows(
+    ks: &Keyspace,
+) -> impl Iterator<Item = Result<(fjall::UserKey, fjall::UserValue), fjall::Error>> {
+    ks.iter().map(|g| g.into_inner())
+}
+
 /// Reads every session and retained message.
-pub(crate) fn load(db: &Database) -> Result<Loaded, redb::Error> {
-    let tx = db.begin_read()?;
-    let alive = tx.open_table(META)?.get("alive")?.map(|v| v.value());
-    let alive = alive.unwrap_or_else(records::unix_ms);
+pub(crate) fn load(t: &Tables) -> Result<Loaded, fjall::Error> {
+    let alive = t.meta_u64("alive")?.unwrap_or_else(records::unix_ms);
     let mut out = Loaded::default();
     let mut sessions: HashMap<Arc<str>, StoredSession> = HashMap::new();
-    for row in tx.open_table(SESSIONS)?.iter()? {
+    for row in rows(&t.sessions) {
         let (k, v) = row?;
-        let client_id: Arc<str> = k.value().into();
-        match read_session(v.value()) {
+        let client_id: Arc<str> = String::from_utf8_lossy(&k).into();
+        match read_session(&v) {
             Ok(row) => {
                 let ended_at_ms = if row.parked_at_ms == 0 {
                     alive
@@ -143,12 +161,12 @@ pub(crate) fn load(db: &Database) -> Result<Loaded, redb::Error> {
             }
         }
     }
-    for row in tx.open_table(SUBS)?.iter()? {
+    for row in rows(&t.subs) {
         let (k, v) = row?;
-        let read = split_child(k.value()).and_then(|(c, f)| {
+        let read = split_child(&k).and_then(|(c, f)| {
             let filter = std::str::from_utf8(f)
                 .map_err(|_| records::RecordError("filter not UTF-8".into()))?;
-            Ok((c, filter.to_string(), read_subscription(v.value())?))
+            Ok((c, filter.to_string(), read_subscription(&v)?))
         });
         match read {
             Ok((c, filter, sub)) => {
@@ -162,12 +180,12 @@ pub(crate) fn load(db: &Database) -> Result<Loaded, redb::Error> {
             }
         }
     }
-    for row in tx.open_table(JOURNAL)?.iter()? {
+    for row in rows(&t.journal) {
         let (k, v) = row?;
-        let read = split_child(k.value()).and_then(|(c, key)| {
+        let read = split_child(&k).and_then(|(c, key)| {
             let key = std::str::from_utf8(key)
                 .map_err(|_| records::RecordError("message id not UTF-8".into()))?;
-            Ok((c, key, read_journal(key, v.value())?))
+            Ok((c, key, read_journal(key, &v)?))
         });
         match read {
             Ok((c, key, entry)) => {
@@ -189,13 +207,13 @@ pub(crate) fn load(db: &Database) -> Result<Loaded, redb::Error> {
             }
         }
     }
-    for row in tx.open_table(INBOUND)?.iter()? {
+    for row in rows(&t.inbound) {
         let (k, v) = row?;
-        let read = split_child(k.value()).and_then(|(c, id)| {
+        let read = split_child(&k).and_then(|(c, id)| {
             let id: [u8; 2] = id
                 .try_into()
                 .map_err(|_| records::RecordError("bad packet id".into()))?;
-            let msg = std::str::from_utf8(v.value())
+            let msg = std::str::from_utf8(&v)
                 .map_err(|_| records::RecordError("message id not UTF-8".into()))?;
             Ok((c, u16::from_be_bytes(id), msg))
         });
@@ -211,13 +229,13 @@ pub(crate) fn load(db: &Database) -> Result<Loaded, redb::Error> {
             }
         }
     }
-    for row in tx.open_table(RETAINED)?.iter()? {
+    for row in rows(&t.retained) {
         let (k, v) = row?;
-        match read_retained(v.value()) {
+        match read_retained(&v) {
             Ok(Some(msg)) => out.retained.push(msg),
             Ok(None) => {}
             Err(e) => {
-                tracing::error!(topic = k.value(), error = %e, "stored retained message unreadable; skipped");
+                tracing::error!(topic = %String::from_utf8_lossy(&k), error = %e, "stored retained message unreadable; skipped");
                 out.unreadable += 1;
             }
         }

@@ -6,11 +6,11 @@
 //! delivery to a persistent session is written before it is queued and its
 //! publisher is acknowledged only after that (with `sync = always`, after fsync),
 //! and every acknowledgement, subscription, will and session end is mirrored in
-//! order. One thread writes, in one transaction per batch (group commit); see
-//! `writer.rs`. The database is redb (docs/architecture.md says why).
+//! order. One thread writes, one batch for everything that arrived meanwhile (group
+//! commit); see `writer.rs`. The database is fjall (docs/architecture.md says why).
 //!
 //! - `records.rs`: the bytes of each value (pure).
-//! - `db.rs`: the tables, opening (lock, format) and reading back at start-up.
+//! - `db.rs`: the keyspaces, opening (lock, format) and reading back at start-up.
 //! - `writer.rs`: the writer thread.
 //! - `restore.rs`: putting what was read back into a fresh broker.
 
@@ -38,7 +38,7 @@ use parking_lot::Mutex;
 use thiserror::Error;
 use tokio::sync::oneshot;
 
-pub use db::{Loaded, StoredSession, FILE};
+pub use db::{Loaded, StoredSession, DB_DIR};
 pub use restore::install;
 pub use writer::Stats;
 
@@ -53,15 +53,15 @@ pub enum StoreError {
     /// Another process has the database open.
     #[error("data_dir: {0} is in use by another process (another astramq with the same data_dir?); stop it or choose another directory")]
     InUse(PathBuf),
-    /// The file is damaged or not a database.
-    #[error("data_dir: cannot open {0}: {1}; if the file is damaged beyond redb's own repair, move it away to start empty (what it held is then lost)")]
-    Open(PathBuf, redb::Error),
+    /// The database is damaged or not a database.
+    #[error("data_dir: cannot open {0}: {1}; if it is damaged beyond the journal's own recovery, move it away to start empty (what it held is then lost)")]
+    Open(PathBuf, fjall::Error),
     /// Written by a version of AstraMQ with another layout.
     #[error("data_dir: the database has format {0}, this build reads format {1}; run the version that wrote it, or move the file away to start empty")]
     Format(u64, u32),
     /// Any other database error.
     #[error("data_dir: {0}")]
-    Redb(#[from] redb::Error),
+    Db(#[from] fjall::Error),
 }
 
 /// The disk store, shared by the broker's connections.
@@ -140,7 +140,7 @@ impl DiskStore {
         Ok((store, loaded))
     }
 
-    /// The database file.
+    /// The database's folder.
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -21,7 +21,7 @@ use thiserror::Error;
 /// layout is refused at start-up with both numbers (see `db.rs`).
 pub const FORMAT: u32 = 1;
 
-/// A value that could not be decoded (a bug, or a file damaged outside redb's
+/// A value that could not be decoded (a bug, or a file damaged outside the database's
 /// checks): the entry is logged and skipped, never half-read.
 #[derive(Debug, Error)]
 #[error("unreadable stored record: {0}")]

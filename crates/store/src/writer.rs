@@ -6,7 +6,8 @@
 //!
 //! A commit that fails (a full disk, an I/O error) fails the deliveries in it (their
 //! publishers are refused, nothing is acknowledged), keeps the other changes for the
-//! next commit, and reopens the database, which redb requires after an I/O error.
+//! next commit, and reopens the database: fjall accepts no write after an I/O error
+//! (it is "poisoned"), and reopening replays its journal up to the last good write.
 
 use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
@@ -19,11 +20,11 @@ use broker::cluster::{ClusterError, JournalOutcome, SessionChange};
 use broker::config::SyncPolicy;
 use broker::router::Blocked;
 use broker::session::JournalUpdate;
+use fjall::{OwnedWriteBatch as WriteBatch, PersistMode};
 use parking_lot::Mutex;
-use redb::{Database, Durability, ReadableTable, WriteTransaction};
 use tokio::sync::oneshot;
 
-use crate::db::{INBOUND, JOURNAL, META, RETAINED, SESSIONS, SUBS};
+use crate::db::Tables;
 use crate::records::{self, child_key, child_range, journal_received, SessionRow};
 
 /// Changes kept for the next commit after one failed, at most: beyond this they are
@@ -88,7 +89,7 @@ pub struct Stats {
 
 /// The writer's state.
 pub(crate) struct Writer {
-    pub db: Option<Database>,
+    pub db: Option<Tables>,
     pub path: PathBuf,
     pub sync: SyncPolicy,
     pub interval: Duration,
@@ -174,7 +175,7 @@ impl Writer {
                         tracing::error!(path = %self.path.display(), error = %e, "cannot write the data directory; QoS 1/2 messages to persistent sessions are refused until it can be written");
                     }
                     self.fail(batch, &err, &mut retry);
-                    // redb refuses every later operation after an I/O error: reopen.
+                    // fjall refuses every later write after an I/O error: reopen.
                     self.db = None;
                     if stop.is_none() {
                         std::thread::sleep(Duration::from_millis(200));
@@ -190,34 +191,37 @@ impl Writer {
         }
     }
 
-    fn db(&mut self) -> Result<&Database, redb::Error> {
+    fn tables(&mut self) -> Result<Tables, fjall::Error> {
         if self.db.is_none() {
-            self.db = Some(Database::create(&self.path)?);
+            self.db = Some(Tables::open(&self.path)?);
         }
-        Ok(self.db.as_ref().expect("just opened"))
+        Ok(self.db.clone().expect("just opened"))
     }
 
-    /// Writes `batch` in one transaction; for each journal op, which of its entries
-    /// were new (an entry already stored is not queued twice).
-    fn commit(&mut self, batch: &[Op], durable: bool) -> Result<Vec<Vec<bool>>, redb::Error> {
-        let persisted = self.persisted.clone();
-        let mut tx = self.db()?.begin_write()?;
-        tx.set_durability(if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        })
-        .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+    /// Writes `batch`, then makes it durable (`durable`) or hands it to the OS; for
+    /// each journal op, which of its entries were new (an entry already stored is not
+    /// queued twice).
+    fn commit(&mut self, batch: &[Op], durable: bool) -> Result<Vec<Vec<bool>>, fjall::Error> {
+        let t = self.tables()?;
+        let mut tx = Txn { t: &t, wb: None };
         let mut fresh = Vec::new();
-        let mut persisted = persisted.lock();
-        for op in batch {
-            if let Some(f) = apply(&tx, op, &mut persisted)? {
-                fresh.push(f);
+        {
+            let mut persisted = self.persisted.lock();
+            for op in batch {
+                if let Some(f) = apply(&mut tx, op, &mut persisted)? {
+                    fresh.push(f);
+                }
             }
         }
-        tx.open_table(META)?.insert("alive", records::unix_ms())?;
-        drop(persisted);
-        tx.commit()?;
+        let now = records::unix_ms().to_be_bytes();
+        tx.wb().insert(&t.meta, "alive", now);
+        tx.settle()?;
+        // `Buffer` reaches the OS, so a crash of the process alone loses nothing.
+        t.db.persist(if durable {
+            PersistMode::SyncAll
+        } else {
+            PersistMode::Buffer
+        })?;
         Ok(fresh)
     }
 
@@ -298,9 +302,14 @@ fn queue(b: Blocked, full: &mut Vec<Blocked>) {
 }
 
 /// A full disk is a quota (v5 0x97); anything else is unavailability.
-fn classify(e: &redb::Error) -> ClusterError {
-    let full = match e {
-        redb::Error::Io(io) => {
+fn classify(e: &fjall::Error) -> ClusterError {
+    let io = match e {
+        fjall::Error::Io(io) => Some(io),
+        fjall::Error::Storage(fjall::LsmError::Io(io)) => Some(io),
+        _ => None,
+    };
+    let full = match io {
+        Some(io) => {
             io.kind() == std::io::ErrorKind::StorageFull
                 // ENOSPC, EDQUOT (quota), EFBIG (file size limit).
                 || matches!(io.raw_os_error(), Some(28 | 122 | 27))
@@ -314,47 +323,79 @@ fn classify(e: &redb::Error) -> ClusterError {
     }
 }
 
-/// Removes every row of `client_id`.
-fn delete_client(tx: &WriteTransaction, client_id: &str) -> Result<(), redb::Error> {
-    let (lo, hi) = child_range(client_id);
-    for table in [SUBS, JOURNAL, INBOUND] {
-        tx.open_table(table)?
-            .retain_in(lo.as_slice()..hi.as_slice(), |_, _| false)?;
+/// The writes of one commit: a fjall write batch, committed (not yet persisted)
+/// before anything is read, so reads see every earlier write.
+struct Txn<'t> {
+    t: &'t Tables,
+    wb: Option<WriteBatch>,
+}
+
+impl Txn<'_> {
+    fn wb(&mut self) -> &mut WriteBatch {
+        let db = &self.t.db;
+        self.wb.get_or_insert_with(|| db.batch())
     }
-    tx.open_table(SESSIONS)?.remove(client_id)?;
+
+    /// Commits what was written so far (in the journal's buffer, not persisted).
+    fn settle(&mut self) -> Result<(), fjall::Error> {
+        match self.wb.take() {
+            Some(wb) if !wb.is_empty() => wb.commit(),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Removes every row of `client_id`.
+fn delete_client(tx: &mut Txn<'_>, client_id: &str) -> Result<(), fjall::Error> {
+    tx.settle()?;
+    let t = tx.t;
+    let (lo, _) = child_range(client_id);
+    for ks in [&t.subs, &t.journal, &t.inbound] {
+        for key in ks.prefix(&lo) {
+            let key = key.key()?;
+            tx.wb().remove(ks, key);
+        }
+    }
+    tx.wb().remove(&t.sessions, client_id);
     Ok(())
 }
 
 /// Changes one session row in place.
 fn update_row(
-    tx: &WriteTransaction,
+    tx: &mut Txn<'_>,
     client_id: &str,
     f: impl FnOnce(&mut SessionRow),
-) -> Result<(), redb::Error> {
-    let mut t = tx.open_table(SESSIONS)?;
-    let row = t.get(client_id)?.map(|v| records::read_session(v.value()));
+) -> Result<(), fjall::Error> {
+    tx.settle()?;
+    let row =
+        tx.t.sessions
+            .get(client_id)?
+            .map(|v| records::read_session(&v));
     if let Some(Ok(mut row)) = row {
         f(&mut row);
-        t.insert(client_id, records::session_value(&row).as_slice())?;
+        let sessions = tx.t.sessions.clone();
+        tx.wb()
+            .insert(&sessions, client_id, records::session_value(&row));
     }
     Ok(())
 }
 
 /// Writes one op; for a journal op, which entries were new.
 fn apply(
-    tx: &WriteTransaction,
+    tx: &mut Txn<'_>,
     op: &Op,
     persisted: &mut HashSet<Arc<str>>,
-) -> Result<Option<Vec<bool>>, redb::Error> {
+) -> Result<Option<Vec<bool>>, fjall::Error> {
+    let t = tx.t;
     match op {
         Op::Journal { entries, .. } => {
-            let mut t = tx.open_table(JOURNAL)?;
+            tx.settle()?;
             let mut fresh = Vec::with_capacity(entries.len());
             for e in entries {
                 let key = child_key(&e.client_id, e.key.as_bytes());
-                let new = t.get(key.as_slice())?.is_none();
+                let new = !t.journal.contains_key(&key)?;
                 if new {
-                    t.insert(key.as_slice(), e.value.as_slice())?;
+                    tx.wb().insert(&t.journal, key, e.value.as_slice());
                 }
                 fresh.push(new);
             }
@@ -371,18 +412,15 @@ fn apply(
                 persisted.remove(client_id);
             }
             if let Some(row) = row {
-                tx.open_table(SESSIONS)?
-                    .insert(&**client_id, records::session_value(row).as_slice())?;
+                tx.wb()
+                    .insert(&t.sessions, &**client_id, records::session_value(row));
                 persisted.insert(client_id.clone());
             }
         }
-        Op::Retained { topic, value } => {
-            let mut t = tx.open_table(RETAINED)?;
-            match value {
-                Some(v) => t.insert(topic.as_str(), v.as_slice())?,
-                None => t.remove(topic.as_str())?,
-            };
-        }
+        Op::Retained { topic, value } => match value {
+            Some(v) => tx.wb().insert(&t.retained, topic.as_str(), v.as_slice()),
+            None => tx.wb().remove(&t.retained, topic.as_str()),
+        },
         Op::Change { change, .. } => apply_change(tx, change, persisted)?,
         Op::Stop(_) => {}
     }
@@ -390,10 +428,11 @@ fn apply(
 }
 
 fn apply_change(
-    tx: &WriteTransaction,
+    tx: &mut Txn<'_>,
     change: &SessionChange,
     persisted: &mut HashSet<Arc<str>>,
-) -> Result<(), redb::Error> {
+) -> Result<(), fjall::Error> {
+    let t = tx.t;
     match change {
         SessionChange::Subscribed {
             client_id,
@@ -401,24 +440,24 @@ fn apply_change(
             sub,
         } => {
             let key = child_key(client_id, filter.as_bytes());
-            let value = records::subscription_value(sub);
-            tx.open_table(SUBS)?
-                .insert(key.as_slice(), value.as_slice())?;
+            tx.wb()
+                .insert(&t.subs, key, records::subscription_value(sub));
         }
         SessionChange::Unsubscribed { client_id, filter } => {
-            let key = child_key(client_id, filter.as_bytes());
-            tx.open_table(SUBS)?.remove(key.as_slice())?;
+            tx.wb()
+                .remove(&t.subs, child_key(client_id, filter.as_bytes()));
         }
         SessionChange::Journal { client_id, updates } => {
-            let mut t = tx.open_table(JOURNAL)?;
             for u in updates {
                 match u {
                     JournalUpdate::Done(key) => {
-                        t.remove(child_key(client_id, key.as_bytes()).as_slice())?;
+                        tx.wb()
+                            .remove(&t.journal, child_key(client_id, key.as_bytes()));
                     }
                     JournalUpdate::Received(j) => {
                         let key = child_key(client_id, j.key.as_bytes());
-                        t.insert(key.as_slice(), journal_received(j.packet_id).as_slice())?;
+                        tx.wb()
+                            .insert(&t.journal, key, journal_received(j.packet_id));
                     }
                 }
             }
@@ -431,11 +470,10 @@ fn apply_change(
             ..
         } => {
             let key = child_key(client_id, &packet_id.to_be_bytes());
-            let mut t = tx.open_table(INBOUND)?;
             match message_id {
-                Some(id) => t.insert(key.as_slice(), id.as_bytes())?,
-                None => t.remove(key.as_slice())?,
-            };
+                Some(id) => tx.wb().insert(&t.inbound, key, id.as_bytes()),
+                None => tx.wb().remove(&t.inbound, key),
+            }
         }
         SessionChange::Parked {
             client_id,

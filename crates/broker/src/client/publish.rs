@@ -315,7 +315,8 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                 Ok(()) => ack.reason,
                 Err(_) if ack.kind == AckKind::Rel => ack.reason,
                 Err(e) => {
-                    if e.is_outage() {
+                    // An outage or a full store was logged once where it began.
+                    if e.is_outage() || matches!(e, ClusterError::Full(_)) {
                         tracing::debug!(client_id = %self.client_id, error = %e, "message not acknowledged: cluster copies not stored");
                     } else {
                         tracing::warn!(client_id = %self.client_id, error = %e, "message not acknowledged: cluster copies not stored");
@@ -536,11 +537,9 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
         if let Some(d) = self.session.outbound(id) {
             let mut wire = wire_for(d, v5, Some(id), topic_alias, send_topic, expiry);
             wire.dup = dup;
-            d.msg.publish.encode(
-                self.protocol,
-                &wire,
-                &mut self.conn.tx.wbuf,
-            );
+            d.msg
+                .publish
+                .encode(self.protocol, &wire, &mut self.conn.tx.wbuf);
         }
     }
 }
