@@ -180,12 +180,13 @@ pub(crate) fn load(t: &Tables) -> Result<Loaded, fjall::Error> {
             }
         }
     }
+    let mut cache = records::MessageCache::new();
     for row in rows(&t.journal) {
         let (k, v) = row?;
         let read = split_child(&k).and_then(|(c, key)| {
             let key = std::str::from_utf8(key)
                 .map_err(|_| records::RecordError("message id not UTF-8".into()))?;
-            Ok((c, key, read_journal(key, &v)?))
+            Ok((c, key, read_journal(key, &v, &mut cache)?))
         });
         match read {
             Ok((c, key, entry)) => {
@@ -244,4 +245,38 @@ pub(crate) fn load(t: &Tables) -> Result<Loaded, fjall::Error> {
     sessions.sort_by(|a, b| a.client_id.cmp(&b.client_id));
     out.sessions = sessions;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_of_another_format_is_refused_with_both_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (t, _) = open(dir.path()).unwrap();
+            t.meta.insert("format", 99u64.to_be_bytes()).unwrap();
+            t.db.persist(fjall::PersistMode::SyncAll).unwrap();
+        }
+        match open(dir.path()) {
+            Err(e @ StoreError::Format(99, FORMAT)) => {
+                let text = e.to_string();
+                assert!(
+                    text.contains("format 99") && text.contains(&format!("format {FORMAT}")),
+                    "{text}"
+                );
+            }
+            other => panic!("expected a format error, got {:?}", other.map(|_| ())),
+        }
+    }
+
+    #[test]
+    fn a_fresh_database_reads_back_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let (t, _) = open(dir.path()).unwrap();
+        let loaded = load(&t).unwrap();
+        assert!(loaded.sessions.is_empty() && loaded.retained.is_empty());
+        assert_eq!(loaded.unreadable, 0);
+    }
 }

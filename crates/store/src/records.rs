@@ -204,9 +204,18 @@ pub fn journal_received(packet_id: u16) -> Vec<u8> {
     v
 }
 
-/// Decodes a journal entry stored under `key`. `None`: its message expired while
-/// it waited [MQTT-3.3.2-5].
-pub fn read_journal(key: &str, mut v: &[u8]) -> Result<Option<JournalEntry>, RecordError> {
+/// Messages already read back, by message id: one message journaled for many
+/// sessions is one `Message` again after a restart, as it was before.
+pub type MessageCache = std::collections::HashMap<Box<str>, Arc<Message>>;
+
+/// Decodes a journal entry stored under `key` (a message id), reusing the message
+/// from `cache` when another session's entry already read it. `None`: its message
+/// expired while it waited [MQTT-3.3.2-5].
+pub fn read_journal(
+    key: &str,
+    mut v: &[u8],
+    cache: &mut MessageCache,
+) -> Result<Option<JournalEntry>, RecordError> {
     match get_u8(&mut v)? {
         b'R' => Ok(Some(JournalEntry::Received(get_u16(&mut v)?))),
         b'D' => {
@@ -219,15 +228,24 @@ pub fn read_journal(key: &str, mut v: &[u8]) -> Result<Option<JournalEntry>, Rec
             }
             let packet_id = get_u16(&mut v)?;
             let origin = get_str(&mut v)?;
-            let (expired, publish) = get_publish(&mut v)?;
-            if expired {
-                return Ok(None);
-            }
-            let origin = (!origin.is_empty()).then(|| Arc::from(origin.as_str()));
-            let msg = Message::new(&publish, origin, Instant::now());
-            let _ = msg.id.set(key.into());
+            let msg = match cache.get(key) {
+                Some(msg) if !msg.is_expired(Instant::now()) => msg.clone(),
+                Some(_) => return Ok(None),
+                None => {
+                    let (expired, publish) = get_publish(&mut v)?;
+                    if expired {
+                        return Ok(None);
+                    }
+                    let origin = (!origin.is_empty()).then(|| Arc::from(origin.as_str()));
+                    let msg = Message::new(&publish, origin, Instant::now());
+                    let _ = msg.id.set(key.into());
+                    let msg = Arc::new(msg);
+                    cache.insert(key.into(), msg.clone());
+                    msg
+                }
+            };
             Ok(Some(JournalEntry::Pending(Delivery {
-                msg: Arc::new(msg),
+                msg,
                 qos,
                 retain,
                 sub_ids,
@@ -376,10 +394,18 @@ mod tests {
                 packet_id: 42,
             })),
         };
-        let Some(JournalEntry::Pending(back)) = read_journal("k2", &journal_value(&d)).unwrap()
+        let mut cache = MessageCache::new();
+        let value = journal_value(&d);
+        let Some(JournalEntry::Pending(back)) = read_journal("k2", &value, &mut cache).unwrap()
         else {
             panic!("not a pending delivery")
         };
+        // A second session's entry for the same message shares it.
+        let Some(JournalEntry::Pending(again)) = read_journal("k2", &value, &mut cache).unwrap()
+        else {
+            panic!("not a pending delivery")
+        };
+        assert!(Arc::ptr_eq(&back.msg, &again.msg));
         assert_eq!(back.qos, QoS::AtLeastOnce);
         assert!(back.retain);
         assert_eq!(back.sub_ids, vec![3, 9]);
@@ -441,7 +467,7 @@ mod tests {
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         for bad in [&b""[..], b"D", b"Z12", b"D\x01\x00\x00\x05"] {
-            assert!(read_journal("k", bad).is_err());
+            assert!(read_journal("k", bad, &mut MessageCache::new()).is_err());
         }
         assert!(read_session(b"\x00").is_err());
         assert!(read_subscription(b"\x07\x00\x00\x00\x00").is_err());

@@ -389,7 +389,9 @@ fn apply(
     let t = tx.t;
     match op {
         Op::Journal { entries, .. } => {
-            tx.settle()?;
+            // Checked against what is committed, not against this turn's batch: the
+            // same message for the same session twice in one turn does not happen
+            // (a resend under an old id comes after a restart).
             let mut fresh = Vec::with_capacity(entries.len());
             for e in entries {
                 let key = child_key(&e.client_id, e.key.as_bytes());
