@@ -66,9 +66,10 @@ async fn queued_messages_survive_kill_9(v: Version) {
         .collect();
     assert_eq!(got, (0..40).collect::<Vec<_>>(), "every message, in order");
     s.expect_no_publish_default().await;
-    // Delivered and acknowledged: not delivered again after another restart.
+    // Delivered and acknowledged: not delivered again after another restart, this
+    // time a SIGTERM.
     s.disconnect().await;
-    stop(b, "KILL").await;
+    stop(b, "TERM").await;
     let b = node(dir.path(), &[]);
     let (mut s, present) = persistent(&b, v, "sub", 600).await;
     assert!(present);
@@ -77,9 +78,19 @@ async fn queued_messages_survive_kill_9(v: Version) {
 versions_test!(queued_messages_survive_kill_9);
 
 // [MQTT-4.4.0-1]: unacknowledged PUBLISHes are resent on resume with DUP set and
-// their original packet ids, also after the broker was killed; subscriptions made
-// before the crash keep routing afterwards.
+// their original packet ids, after the broker was killed or stopped; subscriptions
+// made before keep routing afterwards.
 async fn inflight_is_resent_with_dup_after_kill_9(v: Version) {
+    inflight_is_resent_with_dup_after(v, "KILL").await
+}
+versions_test!(inflight_is_resent_with_dup_after_kill_9);
+
+#[tokio::test]
+async fn inflight_is_resent_with_dup_after_sigterm() {
+    inflight_is_resent_with_dup_after(Version::V5, "TERM").await
+}
+
+async fn inflight_is_resent_with_dup_after(v: Version, how: &str) {
     let dir = data_dir();
     let b = node(dir.path(), &[]);
     let (mut s, _) = persistent(&b, v, "sub", 600).await;
@@ -95,7 +106,7 @@ async fn inflight_is_resent_with_dup_after_kill_9(v: Version) {
         .into_iter()
         .map(|m| (m.pid, m.payload))
         .collect();
-    stop(b, "KILL").await;
+    stop(b, how).await;
 
     let b = node(dir.path(), &[]);
     let (mut s, present) = persistent(&b, v, "sub", 600).await;
@@ -115,7 +126,6 @@ async fn inflight_is_resent_with_dup_after_kill_9(v: Version) {
     let m = s.recv_publish(T).await;
     assert_eq!((m.topic.as_str(), &m.payload[..]), ("f/y", &b"after"[..]));
 }
-versions_test!(inflight_is_resent_with_dup_after_kill_9);
 
 // [MQTT-4.3.3-9] (5.0) / [MQTT-4.3.3-2] (3.1.1): a QoS 2 message whose PUBREC the
 // publisher received before the broker was killed is delivered once: the publisher
@@ -229,6 +239,28 @@ async fn a_session_that_expired_while_stopped_is_gone() {
     let (mut short, present) = persistent(&b, v, "short", 600).await;
     assert!(!present, "expired while the broker was stopped");
     short.expect_no_publish_default().await;
+}
+
+// [MQTT-3.1.2-23] after kill -9: a session still connected when the process died
+// lost its connection then (the store's last write), and its expiry counts from
+// there.
+#[tokio::test]
+async fn a_connected_session_expires_counting_from_the_crash() {
+    let v = Version::V5;
+    let dir = data_dir();
+    let b = node(dir.path(), &[]);
+    let (mut short, _) = persistent(&b, v, "short", 1).await;
+    short.sub("t", 1).await;
+    let (mut long, _) = persistent(&b, v, "long", 600).await;
+    long.sub("t", 1).await;
+    stop(b, "KILL").await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    let b = node(dir.path(), &[]);
+    let (_, present) = persistent(&b, v, "long", 600).await;
+    assert!(present, "600 s have not passed");
+    let (_, present) = persistent(&b, v, "short", 600).await;
+    assert!(!present, "expired 1 s after the crash");
 }
 
 // [MQTT-3.1.3-9]: a will with a delay, pending when the broker was killed, is
