@@ -115,18 +115,6 @@ impl Rumq {
     }
 }
 
-/// Sends CONNECT; the CONNACK, or None if the server closed first.
-async fn try_connect(addr: std::net::SocketAddr, c: Connect) -> (RawClient, Option<Connack>) {
-    let mut cl = RawClient::tcp(addr).await;
-    cl.version = c.version;
-    cl.send(&c.encode()).await;
-    match cl.read(T).await {
-        Ok(Packet::Connack(ca)) => (cl, Some(ca)),
-        Ok(other) => panic!("expected CONNACK, got {other:?}"),
-        Err(_) => (cl, None),
-    }
-}
-
 /// Whether the connection still answers PINGREQ; false once the server closed it.
 /// Records every DISCONNECT reason it reads.
 async fn answers_ping(c: &mut RawClient, disconnects: &mut Vec<u8>) -> bool {

@@ -183,6 +183,7 @@ async fn drain_moves_clients_and_their_sessions_away() {
     let (mut s2, ack) = try_connect(
         c.node(0).addr(),
         Connect::persistent(v, "drainee", false, 300),
+        T,
     )
     .await;
     let ack = ack.expect("CONNACK on the other node");

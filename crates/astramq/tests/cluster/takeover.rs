@@ -45,8 +45,8 @@ async fn racing_connects_same_id_two_nodes_leave_one_live(v: Version) {
         let id = format!("race-{r}");
         races.push(tokio::spawn(async move {
             let ((mut ca, acka), (mut cb, ackb)) = tokio::join!(
-                try_connect(a, Connect::new(v, &id)),
-                try_connect(b, Connect::new(v, &id))
+                try_connect(a, Connect::new(v, &id), T),
+                try_connect(b, Connect::new(v, &id), T)
             );
             let accepted = [
                 acka.is_some_and(|x| x.code == 0),

@@ -151,78 +151,53 @@ impl Broker {
         let deadline = Instant::now() + Duration::from_secs(10);
         let expected = b.listen_count();
         while broker.addrs.len() < expected {
+            let addr = broker.printed_addr(&rx, deadline, "listening on ", "127.0.0.1:PORT");
+            broker.addrs.push(addr);
+        }
+        // With `--health-listen`, `health on ADDR` follows the listeners.
+        if b.args.iter().any(|a| a == "--health-listen") {
+            broker.health = Some(broker.printed_addr(&rx, deadline, "health on ", "ADDR"));
+        }
+        // A clustered node prints `gossip on ADDR` once it has joined.
+        if b.args.iter().any(|a| a == "--redis") {
+            broker.gossip = Some(broker.printed_addr(&rx, deadline, "gossip on ", "ADDR"));
+        }
+        broker
+    }
+
+    /// The address on the next line of standard output that starts with `prefix`
+    /// (`listening on `, `health on `, `gossip on `), skipping other lines; panics with
+    /// the exit status and stderr if none arrived by `deadline` (`shape` names what was
+    /// expected after the prefix).
+    fn printed_addr(
+        &mut self,
+        rx: &mpsc::Receiver<String>,
+        deadline: Instant,
+        prefix: &str,
+        shape: &str,
+    ) -> SocketAddr {
+        let kind = prefix.trim_end().trim_end_matches(" on");
+        loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
-                    if let Some(a) = line.strip_prefix("listening on ") {
-                        let addr = a
+                    if let Some(a) = line.strip_prefix(prefix) {
+                        return a
                             .trim()
                             .parse()
-                            .unwrap_or_else(|e| panic!("bad listening line {line:?}: {e}"));
-                        broker.addrs.push(addr);
+                            .unwrap_or_else(|e| panic!("bad {kind} line {line:?}: {e}"));
                     }
                 }
                 Err(_) => {
-                    let status = broker.child.try_wait().ok().flatten();
+                    let status = self.child.try_wait().ok().flatten();
                     panic!(
-                        "astramq did not print `listening on 127.0.0.1:PORT` within 10 s \
+                        "astramq did not print `{prefix}{shape}` within 10 s \
                          (exit status: {status:?})\n--- stderr ---\n{}",
-                        broker.stderr()
+                        self.stderr()
                     );
                 }
             }
         }
-        // With `--health-listen`, `health on ADDR` follows the listeners.
-        if b.args.iter().any(|a| a == "--health-listen") {
-            while broker.health.is_none() {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match rx.recv_timeout(left) {
-                    Ok(line) => {
-                        if let Some(a) = line.strip_prefix("health on ") {
-                            let addr = a
-                                .trim()
-                                .parse()
-                                .unwrap_or_else(|e| panic!("bad health line {line:?}: {e}"));
-                            broker.health = Some(addr);
-                        }
-                    }
-                    Err(_) => {
-                        let status = broker.child.try_wait().ok().flatten();
-                        panic!(
-                            "astramq did not print `health on ADDR` within 10 s \
-                             (exit status: {status:?})\n--- stderr ---\n{}",
-                            broker.stderr()
-                        );
-                    }
-                }
-            }
-        }
-        // A clustered node prints `gossip on ADDR` once it has joined.
-        if b.args.iter().any(|a| a == "--redis") {
-            while broker.gossip.is_none() {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match rx.recv_timeout(left) {
-                    Ok(line) => {
-                        if let Some(a) = line.strip_prefix("gossip on ") {
-                            let addr = a
-                                .trim()
-                                .parse()
-                                .unwrap_or_else(|e| panic!("bad gossip line {line:?}: {e}"));
-                            broker.gossip = Some(addr);
-                        }
-                    }
-                    Err(_) => {
-                        let status = broker.child.try_wait().ok().flatten();
-                        panic!(
-                            "astramq did not print `gossip on ADDR` within 10 s \
-                             (exit status: {status:?})\n--- stderr ---\n{}",
-                            broker.stderr()
-                        );
-                    }
-                }
-            }
-        }
-        broker
     }
 
     fn start_mosquitto(b: BrokerBuilder) -> Broker {

@@ -9,7 +9,7 @@ use super::*;
 pub struct V4Client {
     pub client: rumqttc::AsyncClient,
     task: tokio::task::JoinHandle<()>,
-    events: tokio::sync::mpsc::UnboundedReceiver<Result<rumqttc::Event, String>>,
+    events: Events<rumqttc::Event>,
     pub connack: rumqttc::ConnAck,
 }
 
@@ -25,26 +25,13 @@ impl V4Client {
     }
 
     pub async fn connect_with(opts: rumqttc::MqttOptions) -> V4Client {
-        let (client, mut el) = rumqttc::AsyncClient::new(opts, 100);
-        let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-        let task = tokio::spawn(async move {
-            loop {
-                let ev = el.poll().await.map_err(|e| e.to_string());
-                let stop = ev.is_err();
-                if tx.send(ev).is_err() || stop {
-                    break;
-                }
-            }
-        });
-        let connack = loop {
-            match tokio::time::timeout(T, events.recv()).await {
-                Ok(Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(c))))) => break c,
-                Ok(Some(Ok(_))) => continue,
-                Ok(Some(Err(e))) => panic!("v4 connect failed: {e}"),
-                Ok(None) => panic!("v4 event loop ended before CONNACK"),
-                Err(_) => panic!("no CONNACK within {T:?}"),
-            }
-        };
+        let (client, el) = rumqttc::AsyncClient::new(opts, 100);
+        let (task, mut events) = forward(el);
+        let connack = await_connack(&mut events, "v4", |ev| match ev {
+            rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(c)) => Some(c),
+            _ => None,
+        })
+        .await;
         V4Client {
             client,
             task,
@@ -60,20 +47,11 @@ impl V4Client {
         what: &str,
         mut f: impl FnMut(&rumqttc::Packet) -> Option<R>,
     ) -> R {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Ok(Some(Ok(rumqttc::Event::Incoming(p)))) => {
-                    if let Some(r) = f(&p) {
-                        return r;
-                    }
-                }
-                Ok(Some(Ok(_))) => {}
-                Ok(Some(Err(e))) => panic!("connection error while waiting for {what}: {e}"),
-                Ok(None) => panic!("event loop ended while waiting for {what}"),
-                Err(_) => panic!("timed out after {timeout:?} waiting for {what}"),
-            }
-        }
+        wait_event(&mut self.events, timeout, what, |ev| match ev {
+            rumqttc::Event::Incoming(p) => f(&p),
+            _ => None,
+        })
+        .await
     }
 
     pub async fn subscribe(
@@ -104,18 +82,13 @@ impl V4Client {
 
     /// Wait `d` and assert no PUBLISH arrived (the one legitimate sleep).
     pub async fn expect_no_publish(&mut self, d: Duration) {
-        let deadline = tokio::time::Instant::now() + d;
-        loop {
-            match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Ok(Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))))) => {
-                    panic!("unexpected PUBLISH: {p:?}")
-                }
-                Ok(Some(Ok(_))) => {}
-                Ok(Some(Err(e))) => panic!("connection error: {e}"),
-                Ok(None) => panic!("event loop ended"),
-                Err(_) => return,
+        expect_no_event(&mut self.events, d, |ev| match ev {
+            rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) => {
+                Some(format!("unexpected PUBLISH: {p:?}"))
             }
-        }
+            _ => None,
+        })
+        .await
     }
 }
 
@@ -123,7 +96,7 @@ impl V4Client {
 pub struct V5Client {
     pub client: rumqttc::v5::AsyncClient,
     task: tokio::task::JoinHandle<()>,
-    events: tokio::sync::mpsc::UnboundedReceiver<Result<rumqttc::v5::Event, String>>,
+    events: Events<rumqttc::v5::Event>,
     pub connack: rumqttc::v5::mqttbytes::v5::ConnAck,
 }
 
@@ -141,26 +114,13 @@ impl V5Client {
     }
 
     pub async fn connect_with(opts: rumqttc::v5::MqttOptions) -> V5Client {
-        let (client, mut el) = rumqttc::v5::AsyncClient::new(opts, 100);
-        let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-        let task = tokio::spawn(async move {
-            loop {
-                let ev = el.poll().await.map_err(|e| e.to_string());
-                let stop = ev.is_err();
-                if tx.send(ev).is_err() || stop {
-                    break;
-                }
-            }
-        });
-        let connack = loop {
-            match tokio::time::timeout(T, events.recv()).await {
-                Ok(Some(Ok(rumqttc::v5::Event::Incoming(V5Packet::ConnAck(c))))) => break c,
-                Ok(Some(Ok(_))) => continue,
-                Ok(Some(Err(e))) => panic!("v5 connect failed: {e}"),
-                Ok(None) => panic!("v5 event loop ended before CONNACK"),
-                Err(_) => panic!("no CONNACK within {T:?}"),
-            }
-        };
+        let (client, el) = rumqttc::v5::AsyncClient::new(opts, 100);
+        let (task, mut events) = forward(el);
+        let connack = await_connack(&mut events, "v5", |ev| match ev {
+            rumqttc::v5::Event::Incoming(V5Packet::ConnAck(c)) => Some(c),
+            _ => None,
+        })
+        .await;
         V5Client {
             client,
             task,
@@ -175,20 +135,11 @@ impl V5Client {
         what: &str,
         mut f: impl FnMut(&V5Packet) -> Option<R>,
     ) -> R {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Ok(Some(Ok(rumqttc::v5::Event::Incoming(p)))) => {
-                    if let Some(r) = f(&p) {
-                        return r;
-                    }
-                }
-                Ok(Some(Ok(_))) => {}
-                Ok(Some(Err(e))) => panic!("connection error while waiting for {what}: {e}"),
-                Ok(None) => panic!("event loop ended while waiting for {what}"),
-                Err(_) => panic!("timed out after {timeout:?} waiting for {what}"),
-            }
-        }
+        wait_event(&mut self.events, timeout, what, |ev| match ev {
+            rumqttc::v5::Event::Incoming(p) => f(&p),
+            _ => None,
+        })
+        .await
     }
 
     pub async fn subscribe(
@@ -218,17 +169,115 @@ impl V5Client {
     }
 
     pub async fn expect_no_publish(&mut self, d: Duration) {
-        let deadline = tokio::time::Instant::now() + d;
-        loop {
-            match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Ok(Some(Ok(rumqttc::v5::Event::Incoming(V5Packet::Publish(p))))) => {
-                    panic!("unexpected PUBLISH: {p:?}")
-                }
-                Ok(Some(Ok(_))) => {}
-                Ok(Some(Err(e))) => panic!("connection error: {e}"),
-                Ok(None) => panic!("event loop ended"),
-                Err(_) => return,
+        expect_no_event(&mut self.events, d, |ev| match ev {
+            rumqttc::v5::Event::Incoming(V5Packet::Publish(p)) => {
+                Some(format!("unexpected PUBLISH: {p:?}"))
             }
+            _ => None,
+        })
+        .await
+    }
+}
+
+/// What a client's task forwards: every event of its rumqttc event loop, the first
+/// error last.
+type Events<E> = tokio::sync::mpsc::UnboundedReceiver<Result<E, String>>;
+
+/// A rumqttc event loop, MQTT 3.1.1 or 5, as [`forward`] polls it.
+trait EventLoop: Send + 'static {
+    type Event: Send + 'static;
+    fn next(&mut self) -> impl std::future::Future<Output = Result<Self::Event, String>> + Send;
+}
+
+impl EventLoop for rumqttc::EventLoop {
+    type Event = rumqttc::Event;
+    async fn next(&mut self) -> Result<Self::Event, String> {
+        self.poll().await.map_err(|e| e.to_string())
+    }
+}
+
+impl EventLoop for rumqttc::v5::EventLoop {
+    type Event = rumqttc::v5::Event;
+    async fn next(&mut self) -> Result<Self::Event, String> {
+        self.poll().await.map_err(|e| e.to_string())
+    }
+}
+
+/// Runs `el` in a task that forwards its events until the first error (or until the
+/// receiver is dropped).
+fn forward<L: EventLoop>(mut el: L) -> (tokio::task::JoinHandle<()>, Events<L::Event>) {
+    let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        loop {
+            let ev = el.next().await;
+            let stop = ev.is_err();
+            if tx.send(ev).is_err() || stop {
+                break;
+            }
+        }
+    });
+    (task, events)
+}
+
+/// The CONNACK (`connack` picks it out of the events), each event within `T`.
+async fn await_connack<E, C>(
+    events: &mut Events<E>,
+    version: &str,
+    mut connack: impl FnMut(E) -> Option<C>,
+) -> C {
+    loop {
+        match tokio::time::timeout(T, events.recv()).await {
+            Ok(Some(Ok(ev))) => {
+                if let Some(c) = connack(ev) {
+                    return c;
+                }
+            }
+            Ok(Some(Err(e))) => panic!("{version} connect failed: {e}"),
+            Ok(None) => panic!("{version} event loop ended before CONNACK"),
+            Err(_) => panic!("no CONNACK within {T:?}"),
+        }
+    }
+}
+
+/// The first event `f` maps to `Some`, within `timeout`.
+async fn wait_event<E, R>(
+    events: &mut Events<E>,
+    timeout: Duration,
+    what: &str,
+    mut f: impl FnMut(E) -> Option<R>,
+) -> R {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(Ok(ev))) => {
+                if let Some(r) = f(ev) {
+                    return r;
+                }
+            }
+            Ok(Some(Err(e))) => panic!("connection error while waiting for {what}: {e}"),
+            Ok(None) => panic!("event loop ended while waiting for {what}"),
+            Err(_) => panic!("timed out after {timeout:?} waiting for {what}"),
+        }
+    }
+}
+
+/// Waits `d`; panics with what `unexpected` says about the first event it objects to.
+async fn expect_no_event<E>(
+    events: &mut Events<E>,
+    d: Duration,
+    mut unexpected: impl FnMut(E) -> Option<String>,
+) {
+    let deadline = tokio::time::Instant::now() + d;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(Ok(ev))) => {
+                if let Some(why) = unexpected(ev) {
+                    panic!("{why}")
+                }
+            }
+            Ok(Some(Err(e))) => panic!("connection error: {e}"),
+            Ok(None) => panic!("event loop ended"),
+            Err(_) => return,
         }
     }
 }

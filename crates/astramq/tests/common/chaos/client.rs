@@ -84,7 +84,7 @@ pub(super) enum Ctl {
 
 /// An unacknowledged outgoing message.
 #[derive(Clone, Debug)]
-pub(super) enum Outgoing {
+enum Outgoing {
     /// PUBLISH sent, PUBACK / PUBREC awaited.
     Publish(u64),
     /// PUBREC received, PUBREL sent, PUBCOMP awaited (QoS 2).
@@ -92,20 +92,20 @@ pub(super) enum Outgoing {
 }
 
 pub(super) struct Client {
-    pub(super) id: String,
-    pub(super) v: Version,
-    pub(super) qos: u8,
-    pub(super) role: Role,
-    pub(super) addr: SocketAddr,
-    pub(super) shared: Arc<Shared>,
-    pub(super) ctl: watch::Receiver<Ctl>,
+    id: String,
+    v: Version,
+    qos: u8,
+    role: Role,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    ctl: watch::Receiver<Ctl>,
     // Publisher state, kept across connections.
-    pub(super) next_seq: u64,
-    pub(super) next_pid: u16,
-    pub(super) outgoing: BTreeMap<u16, Outgoing>,
+    next_seq: u64,
+    next_pid: u16,
+    outgoing: BTreeMap<u16, Outgoing>,
     // Subscriber state: inbound QoS 2 packet ids awaiting PUBREL.
-    pub(super) awaiting_rel: HashSet<u16>,
-    pub(super) connected_before: bool,
+    awaiting_rel: HashSet<u16>,
+    connected_before: bool,
 }
 
 /// At most this many unacknowledged messages per publisher (a tick with a full window
@@ -113,6 +113,33 @@ pub(super) struct Client {
 const WINDOW: usize = 32;
 
 impl Client {
+    /// A client that has not connected yet: no sequence numbers taken, nothing
+    /// outstanding.
+    pub(super) fn new(
+        id: String,
+        v: Version,
+        qos: u8,
+        role: Role,
+        addr: SocketAddr,
+        shared: Arc<Shared>,
+        ctl: watch::Receiver<Ctl>,
+    ) -> Client {
+        Client {
+            id,
+            v,
+            qos,
+            role,
+            addr,
+            shared,
+            ctl,
+            next_seq: 0,
+            next_pid: 0,
+            outgoing: BTreeMap::new(),
+            awaiting_rel: HashSet::new(),
+            connected_before: false,
+        }
+    }
+
     pub(super) async fn run(mut self) {
         loop {
             if *self.ctl.borrow() == Ctl::Stop {

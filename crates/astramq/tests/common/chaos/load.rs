@@ -101,23 +101,18 @@ impl Load {
                     ..Default::default()
                 })
             });
-            load.spawn(Client {
-                id: id.clone(),
+            load.spawn(Client::new(
+                id.clone(),
                 v,
-                qos: spec.qos,
-                role: Role::Sub {
+                spec.qos,
+                Role::Sub {
                     index,
                     filter: filter.clone(),
                 },
-                addr: ch.lb.addr(),
-                shared: load.shared.clone(),
-                ctl: ctl_rx.clone(),
-                next_seq: 0,
-                next_pid: 0,
-                outgoing: BTreeMap::new(),
-                awaiting_rel: HashSet::new(),
-                connected_before: false,
-            });
+                ch.lb.addr(),
+                load.shared.clone(),
+                ctl_rx.clone(),
+            ));
             load.sub_ids.push(id.clone());
             load.wait(T, &format!("{id} subscribed"), |s| s.subs[index].ready)
                 .await;
@@ -140,24 +135,19 @@ impl Load {
                     ..Default::default()
                 })
             });
-            load.spawn(Client {
-                id: id.clone(),
+            load.spawn(Client::new(
+                id.clone(),
                 v,
-                qos: spec.qos,
-                role: Role::Pub {
+                spec.qos,
+                Role::Pub {
                     index,
                     topic: format!("chaos/{}/{index}", spec.tag),
                     period,
                 },
-                addr: ch.lb.addr(),
-                shared: load.shared.clone(),
-                ctl: ctl_rx.clone(),
-                next_seq: 0,
-                next_pid: 0,
-                outgoing: BTreeMap::new(),
-                awaiting_rel: HashSet::new(),
-                connected_before: false,
-            });
+                ch.lb.addr(),
+                load.shared.clone(),
+                ctl_rx.clone(),
+            ));
             load.pub_ids.push(id);
         }
         if spec.shared_group.is_some() {

@@ -1,25 +1,8 @@
-//! One client id on two nodes (invariant 2): connecting, probing whether a
-//! connection is live, and what a connection whose client id was taken over elsewhere
-//! does once its node is back ([`Fate`]).
+//! One client id on two nodes (invariant 2): whether a connection is live, and what
+//! a connection whose client id was taken over elsewhere does once its node is back
+//! ([`Fate`]). (`try_connect` is in `common/raw/client.rs`.)
 
 use super::*;
-
-/// CONNECT on `addr`; the CONNACK within `t`, or None if the server closed first or
-/// said nothing.
-pub async fn try_connect(
-    addr: std::net::SocketAddr,
-    c: Connect,
-    t: Duration,
-) -> (RawClient, Option<Connack>) {
-    let mut cl = RawClient::tcp(addr).await;
-    cl.version = c.version;
-    cl.send(&c.encode()).await;
-    match cl.read(t).await {
-        Ok(Packet::Connack(ca)) => (cl, Some(ca)),
-        Ok(other) => panic!("expected CONNACK, got {other:?}"),
-        Err(_) => (cl, None),
-    }
-}
 
 /// Whether the connection answers PINGREQ (live); false once the server closed it.
 /// Records DISCONNECT reasons; a PUBLISH on it is returned as an error (a connection

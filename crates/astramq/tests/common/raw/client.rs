@@ -581,3 +581,20 @@ impl RawClient {
         .await;
     }
 }
+
+/// CONNECT on `addr` (a fresh connection); the CONNACK within `t`, or None if the
+/// server closed first or said nothing.
+pub async fn try_connect(
+    addr: SocketAddr,
+    c: Connect,
+    t: Duration,
+) -> (RawClient, Option<Connack>) {
+    let mut cl = RawClient::tcp(addr).await;
+    cl.version = c.version;
+    cl.send(&c.encode()).await;
+    match cl.read(t).await {
+        Ok(Packet::Connack(ca)) => (cl, Some(ca)),
+        Ok(other) => panic!("expected CONNACK, got {other:?}"),
+        Err(_) => (cl, None),
+    }
+}
