@@ -2,8 +2,9 @@
 //! gossip-backed `astramq lb`, a load driver that counts every acknowledged message
 //! and every receipt, and the table row each scenario reports.
 //!
-//! Only `tests/chaos.rs` includes this file (`#[path]`), so the other test binaries
-//! do not compile it.
+//! Only `tests/chaos.rs`, `tests/partition.rs` and `tests/redis_failover.rs` include
+//! this module (`#[path = "common/chaos/mod.rs"]`), so the other test binaries do not
+//! compile it.
 //!
 //! - [`Chaos`]: a [`TestCluster`] whose nodes also listen for PROXY v2, plus an
 //!   `astramq lb` that joins their gossip ([`Lb`]); clients connect through it and are
