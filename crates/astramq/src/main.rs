@@ -56,15 +56,16 @@ fn run_broker(args: cli::BrokerArgs) -> anyhow::Result<()> {
         let disk = match (&data_dir, &cluster_settings) {
             (Some(dir), _) => {
                 let started = std::time::Instant::now();
-                let (disk, loaded) = store::DiskStore::open(dir, &store_tuning)?;
+                let limits = server.broker().mailbox_limits();
+                let (disk, loaded) = store::DiskStore::open(dir, &store_tuning, limits)?;
                 server.broker().set_store(disk.clone());
-                let unreadable = loaded.unreadable;
+                let (unreadable, waiting) = (loaded.unreadable, loaded.spilled());
                 let done = store::install(server.broker(), loaded).await;
                 tracing::info!(
                     path = %disk.path().display(),
                     sessions = done.sessions,
                     expired = done.expired,
-                    messages = done.messages,
+                    messages = done.messages + waiting,
                     retained = done.retained,
                     unreadable,
                     ms = started.elapsed().as_millis() as u64,

@@ -535,3 +535,59 @@ async fn a_full_disk_refuses_with_quota_exceeded_and_recovers() {
     assert_eq!(got, accepted, "every accepted message, nothing refused");
     s.expect_no_publish_default().await;
 }
+
+// What arrives for an offline persistent session stays on disk, not in memory,
+// until its client is back (then it is delivered in order), and the session's queue
+// bound and overflow policy apply to it there as in memory.
+async fn spilled_to_disk_with(overflow: &str) -> Vec<u32> {
+    let v = Version::V5;
+    let dir = data_dir();
+    let cfg = format!("[limits]\nmax_queued_messages = 10\nqueue_overflow = \"{overflow}\"\n");
+    let dir_s = dir.path().to_str().unwrap();
+    let b = Broker::builder()
+        .config(&cfg)
+        .args(&["--data-dir", dir_s, "--health-listen", "127.0.0.1:0"])
+        .start();
+    let (mut s, _) = persistent(&b, v, "sub", 600).await;
+    s.sub("d", 1).await;
+    s.disconnect().await;
+    let mut p = b.client(v, "pub").await;
+    for i in 0..25u32 {
+        assert_eq!(p.publish("d", &i.to_be_bytes(), 1, false).await, 0);
+    }
+    assert_eq!(
+        metric_at(b.health_addr(), "astramq_store_spilled").await,
+        10
+    );
+    assert_eq!(
+        metric_at(b.health_addr(), "astramq_store_spill_dropped_total").await,
+        15
+    );
+    let (mut s, present) = persistent(&b, v, "sub", 600).await;
+    assert!(present);
+    let got: Vec<u32> = s
+        .recv_publishes(10, T)
+        .await
+        .iter()
+        .map(|m| u32::from_be_bytes(m.payload[..4].try_into().unwrap()))
+        .collect();
+    s.expect_no_publish_default().await;
+    assert_eq!(metric_at(b.health_addr(), "astramq_store_spilled").await, 0);
+    got
+}
+
+#[tokio::test]
+async fn an_offline_session_keeps_the_newest_on_disk_with_drop_oldest() {
+    assert_eq!(
+        spilled_to_disk_with("drop-oldest").await,
+        (15..25).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn an_offline_session_keeps_the_oldest_on_disk_with_drop_newest() {
+    assert_eq!(
+        spilled_to_disk_with("drop-newest").await,
+        (0..10).collect::<Vec<_>>()
+    );
+}

@@ -145,6 +145,24 @@ impl Session {
         }
     }
 
+    /// Queues deliveries the store kept on disk only while the session was offline
+    /// (see [`crate::store::ClusterClaim::spilled`]), after what is queued: they may
+    /// have been sent before a restart, so they go out with DUP set.
+    pub fn queue_spilled(&mut self, spilled: Vec<Delivery>) {
+        let ids = spilled.iter().filter_map(|d| d.journal.as_ref());
+        self.maybe_sent.extend(ids.map(|j| j.packet_id));
+        let mut last = 0;
+        for d in spilled {
+            if let Some(j) = &d.journal {
+                last = last.max(j.packet_id);
+            }
+            self.mailbox.push(d);
+        }
+        if last > 0 {
+            self.mailbox.packet_ids_after(last);
+        }
+    }
+
     /// Whether the delivery just started under `id` may have been sent before (see
     /// [`SessionSnapshot::maybe_sent`]); asked once per id.
     pub fn take_maybe_sent(&mut self, id: u16) -> bool {

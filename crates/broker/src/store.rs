@@ -66,6 +66,11 @@ pub struct ClusterClaim {
     pub epoch: u64,
     /// The session the previous owner (another node) handed over, if any.
     pub session: Option<SessionSnapshot>,
+    /// Deliveries the store kept on disk only while the session was offline here
+    /// (oldest first, each with its journal key and reserved packet id): they join
+    /// the end of its queue now. They may have been sent before a restart, so they
+    /// go out with DUP set.
+    pub spilled: Vec<crate::mailbox::Delivery>,
 }
 
 /// What a connection claiming a client id tells the cluster about its session.

@@ -632,6 +632,7 @@ impl SessionStore for ClusterNode {
                 Ok(session) => Ok(ClusterClaim {
                     epoch: claim.epoch,
                     session: session.or_else(|| existed.then(SessionSnapshot::default)),
+                    ..Default::default()
                 }),
                 Err(e) => Err(ClusterError::unavailable(&e)),
             }

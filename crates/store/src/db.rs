@@ -14,6 +14,7 @@ use crate::records::{
     self, read_journal, read_retained, read_session, read_subscription, split_child, JournalEntry,
     SessionRow, FORMAT,
 };
+use crate::spill::Spill;
 use crate::StoreError;
 
 /// The folder inside the data directory that holds the database.
@@ -116,6 +117,16 @@ pub struct Loaded {
     pub unreadable: usize,
     /// Journaled deliveries whose message expired while stored.
     pub expired_messages: usize,
+    /// Every restored session's deliveries stay on disk until its client is back
+    /// (see `spill.rs`): how many each has, and the oldest one's key.
+    pub(crate) spills: HashMap<Arc<str>, Spill>,
+}
+
+impl Loaded {
+    /// Deliveries waiting on disk for their sessions' clients.
+    pub fn spilled(&self) -> usize {
+        self.spills.values().map(|s| s.count).sum()
+    }
 }
 
 /// Every key and value of a keyspace, in key order.
@@ -142,7 +153,6 @@ pub(crate) fn load(t: &Tables) -> Result<Loaded, fjall::Error> {
                 };
                 let snapshot = SessionSnapshot {
                     expiry_secs: row.expiry_secs,
-                    maybe_sent: true,
                     ..Default::default()
                 };
                 sessions.insert(
@@ -180,32 +190,43 @@ pub(crate) fn load(t: &Tables) -> Result<Loaded, fjall::Error> {
             }
         }
     }
-    let mut cache = records::MessageCache::new();
+    // Only the kind of each entry is read here: deliveries stay on disk until
+    // their client comes back (a PUBREL due is in-flight state, restored now).
     for row in rows(&t.journal) {
         let (k, v) = row?;
         let read = split_child(&k).and_then(|(c, key)| {
             let key = std::str::from_utf8(key)
                 .map_err(|_| records::RecordError("message id not UTF-8".into()))?;
-            Ok((c, key, read_journal(key, &v, &mut cache)?))
+            Ok((c, key))
         });
-        match read {
-            Ok((c, key, entry)) => {
-                let Some(s) = sessions.get_mut(c) else {
-                    continue;
-                };
-                match entry {
-                    Some(JournalEntry::Pending(d)) => s.snapshot.queued.push(d),
-                    Some(JournalEntry::Received(id)) => s
-                        .snapshot
-                        .inflight
-                        .push((id, Outbound::Released(Some(key.into())))),
-                    None => out.expired_messages += 1,
-                }
-            }
+        let (c, key) = match read {
+            Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "stored delivery unreadable; skipped");
                 out.unreadable += 1;
+                continue;
             }
+        };
+        let Some(s) = sessions.get_mut(c) else {
+            continue;
+        };
+        match v.first() {
+            Some(b'D') => {
+                let spill = out.spills.entry(s.client_id.clone()).or_default();
+                spill.count += 1;
+                spill.oldest.get_or_insert_with(|| k.to_vec());
+            }
+            _ => match read_journal(key, &v, &mut records::MessageCache::new()) {
+                Ok(Some(JournalEntry::Received(id))) => s
+                    .snapshot
+                    .inflight
+                    .push((id, Outbound::Released(Some(key.into())))),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "stored delivery unreadable; skipped");
+                    out.unreadable += 1;
+                }
+            },
         }
     }
     for row in rows(&t.inbound) {

@@ -17,6 +17,7 @@
 mod db;
 pub mod records;
 mod restore;
+mod spill;
 mod writer;
 
 use std::collections::HashSet;
@@ -30,7 +31,7 @@ use broker::cluster::{
 };
 use broker::config::StoreTuning;
 use broker::health::{HealthProbe, HealthReport};
-use broker::mailbox::{Journaled, Mailbox};
+use broker::mailbox::{Journaled, Mailbox, MailboxLimits};
 use broker::message::Message;
 use broker::router::Blocked;
 use broker::store::SessionStore;
@@ -88,25 +89,33 @@ impl DiskStore {
     /// Opens the store in `dir` (created if need be) and reads back what it holds;
     /// the writer thread starts. Fails if another process uses the directory, the
     /// file is damaged, or it has another format.
-    pub fn open(dir: &Path, tuning: &StoreTuning) -> Result<(Arc<DiskStore>, Loaded), StoreError> {
+    pub fn open(
+        dir: &Path,
+        tuning: &StoreTuning,
+        limits: MailboxLimits,
+    ) -> Result<(Arc<DiskStore>, Loaded), StoreError> {
         let (db, path) = db::open(dir)?;
-        let loaded = db::load(&db)?;
+        let mut loaded = db::load(&db)?;
+        // New message ids sort after every id stored: each session's newest journal
+        // key, and the ids of inbound QoS 2 messages.
         let mut last = 0u64;
+        let mut note = |id: &[u8]| {
+            let id = std::str::from_utf8(id).unwrap_or("");
+            last = last.max(u64::from_str_radix(id, 16).unwrap_or(0));
+        };
         for s in &loaded.sessions {
-            let keys = s
-                .snapshot
-                .queued
-                .iter()
-                .filter_map(|d| d.journal.as_ref().map(|j| &*j.key))
-                .chain(s.snapshot.unsettled.iter().map(|(_, k)| &**k))
-                .chain(s.snapshot.inflight.iter().filter_map(|(_, o)| match o {
-                    broker::session::Outbound::Released(Some(k)) => Some(&**k),
-                    _ => None,
-                }));
-            for k in keys {
-                last = last.max(u64::from_str_radix(k, 16).unwrap_or(0));
+            for (_, k) in &s.snapshot.unsettled {
+                note(k.as_bytes());
+            }
+            let (lo, hi) = records::child_range(&s.client_id);
+            if let Some(k) = db.journal.range(lo..hi).next_back() {
+                let k = k.key()?;
+                if let Ok((_, id)) = records::split_child(&k) {
+                    note(id);
+                }
             }
         }
+        let spills = spill::Spills::new(std::mem::take(&mut loaded.spills));
         let persisted: HashSet<Arc<str>> = loaded
             .sessions
             .iter()
@@ -122,6 +131,8 @@ impl DiskStore {
             interval: std::time::Duration::from_millis(tuning.sync_interval_ms),
             stats: stats.clone(),
             persisted: persisted.clone(),
+            spills,
+            limits,
         };
         let thread = std::thread::Builder::new()
             .name("astramq-store".into())
@@ -179,9 +190,9 @@ impl SessionStore for DiskStore {
     ) -> BoxFuture<'a, Result<ClusterClaim, ClusterError>> {
         Box::pin(async move {
             let known = self.persisted.lock().contains(client_id);
-            let claim = ClusterClaim {
+            let mut claim = ClusterClaim {
                 epoch: 1,
-                session: None,
+                ..Default::default()
             };
             if !known && request.expiry_secs == 0 {
                 return Ok(claim); // nothing stored, nothing to store
@@ -202,7 +213,7 @@ impl SessionStore for DiskStore {
                 done,
             };
             self.send(op).map_err(|_| stopped())?;
-            rx.await.unwrap_or_else(|_| Err(stopped()))?;
+            claim.spilled = rx.await.unwrap_or_else(|_| Err(stopped()))?;
             Ok(claim)
         })
     }
@@ -345,6 +356,20 @@ impl HealthProbe for DiskStore {
             "gauge",
             "Persistent sessions in the data directory.",
             self.persisted.lock().len() as u64,
+        );
+        metric(
+            out,
+            "astramq_store_spilled",
+            "gauge",
+            "Deliveries to offline sessions kept on disk only.",
+            s.spilled.load(Ordering::Relaxed) as u64,
+        );
+        metric(
+            out,
+            "astramq_store_spill_dropped_total",
+            "counter",
+            "Deliveries to offline sessions dropped by their queue bound (limits.max_queued_messages, limits.queue_overflow).",
+            s.spill_dropped.load(Ordering::Relaxed),
         );
     }
 }

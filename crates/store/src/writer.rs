@@ -17,7 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use broker::cluster::{ClusterError, JournalOutcome, SessionChange};
-use broker::config::SyncPolicy;
+use broker::config::{QueueOverflow, SyncPolicy};
+use broker::mailbox::{Delivery, MailboxLimits};
 use broker::router::Blocked;
 use broker::session::JournalUpdate;
 use fjall::{OwnedWriteBatch as WriteBatch, PersistMode};
@@ -25,7 +26,8 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use crate::db::Tables;
-use crate::records::{self, child_key, child_range, journal_received, SessionRow};
+use crate::records::{self, child_key, child_range, journal_received, JournalEntry, SessionRow};
+use crate::spill::Spills;
 
 /// Changes kept for the next commit after one failed, at most: beyond this they are
 /// dropped (logged and counted). Each comes from one client packet about a
@@ -60,7 +62,8 @@ pub(crate) enum Op {
         client_id: Arc<str>,
         clean: bool,
         row: Option<Box<SessionRow>>,
-        done: oneshot::Sender<Result<(), ClusterError>>,
+        /// Answered with what the session had spilled (see `spill.rs`).
+        done: oneshot::Sender<Result<Vec<Delivery>, ClusterError>>,
     },
     Retained {
         topic: String,
@@ -85,6 +88,10 @@ pub struct Stats {
     pub dropped_changes: AtomicU64,
     /// Since when commits fail (Unix ms; 0: they do not).
     pub failing_since_ms: AtomicU64,
+    /// Deliveries to offline sessions kept on disk only (see `spill.rs`).
+    pub spilled: AtomicUsize,
+    /// Spilled deliveries dropped by an offline session's queue bound.
+    pub spill_dropped: AtomicU64,
 }
 
 /// The writer's state.
@@ -97,6 +104,27 @@ pub(crate) struct Writer {
     /// Client ids with a session row, so a connection that is not persistent and
     /// has nothing stored costs no write.
     pub persisted: Arc<Mutex<HashSet<Arc<str>>>>,
+    /// Offline sessions' deliveries on disk only.
+    pub spills: Spills,
+    /// The bound and policy of every session's queue, applied to spills too.
+    pub limits: MailboxLimits,
+}
+
+/// What writing one op gave.
+enum Applied {
+    Nothing,
+    /// A journal op: for each entry, whether to queue it in memory now.
+    Journal(Vec<bool>),
+    /// A claim: the session's spilled deliveries.
+    Claim(Vec<Delivery>),
+}
+
+/// The writer's state an op may change besides the database.
+struct State<'a> {
+    persisted: &'a mut HashSet<Arc<str>>,
+    spills: &'a mut Spills,
+    limits: MailboxLimits,
+    dropped: u64,
 }
 
 impl Writer {
@@ -145,6 +173,9 @@ impl Writer {
             }
             match self.commit(&batch, durable) {
                 Ok(fresh) => {
+                    self.spills.commit();
+                    let spilled = self.spills.total();
+                    self.stats.spilled.store(spilled, Ordering::Relaxed);
                     self.stats.commits.fetch_add(1, Ordering::Relaxed);
                     if self.stats.failing_since_ms.swap(0, Ordering::Relaxed) != 0 {
                         tracing::info!(path = %self.path.display(), "data directory writable again");
@@ -159,6 +190,7 @@ impl Writer {
                     self.answer(batch, fresh);
                 }
                 Err(e) => {
+                    self.spills.rollback();
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
                     let err = classify(&e);
                     if self
@@ -201,16 +233,26 @@ impl Writer {
     /// Writes `batch`, then makes it durable (`durable`) or hands it to the OS; for
     /// each journal op, which of its entries were new (an entry already stored is not
     /// queued twice).
-    fn commit(&mut self, batch: &[Op], durable: bool) -> Result<Vec<Vec<bool>>, fjall::Error> {
+    fn commit(&mut self, batch: &[Op], durable: bool) -> Result<Vec<Applied>, fjall::Error> {
         let t = self.tables()?;
         let mut tx = Txn { t: &t, wb: None };
-        let mut fresh = Vec::new();
+        let mut applied = Vec::with_capacity(batch.len());
         {
-            let mut persisted = self.persisted.lock();
+            let persisted = self.persisted.clone();
+            let mut persisted = persisted.lock();
+            let mut state = State {
+                persisted: &mut persisted,
+                spills: &mut self.spills,
+                limits: self.limits,
+                dropped: 0,
+            };
             for op in batch {
-                if let Some(f) = apply(&mut tx, op, &mut persisted)? {
-                    fresh.push(f);
-                }
+                applied.push(apply(&mut tx, op, &mut state)?);
+            }
+            if state.dropped > 0 {
+                self.stats
+                    .spill_dropped
+                    .fetch_add(state.dropped, Ordering::Relaxed);
             }
         }
         let now = records::unix_ms().to_be_bytes();
@@ -222,20 +264,22 @@ impl Writer {
         } else {
             PersistMode::Buffer
         })?;
-        Ok(fresh)
+        Ok(applied)
     }
 
     /// Answers everyone after a commit: journaled deliveries are queued now.
-    fn answer(&self, batch: Vec<Op>, fresh: Vec<Vec<bool>>) {
-        let mut fresh = fresh.into_iter();
-        for op in batch {
+    fn answer(&self, batch: Vec<Op>, applied: Vec<Applied>) {
+        for (op, applied) in batch.into_iter().zip(applied) {
             match op {
                 Op::Journal { entries, done } => {
                     let n = entries.len();
-                    let news = fresh.next().unwrap_or_default();
+                    let queue_now = match applied {
+                        Applied::Journal(q) => q,
+                        _ => Vec::new(),
+                    };
                     let mut full = Vec::new();
-                    for (e, new) in entries.into_iter().zip(news) {
-                        if new {
+                    for (e, now) in entries.into_iter().zip(queue_now) {
+                        if now {
                             queue(e.blocked, &mut full);
                         }
                     }
@@ -248,7 +292,11 @@ impl Writer {
                     }
                 }
                 Op::Claim { done, .. } => {
-                    let _ = done.send(Ok(()));
+                    let spilled = match applied {
+                        Applied::Claim(d) => d,
+                        _ => Vec::new(),
+                    };
+                    let _ = done.send(Ok(spilled));
                 }
                 Op::Retained { .. } | Op::Stop(_) => {}
             }
@@ -380,28 +428,35 @@ fn update_row(
     Ok(())
 }
 
-/// Writes one op; for a journal op, which entries were new.
-fn apply(
-    tx: &mut Txn<'_>,
-    op: &Op,
-    persisted: &mut HashSet<Arc<str>>,
-) -> Result<Option<Vec<bool>>, fjall::Error> {
+/// Writes one op.
+fn apply(tx: &mut Txn<'_>, op: &Op, st: &mut State<'_>) -> Result<Applied, fjall::Error> {
     let t = tx.t;
     match op {
         Op::Journal { entries, .. } => {
             // Checked against what is committed, not against this turn's batch: the
             // same message for the same session twice in one turn does not happen
             // (a resend under an old id comes after a restart).
-            let mut fresh = Vec::with_capacity(entries.len());
+            let mut queue_now = Vec::with_capacity(entries.len());
             for e in entries {
                 let key = child_key(&e.client_id, e.key.as_bytes());
-                let new = !t.journal.contains_key(&key)?;
-                if new {
-                    tx.wb().insert(&t.journal, key, e.value.as_slice());
+                if t.journal.contains_key(&key)? {
+                    queue_now.push(false);
+                    continue;
                 }
-                fresh.push(new);
+                if st.spills.get(&e.client_id).is_some() {
+                    if !spill_room(tx, &e.client_id, st)? {
+                        queue_now.push(false);
+                        continue;
+                    }
+                    st.spills.added(&e.client_id, &key);
+                    tx.wb().insert(&t.journal, key, e.value.as_slice());
+                    queue_now.push(false);
+                } else {
+                    tx.wb().insert(&t.journal, key, e.value.as_slice());
+                    queue_now.push(true);
+                }
             }
-            return Ok(Some(fresh));
+            return Ok(Applied::Journal(queue_now));
         }
         Op::Claim {
             client_id,
@@ -409,30 +464,108 @@ fn apply(
             row,
             ..
         } => {
-            if *clean && persisted.contains(client_id) {
-                delete_client(tx, client_id)?;
-                persisted.remove(client_id);
+            let mut spilled = Vec::new();
+            if *clean {
+                st.spills.take(client_id);
+                if st.persisted.contains(client_id) {
+                    delete_client(tx, client_id)?;
+                    st.persisted.remove(client_id);
+                }
+            } else if let Some(spill) = st.spills.take(client_id) {
+                if let Some(oldest) = spill.oldest {
+                    spilled = read_spill(tx, client_id, oldest)?;
+                }
             }
             if let Some(row) = row {
                 tx.wb()
                     .insert(&t.sessions, &**client_id, records::session_value(row));
-                persisted.insert(client_id.clone());
+                st.persisted.insert(client_id.clone());
             }
+            return Ok(Applied::Claim(spilled));
         }
         Op::Retained { topic, value } => match value {
             Some(v) => tx.wb().insert(&t.retained, topic.as_str(), v.as_slice()),
             None => tx.wb().remove(&t.retained, topic.as_str()),
         },
-        Op::Change { change, .. } => apply_change(tx, change, persisted)?,
+        Op::Change { change, .. } => apply_change(tx, change, st)?,
         Op::Stop(_) => {}
     }
-    Ok(None)
+    Ok(Applied::Nothing)
+}
+
+/// Makes room for one more spilled entry of `client_id` under its queue bound:
+/// false if the new one is dropped (drop-newest), else the oldest may go.
+fn spill_room(
+    tx: &mut Txn<'_>,
+    client_id: &Arc<str>,
+    st: &mut State<'_>,
+) -> Result<bool, fjall::Error> {
+    let Some(spill) = st.spills.get(client_id) else {
+        return Ok(true);
+    };
+    if spill.count < st.limits.max_messages {
+        return Ok(true);
+    }
+    st.dropped += 1;
+    match (st.limits.overflow, spill.oldest.clone()) {
+        (QueueOverflow::DropNewest, _) => Ok(false),
+        (QueueOverflow::DropOldest, None) => Ok(true),
+        (QueueOverflow::DropOldest, Some(old)) => {
+            let t = tx.t;
+            tx.wb().remove(&t.journal, old.clone());
+            tx.settle()?;
+            let (_, hi) = child_range(client_id);
+            let next = t
+                .journal
+                .range((
+                    std::ops::Bound::Excluded(old),
+                    std::ops::Bound::Excluded(hi),
+                ))
+                .next()
+                .map(|g| g.key())
+                .transpose()?
+                .map(|k| k.to_vec());
+            st.spills.dropped_oldest(client_id, next);
+            Ok(true)
+        }
+    }
+}
+
+/// Reads a returning session's spilled deliveries, oldest first; expired ones are
+/// deleted instead [MQTT-3.3.2-5].
+fn read_spill(
+    tx: &mut Txn<'_>,
+    client_id: &str,
+    oldest: Vec<u8>,
+) -> Result<Vec<Delivery>, fjall::Error> {
+    tx.settle()?;
+    let t = tx.t;
+    let (_, hi) = child_range(client_id);
+    let mut cache = records::MessageCache::new();
+    let mut out = Vec::new();
+    for row in t.journal.range(oldest..hi) {
+        let (k, v) = row.into_inner()?;
+        let Ok((_, key)) = records::split_child(&k) else {
+            continue;
+        };
+        let key = String::from_utf8_lossy(key);
+        match records::read_journal(&key, &v, &mut cache) {
+            Ok(Some(JournalEntry::Pending(d))) => out.push(d),
+            // PUBREL due: restored with the session's in-flight state at start-up.
+            Ok(Some(JournalEntry::Received(_))) => {}
+            Ok(None) => tx.wb().remove(&t.journal, k),
+            Err(e) => {
+                tracing::error!(%client_id, error = %e, "stored delivery unreadable; skipped")
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn apply_change(
     tx: &mut Txn<'_>,
     change: &SessionChange,
-    persisted: &mut HashSet<Arc<str>>,
+    st: &mut State<'_>,
 ) -> Result<(), fjall::Error> {
     let t = tx.t;
     match change {
@@ -480,12 +613,18 @@ fn apply_change(
         SessionChange::Parked {
             client_id,
             expiry_secs,
-        } => update_row(tx, client_id, |r| {
-            r.expiry_secs = *expiry_secs;
-            r.parked_at_ms = records::unix_ms();
-        })?,
+        } => {
+            if st.persisted.contains(client_id) {
+                st.spills.park(client_id);
+            }
+            update_row(tx, client_id, |r| {
+                r.expiry_secs = *expiry_secs;
+                r.parked_at_ms = records::unix_ms();
+            })?
+        }
         SessionChange::Ended { client_id } => {
-            if persisted.remove(client_id) {
+            st.spills.take(client_id);
+            if st.persisted.remove(client_id) {
                 delete_client(tx, client_id)?;
             }
         }

@@ -202,10 +202,10 @@ where
         will: will.as_deref(),
         username: c.username.as_deref(),
     };
-    let (epoch, handed_over) = match broker.store() {
-        None => (0, None),
+    let (epoch, handed_over, spilled) = match broker.store() {
+        None => (0, None, Vec::new()),
         Some(store) => match store.claim(&client_id, request).await {
-            Ok(claim) => (claim.epoch, claim.session),
+            Ok(claim) => (claim.epoch, claim.session, claim.spilled),
             Err(e) => {
                 if e.is_outage() {
                     tracing::debug!(%peer, client_id = %client_id, error = %e, "connection refused: cannot claim the client id");
@@ -265,6 +265,9 @@ where
         }
     };
     session.expiry_secs = expiry;
+    if !spilled.is_empty() && !c.clean_start {
+        session.queue_spilled(spilled);
+    }
     if broker.store().is_some() {
         // A persistent session with a store: its QoS 1/2 deliveries are stored before
         // they are queued, so that it survives this node (or this process).
