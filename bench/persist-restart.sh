@@ -31,13 +31,15 @@ ulimit -n "$(ulimit -Hn)"
 printf 'log_level = "info"\n[limits]\nmax_queued_messages = %s\nmax_queued_bytes = 1073741824\nmax_publish_rate = 0\nmax_connection_rate = 0\n[store]\nsync = "%s"\n' \
     "$((MESSAGES + 10))" "$SYNC" >"$WORK/astramq.toml"
 
-start() {
+STARTS=0
+start() { # waits for the "listening on" line: the port is bound before the store loads
     local t0=$(date +%s%N)
+    STARTS=$((STARTS + 1))
     "$ASTRAMQ" --listen "127.0.0.1:$PORT" --config "$WORK/astramq.toml" --data-dir "$WORK/data" >>"$WORK/broker.log" 2>&1 &
     PID=$!
-    for _ in $(seq 1 6000); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then break; fi
-        sleep 0.01
+    for _ in $(seq 1 60000); do
+        (($(grep -c '^listening on' "$WORK/broker.log") >= STARTS)) && break
+        sleep 0.005
     done
     STARTED_MS=$((($(date +%s%N) - t0) / 1000000))
 }
