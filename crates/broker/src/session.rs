@@ -146,19 +146,19 @@ impl Session {
     }
 
     /// Queues deliveries the store kept on disk only while the session was offline
-    /// (see [`crate::store::ClusterClaim::spilled`]), after what is queued: they may
-    /// have been sent before a restart, so they go out with DUP set.
+    /// (see [`crate::store::ClusterClaim::spilled`]), in arrival order with what is
+    /// queued: they may have been sent before a restart, so they go out with DUP set.
     pub fn queue_spilled(&mut self, spilled: Vec<Delivery>) {
         let ids = spilled.iter().filter_map(|d| d.journal.as_ref());
         self.maybe_sent.extend(ids.map(|j| j.packet_id));
-        let mut last = 0;
-        for d in spilled {
-            if let Some(j) = &d.journal {
-                last = last.max(j.packet_id);
-            }
-            self.mailbox.push(d);
-        }
-        if last > 0 {
+        let last = spilled
+            .iter()
+            .filter_map(|d| d.journal.as_ref().map(|j| j.packet_id))
+            .max();
+        // Deliveries journaled since the claim may be queued already: each spilled
+        // one takes its place by arrival.
+        self.mailbox.merge_journaled(spilled);
+        if let Some(last) = last {
             self.mailbox.packet_ids_after(last);
         }
     }
