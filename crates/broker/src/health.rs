@@ -5,8 +5,9 @@
 //!   cluster: Redis unreachable, `"redis":"unreachable since <RFC 3339 time>"`), and
 //!   `503 {"status":"stopping"}` once shutdown began. A single node without a cluster
 //!   is healthy whenever it serves.
-//! - `GET /metrics` → the broker's counters (and the probe's) in the Prometheus text
-//!   exposition format.
+//! - `GET /metrics` → every metric of the broker's registry (the cluster's included,
+//!   through its collector) in the Prometheus text exposition format
+//!   ([`crate::metrics`]).
 //! - Anything else: 404 (unknown path) or 405 (method other than GET/HEAD).
 //!
 //! One request per connection (`Connection: close`), a request head of at most 8 KiB
@@ -44,10 +45,9 @@ pub struct HealthReport {
 
 /// Something the health endpoint asks before answering (the cluster node).
 pub trait HealthProbe: Send + Sync + Debug + 'static {
-    /// The current state.
+    /// The current state. (Its metrics are a collector registered in the broker's
+    /// [`Metrics`](crate::metrics::Metrics).)
     fn report(&self) -> HealthReport;
-    /// Appends metrics in the Prometheus text format (`# HELP`, `# TYPE`, samples).
-    fn metrics(&self, out: &mut String);
 }
 
 /// The health endpoint, bound and ready to serve.
@@ -197,7 +197,7 @@ fn respond(head: &str, state: &State<'_>) -> Response {
     let mut response = match path {
         "/health" | "/healthz" => health(state),
         "/metrics" => Response {
-            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            content_type: crate::metrics::CONTENT_TYPE,
             ..Response::text(200, "OK", &metrics(state))
         },
         _ => Response::text(404, "Not Found", "not found: try /health or /metrics\n"),
@@ -241,148 +241,7 @@ fn health(state: &State<'_>) -> Response {
 }
 
 fn metrics(state: &State<'_>) -> String {
-    let m = &state.broker.metrics;
-    let mut out = String::new();
-    let rows: [(&str, &str, &str, u64); 7] = [
-        (
-            "astramq_clients_connected",
-            "gauge",
-            "Client connections currently open.",
-            Metrics::get(&m.clients_connected),
-        ),
-        (
-            "astramq_publish_received_total",
-            "counter",
-            "PUBLISH packets received from clients.",
-            Metrics::get(&m.publish_received),
-        ),
-        (
-            "astramq_deliveries_total",
-            "counter",
-            "Deliveries queued to sessions.",
-            Metrics::get(&m.deliveries),
-        ),
-        (
-            "astramq_queue_overflow_dropped_total",
-            "counter",
-            "Messages dropped because a session queue was full.",
-            Metrics::get(&m.queue_overflow_dropped),
-        ),
-        (
-            "astramq_oversize_dropped_total",
-            "counter",
-            "Messages dropped for exceeding a client's Maximum Packet Size.",
-            Metrics::get(&m.oversize_dropped),
-        ),
-        (
-            "astramq_expired_dropped_total",
-            "counter",
-            "Messages dropped because their expiry interval ran out while queued.",
-            Metrics::get(&m.expired_dropped),
-        ),
-        (
-            "astramq_protocol_errors_total",
-            "counter",
-            "Connections closed for a protocol violation or malformed packet.",
-            Metrics::get(&m.protocol_errors),
-        ),
-    ];
-    for (name, kind, help, value) in rows {
-        metric(&mut out, name, kind, help, value);
-    }
-    let get = Metrics::get;
-    labelled(
-        &mut out,
-        "astramq_dropped_total",
-        "counter",
-        "Messages dropped, by reason: session_queue_full (limits.max_queued_*, per \
-         limits.queue_overflow), bus_backlog_full and inbox_backlog_full (QoS 0 to \
-         other nodes), oversize, expired.",
-        "reason",
-        &[
-            ("session_queue_full", get(&m.queue_overflow_dropped)),
-            ("bus_backlog_full", get(&m.bus_backlog_dropped)),
-            ("inbox_backlog_full", get(&m.inbox_backlog_dropped)),
-            ("oversize", get(&m.oversize_dropped)),
-            ("expired", get(&m.expired_dropped)),
-        ],
-    );
-    labelled(
-        &mut out,
-        "astramq_publish_throttled_total",
-        "counter",
-        "Times a publisher's socket was left unread, by reason: message_rate \
-         (limits.max_publish_rate), byte_rate (limits.max_publish_bytes_rate), \
-         bus_backlog (cluster.forward_qos12_backlog).",
-        "reason",
-        &[
-            ("message_rate", get(&m.throttled_message_rate)),
-            ("byte_rate", get(&m.throttled_byte_rate)),
-            ("bus_backlog", get(&m.throttled_bus_backlog)),
-        ],
-    );
-    labelled(
-        &mut out,
-        "astramq_connections_refused_total",
-        "counter",
-        "Connections closed at accept, by reason: max_connections \
-         (limits.max_connections), connection_rate (limits.max_connection_rate).",
-        "reason",
-        &[
-            ("max_connections", get(&m.refused_max_connections)),
-            ("connection_rate", get(&m.refused_connection_rate)),
-        ],
-    );
-    labelled(
-        &mut out,
-        "astramq_connection_setup_failures_total",
-        "counter",
-        "Connections closed before MQTT, by reason: tls (handshake failed, e.g. no or an \
-         invalid client certificate), websocket (upgrade refused), proxy (bad PROXY v2 \
-         header), timeout (not done within limits.connect_timeout_secs).",
-        "reason",
-        &[
-            ("tls", get(&m.setup_failed_tls)),
-            ("websocket", get(&m.setup_failed_ws)),
-            ("proxy", get(&m.setup_failed_proxy)),
-            ("timeout", get(&m.setup_timed_out)),
-        ],
-    );
-    metric(
-        &mut out,
-        "astramq_subscriptions_refused_total",
-        "counter",
-        "SUBSCRIBE filters refused because the session had limits.max_subscriptions.",
-        get(&m.subscriptions_refused),
-    );
-    if let Some(p) = state.probe {
-        p.metrics(&mut out);
-    }
-    out
-}
-
-/// Appends one metric (help, type, one sample) in the Prometheus text format.
-pub fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-    );
-}
-
-/// Appends one metric with one sample per value of `label`, in the Prometheus text
-/// format.
-pub fn labelled(
-    out: &mut String,
-    name: &str,
-    kind: &str,
-    help: &str,
-    label: &str,
-    samples: &[(&str, u64)],
-) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    for (value_of_label, value) in samples {
-        let _ = writeln!(out, "{name}{{{label}=\"{value_of_label}\"}} {value}");
-    }
+    state.broker.metrics.encode()
 }
 
 /// `s` as a JSON string literal (quotes included).
@@ -421,9 +280,6 @@ mod tests {
                 healthy: false,
                 fields: vec![("redis".into(), json_string("unreachable since x"))],
             }
-        }
-        fn metrics(&self, out: &mut String) {
-            metric(out, "astramq_redis_reachable", "gauge", "Redis.", 0);
         }
     }
 
@@ -477,8 +333,6 @@ mod tests {
         assert!(r.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{r}");
         assert!(r.contains("\"status\":\"unhealthy\""), "{r}");
         assert!(r.contains("\"redis\":\"unreachable since x\""), "{r}");
-        let r = get(addr, "GET /metrics HTTP/1.1\r\n\r\n").await;
-        assert!(r.contains("\nastramq_redis_reachable 0\n"), "{r}");
         stopping.store(true, Ordering::Relaxed);
         let r = get(addr, "HEAD /health HTTP/1.1\r\n\r\n").await;
         assert!(r.starts_with("HTTP/1.1 503 "), "{r}");

@@ -27,7 +27,7 @@
 //! one multiplexed connection.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::{
     ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
@@ -89,6 +89,33 @@ pub enum Conn {
     Sentinel(SentinelConn),
     /// Another connection whose requests each end with `WAIT` ([`Redis::durable_conn`]).
     Durable(Box<Durable>),
+    /// Another connection whose round trips are timed and counted
+    /// (`astramq_redis_round_trip_seconds`, `astramq_redis_errors_total`).
+    Measured(Box<Measured>),
+}
+
+/// A connection and where its round trips are recorded.
+#[derive(Clone)]
+pub struct Measured {
+    inner: Conn,
+    health: Arc<RedisHealth>,
+}
+
+impl Measured {
+    /// Times `request` (one command or pipeline) into the health's histogram. One
+    /// clock read on each side and a boxed future per round trip, which carries a
+    /// whole batch of messages on the hot paths.
+    fn time<'a, T: Send + 'a>(
+        health: &'a RedisHealth,
+        request: RedisFuture<'a, T>,
+    ) -> RedisFuture<'a, T> {
+        let start = Instant::now();
+        Box::pin(async move {
+            let r = request.await;
+            health.round_trip(start.elapsed(), r.is_err());
+            r
+        })
+    }
 }
 
 impl std::fmt::Debug for Conn {
@@ -99,6 +126,7 @@ impl std::fmt::Debug for Conn {
             Conn::Cluster(_) => "Conn::Cluster",
             Conn::Sentinel(_) => "Conn::Sentinel",
             Conn::Durable(_) => "Conn::Durable",
+            Conn::Measured(_) => "Conn::Measured",
         })
     }
 }
@@ -111,6 +139,10 @@ impl ConnectionLike for Conn {
             Conn::Cluster(c) => c.req_packed_command(cmd),
             Conn::Sentinel(c) => c.req_packed_command(cmd),
             Conn::Durable(c) => c.req_packed_command(cmd),
+            Conn::Measured(m) => {
+                let Measured { inner, health } = &mut **m;
+                Measured::time(health, inner.req_packed_command(cmd))
+            }
         }
     }
 
@@ -126,6 +158,10 @@ impl ConnectionLike for Conn {
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
             Conn::Sentinel(c) => c.req_packed_commands(pipeline, offset, count),
             Conn::Durable(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Measured(m) => {
+                let Measured { inner, health } = &mut **m;
+                Measured::time(health, inner.req_packed_commands(pipeline, offset, count))
+            }
         }
     }
 
@@ -136,6 +172,7 @@ impl ConnectionLike for Conn {
             Conn::Cluster(c) => c.get_db(),
             Conn::Sentinel(c) => c.get_db(),
             Conn::Durable(c) => c.get_db(),
+            Conn::Measured(m) => m.inner.get_db(),
         }
     }
 }
@@ -278,12 +315,17 @@ impl Redis {
             .await
             .map_err(|_| unreachable("timed out".into()))?
             .map_err(|e| unreachable(e.to_string()))?;
+        let health = Arc::new(RedisHealth::new());
+        let shared = Conn::Measured(Box::new(Measured {
+            inner: shared,
+            health: health.clone(),
+        }));
         Ok(Redis {
             url: url.to_string(),
             target,
             shared,
             timeout,
-            health: Arc::new(RedisHealth::new()),
+            health,
             wait: None,
         })
     }
