@@ -187,28 +187,28 @@ impl Metrics {
         let clients_connected = Gauge::default();
         r.register(
             "astramq_clients_connected",
-            "MQTT connections currently open (CONNECT accepted).",
+            "MQTT connections currently open (CONNECT accepted)",
             clients_connected.clone(),
         );
         let qos = ["0", "1", "2"];
         let received = labelled_counters(
             &mut r,
             "astramq_messages_received",
-            "PUBLISH packets received from clients, by QoS.",
+            "PUBLISH packets received from clients, by QoS",
             "qos",
             qos,
         );
         let sent = labelled_counters(
             &mut r,
             "astramq_messages_sent",
-            "PUBLISH packets written to clients, by QoS (retained messages sent on SUBSCRIBE included, resends after a reconnection not).",
+            "PUBLISH packets written to clients, by QoS (retained messages sent on SUBSCRIBE included, resends after a reconnection not)",
             "qos",
             qos,
         );
         let deliveries = counter(
             &mut r,
             "astramq_deliveries",
-            "Deliveries queued to local sessions (one per matching session).",
+            "Deliveries queued to local sessions (one per matching session)",
         );
         let [queue_overflow_dropped, bus_backlog_dropped, inbox_backlog_dropped, oversize_dropped, expired_dropped] =
             labelled_counters(
@@ -217,7 +217,7 @@ impl Metrics {
                 "Messages dropped, by reason: session_queue_full (limits.max_queued_*, per \
                  limits.queue_overflow), bus_backlog_full and inbox_backlog_full (QoS 0 to \
                  other nodes), oversize (above the client's Maximum Packet Size), expired \
-                 (Message Expiry Interval ran out while queued).",
+                 (Message Expiry Interval ran out while queued)",
                 "reason",
                 [
                     "session_queue_full",
@@ -230,7 +230,7 @@ impl Metrics {
         let protocol_errors = counter(
             &mut r,
             "astramq_protocol_errors",
-            "Connections closed for a protocol violation or malformed packet.",
+            "Connections closed for a protocol violation or malformed packet",
         );
         let [throttled_message_rate, throttled_byte_rate, throttled_bus_backlog] =
             labelled_counters(
@@ -238,40 +238,40 @@ impl Metrics {
                 "astramq_publish_throttled",
                 "Times a publisher's socket was left unread, by reason: message_rate \
                  (limits.max_publish_rate), byte_rate (limits.max_publish_bytes_rate), \
-                 bus_backlog (cluster.forward_qos12_backlog).",
+                 bus_backlog (cluster.forward_qos12_backlog)",
                 "reason",
                 ["message_rate", "byte_rate", "bus_backlog"],
             );
         let subscriptions_refused = counter(
             &mut r,
             "astramq_subscriptions_refused",
-            "SUBSCRIBE filters refused because the session had limits.max_subscriptions.",
+            "SUBSCRIBE filters refused because the session had limits.max_subscriptions",
         );
         let delivery_latency = Histogram::new(&LATENCY_BUCKETS);
         r.register(
             "astramq_delivery_latency_seconds",
             "From a message's arrival on this node (from a client or another node) to its \
              PUBLISH written to a subscriber's socket buffer, waiting in the session queue \
-             included; retained messages sent on SUBSCRIBE are not counted.",
+             included; retained messages sent on SUBSCRIBE are not counted",
             delivery_latency.clone(),
         );
         let listener_connections = Family::<ListenerLabels, Gauge>::default();
         r.register(
             "astramq_listener_connections",
-            "TCP connections open on each listener (accepted, MQTT or not yet).",
+            "TCP connections open on each listener (accepted, MQTT or not yet)",
             listener_connections.clone(),
         );
         let listener_accepted = Family::<ListenerLabels, Counter>::default();
         r.register(
             "astramq_listener_connections_accepted",
-            "TCP connections accepted on each listener (refused ones not included).",
+            "TCP connections accepted on each listener (refused ones not included)",
             listener_accepted.clone(),
         );
         let listener_refused = Family::<ListenerReason, Counter>::default();
         r.register(
             "astramq_connections_refused",
             "Connections closed at accept, per listener, by reason: max_connections \
-             (limits.max_connections), connection_rate (limits.max_connection_rate).",
+             (limits.max_connections), connection_rate (limits.max_connection_rate)",
             listener_refused.clone(),
         );
         let listener_setup_failures = Family::<ListenerReason, Counter>::default();
@@ -280,7 +280,7 @@ impl Metrics {
             "Connections closed before MQTT, per listener, by reason: tls (handshake \
              failed, e.g. no or an invalid client certificate), websocket (upgrade \
              refused), proxy (bad PROXY v2 header), timeout (not done within \
-             limits.connect_timeout_secs).",
+             limits.connect_timeout_secs)",
             listener_setup_failures.clone(),
         );
         Metrics {
@@ -357,7 +357,8 @@ impl Metrics {
         self.registry.lock().register_collector(collector);
     }
 
-    /// Registers one more metric (a cluster histogram, say).
+    /// Registers one more metric (a cluster histogram, say). `help` without a final
+    /// period: the encoder adds one.
     pub fn register(&self, name: &str, help: &str, metric: impl prometheus_client::registry::Metric) {
         self.registry.lock().register(name, help, metric);
     }
@@ -575,7 +576,7 @@ mod tests {
             "astramq_delivery_latency_seconds_bucket{le=\"0.0001\"} 1\n",
             "astramq_delivery_latency_seconds_bucket{le=\"0.0025\"} 1\n",
             "astramq_delivery_latency_seconds_bucket{le=\"0.005\"} 2\n",
-            "astramq_delivery_latency_seconds_bucket{le=\"10.0\"} 2\n",
+            "astramq_delivery_latency_seconds_bucket{le=\"10\"} 2\n",
             "astramq_delivery_latency_seconds_bucket{le=\"+Inf\"} 3\n",
             "astramq_delivery_latency_seconds_count 3\n",
             "# TYPE astramq_delivery_latency_seconds histogram\n",

@@ -30,7 +30,7 @@ impl ClusterNode {
         broker.metrics.register(
             "astramq_redis_round_trip_seconds",
             "Round trips to Redis on the node's shared connection (every command and \
-             pipeline except the blocking stream reads), from request to reply.",
+             pipeline except the blocking stream reads), from request to reply",
             self.redis.health().round_trips.clone(),
         );
         broker
