@@ -75,13 +75,17 @@ async fn messages_by_qos_connections_per_listener_and_delivery_latency() {
         .await
         .unwrap();
     publisher
-        .wait_incoming(T, "PUBACK", |p| matches!(p, V5Packet::PubAck(_)).then_some(()))
+        .wait_incoming(T, "PUBACK", |p| {
+            matches!(p, V5Packet::PubAck(_)).then_some(())
+        })
         .await;
     let mut subscriber = V5Client::connect(&b, "subscriber").await;
     subscriber.subscribe("m/#", QoS::ExactlyOnce).await;
     let mut seen = 0;
     let count = |p: &V5Packet| matches!(p, V5Packet::Publish(_)).then_some(());
-    subscriber.wait_incoming(T, "the retained message", count).await;
+    subscriber
+        .wait_incoming(T, "the retained message", count)
+        .await;
     for (qos, n) in [
         (QoS::AtMostOnce, 1),
         (QoS::AtLeastOnce, 2),
@@ -96,7 +100,9 @@ async fn messages_by_qos_connections_per_listener_and_delivery_latency() {
         }
     }
     while seen < 6 {
-        subscriber.wait_incoming(T, "six live messages", count).await;
+        subscriber
+            .wait_incoming(T, "six live messages", count)
+            .await;
         seen += 1;
     }
     for (name, want) in [
@@ -115,7 +121,12 @@ async fn messages_by_qos_connections_per_listener_and_delivery_latency() {
         r#"{{listener="{}",transport="tcp",proxy="false"}}"#,
         b.addr()
     );
-    until(health, &format!("astramq_listener_connections{listener}"), 2).await;
+    until(
+        health,
+        &format!("astramq_listener_connections{listener}"),
+        2,
+    )
+    .await;
     until(
         health,
         &format!("astramq_listener_connections_accepted_total{listener}"),
@@ -135,7 +146,12 @@ async fn messages_by_qos_connections_per_listener_and_delivery_latency() {
     }
     // One client leaves: its listener's gauge follows.
     subscriber.shutdown();
-    until(health, &format!("astramq_listener_connections{listener}"), 1).await;
+    until(
+        health,
+        &format!("astramq_listener_connections{listener}"),
+        1,
+    )
+    .await;
     until(health, "astramq_clients_connected", 1).await;
 }
 
@@ -171,5 +187,8 @@ async fn the_grafana_dashboard_queries_only_metrics_a_node_serves() {
     );
     assert!(metric_at(health, "astramq_redis_round_trip_seconds_count").await > 0);
     assert_eq!(metric_at(health, "astramq_redis_reachable").await, 1);
-    assert_eq!(metric_at(health, r#"astramq_gossip_members{state="suspect"}"#).await, 0);
+    assert_eq!(
+        metric_at(health, r#"astramq_gossip_members{state="suspect"}"#).await,
+        0
+    );
 }

@@ -35,8 +35,8 @@ use crate::client;
 use crate::config::{Config, ConfigError};
 use crate::listener::{self, tls::TlsReloader, ListenerSpec, Transport};
 use crate::metrics::{ListenerMetrics, Metrics};
-use prometheus_client::metrics::counter::Counter;
 use crate::registry::KEEP_ALIVE_SWEEP;
+use prometheus_client::metrics::counter::Counter;
 
 /// Why the server could not start.
 #[derive(Debug, Error)]

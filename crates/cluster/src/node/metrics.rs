@@ -99,7 +99,10 @@ impl Collector for ClusterMetrics {
             "Messages waiting for the forwarder, every destination, by lane (bounded per \
              destination by cluster.forward_qos0_backlog and cluster.forward_qos12_backlog).",
             "lane",
-            &[("qos0", backlog.qos0 as i64), ("qos12", backlog.qos12 as i64)],
+            &[
+                ("qos0", backlog.qos0 as i64),
+                ("qos12", backlog.qos12 as i64),
+            ],
         )?;
         s.gauge(
             "astramq_cluster_inbox_backlog_full_nodes",
