@@ -422,6 +422,16 @@ impl ClusterNode {
         self.membership.lock().as_ref().map(|m| m.advertised_addr())
     }
 
+    /// The other live members gossip knows (brokers and load balancers), with what
+    /// they advertise; empty before gossip started.
+    pub fn members(&self) -> Vec<membership::Member> {
+        self.membership
+            .lock()
+            .as_ref()
+            .map(|m| m.members().borrow().clone())
+            .unwrap_or_default()
+    }
+
     /// Leaves the cluster cleanly: removes this node's routes, leaves gossip, stops
     /// the tasks.
     pub async fn shutdown(&self) {
