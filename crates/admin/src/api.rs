@@ -426,7 +426,9 @@ pub async fn publish(
         }
     };
     if payload.len() > app.broker.config.limits.max_packet_size as usize {
-        return Err(ApiError::bad_request("payload larger than limits.max_packet_size"));
+        return Err(ApiError::bad_request(
+            "payload larger than limits.max_packet_size",
+        ));
     }
     let msg = message(&b.topic, payload, qos, b.retain);
     let mut blocked = Vec::new();

@@ -370,13 +370,22 @@ mod tests {
         let path = dir.path().join("keys");
         let admin = add_key(&path, "ops", Scope::Admin).unwrap();
         let read = add_key(&path, "grafana", Scope::Read).unwrap();
-        assert!(add_key(&path, "ops", Scope::Read).is_err(), "duplicate name");
+        assert!(
+            add_key(&path, "ops", Scope::Read).is_err(),
+            "duplicate name"
+        );
         assert!(add_key(&path, "no:colons", Scope::Read).is_err());
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(!text.contains(admin.split_once('.').unwrap().1), "secret stored");
+        assert!(
+            !text.contains(admin.split_once('.').unwrap().1),
+            "secret stored"
+        );
         let store = KeyStore::load(Some(&path)).unwrap();
         assert_eq!(store.check(Some(&admin)), Ok(("ops".into(), Scope::Admin)));
-        assert_eq!(store.check(Some(&read)), Ok(("grafana".into(), Scope::Read)));
+        assert_eq!(
+            store.check(Some(&read)),
+            Ok(("grafana".into(), Scope::Read))
+        );
         assert_eq!(store.check(None), Err(Refusal::Missing));
         let (name, secret) = admin.split_once('.').unwrap();
         let wrong = format!("{name}.{}", secret.replace(&secret[..1], "x"));

@@ -189,15 +189,16 @@ async fn authorize(State(app): State<Arc<App>>, req: Request, next: Next) -> Res
             ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
-                format!("key {name:?} is read-only; {} needs an admin key", req.method()),
+                format!(
+                    "key {name:?} is read-only; {} needs an admin key",
+                    req.method()
+                ),
             )
             .into_response()
         }
         Err(why) => {
             let reason = match why {
-                Refusal::Missing => {
-                    "an API key is required (Authorization: Bearer NAME.SECRET)"
-                }
+                Refusal::Missing => "an API key is required (Authorization: Bearer NAME.SECRET)",
                 Refusal::Invalid => "invalid API key",
                 Refusal::NoKeys => {
                     "no API keys are configured on this node (admin_keys_file; astramq ctl key add)"

@@ -19,7 +19,12 @@ use serde_json::{json, Value};
 #[derive(Debug, Args)]
 pub struct CtlArgs {
     /// The node's admin listener (its `health_listen`).
-    #[arg(long, env = "ASTRAMQ_ADMIN_URL", default_value = "http://127.0.0.1:9100", global = true)]
+    #[arg(
+        long,
+        env = "ASTRAMQ_ADMIN_URL",
+        default_value = "http://127.0.0.1:9100",
+        global = true
+    )]
     url: String,
     /// API key (`NAME.SECRET`, from `astramq ctl key add`).
     #[arg(long, env = "ASTRAMQ_API_KEY", hide_env_values = true, global = true)]
@@ -184,7 +189,11 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
         } => api.get(&format!("/api/v1/clients/{}", encode(id)))?,
         CtlCommand::Client {
             command: ClientCommand::Kick { id },
-        } => api.send("POST", &format!("/api/v1/clients/{}/kick", encode(id)), None)?,
+        } => api.send(
+            "POST",
+            &format!("/api/v1/clients/{}/kick", encode(id)),
+            None,
+        )?,
         CtlCommand::Retained {
             command: RetainedCommand::List { filter, limit },
         } => {
@@ -363,9 +372,10 @@ fn http(
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| anyhow!("bad HTTP status line: {head:?}"))?;
-    let chunked = head
-        .lines()
-        .any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding: chunked"));
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    });
     let body = if chunked {
         dechunk(body)?
     } else {
@@ -477,13 +487,20 @@ fn render(command: &CtlCommand, out: &Value) -> String {
             }
             if out["subscriptions"].is_array() {
                 t.push('\n');
-                t.push_str(&table(&["filter", "qos"], &rows(&out["subscriptions"], &["filter", "qos"])));
+                t.push_str(&table(
+                    &["filter", "qos"],
+                    &rows(&out["subscriptions"], &["filter", "qos"]),
+                ));
             }
             t
         }
         CtlCommand::Client {
             command: ClientCommand::Kick { .. },
-        } => format!("kicked {} on {}\n", cell(&out["kicked"]), cell(&out["node"])),
+        } => format!(
+            "kicked {} on {}\n",
+            cell(&out["kicked"]),
+            cell(&out["node"])
+        ),
         CtlCommand::Retained {
             command: RetainedCommand::List { .. },
         } => {
@@ -492,7 +509,10 @@ fn render(command: &CtlCommand, out: &Value) -> String {
         }
         CtlCommand::Retained {
             command: RetainedCommand::Rm { .. },
-        } => format!("deleted the retained message of {}\n", cell(&out["deleted"])),
+        } => format!(
+            "deleted the retained message of {}\n",
+            cell(&out["deleted"])
+        ),
         CtlCommand::Publish { .. } => format!(
             "published to {} (qos {}, {} local deliveries)\n",
             cell(&out["published"]),
@@ -511,11 +531,17 @@ mod tests {
     fn tables_align_and_urls_encode() {
         let t = table(
             &["a", "bb"],
-            &[vec!["xyz".into(), "1".into()], vec!["q".into(), "22".into()]],
+            &[
+                vec!["xyz".into(), "1".into()],
+                vec!["q".into(), "22".into()],
+            ],
         );
         assert_eq!(t, "a    bb\nxyz  1\nq    22\n");
         assert_eq!(encode("a/b #+x"), "a%2Fb%20%23%2Bx");
-        assert_eq!(dechunk("3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(), "abcde");
+        assert_eq!(
+            dechunk("3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(),
+            "abcde"
+        );
         assert_eq!(
             resolve("http://127.0.0.1:9100/").unwrap(),
             "127.0.0.1:9100".parse().unwrap()

@@ -107,7 +107,10 @@ mod tests {
         let broker = Broker::new(config, auth);
         assert_eq!(
             health(&broker, None, false),
-            (200, "{\"status\":\"ok\",\"mode\":\"single\",\"clients\":0}\n".into())
+            (
+                200,
+                "{\"status\":\"ok\",\"mode\":\"single\",\"clients\":0}\n".into()
+            )
         );
         let (code, body) = health(&broker, Some(&Down), false);
         assert_eq!(code, 503);

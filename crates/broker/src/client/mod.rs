@@ -340,16 +340,18 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
     /// Answers an admin request for this session's state.
     fn describe(&self) {
         let s = &self.session;
-        self.exit_guard.0.answer_describe(crate::registry::SessionView {
-            subscriptions: s
-                .subscriptions
-                .iter()
-                .map(|(f, sub)| (f.clone(), sub.options.qos as u8))
-                .collect(),
-            inflight: s.inflight(),
-            queued: s.mailbox.len() + self.pending.len(),
-            expiry_secs: s.expiry_secs,
-        });
+        self.exit_guard
+            .0
+            .answer_describe(crate::registry::SessionView {
+                subscriptions: s
+                    .subscriptions
+                    .iter()
+                    .map(|(f, sub)| (f.clone(), sub.options.qos as u8))
+                    .collect(),
+                inflight: s.inflight(),
+                queued: s.mailbox.len() + self.pending.len(),
+                expiry_secs: s.expiry_secs,
+            });
     }
 
     /// Whether the socket may be read: no publish waits for room in a full queue, for
