@@ -227,3 +227,52 @@ fn refused(app: &App, req: &Request, why: &str) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use broker::auth::Authenticator;
+    use broker::Config;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: SocketAddr, request: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn health_metrics_and_stopping_are_served_without_a_key() {
+        let config = Config::default();
+        let auth = Authenticator::load(&config).unwrap();
+        let broker = Broker::new(config, auth);
+        let server = AdminServer::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let addr = server.local_addr().unwrap();
+        let stopping = server.stopping_flag();
+        let keys = Arc::new(KeyStore::load(None).unwrap());
+        let task = server.spawn(broker, None, keys).unwrap();
+        let close = "Connection: close\r\n\r\n";
+        let r = get(addr, &format!("GET /health HTTP/1.1\r\nHost: x\r\n{close}")).await;
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+        assert!(
+            r.ends_with("{\"status\":\"ok\",\"mode\":\"single\",\"clients\":0}\n"),
+            "{r}"
+        );
+        let r = get(addr, &format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{close}")).await;
+        assert!(r.contains("\nastramq_clients_connected 0\n"), "{r}");
+        assert!(r.contains("content-type: text/plain; version=0.0.4"), "{r}");
+        let r = get(addr, &format!("GET /nope HTTP/1.1\r\nHost: x\r\n{close}")).await;
+        assert!(r.starts_with("HTTP/1.1 404 "), "{r}");
+        let r = get(addr, &format!("POST /health HTTP/1.1\r\nHost: x\r\n{close}")).await;
+        assert!(r.starts_with("HTTP/1.1 405 "), "{r}");
+        stopping.store(true, Ordering::Relaxed);
+        let r = get(addr, &format!("HEAD /health HTTP/1.1\r\nHost: x\r\n{close}")).await;
+        assert!(r.starts_with("HTTP/1.1 503 "), "{r}");
+        assert!(r.ends_with("\r\n\r\n"), "HEAD has no body: {r}");
+        task.abort();
+    }
+}
