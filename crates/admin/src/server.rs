@@ -222,7 +222,7 @@ fn refused(app: &App, req: &Request, why: &str) {
         tracing::warn!(
             refused = n,
             method = %req.method(),
-            path = %req.uri().path(),
+            path = %format_args!("/api/v1{}", req.uri().path()),
             "admin API request refused: {why} (count since the last line)"
         );
     }
@@ -262,15 +262,27 @@ mod tests {
             r.ends_with("{\"status\":\"ok\",\"mode\":\"single\",\"clients\":0}\n"),
             "{r}"
         );
-        let r = get(addr, &format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{close}")).await;
+        let r = get(
+            addr,
+            &format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{close}"),
+        )
+        .await;
         assert!(r.contains("\nastramq_clients_connected 0\n"), "{r}");
         assert!(r.contains("content-type: text/plain; version=0.0.4"), "{r}");
         let r = get(addr, &format!("GET /nope HTTP/1.1\r\nHost: x\r\n{close}")).await;
         assert!(r.starts_with("HTTP/1.1 404 "), "{r}");
-        let r = get(addr, &format!("POST /health HTTP/1.1\r\nHost: x\r\n{close}")).await;
+        let r = get(
+            addr,
+            &format!("POST /health HTTP/1.1\r\nHost: x\r\n{close}"),
+        )
+        .await;
         assert!(r.starts_with("HTTP/1.1 405 "), "{r}");
         stopping.store(true, Ordering::Relaxed);
-        let r = get(addr, &format!("HEAD /health HTTP/1.1\r\nHost: x\r\n{close}")).await;
+        let r = get(
+            addr,
+            &format!("HEAD /health HTTP/1.1\r\nHost: x\r\n{close}"),
+        )
+        .await;
         assert!(r.starts_with("HTTP/1.1 503 "), "{r}");
         assert!(r.ends_with("\r\n\r\n"), "HEAD has no body: {r}");
         task.abort();
