@@ -192,3 +192,34 @@ async fn the_grafana_dashboard_queries_only_metrics_a_node_serves() {
         0
     );
 }
+
+// Gossip members by state follow a node killed with SIGKILL: alive goes from 1 to 0
+// and the dead node is counted down (suspect on the way); its failure is counted.
+#[tokio::test]
+async fn gossip_members_by_state_follow_a_killed_node() {
+    let mut c = TestCluster::builder(2)
+        .args(&["--health-listen", "127.0.0.1:0"])
+        .start()
+        .await;
+    let health = c.node(0).health_addr();
+    until(health, r#"astramq_gossip_members{state="alive"}"#, 1).await;
+    assert_eq!(
+        metric_at(health, r#"astramq_gossip_members{state="down"}"#).await,
+        0
+    );
+    c.kill(1);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let alive = metric_at(health, r#"astramq_gossip_members{state="alive"}"#).await;
+        let down = metric_at(health, r#"astramq_gossip_members{state="down"}"#).await;
+        if alive == 0 && down == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "alive {alive}, down {down}: the killed node is not counted down"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    until(health, "astramq_cluster_node_failures_total", 1).await;
+}
