@@ -10,16 +10,18 @@
 //! | `DELETE /retained?topic=` | admin | clears one topic's retained message, cluster-wide |
 //! | `POST /publish` | admin | publishes a message |
 //!
-//! Clients are answered for this node only (a client on another node is 404 here;
-//! `GET /nodes` gives each node's admin address). Errors are JSON:
+//! On a cluster, `/clients`, `/clients/{id}` and `kick` answer for the whole cluster:
+//! the node asks the other brokers' admin listeners (their addresses come from
+//! gossip), passing the caller's key on, with `local=true` so that they answer for
+//! themselves only. `local=true` asks one node alone. Errors are JSON:
 //! `{"error":"not_found","reason":"…"}`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, Query, RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
@@ -114,6 +116,83 @@ fn time(t: SystemTime) -> String {
     cluster::health::rfc3339(t)
 }
 
+/// Selects one node's own answer, without asking the others.
+#[derive(Debug, Default, Deserialize)]
+pub struct LocalQuery {
+    #[serde(default)]
+    local: bool,
+}
+
+/// The caller's key as an `Authorization` value, to pass on to other nodes.
+fn authorization(headers: &HeaderMap) -> Option<String> {
+    if let Some(a) = headers.get(header::AUTHORIZATION) {
+        return a.to_str().ok().map(str::to_string);
+    }
+    let key = headers.get("x-api-key")?.to_str().ok()?;
+    Some(format!("Bearer {}", key.trim()))
+}
+
+/// Percent-encodes a path segment or query value.
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// What each other broker answered to `method path` (JSON), by node id, asked all at
+/// once; a node that could not be asked or did not answer JSON gives its reason.
+async fn ask_peers(
+    app: &App,
+    method: &'static str,
+    path: String,
+    auth: Option<String>,
+) -> Vec<(String, Result<(u16, Value), String>)> {
+    let Some(node) = &app.node else {
+        return Vec::new();
+    };
+    let mut asks = tokio::task::JoinSet::new();
+    for m in node.members() {
+        if m.meta.role != membership::Role::Broker {
+            continue;
+        }
+        let Some(addr) = m.meta.admin else {
+            let reason = "advertises no admin listener".to_string();
+            asks.spawn(async move { (m.node_id, Err(reason)) });
+            continue;
+        };
+        let (path, auth) = (path.clone(), auth.clone());
+        asks.spawn(async move {
+            let answer = crate::client::request(addr, method, &path, auth.as_deref())
+                .await
+                .and_then(|(code, body)| {
+                    serde_json::from_slice(&body)
+                        .map(|v| (code, v))
+                        .map_err(|e| format!("HTTP {code}, not JSON: {e}"))
+                });
+            (m.node_id, answer)
+        });
+    }
+    let mut answers = Vec::new();
+    while let Some(joined) = asks.join_next().await {
+        if let Ok(a) = joined {
+            answers.push(a);
+        }
+    }
+    answers.sort_by(|a, b| a.0.cmp(&b.0));
+    answers
+}
+
+/// A node's failure to answer, as listed in `errors`.
+fn peer_error(node: &str, code: Option<u16>, reason: &str) -> Value {
+    json!({"node": node, "status": code, "reason": reason})
+}
+
 /// `GET /nodes`: this node as it knows itself, then the other brokers gossip
 /// lists, with what they advertise (their own admin address among it).
 pub async fn nodes(State(app): State<Arc<App>>) -> ApiResult {
@@ -163,6 +242,8 @@ pub struct ClientsQuery {
     user: Option<String>,
     limit: Option<usize>,
     after: Option<String>,
+    #[serde(default)]
+    local: bool,
 }
 
 fn client_summary(app: &App, e: &SessionEntry) -> Value {
@@ -181,17 +262,21 @@ fn client_summary(app: &App, e: &SessionEntry) -> Value {
     v
 }
 
-/// `GET /clients`: sessions here whose client id starts with `prefix` (and whose
-/// user is `user`), in client id order, `limit` per page from after `after`; `next`
-/// is the `after` of the next page, `null` on the last.
+/// `GET /clients`: sessions whose client id starts with `prefix` (and whose user is
+/// `user`), in client id order, `limit` per page from after `after`; `next` is the
+/// `after` of the next page, `null` on the last. On a cluster every broker's
+/// sessions (each node's page merged), unless `local=true`; nodes that could not
+/// answer are listed in `errors` (the page is then partial).
 pub async fn clients(
     State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
     q: Result<Query<ClientsQuery>, QueryRejection>,
 ) -> ApiResult {
     let Query(q) = q?;
     let limit = limit(q.limit);
     let user = q.user.as_deref();
-    let (page, more) = app.broker.registry.sessions(
+    let (page, mut more) = app.broker.registry.sessions(
         q.prefix.as_deref().unwrap_or(""),
         q.after.as_deref(),
         limit,
@@ -205,20 +290,92 @@ pub async fn clients(
             })
         },
     );
-    let next = more.then(|| page.last().map(|e| e.client_id.to_string()));
-    let list: Vec<Value> = page.iter().map(|e| client_summary(&app, e)).collect();
-    Ok(Json(json!({ "clients": list, "next": next.flatten() })))
+    let mut list: Vec<Value> = page.iter().map(|e| client_summary(&app, e)).collect();
+    let mut errors = Vec::new();
+    if !q.local {
+        let query = raw.map(|r| format!("{r}&")).unwrap_or_default();
+        let path = format!("/api/v1/clients?{query}local=true");
+        for (node, answer) in ask_peers(&app, "GET", path, authorization(&headers)).await {
+            match answer {
+                Ok((200, v)) => {
+                    more |= !v["next"].is_null();
+                    list.extend(v["clients"].as_array().cloned().unwrap_or_default());
+                }
+                Ok((code, v)) => errors.push(peer_error(
+                    &node,
+                    Some(code),
+                    v["reason"].as_str().unwrap_or(""),
+                )),
+                Err(e) => errors.push(peer_error(&node, None, &e)),
+            }
+        }
+    }
+    let id = |v: &Value| v["client_id"].as_str().unwrap_or("").to_string();
+    list.sort_by(|a, b| (id(a), a["node"].to_string()).cmp(&(id(b), b["node"].to_string())));
+    more |= list.len() > limit;
+    list.truncate(limit);
+    let next = if more { list.last().map(id) } else { None };
+    let mut out = json!({ "clients": list, "next": next });
+    if !errors.is_empty() {
+        out["errors"] = Value::Array(errors);
+    }
+    Ok(Json(out))
+}
+
+/// Asks the other brokers for `path` (`?local=true` appended) until one answers
+/// 200: its answer, or the 404 saying no node has the client.
+async fn on_another_node(
+    app: &App,
+    method: &'static str,
+    path: String,
+    id: &str,
+    headers: &HeaderMap,
+) -> ApiResult {
+    let mut errors = Vec::new();
+    for (node, answer) in ask_peers(
+        app,
+        method,
+        format!("{path}?local=true"),
+        authorization(headers),
+    )
+    .await
+    {
+        match answer {
+            Ok((200, v)) => return Ok(Json(v)),
+            Ok((404, _)) => {}
+            Ok((code, v)) => errors.push(format!(
+                "{node}: HTTP {code} {}",
+                v["reason"].as_str().unwrap_or("")
+            )),
+            Err(e) => errors.push(format!("{node}: {e}")),
+        }
+    }
+    let mut reason = format!("no session with client id {id:?} on any node");
+    if !errors.is_empty() {
+        reason.push_str(&format!(
+            " that answered (not answering: {})",
+            errors.join("; ")
+        ));
+    }
+    Err(ApiError::not_found(reason))
 }
 
 fn unknown_client(app: &App, id: &str) -> ApiError {
     ApiError::not_found(format!(
-        "no session with client id {id:?} on node {} (each node answers for its own clients; GET /api/v1/nodes lists the others)",
+        "no session with client id {id:?} on node {}",
         app.node_id()
     ))
 }
 
-/// `GET /clients/{id}`: one session, with what its connection reports.
-pub async fn client(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult {
+/// `GET /clients/{id}`: one session, with what its connection reports; on a
+/// cluster, from the node that has it.
+pub async fn client(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    q: Result<Query<LocalQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q?;
     let Some(link) = app.broker.registry.link(&id) else {
         if app.broker.registry.is_parked(&id) {
             return Ok(Json(json!({
@@ -227,7 +384,11 @@ pub async fn client(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiR
                 "connected": false,
             })));
         }
-        return Err(unknown_client(&app, &id));
+        if q.local || app.node.is_none() {
+            return Err(unknown_client(&app, &id));
+        }
+        let path = format!("/api/v1/clients/{}", encode(&id));
+        return on_another_node(&app, "GET", path, &id, &headers).await;
     };
     let entry = SessionEntry {
         client_id: Arc::from(id.as_str()),
@@ -258,11 +419,22 @@ pub async fn client(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiR
 }
 
 /// `POST /clients/{id}/kick`: closes the client's connection (MQTT 5: DISCONNECT
-/// 0x98 Administrative action); answers once it is closed. Its session stays (a
-/// persistent one is parked as after any disconnection).
-pub async fn kick(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult {
+/// 0x98 Administrative action), on whichever node it is; answers once it is
+/// closed. Its session stays (a persistent one is parked as after any
+/// disconnection).
+pub async fn kick(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    q: Result<Query<LocalQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q?;
     let Some(link) = app.broker.registry.link(&id) else {
-        return Err(unknown_client(&app, &id));
+        if q.local || app.node.is_none() {
+            return Err(unknown_client(&app, &id));
+        }
+        let path = format!("/api/v1/clients/{}/kick", encode(&id));
+        return on_another_node(&app, "POST", path, &id, &headers).await;
     };
     link.ask_to_leave(ReasonCode::AdministrativeAction);
     if tokio::time::timeout(CONNECTION_ANSWER, link.exited())

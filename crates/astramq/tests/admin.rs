@@ -336,14 +336,17 @@ async fn api_and_ctl_list_show_kick_publish_and_clear_retained() {
     assert!(failed.stderr.contains("404 not_found"), "{failed:?}");
 }
 
-// In a cluster, /nodes lists the other nodes with their admin address, and
-// `ctl --node n2` talks to n2 through n1's list.
+// In a cluster, /nodes lists the other nodes with their admin address; any node
+// finds, shows and kicks a client connected to another one (passing the caller's
+// key on), `local=true` answers for one node alone, and `ctl --node n2` talks to n2
+// through n1's list.
 #[tokio::test]
-async fn ctl_finds_another_node_through_the_node_list() {
+async fn any_node_lists_shows_and_kicks_clients_of_the_whole_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let file = keys_file(&dir);
-    let key = add_key(&file, "ops", "read").await;
-    let c = TestCluster::builder(2)
+    let read = add_key(&file, "viewer", "read").await;
+    let admin = add_key(&file, "ops", "admin").await;
+    let c = TestCluster::builder(3)
         .args(&[
             "--health-listen",
             "127.0.0.1:0",
@@ -352,29 +355,97 @@ async fn ctl_finds_another_node_through_the_node_list() {
         ])
         .start()
         .await;
-    let _on_n2 = c.client(1, Version::V5, "on-n2").await;
+    let _a = c.client(0, Version::V5, "dev-a").await;
+    let mut b = c.client(1, Version::V5, "dev-b").await;
+    let _c = c.client(2, Version::V5, "dev-c").await;
     let h1 = c.node(0).health_addr();
     let deadline = std::time::Instant::now() + T;
     loop {
-        let (_, nodes) = call(h1, "GET", "/api/v1/nodes", Some(&key), None).await;
-        let n2 = nodes["nodes"]
+        let (_, nodes) = call(h1, "GET", "/api/v1/nodes", Some(&read), None).await;
+        let admins: Vec<Value> = nodes["nodes"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|n| n["node_id"] == "n2")
-            .cloned();
-        if let Some(n2) = n2 {
-            assert_eq!(n2["admin"], c.node(1).health_addr().to_string(), "{nodes}");
+            .map(|n| n["admin"].clone())
+            .collect();
+        let want: Vec<Value> = (0..3)
+            .map(|i| json!(c.node(i).health_addr().to_string()))
+            .collect();
+        if admins.len() == 3 && want.iter().all(|w| admins.contains(w)) {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "n2 never listed: {nodes}"
+            "not every node listed: {nodes}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (_, on_n1) = call(h1, "GET", "/api/v1/clients", Some(&key), None).await;
-    assert_eq!(on_n1["clients"], json!([]), "{on_n1}");
-    let table = ctl(h1, &key, &["--node", "n2", "clients", "list"]).await;
-    assert!(table.contains("on-n2"), "{table}");
+    let (_, local) = call(h1, "GET", "/api/v1/clients?local=true", Some(&read), None).await;
+    assert_eq!(local["clients"].as_array().unwrap().len(), 1, "{local}");
+    let (_, all) = call(h1, "GET", "/api/v1/clients?prefix=dev-", Some(&read), None).await;
+    let seen: Vec<(String, String)> = all["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["client_id"].as_str().unwrap().into(),
+                x["node"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let want = [("dev-a", "n1"), ("dev-b", "n2"), ("dev-c", "n3")];
+    assert_eq!(
+        seen,
+        want.map(|(a, b)| (a.to_string(), b.to_string())),
+        "{all}"
+    );
+    // Paged across nodes: two pages of two, then one.
+    let (_, p1) = call(
+        h1,
+        "GET",
+        "/api/v1/clients?prefix=dev-&limit=2",
+        Some(&read),
+        None,
+    )
+    .await;
+    assert_eq!(p1["next"], "dev-b", "{p1}");
+    let (_, p2) = call(
+        h1,
+        "GET",
+        "/api/v1/clients?prefix=dev-&limit=2&after=dev-b",
+        Some(&read),
+        None,
+    )
+    .await;
+    assert_eq!(p2["clients"][0]["client_id"], "dev-c", "{p2}");
+    assert_eq!(p2["next"], Value::Null, "{p2}");
+
+    let (code, one) = call(h1, "GET", "/api/v1/clients/dev-b", Some(&read), None).await;
+    assert_eq!((code, one["node"].as_str()), (200, Some("n2")), "{one}");
+    let (code, _) = call(
+        h1,
+        "GET",
+        "/api/v1/clients/dev-b?local=true",
+        Some(&read),
+        None,
+    )
+    .await;
+    assert_eq!(code, 404);
+    let (code, r) = call(h1, "POST", "/api/v1/clients/dev-b/kick", Some(&read), None).await;
+    assert_eq!(code, 403, "{r}");
+    let (code, r) = call(h1, "POST", "/api/v1/clients/dev-b/kick", Some(&admin), None).await;
+    assert_eq!((code, r["node"].as_str()), (200, Some("n2")), "{r}");
+    b.expect_disconnect(0x98, T).await;
+    let (code, r) = call(h1, "GET", "/api/v1/clients/nobody", Some(&read), None).await;
+    assert_eq!(code, 404, "{r}");
+    assert!(r["reason"].as_str().unwrap().contains("on any node"), "{r}");
+
+    let table = ctl(
+        h1,
+        &read,
+        &["--node", "n3", "clients", "list", "--prefix", "dev-"],
+    )
+    .await;
+    assert!(table.contains("dev-c"), "{table}");
 }
