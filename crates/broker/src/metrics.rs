@@ -518,6 +518,22 @@ impl<'a> Scrape<'a> {
         Ok(())
     }
 
+    /// A gauge with one sample per label set (several labels each).
+    pub fn gauges_by(
+        &mut self,
+        name: &str,
+        help: &str,
+        samples: &[(Vec<(&'static str, String)>, i64)],
+    ) -> std::fmt::Result {
+        let mut e = self
+            .encoder
+            .encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for (labels, value) in samples {
+            ConstGauge::new(*value).encode(e.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+
     /// A counter with one sample per value of `label` (`_total` is appended).
     pub fn counters(
         &mut self,

@@ -104,6 +104,40 @@ impl Collector for ClusterMetrics {
                 ("qos12", backlog.qos12 as i64),
             ],
         )?;
+        // Per peer: every other broker gossip lists, at 0 when nothing waits for it.
+        let peers: Vec<String> = node
+            .members()
+            .into_iter()
+            .filter(|m| m.meta.role == membership::Role::Broker)
+            .map(|m| m.node_id)
+            .collect();
+        let mut messages = Vec::with_capacity(peers.len() * 2);
+        let mut bytes = Vec::with_capacity(peers.len());
+        let mut full = Vec::with_capacity(peers.len());
+        for peer in peers {
+            let d = node.backlog.dest(&peer);
+            let p = || ("peer", peer.clone());
+            messages.push((vec![p(), ("lane", "qos0".into())], d.qos0 as i64));
+            messages.push((vec![p(), ("lane", "qos12".into())], d.qos12 as i64));
+            bytes.push((vec![p()], (d.qos0_bytes + d.qos12_bytes) as i64));
+            full.push((vec![p()], i64::from(d.inbox_full)));
+        }
+        s.gauges_by(
+            "astramq_cluster_peer_backlog_messages",
+            "Messages waiting to cross the bus toward each other broker, by lane.",
+            &messages,
+        )?;
+        s.gauges_by(
+            "astramq_cluster_peer_backlog_bytes",
+            "Bytes waiting to cross the bus toward each other broker.",
+            &bytes,
+        )?;
+        s.gauges_by(
+            "astramq_cluster_peer_inbox_full",
+            "1 while the peer's inbox stream held cluster.inbox_backlog_entries or more \
+             unread entries when last written to (it is falling behind; QoS 0 to it is shed).",
+            &full,
+        )?;
         s.gauge(
             "astramq_cluster_inbox_backlog_full_nodes",
             "Destination nodes whose inbox stream held cluster.inbox_backlog_entries or \
