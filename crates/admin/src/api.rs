@@ -132,19 +132,6 @@ fn authorization(headers: &HeaderMap) -> Option<String> {
     Some(format!("Bearer {}", key.trim()))
 }
 
-/// Percent-encodes a path segment or query value.
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// What each other broker answered to `method path` (JSON), by node id, asked all at
 /// once; a node that could not be asked or did not answer JSON gives its reason.
 async fn ask_peers(
@@ -387,7 +374,7 @@ pub async fn client(
         if q.local || app.node.is_none() {
             return Err(unknown_client(&app, &id));
         }
-        let path = format!("/api/v1/clients/{}", encode(&id));
+        let path = format!("/api/v1/clients/{}", crate::client::encode(&id));
         return on_another_node(&app, "GET", path, &id, &headers).await;
     };
     let entry = SessionEntry {
@@ -433,7 +420,7 @@ pub async fn kick(
         if q.local || app.node.is_none() {
             return Err(unknown_client(&app, &id));
         }
-        let path = format!("/api/v1/clients/{}/kick", encode(&id));
+        let path = format!("/api/v1/clients/{}/kick", crate::client::encode(&id));
         return on_another_node(&app, "POST", path, &id, &headers).await;
     };
     link.ask_to_leave(ReasonCode::AdministrativeAction);

@@ -47,6 +47,20 @@ pub async fn request(
     }
 }
 
+/// Percent-encodes a path segment or query value (everything but RFC 3986's
+/// unreserved characters).
+pub fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Splits a whole response into its status and body (de-chunked if need be).
 pub fn parse(raw: &[u8]) -> Result<(u16, Vec<u8>), String> {
     let end = raw
@@ -105,5 +119,6 @@ mod tests {
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
         assert_eq!(parse(chunked).unwrap(), (200, b"abcde".to_vec()));
         assert!(parse(b"HTTP/1.1 200").is_err());
+        assert_eq!(encode("a/b #+x"), "a%2Fb%20%23%2Bx");
     }
 }

@@ -11,6 +11,7 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use admin::client::encode;
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
@@ -322,19 +323,6 @@ fn query(q: &[String]) -> String {
     }
 }
 
-/// Percent-encodes everything but unreserved characters (RFC 3986).
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// A plain HTTP/1.1 exchange (`Connection: close`): the status and the body.
 fn http(
     addr: SocketAddr,
@@ -363,40 +351,8 @@ fn http(
     s.write_all(body.as_bytes())?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("truncated HTTP response"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| anyhow!("bad HTTP status line: {head:?}"))?;
-    let chunked = head.lines().any(|l| {
-        l.to_ascii_lowercase()
-            .starts_with("transfer-encoding: chunked")
-    });
-    let body = if chunked {
-        dechunk(body)?
-    } else {
-        body.to_string()
-    };
-    Ok((status, body))
-}
-
-fn dechunk(mut body: &str) -> anyhow::Result<String> {
-    let mut out = String::new();
-    loop {
-        let (size, rest) = body
-            .split_once("\r\n")
-            .ok_or_else(|| anyhow!("bad chunked body"))?;
-        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)?;
-        if size == 0 {
-            return Ok(out);
-        }
-        out.push_str(rest.get(..size).ok_or_else(|| anyhow!("short chunk"))?);
-        body = rest.get(size + 2..).unwrap_or("");
-    }
+    let (status, body) = admin::client::parse(&raw).map_err(|e| anyhow!(e))?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// A table: a header row, then rows, columns padded to their widest cell.
@@ -537,11 +493,6 @@ mod tests {
             ],
         );
         assert_eq!(t, "a    bb\nxyz  1\nq    22\n");
-        assert_eq!(encode("a/b #+x"), "a%2Fb%20%23%2Bx");
-        assert_eq!(
-            dechunk("3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(),
-            "abcde"
-        );
         assert_eq!(
             resolve("http://127.0.0.1:9100/").unwrap(),
             "127.0.0.1:9100".parse().unwrap()
