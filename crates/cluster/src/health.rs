@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use broker::cluster::ClusterError;
-use broker::metrics::{Histogram, LogLimiter, LATENCY_BUCKETS};
+use broker::metrics::{Histogram, LogLimiter};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
@@ -85,7 +85,7 @@ impl Default for RedisHealth {
             refused_publishes: AtomicU64::new(0),
             dropped_qos0: AtomicU64::new(0),
             last_outage_ms: AtomicU64::new(0),
-            round_trips: Histogram::new(&LATENCY_BUCKETS),
+            round_trips: Histogram::new(),
             errors: AtomicU64::new(0),
             errors_log: LogLimiter::default(),
         }
