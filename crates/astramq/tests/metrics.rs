@@ -223,3 +223,37 @@ async fn gossip_members_by_state_follow_a_killed_node() {
     }
     until(health, "astramq_cluster_node_failures_total", 1).await;
 }
+
+// Redis round trips are timed on every request of the shared connection, and the
+// failed ones counted: while Redis is stopped the errors grow and the node says it is
+// unreachable; once it is back, round trips go on being timed.
+#[tokio::test]
+async fn redis_round_trips_and_errors_are_counted_through_an_outage() {
+    let mut c = TestCluster::builder(1)
+        .args(&["--health-listen", "127.0.0.1:0"])
+        .start()
+        .await;
+    let health = c.node(0).health_addr();
+    let trips = "astramq_redis_round_trip_seconds_count";
+    let before = metric_at(health, trips).await;
+    assert!(before > 0, "no Redis round trip timed at start");
+    // A subscription is a Redis write (the route feed): one more round trip at least.
+    let mut s = c.client(0, Version::V5, "s").await;
+    s.sub("t/#", 1).await;
+    let deadline = Instant::now() + T;
+    while metric_at(health, trips).await <= before {
+        assert!(Instant::now() < deadline, "the subscription's write was not timed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let errors = metric_at(health, "astramq_redis_errors_total").await;
+    c.redis_server().shutdown(true);
+    until(health, "astramq_redis_reachable", 0).await;
+    let deadline = Instant::now() + T;
+    while metric_at(health, "astramq_redis_errors_total").await <= errors {
+        assert!(Instant::now() < deadline, "no failed round trip counted while Redis is down");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.redis_server().restart();
+    until(health, "astramq_redis_reachable", 1).await;
+    assert!(metric_at(health, "astramq_redis_outages_total").await >= 1);
+}
