@@ -94,6 +94,18 @@ pub enum Conn {
     Measured(Box<Measured>),
 }
 
+impl Conn {
+    /// Whether this reaches a Redis Cluster (through any wrapper): a pipeline must
+    /// then stay within one slot.
+    pub fn is_cluster(&self) -> bool {
+        match self {
+            Conn::Cluster(_) => true,
+            Conn::Measured(m) => m.inner.is_cluster(),
+            Conn::Durable(_) | Conn::Managed(_) | Conn::Plain(_) | Conn::Sentinel(_) => false,
+        }
+    }
+}
+
 /// A connection and where its round trips are recorded.
 #[derive(Clone)]
 pub struct Measured {
@@ -581,7 +593,7 @@ pub async fn run_per_key(
     if cmds.is_empty() {
         return Ok(());
     }
-    if !matches!(conn, Conn::Cluster(_)) {
+    if !conn.is_cluster() {
         let mut pipe = redis::pipe();
         for (_, cmd) in cmds {
             pipe.add_command(cmd).ignore();
@@ -632,7 +644,7 @@ pub async fn query_per_key(
     if cmds.is_empty() {
         return Ok(Vec::new());
     }
-    if !matches!(conn, Conn::Cluster(_)) {
+    if !conn.is_cluster() {
         let mut pipe = redis::pipe();
         for (_, cmd) in cmds {
             pipe.add_command(cmd);
