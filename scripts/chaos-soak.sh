@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Soak run of the fault-tolerance suites (issue #11 item 4; not part of CI): the chaos
 # suite (tests/chaos.rs) and the partition suite (tests/partition.rs) N times in a row
-# while another test binary (tests/cluster.rs) runs beside them in a loop — the state
+# while another test binary (tests/cluster/) runs beside them in a loop — the state
 # CI is in when `cargo test --workspace` runs test binaries on a 2-core machine.
 #
 #   scripts/chaos-soak.sh [N]          # default N = 20; output under target/chaos-soak/
@@ -29,9 +29,9 @@ for b in "$chaos" "$partition" "$beside"; do
     [[ -x "$b" ]] || { echo "chaos-soak: could not build the test binaries" >&2; exit 2; }
 done
 rev="$(git rev-parse --short HEAD)"
-echo "chaos-soak: $n runs at $rev; beside them: tests/cluster.rs in a loop" >&2
+echo "chaos-soak: $n runs at $rev; beside them: tests/cluster/ in a loop" >&2
 
-# The companion load: tests/cluster.rs over and over until the soak ends.
+# The companion load: tests/cluster/ over and over until the soak ends.
 ( while :; do "$beside" --test-threads=2 >/dev/null 2>&1; done ) &
 companion=$!
 trap 'kill "$companion" 2>/dev/null; pkill -P "$companion" 2>/dev/null' EXIT

@@ -8,9 +8,9 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
 command -v mosquitto_passwd >/dev/null 2>&1 || [ -x /usr/bin/mosquitto_passwd ] || missing+=(mosquitto)
-# tests/lb.rs runs deploy/haproxy.cfg with Debian's haproxy.
+# tests/lb/haproxy.rs runs deploy/haproxy.cfg with Debian's haproxy.
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
-# tests/cluster.rs runs real redis-server processes (and redis-cli --cluster create).
+# tests/cluster/ runs real redis-server processes (and redis-cli --cluster create).
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 # tests/redis_failover.rs runs three redis-sentinel processes beside a master and a replica.

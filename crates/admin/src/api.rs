@@ -504,8 +504,9 @@ fn message(topic: &str, payload: Vec<u8>, qos: mqtt::QoS, retain: bool) -> Arc<M
     Arc::new(Message::from_publish(publish, None, Instant::now()))
 }
 
-/// `DELETE /retained?topic=T`: clears `T`'s retained message here and in the cluster
-/// (as an empty retained PUBLISH would, but without delivering anything).
+/// `DELETE /retained?topic=T`: clears `T`'s retained message here and in the store
+/// (the cluster's Redis, or the data directory), as an empty retained PUBLISH would,
+/// but without delivering anything.
 pub async fn delete_retained(
     State(app): State<Arc<App>>,
     q: Result<Query<TopicQuery>, QueryRejection>,
@@ -531,8 +532,9 @@ pub async fn delete_retained(
     }
     let clear = message(&q.topic, Vec::new(), mqtt::QoS::AtMostOnce, true);
     app.broker.retained.set(&clear);
-    if let Some(c) = app.broker.cluster() {
-        c.retained(&clear);
+    // The store (Redis, or the data directory) forgets it too.
+    if let Some(s) = app.broker.store() {
+        s.retained(&clear);
     }
     tracing::info!(topic = %q.topic, "retained message deleted through the admin API");
     Ok(Json(json!({"deleted": q.topic})))

@@ -38,6 +38,8 @@ pub struct App {
     pub broker: Arc<Broker>,
     /// The cluster node, on a cluster.
     pub node: Option<Arc<ClusterNode>>,
+    /// What `/health` asks (the cluster node, or the disk store of a single node).
+    pub probe: Option<Arc<dyn HealthProbe>>,
     /// The API keys.
     pub keys: Arc<KeyStore>,
     /// Set when shutdown begins: `/health` answers 503 `stopping`.
@@ -57,8 +59,11 @@ impl App {
 
     /// `GET /health`'s status and body.
     pub fn health(&self) -> (u16, String) {
-        let probe = self.node.as_deref().map(|n| n as &dyn HealthProbe);
-        broker::health::health(&self.broker, probe, self.stopping.load(Ordering::Relaxed))
+        broker::health::health(
+            &self.broker,
+            self.probe.as_deref(),
+            self.stopping.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -89,16 +94,19 @@ impl AdminServer {
         self.stopping.clone()
     }
 
-    /// Serves until the task is aborted (or the runtime stops).
+    /// Serves until the task is aborted (or the runtime stops). `node` on a
+    /// cluster; `probe` is what `/health` asks.
     pub fn spawn(
         self,
         broker: Arc<Broker>,
         node: Option<Arc<ClusterNode>>,
+        probe: Option<Arc<dyn HealthProbe>>,
         keys: Arc<KeyStore>,
     ) -> io::Result<JoinHandle<()>> {
         let app = Arc::new(App {
             broker,
             node,
+            probe,
             keys,
             stopping: self.stopping.clone(),
             started: Instant::now(),
@@ -254,7 +262,7 @@ mod tests {
         let addr = server.local_addr().unwrap();
         let stopping = server.stopping_flag();
         let keys = Arc::new(KeyStore::load(None).unwrap());
-        let task = server.spawn(broker, None, keys).unwrap();
+        let task = server.spawn(broker, None, None, keys).unwrap();
         let close = "Connection: close\r\n\r\n";
         let r = get(addr, &format!("GET /health HTTP/1.1\r\nHost: x\r\n{close}")).await;
         assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");

@@ -142,6 +142,11 @@ pub struct BrokerArgs {
     /// Default: none (every API request refused).
     #[arg(long, value_name = "FILE")]
     pub admin_keys_file: Option<PathBuf>,
+    /// Keep persistent sessions, their queued messages and retained messages in this
+    /// directory, so they survive a restart (a single node; without it, memory only).
+    /// Key `data_dir`, env `ASTRAMQ_DATA_DIR`.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
     /// Longest keep alive a client may use, in seconds; a client asking for more or
     /// for none (0) is given this one (0 = no cap). Key `limits.max_keep_alive_secs`,
     /// env `ASTRAMQ_LIMITS_MAX_KEEP_ALIVE_SECS`.
@@ -239,6 +244,7 @@ const TOP_KEYS: &[&str] = &[
     "log_level",
     "health_listen",
     "admin_keys_file",
+    "data_dir",
     "node_id",
     "redis",
     "gossip_listen",
@@ -258,7 +264,7 @@ const LIST_KEYS: &[&str] = &[
     "wss_proxy_listen",
     "join",
 ];
-const SECTIONS: &[&str] = &["limits", "shutdown", "cluster"];
+const SECTIONS: &[&str] = &["limits", "shutdown", "cluster", "store"];
 
 fn apply_env(table: &mut Table, env: &HashMap<String, String>) -> anyhow::Result<()> {
     let mut vars: Vec<_> = env.iter().collect();
@@ -368,6 +374,9 @@ fn apply_flags(table: &mut Table, args: &BrokerArgs) {
     let text = |s: &str| Value::String(s.to_string());
     if let Some(l) = &args.log_level {
         table.insert("log_level".into(), text(l));
+    }
+    if let Some(p) = &args.data_dir {
+        table.insert("data_dir".into(), path(p));
     }
     if let Some(v) = &args.health_listen {
         table.insert("health_listen".into(), text(&v.to_string()));

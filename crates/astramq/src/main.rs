@@ -55,7 +55,38 @@ fn run_broker(args: cli::BrokerArgs) -> anyhow::Result<()> {
         let health_listen = config.health_listen;
         let keys = admin::keys::KeyStore::load(config.admin_keys_file.as_deref())
             .context("admin_keys_file")?;
+        let data_dir = config.data_dir.clone();
+        let store_tuning = config.store.clone();
         let server = broker::Server::bind(config).await?;
+        // Sessions and retained messages come back before anyone is accepted.
+        let disk = match (&data_dir, &cluster_settings) {
+            (Some(dir), _) => {
+                let started = std::time::Instant::now();
+                let limits = server.broker().mailbox_limits();
+                let (disk, loaded) = store::DiskStore::open(dir, &store_tuning, limits)?;
+                server.broker().set_store(disk.clone());
+                disk.register_metrics(server.broker());
+                let (unreadable, waiting) = (loaded.unreadable, loaded.spilled());
+                let done = store::install(server.broker(), loaded).await;
+                tracing::info!(
+                    path = %disk.path().display(),
+                    sessions = done.sessions,
+                    expired = done.expired,
+                    messages = done.messages + waiting,
+                    retained = done.retained,
+                    unreadable,
+                    ms = started.elapsed().as_millis() as u64,
+                    sync = ?store_tuning.sync,
+                    "data directory loaded"
+                );
+                Some(disk)
+            }
+            (None, None) => {
+                tracing::info!("no data_dir: sessions and retained messages are kept in memory only and are lost when the process stops");
+                None
+            }
+            (None, Some(_)) => None,
+        };
         let health = match health_listen {
             Some(addr) => Some(
                 admin::AdminServer::bind(addr)
@@ -113,8 +144,18 @@ fn run_broker(args: cli::BrokerArgs) -> anyhow::Result<()> {
                 if let Some(n) = &node {
                     n.set_admin(addr);
                 }
+                let probe = match (&node, &disk) {
+                    (Some(n), _) => Some(n.clone() as Arc<dyn broker::health::HealthProbe>),
+                    (None, Some(d)) => Some(d.clone() as Arc<dyn broker::health::HealthProbe>),
+                    (None, None) => None,
+                };
                 let stopping = h.stopping_flag();
-                let task = h.spawn(server.broker().clone(), node.clone(), Arc::new(keys))?;
+                let task = h.spawn(
+                    server.broker().clone(),
+                    node.clone(),
+                    probe,
+                    Arc::new(keys),
+                )?;
                 (Some(task), Some(stopping))
             }
             None => (None, None),
@@ -138,6 +179,9 @@ fn run_broker(args: cli::BrokerArgs) -> anyhow::Result<()> {
             .await;
         if let Some(node) = node {
             node.shutdown().await;
+        }
+        if let Some(disk) = disk {
+            disk.close().await;
         }
         if let Some(t) = health_task {
             t.abort();
@@ -171,7 +215,15 @@ fn run_lb(args: lb::LbArgs) -> anyhow::Result<()> {
 }
 
 fn init_logging(level: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
+    // The disk store's engine logs each flush and compaction at info, and each
+    // failed write while the disk is full (the store logs that once): only its
+    // other warnings, unless the filter names it.
+    let directives = if level.contains('=') {
+        level.to_string()
+    } else {
+        format!("{level},fjall=warn,fjall::batch=off,lsm_tree=warn")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
         .map_err(|e| anyhow::anyhow!("invalid configuration: log_level: {e}"))?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)

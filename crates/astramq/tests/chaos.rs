@@ -11,7 +11,7 @@
 //! Every scenario starts a fresh cluster, is bounded by [`SCENARIO_LIMIT`], prints one
 //! table row and appends it as JSON to `$CARGO_TARGET_TMPDIR/chaos.jsonl` (or
 //! `$ASTRAMQ_CHAOS_OUT`) *before* asserting, so a failing scenario still reports its
-//! numbers. The harness (load driver, balancer, counting) is `common/chaos.rs`.
+//! numbers. The harness (load driver, balancer, counting) is `common/chaos/`.
 //!
 //! | scenario | fault | asserts |
 //! |---|---|---|
@@ -34,7 +34,7 @@
 //! (allowed at QoS 1, [MQTT-4.3.2]; forbidden at QoS 2, [MQTT-4.3.3]).
 
 mod common;
-#[path = "common/chaos.rs"]
+#[path = "common/chaos/mod.rs"]
 mod harness;
 
 use std::time::{Duration, Instant, SystemTime};

@@ -5,7 +5,7 @@
 //! listeners the nodes advertise through gossip, and the nodes terminate TLS (client
 //! certificates included) and WebSocket themselves.
 //!
-//! Gossip members are played in the test (as in `lb.rs`), advertising real
+//! Gossip members are played in the test (as in `lb/`), advertising real
 //! single nodes' listeners; clients are paho-mqtt, MQTT.js and Mosquitto's.
 
 mod common;

@@ -242,7 +242,10 @@ async fn redis_round_trips_and_errors_are_counted_through_an_outage() {
     s.sub("t/#", 1).await;
     let deadline = Instant::now() + T;
     while metric_at(health, trips).await <= before {
-        assert!(Instant::now() < deadline, "the subscription's write was not timed");
+        assert!(
+            Instant::now() < deadline,
+            "the subscription's write was not timed"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let errors = metric_at(health, "astramq_redis_errors_total").await;
@@ -250,7 +253,10 @@ async fn redis_round_trips_and_errors_are_counted_through_an_outage() {
     until(health, "astramq_redis_reachable", 0).await;
     let deadline = Instant::now() + T;
     while metric_at(health, "astramq_redis_errors_total").await <= errors {
-        assert!(Instant::now() < deadline, "no failed round trip counted while Redis is down");
+        assert!(
+            Instant::now() < deadline,
+            "no failed round trip counted while Redis is down"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     c.redis_server().restart();

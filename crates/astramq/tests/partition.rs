@@ -25,7 +25,7 @@
 //! removed when the scenario ends, also on failure (`common/netfault.rs`).
 
 mod common;
-#[path = "common/chaos.rs"]
+#[path = "common/chaos/mod.rs"]
 mod harness;
 #[path = "common/netfault.rs"]
 mod netfault;

@@ -2,7 +2,7 @@
 //! `astramq` nodes on `redis+sentinel://…/mymaster` (one master, one replica, three
 //! `redis-sentinel` processes, quorum 2, down-after 1 s — `common/sentinel.rs`), the
 //! chaos load through `astramq lb` (persistent subscribers on every node, QoS 1 or 2
-//! publishers — `common/chaos.rs`), and a fault on the Redis master.
+//! publishers — `common/chaos/`), and a fault on the Redis master.
 //!
 //! ```sh
 //! cargo test -p astramq --test redis_failover -- --test-threads=1 --nocapture
@@ -29,7 +29,7 @@
 //! failed at "reachable again".
 
 mod common;
-#[path = "common/chaos.rs"]
+#[path = "common/chaos/mod.rs"]
 mod harness;
 
 use std::time::{Duration, Instant, SystemTime};

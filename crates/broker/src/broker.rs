@@ -14,6 +14,7 @@ use crate::registry::{Kicked, Registry, Released};
 use crate::retain::RetainStore;
 use crate::router::{Blocked, ReadCheck, Routed, Router, Subscriber, Target};
 use crate::session::{PendingWill, Session, SessionSnapshot};
+use crate::store::SessionStore;
 
 /// How long a persistent session handed over to another node keeps its
 /// subscriptions here, forwarding through the cluster store (see [`Broker::kick`]).
@@ -116,6 +117,9 @@ pub struct Broker {
     pub metrics: Metrics,
     /// The cluster this node belongs to, if any (set once at start).
     cluster: OnceLock<Arc<dyn Cluster>>,
+    /// Where persistent sessions outlive their connection: the cluster's store, the
+    /// disk, or none (in memory only; set once at start).
+    store: OnceLock<Arc<dyn SessionStore>>,
     /// Holds connections after this process was frozen (cluster only).
     pub stall: StallGate,
 }
@@ -146,13 +150,29 @@ impl Broker {
             auth,
             metrics: Metrics::default(),
             cluster: OnceLock::new(),
+            store: OnceLock::new(),
             stall: StallGate::default(),
         })
     }
 
-    /// Joins this broker to a cluster. Only the first call has an effect.
+    /// Joins this broker to a cluster, which is also its session store. Only the
+    /// first call has an effect.
     pub fn set_cluster(&self, cluster: Arc<dyn Cluster>) {
-        let _ = self.cluster.set(cluster);
+        let store: Arc<dyn SessionStore> = cluster.clone();
+        if self.cluster.set(cluster).is_ok() {
+            let _ = self.store.set(store);
+        }
+    }
+
+    /// Keeps persistent sessions in `store` (a single node's disk). Only the first
+    /// call (or [`Broker::set_cluster`]) has an effect.
+    pub fn set_store(&self, store: Arc<dyn SessionStore>) {
+        let _ = self.store.set(store);
+    }
+
+    /// The session store, if persistent sessions outlive this process.
+    pub fn store(&self) -> Option<&Arc<dyn SessionStore>> {
+        self.store.get()
     }
 
     /// The cluster, if this node is in one.
@@ -205,14 +225,11 @@ impl Broker {
     ) -> Published {
         if msg.retain {
             self.retained.set(msg);
-        }
-        let cluster = self.cluster();
-        let forwarded = cluster.map(|c| {
-            if msg.retain {
-                c.retained(msg);
+            if let Some(s) = self.store() {
+                s.retained(msg);
             }
-            c.forward(msg)
-        });
+        }
+        let forwarded = self.cluster().map(|c| c.forward(msg));
         let (groups, durable, throttle) = match forwarded {
             Some(f) => (Some(f.local_groups), f.durable, f.throttle),
             None => (None, None, false),
@@ -226,8 +243,8 @@ impl Broker {
             &mut journal,
         );
         let forwarded = durable.is_some();
-        let durable = match (cluster, journal.is_empty()) {
-            (Some(c), false) => Some(self.journaled(durable, c.journal(journal))),
+        let durable = match (self.store(), journal.is_empty()) {
+            (Some(s), false) => Some(self.journaled(durable, s.journal(journal))),
             _ => durable,
         };
         Published {
@@ -291,20 +308,20 @@ impl Broker {
         rx
     }
 
-    /// Tells the cluster (if any) about a change to a persistent session.
+    /// Tells the session store (if any) about a change to a persistent session.
     pub fn session_changed(&self, change: SessionChange) {
-        if let Some(c) = self.cluster() {
-            c.session_changed(change);
+        if let Some(s) = self.store() {
+            s.session_changed(change);
         }
     }
 
-    /// Tells the cluster (if any) about a change to a persistent session; the receiver
-    /// resolves once it is stored (`None` without a cluster).
+    /// Tells the session store (if any) about a change to a persistent session; the
+    /// receiver resolves once it is stored (`None` without a store).
     pub fn session_changed_stored(
         &self,
         change: SessionChange,
     ) -> Option<tokio::sync::oneshot::Receiver<Result<(), ClusterError>>> {
-        self.cluster().map(|c| c.session_changed_stored(change))
+        self.store().map(|s| s.session_changed_stored(change))
     }
 
     /// Whether publishers wait for room in full queues (`limits.queue_full_wait_ms`).
@@ -447,11 +464,11 @@ impl Broker {
             );
         }
         session.restore(snapshot);
-        if let (Some(c), Some(_)) = (self.cluster(), session.mailbox.journal()) {
+        if let (Some(s), Some(_)) = (self.store(), session.mailbox.journal()) {
             session
                 .mailbox
                 .track_journal(session.inflight_journal_keys());
-            c.resumed(&session.client_id, &session.mailbox);
+            s.resumed(&session.client_id, &session.mailbox);
         }
     }
 
@@ -545,6 +562,12 @@ impl Broker {
             }
             Released::Parked { generation } => generation,
         };
+        if expiry > 0 {
+            self.session_changed(SessionChange::Parked {
+                client_id: client_id.clone(),
+                expiry_secs: expiry,
+            });
+        }
         if let Some(delay) = delay.filter(|d| *d > 0) {
             let broker = self.clone();
             let id = client_id.clone();

@@ -110,6 +110,47 @@ pub struct Config {
     pub cluster_key: Option<String>,
     /// Cluster tuning.
     pub cluster: ClusterTuning,
+    /// A single node's data directory: persistent sessions, their queued messages
+    /// and retained messages are kept there and survive a restart. `None`: in memory
+    /// only. Not with `redis` (a cluster keeps them in Redis).
+    pub data_dir: Option<PathBuf>,
+    /// How the data directory is written.
+    pub store: StoreTuning,
+}
+
+/// When a write to the data directory is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SyncPolicy {
+    /// Every QoS 1/2 acknowledgement waits until what it acknowledges is on disk
+    /// (fsync), one write for everything that arrived meanwhile (group commit).
+    Always,
+    /// Written at once, made durable every `store.sync_interval_ms`: a crash of the
+    /// machine (not just the process) may lose what was acknowledged in that time.
+    Periodic,
+}
+
+/// Tuning of the data directory (`data_dir`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreTuning {
+    /// When writes are durable. Default `always`.
+    pub sync: SyncPolicy,
+    /// With `sync = periodic`, how often writes are made durable, ms.
+    pub sync_interval_ms: u64,
+    /// Deliveries to persistent sessions waiting for the disk at most; beyond it new
+    /// QoS 1/2 messages are refused (v5 0x97 Quota exceeded).
+    pub max_queued: usize,
+}
+
+impl Default for StoreTuning {
+    fn default() -> Self {
+        StoreTuning {
+            sync: SyncPolicy::Always,
+            sync_interval_ms: 100,
+            max_queued: 65_536,
+        }
+    }
 }
 
 /// Cluster settings that rarely change.
@@ -290,6 +331,8 @@ impl Default for Config {
             join: Vec::new(),
             cluster_key: None,
             cluster: ClusterTuning::default(),
+            data_dir: None,
+            store: StoreTuning::default(),
         }
     }
 }
@@ -474,6 +517,21 @@ impl Config {
                 "limits.connect_timeout_secs",
                 "must be at least 1",
             ));
+        }
+        if self.redis.is_some() && self.data_dir.is_some() {
+            return Err(ConfigError::new(
+                "data_dir",
+                "a single node's disk store; a cluster (redis) keeps sessions in Redis",
+            ));
+        }
+        if self.store.sync_interval_ms == 0 {
+            return Err(ConfigError::new(
+                "store.sync_interval_ms",
+                "must be at least 1",
+            ));
+        }
+        if self.store.max_queued == 0 {
+            return Err(ConfigError::new("store.max_queued", "must be at least 1"));
         }
         if self.redis.is_some() && self.node_id.as_deref().is_none_or(str::is_empty) {
             return Err(ConfigError::new("node_id", "required when redis is set"));

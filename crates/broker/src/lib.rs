@@ -40,6 +40,7 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod signal;
+pub mod store;
 
 pub use config::Config;
 pub use server::{Server, ServerError};

@@ -350,6 +350,51 @@ impl Mailbox {
         )
     }
 
+    /// Merges journaled deliveries (oldest first) into the queue by journal key,
+    /// which sorts by arrival: deliveries kept on disk while the session was offline
+    /// go after what was queued before and ahead of what arrived since. The bounds
+    /// then apply as the overflow policy says.
+    pub fn merge_journaled(&self, sorted: Vec<Delivery>) {
+        if sorted.is_empty() {
+            return;
+        }
+        {
+            let mut q = self.queue.lock();
+            let old = std::mem::take(&mut q.items);
+            let mut merged = VecDeque::with_capacity(old.len() + sorted.len());
+            let mut old = old.into_iter().peekable();
+            let key = |d: &Delivery| d.journal.as_ref().map(|j| j.key.clone());
+            for d in sorted {
+                let k = key(&d);
+                while let Some(next) = old.peek() {
+                    let ahead = match (key(next), &k) {
+                        (Some(a), Some(b)) => a < *b,
+                        _ => true,
+                    };
+                    if !ahead {
+                        break;
+                    }
+                    merged.extend(old.next());
+                }
+                q.bytes += d.msg.size;
+                merged.push_back(d);
+            }
+            merged.extend(old);
+            while merged.len() > self.limits.max_messages || q.bytes > self.limits.max_bytes {
+                let dropped = match self.limits.overflow {
+                    QueueOverflow::DropOldest => merged.pop_front(),
+                    QueueOverflow::DropNewest => merged.pop_back(),
+                };
+                match dropped {
+                    Some(d) => q.bytes -= d.msg.size,
+                    None => break,
+                }
+            }
+            q.items = merged;
+        }
+        self.notify.notify();
+    }
+
     /// Copies every queued delivery into `out`, oldest first, leaving the queue as is.
     pub fn peek_into(&self, out: &mut Vec<Delivery>) {
         out.extend(self.queue.lock().items.iter().cloned());
@@ -472,6 +517,33 @@ mod tests {
             .await
             .expect("woken")
             .unwrap();
+    }
+
+    fn journaled(n: u8, key: &str) -> Delivery {
+        let mut d = delivery(n, QoS::AtLeastOnce);
+        d.journal = Some(Box::new(Journaled {
+            key: key.into(),
+            packet_id: u16::from(n),
+        }));
+        d
+    }
+
+    #[test]
+    fn merged_deliveries_take_their_place_by_journal_key() {
+        let m = Mailbox::new(limits(10, QueueOverflow::DropOldest));
+        m.push(journaled(1, "01"));
+        m.push(journaled(5, "05"));
+        m.merge_journaled(vec![journaled(2, "02"), journaled(3, "03")]);
+        assert_eq!(payloads(&m), vec![1, 2, 3, 5]);
+        // The bound holds after a merge.
+        let m = Mailbox::new(limits(3, QueueOverflow::DropOldest));
+        m.push(journaled(4, "04"));
+        m.merge_journaled(vec![
+            journaled(1, "01"),
+            journaled(2, "02"),
+            journaled(3, "03"),
+        ]);
+        assert_eq!(payloads(&m), vec![2, 3, 4]);
     }
 
     #[test]

@@ -74,6 +74,9 @@ pub struct SessionSnapshot {
     /// Inbound QoS 2 packet ids with their message ids, when the session comes from
     /// the cluster store (its node died): see [`Session::take_unsettled`].
     pub unsettled: Vec<(u16, Box<str>)>,
+    /// The queued deliveries may have been sent before (read back from disk after a
+    /// restart): each goes out with DUP set, under its reserved packet id.
+    pub maybe_sent: bool,
 }
 
 /// Where an outbound QoS 1/2 delivery stands.
@@ -120,6 +123,9 @@ pub struct Session {
     unsettled: Vec<(u16, Box<str>)>,
     /// Journal changes not yet handed to the cluster.
     pub journal_updates: Vec<JournalUpdate>,
+    /// Packet ids reserved for queued deliveries that may have been sent before this
+    /// process started (see [`SessionSnapshot::maybe_sent`]).
+    maybe_sent: BTreeSet<u16>,
 }
 
 impl Session {
@@ -135,7 +141,32 @@ impl Session {
             inbound_qos2: BTreeSet::new(),
             unsettled: Vec::new(),
             journal_updates: Vec::new(),
+            maybe_sent: BTreeSet::new(),
         }
+    }
+
+    /// Queues deliveries the store kept on disk only while the session was offline
+    /// (see [`crate::store::ClusterClaim::spilled`]), in arrival order with what is
+    /// queued: they may have been sent before a restart, so they go out with DUP set.
+    pub fn queue_spilled(&mut self, spilled: Vec<Delivery>) {
+        let ids = spilled.iter().filter_map(|d| d.journal.as_ref());
+        self.maybe_sent.extend(ids.map(|j| j.packet_id));
+        let last = spilled
+            .iter()
+            .filter_map(|d| d.journal.as_ref().map(|j| j.packet_id))
+            .max();
+        // Deliveries journaled since the claim may be queued already: each spilled
+        // one takes its place by arrival.
+        self.mailbox.merge_journaled(spilled);
+        if let Some(last) = last {
+            self.mailbox.packet_ids_after(last);
+        }
+    }
+
+    /// Whether the delivery just started under `id` may have been sent before (see
+    /// [`SessionSnapshot::maybe_sent`]); asked once per id.
+    pub fn take_maybe_sent(&mut self, id: u16) -> bool {
+        !self.maybe_sent.is_empty() && self.maybe_sent.remove(&id)
     }
 
     /// Number of outbound messages awaiting acknowledgement.
@@ -299,6 +330,8 @@ impl Session {
             inbound_qos2: std::mem::take(&mut self.inbound_qos2).into_iter().collect(),
             queued,
             unsettled: std::mem::take(&mut self.unsettled),
+            // Only a session read back from disk has any; it never moves nodes.
+            maybe_sent: false,
         }
     }
 
@@ -323,6 +356,10 @@ impl Session {
         for (id, msg) in snapshot.unsettled {
             self.inbound_qos2.insert(id);
             self.unsettled.push((id, msg));
+        }
+        if snapshot.maybe_sent {
+            let ids = snapshot.queued.iter().filter_map(|d| d.journal.as_ref());
+            self.maybe_sent.extend(ids.map(|j| j.packet_id));
         }
         for d in snapshot.queued {
             // Restored in order; a queue that shrank in configuration drops the

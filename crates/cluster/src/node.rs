@@ -16,7 +16,7 @@ use std::time::Duration;
 use broker::broker::Broker;
 use broker::cluster::{
     BoxFuture, ClaimRequest, Cluster, ClusterClaim, ClusterError, Forwarded, LocalGroups,
-    SessionChange,
+    SessionChange, SessionStore,
 };
 use broker::config::ClusterSettings;
 use broker::message::Message;
@@ -619,7 +619,9 @@ impl Cluster for ClusterNode {
             throttle,
         }
     }
+}
 
+impl SessionStore for ClusterNode {
     fn retained(&self, msg: &Arc<Message>) {
         self.changes
             .push(feed::retained_change(self.identity(), msg));
@@ -643,6 +645,7 @@ impl Cluster for ClusterNode {
                 Ok(session) => Ok(ClusterClaim {
                     epoch: claim.epoch,
                     session: session.or_else(|| existed.then(SessionSnapshot::default)),
+                    ..Default::default()
                 }),
                 Err(e) => Err(ClusterError::unavailable(&e)),
             }

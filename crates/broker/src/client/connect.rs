@@ -200,11 +200,12 @@ where
         expiry_secs: expiry,
         clean_start: c.clean_start,
         will: will.as_deref(),
+        username: c.username.as_deref(),
     };
-    let (epoch, handed_over) = match broker.cluster() {
-        None => (0, None),
-        Some(cluster) => match cluster.claim(&client_id, request).await {
-            Ok(claim) => (claim.epoch, claim.session),
+    let (epoch, handed_over, spilled) = match broker.store() {
+        None => (0, None, Vec::new()),
+        Some(store) => match store.claim(&client_id, request).await {
+            Ok(claim) => (claim.epoch, claim.session, claim.spilled),
             Err(e) => {
                 if e.is_outage() {
                     tracing::debug!(%peer, client_id = %client_id, error = %e, "connection refused: cannot claim the client id");
@@ -248,7 +249,7 @@ where
                 broker.end_session(&prev);
             }
             let mailbox = Mailbox::new(broker.mailbox_limits());
-            if broker.cluster().is_some() && expiry > 0 {
+            if broker.store().is_some() && expiry > 0 {
                 mailbox.set_journal(&client_id, epoch);
             }
             let mut session = Session::new(client_id.clone(), mailbox, expiry);
@@ -264,9 +265,12 @@ where
         }
     };
     session.expiry_secs = expiry;
-    if broker.cluster().is_some() {
-        // A persistent session in a cluster: its QoS 1/2 deliveries are stored in the
-        // cluster before they are queued, so that it survives this node.
+    if !spilled.is_empty() && !c.clean_start {
+        session.queue_spilled(spilled);
+    }
+    if broker.store().is_some() {
+        // A persistent session with a store: its QoS 1/2 deliveries are stored before
+        // they are queued, so that it survives this node (or this process).
         let journal_epoch = if expiry > 0 { epoch } else { 0 };
         session.mailbox.set_journal(&client_id, journal_epoch);
     }

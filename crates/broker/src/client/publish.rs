@@ -172,9 +172,9 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
         packet_id: u16,
     ) -> Option<tokio::sync::oneshot::Receiver<Result<(), ClusterError>>> {
         self.session.mailbox.journal()?;
-        let cluster = self.broker.cluster()?;
-        let id = cluster.message_id(msg).into();
-        Some(cluster.session_changed_stored(SessionChange::InboundQos2 {
+        let store = self.broker.store()?;
+        let id = store.message_id(msg).into();
+        Some(store.session_changed_stored(SessionChange::InboundQos2 {
             client_id: self.client_id.clone(),
             epoch: self.epoch,
             packet_id,
@@ -315,7 +315,8 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                 Ok(()) => ack.reason,
                 Err(_) if ack.kind == AckKind::Rel => ack.reason,
                 Err(e) => {
-                    if e.is_outage() {
+                    // An outage or a full store was logged once where it began.
+                    if e.is_outage() || matches!(e, ClusterError::Full(_)) {
                         tracing::debug!(client_id = %self.client_id, error = %e, "message not acknowledged: cluster copies not stored");
                     } else {
                         tracing::warn!(client_id = %self.client_id, error = %e, "message not acknowledged: cluster copies not stored");
@@ -340,7 +341,9 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                     }
                     match e {
                         // Too many deliveries wait for Redis: a quota, try later.
-                        ClusterError::QueueFull(_) => ReasonCode::QuotaExceeded,
+                        ClusterError::QueueFull(_) | ClusterError::Full(_) => {
+                            ReasonCode::QuotaExceeded
+                        }
                         _ => ReasonCode::UnspecifiedError,
                     }
                 }
@@ -536,12 +539,15 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
         let Some(id) = self.session.start_outbound(d) else {
             return;
         };
+        // A delivery restored from disk may have been sent before the process
+        // stopped: "might be a re-delivery" is what DUP says [MQTT-3.3.1-1].
+        let dup = self.session.take_maybe_sent(id);
         if let Some(d) = self.session.outbound(id) {
-            d.msg.publish.encode(
-                self.protocol,
-                &wire_for(d, v5, Some(id), topic_alias, send_topic, expiry),
-                &mut self.conn.tx.wbuf,
-            );
+            let mut wire = wire_for(d, v5, Some(id), topic_alias, send_topic, expiry);
+            wire.dup = dup;
+            d.msg
+                .publish
+                .encode(self.protocol, &wire, &mut self.conn.tx.wbuf);
         }
     }
 }

@@ -83,7 +83,7 @@ impl ClusterNode {
                 return Ok((
                     ClusterClaim {
                         epoch,
-                        session: None,
+                        ..Default::default()
                     },
                     existed == 1,
                 ));
@@ -163,7 +163,14 @@ impl ClusterNode {
                     }
                 }
             };
-            Ok((ClusterClaim { epoch, session }, existed == 1))
+            Ok((
+                ClusterClaim {
+                    epoch,
+                    session,
+                    ..Default::default()
+                },
+                existed == 1,
+            ))
         }
     }
 }

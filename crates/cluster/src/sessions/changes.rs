@@ -21,6 +21,8 @@ pub(super) fn change_cmds(
     out: &mut Vec<(String, redis::Cmd)>,
 ) {
     match c {
+        // The session's keys live by their TTLs (lifetime.rs), refreshed by its owner.
+        SessionChange::Parked { .. } => {}
         SessionChange::Subscribed {
             client_id,
             filter,
