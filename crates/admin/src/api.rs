@@ -618,6 +618,15 @@ pub async fn publish(
     })))
 }
 
+/// A method an endpoint does not take.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method (see docs/admin.md)",
+    )
+}
+
 /// Anything else under `/api/v1`.
 pub async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint (see docs/admin.md)")

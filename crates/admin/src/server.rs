@@ -132,6 +132,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/retained", get(api::retained).delete(api::delete_retained))
         .route("/publish", post(api::publish))
         .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
         .layer(middleware::from_fn_with_state(app.clone(), authorize));
     Router::new()
         .route("/health", get(health))

@@ -143,6 +143,13 @@ async fn every_endpoint_refuses_a_request_without_a_valid_key() {
             "{method} {path} with an admin key: {code} {body}"
         );
     }
+    // Errors are JSON with a reason, a wrong method too.
+    let (code, body) = call(h, "PUT", "/api/v1/nodes", Some(&admin), None).await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (405, Some("method_not_allowed")),
+        "{body}"
+    );
     let (code, _) = call(h, "GET", "/health", None, None).await;
     assert_eq!(code, 200);
     let (code, _) = http_get(h, "/metrics").await.unwrap();
