@@ -6,6 +6,7 @@
 //! | `GET /clients?prefix=&user=&limit=&after=` | read | sessions on this node, a page at a time |
 //! | `GET /clients/{id}` | read | one session: connection, subscriptions, queue |
 //! | `POST /clients/{id}/kick` | admin | disconnects it (v5: DISCONNECT 0x98) |
+//! | `POST /kick?prefix=` | admin | disconnects every client whose id starts with the prefix |
 //! | `GET /retained?filter=&limit=&after=` | read | retained messages matching a filter |
 //! | `DELETE /retained?topic=` | admin | clears one topic's retained message, cluster-wide |
 //! | `POST /publish` | admin | publishes a message |
@@ -436,6 +437,75 @@ pub async fn kick(
     }
     tracing::info!(client_id = %id, "kicked through the admin API");
     Ok(Json(json!({"kicked": id, "node": app.node_id()})))
+}
+
+/// Query of `POST /kick`.
+#[derive(Debug, Deserialize)]
+pub struct KickQuery {
+    prefix: String,
+    #[serde(default)]
+    local: bool,
+}
+
+/// `POST /kick?prefix=P`: closes every connection whose client id starts with `P`
+/// (not empty), on every node unless `local=true`, as `/clients/{id}/kick` does one;
+/// answers with how many, per node, once they are closed (or after 3 s).
+pub async fn kick_prefix(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    q: Result<Query<KickQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q?;
+    if q.prefix.is_empty() {
+        return Err(ApiError::bad_request(
+            "prefix must not be empty (kicking every client is not offered)",
+        ));
+    }
+    let (mine, _) = app
+        .broker
+        .registry
+        .sessions(&q.prefix, None, usize::MAX, |e| e.link.is_some());
+    let links: Vec<_> = mine.into_iter().filter_map(|e| e.link).collect();
+    for l in &links {
+        l.ask_to_leave(ReasonCode::AdministrativeAction);
+    }
+    let _ = tokio::time::timeout(CONNECTION_ANSWER, async {
+        for l in &links {
+            l.exited().await;
+        }
+    })
+    .await;
+    tracing::info!(prefix = %q.prefix, kicked = links.len(), "kicked through the admin API");
+    let mut total = links.len() as u64;
+    let mut nodes = serde_json::Map::new();
+    nodes.insert(app.node_id().to_string(), json!(links.len()));
+    let mut errors = Vec::new();
+    if !q.local {
+        let path = format!(
+            "/api/v1/kick?prefix={}&local=true",
+            crate::client::encode(&q.prefix)
+        );
+        for (node, answer) in ask_peers(&app, "POST", path, authorization(&headers)).await {
+            match answer {
+                Ok((200, v)) => {
+                    let n = v["kicked"].as_u64().unwrap_or(0);
+                    total += n;
+                    nodes.insert(node, json!(n));
+                }
+                Ok((code, v)) => errors.push(peer_error(
+                    &node,
+                    Some(code),
+                    v["reason"].as_str().unwrap_or(""),
+                )),
+                Err(e) => errors.push(peer_error(&node, None, &e)),
+            }
+        }
+    }
+    let mut out = json!({"kicked": total, "nodes": nodes, "prefix": q.prefix});
+    if !errors.is_empty() {
+        out["errors"] = Value::Array(errors);
+    }
+    Ok(Json(out))
 }
 
 /// Query of `GET /retained`.

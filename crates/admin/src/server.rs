@@ -129,6 +129,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/clients", get(api::clients))
         .route("/clients/{id}", get(api::client))
         .route("/clients/{id}/kick", post(api::kick))
+        .route("/kick", post(api::kick_prefix))
         .route("/retained", get(api::retained).delete(api::delete_retained))
         .route("/publish", post(api::publish))
         .fallback(api::not_found)

@@ -105,6 +105,12 @@ enum KeyCommand {
 
 #[derive(Debug, Subcommand)]
 enum ClientsCommand {
+    /// Disconnects every client whose id starts with a prefix, on every node.
+    Kick {
+        /// Client id prefix (not empty).
+        #[arg(long)]
+        prefix: String,
+    },
     /// Lists sessions, a page at a time.
     List {
         /// Client ids starting with this.
@@ -185,6 +191,13 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
             push(&mut q, "after", after.as_deref());
             api.get(&format!("/api/v1/clients{}", query(&q)))?
         }
+        CtlCommand::Clients {
+            command: ClientsCommand::Kick { prefix },
+        } => api.send(
+            "POST",
+            &format!("/api/v1/kick?prefix={}", encode(prefix)),
+            None,
+        )?,
         CtlCommand::Client {
             command: ClientCommand::Show { id },
         } => api.get(&format!("/api/v1/clients/{}", encode(id)))?,
@@ -404,6 +417,21 @@ fn render(command: &CtlCommand, out: &Value) -> String {
         CtlCommand::Nodes => {
             let f = ["node_id", "self", "status", "clients", "admin", "version"];
             table(&f, &rows(&out["nodes"], &f))
+        }
+        CtlCommand::Clients {
+            command: ClientsCommand::Kick { .. },
+        } => {
+            let per_node: Vec<String> = out["nodes"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(n, k)| format!("{n}: {k}"))
+                .collect();
+            format!(
+                "kicked {} clients ({})\n",
+                cell(&out["kicked"]),
+                per_node.join(", ")
+            )
         }
         CtlCommand::Clients { .. } => {
             let f = [

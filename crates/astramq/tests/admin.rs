@@ -21,6 +21,7 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("GET", "/api/v1/clients?prefix=a&user=b&limit=5&after=x"),
     ("GET", "/api/v1/clients/someone"),
     ("POST", "/api/v1/clients/someone/kick"),
+    ("POST", "/api/v1/kick?prefix=some"),
     ("GET", "/api/v1/retained?filter=%23"),
     ("DELETE", "/api/v1/retained?topic=a"),
     ("POST", "/api/v1/publish"),
@@ -362,9 +363,9 @@ async fn any_node_lists_shows_and_kicks_clients_of_the_whole_cluster() {
         ])
         .start()
         .await;
-    let _a = c.client(0, Version::V5, "dev-a").await;
+    let mut a = c.client(0, Version::V5, "dev-a").await;
     let mut b = c.client(1, Version::V5, "dev-b").await;
-    let _c = c.client(2, Version::V5, "dev-c").await;
+    let mut c3 = c.client(2, Version::V5, "dev-c").await;
     let h1 = c.node(0).health_addr();
     let deadline = std::time::Instant::now() + T;
     loop {
@@ -455,4 +456,16 @@ async fn any_node_lists_shows_and_kicks_clients_of_the_whole_cluster() {
     )
     .await;
     assert!(table.contains("dev-c"), "{table}");
+
+    // Kick by prefix, from n1, on every node: dev-a (n1) and dev-c (n3) were left.
+    let mut keep = c.client(2, Version::V5, "other").await;
+    let (code, r) = call(h1, "POST", "/api/v1/kick?prefix=", Some(&admin), None).await;
+    assert_eq!(code, 400, "an empty prefix kicks nobody: {r}");
+    let out = ctl(h1, &admin, &["clients", "kick", "--prefix", "dev-"]).await;
+    assert!(out.starts_with("kicked 2 clients"), "{out}");
+    assert!(out.contains("n1: 1") && out.contains("n3: 1"), "{out}");
+    a.expect_disconnect(0x98, T).await;
+    c3.expect_disconnect(0x98, T).await;
+    // Still connected: PUBACK 0x10 (no matching subscribers).
+    assert_eq!(keep.publish("still/here", b"x", 1, false).await, 0x10);
 }
