@@ -162,7 +162,7 @@ run() { # label node-binary
     : >"$WORK/metrics-$label"
     for h in "$H1" "$H2"; do
         curl -s "http://127.0.0.1:$h/metrics" 2>/dev/null |
-            grep -E '^astramq_(dropped_total|publish_throttled_total|queue_overflow_dropped_total|cluster_qos0_backlog_dropped_total|redis_dropped_qos0_total)' |
+            grep -E '^astramq_(dropped_total|publish_throttled_total|redis_dropped_qos0_total)' |
             sed "s/^/  n$((h - H1 + 1)) /" >>"$WORK/metrics-$label" || true
     done
     stop_all

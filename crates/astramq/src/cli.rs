@@ -45,6 +45,9 @@ pub enum Command {
     /// Run a local development cluster: redis-server, N broker nodes and a load
     /// balancer, as child processes on loopback.
     Cluster(crate::devcluster::DevClusterArgs),
+    /// Talk to a node's admin API (clients, kick, retained messages, nodes), and
+    /// manage its API keys.
+    Ctl(crate::ctl::CtlArgs),
 }
 
 /// Flags of `astramq broker`; each also has a config key and an `ASTRAMQ_*` variable.
@@ -134,6 +137,11 @@ pub struct BrokerArgs {
     /// `health_listen`, env `ASTRAMQ_HEALTH_LISTEN`. Default: none.
     #[arg(long, value_name = "ADDR")]
     pub health_listen: Option<SocketAddr>,
+    /// API keys of the admin API (`/api/v1` on the health listener), made with
+    /// `astramq ctl key add`. Key `admin_keys_file`, env `ASTRAMQ_ADMIN_KEYS_FILE`.
+    /// Default: none (every API request refused).
+    #[arg(long, value_name = "FILE")]
+    pub admin_keys_file: Option<PathBuf>,
     /// Keep persistent sessions, their queued messages and retained messages in this
     /// directory, so they survive a restart (a single node; without it, memory only).
     /// Key `data_dir`, env `ASTRAMQ_DATA_DIR`.
@@ -235,6 +243,7 @@ const TOP_KEYS: &[&str] = &[
     "acl_file",
     "log_level",
     "health_listen",
+    "admin_keys_file",
     "data_dir",
     "node_id",
     "redis",
@@ -371,6 +380,9 @@ fn apply_flags(table: &mut Table, args: &BrokerArgs) {
     }
     if let Some(v) = &args.health_listen {
         table.insert("health_listen".into(), text(&v.to_string()));
+    }
+    if let Some(p) = &args.admin_keys_file {
+        table.insert("admin_keys_file".into(), path(p));
     }
     if let Some(v) = args.max_keep_alive_secs {
         let limits = table

@@ -1,14 +1,17 @@
 //! The `astramq` command: `astramq broker` (the default), `astramq lb`, `astramq passwd`,
+//! `astramq ctl`,
 //! `astramq bench` (the load generator, in the `bench` crate), `astramq cluster` (a local
 //! development cluster).
 //!
 //! - [`cli`] — command-line flags, and how flags, `ASTRAMQ_*` variables and the config
 //!   file combine into one validated [`broker::Config`].
 //! - [`passwd`] — `astramq passwd`, a `mosquitto_passwd` work-alike.
+//! - [`ctl`] — `astramq ctl`: API keys, and the admin API from a terminal.
 //! - [`devcluster`] — `astramq cluster`: redis-server, N nodes and a load balancer as
 //!   child processes, stopped together.
 
 mod cli;
+mod ctl;
 mod devcluster;
 mod passwd;
 
@@ -29,6 +32,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Lb(args) => run_lb(args),
         Command::Cluster(args) => devcluster::run(args),
+        Command::Ctl(args) => ctl::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -49,6 +53,8 @@ fn run_broker(args: cli::BrokerArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let cluster_settings = config.cluster_settings();
         let health_listen = config.health_listen;
+        let keys = admin::keys::KeyStore::load(config.admin_keys_file.as_deref())
+            .context("admin_keys_file")?;
         let data_dir = config.data_dir.clone();
         let store_tuning = config.store.clone();
         let server = broker::Server::bind(config).await?;
@@ -59,6 +65,7 @@ fn run_broker(args: cli::BrokerArgs) -> anyhow::Result<()> {
                 let limits = server.broker().mailbox_limits();
                 let (disk, loaded) = store::DiskStore::open(dir, &store_tuning, limits)?;
                 server.broker().set_store(disk.clone());
+                disk.register_metrics(server.broker());
                 let (unreadable, waiting) = (loaded.unreadable, loaded.spilled());
                 let done = store::install(server.broker(), loaded).await;
                 tracing::info!(
@@ -82,7 +89,7 @@ fn run_broker(args: cli::BrokerArgs) -> anyhow::Result<()> {
         };
         let health = match health_listen {
             Some(addr) => Some(
-                broker::health::HealthServer::bind(addr)
+                admin::AdminServer::bind(addr)
                     .await
                     .with_context(|| format!("health_listen: cannot bind {addr}"))?,
             ),
@@ -143,10 +150,13 @@ fn run_broker(args: cli::BrokerArgs) -> anyhow::Result<()> {
                     (None, None) => None,
                 };
                 let stopping = h.stopping_flag();
-                (
-                    Some(h.spawn(server.broker().clone(), probe)),
-                    Some(stopping),
-                )
+                let task = h.spawn(
+                    server.broker().clone(),
+                    node.clone(),
+                    probe,
+                    Arc::new(keys),
+                )?;
+                (Some(task), Some(stopping))
             }
             None => (None, None),
         };

@@ -95,8 +95,11 @@ async fn max_connections_per_listener() {
         !seen.iter().any(|p| matches!(p, raw::Packet::Connack(_))),
         "refused before CONNACK: {seen:?}"
     );
-    let refused = r#"astramq_connections_refused_total{reason="max_connections"}"#;
-    assert_eq!(metric_at(b.health_addr(), refused).await, 1);
+    let refused = format!(
+        r#"astramq_connections_refused_total{{listener="{}",transport="tcp",proxy="false",reason="max_connections"}}"#,
+        b.addr()
+    );
+    assert_eq!(metric_at(b.health_addr(), &refused).await, 1);
     c1.disconnect().await;
     // The place frees when c1's task has ended: retry until a CONNACK comes.
     let deadline = Instant::now() + T;
@@ -121,7 +124,10 @@ async fn connection_rate_limit() {
     for _ in 0..200 {
         held.push(RawClient::tcp(b.addr()).await);
     }
-    let name = r#"astramq_connections_refused_total{reason="connection_rate"}"#;
+    let name = &format!(
+        r#"astramq_connections_refused_total{{listener="{}",transport="tcp",proxy="false",reason="connection_rate"}}"#,
+        b.addr()
+    );
     let deadline = Instant::now() + T;
     loop {
         let refused = metric_at(b.health_addr(), name).await;
@@ -171,7 +177,8 @@ async fn flood_is_throttled(limits: &str, n: usize, payload: usize, per_sec: f64
     for _ in 0..n {
         bytes.extend(raw::Publish::new("flood", &body, 0).encode(v));
     }
-    let received = "astramq_publish_received_total";
+    // The flood is QoS 0, the probe's round trips QoS 1.
+    let received = r#"astramq_messages_received_total{qos="0"}"#;
     let start = Instant::now();
     // Written by a task: the socket fills while the broker throttles.
     let writer = tokio::spawn(async move {
@@ -194,7 +201,7 @@ async fn flood_is_throttled(limits: &str, n: usize, payload: usize, per_sec: f64
             0x10
         );
     }
-    let read = metric_at(b.health_addr(), received).await - 5;
+    let read = metric_at(b.health_addr(), received).await;
     let allowed = (per_sec + per_sec * start.elapsed().as_secs_f64()) / unit;
     assert!(
         (read as f64) <= allowed + 1.0,
@@ -395,7 +402,8 @@ async fn full_qos12_lane_throttles_the_publisher_without_loss() {
     c.sync_feed(1, 0).await;
     let mut p = c.client(0, v, "pub").await;
     let health = c.node(0).health_addr();
-    let before = metric_at(health, "astramq_publish_received_total").await;
+    let qos1 = r#"astramq_messages_received_total{qos="1"}"#;
+    let before = metric_at(health, qos1).await;
     c.redis().cmd(&["CLIENT", "PAUSE", "4000", "WRITE"]);
     let mut bytes = Vec::new();
     for i in 1..=10u16 {
@@ -415,7 +423,7 @@ async fn full_qos12_lane_throttles_the_publisher_without_loss() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let read = metric_at(health, "astramq_publish_received_total").await - before;
+    let read = metric_at(health, qos1).await - before;
     assert!(read <= 3, "{read} PUBLISHes read while the lane was full");
     c.redis().cmd(&["CLIENT", "UNPAUSE"]);
     for i in 1..=10u16 {

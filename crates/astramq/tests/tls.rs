@@ -253,8 +253,10 @@ async fn mtls_a_client_without_a_certificate_is_refused_in_the_handshake() {
         log.contains("TLS handshake failed") && log.contains("peer sent no certificates")
     })
     .await;
-    let failures = r#"astramq_connection_setup_failures_total{reason="tls"}"#;
-    assert!(metric_at(broker.health_addr(), failures).await >= 1);
+    let failures = format!(
+        r#"astramq_connection_setup_failures_total{{listener="{tls}",transport="tls",proxy="false",reason="tls"}}"#
+    );
+    assert!(metric_at(broker.health_addr(), &failures).await >= 1);
 }
 
 /// A certificate from a CA not in `tls_client_ca` is refused in the handshake.

@@ -88,6 +88,9 @@ pub struct Config {
     /// TCP address of the HTTP health endpoint (`GET /health`, `GET /metrics`); none
     /// by default. See [`crate::health`].
     pub health_listen: Option<SocketAddr>,
+    /// API keys of the admin API on `health_listen` (hashed, `astramq ctl key add`);
+    /// without it every `/api/v1` request is refused.
+    pub admin_keys_file: Option<PathBuf>,
     /// Protocol limits and queue bounds.
     pub limits: Limits,
     /// Shutdown behaviour.
@@ -318,6 +321,7 @@ impl Default for Config {
             acl_file: None,
             log_level: "info".into(),
             health_listen: None,
+            admin_keys_file: None,
             limits: Limits::default(),
             shutdown: Shutdown::default(),
             node_id: None,

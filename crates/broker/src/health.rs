@@ -1,36 +1,16 @@
-//! The health endpoint (`health_listen`): a minimal HTTP/1.1 server on tokio alone.
+//! The node's health, as the admin listener's `GET /health` reports it (the HTTP
+//! server is the `admin` crate's).
 //!
-//! - `GET /health` → `200 {"status":"ok",...}` while the node serves normally,
-//!   `503 {"status":"unhealthy",...}` while a [`HealthProbe`] says it cannot (in a
-//!   cluster: Redis unreachable, `"redis":"unreachable since <RFC 3339 time>"`), and
-//!   `503 {"status":"stopping"}` once shutdown began. A single node without a cluster
-//!   is healthy whenever it serves.
-//! - `GET /metrics` → the broker's counters (and the probe's) in the Prometheus text
-//!   exposition format.
-//! - Anything else: 404 (unknown path) or 405 (method other than GET/HEAD).
-//!
-//! One request per connection (`Connection: close`), a request head of at most 8 KiB
-//! read within 5 s: enough for load balancers, orchestrators and `curl`, and nothing a
-//! slow or hostile client can hold open.
+//! `200 {"status":"ok",...}` while the node serves normally, `503
+//! {"status":"unhealthy",...}` while a [`HealthProbe`] says it cannot (in a cluster:
+//! Redis unreachable, `"redis":"unreachable since <RFC 3339 time>"`), and `503
+//! {"status":"stopping"}` once shutdown began. A single node without a cluster is
+//! healthy whenever it serves.
 
 use std::fmt::{Debug, Write as _};
-use std::io;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
-
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 
 use crate::broker::Broker;
 use crate::metrics::Metrics;
-
-/// Largest request head accepted.
-const MAX_HEAD: usize = 8 * 1024;
-/// Time a client has to send its request head.
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a part of the node (the cluster) says about its health.
 #[derive(Debug, Clone, Default)]
@@ -44,172 +24,16 @@ pub struct HealthReport {
 
 /// Something the health endpoint asks before answering (the cluster node).
 pub trait HealthProbe: Send + Sync + Debug + 'static {
-    /// The current state.
+    /// The current state. (Its metrics are a collector registered in the broker's
+    /// [`Metrics`](crate::metrics::Metrics).)
     fn report(&self) -> HealthReport;
-    /// Appends metrics in the Prometheus text format (`# HELP`, `# TYPE`, samples).
-    fn metrics(&self, out: &mut String);
 }
 
-/// The health endpoint, bound and ready to serve.
-#[derive(Debug)]
-pub struct HealthServer {
-    listener: TcpListener,
-    stopping: Arc<AtomicBool>,
-}
-
-impl HealthServer {
-    /// Binds `addr` (port 0 picks a free port).
-    pub async fn bind(addr: SocketAddr) -> io::Result<HealthServer> {
-        Ok(HealthServer {
-            listener: TcpListener::bind(addr).await?,
-            stopping: Arc::default(),
-        })
-    }
-
-    /// The address actually bound.
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
-
-    /// A flag that, once set, makes `/health` answer 503 `stopping` (set it when
-    /// shutdown begins, so load balancers stop sending clients before they are moved).
-    pub fn stopping_flag(&self) -> Arc<AtomicBool> {
-        self.stopping.clone()
-    }
-
-    /// Serves requests in a task until it is aborted (or the runtime stops).
-    pub fn spawn(self, broker: Arc<Broker>, probe: Option<Arc<dyn HealthProbe>>) -> JoinHandle<()> {
-        tokio::spawn(async move {
-            loop {
-                match self.listener.accept().await {
-                    Ok((stream, _)) => {
-                        let (broker, probe) = (broker.clone(), probe.clone());
-                        let stopping = self.stopping.clone();
-                        tokio::spawn(async move {
-                            let state = State {
-                                broker: &broker,
-                                probe: probe.as_deref(),
-                                stopping: stopping.load(Ordering::Relaxed),
-                            };
-                            if let Err(e) = serve(stream, &state).await {
-                                tracing::debug!(error = %e, "health endpoint: request failed");
-                            }
-                        });
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "health endpoint: accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-        })
-    }
-}
-
-struct State<'a> {
-    broker: &'a Broker,
-    probe: Option<&'a dyn HealthProbe>,
-    stopping: bool,
-}
-
-async fn serve(mut stream: TcpStream, state: &State<'_>) -> io::Result<()> {
-    let head = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await {
-        Ok(r) => r?,
-        Err(_) => return Ok(()),
-    };
-    let response = match head {
-        Some(head) => respond(&head, state),
-        None => Response::text(400, "Bad Request", "bad request\n"),
-    };
-    stream.write_all(&response.encode()).await?;
-    stream.shutdown().await
-}
-
-/// Reads up to the blank line ending the request head; `None` if it is too long or
-/// the peer closed first.
-async fn read_head(stream: &mut TcpStream) -> io::Result<Option<String>> {
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(None);
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = find(&buf, b"\r\n\r\n").or_else(|| find(&buf, b"\n\n")) {
-            buf.truncate(end);
-            return Ok(Some(String::from_utf8_lossy(&buf).into_owned()));
-        }
-        if buf.len() > MAX_HEAD {
-            return Ok(None);
-        }
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-struct Response {
-    status: u16,
-    reason: &'static str,
-    content_type: &'static str,
-    body: String,
-    head_only: bool,
-}
-
-impl Response {
-    fn text(status: u16, reason: &'static str, body: &str) -> Response {
-        Response {
-            status,
-            reason,
-            content_type: "text/plain; charset=utf-8",
-            body: body.to_string(),
-            head_only: false,
-        }
-    }
-
-    fn encode(&self) -> Vec<u8> {
-        let mut out = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\
-             Cache-Control: no-store\r\nConnection: close\r\n\r\n",
-            self.status,
-            self.reason,
-            self.content_type,
-            self.body.len()
-        )
-        .into_bytes();
-        if !self.head_only {
-            out.extend_from_slice(self.body.as_bytes());
-        }
-        out
-    }
-}
-
-fn respond(head: &str, state: &State<'_>) -> Response {
-    let mut parts = head.lines().next().unwrap_or("").split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    let head_only = method == "HEAD";
-    if method != "GET" && !head_only {
-        return Response::text(405, "Method Not Allowed", "only GET and HEAD\n");
-    }
-    let mut response = match path {
-        "/health" | "/healthz" => health(state),
-        "/metrics" => Response {
-            content_type: "text/plain; version=0.0.4; charset=utf-8",
-            ..Response::text(200, "OK", &metrics(state))
-        },
-        _ => Response::text(404, "Not Found", "not found: try /health or /metrics\n"),
-    };
-    response.head_only = head_only;
-    response
-}
-
-fn health(state: &State<'_>) -> Response {
-    let report = state.probe.map(|p| p.report());
+/// The status code and JSON body of `GET /health`.
+pub fn health(broker: &Broker, probe: Option<&dyn HealthProbe>, stopping: bool) -> (u16, String) {
+    let report = probe.map(|p| p.report());
     let healthy = report.as_ref().is_none_or(|r| r.healthy);
-    let status = if state.stopping {
+    let status = if stopping {
         "stopping"
     } else if healthy {
         "ok"
@@ -217,172 +41,19 @@ fn health(state: &State<'_>) -> Response {
         "unhealthy"
     };
     let mut body = format!("{{\"status\":{}", json_string(status));
-    let mode = if state.broker.cluster().is_some() {
+    let mode = if broker.cluster().is_some() {
         "cluster"
     } else {
         "single"
     };
     let _ = write!(body, ",\"mode\":{}", json_string(mode));
-    let clients = Metrics::get(&state.broker.metrics.clients_connected);
+    let clients = Metrics::get(&broker.metrics.clients_connected);
     let _ = write!(body, ",\"clients\":{clients}");
     for (name, value) in report.iter().flat_map(|r| &r.fields) {
         let _ = write!(body, ",{}:{value}", json_string(name));
     }
     body.push_str("}\n");
-    let (code, reason) = if status == "ok" {
-        (200, "OK")
-    } else {
-        (503, "Service Unavailable")
-    };
-    Response {
-        content_type: "application/json",
-        ..Response::text(code, reason, &body)
-    }
-}
-
-fn metrics(state: &State<'_>) -> String {
-    let m = &state.broker.metrics;
-    let mut out = String::new();
-    let rows: [(&str, &str, &str, u64); 7] = [
-        (
-            "astramq_clients_connected",
-            "gauge",
-            "Client connections currently open.",
-            Metrics::get(&m.clients_connected),
-        ),
-        (
-            "astramq_publish_received_total",
-            "counter",
-            "PUBLISH packets received from clients.",
-            Metrics::get(&m.publish_received),
-        ),
-        (
-            "astramq_deliveries_total",
-            "counter",
-            "Deliveries queued to sessions.",
-            Metrics::get(&m.deliveries),
-        ),
-        (
-            "astramq_queue_overflow_dropped_total",
-            "counter",
-            "Messages dropped because a session queue was full.",
-            Metrics::get(&m.queue_overflow_dropped),
-        ),
-        (
-            "astramq_oversize_dropped_total",
-            "counter",
-            "Messages dropped for exceeding a client's Maximum Packet Size.",
-            Metrics::get(&m.oversize_dropped),
-        ),
-        (
-            "astramq_expired_dropped_total",
-            "counter",
-            "Messages dropped because their expiry interval ran out while queued.",
-            Metrics::get(&m.expired_dropped),
-        ),
-        (
-            "astramq_protocol_errors_total",
-            "counter",
-            "Connections closed for a protocol violation or malformed packet.",
-            Metrics::get(&m.protocol_errors),
-        ),
-    ];
-    for (name, kind, help, value) in rows {
-        metric(&mut out, name, kind, help, value);
-    }
-    let get = Metrics::get;
-    labelled(
-        &mut out,
-        "astramq_dropped_total",
-        "counter",
-        "Messages dropped, by reason: session_queue_full (limits.max_queued_*, per \
-         limits.queue_overflow), bus_backlog_full and inbox_backlog_full (QoS 0 to \
-         other nodes), oversize, expired.",
-        "reason",
-        &[
-            ("session_queue_full", get(&m.queue_overflow_dropped)),
-            ("bus_backlog_full", get(&m.bus_backlog_dropped)),
-            ("inbox_backlog_full", get(&m.inbox_backlog_dropped)),
-            ("oversize", get(&m.oversize_dropped)),
-            ("expired", get(&m.expired_dropped)),
-        ],
-    );
-    labelled(
-        &mut out,
-        "astramq_publish_throttled_total",
-        "counter",
-        "Times a publisher's socket was left unread, by reason: message_rate \
-         (limits.max_publish_rate), byte_rate (limits.max_publish_bytes_rate), \
-         bus_backlog (cluster.forward_qos12_backlog).",
-        "reason",
-        &[
-            ("message_rate", get(&m.throttled_message_rate)),
-            ("byte_rate", get(&m.throttled_byte_rate)),
-            ("bus_backlog", get(&m.throttled_bus_backlog)),
-        ],
-    );
-    labelled(
-        &mut out,
-        "astramq_connections_refused_total",
-        "counter",
-        "Connections closed at accept, by reason: max_connections \
-         (limits.max_connections), connection_rate (limits.max_connection_rate).",
-        "reason",
-        &[
-            ("max_connections", get(&m.refused_max_connections)),
-            ("connection_rate", get(&m.refused_connection_rate)),
-        ],
-    );
-    labelled(
-        &mut out,
-        "astramq_connection_setup_failures_total",
-        "counter",
-        "Connections closed before MQTT, by reason: tls (handshake failed, e.g. no or an \
-         invalid client certificate), websocket (upgrade refused), proxy (bad PROXY v2 \
-         header), timeout (not done within limits.connect_timeout_secs).",
-        "reason",
-        &[
-            ("tls", get(&m.setup_failed_tls)),
-            ("websocket", get(&m.setup_failed_ws)),
-            ("proxy", get(&m.setup_failed_proxy)),
-            ("timeout", get(&m.setup_timed_out)),
-        ],
-    );
-    metric(
-        &mut out,
-        "astramq_subscriptions_refused_total",
-        "counter",
-        "SUBSCRIBE filters refused because the session had limits.max_subscriptions.",
-        get(&m.subscriptions_refused),
-    );
-    if let Some(p) = state.probe {
-        p.metrics(&mut out);
-    }
-    out
-}
-
-/// Appends one metric (help, type, one sample) in the Prometheus text format.
-pub fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-    );
-}
-
-/// Appends one metric with one sample per value of `label`, in the Prometheus text
-/// format.
-pub fn labelled(
-    out: &mut String,
-    name: &str,
-    kind: &str,
-    help: &str,
-    label: &str,
-    samples: &[(&str, u64)],
-) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    for (value_of_label, value) in samples {
-        let _ = writeln!(out, "{name}{{{label}=\"{value_of_label}\"}} {value}");
-    }
+    (if status == "ok" { 200 } else { 503 }, body)
 }
 
 /// `s` as a JSON string literal (quotes included).
@@ -422,23 +93,6 @@ mod tests {
                 fields: vec![("redis".into(), json_string("unreachable since x"))],
             }
         }
-        fn metrics(&self, out: &mut String) {
-            metric(out, "astramq_redis_reachable", "gauge", "Redis.", 0);
-        }
-    }
-
-    fn broker() -> Arc<Broker> {
-        let config = Config::default();
-        let auth = Authenticator::load(&config).unwrap();
-        Broker::new(config, auth)
-    }
-
-    async fn get(addr: SocketAddr, request: &str) -> String {
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(request.as_bytes()).await.unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        out
     }
 
     #[test]
@@ -446,43 +100,24 @@ mod tests {
         assert_eq!(json_string("a\"b\\c\n\u{1}"), r#""a\"b\\c\n\u0001""#);
     }
 
-    #[tokio::test]
-    async fn single_node_is_healthy_and_a_failing_probe_is_503() {
-        let server = HealthServer::bind("127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
-        let addr = server.local_addr().unwrap();
-        let task = server.spawn(broker(), None);
-        let r = get(addr, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
-        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
-        assert!(
-            r.ends_with("{\"status\":\"ok\",\"mode\":\"single\",\"clients\":0}\n"),
-            "{r}"
+    #[test]
+    fn single_node_is_healthy_a_failing_probe_is_503_stopping_is_503() {
+        let config = Config::default();
+        let auth = Authenticator::load(&config).unwrap();
+        let broker = Broker::new(config, auth);
+        assert_eq!(
+            health(&broker, None, false),
+            (
+                200,
+                "{\"status\":\"ok\",\"mode\":\"single\",\"clients\":0}\n".into()
+            )
         );
-        let r = get(addr, "GET /metrics HTTP/1.1\r\n\r\n").await;
-        assert!(r.contains("\nastramq_clients_connected 0\n"), "{r}");
-        let r = get(addr, "GET /nope HTTP/1.1\r\n\r\n").await;
-        assert!(r.starts_with("HTTP/1.1 404 "), "{r}");
-        let r = get(addr, "POST /health HTTP/1.1\r\n\r\n").await;
-        assert!(r.starts_with("HTTP/1.1 405 "), "{r}");
-        task.abort();
-
-        let server = HealthServer::bind("127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
-        let addr = server.local_addr().unwrap();
-        let stopping = server.stopping_flag();
-        let task = server.spawn(broker(), Some(Arc::new(Down)));
-        let r = get(addr, "GET /health HTTP/1.1\r\n\r\n").await;
-        assert!(r.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{r}");
-        assert!(r.contains("\"status\":\"unhealthy\""), "{r}");
-        assert!(r.contains("\"redis\":\"unreachable since x\""), "{r}");
-        let r = get(addr, "GET /metrics HTTP/1.1\r\n\r\n").await;
-        assert!(r.contains("\nastramq_redis_reachable 0\n"), "{r}");
-        stopping.store(true, Ordering::Relaxed);
-        let r = get(addr, "HEAD /health HTTP/1.1\r\n\r\n").await;
-        assert!(r.starts_with("HTTP/1.1 503 "), "{r}");
-        assert!(r.ends_with("\r\n\r\n"), "HEAD has no body: {r}");
-        task.abort();
+        let (code, body) = health(&broker, Some(&Down), false);
+        assert_eq!(code, 503);
+        assert!(body.contains("\"status\":\"unhealthy\""), "{body}");
+        assert!(body.contains("\"redis\":\"unreachable since x\""), "{body}");
+        let (code, body) = health(&broker, None, true);
+        assert_eq!(code, 503);
+        assert!(body.contains("\"status\":\"stopping\""), "{body}");
     }
 }

@@ -16,9 +16,9 @@
 //! - [`cluster`] — the interface a cluster offers the broker (none on a single node).
 //! - [`message`] — a message as it travels through the broker.
 //! - [`auth`] — anonymous access, password file and ACL decisions.
-//! - [`metrics`] — counters.
+//! - [`metrics`] — typed metrics (counters, gauges, histograms) in one registry.
 //! - [`rate`] — token buckets for publish and connection rate limits.
-//! - [`health`] — the HTTP health endpoint (`health_listen`): `/health`, `/metrics`.
+//! - [`health`] — the node's health as `GET /health` reports it.
 //! - [`signal`] — a small wake-up for the one task waiting on it.
 
 pub mod auth;

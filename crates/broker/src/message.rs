@@ -20,6 +20,9 @@ pub struct Message {
     pub origin: Option<Arc<str>>,
     /// When the Message Expiry Interval runs out.
     pub expires_at: Option<Instant>,
+    /// When the message arrived on this node (from a client, another node or the
+    /// store): the start of `astramq_delivery_latency_seconds`.
+    pub received: Instant,
     /// Bytes charged against a session's queue (topic + payload).
     pub size: usize,
     /// The message's identity in the cluster, given when it first needs one (it is
@@ -41,6 +44,7 @@ impl Message {
             retain: publish.retain,
             origin,
             expires_at,
+            received: now,
             size: publish.topic.len() + publish.payload.len(),
             id: std::sync::OnceLock::new(),
         }
@@ -66,6 +70,7 @@ impl Message {
             retain,
             origin,
             expires_at,
+            received: now,
             size,
             id: std::sync::OnceLock::new(),
         }

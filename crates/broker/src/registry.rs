@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use mqtt::ReasonCode;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, Notify};
@@ -34,6 +34,45 @@ pub enum Request {
     Leave(ReasonCode),
     /// Hand the cluster a copy of the session (Redis lost its data), and go on.
     Republish,
+    /// Report the session's state to the admin API ([`ConnLink::describe`]).
+    Describe,
+}
+
+/// Who is behind a connection, for the admin API: set once, when the connection is up.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The user name it authenticated as (or its certificate's identity).
+    pub username: Option<Arc<str>>,
+    /// The client's address (from the PROXY header behind a balancer).
+    pub peer: Box<str>,
+    /// The protocol version it speaks.
+    pub protocol: mqtt::Protocol,
+    /// Keep alive in force, in seconds (0 = none).
+    pub keep_alive_secs: u64,
+    /// When its CONNECT was accepted.
+    pub connected_at: SystemTime,
+}
+
+/// A connected session's state as its connection reports it ([`ConnLink::describe`]).
+#[derive(Debug, Clone, Default)]
+pub struct SessionView {
+    /// Subscriptions: filter (`$share/…` included) and maximum QoS.
+    pub subscriptions: Vec<(String, u8)>,
+    /// QoS 1/2 messages sent and not yet acknowledged.
+    pub inflight: usize,
+    /// Messages waiting in the session's queue.
+    pub queued: usize,
+    /// Session Expiry Interval in force, seconds (`u32::MAX` = never).
+    pub expiry_secs: u32,
+}
+
+/// One session in [`Registry::sessions`].
+#[derive(Debug, Clone)]
+pub struct SessionEntry {
+    /// Its client id.
+    pub client_id: Arc<str>,
+    /// Its connection, or `None` for a parked (offline, persistent) session.
+    pub link: Option<Arc<ConnLink>>,
 }
 
 /// The registry's line to one connection: ask it to leave (takeover, shutdown, keep
@@ -52,6 +91,11 @@ pub struct ConnLink {
     keep_alive_deadline: AtomicU64,
     wake_conn: Signal,
     wake_claimer: Notify,
+    /// Set once the connection is up (see [`ConnInfo`]); one pointer until then.
+    info: std::sync::OnceLock<Box<ConnInfo>>,
+    /// An admin request for the session's state is waiting in `describer`.
+    describe: AtomicBool,
+    describer: Mutex<Option<oneshot::Sender<SessionView>>>,
 }
 
 impl ConnLink {
@@ -96,14 +140,51 @@ impl ConnLink {
             if self.republish.swap(false, Ordering::AcqRel) {
                 return Poll::Ready(Request::Republish);
             }
+            if self.describe.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(Request::Describe);
+            }
             // Woken: look at the flags again.
             std::task::ready!(self.wake_conn.poll_wait(cx));
         })
     }
 
+    /// Records who is behind the connection (once; later calls are ignored).
+    pub fn set_info(&self, info: ConnInfo) {
+        let _ = self.info.set(Box::new(info));
+    }
+
+    /// Who is behind the connection, once it is up.
+    pub fn info(&self) -> Option<&ConnInfo> {
+        self.info.get().map(|b| &**b)
+    }
+
+    /// Asks the connection for its session's state; `None` if it ended first. A
+    /// second request while one waits replaces it (the first gets `None`).
+    pub async fn describe(&self) -> Option<SessionView> {
+        let (tx, rx) = oneshot::channel();
+        *self.describer.lock() = Some(tx);
+        self.describe.store(true, Ordering::Release);
+        self.wake_conn.notify();
+        rx.await.ok()
+    }
+
+    /// Answers a [`Request::Describe`].
+    pub fn answer_describe(&self, view: SessionView) {
+        if let Some(tx) = self.describer.lock().take() {
+            let _ = tx.send(view);
+        }
+    }
+
+    /// Whether the connection task has ended.
+    pub fn has_exited(&self) -> bool {
+        self.exited.load(Ordering::Acquire)
+    }
+
     /// Marks the connection task as ended.
     pub fn set_exited(&self) {
         self.exited.store(true, Ordering::Release);
+        // A describe request waiting on a gone connection gets `None`.
+        self.describer.lock().take();
         self.wake_claimer.notify_waiters();
     }
 
@@ -416,6 +497,56 @@ impl Registry {
             }
         }
         parked
+    }
+
+    /// The connection owning `client_id`, if it is connected here.
+    pub fn link(&self, client_id: &str) -> Option<Arc<ConnLink>> {
+        let slots = self.slots.lock();
+        slots.get(client_id)?.owner.as_ref().map(|o| o.link.clone())
+    }
+
+    /// Whether a parked (offline, persistent) session of `client_id` is here.
+    pub fn is_parked(&self, client_id: &str) -> bool {
+        self.slots
+            .lock()
+            .get(client_id)
+            .is_some_and(|s| s.owner.is_none() && s.parked.is_some())
+    }
+
+    /// One page of the sessions here (connected and parked) whose client id starts
+    /// with `prefix`, comes after `after` and passes `keep`, in client id order: at
+    /// most `limit`, and whether more follow. The registry's lock is held while the
+    /// candidates are collected (client ids and links only, no session is copied).
+    pub fn sessions(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        keep: impl Fn(&SessionEntry) -> bool,
+    ) -> (Vec<SessionEntry>, bool) {
+        let mut found: Vec<SessionEntry> = {
+            let slots = self.slots.lock();
+            slots
+                .iter()
+                .filter(|(id, s)| {
+                    (s.owner.is_some() || s.parked.is_some())
+                        && id.starts_with(prefix)
+                        && after.is_none_or(|a| &***id > a)
+                })
+                .map(|(id, s)| SessionEntry {
+                    client_id: id.clone(),
+                    link: s.owner.as_ref().map(|o| o.link.clone()),
+                })
+                .filter(|e| keep(e))
+                .collect()
+        };
+        let more = found.len() > limit;
+        if more {
+            found.select_nth_unstable_by(limit, |a, b| a.client_id.cmp(&b.client_id));
+            found.truncate(limit);
+        }
+        found.sort_unstable_by(|a, b| a.client_id.cmp(&b.client_id));
+        (found, more)
     }
 
     /// Number of parked (persistent, disconnected) sessions.

@@ -21,7 +21,6 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,8 +34,9 @@ use crate::broker::Broker;
 use crate::client;
 use crate::config::{Config, ConfigError};
 use crate::listener::{self, tls::TlsReloader, ListenerSpec, Transport};
-use crate::metrics::Metrics;
+use crate::metrics::{ListenerMetrics, Metrics};
 use crate::registry::KEEP_ALIVE_SWEEP;
+use prometheus_client::metrics::counter::Counter;
 
 /// Why the server could not start.
 #[derive(Debug, Error)]
@@ -214,7 +214,8 @@ async fn accept_loop(
     tracker: TaskTracker,
 ) {
     let limits = &broker.config.limits;
-    let open = Arc::new(AtomicUsize::new(0));
+    // This listener's series; `open` also counts against `limits.max_connections`.
+    let metrics = broker.metrics.listener(&spec);
     let rate = f64::from(limits.max_connection_rate);
     let mut bucket = (rate > 0.0).then(|| crate::rate::TokenBucket::new(rate, Instant::now()));
     loop {
@@ -225,26 +226,28 @@ async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 let max = limits.max_connections;
-                let refused = if max > 0 && open.load(Ordering::Acquire) >= max {
-                    Some(&broker.metrics.refused_max_connections)
+                let open = usize::try_from(metrics.open.get()).unwrap_or(0);
+                let refused = if max > 0 && open >= max {
+                    Some(&metrics.refused_max_connections)
                 } else if bucket
                     .as_mut()
                     .is_some_and(|b| !b.try_take_one(Instant::now()))
                 {
-                    Some(&broker.metrics.refused_connection_rate)
+                    Some(&metrics.refused_connection_rate)
                 } else {
                     None
                 };
                 if let Some(counter) = refused {
                     drop(stream);
-                    refuse(&broker.metrics, counter);
+                    refuse(&broker.metrics, &metrics, counter);
                     continue;
                 }
-                open.fetch_add(1, Ordering::AcqRel);
+                metrics.open.inc();
+                metrics.accepted.inc();
                 tracker.spawn(serve_tcp(
                     broker.clone(),
                     stream,
-                    OpenConnection(open.clone()),
+                    OpenConnection(metrics.clone()),
                     peer,
                     spec,
                     tls.clone(),
@@ -260,25 +263,26 @@ async fn accept_loop(
     }
 }
 
-/// Counts a connection against its listener's `limits.max_connections` while alive.
-struct OpenConnection(Arc<AtomicUsize>);
+/// Counts a connection against its listener's `limits.max_connections` (and in
+/// `astramq_listener_connections`) while alive.
+struct OpenConnection(Arc<ListenerMetrics>);
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.open.dec();
     }
 }
 
 /// Counts a connection closed at accept, and warns at most once a second with the
-/// count since the last line and the totals by reason.
-fn refuse(m: &Metrics, counter: &std::sync::atomic::AtomicU64) {
-    Metrics::add(counter, 1);
+/// count since the last line and this listener's totals by reason.
+fn refuse(m: &Metrics, listener: &ListenerMetrics, counter: &Counter) {
+    counter.inc();
     if let Some(n) = m.refuse_log.due(1) {
         tracing::warn!(
             refused = n,
-            max_connections = Metrics::get(&m.refused_max_connections),
-            connection_rate = Metrics::get(&m.refused_connection_rate),
-            "connections closed at accept since the last line (limits.max_connections, limits.max_connection_rate); totals by reason follow"
+            max_connections = listener.refused_max_connections.get(),
+            connection_rate = listener.refused_connection_rate.get(),
+            "connections closed at accept since the last line (limits.max_connections, limits.max_connection_rate); this listener's totals by reason follow"
         );
     }
 }
@@ -310,7 +314,8 @@ fn serve_tcp(
         });
     }
     Box::pin(async move {
+        let metrics = open.0.clone();
         let _open = open;
-        listener::serve(broker, stream, peer, spec, tls, stop).await;
+        listener::serve(broker, stream, peer, spec, &metrics, tls, stop).await;
     })
 }

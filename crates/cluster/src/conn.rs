@@ -27,7 +27,7 @@
 //! one multiplexed connection.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::{
     ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
@@ -89,6 +89,45 @@ pub enum Conn {
     Sentinel(SentinelConn),
     /// Another connection whose requests each end with `WAIT` ([`Redis::durable_conn`]).
     Durable(Box<Durable>),
+    /// Another connection whose round trips are timed and counted
+    /// (`astramq_redis_round_trip_seconds`, `astramq_redis_errors_total`).
+    Measured(Box<Measured>),
+}
+
+impl Conn {
+    /// Whether this reaches a Redis Cluster (through any wrapper): a pipeline must
+    /// then stay within one slot.
+    pub fn is_cluster(&self) -> bool {
+        match self {
+            Conn::Cluster(_) => true,
+            Conn::Measured(m) => m.inner.is_cluster(),
+            Conn::Durable(_) | Conn::Managed(_) | Conn::Plain(_) | Conn::Sentinel(_) => false,
+        }
+    }
+}
+
+/// A connection and where its round trips are recorded.
+#[derive(Clone)]
+pub struct Measured {
+    inner: Conn,
+    health: Arc<RedisHealth>,
+}
+
+impl Measured {
+    /// Times `request` (one command or pipeline) into the health's histogram. One
+    /// clock read on each side and a boxed future per round trip, which carries a
+    /// whole batch of messages on the hot paths.
+    fn time<'a, T: Send + 'a>(
+        health: &'a RedisHealth,
+        request: RedisFuture<'a, T>,
+    ) -> RedisFuture<'a, T> {
+        let start = Instant::now();
+        Box::pin(async move {
+            let r = request.await;
+            health.round_trip(start.elapsed(), r.is_err());
+            r
+        })
+    }
 }
 
 impl std::fmt::Debug for Conn {
@@ -99,6 +138,7 @@ impl std::fmt::Debug for Conn {
             Conn::Cluster(_) => "Conn::Cluster",
             Conn::Sentinel(_) => "Conn::Sentinel",
             Conn::Durable(_) => "Conn::Durable",
+            Conn::Measured(_) => "Conn::Measured",
         })
     }
 }
@@ -111,6 +151,10 @@ impl ConnectionLike for Conn {
             Conn::Cluster(c) => c.req_packed_command(cmd),
             Conn::Sentinel(c) => c.req_packed_command(cmd),
             Conn::Durable(c) => c.req_packed_command(cmd),
+            Conn::Measured(m) => {
+                let Measured { inner, health } = &mut **m;
+                Measured::time(health, inner.req_packed_command(cmd))
+            }
         }
     }
 
@@ -126,6 +170,10 @@ impl ConnectionLike for Conn {
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
             Conn::Sentinel(c) => c.req_packed_commands(pipeline, offset, count),
             Conn::Durable(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Measured(m) => {
+                let Measured { inner, health } = &mut **m;
+                Measured::time(health, inner.req_packed_commands(pipeline, offset, count))
+            }
         }
     }
 
@@ -136,6 +184,7 @@ impl ConnectionLike for Conn {
             Conn::Cluster(c) => c.get_db(),
             Conn::Sentinel(c) => c.get_db(),
             Conn::Durable(c) => c.get_db(),
+            Conn::Measured(m) => m.inner.get_db(),
         }
     }
 }
@@ -278,12 +327,17 @@ impl Redis {
             .await
             .map_err(|_| unreachable("timed out".into()))?
             .map_err(|e| unreachable(e.to_string()))?;
+        let health = Arc::new(RedisHealth::new());
+        let shared = Conn::Measured(Box::new(Measured {
+            inner: shared,
+            health: health.clone(),
+        }));
         Ok(Redis {
             url: url.to_string(),
             target,
             shared,
             timeout,
-            health: Arc::new(RedisHealth::new()),
+            health,
             wait: None,
         })
     }
@@ -539,7 +593,7 @@ pub async fn run_per_key(
     if cmds.is_empty() {
         return Ok(());
     }
-    if !matches!(conn, Conn::Cluster(_)) {
+    if !conn.is_cluster() {
         let mut pipe = redis::pipe();
         for (_, cmd) in cmds {
             pipe.add_command(cmd).ignore();
@@ -590,7 +644,7 @@ pub async fn query_per_key(
     if cmds.is_empty() {
         return Ok(Vec::new());
     }
-    if !matches!(conn, Conn::Cluster(_)) {
+    if !conn.is_cluster() {
         let mut pipe = redis::pipe();
         for (_, cmd) in cmds {
             pipe.add_command(cmd);

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use broker::cluster::ClusterError;
-use broker::metrics::LogLimiter;
+use broker::metrics::{Histogram, LogLimiter};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
@@ -65,6 +65,12 @@ pub struct RedisHealth {
     pub dropped_qos0: AtomicU64,
     /// Length of the last finished outage, in milliseconds.
     pub last_outage_ms: AtomicU64,
+    /// Round trips on the shared connection (every command and pipeline but the
+    /// blocking stream reads), from request to reply.
+    pub round_trips: Histogram,
+    /// Round trips on the shared connection that failed (an error reply, a lost
+    /// connection, a timeout).
+    pub errors: AtomicU64,
     errors_log: LogLimiter,
 }
 
@@ -79,6 +85,8 @@ impl Default for RedisHealth {
             refused_publishes: AtomicU64::new(0),
             dropped_qos0: AtomicU64::new(0),
             last_outage_ms: AtomicU64::new(0),
+            round_trips: Histogram::new(),
+            errors: AtomicU64::new(0),
             errors_log: LogLimiter::default(),
         }
     }
@@ -96,6 +104,14 @@ pub fn is_connection_error(e: &redis::RedisError) -> bool {
 }
 
 impl RedisHealth {
+    /// Records one round trip on the shared connection.
+    pub fn round_trip(&self, took: Duration, failed: bool) {
+        self.round_trips.observe(took);
+        if failed {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Reachable, as at start (the node only starts once Redis answered).
     pub fn new() -> RedisHealth {
         RedisHealth::default()

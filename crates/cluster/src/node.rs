@@ -5,7 +5,8 @@
 //! - `repair` — taking over a failed node (its sessions, inbox and routes);
 //! - `drain` — where each message of a failed node's inbox goes;
 //! - `liveness` — this node's liveness key and the lease fence;
-//! - `outage` — Redis outages: the probe, refusals, recovery, metrics.
+//! - `outage` — Redis outages: the probe, refusals, recovery;
+//! - `metrics` — the cluster's metrics in the broker's registry.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -44,6 +45,7 @@ mod claim;
 use crate::scripts::CLAIM_SCRIPT;
 mod drain;
 mod liveness;
+mod metrics;
 mod outage;
 mod repair;
 
@@ -257,6 +259,7 @@ impl ClusterNode {
             tasks: Mutex::new(tasks),
         });
         node.watch_redis(broker.clone());
+        node.register_metrics(&broker);
         let watcher = tokio::spawn(watch_members(
             node.clone(),
             membership.events(),
@@ -417,6 +420,16 @@ impl ClusterNode {
     /// ignores an announce sent to any other.)
     pub fn gossip_addr(&self) -> Option<SocketAddr> {
         self.membership.lock().as_ref().map(|m| m.advertised_addr())
+    }
+
+    /// The other live members gossip knows (brokers and load balancers), with what
+    /// they advertise; empty before gossip started.
+    pub fn members(&self) -> Vec<membership::Member> {
+        self.membership
+            .lock()
+            .as_ref()
+            .map(|m| m.members().borrow().clone())
+            .unwrap_or_default()
     }
 
     /// Leaves the cluster cleanly: removes this node's routes, leaves gossip, stops

@@ -46,6 +46,13 @@ pub(crate) struct Counters {
     /// The generation of our current identity (renewed when the cluster declared us
     /// down and we rejoined); 0 until the handle sets the first one.
     pub generation: AtomicU64,
+    /// Other members foca knows, by state (alive, suspect, down): counted after each
+    /// event, read by metrics.
+    pub alive: AtomicU64,
+    /// See `alive`.
+    pub suspect: AtomicU64,
+    /// See `alive`.
+    pub down: AtomicU64,
 }
 
 /// A timer handled this late means the loop was starved (CPU, a blocked thread):
@@ -337,9 +344,28 @@ impl Driver {
                 self.advertise();
             }
             if self.runtime.backlog() == 0 {
+                self.count_states();
                 break;
             }
         }
+    }
+}
+
+impl Driver {
+    /// Counts the members foca knows by state, for [`MembershipStats`](crate::MembershipStats).
+    fn count_states(&self) {
+        let mut by_state = [0u64; 3];
+        for m in self.foca.iter_membership_state() {
+            by_state[match m.state() {
+                foca::State::Alive => 0,
+                foca::State::Suspect => 1,
+                foca::State::Down => 2,
+            }] += 1;
+        }
+        let c = &self.counters;
+        c.alive.store(by_state[0], Ordering::Relaxed);
+        c.suspect.store(by_state[1], Ordering::Relaxed);
+        c.down.store(by_state[2], Ordering::Relaxed);
     }
 }
 

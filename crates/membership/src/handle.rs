@@ -188,6 +188,12 @@ pub struct MembershipStats {
     /// paused; at `probe_period` and beyond, members may have been suspected
     /// because of it (see `docs/membership.md`).
     pub max_timer_lag: std::time::Duration,
+    /// Other members gossip knows as alive (this node not included).
+    pub alive: u64,
+    /// Other members suspected of having failed (not yet declared down).
+    pub suspect: u64,
+    /// Members declared down that gossip still remembers (forgotten after a while).
+    pub down: u64,
 }
 
 impl MembershipHandle {
@@ -268,6 +274,9 @@ impl MembershipHandle {
             max_timer_lag: std::time::Duration::from_micros(
                 c.max_timer_lag_us.load(Ordering::Relaxed),
             ),
+            alive: c.alive.load(Ordering::Relaxed),
+            suspect: c.suspect.load(Ordering::Relaxed),
+            down: c.down.load(Ordering::Relaxed),
         }
     }
 

@@ -311,65 +311,71 @@ impl HealthProbe for DiskStore {
             )],
         }
     }
+}
 
-    fn metrics(&self, out: &mut String) {
-        use broker::health::metric;
-        let s = &self.stats;
-        metric(
-            out,
+/// The store's metrics, read when scraped; holds the store weakly (the broker, whose
+/// registry holds this, holds the store).
+#[derive(Debug)]
+struct StoreMetrics(std::sync::Weak<DiskStore>);
+
+impl DiskStore {
+    /// Adds the store's metrics to `broker`'s registry (once, at start).
+    pub fn register_metrics(self: &Arc<Self>, broker: &broker::broker::Broker) {
+        broker
+            .metrics
+            .register_collector(Box::new(StoreMetrics(Arc::downgrade(self))));
+    }
+}
+
+impl broker::metrics::prometheus_client::collector::Collector for StoreMetrics {
+    fn encode(
+        &self,
+        encoder: broker::metrics::prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> std::fmt::Result {
+        let Some(store) = self.0.upgrade() else {
+            return Ok(());
+        };
+        let mut out = broker::metrics::Scrape::new(encoder);
+        let s = &store.stats;
+        out.gauge(
             "astramq_store_queued",
-            "gauge",
             "Deliveries to persistent sessions waiting for the disk (bound: store.max_queued).",
-            s.queued.load(Ordering::Relaxed) as u64,
-        );
-        metric(
-            out,
-            "astramq_store_commits_total",
-            "counter",
+            s.queued.load(Ordering::Relaxed) as i64,
+        )?;
+        out.counter(
+            "astramq_store_commits",
             "Transactions written to the data directory.",
             s.commits.load(Ordering::Relaxed),
-        );
-        metric(
-            out,
-            "astramq_store_failures_total",
-            "counter",
+        )?;
+        out.counter(
+            "astramq_store_failures",
             "Writes to the data directory that failed (full disk, I/O error).",
             s.failures.load(Ordering::Relaxed),
-        );
-        metric(
-            out,
-            "astramq_store_refused_total",
-            "counter",
+        )?;
+        out.counter(
+            "astramq_store_refused",
             "Deliveries to persistent sessions refused because store.max_queued were waiting.",
             s.refused.load(Ordering::Relaxed),
-        );
-        metric(
-            out,
-            "astramq_store_dropped_changes_total",
-            "counter",
+        )?;
+        out.counter(
+            "astramq_store_dropped_changes",
             "Session changes dropped after failed writes.",
             s.dropped_changes.load(Ordering::Relaxed),
-        );
-        metric(
-            out,
+        )?;
+        out.gauge(
             "astramq_store_sessions",
-            "gauge",
             "Persistent sessions in the data directory.",
-            self.persisted.lock().len() as u64,
-        );
-        metric(
-            out,
+            store.persisted.lock().len() as i64,
+        )?;
+        out.gauge(
             "astramq_store_spilled",
-            "gauge",
             "Deliveries to offline sessions kept on disk only.",
-            s.spilled.load(Ordering::Relaxed) as u64,
-        );
-        metric(
-            out,
-            "astramq_store_spill_dropped_total",
-            "counter",
+            s.spilled.load(Ordering::Relaxed) as i64,
+        )?;
+        out.counter(
+            "astramq_store_spill_dropped",
             "Deliveries to offline sessions dropped by their queue bound (limits.max_queued_messages, limits.queue_overflow).",
             s.spill_dropped.load(Ordering::Relaxed),
-        );
+        )
     }
 }

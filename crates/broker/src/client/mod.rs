@@ -59,6 +59,7 @@ where
     let handshake = Box::pin(connect::handshake(broker, conn, peer, cert_user, shutdown));
     async move {
         if let Some(mut client) = handshake.await {
+            client.set_link_info();
             let exit = client.run().await;
             // Boxed for the same reason: only the closing connection pays for it.
             if let Some((conn, client_id)) = Box::pin(client.finish(exit)).await {
@@ -319,9 +320,38 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                 request = self.exit_guard.0.asked() => match request {
                     Request::Leave(reason) => return Exit::Server(reason),
                     Request::Republish => self.republish(),
+                    Request::Describe => self.describe(),
                 },
             }
         }
+    }
+
+    /// Tells the registry's link who is behind this connection (admin API).
+    fn set_link_info(&self) {
+        self.exit_guard.0.set_info(crate::registry::ConnInfo {
+            username: self.username.clone(),
+            peer: self.peer.clone(),
+            protocol: self.protocol,
+            keep_alive_secs: self.keep_alive.map_or(0, |k| k.as_secs()),
+            connected_at: std::time::SystemTime::now(),
+        });
+    }
+
+    /// Answers an admin request for this session's state.
+    fn describe(&self) {
+        let s = &self.session;
+        self.exit_guard
+            .0
+            .answer_describe(crate::registry::SessionView {
+                subscriptions: s
+                    .subscriptions
+                    .iter()
+                    .map(|(f, sub)| (f.clone(), sub.options.qos as u8))
+                    .collect(),
+                inflight: s.inflight(),
+                queued: s.mailbox.len() + self.pending.len(),
+                expiry_secs: s.expiry_secs,
+            });
     }
 
     /// Whether the socket may be read: no publish waits for room in a full queue, for

@@ -100,7 +100,7 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
         if !p.properties.subscription_identifiers.is_empty() {
             return Some(Exit::Server(ReasonCode::ProtocolError));
         }
-        Metrics::add(&self.broker.metrics.publish_received, 1);
+        self.broker.metrics.received(p.qos);
 
         let packet_id = p.packet_id.unwrap_or(0);
         let mut known_id = None;
@@ -519,6 +519,14 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                 let aliases = self.aliases.get_or_insert_default();
                 aliases.outbound.insert(Arc::from(topic), a);
             }
+        }
+        // Retained messages sent on SUBSCRIBE (RETAIN set) may be hours old: they
+        // would say nothing of this node's latency.
+        metrics.sent(d.qos);
+        if !d.retain {
+            metrics
+                .delivery_latency
+                .observe(now.saturating_duration_since(d.msg.received));
         }
         if d.qos == QoS::AtMostOnce {
             d.msg.publish.encode(

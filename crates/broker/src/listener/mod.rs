@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use crate::broker::Broker;
 use crate::client;
-use crate::metrics::Metrics;
+use crate::metrics::ListenerMetrics;
 use crate::proxy;
 use tls::TlsReloader;
 
@@ -93,6 +93,7 @@ pub(crate) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     spec: ListenerSpec,
+    metrics: &ListenerMetrics,
     tls: Option<Arc<TlsReloader>>,
     stop: watch::Receiver<bool>,
 ) {
@@ -100,13 +101,13 @@ pub(crate) async fn serve(
     // Boxed: its buffers and timer do not size the connection's task for its life.
     let setup = Box::pin(tokio::time::timeout(
         limit,
-        set_up(&broker, stream, peer, spec, tls.as_deref()),
+        set_up(&broker, stream, peer, spec, metrics, tls.as_deref()),
     ));
     let (ready, peer, cert_user) = match setup.await {
         Ok(Some(r)) => r,
         Ok(None) => return,
         Err(_) => {
-            Metrics::add(&broker.metrics.setup_timed_out, 1);
+            metrics.setup_timed_out.inc();
             tracing::info!(
                 %peer,
                 listener = spec.transport.name(),
@@ -135,6 +136,7 @@ async fn set_up(
     mut stream: TcpStream,
     mut peer: SocketAddr,
     spec: ListenerSpec,
+    metrics: &ListenerMetrics,
     tls: Option<&TlsReloader>,
 ) -> Option<(Ready, SocketAddr, Option<Box<str>>)> {
     let config = &broker.config;
@@ -143,7 +145,7 @@ async fn set_up(
         match proxy::read_header(&mut stream).await {
             Ok(header) => peer = header.source.unwrap_or(peer),
             Err(e) => {
-                Metrics::add(&broker.metrics.setup_failed_proxy, 1);
+                metrics.setup_failed_proxy.inc();
                 tracing::debug!(%peer, listener = name, error = %e, "closing: bad PROXY protocol header");
                 return None;
             }
@@ -153,10 +155,10 @@ async fn set_up(
     let max_message = config.limits.max_packet_size as usize + 5;
     let path = config.ws_path.as_str();
     let refused = |e: String| {
-        Metrics::add(&broker.metrics.setup_failed_ws, 1);
+        metrics.setup_failed_ws.inc();
         tracing::info!(%peer, listener = name, "refusing: {e}");
     };
-    let tls_failed = || Metrics::add(&broker.metrics.setup_failed_tls, 1);
+    let tls_failed = || metrics.setup_failed_tls.inc();
     let ready = match spec.transport {
         Transport::Tcp => return Some((Ready::Tcp(stream), peer, None)),
         Transport::Tls => {

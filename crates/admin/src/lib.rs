@@ -1,0 +1,17 @@
+//! The admin listener (`health_listen`): what operators and their tools talk to.
+//!
+//! - [`server`] — the axum router: `/health`, `/metrics` (open), `/api/v1/…`
+//!   (API key required), and the key check.
+//! - [`api`] — the API's endpoints: nodes, clients, kick, retained messages, publish.
+//! - [`keys`] — API keys: the hashed key file, scopes, `astramq ctl key add`.
+//! - [`client`] — a small HTTP client for the other nodes' admin listeners (the
+//!   cluster-wide answers).
+//!
+//! Examples of every endpoint: `docs/admin.md`.
+
+pub mod api;
+pub mod client;
+pub mod keys;
+pub mod server;
+
+pub use server::AdminServer;

@@ -1,0 +1,300 @@
+//! The admin listener (`health_listen`): one axum router for `/health`, `/metrics`
+//! and the API under `/api/v1`, which every request must present a key for.
+//!
+//! `/health` and `/metrics` stay open: load balancers, orchestrators and Prometheus
+//! poll them, they change nothing and say nothing of clients. Everything under
+//! `/api/v1` (unknown paths included) needs a key ([`crate::keys`]) in
+//! `Authorization: Bearer NAME.SECRET` (or `X-API-Key: NAME.SECRET`): `GET` needs the
+//! `read` scope, anything else `admin`. A missing or wrong key is `401`, a read-only
+//! key asking for a change `403`; refusals are logged at `warn`, at most one line a
+//! second with the count since the last.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use broker::broker::Broker;
+use broker::health::HealthProbe;
+use broker::metrics::LogLimiter;
+use cluster::ClusterNode;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::api::{self, ApiError};
+use crate::keys::{KeyStore, Refusal, Scope};
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct App {
+    /// The broker served.
+    pub broker: Arc<Broker>,
+    /// The cluster node, on a cluster.
+    pub node: Option<Arc<ClusterNode>>,
+    /// What `/health` asks (the cluster node, or the disk store of a single node).
+    pub probe: Option<Arc<dyn HealthProbe>>,
+    /// The API keys.
+    pub keys: Arc<KeyStore>,
+    /// Set when shutdown begins: `/health` answers 503 `stopping`.
+    pub stopping: Arc<AtomicBool>,
+    /// When the node started.
+    pub started: Instant,
+    /// The admin listener's address.
+    pub addr: SocketAddr,
+    refused_log: LogLimiter,
+}
+
+impl App {
+    /// This node's id (`local` on a single node).
+    pub fn node_id(&self) -> &str {
+        self.node.as_deref().map_or("local", ClusterNode::node_id)
+    }
+
+    /// `GET /health`'s status and body.
+    pub fn health(&self) -> (u16, String) {
+        broker::health::health(
+            &self.broker,
+            self.probe.as_deref(),
+            self.stopping.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// The admin listener, bound and ready to serve.
+#[derive(Debug)]
+pub struct AdminServer {
+    listener: TcpListener,
+    stopping: Arc<AtomicBool>,
+}
+
+impl AdminServer {
+    /// Binds `addr` (port 0 picks a free port).
+    pub async fn bind(addr: SocketAddr) -> io::Result<AdminServer> {
+        Ok(AdminServer {
+            listener: TcpListener::bind(addr).await?,
+            stopping: Arc::default(),
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// A flag that, once set, makes `/health` answer 503 `stopping` (set it when
+    /// shutdown begins, so load balancers stop sending clients before they are moved).
+    pub fn stopping_flag(&self) -> Arc<AtomicBool> {
+        self.stopping.clone()
+    }
+
+    /// Serves until the task is aborted (or the runtime stops). `node` on a
+    /// cluster; `probe` is what `/health` asks.
+    pub fn spawn(
+        self,
+        broker: Arc<Broker>,
+        node: Option<Arc<ClusterNode>>,
+        probe: Option<Arc<dyn HealthProbe>>,
+        keys: Arc<KeyStore>,
+    ) -> io::Result<JoinHandle<()>> {
+        let app = Arc::new(App {
+            broker,
+            node,
+            probe,
+            keys,
+            stopping: self.stopping.clone(),
+            started: Instant::now(),
+            addr: self.listener.local_addr()?,
+            refused_log: LogLimiter::default(),
+        });
+        let router = router(app);
+        Ok(tokio::spawn(async move {
+            if let Err(e) = axum::serve(self.listener, router).await {
+                tracing::warn!(error = %e, "admin listener stopped");
+            }
+        }))
+    }
+}
+
+/// Every route.
+pub fn router(app: Arc<App>) -> Router {
+    let api = Router::new()
+        .route("/nodes", get(api::nodes))
+        .route("/clients", get(api::clients))
+        .route("/clients/{id}", get(api::client))
+        .route("/clients/{id}/kick", post(api::kick))
+        .route("/kick", post(api::kick_prefix))
+        .route("/retained", get(api::retained).delete(api::delete_retained))
+        .route("/publish", post(api::publish))
+        .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .layer(middleware::from_fn_with_state(app.clone(), authorize));
+    Router::new()
+        .route("/health", get(health))
+        .route("/healthz", get(health))
+        .route("/metrics", get(metrics))
+        .nest("/api/v1", api)
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "not found: try /health, /metrics or /api/v1/…\n",
+            )
+        })
+        .with_state(app)
+}
+
+async fn health(State(app): State<Arc<App>>) -> Response {
+    let (code, body) = app.health();
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, broker::metrics::CONTENT_TYPE),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        app.broker.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// The key a request presents, if any.
+fn presented(req: &Request) -> Option<&str> {
+    let headers = req.headers();
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .map(str::trim)
+}
+
+/// Lets a request through if its key has the scope its method needs.
+async fn authorize(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let needs = if matches!(*req.method(), Method::GET | Method::HEAD) {
+        Scope::Read
+    } else {
+        Scope::Admin
+    };
+    match app.keys.check(presented(&req)) {
+        Ok((_, scope)) if scope >= needs => next.run(req).await,
+        Ok((name, _)) => {
+            refused(&app, &req, "read-only key");
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "key {name:?} is read-only; {} needs an admin key",
+                    req.method()
+                ),
+            )
+            .into_response()
+        }
+        Err(why) => {
+            let reason = match why {
+                Refusal::Missing => "an API key is required (Authorization: Bearer NAME.SECRET)",
+                Refusal::Invalid => "invalid API key",
+                Refusal::NoKeys => {
+                    "no API keys are configured on this node (admin_keys_file; astramq ctl key add)"
+                }
+            };
+            refused(&app, &req, reason);
+            let mut r =
+                ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", reason).into_response();
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            r
+        }
+    }
+}
+
+/// Logs a refused request, at most one line a second.
+fn refused(app: &App, req: &Request, why: &str) {
+    if let Some(n) = app.refused_log.due(1) {
+        tracing::warn!(
+            refused = n,
+            method = %req.method(),
+            path = %format_args!("/api/v1{}", req.uri().path()),
+            "admin API request refused: {why} (count since the last line)"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use broker::auth::Authenticator;
+    use broker::Config;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: SocketAddr, request: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn health_metrics_and_stopping_are_served_without_a_key() {
+        let config = Config::default();
+        let auth = Authenticator::load(&config).unwrap();
+        let broker = Broker::new(config, auth);
+        let server = AdminServer::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let addr = server.local_addr().unwrap();
+        let stopping = server.stopping_flag();
+        let keys = Arc::new(KeyStore::load(None).unwrap());
+        let task = server.spawn(broker, None, None, keys).unwrap();
+        let close = "Connection: close\r\n\r\n";
+        let r = get(addr, &format!("GET /health HTTP/1.1\r\nHost: x\r\n{close}")).await;
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+        assert!(
+            r.ends_with("{\"status\":\"ok\",\"mode\":\"single\",\"clients\":0}\n"),
+            "{r}"
+        );
+        let r = get(
+            addr,
+            &format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{close}"),
+        )
+        .await;
+        assert!(r.contains("\nastramq_clients_connected 0\n"), "{r}");
+        assert!(r.contains("content-type: text/plain; version=0.0.4"), "{r}");
+        let r = get(addr, &format!("GET /nope HTTP/1.1\r\nHost: x\r\n{close}")).await;
+        assert!(r.starts_with("HTTP/1.1 404 "), "{r}");
+        let r = get(
+            addr,
+            &format!("POST /health HTTP/1.1\r\nHost: x\r\n{close}"),
+        )
+        .await;
+        assert!(r.starts_with("HTTP/1.1 405 "), "{r}");
+        stopping.store(true, Ordering::Relaxed);
+        let r = get(
+            addr,
+            &format!("HEAD /health HTTP/1.1\r\nHost: x\r\n{close}"),
+        )
+        .await;
+        assert!(r.starts_with("HTTP/1.1 503 "), "{r}");
+        assert!(r.ends_with("\r\n\r\n"), "HEAD has no body: {r}");
+        task.abort();
+    }
+}

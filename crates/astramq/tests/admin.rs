@@ -1,0 +1,471 @@
+//! The admin API on the health listener (`/api/v1`, docs/admin.md) and `astramq ctl`:
+//! no request without a key (DESIGN invariant 8), read-only keys change nothing, and
+//! each endpoint does what it says to real rumqttc clients; `ctl` prints tables or
+//! JSON, and finds another node through `--node`.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use common::cluster::*;
+use common::*;
+use rumqttc::v5::mqttbytes::QoS;
+use serde_json::{json, Value};
+
+/// Every endpoint, as (method, path).
+const ENDPOINTS: &[(&str, &str)] = &[
+    ("GET", "/api/v1/nodes"),
+    ("GET", "/api/v1/clients"),
+    ("GET", "/api/v1/clients?prefix=a&user=b&limit=5&after=x"),
+    ("GET", "/api/v1/clients/someone"),
+    ("POST", "/api/v1/clients/someone/kick"),
+    ("POST", "/api/v1/kick?prefix=some"),
+    ("GET", "/api/v1/retained?filter=%23"),
+    ("DELETE", "/api/v1/retained?topic=a"),
+    ("POST", "/api/v1/publish"),
+    ("GET", "/api/v1/no-such-endpoint"),
+];
+
+/// One HTTP/1.1 request (`Connection: close`): the status and the body as JSON
+/// (`Value::Null` if it is not JSON).
+async fn call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+        if let Some(k) = key {
+            req.push_str(&format!("Authorization: Bearer {k}\r\n"));
+        }
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).await.unwrap();
+        raw
+    };
+    let raw = tokio::time::timeout(T, exchange)
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path}: no answer within {T:?}"));
+    let (head, body) = raw.split_once("\r\n\r\n").expect("HTTP response");
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// `astramq ctl key add NAME --scope SCOPE --file FILE`: the key it prints.
+async fn add_key(file: &Path, name: &str, scope: &str) -> String {
+    let out = run_astramq(
+        &[
+            "ctl",
+            "key",
+            "add",
+            name,
+            "--scope",
+            scope,
+            "--file",
+            file.to_str().unwrap(),
+        ],
+        &[],
+        T,
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let key = out.stdout.trim().to_string();
+    assert!(key.starts_with(&format!("{name}.")), "{out:?}");
+    key
+}
+
+/// `astramq ctl --url http://HEALTH --key KEY ARGS…`, which must succeed: stdout.
+async fn ctl(health: SocketAddr, key: &str, args: &[&str]) -> String {
+    let url = format!("http://{health}");
+    let mut all = vec!["ctl", "--url", url.as_str(), "--key", key];
+    all.extend_from_slice(args);
+    let out = run_astramq(&all, &[], T).await;
+    assert!(out.status.success(), "ctl {args:?}: {out:?}");
+    out.stdout
+}
+
+fn keys_file(dir: &tempfile::TempDir) -> std::path::PathBuf {
+    dir.path().join("admin-keys")
+}
+
+fn broker_with_keys(file: &Path) -> Broker {
+    Broker::builder()
+        .args(&[
+            "--health-listen",
+            "127.0.0.1:0",
+            "--admin-keys-file",
+            file.to_str().unwrap(),
+        ])
+        .start()
+}
+
+// Invariant 8: every endpoint (and any unknown path under /api/v1) answers 401 with
+// a JSON reason to a request with no key or a wrong one; a read-only key is 403 for
+// every change; a node without a key file refuses everything. /health and /metrics
+// stay open.
+#[tokio::test]
+async fn every_endpoint_refuses_a_request_without_a_valid_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = keys_file(&dir);
+    let read = add_key(&file, "grafana", "read").await;
+    let admin = add_key(&file, "ops", "admin").await;
+    let b = broker_with_keys(&file);
+    let h = b.health_addr();
+    let wrong = format!("ops.{}", "0".repeat(64));
+    for &(method, path) in ENDPOINTS {
+        for key in [None, Some(wrong.as_str()), Some("ops"), Some(&read[..4])] {
+            let (code, body) = call(h, method, path, key, Some(json!({}))).await;
+            assert_eq!(code, 401, "{method} {path} with {key:?}: {body}");
+            assert_eq!(body["error"], "unauthorized", "{method} {path}: {body}");
+            assert!(body["reason"].as_str().is_some_and(|r| !r.is_empty()));
+        }
+        let (code, body) = call(h, method, path, Some(&read), Some(json!({}))).await;
+        if method == "GET" {
+            assert_ne!(code, 401, "{method} {path} with a read key: {body}");
+            assert_ne!(code, 403, "{method} {path} with a read key: {body}");
+        } else {
+            assert_eq!(code, 403, "{method} {path} with a read key: {body}");
+            assert_eq!(body["error"], "forbidden");
+        }
+        let (code, body) = call(h, method, path, Some(&admin), Some(json!({}))).await;
+        assert!(
+            code != 401 && code != 403,
+            "{method} {path} with an admin key: {code} {body}"
+        );
+    }
+    // Errors are JSON with a reason, a wrong method too.
+    let (code, body) = call(h, "PUT", "/api/v1/nodes", Some(&admin), None).await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (405, Some("method_not_allowed")),
+        "{body}"
+    );
+    let (code, _) = call(h, "GET", "/health", None, None).await;
+    assert_eq!(code, 200);
+    let (code, _) = http_get(h, "/metrics").await.unwrap();
+    assert_eq!(code, 200);
+
+    // No key file at all: nothing under /api/v1 is served, whatever the key.
+    let bare = Broker::builder()
+        .args(&["--health-listen", "127.0.0.1:0"])
+        .start();
+    for &(method, path) in ENDPOINTS {
+        let (code, body) = call(bare.health_addr(), method, path, Some(&admin), None).await;
+        assert_eq!(code, 401, "{method} {path}: {body}");
+        assert!(
+            body["reason"].as_str().unwrap().contains("no API keys"),
+            "{body}"
+        );
+    }
+}
+
+// Each endpoint against real clients: list and page clients by prefix and user,
+// one client's subscriptions, publish to a subscriber, list and delete a retained
+// message, kick (MQTT 5 DISCONNECT 0x98); the same through `astramq ctl`, as tables
+// and as JSON.
+#[tokio::test]
+async fn api_and_ctl_list_show_kick_publish_and_clear_retained() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = keys_file(&dir);
+    let key = add_key(&file, "ops", "admin").await;
+    let b = broker_with_keys(&file);
+    let h = b.health_addr();
+    let k = Some(key.as_str());
+
+    let mut opts = V5Client::options(&b, "dev-1");
+    opts.set_credentials("alice", "");
+    let mut dev1 = V5Client::connect_with(opts).await;
+    dev1.subscribe("cmd/dev-1/#", QoS::AtLeastOnce).await;
+    let mut opts = V5Client::options(&b, "dev-2");
+    opts.set_credentials("bob", "");
+    let _dev2 = V5Client::connect_with(opts).await;
+    let _other = V5Client::connect(&b, "other").await;
+
+    let (code, nodes) = call(h, "GET", "/api/v1/nodes", k, None).await;
+    assert_eq!(code, 200, "{nodes}");
+    assert_eq!(nodes["nodes"][0]["self"], true, "{nodes}");
+    assert_eq!(nodes["nodes"][0]["clients"], 3, "{nodes}");
+
+    let (_, page) = call(h, "GET", "/api/v1/clients?prefix=dev-&limit=1", k, None).await;
+    assert_eq!(page["clients"][0]["client_id"], "dev-1", "{page}");
+    assert_eq!(page["clients"].as_array().unwrap().len(), 1, "{page}");
+    assert_eq!(page["next"], "dev-1", "{page}");
+    let (_, page) = call(
+        h,
+        "GET",
+        "/api/v1/clients?prefix=dev-&limit=1&after=dev-1",
+        k,
+        None,
+    )
+    .await;
+    assert_eq!(page["clients"][0]["client_id"], "dev-2", "{page}");
+    assert_eq!(page["next"], Value::Null, "{page}");
+    let (_, by_user) = call(h, "GET", "/api/v1/clients?user=alice", k, None).await;
+    let ids: Vec<&str> = by_user["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["client_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["dev-1"], "{by_user}");
+    assert_eq!(by_user["clients"][0]["protocol"], "5.0");
+    assert!(by_user["clients"][0]["peer"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+
+    let (code, one) = call(h, "GET", "/api/v1/clients/dev-1", k, None).await;
+    assert_eq!(code, 200, "{one}");
+    assert_eq!(one["username"], "alice");
+    assert_eq!(
+        one["subscriptions"],
+        json!([{"filter": "cmd/dev-1/#", "qos": 1}])
+    );
+    let (code, missing) = call(h, "GET", "/api/v1/clients/nobody", k, None).await;
+    assert_eq!((code, missing["error"].as_str()), (404, Some("not_found")));
+
+    // Publish through the API: the subscriber gets it.
+    let body = json!({"topic": "cmd/dev-1/reboot", "payload": "now", "qos": 1});
+    let (code, r) = call(h, "POST", "/api/v1/publish", k, Some(body)).await;
+    assert_eq!(code, 200, "{r}");
+    let got = dev1
+        .wait_incoming(T, "the published command", |p| match p {
+            V5Packet::Publish(p) => Some(p.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        (&got.topic[..], &got.payload[..]),
+        (&b"cmd/dev-1/reboot"[..], &b"now"[..])
+    );
+    let (code, r) = call(
+        h,
+        "POST",
+        "/api/v1/publish",
+        k,
+        Some(json!({"topic": "a/#"})),
+    )
+    .await;
+    assert_eq!(
+        (code, r["error"].as_str()),
+        (400, Some("bad_request")),
+        "{r}"
+    );
+
+    // Retained: set through the API, listed, deleted; a new subscriber gets nothing.
+    let body = json!({"topic": "state/lamp", "payload": "on", "retain": true});
+    assert_eq!(
+        call(h, "POST", "/api/v1/publish", k, Some(body)).await.0,
+        200
+    );
+    let (_, list) = call(h, "GET", "/api/v1/retained?filter=state%2F%2B", k, None).await;
+    assert_eq!(
+        list["retained"],
+        json!([{"topic": "state/lamp", "qos": 0, "bytes": 2, "payload": "on", "encoding": "utf8"}])
+    );
+    let table = ctl(h, &key, &["retained", "list", "--filter", "state/#"]).await;
+    assert!(table.starts_with("topic "), "{table}");
+    assert!(table.contains("state/lamp"), "{table}");
+    let out = ctl(h, &key, &["retained", "rm", "state/lamp"]).await;
+    assert!(out.contains("state/lamp"), "{out}");
+    let (_, list) = call(h, "GET", "/api/v1/retained", k, None).await;
+    assert_eq!(list["retained"], json!([]), "{list}");
+    let (code, _) = call(h, "DELETE", "/api/v1/retained?topic=state%2Flamp", k, None).await;
+    assert_eq!(code, 404);
+    let mut late = V5Client::connect(&b, "late").await;
+    late.subscribe("state/#", QoS::AtMostOnce).await;
+    let got = tokio::time::timeout(
+        ABSENCE,
+        late.wait_incoming(T, "nothing", |p| {
+            matches!(p, V5Packet::Publish(_)).then_some(())
+        }),
+    )
+    .await;
+    assert!(got.is_err(), "a deleted retained message was delivered");
+
+    // ctl: tables by default, the API's JSON with --json.
+    let table = ctl(h, &key, &["clients", "list", "--prefix", "dev-"]).await;
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("client_id"), "{table}");
+    assert!(
+        lines[1].starts_with("dev-1") && lines[1].contains("alice"),
+        "{table}"
+    );
+    assert!(
+        lines[2].starts_with("dev-2") && lines[2].contains("bob"),
+        "{table}"
+    );
+    let json_out = ctl(h, &key, &["--json", "client", "show", "dev-1"]).await;
+    let v: Value = serde_json::from_str(&json_out).unwrap();
+    assert_eq!(v["subscriptions"][0]["filter"], "cmd/dev-1/#");
+    let nodes = ctl(h, &key, &["nodes"]).await;
+    assert!(
+        nodes.starts_with("node_id") && nodes.contains("local"),
+        "{nodes}"
+    );
+
+    // Kick: the MQTT 5 client is told why (read by the raw client, which shows the
+    // DISCONNECT rumqttc folds into a connection error), and is gone from the list.
+    let mut victim = b.client(Version::V5, "victim").await;
+    let out = ctl(h, &key, &["client", "kick", "victim"]).await;
+    assert!(out.contains("kicked victim"), "{out}");
+    victim.expect_disconnect(0x98, T).await;
+    let out = ctl(h, &key, &["client", "kick", "dev-1"]).await;
+    assert!(out.contains("kicked dev-1"), "{out}");
+    let (code, _) = call(h, "POST", "/api/v1/clients/dev-1/kick", k, None).await;
+    assert_eq!(code, 404, "kicked twice");
+    let failed = run_astramq(
+        &[
+            "ctl",
+            "--url",
+            &format!("http://{h}"),
+            "--key",
+            &key,
+            "client",
+            "kick",
+            "dev-1",
+        ],
+        &[],
+        T,
+    )
+    .await;
+    assert!(!failed.status.success());
+    assert!(failed.stderr.contains("404 not_found"), "{failed:?}");
+}
+
+// In a cluster, /nodes lists the other nodes with their admin address; any node
+// finds, shows and kicks a client connected to another one (passing the caller's
+// key on), `local=true` answers for one node alone, and `ctl --node n2` talks to n2
+// through n1's list.
+#[tokio::test]
+async fn any_node_lists_shows_and_kicks_clients_of_the_whole_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = keys_file(&dir);
+    let read = add_key(&file, "viewer", "read").await;
+    let admin = add_key(&file, "ops", "admin").await;
+    let c = TestCluster::builder(3)
+        .args(&[
+            "--health-listen",
+            "127.0.0.1:0",
+            "--admin-keys-file",
+            file.to_str().unwrap(),
+        ])
+        .start()
+        .await;
+    let mut a = c.client(0, Version::V5, "dev-a").await;
+    let mut b = c.client(1, Version::V5, "dev-b").await;
+    let mut c3 = c.client(2, Version::V5, "dev-c").await;
+    let h1 = c.node(0).health_addr();
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let (_, nodes) = call(h1, "GET", "/api/v1/nodes", Some(&read), None).await;
+        let admins: Vec<Value> = nodes["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["admin"].clone())
+            .collect();
+        let want: Vec<Value> = (0..3)
+            .map(|i| json!(c.node(i).health_addr().to_string()))
+            .collect();
+        if admins.len() == 3 && want.iter().all(|w| admins.contains(w)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every node listed: {nodes}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, local) = call(h1, "GET", "/api/v1/clients?local=true", Some(&read), None).await;
+    assert_eq!(local["clients"].as_array().unwrap().len(), 1, "{local}");
+    let (_, all) = call(h1, "GET", "/api/v1/clients?prefix=dev-", Some(&read), None).await;
+    let seen: Vec<(String, String)> = all["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["client_id"].as_str().unwrap().into(),
+                x["node"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let want = [("dev-a", "n1"), ("dev-b", "n2"), ("dev-c", "n3")];
+    assert_eq!(
+        seen,
+        want.map(|(a, b)| (a.to_string(), b.to_string())),
+        "{all}"
+    );
+    // Paged across nodes: two pages of two, then one.
+    let (_, p1) = call(
+        h1,
+        "GET",
+        "/api/v1/clients?prefix=dev-&limit=2",
+        Some(&read),
+        None,
+    )
+    .await;
+    assert_eq!(p1["next"], "dev-b", "{p1}");
+    let (_, p2) = call(
+        h1,
+        "GET",
+        "/api/v1/clients?prefix=dev-&limit=2&after=dev-b",
+        Some(&read),
+        None,
+    )
+    .await;
+    assert_eq!(p2["clients"][0]["client_id"], "dev-c", "{p2}");
+    assert_eq!(p2["next"], Value::Null, "{p2}");
+
+    let (code, one) = call(h1, "GET", "/api/v1/clients/dev-b", Some(&read), None).await;
+    assert_eq!((code, one["node"].as_str()), (200, Some("n2")), "{one}");
+    let (code, _) = call(
+        h1,
+        "GET",
+        "/api/v1/clients/dev-b?local=true",
+        Some(&read),
+        None,
+    )
+    .await;
+    assert_eq!(code, 404);
+    let (code, r) = call(h1, "POST", "/api/v1/clients/dev-b/kick", Some(&read), None).await;
+    assert_eq!(code, 403, "{r}");
+    let (code, r) = call(h1, "POST", "/api/v1/clients/dev-b/kick", Some(&admin), None).await;
+    assert_eq!((code, r["node"].as_str()), (200, Some("n2")), "{r}");
+    b.expect_disconnect(0x98, T).await;
+    let (code, r) = call(h1, "GET", "/api/v1/clients/nobody", Some(&read), None).await;
+    assert_eq!(code, 404, "{r}");
+    assert!(r["reason"].as_str().unwrap().contains("on any node"), "{r}");
+
+    let table = ctl(
+        h1,
+        &read,
+        &["--node", "n3", "clients", "list", "--prefix", "dev-"],
+    )
+    .await;
+    assert!(table.contains("dev-c"), "{table}");
+
+    // Kick by prefix, from n1, on every node: dev-a (n1) and dev-c (n3) were left.
+    let mut keep = c.client(2, Version::V5, "other").await;
+    let (code, r) = call(h1, "POST", "/api/v1/kick?prefix=", Some(&admin), None).await;
+    assert_eq!(code, 400, "an empty prefix kicks nobody: {r}");
+    let out = ctl(h1, &admin, &["clients", "kick", "--prefix", "dev-"]).await;
+    assert!(out.starts_with("kicked 2 clients"), "{out}");
+    assert!(out.contains("n1: 1") && out.contains("n3: 1"), "{out}");
+    a.expect_disconnect(0x98, T).await;
+    c3.expect_disconnect(0x98, T).await;
+    // Still connected: PUBACK 0x10 (no matching subscribers).
+    assert_eq!(keep.publish("still/here", b"x", 1, false).await, 0x10);
+}
