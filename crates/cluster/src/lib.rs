@@ -35,6 +35,7 @@ pub mod conn;
 pub mod durable;
 pub mod feed;
 pub mod health;
+pub mod keys;
 pub mod lifetime;
 pub mod node;
 pub mod routes;
