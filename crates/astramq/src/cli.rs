@@ -245,6 +245,7 @@ const TOP_KEYS: &[&str] = &[
     "health_listen",
     "admin_keys_file",
     "data_dir",
+    "sys_interval_secs",
     "node_id",
     "redis",
     "gossip_listen",

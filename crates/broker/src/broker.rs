@@ -255,6 +255,21 @@ impl Broker {
         }
     }
 
+    /// Publishes a message of this node's own (`$SYS`) to local subscribers only:
+    /// retained here, never forwarded to other nodes nor written to the store.
+    pub fn publish_local(&self, msg: &Arc<Message>) -> Routed {
+        if msg.retain {
+            self.retained.set(msg);
+        }
+        let mut journal = Vec::new();
+        let routed = self.route_locally(msg, None, &mut Vec::new(), None, &mut journal);
+        // QoS 0: nothing is journaled, but should a caller pass QoS 1 it is queued.
+        for b in journal {
+            b.mailbox.push(b.delivery);
+        }
+        routed
+    }
+
     /// Delivers a message forwarded by another node to local subscribers only (it is
     /// never forwarded again), serving the shared groups that node assigned to us.
     /// Deliveries to persistent sessions land in `journal`: the caller stores them in

@@ -116,6 +116,9 @@ pub struct Config {
     pub cluster_key: Option<String>,
     /// Cluster tuning.
     pub cluster: ClusterTuning,
+    /// How often the `$SYS/broker/...` topics are published, seconds (0: never).
+    /// Mosquitto's `sys_interval`.
+    pub sys_interval_secs: u64,
     /// A single node's data directory: persistent sessions, their queued messages
     /// and retained messages are kept there and survive a restart. `None`: in memory
     /// only. Not with `redis` (a cluster keeps them in Redis).
@@ -158,6 +161,7 @@ impl Default for Config {
             join: Vec::new(),
             cluster_key: None,
             cluster: ClusterTuning::default(),
+            sys_interval_secs: 10,
             data_dir: None,
             store: StoreTuning::default(),
         }

@@ -41,6 +41,7 @@ pub mod server;
 pub mod session;
 pub mod signal;
 pub mod store;
+pub mod sys;
 
 pub use config::Config;
 pub use server::{Server, ServerError};

@@ -352,6 +352,11 @@ impl Metrics {
         self.sent[qos as usize].inc();
     }
 
+    /// PUBLISH packets sent to clients so far, every QoS.
+    pub fn sent_total(&self) -> u64 {
+        self.sent.iter().map(Tally::get).sum()
+    }
+
     /// PUBLISH packets received from clients so far, every QoS.
     pub fn received_total(&self) -> u64 {
         self.received.iter().map(Tally::get).sum()

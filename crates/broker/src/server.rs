@@ -149,6 +149,13 @@ impl Server {
             }
             _ => None,
         };
+        let sys = match self.broker.config.sys_interval_secs {
+            0 => None,
+            secs => Some(tokio::spawn(crate::sys::run(
+                self.broker.clone(),
+                Duration::from_secs(secs),
+            ))),
+        };
         // One timer for every connection's keep alive, instead of one per connection.
         let broker = self.broker.clone();
         let keep_alive_sweep = tokio::spawn(async move {
@@ -169,6 +176,9 @@ impl Server {
         });
         shutdown.await;
         keep_alive_sweep.abort();
+        if let Some(s) = sys {
+            s.abort();
+        }
         if let Some(w) = tls_watch {
             w.abort();
         }

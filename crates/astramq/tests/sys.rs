@@ -1,0 +1,109 @@
+//! `$SYS` topics (Mosquitto's names; `sys_interval_secs`): what a node publishes
+//! about itself, and who sees it.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+
+fn broker() -> Broker {
+    Broker::start_with("sys_interval_secs = 1\n", &[])
+}
+
+/// Reads `$SYS` messages until every topic in `want` was seen; the latest value of
+/// each topic seen.
+async fn collect(c: &mut RawClient, want: &[&str]) -> HashMap<String, String> {
+    let mut seen = HashMap::new();
+    while !want.iter().all(|w| seen.contains_key(*w)) {
+        let m = c.recv_publish(Duration::from_secs(5)).await;
+        seen.insert(
+            m.topic.clone(),
+            String::from_utf8_lossy(&m.payload).into_owned(),
+        );
+    }
+    seen
+}
+
+#[tokio::test]
+async fn sys_topics_are_published_on_mosquittos_names() {
+    let b = broker();
+    let mut c = b.client(Version::V5, "watcher").await;
+    c.sub("$SYS/broker/#", 0).await;
+    let want = [
+        "$SYS/broker/version",
+        "$SYS/broker/uptime",
+        "$SYS/broker/clients/connected",
+        "$SYS/broker/messages/received",
+        "$SYS/broker/messages/sent",
+        "$SYS/broker/subscriptions/count",
+        "$SYS/broker/retained messages/count",
+        "$SYS/broker/load/messages/received/1min",
+        "$SYS/broker/load/messages/sent/15min",
+    ];
+    let seen = collect(&mut c, &want).await;
+    assert!(
+        seen["$SYS/broker/version"].starts_with("astramq version "),
+        "{seen:?}"
+    );
+    assert!(seen["$SYS/broker/uptime"].ends_with(" seconds"), "{seen:?}");
+    let connected: u64 = seen["$SYS/broker/clients/connected"].parse().unwrap();
+    assert!(connected >= 1, "the watcher itself: {seen:?}");
+    let load: f64 = seen["$SYS/broker/load/messages/received/1min"]
+        .parse()
+        .unwrap();
+    assert!(load >= 0.0);
+}
+
+#[tokio::test]
+async fn messages_received_counts_publishes() {
+    let b = broker();
+    let mut p = b.client(Version::V311, "pub").await;
+    for _ in 0..3 {
+        p.publish("t", b"x", 1, false).await;
+    }
+    let mut c = b.client(Version::V311, "watcher").await;
+    c.sub("$SYS/broker/messages/received", 0).await;
+    // The retained value comes at once, then one per interval: wait for one that
+    // counts the three publishes (published after them).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = c.recv_publish(Duration::from_secs(5)).await;
+        let n: u64 = String::from_utf8_lossy(&m.payload).parse().unwrap();
+        if n >= 3 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "messages/received stayed at {n}"
+        );
+    }
+}
+
+// [MQTT-4.7.2-1]: a filter starting with a wildcard does not match topics starting
+// with `$`.
+#[tokio::test]
+async fn a_wildcard_filter_does_not_match_sys_topics() {
+    let b = broker();
+    let mut all = b.client(Version::V5, "all").await;
+    all.sub("#", 0).await;
+    let mut plus = b.client(Version::V5, "plus").await;
+    plus.sub("+/broker/#", 0).await;
+    let mut sys = b.client(Version::V5, "sys").await;
+    sys.sub("$SYS/#", 0).await;
+    // One interval has passed once `sys` got a fresh value.
+    sys.recv_publish(Duration::from_secs(5)).await;
+    sys.recv_publish(Duration::from_secs(5)).await;
+    all.expect_no_publish_default().await;
+    plus.expect_no_publish_default().await;
+}
+
+#[tokio::test]
+async fn sys_interval_zero_publishes_nothing() {
+    let b = Broker::start_with("sys_interval_secs = 0\n", &[]);
+    let mut c = b.client(Version::V5, "watcher").await;
+    c.sub("$SYS/#", 0).await;
+    // With publishing on, the first value is retained at once or within 1 s.
+    c.expect_no_publish(Duration::from_secs(2)).await;
+}
