@@ -42,6 +42,7 @@ pub mod routes;
 mod scripts;
 pub mod sentinel;
 pub mod sessions;
+pub mod timings;
 pub mod tls;
 pub mod wire;
 

@@ -658,7 +658,7 @@ impl SessionStore for ClusterNode {
         tokio::spawn(async move {
             // Late copies come from a failed node's inbox drains (up to ~4 s after its
             // takeover) and from a previous node still journaling for a moment.
-            for wait in [500, 1000, 1500, 3000, 4000] {
+            for wait in crate::timings::LATE_COPY_POLLS {
                 tokio::time::sleep(Duration::from_millis(wait)).await;
                 if Arc::strong_count(&mailbox) == 1 {
                     return; // the session is gone

@@ -4,13 +4,7 @@
 
 use super::*;
 
-/// How long a claim waits in all for a previous owner that is alive (by gossip and
-/// Redis) or committed to the handover: a busy node works through its inbox first.
-pub(super) const HANDOVER_WAIT_MAX: Duration = Duration::from_secs(15);
-
-/// How long a claim waits for the previous node to hand its session over (it closes
-/// the old connection first, which may take a moment).
-pub(super) const HANDOVER_WAIT: Duration = Duration::from_secs(3);
+pub(super) use crate::timings::{HANDOVER_WAIT, HANDOVER_WAIT_MAX};
 
 impl ClusterNode {
     /// What waits for the forwarder (for metrics).

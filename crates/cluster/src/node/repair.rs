@@ -6,6 +6,7 @@ use std::collections::HashSet;
 
 use super::drain::{delivery_for, group_members};
 use super::*;
+use crate::timings;
 
 impl ClusterNode {
     /// Drops the routes of node id `dead` (every run but one that is alive again: a
@@ -168,12 +169,12 @@ impl ClusterNode {
                 .arg(&self.me)
                 .arg("NX")
                 .arg("PX")
-                .arg(30_000)
+                .arg(timings::REPAIR_LOCK_TTL.as_millis() as u64)
                 .query_async(&mut conn)
                 .await;
             match won {
                 Ok(Some(_)) => break,
-                Ok(None) if started.elapsed() < Duration::from_secs(15) => {
+                Ok(None) if started.elapsed() < timings::REPAIR_LOCK_WAIT => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Ok(None) => {
@@ -211,7 +212,7 @@ impl ClusterNode {
                     .arg(&draining)
                     .arg(&self.me)
                     .arg("PX")
-                    .arg(15_000)
+                    .arg(timings::DRAINING_MARK.as_millis() as u64)
                     .query_async::<()>(&mut conn)
                     .await;
                 // The dead node's routes stay a few seconds more: until every node
@@ -222,7 +223,7 @@ impl ClusterNode {
                 let node = self.this.get().cloned().unwrap_or_default();
                 let dead = dead.to_string();
                 tokio::spawn(async move {
-                    for (wait, then_drop) in [(1, false), (2, true), (1, false)] {
+                    for (wait, then_drop) in timings::DEAD_INBOX_DRAINS {
                         tokio::time::sleep(Duration::from_secs(wait)).await;
                         let Some(node) = node.upgrade() else { return };
                         if then_drop {
