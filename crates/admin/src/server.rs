@@ -7,15 +7,18 @@
 //! `Authorization: Bearer NAME.SECRET` (or `X-API-Key: NAME.SECRET`): `GET` needs the
 //! `read` scope, anything else `admin`. A missing or wrong key is `401`, a read-only
 //! key asking for a change `403`; refusals are logged at `warn`, at most one line a
-//! second with the count since the last.
+//! second with the count since the last. An address that presented
+//! [`MAX_FAILURES`] missing or wrong keys within [`FAILURE_WINDOW`] gets `429` for
+//! every API request (a right key included) until the window ends.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -49,6 +52,8 @@ pub struct App {
     /// The admin listener's address.
     pub addr: SocketAddr,
     refused_log: LogLimiter,
+    /// Failed key checks per client address in the current window.
+    failures: parking_lot::Mutex<HashMap<IpAddr, (Instant, u32)>>,
 }
 
 impl App {
@@ -112,10 +117,12 @@ impl AdminServer {
             started: Instant::now(),
             addr: self.listener.local_addr()?,
             refused_log: LogLimiter::default(),
+            failures: Default::default(),
         });
         let router = router(app);
         Ok(tokio::spawn(async move {
-            if let Err(e) = axum::serve(self.listener, router).await {
+            let service = router.into_make_service_with_connect_info::<SocketAddr>();
+            if let Err(e) = axum::serve(self.listener, service).await {
                 tracing::warn!(error = %e, "admin listener stopped");
             }
         }))
@@ -185,8 +192,61 @@ fn presented(req: &Request) -> Option<&str> {
         .map(str::trim)
 }
 
+/// Failed key checks an address may make per [`FAILURE_WINDOW`]: far more than a
+/// person or a misconfigured script needs to notice, far too few to matter against
+/// a 256-bit secret, and a bound on the hashing a stranger can make a node do.
+pub const MAX_FAILURES: u32 = 100;
+/// See [`MAX_FAILURES`].
+pub const FAILURE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+/// Addresses remembered at most (a flood from many addresses forgets the oldest
+/// windows first; an address not remembered is not limited).
+const MAX_TRACKED: usize = 10_000;
+
+impl App {
+    /// Whether `ip` used up its failures in the current window.
+    fn locked_out(&self, ip: IpAddr) -> bool {
+        let f = self.failures.lock();
+        f.get(&ip)
+            .is_some_and(|(since, n)| since.elapsed() < FAILURE_WINDOW && *n >= MAX_FAILURES)
+    }
+
+    /// Counts a failed key check from `ip`.
+    fn failed(&self, ip: IpAddr) {
+        let mut f = self.failures.lock();
+        if f.len() >= MAX_TRACKED && !f.contains_key(&ip) {
+            f.retain(|_, (since, _)| since.elapsed() < FAILURE_WINDOW);
+            if f.len() >= MAX_TRACKED {
+                return;
+            }
+        }
+        let entry = f.entry(ip).or_insert((Instant::now(), 0));
+        if entry.0.elapsed() >= FAILURE_WINDOW {
+            *entry = (Instant::now(), 0);
+        }
+        entry.1 += 1;
+    }
+}
+
 /// Lets a request through if its key has the scope its method needs.
 async fn authorize(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    if ip.is_some_and(|ip| app.locked_out(ip)) {
+        refused(&app, &req, "too many failed key checks from this address");
+        let mut r = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_failures",
+            format!("more than {MAX_FAILURES} missing or wrong API keys from this address within {} s; try again later", FAILURE_WINDOW.as_secs()),
+        )
+        .into_response();
+        r.headers_mut().insert(
+            header::RETRY_AFTER,
+            header::HeaderValue::from(FAILURE_WINDOW.as_secs()),
+        );
+        return r;
+    }
     let needs = if matches!(*req.method(), Method::GET | Method::HEAD) {
         Scope::Read
     } else {
@@ -207,6 +267,9 @@ async fn authorize(State(app): State<Arc<App>>, req: Request, next: Next) -> Res
             .into_response()
         }
         Err(why) => {
+            if let Some(ip) = ip {
+                app.failed(ip);
+            }
             let reason = match why {
                 Refusal::Missing => "an API key is required (Authorization: Bearer NAME.SECRET)",
                 Refusal::Invalid => "invalid API key",

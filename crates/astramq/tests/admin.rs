@@ -469,3 +469,25 @@ async fn any_node_lists_shows_and_kicks_clients_of_the_whole_cluster() {
     // Still connected: PUBACK 0x10 (no matching subscribers).
     assert_eq!(keep.publish("still/here", b"x", 1, false).await, 0x10);
 }
+
+// Invariant 8, brute force: after 100 missing or wrong keys within a minute from one
+// address, every API request from it is 429 (a right key too) for the rest of the
+// minute; /health stays open.
+#[tokio::test]
+async fn repeated_failed_keys_from_one_address_are_refused_for_a_while() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = keys_file(&dir);
+    let admin = add_key(&file, "ops", "admin").await;
+    let b = broker_with_keys(&file);
+    let h = b.health_addr();
+    let wrong = format!("ops.{}", "0".repeat(64));
+    for i in 0..100 {
+        let (code, body) = call(h, "GET", "/api/v1/nodes", Some(&wrong), None).await;
+        assert_eq!(code, 401, "attempt {i}: {body}");
+    }
+    let (code, body) = call(h, "GET", "/api/v1/nodes", Some(&admin), None).await;
+    assert_eq!(code, 429, "{body}");
+    assert_eq!(body["error"], "too_many_failures", "{body}");
+    let (code, _) = http_get(h, "/health").await.unwrap();
+    assert_eq!(code, 200);
+}
