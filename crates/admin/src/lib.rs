@@ -4,6 +4,7 @@
 //!   (API key required), and the key check.
 //! - [`api`] — the API's endpoints: nodes, clients, kick, retained messages, publish.
 //! - [`keys`] — API keys: the hashed key file, scopes, `astramq ctl key add`.
+//! - [`tls`] — HTTPS on the admin listener (`admin_tls`).
 //! - [`client`] — a small HTTP client for the other nodes' admin listeners (the
 //!   cluster-wide answers).
 //!
@@ -13,5 +14,6 @@ pub mod api;
 pub mod client;
 pub mod keys;
 pub mod server;
+pub mod tls;
 
 pub use server::AdminServer;

@@ -18,11 +18,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::IncomingStream;
 use axum::Router;
 use broker::broker::Broker;
 use broker::health::HealthProbe;
@@ -107,6 +109,7 @@ impl AdminServer {
         node: Option<Arc<ClusterNode>>,
         probe: Option<Arc<dyn HealthProbe>>,
         keys: Arc<KeyStore>,
+        tls: Option<Arc<broker::listener::tls::TlsReloader>>,
     ) -> io::Result<JoinHandle<()>> {
         let app = Arc::new(App {
             broker,
@@ -121,8 +124,15 @@ impl AdminServer {
         });
         let router = router(app);
         Ok(tokio::spawn(async move {
-            let service = router.into_make_service_with_connect_info::<SocketAddr>();
-            if let Err(e) = axum::serve(self.listener, service).await {
+            let service = router.into_make_service_with_connect_info::<Peer>();
+            let served = match tls {
+                None => axum::serve(self.listener, service).await,
+                Some(tls) => match crate::tls::TlsListener::new(self.listener, tls) {
+                    Ok(l) => axum::serve(l, service).await,
+                    Err(e) => Err(e),
+                },
+            };
+            if let Err(e) = served {
                 tracing::warn!(error = %e, "admin listener stopped");
             }
         }))
@@ -192,6 +202,22 @@ fn presented(req: &Request) -> Option<&str> {
         .map(str::trim)
 }
 
+/// The address a request came from, over plain HTTP or TLS.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+impl Connected<IncomingStream<'_, TcpListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Peer {
+        Peer(*stream.remote_addr())
+    }
+}
+
+impl Connected<IncomingStream<'_, crate::tls::TlsListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, crate::tls::TlsListener>) -> Peer {
+        Peer(*stream.remote_addr())
+    }
+}
+
 /// Failed key checks an address may make per [`FAILURE_WINDOW`]: far more than a
 /// person or a misconfigured script needs to notice, far too few to matter against
 /// a 256-bit secret, and a bound on the hashing a stranger can make a node do.
@@ -231,8 +257,8 @@ impl App {
 async fn authorize(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let ip = req
         .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
+        .get::<ConnectInfo<Peer>>()
+        .map(|c| c.0 .0.ip());
     if ip.is_some_and(|ip| app.locked_out(ip)) {
         refused(&app, &req, "too many failed key checks from this address");
         let mut r = ApiError::new(
@@ -327,7 +353,7 @@ mod tests {
         let addr = server.local_addr().unwrap();
         let stopping = server.stopping_flag();
         let keys = Arc::new(KeyStore::load(None).unwrap());
-        let task = server.spawn(broker, None, None, keys).unwrap();
+        let task = server.spawn(broker, None, None, keys, None).unwrap();
         let close = "Connection: close\r\n\r\n";
         let r = get(addr, &format!("GET /health HTTP/1.1\r\nHost: x\r\n{close}")).await;
         assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");

@@ -246,6 +246,7 @@ const TOP_KEYS: &[&str] = &[
     "admin_keys_file",
     "data_dir",
     "sys_interval_secs",
+    "admin_tls",
     "node_id",
     "redis",
     "gossip_listen",

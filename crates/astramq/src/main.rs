@@ -53,6 +53,7 @@ fn run_broker(args: cli::BrokerArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let cluster_settings = config.cluster_settings();
         let health_listen = config.health_listen;
+        let admin_tls = config.admin_tls;
         let keys = admin::keys::KeyStore::load(config.admin_keys_file.as_deref())
             .context("admin_keys_file")?;
         let data_dir = config.data_dir.clone();
@@ -150,11 +151,13 @@ fn run_broker(args: cli::BrokerArgs) -> anyhow::Result<()> {
                     (None, None) => None,
                 };
                 let stopping = h.stopping_flag();
+                let tls = admin_tls.then(|| server.tls_reloader()).flatten();
                 let task = h.spawn(
                     server.broker().clone(),
                     node.clone(),
                     probe,
                     Arc::new(keys),
+                    tls,
                 )?;
                 (Some(task), Some(stopping))
             }

@@ -491,3 +491,85 @@ async fn repeated_failed_keys_from_one_address_are_refused_for_a_while() {
     let (code, _) = http_get(h, "/health").await.unwrap();
     assert_eq!(code, 200);
 }
+
+/// One HTTP/1.1 request over TLS (trusting `ca_pem`): the status and the body.
+async fn call_tls(addr: SocketAddr, ca_pem: &str, path: &str, key: Option<&str>) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+    let exchange = async {
+        let mut s = common::certs::tls_connect(addr, ca_pem, None, &rustls::version::TLS13)
+            .await
+            .expect("TLS handshake with the admin listener");
+        let mut req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+        if let Some(k) = key {
+            req.push_str(&format!("Authorization: Bearer {k}\r\n"));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        // A TLS peer may close without close_notify: what was read counts.
+        let _ = s.read_to_end(&mut raw).await;
+        String::from_utf8_lossy(&raw).into_owned()
+    };
+    let raw = tokio::time::timeout(T, exchange)
+        .await
+        .expect("an answer over TLS");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("HTTP response");
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
+}
+
+// `admin_tls = true`: the admin listener speaks HTTPS with the node's certificate;
+// the key check is the same over it, and plain HTTP gets no answer.
+#[tokio::test]
+async fn the_admin_listener_serves_https_with_the_nodes_certificate() {
+    let pki = common::certs::Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let file = keys_file(&dir);
+    let admin = add_key(&file, "ops", "admin").await;
+    let toml = format!(
+        "admin_tls = true\ntls_cert = {:?}\ntls_key = {:?}\n",
+        pki.cert.to_str().unwrap(),
+        pki.key.to_str().unwrap()
+    );
+    let b = Broker::builder()
+        .config(&toml)
+        .args(&[
+            "--health-listen",
+            "127.0.0.1:0",
+            "--admin-keys-file",
+            file.to_str().unwrap(),
+        ])
+        .start();
+    let h = b.health_addr();
+    let ca = pki.ca.pem();
+    let (code, body) = call_tls(h, &ca, "/health", None).await;
+    assert_eq!(code, 200, "{body}");
+    let (code, _) = call_tls(h, &ca, "/api/v1/nodes", None).await;
+    assert_eq!(code, 401);
+    let (code, body) = call_tls(h, &ca, "/api/v1/nodes", Some(&admin)).await;
+    assert_eq!(code, 200, "{body}");
+    // Plain HTTP on the TLS port: no HTTP answer.
+    match tokio::time::timeout(T, http_get(h, "/health")).await {
+        Ok(Ok((code, body))) => panic!("plain HTTP answered {code}: {body}"),
+        Ok(Err(_)) | Err(_) => {}
+    }
+}
+
+#[tokio::test]
+async fn admin_tls_without_a_certificate_is_a_config_error() {
+    let out = run_astramq(
+        &[
+            "broker",
+            "--listen",
+            "127.0.0.1:0",
+            "--health-listen",
+            "127.0.0.1:0",
+        ],
+        &[("ASTRAMQ_ADMIN_TLS", "true")],
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("admin_tls"), "{}", out.stderr);
+}

@@ -116,6 +116,9 @@ pub struct Config {
     pub cluster_key: Option<String>,
     /// Cluster tuning.
     pub cluster: ClusterTuning,
+    /// HTTPS on the admin listener (`health_listen`), with the TLS settings of the
+    /// MQTT listeners (`tls_cert`, `tls_key`, `tls_client_ca`, `require_certificate`).
+    pub admin_tls: bool,
     /// How often the `$SYS/broker/...` topics are published, seconds (0: never).
     /// Mosquitto's `sys_interval`.
     pub sys_interval_secs: u64,
@@ -161,6 +164,7 @@ impl Default for Config {
             join: Vec::new(),
             cluster_key: None,
             cluster: ClusterTuning::default(),
+            admin_tls: false,
             sys_interval_secs: 10,
             data_dir: None,
             store: StoreTuning::default(),
@@ -348,6 +352,9 @@ impl Config {
                 "limits.connect_timeout_secs",
                 "must be at least 1",
             ));
+        }
+        if self.admin_tls && (self.tls_cert.is_none() || self.tls_key.is_none()) {
+            return Err(ConfigError::new("admin_tls", "needs tls_cert and tls_key"));
         }
         if self.redis.is_some() && self.data_dir.is_some() {
             return Err(ConfigError::new(
