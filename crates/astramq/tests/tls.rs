@@ -639,6 +639,9 @@ async fn a_bad_new_file_keeps_the_old_configuration_and_logs_one_line() {
     // Further polls of the same bad file say nothing more.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(count(&broker.stderr(), failed), 1, "{}", broker.stderr());
+    let reloads = |outcome: &str| format!("astramq_tls_reloads_total{{outcome=\"{outcome}\"}}");
+    assert_eq!(metric_at(broker.health_addr(), &reloads("failed")).await, 1);
+    assert_eq!(metric_at(broker.health_addr(), &reloads("ok")).await, 0);
     // A good pair again is picked up.
     let ca2 = Ca::new("fixed");
     let ca2_file = ca2.write(pki.dir.path(), "ca2");
@@ -649,6 +652,7 @@ async fn a_bad_new_file_keeps_the_old_configuration_and_logs_one_line() {
         broker.stderr().contains("TLS configuration reloaded")
     })
     .await;
+    assert_eq!(metric_at(broker.health_addr(), &reloads("ok")).await, 1);
     let out = mosquitto_pub_at(
         "localhost",
         tls,

@@ -86,8 +86,12 @@ impl Server {
             spec.addr = l.local_addr().unwrap_or(addr);
             listeners.push((l, spec));
         }
+        let broker = Broker::new(config, auth);
+        if let Some(t) = &tls {
+            t.register_metrics(&broker.metrics);
+        }
         Ok(Server {
-            broker: Broker::new(config, auth),
+            broker,
             listeners,
             tls,
         })

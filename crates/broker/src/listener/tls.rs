@@ -39,6 +39,10 @@ pub struct TlsReloader {
     current: RwLock<Arc<ServerConfig>>,
     /// The files as last read by a reload, whether it succeeded or not.
     last_read: Mutex<TlsFiles>,
+    /// Reloads that took effect.
+    reloaded: std::sync::atomic::AtomicU64,
+    /// Reloads that failed (the previous configuration stayed in force).
+    failed: std::sync::atomic::AtomicU64,
 }
 
 impl TlsReloader {
@@ -51,7 +55,20 @@ impl TlsReloader {
             files,
             current: RwLock::new(config),
             last_read: Mutex::new(read),
+            reloaded: Default::default(),
+            failed: Default::default(),
         })
+    }
+
+    /// Reloads so far: (took effect, failed).
+    pub fn reloads(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.reloaded.load(Relaxed), self.failed.load(Relaxed))
+    }
+
+    /// Adds `astramq_tls_reloads_total{outcome}` to `metrics` (once, at start).
+    pub fn register_metrics(self: &Arc<Self>, metrics: &crate::metrics::Metrics) {
+        metrics.register_collector(Box::new(ReloadMetrics(Arc::downgrade(self))));
     }
 
     /// An acceptor with the configuration in force now.
@@ -84,6 +101,8 @@ impl TlsReloader {
         match built {
             Ok(config) => {
                 *self.current.write() = config;
+                self.reloaded
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(
                     trigger = why,
                     cert = %self.files.cert.display(),
@@ -92,6 +111,8 @@ impl TlsReloader {
                 Ok(())
             }
             Err(e) => {
+                self.failed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::error!(
                     trigger = why,
                     "TLS reload failed, keeping the previous certificates: {e}"
@@ -174,4 +195,26 @@ fn certificate_user(config: &Config, der: &[u8]) -> Result<Option<Box<str>>, &'s
         return Ok(None);
     };
     Ok(Some(name.into_boxed_str()))
+}
+
+/// The reload counters as a metrics collector.
+#[derive(Debug)]
+struct ReloadMetrics(std::sync::Weak<TlsReloader>);
+
+impl prometheus_client::collector::Collector for ReloadMetrics {
+    fn encode(
+        &self,
+        encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> std::fmt::Result {
+        let Some(tls) = self.0.upgrade() else {
+            return Ok(());
+        };
+        let (ok, failed) = tls.reloads();
+        crate::metrics::Scrape::new(encoder).counters(
+            "astramq_tls_reloads",
+            "TLS configuration reloads (SIGHUP or changed files), by outcome",
+            "outcome",
+            &[("ok", ok), ("failed", failed)],
+        )
+    }
 }
