@@ -150,3 +150,66 @@ async fn tls_termination_forwards_decrypted_mqtt_and_refuses_plain_tcp() {
     assert!(!out.status.success());
     assert!(err.contains("--tls-key"), "{err}");
 }
+
+/// Reads from `s` until the balancer closes it; how long that took.
+async fn closed_after(mut s: TcpStream) -> Duration {
+    let start = Instant::now();
+    let mut got = Vec::new();
+    tokio::time::timeout(T, s.read_to_end(&mut got))
+        .await
+        .expect("the balancer must close a silent connection, not wait")
+        .ok();
+    assert!(
+        got.is_empty() || got.first() != Some(&0x20),
+        "no CONNACK: {got:?}"
+    );
+    start.elapsed()
+}
+
+/// A client that opens a connection and says nothing is closed once its time is up,
+/// not held: `--tls-handshake-timeout-secs` for the TLS handshake, and
+/// `--connect-packet-timeout-secs` for the CONNECT the client-id strategy reads.
+#[tokio::test]
+async fn silent_clients_are_closed_after_the_handshake_and_connect_timeouts() {
+    let (_dir, cert, key) = self_signed();
+    let nodes = nodes(1);
+    let backends = proxy_addrs(&nodes);
+    let (c, k) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let tls = Lb::start(&[
+        "--backends",
+        &backends,
+        "--proxy-protocol",
+        "true",
+        "--tls-cert",
+        c,
+        "--tls-key",
+        k,
+        "--tls-handshake-timeout-secs",
+        "1",
+    ]);
+    let took = closed_after(TcpStream::connect(tls.addr).await.unwrap()).await;
+    assert!(
+        took >= Duration::from_millis(900),
+        "closed before its time: {took:?}"
+    );
+
+    let plain = Lb::start(&[
+        "--backends",
+        &backends,
+        "--proxy-protocol",
+        "true",
+        "--strategy",
+        "client-id",
+        "--connect-packet-timeout-secs",
+        "1",
+    ]);
+    let took = closed_after(TcpStream::connect(plain.addr).await.unwrap()).await;
+    assert!(
+        took >= Duration::from_millis(900),
+        "closed before its time: {took:?}"
+    );
+    // The balancer still serves afterwards, and the silent clients reached no node.
+    let mut ok = RawClient::connect_ok(plain.addr, Connect::new(Version::V311, "after")).await;
+    ok.ping().await;
+    assert_eq!(nodes[0].connects("after"), 1);
+}
