@@ -224,6 +224,10 @@ impl SessionStore for DiskStore {
             .into_iter()
             .filter_map(|mut b| {
                 let client_id = b.mailbox.journal()?.0.clone();
+                // An id given just now is above every stored one: no entry can have
+                // it yet. One given before (a QoS 2 resend routed again under its
+                // old id, a message read back after a restart) may.
+                let new_id = b.delivery.msg.id.get().is_none();
                 let key: Box<str> = self.message_id(&b.delivery.msg).into();
                 b.delivery.journal = Some(Box::new(Journaled {
                     key: key.clone(),
@@ -234,6 +238,7 @@ impl SessionStore for DiskStore {
                     client_id,
                     key,
                     value,
+                    check: !new_id,
                     blocked: b,
                 })
             })

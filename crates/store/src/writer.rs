@@ -50,6 +50,8 @@ pub(crate) struct Entry {
     pub client_id: Arc<str>,
     pub key: Box<str>,
     pub value: Vec<u8>,
+    /// Whether the journal may hold this key already (see `DiskStore::journal`).
+    pub check: bool,
     pub blocked: Blocked,
 }
 
@@ -447,13 +449,13 @@ fn apply(tx: &mut Txn<'_>, op: &Op, st: &mut State<'_>) -> Result<Applied, fjall
     let t = tx.t;
     match op {
         Op::Journal { entries, .. } => {
-            // Checked against what is committed, not against this turn's batch: the
-            // same message for the same session twice in one turn does not happen
-            // (a resend under an old id comes after a restart).
+            // Checked (when the id is not new) against what is committed, not
+            // against this turn's batch: the same message for the same session
+            // twice in one turn does not happen (a resend comes later).
             let mut queue_now = Vec::with_capacity(entries.len());
             for e in entries {
                 let key = child_key(&e.client_id, e.key.as_bytes());
-                if t.journal.contains_key(&key)? {
+                if e.check && t.journal.contains_key(&key)? {
                     queue_now.push(false);
                     continue;
                 }
