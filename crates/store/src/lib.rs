@@ -68,7 +68,11 @@ pub enum StoreError {
 /// The disk store, shared by the broker's connections.
 #[derive(Debug)]
 pub struct DiskStore {
-    ops: Mutex<mpsc::Sender<Op>>,
+    /// To the writer thread. Unbounded as a channel, bounded in what it carries:
+    /// deliveries by `store.max_queued` (refused beyond it), and every other change
+    /// comes from one client packet about a subscription or an in-flight message, so
+    /// the protocol's own limits bound them (as for the cluster's session store).
+    ops: mpsc::Sender<Op>,
     stats: Arc<Stats>,
     persisted: Arc<Mutex<HashSet<Arc<str>>>>,
     max_queued: usize,
@@ -77,12 +81,6 @@ pub struct DiskStore {
     path: PathBuf,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     refused_log: broker::metrics::LogLimiter,
-}
-
-impl std::fmt::Debug for Op {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Op")
-    }
 }
 
 impl DiskStore {
@@ -139,7 +137,7 @@ impl DiskStore {
             .spawn(move || writer.run(rx))
             .map_err(|e| StoreError::Dir(dir.into(), e))?;
         let store = Arc::new(DiskStore {
-            ops: Mutex::new(tx),
+            ops: tx,
             stats,
             persisted,
             max_queued: tuning.max_queued,
@@ -164,7 +162,7 @@ impl DiskStore {
     /// Writes what is pending durably and stops the writer (at shutdown).
     pub async fn close(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.ops.lock().send(Op::Stop(tx)).is_ok() {
+        if self.ops.send(Op::Stop(tx)).is_ok() {
             let _ = rx.await;
         }
         let thread = self.thread.lock().take();
@@ -174,7 +172,7 @@ impl DiskStore {
     }
 
     fn send(&self, op: Op) -> Result<(), Op> {
-        self.ops.lock().send(op).map_err(|e| e.0)
+        self.ops.send(op).map_err(|e| e.0)
     }
 }
 

@@ -80,6 +80,18 @@ pub(crate) enum Op {
     Stop(oneshot::Sender<()>),
 }
 
+impl std::fmt::Debug for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Op::Journal { .. } => "Journal",
+            Op::Change { .. } => "Change",
+            Op::Claim { .. } => "Claim",
+            Op::Retained { .. } => "Retained",
+            Op::Stop(_) => "Stop",
+        })
+    }
+}
+
 /// Counters shared with the store's handle (for metrics and the queue bound).
 #[derive(Debug, Default)]
 pub struct Stats {
