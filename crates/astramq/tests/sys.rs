@@ -107,3 +107,34 @@ async fn sys_interval_zero_publishes_nothing() {
     // With publishing on, the first value is retained at once or within 1 s.
     c.expect_no_publish(Duration::from_secs(2)).await;
 }
+
+// The ACL applies to `$SYS` as to any topic: a client may read only what its ACL
+// grants ([MQTT-3.9.3-2]: a refused filter gets a failure code in SUBACK).
+#[tokio::test]
+async fn the_acl_applies_to_sys_topics() {
+    let dir = tempfile::tempdir().unwrap();
+    let acl = dir.path().join("acl");
+    // Anonymous clients may read the uptime and nothing else of $SYS.
+    std::fs::write(&acl, "topic read $SYS/broker/uptime\ntopic readwrite t/#\n").unwrap();
+    let b = Broker::start_with(
+        "sys_interval_secs = 1\n",
+        &["--acl-file", acl.to_str().unwrap()],
+    );
+    let mut c = b.client(Version::V5, "reader").await;
+    let codes = c
+        .subscribe(&[
+            ("$SYS/broker/uptime", 0),
+            ("$SYS/broker/clients/connected", 0),
+        ])
+        .await;
+    assert_eq!(
+        codes,
+        vec![0, 0x87],
+        "uptime granted, the rest not authorized"
+    );
+    let m = c.recv_publish(Duration::from_secs(5)).await;
+    assert_eq!(m.topic, "$SYS/broker/uptime");
+    // Only the uptime comes, interval after interval.
+    let m = c.recv_publish(Duration::from_secs(5)).await;
+    assert_eq!(m.topic, "$SYS/broker/uptime");
+}
