@@ -58,6 +58,30 @@ impl PendingWill {
     }
 }
 
+impl PendingWill {
+    /// The will a PUBLISH made by [`PendingWill::to_publish`] came from, with its
+    /// Will Delay Interval (0: none): how the cluster and the disk store read a
+    /// stored will back.
+    pub fn will_from_publish(p: mqtt::Publish, delay: u32) -> Will {
+        let pp = p.properties;
+        Will {
+            topic: p.topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            properties: mqtt::WillProperties {
+                will_delay_interval: (delay > 0).then_some(delay),
+                payload_format_indicator: pp.payload_format_indicator,
+                message_expiry_interval: pp.message_expiry_interval,
+                content_type: pp.content_type,
+                response_topic: pp.response_topic,
+                correlation_data: pp.correlation_data,
+                user_properties: pp.user_properties,
+            },
+        }
+    }
+}
+
 /// A session as it moves between nodes.
 #[derive(Debug, Default)]
 pub struct SessionSnapshot {

@@ -336,6 +336,33 @@ pub struct SubscriptionOptions {
     pub retain_handling: RetainHandling,
 }
 
+impl SubscriptionOptions {
+    /// The options as MQTT 5.0 encodes them in one byte (§3.8.3.1): QoS in bits 0–1,
+    /// No Local bit 2, Retain As Published bit 3, Retain Handling bits 4–5. Also how
+    /// the cluster and the disk store keep a subscription.
+    pub fn to_byte(&self) -> u8 {
+        self.qos as u8
+            | u8::from(self.no_local) << 2
+            | u8::from(self.retain_as_published) << 3
+            | (self.retain_handling as u8) << 4
+    }
+
+    /// Reads [`SubscriptionOptions::to_byte`]'s byte back; `None` for QoS 3. (A
+    /// SUBSCRIBE's own checks of reserved bits are the decoder's.)
+    pub fn from_byte(b: u8) -> Option<SubscriptionOptions> {
+        Some(SubscriptionOptions {
+            qos: QoS::from_u8(b & 3)?,
+            no_local: b & 4 != 0,
+            retain_as_published: b & 8 != 0,
+            retain_handling: match (b >> 4) & 3 {
+                0 => RetainHandling::SendAlways,
+                1 => RetainHandling::SendIfNew,
+                _ => RetainHandling::DoNotSend,
+            },
+        })
+    }
+}
+
 /// One topic filter of a SUBSCRIBE with its options.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SubscribeFilter {

@@ -14,7 +14,7 @@ use broker::message::Message;
 use broker::session::{PendingWill, Subscription};
 use bytes::{Buf, BufMut, BytesMut};
 use mqtt::codec::Delivery as Wire;
-use mqtt::{decode, Packet, Protocol, QoS, RetainHandling, SubscriptionOptions};
+use mqtt::{decode, Packet, Protocol, QoS, SubscriptionOptions};
 use thiserror::Error;
 
 /// The layout of everything in the data directory. A store written in another
@@ -114,22 +114,7 @@ pub fn read_session(mut v: &[u8]) -> Result<SessionRow, RecordError> {
         _ => {
             let delay = get_u32(&mut v)?;
             let (_, p) = get_publish(&mut v)?;
-            let pp = p.properties;
-            Some(mqtt::Will {
-                topic: p.topic,
-                payload: p.payload,
-                qos: p.qos,
-                retain: p.retain,
-                properties: mqtt::WillProperties {
-                    will_delay_interval: (delay > 0).then_some(delay),
-                    payload_format_indicator: pp.payload_format_indicator,
-                    message_expiry_interval: pp.message_expiry_interval,
-                    content_type: pp.content_type,
-                    response_topic: pp.response_topic,
-                    correlation_data: pp.correlation_data,
-                    user_properties: pp.user_properties,
-                },
-            })
+            Some(PendingWill::will_from_publish(p, delay))
         }
     };
     Ok(SessionRow {
@@ -142,12 +127,7 @@ pub fn read_session(mut v: &[u8]) -> Result<SessionRow, RecordError> {
 
 /// Encodes a subscription's options and identifier.
 pub fn subscription_value(sub: &Subscription) -> Vec<u8> {
-    let o = &sub.options;
-    let options = o.qos as u8
-        | u8::from(o.no_local) << 2
-        | u8::from(o.retain_as_published) << 3
-        | (o.retain_handling as u8) << 4;
-    let mut out = vec![options];
+    let mut out = vec![sub.options.to_byte()];
     out.extend_from_slice(&sub.id.unwrap_or(0).to_be_bytes());
     out
 }
@@ -157,16 +137,7 @@ pub fn read_subscription(mut v: &[u8]) -> Result<Subscription, RecordError> {
     let b = get_u8(&mut v)?;
     let id = get_u32(&mut v)?;
     Ok(Subscription {
-        options: SubscriptionOptions {
-            qos: QoS::from_u8(b & 3).ok_or_else(|| err("bad qos"))?,
-            no_local: b & 4 != 0,
-            retain_as_published: b & 8 != 0,
-            retain_handling: match (b >> 4) & 3 {
-                0 => RetainHandling::SendAlways,
-                1 => RetainHandling::SendIfNew,
-                _ => RetainHandling::DoNotSend,
-            },
-        },
+        options: SubscriptionOptions::from_byte(b).ok_or_else(|| err("bad qos"))?,
         id: (id != 0).then_some(id),
     })
 }

@@ -8,7 +8,7 @@ use broker::mailbox::{Delivery as Queued, Journaled};
 use broker::message::Message;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use mqtt::codec::Delivery as Wire;
-use mqtt::{decode, Packet, Protocol, QoS, RetainHandling, SubscriptionOptions};
+use mqtt::{decode, Packet, Protocol, QoS, SubscriptionOptions};
 
 use super::WireError;
 
@@ -40,23 +40,11 @@ pub fn publish_bytes(msg: &Message) -> Bytes {
 }
 
 pub(super) fn options_byte(o: &SubscriptionOptions) -> u8 {
-    o.qos as u8
-        | u8::from(o.no_local) << 2
-        | u8::from(o.retain_as_published) << 3
-        | (o.retain_handling as u8) << 4
+    o.to_byte()
 }
 
 pub(super) fn options_from(b: u8) -> Result<SubscriptionOptions, WireError> {
-    Ok(SubscriptionOptions {
-        qos: QoS::from_u8(b & 3).ok_or_else(|| WireError("bad qos".into()))?,
-        no_local: b & 4 != 0,
-        retain_as_published: b & 8 != 0,
-        retain_handling: match (b >> 4) & 3 {
-            0 => RetainHandling::SendAlways,
-            1 => RetainHandling::SendIfNew,
-            _ => RetainHandling::DoNotSend,
-        },
-    })
+    SubscriptionOptions::from_byte(b).ok_or_else(|| WireError("bad qos".into()))
 }
 
 pub(super) fn put_delivery(out: &mut BytesMut, d: &Queued) {

@@ -114,24 +114,9 @@ pub fn read_will(client_id: &str, mut value: &[u8]) -> Result<PendingWill, WireE
         Ok(Some(Packet::Publish(p))) => p,
         other => return Err(WireError(format!("will is not a PUBLISH: {other:?}"))),
     };
-    let pp = p.properties;
     Ok(PendingWill {
         client_id: client_id.into(),
         username: (!username.is_empty()).then(|| username.as_str().into()),
-        will: mqtt::Will {
-            topic: p.topic,
-            payload: p.payload,
-            qos: p.qos,
-            retain: p.retain,
-            properties: mqtt::WillProperties {
-                will_delay_interval: (delay > 0).then_some(delay),
-                payload_format_indicator: pp.payload_format_indicator,
-                message_expiry_interval: pp.message_expiry_interval,
-                content_type: pp.content_type,
-                response_topic: pp.response_topic,
-                correlation_data: pp.correlation_data,
-                user_properties: pp.user_properties,
-            },
-        },
+        will: PendingWill::will_from_publish(p, delay),
     })
 }

@@ -183,13 +183,11 @@ fn pub_resp<O: Out>(p: &PubResp, v5: bool, o: &mut O) {
 
 /// The SUBSCRIBE options byte (§3.8.3.1); only the QoS bits before v5.
 fn options_byte(f: &crate::packet::SubscriptionOptions, v5: bool) -> u8 {
-    let mut b = f.qos as u8;
     if v5 {
-        b |= u8::from(f.no_local) << 2;
-        b |= u8::from(f.retain_as_published) << 3;
-        b |= (f.retain_handling as u8) << 4;
+        f.to_byte()
+    } else {
+        f.qos as u8
     }
-    b
 }
 
 /// SUBSCRIBE (§3.8).
