@@ -99,15 +99,18 @@ fn keys_file(dir: &tempfile::TempDir) -> std::path::PathBuf {
     dir.path().join("admin-keys")
 }
 
+/// The flags of an admin listener on a free port with the keys in `file`.
+fn admin_args(file: &Path) -> [&str; 4] {
+    [
+        "--health-listen",
+        "127.0.0.1:0",
+        "--admin-keys-file",
+        file.to_str().unwrap(),
+    ]
+}
+
 fn broker_with_keys(file: &Path) -> Broker {
-    Broker::builder()
-        .args(&[
-            "--health-listen",
-            "127.0.0.1:0",
-            "--admin-keys-file",
-            file.to_str().unwrap(),
-        ])
-        .start()
+    Broker::builder().args(&admin_args(file)).start()
 }
 
 // Invariant 8: every endpoint (and any unknown path under /api/v1) answers 401 with
@@ -355,12 +358,7 @@ async fn any_node_lists_shows_and_kicks_clients_of_the_whole_cluster() {
     let read = add_key(&file, "viewer", "read").await;
     let admin = add_key(&file, "ops", "admin").await;
     let c = TestCluster::builder(3)
-        .args(&[
-            "--health-listen",
-            "127.0.0.1:0",
-            "--admin-keys-file",
-            file.to_str().unwrap(),
-        ])
+        .args(&admin_args(&file))
         .start()
         .await;
     let mut a = c.client(0, Version::V5, "dev-a").await;
@@ -534,12 +532,7 @@ async fn the_admin_listener_serves_https_with_the_nodes_certificate() {
     );
     let b = Broker::builder()
         .config(&toml)
-        .args(&[
-            "--health-listen",
-            "127.0.0.1:0",
-            "--admin-keys-file",
-            file.to_str().unwrap(),
-        ])
+        .args(&admin_args(&file))
         .start();
     let h = b.health_addr();
     let ca = pki.ca.pem();
