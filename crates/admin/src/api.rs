@@ -310,15 +310,22 @@ pub async fn clients(
     Ok(Json(out))
 }
 
-/// Asks the other brokers for `path` (`?local=true` appended) until one answers
-/// 200: its answer, or the 404 saying no node has the client.
+/// For a client this node does not have: unless the request asked this node only
+/// (`local`) or there is no cluster, asks the other brokers for
+/// `/api/v1/clients/{id}{rest}` (`?local=true` appended) until one answers 200: its
+/// answer, or the 404 saying no node has the client.
 async fn on_another_node(
     app: &App,
+    local: bool,
     method: &'static str,
-    path: String,
+    rest: &str,
     id: &str,
     headers: &HeaderMap,
 ) -> ApiResult {
+    if local || app.node.is_none() {
+        return Err(unknown_client(app, id));
+    }
+    let path = format!("/api/v1/clients/{}{rest}", crate::client::encode(id));
     let mut errors = Vec::new();
     for (node, answer) in ask_peers(
         app,
@@ -372,11 +379,7 @@ pub async fn client(
                 "connected": false,
             })));
         }
-        if q.local || app.node.is_none() {
-            return Err(unknown_client(&app, &id));
-        }
-        let path = format!("/api/v1/clients/{}", crate::client::encode(&id));
-        return on_another_node(&app, "GET", path, &id, &headers).await;
+        return on_another_node(&app, q.local, "GET", "", &id, &headers).await;
     };
     let entry = SessionEntry {
         client_id: Arc::from(id.as_str()),
@@ -418,11 +421,7 @@ pub async fn kick(
 ) -> ApiResult {
     let Query(q) = q?;
     let Some(link) = app.broker.registry.link(&id) else {
-        if q.local || app.node.is_none() {
-            return Err(unknown_client(&app, &id));
-        }
-        let path = format!("/api/v1/clients/{}/kick", crate::client::encode(&id));
-        return on_another_node(&app, "POST", path, &id, &headers).await;
+        return on_another_node(&app, q.local, "POST", "/kick", &id, &headers).await;
     };
     link.ask_to_leave(ReasonCode::AdministrativeAction);
     if tokio::time::timeout(CONNECTION_ANSWER, link.exited())
