@@ -5,11 +5,14 @@
 //! little; the read buffer never grows past the maximum packet size because the codec
 //! rejects an oversize packet from its fixed header.
 
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use mqtt::{decode, encode, DecodeError, Packet, Protocol};
+
+use crate::arrival::{self, ReadWake};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The read half of a client transport. [`ReadSide::readable`] lets an idle
@@ -26,16 +29,31 @@ pub trait ReadSide: AsyncRead + Unpin + Send {
     /// cannot tell, a small one, so that an idle connection waiting in its read holds
     /// little (it grows to full chunks once data flows).
     const FIRST_READ: usize = READ_CHUNK;
+
+    /// Whether [`ReadSide::poll_readable`] and reads wait on the socket itself, so
+    /// that their wake-ups follow the kernel's order (see [`crate::arrival`]).
+    const ORDERED: bool = false;
 }
 
 /// Bytes reserved for each read once data flows.
 const READ_CHUNK: usize = 4096;
+
+/// Room for the next read: a first buffer sized for the transport, then chunks.
+fn reserve<R: ReadSide>(rbuf: &mut BytesMut) {
+    if rbuf.capacity() == 0 {
+        rbuf.reserve(R::FIRST_READ);
+    } else if rbuf.capacity() - rbuf.len() < 512 {
+        rbuf.reserve(READ_CHUNK);
+    }
+}
 
 impl ReadSide for tokio::net::tcp::OwnedReadHalf {
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let stream: &tokio::net::TcpStream = self.as_ref();
         stream.poll_read_ready(cx)
     }
+
+    const ORDERED: bool = true;
 }
 
 /// TLS and WebSocket connections: decrypted or unframed bytes may already wait in
@@ -99,6 +117,38 @@ pub struct Reader<R> {
     rbuf: BytesMut,
     /// Largest packet accepted from the peer.
     pub max_in: usize,
+    /// The waker an idle connection waits for its socket with (made at the first
+    /// wait), numbering its wake-ups in the kernel's order.
+    wake: Option<Arc<ReadWake>>,
+    /// The wake-up whose bytes are being handled (0: none): others woken after it
+    /// wait for [`Reader::handled`].
+    arrived: u64,
+}
+
+impl<R> Reader<R> {
+    /// The packets read after the last wake-up have been handled (they took effect):
+    /// connections woken after this one may go on. See [`crate::arrival`].
+    pub fn handled(&mut self) {
+        if self.arrived != 0 {
+            arrival::handled(std::mem::take(&mut self.arrived));
+        }
+    }
+}
+
+impl<R> Reader<R> {
+    /// The connection stops reading for a while (a publish waits for room, a rate
+    /// limit): connections woken after it need not wait for it meanwhile.
+    pub fn pause(&mut self) {
+        if let Some(wake) = &self.wake {
+            wake.disarm();
+        }
+    }
+}
+
+impl<R> Drop for Reader<R> {
+    fn drop(&mut self) {
+        self.handled();
+    }
 }
 
 /// The write side of a client socket: encoded packets waiting to be written.
@@ -144,6 +194,10 @@ impl<R: ReadSide> Reader<R> {
 
     /// Reads more bytes from the socket. Cancel-safe: usable in `select!`.
     pub async fn fill(&mut self) -> Result<(), ReadError> {
+        self.handled();
+        if R::ORDERED {
+            return self.fill_ordered().await;
+        }
         if self.rbuf.capacity() == 0 {
             // Allocate only once there is something to read.
             // Borrowed mutably, so `R` needs to be `Send`, not `Sync`.
@@ -152,15 +206,60 @@ impl<R: ReadSide> Reader<R> {
                 .await
                 .map_err(|_| ReadError::Closed)?;
         }
-        if self.rbuf.capacity() == 0 {
-            self.rbuf.reserve(R::FIRST_READ);
-        } else if self.rbuf.capacity() - self.rbuf.len() < 512 {
-            self.rbuf.reserve(READ_CHUNK);
-        }
+        reserve::<R>(&mut self.rbuf);
         match self.reader.read_buf(&mut self.rbuf).await {
             Ok(0) | Err(_) => Err(ReadError::Closed),
             Ok(_) => Ok(()),
         }
+    }
+
+    /// [`Reader::fill`] on a socket whose readiness is waited for with the
+    /// connection's [`ReadWake`], so the bytes read carry the number of the wake-up
+    /// that announced them and take effect after those of connections woken before
+    /// (see [`crate::arrival`]). A wake-up that finds nothing to read is handled at
+    /// once: it announced bytes already read.
+    async fn fill_ordered(&mut self) -> Result<(), ReadError> {
+        let wake = Arc::clone(self.wake.get_or_insert_with(Default::default));
+        wake.arm();
+        let (reader, rbuf) = (&mut self.reader, &mut self.rbuf);
+        // The wake-up that announced the bytes read, taken as each poll starts: one
+        // taken by a poll that found nothing announced bytes already read, and no one
+        // should wait for it.
+        let mut number = arrival::Taken::default();
+        let read = std::future::poll_fn(|cx| {
+            number.retake(&wake);
+            let waker = wake.waker(cx.waker());
+            let mut cx = Context::from_waker(&waker);
+            if rbuf.capacity() == 0 {
+                // Allocate only once there is something to read.
+                if reader.poll_readable(&mut cx).is_pending() {
+                    return Poll::Pending;
+                }
+            }
+            reserve::<R>(rbuf);
+            // tokio's read: a short read clears the socket's readiness, so the next
+            // wait costs no extra `recv` that finds nothing.
+            match tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut *reader), &mut cx, rbuf) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Err(ReadError::Closed)),
+                Poll::Ready(Ok(_)) => Poll::Ready(Ok(())),
+                Poll::Pending => {
+                    if rbuf.is_empty() {
+                        *rbuf = BytesMut::new();
+                    }
+                    Poll::Pending
+                }
+            }
+        });
+        let result = read.await;
+        if let Some(n) = number.keep() {
+            // Set first: if this future is dropped while waiting, the wake-up is
+            // still released.
+            self.arrived = n;
+            if result.is_ok() {
+                arrival::wait_for_earlier(n).await;
+            }
+        }
+        result
     }
 
     /// Reads and throws away what the peer sends until it closes, `limit` passes or
@@ -252,6 +351,8 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Connection<R, W> {
                 reader,
                 rbuf: BytesMut::new(),
                 max_in,
+                wake: None,
+                arrived: 0,
             },
             tx: Writer {
                 writer,

@@ -21,6 +21,7 @@
 //! - [`health`] — the node's health as `GET /health` reports it.
 //! - [`signal`] — a small wake-up for the one task waiting on it.
 
+pub mod arrival;
 pub mod auth;
 pub mod broker;
 pub mod client;

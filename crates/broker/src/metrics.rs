@@ -288,6 +288,7 @@ impl Metrics {
              limits.connect_timeout_secs)",
             listener_setup_failures.clone(),
         );
+        r.register_collector(Box::new(crate::arrival::Waits));
         Metrics {
             registry: parking_lot::Mutex::new(r),
             clients_connected,

@@ -270,6 +270,10 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                         if let Some(exit) = self.handle(packet) {
                             return exit;
                         }
+                        // The first packet of what was read took effect: connections
+                        // woken after this one go on (the rest of a large read need
+                        // not hold them up).
+                        self.conn.rx.handled();
                     }
                     Ok(None) => break,
                     Err(e) => return self.decode_error(e),
@@ -282,6 +286,9 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
             self.pump();
             let can_take = self.conn.tx.wbuf.len() < WRITE_HIGH_WATER && self.window_open();
             let reading = self.may_read();
+            if !reading {
+                self.conn.rx.pause();
+            }
             let resume_at = self.throttle.as_ref().and_then(|t| t.resume_at);
             tokio::select! {
                 r = self.conn.rx.fill(), if reading => match r {

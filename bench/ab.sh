@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Two builds of astramq side by side (a change's cost): QoS 1 pairs, memory only,
+# the two brokers interleaved run by run, each run on a fresh broker pinned to
+# BROKER_CPUS, the load generator (the NEW build's `bench`) pinned to BENCH_CPU.
+#
+#   bench/ab.sh OLD_BINARY NEW_BINARY                    # 6 runs each, 5 s, 200 pairs
+#   BROKER_CPUS=0,1 bench/ab.sh OLD NEW                  # the brokers on both cores
+#   REPEAT=3 QOS=0 bench/ab.sh OLD NEW
+#
+# Build OLD from the commit before the change (`git worktree add`, `cargo build
+# --release`), copy both binaries out of target/ first. Prints one line per run, then
+# the mean of each and NEW/OLD.
+set -euo pipefail
+
+OLD=${1:?old binary}
+NEW=${2:?new binary}
+REPEAT=${REPEAT:-6}
+DURATION=${DURATION:-5s}
+PAIRS=${PAIRS:-200}
+QOS=${QOS:-1}
+BROKER_CPUS=${BROKER_CPUS:-0}
+BENCH_CPU=${BENCH_CPU:-1}
+WORK=$(mktemp -d /tmp/astramq-ab.XXXXXX)
+BROKER_PID=
+
+stop_broker() {
+    if [ -n "$BROKER_PID" ]; then
+        kill "$BROKER_PID" 2>/dev/null || true
+        wait "$BROKER_PID" 2>/dev/null || true
+        BROKER_PID=
+    fi
+}
+trap 'stop_broker; rm -rf "$WORK"' EXIT
+
+# No limits in the way of a saturation run.
+cat > "$WORK/broker.toml" <<'EOF'
+log_level = "warn"
+[limits]
+max_publish_rate = 0
+max_publish_bytes_rate = 0
+max_connection_rate = 0
+max_connections = 0
+EOF
+
+run() { # binary -> msg/s
+    local bin=$1 port
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    taskset -c "$BROKER_CPUS" "$bin" --listen "127.0.0.1:$port" --config "$WORK/broker.toml" \
+        > "$WORK/broker.out" 2>&1 &
+    BROKER_PID=$!
+    # Ready once it prints its address.
+    for _ in $(seq 100); do
+        grep -q "listening on" "$WORK/broker.out" && break
+        sleep 0.05
+    done
+    grep -q "listening on" "$WORK/broker.out" || { cat "$WORK/broker.out" >&2; exit 1; }
+    taskset -c "$BENCH_CPU" "$NEW" bench pairs -n "$PAIRS" --qos "$QOS" --duration "$DURATION" \
+        --hosts "127.0.0.1:$port" --no-progress 2>/dev/null | tail -1 |
+        python3 -c 'import json,sys; print(round(json.loads(sys.stdin.read())["received_per_s"]))'
+    stop_broker
+}
+
+declare -a old_runs new_runs
+for i in $(seq "$REPEAT"); do
+    o=$(run "$OLD"); n=$(run "$NEW")
+    old_runs+=("$o"); new_runs+=("$n")
+    echo "run $i: old $o msg/s, new $n msg/s"
+done
+python3 - "${old_runs[*]}" "${new_runs[*]}" <<'EOF'
+import sys
+old = [int(x) for x in sys.argv[1].split()]
+new = [int(x) for x in sys.argv[2].split()]
+mo, mn = sum(old) / len(old), sum(new) / len(new)
+print(f"mean: old {mo:,.0f} msg/s, new {mn:,.0f} msg/s, new/old {mn / mo:.3f}")
+EOF
