@@ -83,12 +83,6 @@ impl Unhandled {
         word.fetch_and(!bit, Ordering::Release);
     }
 
-    #[cfg(test)]
-    fn marked(&self, n: u64) -> bool {
-        let (word, bit) = self.word_and_bit(n);
-        word.load(Ordering::Acquire) & bit != 0
-    }
-
     /// Whether one of the [`LOOKBACK`] wake-ups before `n` is unhandled.
     fn any_before(&self, n: u64) -> bool {
         let mut m = n.saturating_sub(LOOKBACK).max(1);
@@ -110,6 +104,12 @@ impl Unhandled {
 /// Wake-up `n` has been handled (or never will be).
 pub fn handled(n: u64) {
     UNHANDLED.clear(n);
+}
+
+/// Whether a connection woken `n`-th must wait before handling its bytes: one of
+/// the [`LOOKBACK`] wake-ups numbered before it is unhandled.
+pub fn must_wait(n: u64) -> bool {
+    UNHANDLED.any_before(n)
 }
 
 /// How waits for earlier connections ended: in order, given up because the broker
@@ -149,7 +149,7 @@ impl prometheus_client::collector::Collector for Waits {
 /// worker runs first; one taken by the other worker is running already. Gives up
 /// once [`BUSY_AFTER`] later wake-ups were numbered: the broker is busy.
 pub async fn wait_for_earlier(n: u64) {
-    if !UNHANDLED.any_before(n) {
+    if !must_wait(n) {
         return;
     }
     let deadline = tokio::time::Instant::now() + MAX_WAIT;
@@ -241,33 +241,6 @@ impl Wake for ReadWake {
     }
 }
 
-/// A wake-up a connection took from its [`ReadWake`]: handled when replaced or
-/// dropped, unless [`kept`](Taken::keep) for the bytes it announced.
-#[derive(Debug, Default)]
-pub struct Taken(Option<u64>);
-
-impl Taken {
-    /// Takes the connection's latest wake-up, handling the one held before.
-    pub fn retake(&mut self, wake: &ReadWake) {
-        if let Some(old) = std::mem::replace(&mut self.0, wake.take()) {
-            handled(old);
-        }
-    }
-
-    /// The wake-up, now the caller's to handle.
-    pub fn keep(mut self) -> Option<u64> {
-        self.0.take()
-    }
-}
-
-impl Drop for Taken {
-    fn drop(&mut self) {
-        if let Some(n) = self.0.take() {
-            handled(n);
-        }
-    }
-}
-
 impl Drop for ReadWake {
     fn drop(&mut self) {
         if let Some(n) = self.take() {
@@ -338,23 +311,5 @@ mod tests {
         assert!(second > first);
         wake.disarm();
         assert_eq!(wake.take(), None, "disarming handles the wake-up not taken");
-    }
-
-    #[test]
-    fn a_taken_wake_up_not_kept_is_handled() {
-        let wake = Arc::new(ReadWake::default());
-        wake.arm();
-        let waker = wake.waker(std::task::Waker::noop());
-        let mut taken = Taken::default();
-        waker.wake_by_ref();
-        taken.retake(&wake);
-        let first = taken.0.expect("taken");
-        waker.wake_by_ref();
-        taken.retake(&wake);
-        let second = taken.0.expect("taken");
-        assert!(!UNHANDLED.marked(first), "handled when replaced");
-        assert!(UNHANDLED.marked(second));
-        drop(taken);
-        assert!(!UNHANDLED.marked(second), "handled when dropped");
     }
 }

@@ -219,47 +219,47 @@ impl<R: ReadSide> Reader<R> {
     /// (see [`crate::arrival`]). A wake-up that finds nothing to read is handled at
     /// once: it announced bytes already read.
     async fn fill_ordered(&mut self) -> Result<(), ReadError> {
-        let wake = Arc::clone(self.wake.get_or_insert_with(Default::default));
+        std::future::poll_fn(|cx| self.poll_fill_ordered(cx)).await?;
+        if self.arrived != 0 && arrival::must_wait(self.arrived) {
+            // Boxed: rare, and inline its state would size every connection's task.
+            Box::pin(arrival::wait_for_earlier(self.arrived)).await;
+        }
+        Ok(())
+    }
+
+    /// One poll of [`Reader::fill_ordered`]'s read. Ready with the wake-up that
+    /// announced the bytes in [`Reader::arrived`] (0 if none did).
+    fn poll_fill_ordered(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ReadError>> {
+        let wake = self.wake.get_or_insert_with(Default::default);
         wake.arm();
-        let (reader, rbuf) = (&mut self.reader, &mut self.rbuf);
-        // The wake-up that announced the bytes read, taken as each poll starts: one
-        // taken by a poll that found nothing announced bytes already read, and no one
-        // should wait for it.
-        let mut number = arrival::Taken::default();
-        let read = std::future::poll_fn(|cx| {
-            number.retake(&wake);
-            let waker = wake.waker(cx.waker());
-            let mut cx = Context::from_waker(&waker);
-            if rbuf.capacity() == 0 {
-                // Allocate only once there is something to read.
-                if reader.poll_readable(&mut cx).is_pending() {
-                    return Poll::Pending;
-                }
-            }
-            reserve::<R>(rbuf);
-            // tokio's read: a short read clears the socket's readiness, so the next
-            // wait costs no extra `recv` that finds nothing.
-            match tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut *reader), &mut cx, rbuf) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Err(ReadError::Closed)),
-                Poll::Ready(Ok(_)) => Poll::Ready(Ok(())),
-                Poll::Pending => {
-                    if rbuf.is_empty() {
-                        *rbuf = BytesMut::new();
-                    }
-                    Poll::Pending
-                }
-            }
-        });
-        let result = read.await;
-        if let Some(n) = number.keep() {
-            // Set first: if this future is dropped while waiting, the wake-up is
-            // still released.
-            self.arrived = n;
-            if result.is_ok() {
-                arrival::wait_for_earlier(n).await;
+        // A wake-up taken by a poll that then found nothing announced bytes already
+        // read: no one should wait for it.
+        if self.arrived != 0 {
+            arrival::handled(std::mem::take(&mut self.arrived));
+        }
+        self.arrived = wake.take().unwrap_or(0);
+        let waker = wake.waker(cx.waker());
+        let mut cx = Context::from_waker(&waker);
+        if self.rbuf.capacity() == 0 {
+            // Allocate only once there is something to read.
+            if self.reader.poll_readable(&mut cx).is_pending() {
+                return Poll::Pending;
             }
         }
-        result
+        reserve::<R>(&mut self.rbuf);
+        // tokio's read: a short read clears the socket's readiness, so the next wait
+        // costs no extra `recv` that finds nothing.
+        let reader = std::pin::Pin::new(&mut self.reader);
+        match tokio_util::io::poll_read_buf(reader, &mut cx, &mut self.rbuf) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Err(ReadError::Closed)),
+            Poll::Ready(Ok(_)) => Poll::Ready(Ok(())),
+            Poll::Pending => {
+                if self.rbuf.is_empty() {
+                    self.rbuf = BytesMut::new();
+                }
+                Poll::Pending
+            }
+        }
     }
 
     /// Reads and throws away what the peer sends until it closes, `limit` passes or
