@@ -263,3 +263,28 @@ async fn redis_round_trips_and_errors_are_counted_through_an_outage() {
     until(health, "astramq_redis_reachable", 1).await;
     assert!(metric_at(health, "astramq_redis_outages_total").await >= 1);
 }
+
+// A message no subscription matches is counted as dropped for "no_subscribers"
+// (the v5 publisher also hears 0x10 No matching subscribers, MQTT-3.4.2.1); a
+// retained one is kept, not dropped, and one that reaches a subscriber is not counted.
+#[tokio::test]
+async fn a_message_nobody_subscribes_to_is_counted_as_dropped() {
+    let b = Broker::builder()
+        .args(&["--health-listen", "127.0.0.1:0"])
+        .start();
+    let health = b.health_addr();
+    let name = r#"astramq_dropped_total{reason="no_subscribers"}"#;
+    let mut publisher = b.client(Version::V5, "publisher").await;
+    publisher.publish("nobody/here", b"x", 1, false).await;
+    until(health, name, 1).await;
+    publisher.publish("nobody/retained", b"r", 1, true).await;
+    let mut subscriber = b.client(Version::V5, "subscriber").await;
+    subscriber.sub("somebody/#", 1).await;
+    publisher.publish("somebody/here", b"y", 1, false).await;
+    subscriber.recv_publish(T).await;
+    publisher.publish("nobody/again", b"z", 0, false).await;
+    // The QoS 0 message above is the second drop; had the retained one or the
+    // delivered one counted, the counter would pass 2.
+    until(health, name, 2).await;
+    assert_eq!(metric_at(health, name).await, 2);
+}

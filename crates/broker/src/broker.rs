@@ -230,9 +230,9 @@ impl Broker {
             }
         }
         let forwarded = self.cluster().map(|c| c.forward(msg));
-        let (groups, durable, throttle) = match forwarded {
-            Some(f) => (Some(f.local_groups), f.durable, f.throttle),
-            None => (None, None, false),
+        let (groups, durable, throttle, remote) = match forwarded {
+            Some(f) => (Some(f.local_groups), f.durable, f.throttle, f.remote),
+            None => (None, None, false, false),
         };
         let mut journal = Vec::new();
         let routed = self.route_locally(
@@ -242,6 +242,10 @@ impl Broker {
             self.waits().then_some(blocked),
             &mut journal,
         );
+        if !remote && !msg.retain && routed.delivered == 0 && routed.overflowed == 0 {
+            // Nobody anywhere subscribes (a retained message is kept, not dropped).
+            Metrics::add(&self.metrics.no_subscribers_dropped, 1);
+        }
         let forwarded = durable.is_some();
         let durable = match (self.store(), journal.is_empty()) {
             (Some(s), false) => Some(self.journaled(durable, s.journal(journal))),

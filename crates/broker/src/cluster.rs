@@ -46,6 +46,9 @@ pub struct Forwarded {
     /// (`cluster.forward_qos12_backlog`): the message is queued all the same, and the
     /// publisher should not be read again until `durable` resolves.
     pub throttle: bool,
+    /// Other nodes have subscriptions matching the message (it was sent to them, or
+    /// would have been had Redis been reachable).
+    pub remote: bool,
 }
 
 /// The cluster as the broker sees it: routes to and from other nodes. Its session

@@ -73,6 +73,8 @@ pub struct Metrics {
     pub oversize_dropped: Counter,
     /// Messages dropped because their Message Expiry Interval ran out while queued.
     pub expired_dropped: Counter,
+    /// Published messages (not retained) that no subscription on any node matched.
+    pub no_subscribers_dropped: Counter,
     /// Connections closed for a protocol violation or malformed packet.
     pub protocol_errors: Counter,
     /// QoS 0 messages to other nodes shed because the bus backlog toward the
@@ -215,14 +217,15 @@ impl Metrics {
             "astramq_deliveries",
             "Deliveries queued to local sessions (one per matching session)",
         );
-        let [queue_overflow_dropped, bus_backlog_dropped, inbox_backlog_dropped, oversize_dropped, expired_dropped] =
+        let [queue_overflow_dropped, bus_backlog_dropped, inbox_backlog_dropped, oversize_dropped, expired_dropped, no_subscribers_dropped] =
             labelled_counters(
                 &mut r,
                 "astramq_dropped",
                 "Messages dropped, by reason: session_queue_full (limits.max_queued_*, per \
                  limits.queue_overflow), bus_backlog_full and inbox_backlog_full (QoS 0 to \
                  other nodes), oversize (above the client's Maximum Packet Size), expired \
-                 (Message Expiry Interval ran out while queued)",
+                 (Message Expiry Interval ran out while queued), no_subscribers (published, \
+                 not retained, and no subscription on any node matched)",
                 "reason",
                 [
                     "session_queue_full",
@@ -230,6 +233,7 @@ impl Metrics {
                     "inbox_backlog_full",
                     "oversize",
                     "expired",
+                    "no_subscribers",
                 ],
             );
         let protocol_errors = counter(
@@ -298,6 +302,7 @@ impl Metrics {
             queue_overflow_dropped,
             oversize_dropped,
             expired_dropped,
+            no_subscribers_dropped,
             protocol_errors,
             bus_backlog_dropped,
             inbox_backlog_dropped,

@@ -606,6 +606,7 @@ impl Cluster for ClusterNode {
                 local_groups,
                 durable: None,
                 throttle: false,
+                remote: true,
             };
         }
         let (done, durable) = oneshot::channel();
@@ -617,6 +618,7 @@ impl Cluster for ClusterNode {
             local_groups,
             durable: Some(durable),
             throttle,
+            remote: true,
         }
     }
 }

@@ -79,6 +79,7 @@ pub(super) fn refused(msg: &Message, local_groups: LocalGroups, e: ClusterError)
         local_groups,
         durable,
         throttle: false,
+        remote: true,
     }
 }
 
