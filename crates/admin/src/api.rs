@@ -662,7 +662,9 @@ pub async fn publish(
     }
     let msg = message(&b.topic, payload, qos, b.retain);
     let mut blocked = Vec::new();
-    let published = app.broker.publish(&msg, &mut Vec::new(), &mut blocked);
+    let published = app
+        .broker
+        .publish(&msg, &mut Vec::new(), &mut blocked, None);
     // No publisher to slow down: full queues get the overflow policy, as for a will.
     for x in blocked {
         app.broker.overflow(&x.mailbox, x.delivery);

@@ -169,6 +169,66 @@ async fn inbound_qos2_is_exactly_once_across_kill_9(v: Version) {
 }
 versions_test!(inbound_qos2_is_exactly_once_across_kill_9);
 
+// [MQTT-4.3.3-9] (5.0) / [MQTT-4.3.3-2] (3.1.1): a QoS 2 message the broker routed
+// and a subscriber received completely (PUBREC, PUBREL, PUBCOMP: its journal entry is
+// gone) before the broker was killed, whose PUBREC the publisher then never saw, is
+// not delivered again when the publisher resends it after the restart: the packet
+// id's record says it was routed (written with the message's journal entries).
+async fn a_delivered_qos2_message_is_not_routed_again_after_kill_9(v: Version) {
+    let dir = data_dir();
+    let b = node(dir.path(), &[]);
+    let (mut barrier, _) = persistent(&b, v, "barrier", 600).await;
+    barrier.sub("b", 1).await;
+    barrier.disconnect().await;
+    let (mut s, _) = persistent(&b, v, "sub", 600).await;
+    s.sub("x", 2).await;
+    let (mut p, _) = persistent(&b, v, "pub", 600).await;
+    p.send(&Publish::new("x", b"once", 2).pid(7).encode(v))
+        .await;
+    // The subscriber takes it all the way (its PUBREC is sent by recv_publish).
+    let m = s.recv_publish(T).await;
+    assert_eq!(&m.payload[..], b"once");
+    let pubrel = s
+        .wait_packet(T, "PUBREL", |x| match x {
+            Packet::Pubrel(a) => Some(a.pid),
+            _ => None,
+        })
+        .await;
+    s.send(&encode_ack(PUBCOMP, pubrel, 0, v)).await;
+    // A barrier: its PUBACK comes once a write queued after the PUBCOMP's is on disk
+    // (one connection's packets are handled in order; the store writes in order).
+    s.publish("b", b"barrier", 1, false).await;
+    stop(b, "KILL").await;
+
+    let b = node(dir.path(), &[]);
+    let (mut p, present) = persistent(&b, v, "pub", 600).await;
+    assert!(present);
+    // As if the PUBREC had been lost with the broker: the PUBLISH again, then PUBREL.
+    let mut again = Publish::new("x", b"once", 2).pid(7);
+    again.dup = true;
+    p.send(&again.encode(v)).await;
+    let rec = p
+        .wait_packet(T, "PUBREC", |x| match x {
+            Packet::Pubrec(a) if a.pid == 7 => Some(a.reason),
+            _ => None,
+        })
+        .await;
+    assert_eq!(rec, 0);
+    p.send(&encode_ack(PUBREL, 7, 0, v)).await;
+    p.wait_packet(T, "PUBCOMP", |x| match x {
+        Packet::Pubcomp(a) if a.pid == 7 => Some(()),
+        _ => None,
+    })
+    .await;
+    let (mut s, present) = persistent(&b, v, "sub", 600).await;
+    assert!(present);
+    s.expect_no_publish_default().await;
+    // The barrier's subscriber has its message: the session store was working.
+    let (mut barrier, _) = persistent(&b, v, "barrier", 600).await;
+    assert_eq!(&barrier.recv_publish(T).await.payload[..], b"barrier");
+}
+versions_test!(a_delivered_qos2_message_is_not_routed_again_after_kill_9);
+
 // [MQTT-3.3.1-5]: retained messages survive SIGTERM and kill -9;
 // [MQTT-3.3.2-5]: one whose Message Expiry Interval ran out while the broker was
 // stopped is gone, and one still alive carries what is left of its interval

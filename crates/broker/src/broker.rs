@@ -14,7 +14,7 @@ use crate::registry::{Kicked, Registry, Released};
 use crate::retain::RetainStore;
 use crate::router::{Blocked, ReadCheck, Routed, Router, Subscriber, Target};
 use crate::session::{PendingWill, Session, SessionSnapshot};
-use crate::store::SessionStore;
+use crate::store::{InboundRouted, SessionStore};
 
 /// How long a persistent session handed over to another node keeps its
 /// subscriptions here, forwarding through the cluster store (see [`Broker::kick`]).
@@ -217,11 +217,15 @@ impl Broker {
     ///
     /// QoS 1/2 deliveries to connected sessions with a full queue land in `blocked`
     /// (see [`Router::route`]); the publisher waits for room before reading on.
+    ///
+    /// `inbound`: the message is a persistent session's QoS 2 PUBLISH (see
+    /// [`SessionStore::journal_routed`]).
     pub fn publish(
         self: &Arc<Self>,
         msg: &Arc<Message>,
         scratch: &mut Vec<Target>,
         blocked: &mut Vec<Blocked>,
+        inbound: Option<InboundRouted>,
     ) -> Published {
         if msg.retain {
             self.retained.set(msg);
@@ -248,7 +252,7 @@ impl Broker {
         }
         let forwarded = durable.is_some();
         let durable = match (self.store(), journal.is_empty()) {
-            (Some(s), false) => Some(self.journaled(durable, s.journal(journal))),
+            (Some(s), false) => Some(self.journaled(durable, s.journal_routed(journal, inbound))),
             _ => durable,
         };
         Published {
@@ -665,7 +669,7 @@ impl Broker {
         ));
         // A will has no publisher to slow down: full queues get the overflow policy.
         let mut blocked = Vec::new();
-        self.publish(&msg, &mut Vec::new(), &mut blocked);
+        self.publish(&msg, &mut Vec::new(), &mut blocked, None);
         for b in blocked {
             self.overflow(&b.mailbox, b.delivery);
         }

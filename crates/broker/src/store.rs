@@ -87,6 +87,16 @@ pub struct ClaimRequest<'a> {
     pub username: Option<&'a str>,
 }
 
+/// A persistent session's inbound QoS 2 PUBLISH, routed (see
+/// [`SessionStore::journal_routed`]).
+#[derive(Debug, Clone)]
+pub struct InboundRouted {
+    /// The publisher.
+    pub client_id: Arc<str>,
+    /// The PUBLISH's packet id.
+    pub packet_id: u16,
+}
+
 /// A change to a session that the cluster store mirrors, so that the session
 /// survives this node. Only persistent sessions' changes are sent.
 #[derive(Debug, Clone)]
@@ -190,6 +200,20 @@ pub trait SessionStore: Send + Sync + Debug + 'static {
     /// connected session's queue full: the caller waits for room, as for any full
     /// queue (backpressure, not loss).
     fn journal(&self, entries: Vec<Blocked>) -> oneshot::Receiver<JournalOutcome>;
+    /// [`SessionStore::journal`] for a message that is a persistent session's inbound
+    /// QoS 2 PUBLISH (`routed`): a store that keeps that session's packet ids records,
+    /// in the same write as the entries, that the message was routed, so that its
+    /// resend after a crash is acknowledged without being routed again
+    /// [MQTT-4.3.3-9]. By default the marker is not kept (the cluster remembers
+    /// delivered messages by id instead).
+    fn journal_routed(
+        &self,
+        entries: Vec<Blocked>,
+        routed: Option<InboundRouted>,
+    ) -> oneshot::Receiver<JournalOutcome> {
+        let _ = routed;
+        self.journal(entries)
+    }
     /// A persistent session moved here (handed over, loaded from the store, or taken
     /// over from a failed node) and its mailbox tracks journal keys: copies that reach
     /// its journal in the store late are queued here too.

@@ -235,14 +235,20 @@ pub(crate) fn load(t: &Tables) -> Result<Loaded, fjall::Error> {
             let id: [u8; 2] = id
                 .try_into()
                 .map_err(|_| records::RecordError("bad packet id".into()))?;
-            let msg = std::str::from_utf8(&v)
-                .map_err(|_| records::RecordError("message id not UTF-8".into()))?;
-            Ok((c, u16::from_be_bytes(id), msg))
+            let (msg, routed) = records::read_inbound(&v)?;
+            Ok((c, u16::from_be_bytes(id), msg, routed))
         });
         match read {
-            Ok((c, id, msg)) => {
+            Ok((c, id, msg, routed)) => {
                 if let Some(s) = sessions.get_mut(c) {
-                    s.snapshot.unsettled.push((id, msg.into()));
+                    if routed {
+                        // Its journal entries were written: the resend is only
+                        // acknowledged [MQTT-4.3.3-9].
+                        s.snapshot.inbound_qos2.push(id);
+                    } else {
+                        // It may not have reached every session: routed again.
+                        s.snapshot.unsettled.push((id, msg.into()));
+                    }
                 }
             }
             Err(e) => {

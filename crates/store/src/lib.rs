@@ -34,7 +34,7 @@ use broker::health::{HealthProbe, HealthReport};
 use broker::mailbox::{Journaled, Mailbox, MailboxLimits};
 use broker::message::Message;
 use broker::router::Blocked;
-use broker::store::SessionStore;
+use broker::store::{InboundRouted, SessionStore};
 use parking_lot::Mutex;
 use thiserror::Error;
 use tokio::sync::oneshot;
@@ -217,6 +217,14 @@ impl SessionStore for DiskStore {
     }
 
     fn journal(&self, entries: Vec<Blocked>) -> oneshot::Receiver<JournalOutcome> {
+        self.journal_routed(entries, None)
+    }
+
+    fn journal_routed(
+        &self,
+        entries: Vec<Blocked>,
+        routed: Option<InboundRouted>,
+    ) -> oneshot::Receiver<JournalOutcome> {
         let (done, rx) = oneshot::channel();
         let entries: Vec<Entry> = entries
             .into_iter()
@@ -252,7 +260,11 @@ impl SessionStore for DiskStore {
             let _ = done.send(Err(ClusterError::QueueFull(self.max_queued)));
             return rx;
         }
-        if let Err(Op::Journal { entries, done }) = self.send(Op::Journal { entries, done }) {
+        if let Err(Op::Journal { entries, done, .. }) = self.send(Op::Journal {
+            entries,
+            routed,
+            done,
+        }) {
             self.stats
                 .queued
                 .fetch_sub(entries.len(), Ordering::Relaxed);

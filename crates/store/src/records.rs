@@ -175,6 +175,31 @@ pub fn journal_received(packet_id: u16) -> Vec<u8> {
     v
 }
 
+/// Appended to an inbound QoS 2 record (the message id) once the message's journal
+/// entries are written: its resend after a restart is not routed again. Message ids
+/// are hex, so the zero byte cannot be part of one.
+const ROUTED: &[u8] = b"\0routed";
+
+/// An inbound QoS 2 record marked routed; `None` if it already is.
+pub fn inbound_routed(v: &[u8]) -> Option<Vec<u8>> {
+    if v.ends_with(ROUTED) {
+        return None;
+    }
+    let mut out = v.to_vec();
+    out.extend_from_slice(ROUTED);
+    Some(out)
+}
+
+/// An inbound QoS 2 record: the message id, and whether it was routed.
+pub fn read_inbound(v: &[u8]) -> Result<(&str, bool), RecordError> {
+    let (id, routed) = match v.strip_suffix(ROUTED) {
+        Some(id) => (id, true),
+        None => (v, false),
+    };
+    let id = std::str::from_utf8(id).map_err(|_| err("message id not UTF-8"))?;
+    Ok((id, routed))
+}
+
 /// Messages already read back, by message id: one message journaled for many
 /// sessions is one `Message` again after a restart, as it was before.
 pub type MessageCache = std::collections::HashMap<Box<str>, Arc<Message>>;
@@ -335,6 +360,16 @@ fn get_str(v: &mut &[u8]) -> Result<String, RecordError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_inbound_record_is_marked_routed_once_and_reads_back() {
+        let v = b"00000000000000a1".to_vec();
+        assert_eq!(read_inbound(&v).unwrap(), ("00000000000000a1", false));
+        let marked = inbound_routed(&v).expect("not yet marked");
+        assert_eq!(read_inbound(&marked).unwrap(), ("00000000000000a1", true));
+        assert_eq!(inbound_routed(&marked), None, "marked once");
+        assert!(read_inbound(b"\xff").is_err());
+    }
     use bytes::Bytes;
 
     fn message(expiry: Option<u32>) -> Arc<Message> {

@@ -21,6 +21,7 @@ use broker::config::{QueueOverflow, SyncPolicy};
 use broker::mailbox::{Delivery, MailboxLimits};
 use broker::router::Blocked;
 use broker::session::JournalUpdate;
+use broker::store::InboundRouted;
 use fjall::{OwnedWriteBatch as WriteBatch, PersistMode};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
@@ -59,6 +60,9 @@ pub(crate) struct Entry {
 pub(crate) enum Op {
     Journal {
         entries: Vec<Entry>,
+        /// The message is this persistent session's inbound QoS 2 PUBLISH: its
+        /// packet id's record is marked routed in the same write.
+        routed: Option<InboundRouted>,
         done: oneshot::Sender<JournalOutcome>,
     },
     Change {
@@ -299,7 +303,7 @@ impl Writer {
     fn answer(&self, batch: Vec<Op>, applied: Vec<Applied>) {
         for (op, applied) in batch.into_iter().zip(applied) {
             match op {
-                Op::Journal { entries, done } => {
+                Op::Journal { entries, done, .. } => {
                     let n = entries.len();
                     let queue_now = match applied {
                         Applied::Journal(q) => q,
@@ -335,7 +339,7 @@ impl Writer {
     fn fail(&self, batch: Vec<Op>, err: &ClusterError, retry: &mut VecDeque<Op>) {
         for op in batch {
             match op {
-                Op::Journal { entries, done } => {
+                Op::Journal { entries, done, .. } => {
                     self.stats
                         .queued
                         .fetch_sub(entries.len(), Ordering::Relaxed);
@@ -460,7 +464,19 @@ fn update_row(
 fn apply(tx: &mut Txn<'_>, op: &Op, st: &mut State<'_>) -> Result<Applied, fjall::Error> {
     let t = tx.t;
     match op {
-        Op::Journal { entries, .. } => {
+        Op::Journal {
+            entries, routed, ..
+        } => {
+            if let Some(r) = routed {
+                let key = child_key(&r.client_id, &r.packet_id.to_be_bytes());
+                if let Some(marked) = t
+                    .inbound
+                    .get(&key)?
+                    .and_then(|v| records::inbound_routed(&v))
+                {
+                    tx.wb().insert(&t.inbound, key, marked);
+                }
+            }
             // Checked (when the id is not new) against what is committed, not
             // against this turn's batch: the same message for the same session
             // twice in one turn does not happen (a resend comes later).

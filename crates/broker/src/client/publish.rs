@@ -19,6 +19,7 @@ use crate::connection::WRITE_HIGH_WATER;
 use crate::mailbox::Delivery;
 use crate::message::Message;
 use crate::metrics::Metrics;
+use crate::store::InboundRouted;
 use tokio::sync::oneshot::error::TryRecvError;
 
 thread_local! {
@@ -227,8 +228,17 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
     /// Routes an accepted message and queues its acknowledgement.
     fn route_and_ack(&mut self, msg: Arc<Message>, qos: QoS, packet_id: u16) -> Option<Exit> {
         let mut blocked = Vec::new();
-        let published =
-            ROUTING.with_borrow_mut(|scratch| self.broker.publish(&msg, scratch, &mut blocked));
+        // A persistent session's QoS 2 PUBLISH: its packet id is stored; the store
+        // records with the message's journal entries that it was routed.
+        let inbound =
+            (qos == QoS::ExactlyOnce && self.session.mailbox.journal().is_some()).then(|| {
+                InboundRouted {
+                    client_id: self.client_id.clone(),
+                    packet_id,
+                }
+            });
+        let published = ROUTING
+            .with_borrow_mut(|scratch| self.broker.publish(&msg, scratch, &mut blocked, inbound));
         for b in blocked {
             if Arc::ptr_eq(&b.mailbox, &self.session.mailbox) {
                 // Our own queue drains only when we go on: waiting would deadlock.
