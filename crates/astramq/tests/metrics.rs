@@ -288,3 +288,31 @@ async fn a_message_nobody_subscribes_to_is_counted_as_dropped() {
     until(health, name, 2).await;
     assert_eq!(metric_at(health, name).await, 2);
 }
+
+// A refusing CONNACK is counted for its listener by reason: a 3.1.1 client with an
+// empty client id and Clean Session 0 is refused with return code 0x02 Identifier
+// rejected [MQTT-3.1.3-8], MQTT 5's Client Identifier not valid.
+#[tokio::test]
+async fn refused_connects_are_counted_per_listener_by_reason() {
+    let b = Broker::builder()
+        .args(&["--health-listen", "127.0.0.1:0"])
+        .start();
+    let health = b.health_addr();
+    let name = format!(
+        r#"astramq_connack_refused_total{{listener="{}",transport="tcp",proxy="false",reason="client_identifier_not_valid"}}"#,
+        b.addr()
+    );
+    for n in 1..=2 {
+        let (_c, ack) =
+            RawClient::connect(b.addr(), Connect::new(Version::V311, "").clean(false)).await;
+        assert_eq!(ack.code, 0x02, "CONNACK return code");
+        until(health, &name, n).await;
+    }
+    let (_c, ack) = RawClient::connect(b.addr(), Connect::new(Version::V311, "fine")).await;
+    assert_eq!(ack.code, 0);
+    assert_eq!(
+        metric_at(health, &name).await,
+        2,
+        "an accepted CONNECT is not counted"
+    );
+}

@@ -101,6 +101,7 @@ pub struct Metrics {
     listener_accepted: Family<ListenerLabels, Counter>,
     listener_refused: Family<ListenerReason, Counter>,
     listener_setup_failures: Family<ListenerReason, Counter>,
+    listener_connack_refused: Family<ListenerReason, Counter>,
     /// Limits overflow warnings to one log line a second.
     pub drop_log: LogLimiter,
     /// Limits warnings about QoS 0 shed on the way to other nodes to one line a second.
@@ -132,6 +133,38 @@ pub struct ListenerMetrics {
     pub setup_failed_proxy: Counter,
     /// Closed before MQTT: set-up not done within `limits.connect_timeout_secs`.
     pub setup_timed_out: Counter,
+    /// CONNECTs answered with a refusing CONNACK, by reason ([`ListenerMetrics::connack_refused`]).
+    connack_refused: Family<ListenerReason, Counter>,
+    /// This listener's labels.
+    labels: [(&'static str, String); 3],
+}
+
+impl ListenerMetrics {
+    /// A CONNECT on this listener was refused with `code` (its MQTT 5 name, in
+    /// snake case, is the `reason` label; a 3.1.1 client got the matching return
+    /// code).
+    pub fn connack_refused(&self, code: mqtt::ReasonCode) {
+        let [a, b, c] = self.labels.clone();
+        self.connack_refused
+            .get_or_create(&[a, b, c, ("reason", snake_case(&format!("{code:?}")))])
+            .inc();
+    }
+}
+
+/// `BadUserNameOrPassword` → `bad_user_name_or_password`.
+fn snake_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, ch) in name.chars().enumerate() {
+        if ch.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(ch.to_ascii_lowercase());
+        } else {
+            out.push(ch);
+        }
+    }
+    out
 }
 
 /// What [`Metrics::add`], [`Metrics::sub`] and [`Metrics::get`] work on.
@@ -283,6 +316,15 @@ impl Metrics {
              (limits.max_connections), connection_rate (limits.max_connection_rate)",
             listener_refused.clone(),
         );
+        let listener_connack_refused = Family::<ListenerReason, Counter>::default();
+        r.register(
+            "astramq_connack_refused",
+            "CONNECTs answered with a refusing CONNACK, per listener, by reason (the MQTT 5 \
+             reason code's name: bad_user_name_or_password, not_authorized, \
+             client_identifier_not_valid, unsupported_protocol_version, \
+             server_unavailable, ...; 3.1.1 clients get the matching return code)",
+            listener_connack_refused.clone(),
+        );
         let listener_setup_failures = Family::<ListenerReason, Counter>::default();
         r.register(
             "astramq_connection_setup_failures",
@@ -315,6 +357,7 @@ impl Metrics {
             listener_accepted,
             listener_refused,
             listener_setup_failures,
+            listener_connack_refused,
             drop_log: LogLimiter::default(),
             shed_log: LogLimiter::default(),
             throttle_log: LogLimiter::default(),
@@ -345,6 +388,8 @@ impl Metrics {
             setup_failed_ws: with(setup, "websocket"),
             setup_failed_proxy: with(setup, "proxy"),
             setup_timed_out: with(setup, "timeout"),
+            connack_refused: self.listener_connack_refused.clone(),
+            labels: base,
         })
     }
 

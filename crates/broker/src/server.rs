@@ -321,7 +321,7 @@ fn serve_tcp(
     let _ = stream.set_nodelay(true);
     if spec.transport == Transport::Tcp && !spec.proxied {
         let (r, w) = stream.into_split();
-        let serve = client::serve(broker, r, w, peer.to_string(), None, stop);
+        let serve = client::serve(broker, r, w, peer.to_string(), None, open.0.clone(), stop);
         return Box::pin(async move {
             let _open = open;
             serve.await

@@ -20,7 +20,7 @@ use crate::broker::Broker;
 use crate::cluster::ClaimRequest;
 use crate::connection::{Connection, ReadError};
 use crate::mailbox::Mailbox;
-use crate::metrics::Metrics;
+use crate::metrics::{ListenerMetrics, Metrics};
 use crate::registry::{ConnLink, ExitGuard, Owner};
 use crate::session::{Outbound, PendingWill, Session};
 
@@ -56,6 +56,7 @@ pub(super) async fn handshake<R, W>(
     mut conn: Connection<R, W>,
     peer: String,
     cert_user: Option<Box<str>>,
+    listener: Arc<ListenerMetrics>,
     shutdown: watch::Receiver<bool>,
 ) -> Option<Box<Client<R, W>>>
 where
@@ -77,7 +78,13 @@ where
                 Protocol::V311
             };
             tracing::debug!(%peer, level, "refusing unsupported protocol level");
-            refuse(&mut conn, protocol, ReasonCode::UnsupportedProtocolVersion).await;
+            refuse(
+                &mut conn,
+                protocol,
+                ReasonCode::UnsupportedProtocolVersion,
+                &listener,
+            )
+            .await;
             return None;
         }
         Ok(Err(ReadError::Decode(e))) => {
@@ -98,12 +105,25 @@ where
     if let Some(user) = cert_user {
         connect.username = Some(user.into());
     }
-    accept(broker, conn, peer, shutdown, connect, authenticated).await
+    accept(
+        broker,
+        conn,
+        peer,
+        &listener,
+        shutdown,
+        connect,
+        authenticated,
+    )
+    .await
 }
 
-/// Sends a refusing CONNACK and closes.
-async fn refuse<R, W>(conn: &mut Connection<R, W>, protocol: Protocol, code: ReasonCode)
-where
+/// Sends a refusing CONNACK, counts it for its listener, and closes.
+async fn refuse<R, W>(
+    conn: &mut Connection<R, W>,
+    protocol: Protocol,
+    code: ReasonCode,
+    listener: &ListenerMetrics,
+) where
     R: ReadSide,
     W: AsyncWrite + Unpin,
 {
@@ -112,6 +132,7 @@ where
         code,
         properties: ConnAckProperties::default(),
     };
+    listener.connack_refused(code);
     conn.tx.queue(&Packet::ConnAck(ack), protocol);
     let _ = tokio::time::timeout(Duration::from_secs(1), conn.tx.close()).await;
 }
@@ -120,6 +141,7 @@ async fn accept<R, W>(
     broker: Arc<Broker>,
     mut conn: Connection<R, W>,
     peer: String,
+    listener: &ListenerMetrics,
     shutdown: watch::Receiver<bool>,
     c: Connect,
     authenticated: bool,
@@ -133,7 +155,13 @@ where
 
     // Enhanced authentication is not supported [MQTT-4.12.0-1].
     if c.properties.authentication_method.is_some() {
-        refuse(&mut conn, protocol, ReasonCode::BadAuthenticationMethod).await;
+        refuse(
+            &mut conn,
+            protocol,
+            ReasonCode::BadAuthenticationMethod,
+            listener,
+        )
+        .await;
         return None;
     }
 
@@ -142,7 +170,13 @@ where
     let client_id: Arc<str> = if c.client_id.is_empty() {
         // [MQTT-3.1.3-8] (3.1.1) An empty id needs Clean Session; 3.1 needs an id.
         if protocol == Protocol::V31 || (protocol == Protocol::V311 && !c.clean_start) {
-            refuse(&mut conn, protocol, ReasonCode::ClientIdentifierNotValid).await;
+            refuse(
+                &mut conn,
+                protocol,
+                ReasonCode::ClientIdentifierNotValid,
+                listener,
+            )
+            .await;
             return None;
         }
         let id = format!("astramq-{:016x}", rand::random::<u64>());
@@ -166,13 +200,13 @@ where
     };
     if let Err(code) = decision {
         tracing::info!(%peer, client_id = %client_id, username = ?c.username, ?code, "connection refused");
-        refuse(&mut conn, protocol, code).await;
+        refuse(&mut conn, protocol, code, listener).await;
         return None;
     }
 
     if let Some(w) = &c.will {
         if !valid_topic_name(&w.topic) {
-            refuse(&mut conn, protocol, ReasonCode::TopicNameInvalid).await;
+            refuse(&mut conn, protocol, ReasonCode::TopicNameInvalid, listener).await;
             return None;
         }
     }
@@ -212,7 +246,7 @@ where
                 } else {
                     tracing::warn!(%peer, client_id = %client_id, error = %e, "connection refused: cannot claim the client id");
                 }
-                refuse(&mut conn, protocol, ReasonCode::ServerUnavailable).await;
+                refuse(&mut conn, protocol, ReasonCode::ServerUnavailable, listener).await;
                 return None;
             }
         },
@@ -232,7 +266,7 @@ where
         .await;
     let Some(claim) = claim else {
         // Another node claimed this client id after us [MQTT-3.1.4-3]: it wins.
-        refuse(&mut conn, protocol, ReasonCode::SessionTakenOver).await;
+        refuse(&mut conn, protocol, ReasonCode::SessionTakenOver, listener).await;
         return None;
     };
     // Shutdown asks every registered connection to leave; one registered after

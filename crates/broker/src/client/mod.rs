@@ -29,6 +29,7 @@ use crate::cluster::{ClusterError, SessionChange};
 use crate::connection::{Connection, ReadError, LINGER, LINGER_MAX_BYTES, WRITE_HIGH_WATER};
 use crate::mailbox::Delivery;
 use crate::message::Message;
+use crate::metrics::ListenerMetrics;
 use crate::metrics::Metrics;
 use crate::registry::{ExitGuard, Request};
 use crate::router::Blocked;
@@ -47,6 +48,7 @@ pub fn serve<R, W>(
     writer: W,
     peer: String,
     cert_user: Option<Box<str>>,
+    listener: Arc<ListenerMetrics>,
     shutdown: watch::Receiver<bool>,
 ) -> impl std::future::Future<Output = ()> + Send
 where
@@ -56,7 +58,9 @@ where
     let max_in = broker.config.limits.max_packet_size as usize;
     let conn = Connection::new(reader, writer, max_in);
     // Boxed: the handshake's state is large and short-lived.
-    let handshake = Box::pin(connect::handshake(broker, conn, peer, cert_user, shutdown));
+    let handshake = Box::pin(connect::handshake(
+        broker, conn, peer, cert_user, listener, shutdown,
+    ));
     async move {
         if let Some(mut client) = handshake.await {
             client.set_link_info();

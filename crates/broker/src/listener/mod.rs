@@ -93,7 +93,7 @@ pub(crate) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     spec: ListenerSpec,
-    metrics: &ListenerMetrics,
+    metrics: &Arc<ListenerMetrics>,
     tls: Option<Arc<TlsReloader>>,
     stop: watch::Receiver<bool>,
 ) {
@@ -120,11 +120,11 @@ pub(crate) async fn serve(
     match ready {
         Ready::Tcp(s) => {
             let (r, w) = s.into_split();
-            client::serve(broker, r, w, peer, None, stop).await
+            client::serve(broker, r, w, peer, None, metrics.clone(), stop).await
         }
         Ready::Wrapped(s) => {
             let (r, w) = tokio::io::split(s);
-            client::serve(broker, r, w, peer, cert_user, stop).await
+            client::serve(broker, r, w, peer, cert_user, metrics.clone(), stop).await
         }
     }
 }
