@@ -19,6 +19,13 @@ const DASHBOARD: &str = concat!(
     "/../../deploy/grafana/astramq.json"
 );
 
+/// A broker serving `/metrics` on a health listener of its own.
+fn broker_with_health() -> Broker {
+    Broker::builder()
+        .args(&["--health-listen", "127.0.0.1:0"])
+        .start()
+}
+
 /// Waits until sample `name` (labels included) reads `want`.
 async fn until(health: SocketAddr, name: &str, want: u64) {
     let deadline = Instant::now() + T;
@@ -63,9 +70,7 @@ fn dashboard_metrics(json: &str) -> BTreeSet<String> {
 // sent (counted) but says nothing of latency (not observed). Types are declared.
 #[tokio::test]
 async fn messages_by_qos_connections_per_listener_and_delivery_latency() {
-    let b = Broker::builder()
-        .args(&["--health-listen", "127.0.0.1:0"])
-        .start();
+    let b = broker_with_health();
     let health = b.health_addr();
     let mut publisher = V5Client::connect(&b, "publisher").await;
     // A retained QoS 1 message, acknowledged (so stored) before anyone subscribes.
@@ -269,9 +274,7 @@ async fn redis_round_trips_and_errors_are_counted_through_an_outage() {
 // retained one is kept, not dropped, and one that reaches a subscriber is not counted.
 #[tokio::test]
 async fn a_message_nobody_subscribes_to_is_counted_as_dropped() {
-    let b = Broker::builder()
-        .args(&["--health-listen", "127.0.0.1:0"])
-        .start();
+    let b = broker_with_health();
     let health = b.health_addr();
     let name = r#"astramq_dropped_total{reason="no_subscribers"}"#;
     let mut publisher = b.client(Version::V5, "publisher").await;
@@ -294,9 +297,7 @@ async fn a_message_nobody_subscribes_to_is_counted_as_dropped() {
 // rejected [MQTT-3.1.3-8], MQTT 5's Client Identifier not valid.
 #[tokio::test]
 async fn refused_connects_are_counted_per_listener_by_reason() {
-    let b = Broker::builder()
-        .args(&["--health-listen", "127.0.0.1:0"])
-        .start();
+    let b = broker_with_health();
     let health = b.health_addr();
     let name = format!(
         r#"astramq_connack_refused_total{{listener="{}",transport="tcp",proxy="false",reason="client_identifier_not_valid"}}"#,

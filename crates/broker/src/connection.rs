@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use mqtt::{decode, encode, DecodeError, Packet, Protocol};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::arrival::{self, ReadWake};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The read half of a client transport. [`ReadSide::readable`] lets an idle
 /// connection wait for data without holding a read buffer (4 KiB per connection adds
@@ -133,9 +133,7 @@ impl<R> Reader<R> {
             arrival::handled(std::mem::take(&mut self.arrived));
         }
     }
-}
 
-impl<R> Reader<R> {
     /// The connection stops reading for a while (a publish waits for room, a rate
     /// limit): connections woken after it need not wait for it meanwhile.
     pub fn pause(&mut self) {
