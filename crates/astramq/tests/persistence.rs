@@ -596,6 +596,75 @@ async fn a_full_disk_refuses_with_quota_exceeded_and_recovers() {
     s.expect_no_publish_default().await;
 }
 
+// A clean start refused because the disk is full (CONNACK 0x88) leaves no trace
+// once space returns: the next clean start is accepted, and the session it discards
+// does not come back after a restart [MQTT-3.1.2-4: Clean Start discards an
+// existing session]. The store's set of sessions on disk, which a clean start with
+// no expiry consults to decide whether there is anything to delete, was changed by
+// the failed commit before it failed; it is re-read from the database when the
+// writer reopens it. (Here fjall's failed commit had reached its journal, so the set
+// and the disk agreed even without the re-read; the re-read covers a commit that
+// had not, which this test does not produce.)
+#[tokio::test]
+async fn a_clean_start_refused_on_a_full_disk_discards_the_session_later() {
+    let v = Version::V5;
+    let disk = SmallDisk::mount(8);
+    let data = disk.path().join("data");
+    let b = node(&data, &[]);
+    // A QoS 1 message for this offline session is acknowledged once on disk, and
+    // writes go in order: a barrier for what was queued before it.
+    let (mut barrier, _) = persistent(&b, v, "barrier", 600).await;
+    barrier.sub("b", 1).await;
+    barrier.disconnect().await;
+    let (mut s, _) = persistent(&b, v, "dev", 600).await;
+    // Enough subscriptions that deleting them writes more than the last page of the
+    // database's files has spare on a full tmpfs.
+    let filters: Vec<String> = (0..300).map(|i| format!("dev/filter/{i}")).collect();
+    let wanted: Vec<(&str, u8)> = filters.iter().map(|f| (f.as_str(), 1)).collect();
+    assert!(s.subscribe(&wanted).await.iter().all(|&c| c == 1));
+    s.disconnect().await;
+    let mut p = b.client(v, "pub").await;
+    assert_eq!(
+        p.publish("b", b"1", 1, false).await,
+        0,
+        "subscriptions on disk"
+    );
+    drop(p);
+
+    // Nothing left: every write fails.
+    let filler = disk.path().join("filler");
+    std::fs::write(&filler, vec![0u8; disk.free_bytes() as usize]).expect("write filler");
+    let (_c, ack) = RawClient::connect(b.addr(), Connect::persistent(v, "dev", true, 0)).await;
+    assert_ne!(
+        ack.code, 0,
+        "a clean start the disk cannot record is refused"
+    );
+
+    // Space returns; the next clean start is accepted once the store writes again.
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (c, ack) = RawClient::connect(b.addr(), Connect::persistent(v, "dev", true, 0)).await;
+        if ack.code == 0 {
+            assert!(!ack.session_present);
+            c.disconnect().await;
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "clean start still refused after space returned: {:#x}",
+            ack.code
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // (A claim's CONNACK comes after its commit: what it deleted is gone from disk.)
+    stop(b, "KILL").await;
+
+    let b = node(&data, &[]);
+    let (_s, present) = persistent(&b, v, "dev", 600).await;
+    assert!(!present, "the session a clean start discarded came back");
+}
+
 // What arrives for an offline persistent session stays on disk, not in memory,
 // until its client is back (then it is delivered in order), and the session's queue
 // bound and overflow policy apply to it there as in memory.

@@ -2,7 +2,7 @@
 //! its keyspaces, opening it (locked against a second process, its format checked),
 //! and reading everything back at start-up.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -134,6 +134,14 @@ fn rows(
     ks: &Keyspace,
 ) -> impl Iterator<Item = Result<(fjall::UserKey, fjall::UserValue), fjall::Error>> {
     ks.iter().map(|g| g.into_inner())
+}
+
+/// The client ids with a session row: what the writer's set of persisted sessions
+/// is re-read from after a failed commit.
+pub(crate) fn session_ids(t: &Tables) -> Result<HashSet<Arc<str>>, fjall::Error> {
+    rows(&t.sessions)
+        .map(|row| row.map(|(k, _)| Arc::from(String::from_utf8_lossy(&k))))
+        .collect()
 }
 
 /// Reads every session and retained message.

@@ -131,6 +131,7 @@ impl DiskStore {
             persisted: persisted.clone(),
             spills,
             limits,
+            resync: false,
         };
         let thread = std::thread::Builder::new()
             .name("astramq-store".into())

@@ -131,6 +131,8 @@ pub(crate) struct Writer {
     pub spills: Spills,
     /// The bound and policy of every session's queue, applied to spills too.
     pub limits: MailboxLimits,
+    /// A commit failed: `persisted` is re-read when the database is reopened.
+    pub resync: bool,
 }
 
 /// What writing one op gave.
@@ -241,6 +243,7 @@ impl Writer {
                     self.fail(batch, &err, &mut retry);
                     // fjall refuses every later write after an I/O error: reopen.
                     self.db = None;
+                    self.resync = true;
                     if stop.is_none() {
                         std::thread::sleep(Duration::from_millis(200));
                     }
@@ -257,7 +260,15 @@ impl Writer {
 
     fn tables(&mut self) -> Result<Tables, fjall::Error> {
         if self.db.is_none() {
-            self.db = Some(Tables::open(&self.path)?);
+            let t = Tables::open(&self.path)?;
+            if self.resync {
+                // The failed batch changed the set of sessions on disk before it
+                // failed, and what of it reached the disk is what the journal
+                // replayed: the set follows the database, not the batch.
+                *self.persisted.lock() = crate::db::session_ids(&t)?;
+                self.resync = false;
+            }
+            self.db = Some(t);
         }
         Ok(self.db.clone().expect("just opened"))
     }
