@@ -14,7 +14,8 @@
 //! and in nine rounds of ten with one (the task woken last runs first). With it, B
 //! misses it only where a connection was still busy or its thread was descheduled
 //! for longer than the wait's bound: 0 to 3 rounds in a thousand alone on this 2-core
-//! machine, at most 7 with the four tests of this file running at once. So each
+//! machine, at most 7 with the four tests of this file running at once, at most 13
+//! beside a chaos soak (load average 4). So each
 //! test runs many rounds and bounds the misses far below the first rates and well
 //! above the second.
 
