@@ -37,6 +37,13 @@ async fn persistent(b: &Broker, v: Version, id: &str, expiry: u32) -> (RawClient
     (c, ack.session_present)
 }
 
+/// Leaves `id` as an offline persistent session (expiry 600 s) subscribed to `filter`.
+async fn offline_subscriber(b: &Broker, v: Version, id: &str, filter: &str, qos: u8) {
+    let (mut c, _) = persistent(b, v, id, 600).await;
+    c.sub(filter, qos).await;
+    c.disconnect().await;
+}
+
 // [MQTT-3.1.2-4]/[MQTT-3.1.2-5] (3.1.1 and 5.0): a persistent session and the QoS 1
 // and QoS 2 messages queued for it while it is offline survive the broker process
 // being killed; [MQTT-3.2.2-2]: Session Present is 1 when it resumes.
@@ -134,9 +141,7 @@ async fn inflight_is_resent_with_dup_after(v: Version, how: &str) {
 async fn inbound_qos2_is_exactly_once_across_kill_9(v: Version) {
     let dir = data_dir();
     let b = node(dir.path(), &[]);
-    let (mut s, _) = persistent(&b, v, "sub", 600).await;
-    s.sub("x", 2).await;
-    s.disconnect().await;
+    offline_subscriber(&b, v, "sub", "x", 2).await;
     let (mut p, _) = persistent(&b, v, "pub", 600).await;
     p.send(&Publish::new("x", b"once", 2).pid(7).encode(v))
         .await;
@@ -177,9 +182,7 @@ versions_test!(inbound_qos2_is_exactly_once_across_kill_9);
 async fn a_delivered_qos2_message_is_not_routed_again_after_kill_9(v: Version) {
     let dir = data_dir();
     let b = node(dir.path(), &[]);
-    let (mut barrier, _) = persistent(&b, v, "barrier", 600).await;
-    barrier.sub("b", 1).await;
-    barrier.disconnect().await;
+    offline_subscriber(&b, v, "barrier", "b", 1).await;
     let (mut s, _) = persistent(&b, v, "sub", 600).await;
     s.sub("x", 2).await;
     let (mut p, _) = persistent(&b, v, "pub", 600).await;
@@ -515,9 +518,7 @@ async fn a_full_disk_refuses_with_quota_exceeded_and_recovers() {
     let disk = SmallDisk::mount(8);
     let data = disk.path().join("data");
     let b = node(&data, &[]);
-    let (mut s, _) = persistent(&b, v, "sub", 600).await;
-    s.sub("big", 1).await;
-    s.disconnect().await;
+    offline_subscriber(&b, v, "sub", "big", 1).await;
     // Leave ~256 KiB free for the database to grow into.
     let filler = disk.path().join("filler");
     let fill = disk.free_bytes().saturating_sub(256 * 1024);
@@ -613,9 +614,7 @@ async fn a_clean_start_refused_on_a_full_disk_discards_the_session_later() {
     let b = node(&data, &[]);
     // A QoS 1 message for this offline session is acknowledged once on disk, and
     // writes go in order: a barrier for what was queued before it.
-    let (mut barrier, _) = persistent(&b, v, "barrier", 600).await;
-    barrier.sub("b", 1).await;
-    barrier.disconnect().await;
+    offline_subscriber(&b, v, "barrier", "b", 1).await;
     let (mut s, _) = persistent(&b, v, "dev", 600).await;
     // Enough subscriptions that deleting them writes more than the last page of the
     // database's files has spare on a full tmpfs.
@@ -677,9 +676,7 @@ async fn spilled_to_disk_with(overflow: &str) -> Vec<u32> {
         .config(&cfg)
         .args(&["--data-dir", dir_s, "--health-listen", "127.0.0.1:0"])
         .start();
-    let (mut s, _) = persistent(&b, v, "sub", 600).await;
-    s.sub("d", 1).await;
-    s.disconnect().await;
+    offline_subscriber(&b, v, "sub", "d", 1).await;
     let mut p = b.client(v, "pub").await;
     for i in 0..25u32 {
         assert_eq!(p.publish("d", &i.to_be_bytes(), 1, false).await, 0);
