@@ -15,6 +15,8 @@
 //! | `*_wait_replicas` | the same, nodes with `cluster.redis_wait_replicas = 1` and one replica (WAIT must cover every replica); after a `kill -9` the killed server is restarted and becomes the new master's replica | the same (recovery counted from the restarted server's resync), and lost = 0 |
 //! | `wait_replicas_cost` | none: 300 sequential cross-node QoS 1 messages with the setting off, then on | reports the mean acknowledgement time of each |
 //! | `redis_cluster_kill9_master_qos1` | Redis Cluster, 3 masters + 3 replicas, `kill -9` of a master | the nodes serve again within 10 s of the replica taking the slots over; lost reported |
+//! | `redis_cluster_kill9_master_qos1_wait_replicas` | the same, `cluster.redis_wait_replicas = 1`; the killed server restarted (it rejoins as the new master's replica) | the same (counted from its resync), and lost = 0 |
+//! | `redis_cluster_wait_replicas_cost` | none: 300 sequential cross-node QoS 1 messages on Redis Cluster, setting off then on | the masters answered no `WAIT` with the setting off, at least one per message with it on; reports the mean acknowledgement times |
 //! | `redis_cluster_reshard_under_load_loses_nothing` | Redis Cluster, 1,000 slots moved between masters (`redis-cli --cluster reshard`) under QoS 1 load | lost = 0, load acknowledged after |
 //!
 //! Lost and duplicates are counted as in the chaos suite and reported (a table row,
@@ -382,12 +384,114 @@ async fn wait_cluster_failover(c: &TestCluster, killed: u16, timeout: Duration) 
     }
 }
 
-// Invariant 6 on Redis Cluster: three masters with a replica each
-// (`cluster-node-timeout` 5 s); one master is SIGKILLed under QoS 1 load and its
-// replica takes its slots over. The nodes must serve again within RECOVER of the
-// cluster being whole; lost and duplicates are reported (replication is asynchronous
-// and `cluster.redis_wait_replicas` is not supported on Redis Cluster, so a write
-// acknowledged just before the kill can be lost: not asserted).
+/// Waits until the restarted server `port` is a replica whose link to its master is
+/// up (it rejoined the Redis Cluster, found its slots taken and followed the new
+/// master); returns the time waited.
+async fn wait_rejoined_as_replica(c: &TestCluster, port: u16, timeout: Duration) -> Duration {
+    let start = Instant::now();
+    let Backend::Cluster(rc) = c.redis() else {
+        unreachable!("a Redis Cluster test")
+    };
+    let server = rc
+        .servers
+        .iter()
+        .find(|s| s.port() == port)
+        .expect("the restarted server");
+    loop {
+        let info = server.cmd(&["INFO", "replication"]).text();
+        if info.contains("role:slave") && info.contains("master_link_status:up") {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "restarted server :{port} not a synced replica within {timeout:?}:\n{info}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Redis Cluster, three masters with a replica each (`cluster-node-timeout` 5 s):
+/// one master is SIGKILLed under QoS 1 load and its replica takes its slots over.
+/// The nodes must serve again within RECOVER of the cluster being whole (with
+/// `wait`: of the killed server being back as the new master's replica, as its
+/// supervisor would restart it — `WAIT 1` on the promoted master needs a replica).
+/// Lost is asserted 0 with `wait` (`cluster.redis_wait_replicas = 1`), reported
+/// without.
+async fn redis_cluster_failover_under_load(scenario: &str, prefix: &str, wait: bool) {
+    let config = wait_replicas_config();
+    let path = config.path().to_str().unwrap().to_string();
+    let args: &[&str] = if wait { &["--config", &path] } else { &[] };
+    let builder = TestCluster::builder(3)
+        .redis_cluster_with_replicas()
+        .args(args);
+    let mut ch = Chaos::start_with(builder).await;
+    let load = Load::start(&ch, &LoadSpec::new(prefix, 1)).await;
+    assert!(
+        load.wait_more_acked(200, T).await,
+        "load not flowing before the fault"
+    );
+    let wall = SystemTime::now();
+    let fault_at = Instant::now();
+    // servers[1] is a master at start (servers[0] answers the test's commands).
+    let victim = &mut ch.cluster.redis_cluster_mut().servers[1];
+    let killed = victim.port();
+    victim.kill();
+    let mut failover = wait_cluster_failover(&ch.cluster, killed, Duration::from_secs(30)).await;
+    if wait {
+        ch.cluster.redis_cluster_mut().servers[1].restart();
+        failover += wait_rejoined_as_replica(&ch.cluster, killed, Duration::from_secs(30)).await;
+    }
+    let whole_at = Instant::now();
+    let flowing = load.wait_more_acked(AFTER_RECOVERY, RECOVER).await;
+    let after = whole_at.elapsed();
+    let recover = fault_at.elapsed();
+    let (counts, details) = load.finish(SETTLE).await;
+    let mut note = format!(
+        "the replica took the slots over {} ms after the kill{}; waited {} ms after \
+         that for the load to be acknowledged again",
+        failover.as_millis(),
+        if wait {
+            " (and the restarted server was its replica again)"
+        } else {
+            ""
+        },
+        after.as_millis()
+    );
+    if wait {
+        note.push_str("; cluster.redis_wait_replicas = 1");
+    }
+    let row = Row {
+        scenario: scenario.to_string(),
+        counts,
+        detect_ms: first_log_ms(&ch.cluster, "serving local clients only", wall),
+        recover_ms: flowing.then_some(recover.as_millis() as u64),
+        note,
+    };
+    row.emit();
+    for d in &details {
+        println!("  {d}");
+    }
+    assert!(row.counts.acknowledged > 0, "nothing acknowledged: {row:?}");
+    assert!(
+        flowing,
+        "invariant 6: the load was not acknowledged again within {RECOVER:?} of the \
+         Redis Cluster failover\n{}",
+        tail(&ch.cluster.node(0).stderr(), 4000)
+    );
+    if wait {
+        assert_eq!(
+            row.counts.lost,
+            0,
+            "invariant 1 with cluster.redis_wait_replicas = 1 on Redis Cluster: \
+             acknowledged deliveries lost in the failover:\n{}",
+            details.join("\n")
+        );
+    }
+}
+
+// Invariant 6 on Redis Cluster, setting off: lost and duplicates are reported
+// (replication is asynchronous, so a write acknowledged just before the kill can be
+// lost: not asserted).
 //
 // This test was ignored until 2026-12-06 as "nodes do not follow a Redis Cluster
 // failover". They did; the harness killed a master before its replica had finished
@@ -397,54 +501,88 @@ async fn wait_cluster_failover(c: &TestCluster, killed: u16, timeout: Duration) 
 // agreed `fail` flag and the slots moved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cluster_kill9_master_qos1() {
-    let _alone = SERIAL.lock().await;
-    let run = async {
-        let builder = TestCluster::builder(3).redis_cluster_with_replicas();
-        let mut ch = Chaos::start_with(builder).await;
-        let load = Load::start(&ch, &LoadSpec::new("rc1", 1)).await;
-        assert!(
-            load.wait_more_acked(200, T).await,
-            "load not flowing before the fault"
-        );
-        let wall = SystemTime::now();
-        let fault_at = Instant::now();
-        // servers[1] is a master at start (servers[0] answers the test's commands).
-        let victim = &mut ch.cluster.redis_cluster_mut().servers[1];
-        let killed = victim.port();
-        victim.kill();
-        let failover = wait_cluster_failover(&ch.cluster, killed, Duration::from_secs(30)).await;
-        let whole_at = Instant::now();
-        let flowing = load.wait_more_acked(AFTER_RECOVERY, RECOVER).await;
-        let after = whole_at.elapsed();
-        let recover = fault_at.elapsed();
-        let (counts, details) = load.finish(SETTLE).await;
-        let row = Row {
-            scenario: "r1. Redis Cluster: kill -9 of a master (3 masters + 3 replicas), QoS 1"
-                .to_string(),
-            counts,
-            detect_ms: first_log_ms(&ch.cluster, "serving local clients only", wall),
-            recover_ms: flowing.then_some(recover.as_millis() as u64),
-            note: format!(
-                "the replica took the slots over {} ms after the kill; waited {} ms after \
-                 that for the load to be acknowledged again",
-                failover.as_millis(),
-                after.as_millis()
-            ),
-        };
-        row.emit();
-        for d in &details {
-            println!("  {d}");
-        }
-        assert!(
-            flowing,
-            "invariant 6: the load was not acknowledged again within {RECOVER:?} of the \
-             Redis Cluster failover\n{}",
-            tail(&ch.cluster.node(0).stderr(), 4000)
-        );
+    alone_within(
+        LIMIT,
+        redis_cluster_failover_under_load(
+            "r1. Redis Cluster: kill -9 of a master (3 masters + 3 replicas), QoS 1",
+            "rc1",
+            false,
+        ),
+    )
+    .await;
+}
+
+// Invariant 1 through a Redis Cluster failover: with `cluster.redis_wait_replicas =
+// 1` every inbox append and journal write a PUBACK depends on was confirmed by the
+// replica of the master holding its slot, so the replica elected has it: lost = 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_kill9_master_qos1_wait_replicas() {
+    alone_within(
+        LIMIT,
+        redis_cluster_failover_under_load(
+            "r3. Redis Cluster: kill -9 of a master (3 masters + 3 replicas), QoS 1, \
+             redis_wait_replicas = 1",
+            "rc3",
+            true,
+        ),
+    )
+    .await;
+}
+
+/// `WAIT` calls answered by the Redis Cluster's servers so far (`INFO commandstats`).
+fn wait_calls(c: &TestCluster) -> u64 {
+    let Backend::Cluster(rc) = c.redis() else {
+        unreachable!("a Redis Cluster test")
     };
-    tokio::time::timeout(LIMIT, run)
-        .await
-        .unwrap_or_else(|_| panic!("scenario exceeded {LIMIT:?}"));
+    rc.servers
+        .iter()
+        .map(|s| {
+            let stats = s.cmd(&["INFO", "commandstats"]).text();
+            stats
+                .lines()
+                .find_map(|l| l.strip_prefix("cmdstat_wait:calls="))
+                .and_then(|v| v.split(',').next())
+                .map_or(0, |n| n.parse::<u64>().unwrap())
+        })
+        .sum()
+}
+
+// `cluster.redis_wait_replicas` on Redis Cluster: with the setting on, the masters
+// answer `WAIT`s (one per forwarded batch, on the connection that wrote it); with it
+// off, none. Sequential cross-node QoS 1 acknowledgement times are reported, as for
+// Sentinel above.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_wait_replicas_cost() {
+    let _alone = SERIAL.lock().await;
+    const N: usize = 300;
+    let off = TestCluster::builder(2)
+        .redis_cluster_with_replicas()
+        .start()
+        .await;
+    let t_off = cross_node_ack_time(&off, N).await;
+    assert_eq!(wait_calls(&off), 0, "WAIT sent with the setting off");
+    drop(off);
+    let config = wait_replicas_config();
+    let path = config.path().to_str().unwrap().to_string();
+    let on = TestCluster::builder(2)
+        .redis_cluster_with_replicas()
+        .args(&["--config", &path])
+        .start()
+        .await;
+    let t_on = cross_node_ack_time(&on, N).await;
+    let calls = wait_calls(&on);
+    assert!(
+        calls >= N as u64,
+        "{calls} WAITs for {N} sequential cross-node QoS 1 messages: each PUBACK must wait \
+         for its inbox append to be replicated"
+    );
+    println!(
+        "Redis Cluster, cross-node QoS 1, {N} sequential messages: mean PUBLISH→PUBACK \
+         {:.2} ms with redis_wait_replicas off, {:.2} ms with redis_wait_replicas = 1 \
+         ({calls} WAITs)",
+        t_off.as_secs_f64() * 1000.0,
+        t_on.as_secs_f64() * 1000.0
+    );
 }
 
 /// How many slots the server answering `CLUSTER NODES` serves (its `myself` line).

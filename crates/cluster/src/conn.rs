@@ -101,7 +101,8 @@ impl Conn {
         match self {
             Conn::Cluster(_) => true,
             Conn::Measured(m) => m.inner.is_cluster(),
-            Conn::Durable(_) | Conn::Managed(_) | Conn::Plain(_) | Conn::Sentinel(_) => false,
+            Conn::Durable(d) => d.is_cluster(),
+            Conn::Managed(_) | Conn::Plain(_) | Conn::Sentinel(_) => false,
         }
     }
 }
@@ -374,24 +375,11 @@ impl Redis {
 
     /// Makes [`Redis::durable_conn`] wait for `replicas` replicas (at most `timeout`)
     /// after each request (`cluster.redis_wait_replicas`; see [`crate::durable`]).
-    /// Zero turns it off. Refused on Redis Cluster.
-    pub fn with_wait_replicas(
-        mut self,
-        replicas: u32,
-        timeout: Duration,
-    ) -> Result<Redis, RedisError> {
-        if replicas == 0 {
-            self.wait = None;
-            return Ok(self);
-        }
-        if let Target::Cluster(_) = self.target {
-            return Err(RedisError::Url {
-                url: self.url.clone(),
-                reason: "cluster.redis_wait_replicas is not supported on Redis Cluster".into(),
-            });
-        }
-        self.wait = Some((replicas, timeout));
-        Ok(self)
+    /// Zero turns it off. On Redis Cluster each `WAIT` counts the replicas of the
+    /// master its pipeline's slot lives on.
+    pub fn with_wait_replicas(mut self, replicas: u32, timeout: Duration) -> Redis {
+        self.wait = (replicas > 0).then_some((replicas, timeout));
+        self
     }
 
     /// The connection for writes an acknowledgement depends on (the forwarder's

@@ -16,8 +16,14 @@
 //! The cost: each such round trip waits for the replicas (measured in
 //! docs/reliability.md), and while fewer than N replicas are connected, QoS 1/2
 //! messages for other nodes are refused — the same trade as Redis's own
-//! `min-replicas-to-write`, chosen per deployment. Not available on Redis Cluster
-//! (start-up fails with [`crate::conn::RedisError::Url`]).
+//! `min-replicas-to-write`, chosen per deployment.
+//!
+//! On Redis Cluster a pipeline goes to the master of its keys' slot (the client
+//! routes it by its first keyed command; `WAIT` itself has no key), so the appended
+//! `WAIT` runs on the connection that made the writes and counts that master's
+//! replicas. A request without a key (`SCRIPT LOAD`, which the client sends to every
+//! master) writes no data and is passed through without `WAIT`: on its own, `WAIT`
+//! would be sent to every master.
 
 use std::time::Duration;
 
@@ -35,14 +41,19 @@ pub struct Durable {
 }
 
 impl Durable {
-    /// `inner` (a single server or Sentinel connection), waiting for `replicas`
-    /// replicas at most `timeout` after each request.
+    /// `inner` (a single server, Sentinel or Redis Cluster connection), waiting for
+    /// `replicas` replicas at most `timeout` after each request.
     pub fn new(inner: Conn, replicas: u32, timeout: Duration) -> Durable {
         Durable {
             inner,
             replicas,
             timeout,
         }
+    }
+
+    /// Whether the connection underneath reaches a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.inner.is_cluster()
     }
 
     fn wait_cmd(&self) -> Cmd {
@@ -77,6 +88,12 @@ impl Durable {
         offset: usize,
         count: usize,
     ) -> Result<Vec<Value>, RedisError> {
+        if self.inner.is_cluster() && !pipeline.cmd_iter().any(routed_to_one_slot) {
+            return self
+                .inner
+                .req_packed_commands(pipeline, offset, count)
+                .await;
+        }
         if pipeline.is_transaction() {
             // WAIT may not run inside MULTI: after the transaction, on the same
             // connection (requests on it are answered in order).
@@ -97,6 +114,28 @@ impl Durable {
         let wait = values.pop();
         self.check(wait)?;
         Ok(values)
+    }
+}
+
+/// Whether Redis Cluster routes `cmd` by a key to one slot's server (`WAIT` in the
+/// same pipeline then reaches that server). The client's own routing table is
+/// private: this mirrors it for the commands this crate sends — every data command
+/// has its key first; the keyless ones are server commands and scripts called with
+/// no key.
+fn routed_to_one_slot(cmd: &Cmd) -> bool {
+    let mut args = cmd.args_iter().map(|a| match a {
+        redis::Arg::Simple(b) => b,
+        _ => &b""[..],
+    });
+    let Some(name) = args.next() else {
+        return false;
+    };
+    match name.to_ascii_uppercase().as_slice() {
+        b"SCRIPT" | b"PING" | b"WAIT" | b"TIME" | b"ROLE" | b"INFO" | b"CLIENT" | b"FUNCTION" => {
+            false
+        }
+        b"EVAL" | b"EVALSHA" => args.nth(1).is_some_and(|keys| keys != b"0"),
+        _ => true,
     }
 }
 
@@ -157,5 +196,20 @@ mod tests {
         assert!(!crate::health::is_connection_error(&e), "{e}");
         assert!(e.to_string().contains("cluster.redis_wait_replicas"), "{e}");
         assert!(d.check(None).is_err());
+    }
+
+    #[test]
+    fn only_keyed_commands_are_followed_by_wait_on_redis_cluster() {
+        assert!(routed_to_one_slot(redis::cmd("XADD").arg("k").arg("*")));
+        assert!(routed_to_one_slot(
+            redis::cmd("EVALSHA").arg("abc").arg(1).arg("k")
+        ));
+        assert!(!routed_to_one_slot(
+            redis::cmd("SCRIPT").arg("LOAD").arg("return 1")
+        ));
+        assert!(!routed_to_one_slot(&redis::cmd("PING")));
+        assert!(!routed_to_one_slot(
+            redis::cmd("EVAL").arg("return 1").arg(0)
+        ));
     }
 }

@@ -130,7 +130,7 @@ impl ClusterNode {
         let timeout = Duration::from_secs(settings.redis_connect_timeout_secs);
         let redis = Redis::connect(&settings.redis, &RedisTls::from(settings), timeout)
             .await?
-            .with_wait_replicas(settings.redis_wait_replicas, settings.redis_wait_timeout)?;
+            .with_wait_replicas(settings.redis_wait_replicas, settings.redis_wait_timeout);
         let keys = Keys::new(&settings.key_prefix);
         let mut conn = redis.conn();
         bus::ensure_group(&mut conn, &keys.inbox(&me)).await?;

@@ -41,6 +41,25 @@ pub struct RedisServer {
     tls: Option<RedisTlsFiles>,
     /// Keeps an append-only file, so a restart comes back with the data.
     persistent: bool,
+    /// In a Redis Cluster: its cluster bus port (a restart rejoins with the same
+    /// node id, from its `nodes-<port>.conf`).
+    cluster_bus: Option<u16>,
+}
+
+/// `redis-server` arguments for a Redis Cluster member.
+fn cluster_args(port: u16, bus: u16) -> Vec<String> {
+    [
+        "--cluster-enabled".to_string(),
+        "yes".into(),
+        "--cluster-config-file".into(),
+        format!("nodes-{port}.conf"),
+        // An explicit bus port: the default (port + 10000) may not exist.
+        "--cluster-port".into(),
+        bus.to_string(),
+        "--cluster-node-timeout".into(),
+        "5000".into(),
+    ]
+    .into()
 }
 
 /// `redis-server` arguments for persistence: an append-only file (fsync every second;
@@ -114,12 +133,9 @@ impl RedisServer {
                 .arg(dir.path())
                 .arg("--logfile")
                 .arg(dir.path().join("redis.log"));
-            if cluster_mode {
-                // An explicit bus port: the default (port + 10000) may not exist.
-                cmd.args(["--cluster-enabled", "yes"])
-                    .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
-                    .args(["--cluster-port", &free_port().to_string()])
-                    .args(["--cluster-node-timeout", "5000"]);
+            let cluster_bus = cluster_mode.then(free_port);
+            if let Some(bus) = cluster_bus {
+                cmd.args(cluster_args(port, bus));
             }
             let mut child = cmd
                 .stdin(Stdio::null())
@@ -135,6 +151,7 @@ impl RedisServer {
                 dir,
                 persistent,
                 tls: tls.clone(),
+                cluster_bus,
             };
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
@@ -250,7 +267,8 @@ impl RedisServer {
     }
 
     /// Starts the (shut down) server again on the same port and directory, and waits
-    /// for it to answer PING.
+    /// for it to answer PING. A Redis Cluster member rejoins its cluster with the
+    /// same node id (its data is gone unless it is persistent).
     pub fn restart(&mut self) {
         assert!(
             self.child
@@ -271,6 +289,11 @@ impl RedisServer {
                 .arg(self.dir.path())
                 .arg("--logfile")
                 .arg(self.dir.path().join("redis.log"))
+                .args(
+                    self.cluster_bus
+                        .map(|bus| cluster_args(self.port, bus))
+                        .unwrap_or_default(),
+                )
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
