@@ -194,8 +194,8 @@ pub async fn nodes(State(app): State<Arc<App>>) -> ApiResult {
         "version": env!("CARGO_PKG_VERSION"),
         "mode": health.get("mode").cloned().unwrap_or(Value::Null),
         "clients": health.get("clients").cloned().unwrap_or(Value::Null),
-        "sessions": app.broker.registry.len(),
-        "retained": app.broker.retained.len(),
+        "sessions": app.broker.registry().len(),
+        "retained": app.broker.retained().len(),
         "uptime_secs": app.started.elapsed().as_secs(),
         "admin": app.addr.to_string(),
     });
@@ -264,7 +264,7 @@ pub async fn clients(
     let Query(q) = q?;
     let limit = limit(q.limit);
     let user = q.user.as_deref();
-    let (page, mut more) = app.broker.registry.sessions(
+    let (page, mut more) = app.broker.registry().sessions(
         q.prefix.as_deref().unwrap_or(""),
         q.after.as_deref(),
         limit,
@@ -371,8 +371,8 @@ pub async fn client(
     q: Result<Query<LocalQuery>, QueryRejection>,
 ) -> ApiResult {
     let Query(q) = q?;
-    let Some(link) = app.broker.registry.link(&id) else {
-        if app.broker.registry.is_parked(&id) {
+    let Some(link) = app.broker.registry().link(&id) else {
+        if app.broker.registry().is_parked(&id) {
             return Ok(Json(json!({
                 "client_id": id,
                 "node": app.node_id(),
@@ -420,7 +420,7 @@ pub async fn kick(
     q: Result<Query<LocalQuery>, QueryRejection>,
 ) -> ApiResult {
     let Query(q) = q?;
-    let Some(link) = app.broker.registry.link(&id) else {
+    let Some(link) = app.broker.registry().link(&id) else {
         return on_another_node(&app, q.local, "POST", "/kick", &id, &headers).await;
     };
     link.ask_to_leave(ReasonCode::AdministrativeAction);
@@ -462,7 +462,7 @@ pub async fn kick_prefix(
     }
     let (mine, _) = app
         .broker
-        .registry
+        .registry()
         .sessions(&q.prefix, None, usize::MAX, |e| e.link.is_some());
     let links: Vec<_> = mine.into_iter().filter_map(|e| e.link).collect();
     for l in &links {
@@ -529,7 +529,7 @@ pub async fn retained(
         )));
     }
     let limit = limit(q.limit);
-    let mut all = app.broker.retained.matching(filter, Instant::now());
+    let mut all = app.broker.retained().matching(filter, Instant::now());
     if let Some(after) = q.after.as_deref() {
         all.retain(|m| m.topic() > after);
     }
@@ -589,7 +589,7 @@ pub async fn delete_retained(
     }
     let exists = app
         .broker
-        .retained
+        .retained()
         .matching(&q.topic, Instant::now())
         .iter()
         .any(|m| m.topic() == q.topic);
@@ -600,7 +600,7 @@ pub async fn delete_retained(
         )));
     }
     let clear = message(&q.topic, Vec::new(), mqtt::QoS::AtMostOnce, true);
-    app.broker.retained.set(&clear);
+    app.broker.set_retained(&clear);
     // The store (Redis, or the data directory) forgets it too.
     if let Some(s) = app.broker.store() {
         s.retained(&clear);
@@ -655,7 +655,7 @@ pub async fn publish(
             )))
         }
     };
-    if payload.len() > app.broker.config.limits.max_packet_size as usize {
+    if payload.len() > app.broker.config().limits.max_packet_size as usize {
         return Err(ApiError::bad_request(
             "payload larger than limits.max_packet_size",
         ));

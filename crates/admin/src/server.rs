@@ -186,7 +186,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
             (header::CONTENT_TYPE, broker::metrics::CONTENT_TYPE),
             (header::CACHE_CONTROL, "no-store"),
         ],
-        app.broker.metrics.encode(),
+        app.broker.metrics().encode(),
     )
         .into_response()
 }

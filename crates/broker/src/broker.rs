@@ -100,28 +100,29 @@ impl StallGate {
     }
 }
 
-/// Everything the connections of one broker share.
+/// Everything the connections of one broker share. Its parts are private to this
+/// crate: other crates go through the methods here and in [`crate::access`].
 #[derive(Debug)]
 pub struct Broker {
     /// Configuration in force.
-    pub config: Config,
+    pub(crate) config: Config,
     /// The subscription index.
-    pub router: Router,
+    pub(crate) router: Router,
     /// Retained messages.
-    pub retained: RetainStore,
+    pub(crate) retained: RetainStore,
     /// Sessions and their owners.
-    pub registry: Registry,
+    pub(crate) registry: Registry,
     /// Access control.
-    pub auth: Authenticator,
+    pub(crate) auth: Authenticator,
     /// Counters.
-    pub metrics: Metrics,
+    pub(crate) metrics: Metrics,
     /// The cluster this node belongs to, if any (set once at start).
     cluster: OnceLock<Arc<dyn Cluster>>,
     /// Where persistent sessions outlive their connection: the cluster's store, the
     /// disk, or none (in memory only; set once at start).
     store: OnceLock<Arc<dyn SessionStore>>,
     /// Holds connections after this process was frozen (cluster only).
-    pub stall: StallGate,
+    pub(crate) stall: StallGate,
 }
 
 /// The outcome of publishing one message on this node.

@@ -13,6 +13,7 @@
 //! - [`retain`] — retained messages.
 //! - [`registry`] — one connection per client id, takeover, parked sessions.
 //! - [`broker`] — the state shared by all connections; publish, wills, session end.
+//! - [`access`] — what other crates may read or change in a broker.
 //! - [`cluster`] — the interface a cluster offers the broker (none on a single node).
 //! - [`message`] — a message as it travels through the broker.
 //! - [`auth`] — anonymous access, password file and ACL decisions.
@@ -21,6 +22,7 @@
 //! - [`health`] — the node's health as `GET /health` reports it.
 //! - [`signal`] — a small wake-up for the one task waiting on it.
 
+pub mod access;
 pub mod arrival;
 pub mod auth;
 pub mod broker;

@@ -200,8 +200,8 @@ pub async fn resync(
 
 fn apply_retained(broker: &Broker, topic: &str, value: Option<&[u8]>) {
     match value.map(read_retained) {
-        Some(Ok(Some(msg))) => broker.retained.set(&msg),
-        Some(Ok(None)) | None => broker.retained.remove(topic),
+        Some(Ok(Some(msg))) => broker.set_retained(&msg),
+        Some(Ok(None)) | None => broker.clear_retained(topic),
         Some(Err(e)) => tracing::error!(topic, error = %e, "skipping undecodable retained message"),
     }
 }

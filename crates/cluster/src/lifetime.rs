@@ -98,7 +98,7 @@ async fn refresh_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let held = broker.registry.epochs();
+        let held = broker.held_epochs();
         let mut rewritten = 0usize;
         for chunk in held.chunks(512) {
             let cmds = chunk

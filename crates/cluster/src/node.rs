@@ -184,7 +184,7 @@ impl ClusterNode {
             settings.session_store_max_queued,
             settings.session_grace,
         );
-        broker.stall.set_limit(settings.liveness_ttl);
+        broker.stall().set_limit(settings.liveness_ttl);
         let (this_tx, this_rx) = oneshot::channel::<std::sync::Weak<ClusterNode>>();
         let tasks = vec![
             sessions_task,
@@ -356,7 +356,7 @@ impl ClusterNode {
     /// (its connection closed with 0x8E), so no client has two live connections and
     /// nothing is delivered twice.
     async fn drop_lost_sessions(&self) -> bool {
-        let local = self.broker.registry.epochs();
+        let local = self.broker.held_epochs();
         // Every session's owner and epoch, in one round trip (per slot on a Redis
         // Cluster): connections are held until this is done.
         let cmds = local
@@ -517,7 +517,7 @@ async fn watch_members(
             },
             _ = tick.tick() => {
                 let current = node.membership.lock().as_ref().map(|m| {
-                    m.set_connections(Metrics::get(&broker.metrics.clients_connected));
+                    m.set_connections(Metrics::get(&broker.metrics().clients_connected));
                     m.current_generation()
                 });
                 if let Some(g) = current {
@@ -600,7 +600,7 @@ impl Cluster for ClusterNode {
         if msg.qos == mqtt::QoS::AtMostOnce {
             let shed = self.backlog.push_qos0(dests);
             if shed != Default::default() {
-                crate::backlog::count_shed(&self.broker.metrics, shed);
+                crate::backlog::count_shed(self.broker.metrics(), shed);
             }
             return Forwarded {
                 local_groups,

@@ -338,7 +338,7 @@ impl DiskStore {
     /// Adds the store's metrics to `broker`'s registry (once, at start).
     pub fn register_metrics(self: &Arc<Self>, broker: &broker::broker::Broker) {
         broker
-            .metrics
+            .metrics()
             .register_collector(Box::new(StoreMetrics(Arc::downgrade(self))));
     }
 }

@@ -29,7 +29,7 @@ pub struct Installed {
 pub async fn install(broker: &Arc<Broker>, loaded: Loaded) -> Installed {
     let mut done = Installed::default();
     for msg in loaded.retained {
-        broker.retained.set(&msg);
+        broker.set_retained(&msg);
         done.retained += 1;
     }
     let now = unix_ms();

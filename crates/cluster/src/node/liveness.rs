@@ -38,7 +38,7 @@ pub(super) async fn liveness(
         tokio::select! {
             _ = tick.tick() => {
                 let Some(n) = node.upgrade() else { return };
-                if let Some(gap) = broker.stall.stalled() {
+                if let Some(gap) = broker.stall().stalled() {
                     if lease.note_stall() {
                         tracing::warn!(ms = gap.as_millis() as u64, "this node was frozen or cut off longer than cluster.liveness_ttl_ms; checking which sessions it still owns before serving");
                     }
@@ -65,7 +65,7 @@ pub(super) async fn liveness(
                 match set {
                     Ok(()) => {
                         lease.renewed(started, n.broker_peers(), heard);
-                        broker.stall.beat();
+                        broker.stall().beat();
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "cannot refresh the liveness key");
@@ -73,11 +73,11 @@ pub(super) async fn liveness(
                             if lease.fence() {
                                 tracing::warn!("cut off from redis and from every other node; holding client connections (other nodes may take this node's sessions over) until redis is back");
                             }
-                            broker.stall.rewind(lease.since);
+                            broker.stall().rewind(lease.since);
                         } else {
                             // Redis is out of reach for everyone, or the others still
                             // hear this node (their claims are refused): go on.
-                            broker.stall.beat();
+                            broker.stall().beat();
                         }
                     }
                 }

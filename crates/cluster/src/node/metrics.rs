@@ -27,14 +27,14 @@ fn secs(ms: u64) -> f64 {
 impl ClusterNode {
     /// Registers the cluster's metrics in `broker`'s registry (once, at start).
     pub(super) fn register_metrics(self: &Arc<Self>, broker: &Broker) {
-        broker.metrics.register(
+        broker.metrics().register(
             "astramq_redis_round_trip_seconds",
             "Round trips to Redis on the node's shared connection (every command and \
              pipeline except the blocking stream reads), from request to reply",
             self.redis.health().round_trips.clone(),
         );
         broker
-            .metrics
+            .metrics()
             .register_collector(Box::new(ClusterMetrics(Arc::downgrade(self))));
     }
 }

@@ -36,7 +36,7 @@ use broker::message::Message;
 use tokio::sync::{oneshot, watch};
 
 use super::ClusterNode;
-use crate::conn::{run_per_key, Conn, Keys};
+use crate::conn::{run_per_key, Conn};
 use crate::feed::Change;
 use crate::health::{rfc3339, Refused};
 
@@ -51,11 +51,6 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 const PROBE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Retained messages written back per round trip after a data loss.
 const RETAINED_BATCH: usize = 500;
-
-/// The marker key telling one Redis incarnation from the next.
-pub(crate) fn incarnation_key(keys: &Keys) -> String {
-    format!("{}:{{cluster}}:incarnation", keys.prefix())
-}
 
 /// What a refused forward counts as.
 pub(super) fn refusal(msg: &Message) -> Refused {
@@ -122,7 +117,7 @@ impl ClusterNode {
     /// value another node set meanwhile (`HSETNX`). Returns the count.
     async fn republish_retained(&self, broker: &Broker) -> Result<usize, redis::RedisError> {
         let conn = self.redis.conn();
-        let all = broker.retained.all(Instant::now());
+        let all = broker.all_retained(Instant::now());
         for chunk in all.chunks(RETAINED_BATCH) {
             let cmds = chunk
                 .iter()
@@ -148,7 +143,7 @@ impl ClusterNode {
         // Sessions: parked ones from the registry, connected ones from their
         // connections (each hands the session store a copy), in order with later
         // changes.
-        let parked = broker.registry.republish();
+        let parked = broker.parked_sessions();
         let sessions = parked.len();
         for p in parked {
             self.sessions
@@ -280,7 +275,7 @@ async fn establish(conn: &mut Conn, key: &str) -> Result<String, redis::RedisErr
 /// outage or a flush, notices a data loss and re-publishes this node's state.
 async fn watcher(node: Arc<ClusterNode>, broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
     let health = node.redis.health().clone();
-    let key = incarnation_key(&node.keys);
+    let key = node.keys.incarnation();
     // The incarnation this node's state is known to be in (None until first read).
     let mut known: Option<String> = None;
     let mut conn: Option<Conn> = None;

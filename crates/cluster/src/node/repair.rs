@@ -162,7 +162,7 @@ impl ClusterNode {
     pub(super) async fn repair_node(&self, dead: &str) {
         let started = std::time::Instant::now();
         let mut conn = self.redis.conn();
-        let lock = format!("{}:{{n:{dead}}}:repair", self.keys.prefix());
+        let lock = self.keys.repair(dead);
         loop {
             let won: Result<Option<String>, _> = redis::cmd("SET")
                 .arg(&lock)
@@ -192,7 +192,7 @@ impl ClusterNode {
             .arg(&lock)
             .query_async::<()>(&mut conn)
             .await;
-        let draining = format!("{}:{{n:{dead}}}:draining", self.keys.prefix());
+        let draining = self.keys.draining(dead);
         match taken {
             None => {
                 // Another repair that took sessions over drops the routes itself, once
