@@ -442,8 +442,8 @@ impl Broker {
                 _ => return None,
             },
         };
-        if session.mailbox.journal().is_some() {
-            session.mailbox.set_forward_only();
+        if session.mailbox.durability().is_stored() {
+            session.mailbox.set_moved();
             let filters: Vec<String> = session.subscriptions.keys().cloned().collect();
             let (broker, client_id, mailbox) = (
                 self.clone(),
@@ -488,7 +488,7 @@ impl Broker {
             );
         }
         session.restore(snapshot);
-        if let (Some(s), Some(_)) = (self.store(), session.mailbox.journal()) {
+        if let (Some(s), true) = (self.store(), session.mailbox.durability().is_stored()) {
             session
                 .mailbox
                 .track_journal(session.inflight_journal_keys());
@@ -529,7 +529,7 @@ impl Broker {
             expiry,
         );
         if expiry > 0 {
-            session.mailbox.set_journal(&client_id, epoch);
+            session.mailbox.set_stored(&client_id, epoch);
         }
         self.resume_session(&mut session, snapshot, username);
         self.disconnected(conn_id, session, will);

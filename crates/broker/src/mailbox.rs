@@ -101,6 +101,48 @@ impl Queue {
     }
 }
 
+/// How a session's QoS 1/2 deliveries outlive the node that queues them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability<'a> {
+    /// In this process's memory only: a clean session, or a node without a session
+    /// store.
+    Memory,
+    /// Written to the session store (Redis, the disk) before they are queued, under
+    /// the session's ownership epoch (the store's fencing token).
+    Stored {
+        /// The session's client id.
+        client_id: &'a Arc<str>,
+        /// The ownership epoch the writes carry.
+        epoch: u64,
+    },
+    /// The session moved to another node (which owns it under a newer epoch): what
+    /// still arrives here during the handover grace is stored for it there, not
+    /// queued here.
+    Moved {
+        /// The session's client id.
+        client_id: &'a Arc<str>,
+        /// The epoch this node held it under.
+        epoch: u64,
+    },
+}
+
+impl<'a> Durability<'a> {
+    /// Whether deliveries go to the session store (stored or moved).
+    pub fn is_stored(&self) -> bool {
+        !matches!(self, Durability::Memory)
+    }
+
+    /// The client id and epoch store writes carry, unless in memory only.
+    pub fn owner(&self) -> Option<(&'a Arc<str>, u64)> {
+        match *self {
+            Durability::Memory => None,
+            Durability::Stored { client_id, epoch } | Durability::Moved { client_id, epoch } => {
+                Some((client_id, epoch))
+            }
+        }
+    }
+}
+
 /// A session's bounded delivery queue.
 #[derive(Debug)]
 pub struct Mailbox {
@@ -114,13 +156,12 @@ pub struct Mailbox {
     limits: MailboxLimits,
     /// The next packet id to hand out (see [`Mailbox::reserve_packet_id`]).
     next_packet_id: AtomicU16,
-    /// The cluster ownership epoch of a persistent session whose QoS 1/2 deliveries
-    /// are journaled before they are queued; 0 when they are not.
+    /// [`Durability`], kept as atomics because every delivery reads it: the
+    /// ownership epoch of a stored session (0: in memory only) ...
     journal_epoch: AtomicU64,
-    /// The client id the journal belongs to (set with the epoch).
+    /// ... its client id (set with the first non-zero epoch) ...
     journal_owner: OnceLock<Arc<str>>,
-    /// The session moved to another node: journaled deliveries are stored for it
-    /// there, not queued here.
+    /// ... and whether it moved to another node.
     forward_only: AtomicBool,
 }
 
@@ -158,30 +199,36 @@ impl Mailbox {
             .store(id.wrapping_add(1).max(1), Ordering::Relaxed);
     }
 
-    /// Journals this mailbox's QoS 1/2 deliveries for `client_id` under ownership
-    /// `epoch` (0: stop journaling).
-    pub fn set_journal(&self, client_id: &Arc<str>, epoch: u64) {
+    /// Stores this mailbox's QoS 1/2 deliveries for `client_id` under ownership
+    /// `epoch` (a non-zero fencing token from the store's claim) before they are
+    /// queued: [`Durability::Stored`].
+    pub fn set_stored(&self, client_id: &Arc<str>, epoch: u64) {
+        debug_assert!(epoch > 0, "a stored session has a non-zero epoch");
         let _ = self.journal_owner.set(client_id.clone());
         self.journal_epoch.store(epoch, Ordering::Release);
     }
 
-    /// Marks the session as moved to another node (see `forward_only`).
-    pub fn set_forward_only(&self) {
+    /// Keeps this mailbox's deliveries in memory only: [`Durability::Memory`].
+    pub fn set_memory_only(&self) {
+        self.journal_epoch.store(0, Ordering::Release);
+    }
+
+    /// Marks a stored session as moved to another node: [`Durability::Moved`].
+    pub fn set_moved(&self) {
         self.forward_only.store(true, Ordering::Release);
     }
 
-    /// Whether journaled deliveries are only stored, for the session's new node.
-    pub fn is_forward_only(&self) -> bool {
-        self.forward_only.load(Ordering::Acquire)
-    }
-
-    /// The client id and epoch deliveries are journaled under, if they are.
-    pub fn journal(&self) -> Option<(&Arc<str>, u64)> {
+    /// How this mailbox's QoS 1/2 deliveries outlive this node.
+    pub fn durability(&self) -> Durability<'_> {
         let epoch = self.journal_epoch.load(Ordering::Acquire);
-        if epoch == 0 {
-            return None;
+        let Some(client_id) = self.journal_owner.get().filter(|_| epoch != 0) else {
+            return Durability::Memory;
+        };
+        if self.forward_only.load(Ordering::Acquire) {
+            Durability::Moved { client_id, epoch }
+        } else {
+            Durability::Stored { client_id, epoch }
         }
-        self.journal_owner.get().map(|c| (c, epoch))
     }
 
     /// Marks whether a connection is draining this mailbox.
@@ -430,6 +477,34 @@ mod tests {
     use bytes::Bytes;
     use mqtt::Publish;
     use std::time::Instant;
+
+    #[test]
+    fn durability_moves_from_memory_to_stored_to_moved() {
+        let m = Mailbox::new(limits(10, QueueOverflow::DropOldest));
+        let id: Arc<str> = Arc::from("dev");
+        assert_eq!(m.durability(), Durability::Memory);
+        m.set_stored(&id, 7);
+        assert_eq!(
+            m.durability(),
+            Durability::Stored {
+                client_id: &id,
+                epoch: 7
+            }
+        );
+        assert_eq!(m.durability().owner(), Some((&id, 7)));
+        m.set_moved();
+        assert!(m.durability().is_stored());
+        assert_eq!(
+            m.durability(),
+            Durability::Moved {
+                client_id: &id,
+                epoch: 7
+            }
+        );
+        m.set_memory_only();
+        assert_eq!(m.durability(), Durability::Memory);
+        assert_eq!(m.durability().owner(), None);
+    }
 
     fn delivery(n: u8, qos: QoS) -> Delivery {
         let p = Publish {

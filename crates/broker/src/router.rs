@@ -257,7 +257,7 @@ impl Router {
                 sub_ids: t.sub_ids,
                 journal: None,
             };
-            if d.qos != QoS::AtMostOnce && t.mailbox.journal().is_some() {
+            if d.qos != QoS::AtMostOnce && t.mailbox.durability().is_stored() {
                 // A persistent session in a cluster: stored first, queued after.
                 routed.delivered += 1;
                 journal.push(Blocked {

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use broker::cluster::{ClusterError, JournalOutcome, SessionChange};
-use broker::mailbox::Journaled;
+use broker::mailbox::{Durability, Journaled};
 use broker::router::Blocked;
 use broker::session::{Outbound, PendingWill, SessionSnapshot};
 use tokio::sync::{mpsc, oneshot};
@@ -151,7 +151,7 @@ impl Sessions {
             .into_iter()
             .filter_map(|mut b| {
                 let (client_id, epoch) = {
-                    let (c, e) = b.mailbox.journal()?;
+                    let (c, e) = b.mailbox.durability().owner()?;
                     (c.clone(), e)
                 };
                 let key = match &key {
@@ -594,7 +594,7 @@ async fn writer(
                                 ..
                             } = e.take().expect("each entry once");
                             let retried = uncertain.remove(&(client_id.clone(), key.clone()));
-                            if b.mailbox.is_forward_only() {
+                            if let Durability::Moved { .. } = b.mailbox.durability() {
                                 tracing::debug!(%client_id, %key, "journaled for the session's new node; not queued here");
                                 continue; // stored for the session's new node
                             }

@@ -63,7 +63,7 @@ fn mailbox(client_id: &str, epoch: u64) -> Arc<Mailbox> {
         max_bytes: 1 << 20,
         overflow: QueueOverflow::DropOldest,
     });
-    m.set_journal(&Arc::from(client_id), epoch);
+    m.set_stored(&Arc::from(client_id), epoch);
     m
 }
 

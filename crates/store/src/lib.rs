@@ -230,7 +230,7 @@ impl SessionStore for DiskStore {
         let entries: Vec<Entry> = entries
             .into_iter()
             .filter_map(|mut b| {
-                let client_id = b.mailbox.journal()?.0.clone();
+                let client_id = b.mailbox.durability().owner()?.0.clone();
                 // An id given just now is above every stored one: no entry can have
                 // it yet. One given before (a QoS 2 resend routed again under its
                 // old id, a message read back after a restart) may.

@@ -284,7 +284,7 @@ where
             }
             let mailbox = Mailbox::new(broker.mailbox_limits());
             if broker.store().is_some() && expiry > 0 {
-                mailbox.set_journal(&client_id, epoch);
+                mailbox.set_stored(&client_id, epoch);
             }
             let mut session = Session::new(client_id.clone(), mailbox, expiry);
             // A session another node handed over resumes here [MQTT-3.2.2-2].
@@ -305,8 +305,11 @@ where
     if broker.store().is_some() {
         // A persistent session with a store: its QoS 1/2 deliveries are stored before
         // they are queued, so that it survives this node (or this process).
-        let journal_epoch = if expiry > 0 { epoch } else { 0 };
-        session.mailbox.set_journal(&client_id, journal_epoch);
+        if expiry > 0 {
+            session.mailbox.set_stored(&client_id, epoch);
+        } else {
+            session.mailbox.set_memory_only();
+        }
     }
     session.mailbox.set_online(true);
 

@@ -437,7 +437,7 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
     /// Redis lost its data: hands the cluster a copy of this session (persistent
     /// sessions only).
     fn republish(&mut self) {
-        if self.session.mailbox.journal().is_none() && self.will.is_none() {
+        if !self.session.mailbox.durability().is_stored() && self.will.is_none() {
             return;
         }
         let pending: Vec<Delivery> = self.pending.iter().cloned().collect();

@@ -172,7 +172,7 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
         msg: &Arc<Message>,
         packet_id: u16,
     ) -> Option<tokio::sync::oneshot::Receiver<Result<(), ClusterError>>> {
-        self.session.mailbox.journal()?;
+        self.session.mailbox.durability().owner()?;
         let store = self.broker.store()?;
         let id = store.message_id(msg).into();
         Some(store.session_changed_stored(SessionChange::InboundQos2 {
@@ -186,7 +186,7 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
     /// A persistent session in a cluster: tells the cluster store that inbound QoS 2
     /// packet `packet_id` is free again (released, or never routed).
     pub(super) fn forget_inbound_qos2(&self, packet_id: u16) {
-        if self.session.mailbox.journal().is_some() {
+        if self.session.mailbox.durability().is_stored() {
             self.broker.session_changed(SessionChange::InboundQos2 {
                 client_id: self.client_id.clone(),
                 epoch: self.epoch,
@@ -230,12 +230,10 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
         let mut blocked = Vec::new();
         // A persistent session's QoS 2 PUBLISH: its packet id is stored; the store
         // records with the message's journal entries that it was routed.
-        let inbound =
-            (qos == QoS::ExactlyOnce && self.session.mailbox.journal().is_some()).then(|| {
-                InboundRouted {
-                    client_id: self.client_id.clone(),
-                    packet_id,
-                }
+        let inbound = (qos == QoS::ExactlyOnce && self.session.mailbox.durability().is_stored())
+            .then(|| InboundRouted {
+                client_id: self.client_id.clone(),
+                packet_id,
             });
         let published = ROUTING
             .with_borrow_mut(|scratch| self.broker.publish(&msg, scratch, &mut blocked, inbound));

@@ -97,7 +97,7 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
             options: f.options,
             id,
         };
-        if self.session.mailbox.journal().is_some() {
+        if self.session.mailbox.durability().is_stored() {
             broker.session_changed(SessionChange::Subscribed {
                 client_id: self.client_id.clone(),
                 filter: f.filter.clone(),
@@ -148,7 +148,7 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
             .map(|f| {
                 let existed = self.broker.unsubscribe(f, &self.client_id);
                 self.session.subscriptions.remove(f);
-                if existed && self.session.mailbox.journal().is_some() {
+                if existed && self.session.mailbox.durability().is_stored() {
                     self.broker.session_changed(SessionChange::Unsubscribed {
                         client_id: self.client_id.clone(),
                         filter: f.clone(),

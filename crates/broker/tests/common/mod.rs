@@ -12,7 +12,7 @@ use astramq_broker::cluster::{
     BoxFuture, ClaimRequest, ClusterClaim, ClusterError, JournalOutcome, SessionChange,
 };
 use astramq_broker::config::Config;
-use astramq_broker::mailbox::Mailbox;
+use astramq_broker::mailbox::{Durability, Mailbox};
 use astramq_broker::message::Message;
 use astramq_broker::router::Blocked;
 use astramq_broker::store::SessionStore;
@@ -128,7 +128,7 @@ impl SessionStore for FakeStore {
         self.journaled.lock().extend(entries.iter().map(|b| {
             (
                 b.delivery.msg.topic().to_string(),
-                b.mailbox.is_forward_only(),
+                matches!(b.mailbox.durability(), Durability::Moved { .. }),
             )
         }));
         let (tx, rx) = oneshot::channel();
