@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it, on a fresh Debian machine: installs the system
-# packages the tests drive (Mosquitto's clients and mosquitto_passwd, HAProxy, Redis and Redis Sentinel, iptables), then checks
+# packages the tests drive (Mosquitto's clients and mosquitto_passwd, HAProxy, Redis and Redis Sentinel, iptables, Chromium), then checks
 # formatting, lints, and runs every test (unit, property/fuzz, end-to-end).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +18,8 @@ command -v redis-sentinel >/dev/null 2>&1 || missing+=(redis-sentinel)
 # tests/websocket.rs runs MQTT.js (npm) under Node.
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+# tests/dashboard.rs loads the web dashboard in a real headless Chromium.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 # tests/partition.rs cuts loopback ports with iptables rules (as root).
 command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || missing+=(iptables)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -147,6 +147,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/clients/{id}", get(api::client))
         .route("/clients/{id}/kick", post(api::kick))
         .route("/kick", post(api::kick_prefix))
+        .route("/subscriptions", get(api::subscriptions))
         .route("/retained", get(api::retained).delete(api::delete_retained))
         .route("/publish", post(api::publish))
         .fallback(api::not_found)
@@ -157,10 +158,15 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(health))
         .route("/metrics", get(metrics))
         .nest("/api/v1", api)
+        .route("/", get(crate::dashboard::to_index))
+        .route("/ui", get(crate::dashboard::to_index))
+        .route("/ui/", get(crate::dashboard::index))
+        .route("/ui/app.js", get(crate::dashboard::script))
+        .route("/ui/app.css", get(crate::dashboard::style))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
-                "not found: try /health, /metrics or /api/v1/…\n",
+                "not found: try /ui/, /health, /metrics or /api/v1/…\n",
             )
         })
         .with_state(app)

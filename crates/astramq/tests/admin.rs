@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use common::admin::*;
 use common::cluster::*;
 use common::*;
 use rumqttc::v5::mqttbytes::QoS;
@@ -22,6 +23,7 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("GET", "/api/v1/clients/someone"),
     ("POST", "/api/v1/clients/someone/kick"),
     ("POST", "/api/v1/kick?prefix=some"),
+    ("GET", "/api/v1/subscriptions?topic=a"),
     ("GET", "/api/v1/retained?filter=%23"),
     ("DELETE", "/api/v1/retained?topic=a"),
     ("POST", "/api/v1/publish"),
@@ -62,29 +64,6 @@ async fn call(
     (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
-/// `astramq ctl key add NAME --scope SCOPE --file FILE`: the key it prints.
-async fn add_key(file: &Path, name: &str, scope: &str) -> String {
-    let out = run_astramq(
-        &[
-            "ctl",
-            "key",
-            "add",
-            name,
-            "--scope",
-            scope,
-            "--file",
-            file.to_str().unwrap(),
-        ],
-        &[],
-        T,
-    )
-    .await;
-    assert!(out.status.success(), "{out:?}");
-    let key = out.stdout.trim().to_string();
-    assert!(key.starts_with(&format!("{name}.")), "{out:?}");
-    key
-}
-
 /// `astramq ctl --url http://HEALTH --key KEY ARGS…`, which must succeed: stdout.
 async fn ctl(health: SocketAddr, key: &str, args: &[&str]) -> String {
     let url = format!("http://{health}");
@@ -93,20 +72,6 @@ async fn ctl(health: SocketAddr, key: &str, args: &[&str]) -> String {
     let out = run_astramq(&all, &[], T).await;
     assert!(out.status.success(), "ctl {args:?}: {out:?}");
     out.stdout
-}
-
-fn keys_file(dir: &tempfile::TempDir) -> std::path::PathBuf {
-    dir.path().join("admin-keys")
-}
-
-/// The flags of an admin listener on a free port with the keys in `file`.
-fn admin_args(file: &Path) -> [&str; 4] {
-    [
-        "--health-listen",
-        "127.0.0.1:0",
-        "--admin-keys-file",
-        file.to_str().unwrap(),
-    ]
 }
 
 fn broker_with_keys(file: &Path) -> Broker {
@@ -386,6 +351,50 @@ async fn any_node_lists_shows_and_kicks_clients_of_the_whole_cluster() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Every node reports its own health and counters through the node asked.
+    let (_, nodes) = call(h1, "GET", "/api/v1/nodes", Some(&read), None).await;
+    for n in nodes["nodes"].as_array().unwrap() {
+        assert_eq!(n["healthy"], true, "{nodes}");
+        assert!(n["messages_received"].is_u64(), "{nodes}");
+        assert!(n.get("error").is_none(), "{nodes}");
+    }
+    // Who gets a topic, asked on n1: the subscriptions of n2 and n3 (a shared one
+    // with its group); n1's own does not match.
+    b.sub("sub/#", 1).await;
+    c3.sub("$share/g/sub/+", 0).await;
+    a.sub("other/#", 1).await;
+    let (code, subs) = call(
+        h1,
+        "GET",
+        "/api/v1/subscriptions?topic=sub/x",
+        Some(&read),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{subs}");
+    let got: Vec<Value> = subs["subscriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| json!([s["client_id"], s["node"], s["filter"], s["group"], s["qos"]]))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            json!(["dev-b", "n2", "sub/#", null, 1]),
+            json!(["dev-c", "n3", "$share/g/sub/+", "g", 0])
+        ],
+        "{subs}"
+    );
+    let (code, r) = call(
+        h1,
+        "GET",
+        "/api/v1/subscriptions?topic=sub/%2B",
+        Some(&read),
+        None,
+    )
+    .await;
+    assert_eq!(code, 400, "a filter is not a topic: {r}");
     let (_, local) = call(h1, "GET", "/api/v1/clients?local=true", Some(&read), None).await;
     assert_eq!(local["clients"].as_array().unwrap().len(), 1, "{local}");
     let (_, all) = call(h1, "GET", "/api/v1/clients?prefix=dev-", Some(&read), None).await;

@@ -71,6 +71,12 @@ impl Broker {
         self.registry.republish()
     }
 
+    /// Every local subscription whose filter matches `topic` (the admin API's
+    /// "who gets this message").
+    pub fn subscriptions_matching(&self, topic: &str) -> Vec<crate::router::Matching> {
+        self.router.matching(topic)
+    }
+
     /// The gate that holds connections after this process was frozen (driven by the
     /// cluster's liveness loop).
     pub fn stall(&self) -> &StallGate {

@@ -68,6 +68,23 @@ pub struct Routed {
     pub overflowed: usize,
 }
 
+/// One subscription matching a topic, as [`Router::matching`] reports it.
+#[derive(Debug, Clone)]
+pub struct Matching {
+    /// The filter as subscribed, without `$share/{group}/`.
+    pub filter: String,
+    /// The shared group, for a shared subscription.
+    pub group: Option<Arc<str>>,
+    /// The subscribing client.
+    pub client_id: Arc<str>,
+    /// Options granted.
+    pub options: SubscriptionOptions,
+    /// Subscription Identifier.
+    pub id: Option<u32>,
+    /// Whether a connection is draining the session's mailbox.
+    pub online: bool,
+}
+
 /// A delivery target found while the index lock is held.
 #[derive(Debug)]
 pub struct Target {
@@ -195,6 +212,34 @@ impl Router {
     /// Whether no subscription exists.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Every local subscription whose filter matches `topic`, for an operator asking
+    /// who gets a message (the admin API); a shared group lists each member. Not
+    /// for routing: it allocates, and ignores the ACL and No Local.
+    pub fn matching(&self, topic: &str) -> Vec<Matching> {
+        let mut out = Vec::new();
+        self.index
+            .read()
+            .for_each_match(topic, |filter, key, entry| {
+                let group = match key {
+                    SubKey::Group(g) => Some(g.clone()),
+                    SubKey::Client(_) => None,
+                };
+                let members = match entry {
+                    Entry::Client(s) => std::slice::from_ref(s),
+                    Entry::Group(g) => &g.members[..],
+                };
+                out.extend(members.iter().map(|s| Matching {
+                    filter: filter.to_string(),
+                    group: group.clone(),
+                    client_id: s.client_id.clone(),
+                    options: s.options,
+                    id: s.id,
+                    online: s.mailbox.is_online(),
+                }));
+            });
+        out
     }
 
     /// Queues `msg` for every session with a matching subscription: one delivery per

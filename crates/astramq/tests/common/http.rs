@@ -1,4 +1,4 @@
-//! The health endpoint over plain HTTP/1.1: [`http_get`] and [`metric_at`] (one
+//! The health endpoint over plain HTTP/1.1: [`http_get`], [`http_get_full`] and [`metric_at`] (one
 //! sample of `GET /metrics`).
 
 use std::net::SocketAddr;
@@ -21,6 +21,22 @@ pub async fn metric_at(health: SocketAddr, name: &str) -> u64 {
 /// A plain HTTP/1.1 `GET path` (one request, `Connection: close`): the status code
 /// and the body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let (code, _, body) = http_get_with_headers(addr, path).await?;
+    Ok((code, body))
+}
+
+/// [`http_get`] that must succeed, with the response's header lines, lower-cased.
+pub async fn http_get_full(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    let (code, head, body) = http_get_with_headers(addr, path)
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    (code, head.to_lowercase(), body)
+}
+
+async fn http_get_with_headers(
+    addr: SocketAddr,
+    path: &str,
+) -> std::io::Result<(u16, String, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let exchange = async {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
@@ -41,5 +57,5 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Str
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad status line in {raw:?}")))?;
-    Ok((code, body.to_string()))
+    Ok((code, head.to_string(), body.to_string()))
 }

@@ -16,6 +16,8 @@
 //! - [`versions_test!`]: run one `async fn(Version)` as a 3.1.1 and a 5.0 test.
 //! - [`certs`]: a test CA and certificates (rcgen), written to files.
 //! - [`wsclients`]: paho-mqtt and MQTT.js over WebSocket.
+//! - [`admin`]: API keys (`astramq ctl key add`) and admin listener flags.
+//! - [`browser`]: a headless Chromium driven over the DevTools protocol.
 //! - [`cluster`]: `redis-server` processes and clusters of `astramq` nodes
 //!   (used by `tests/cluster/`).
 //!
@@ -30,7 +32,9 @@
 // Each test file compiles this module separately and uses only part of it.
 #![allow(dead_code)]
 
+pub mod admin;
 mod broker_process;
+pub mod browser;
 pub mod certs;
 pub mod cluster;
 mod commands;

@@ -7,11 +7,13 @@
 //! | `GET /clients/{id}` | read | one session: connection, subscriptions, queue |
 //! | `POST /clients/{id}/kick` | admin | disconnects it (v5: DISCONNECT 0x98) |
 //! | `POST /kick?prefix=` | admin | disconnects every client whose id starts with the prefix |
+//! | `GET /subscriptions?topic=` | read | every subscription that would receive a message on the topic |
 //! | `GET /retained?filter=&limit=&after=` | read | retained messages matching a filter |
 //! | `DELETE /retained?topic=` | admin | clears one topic's retained message, cluster-wide |
 //! | `POST /publish` | admin | publishes a message |
 //!
-//! On a cluster, `/clients`, `/clients/{id}` and `kick` answer for the whole cluster:
+//! On a cluster, `/nodes`, `/clients`, `/clients/{id}`, `kick` and `/subscriptions`
+//! answer for the whole cluster:
 //! the node asks the other brokers' admin listeners (their addresses come from
 //! gossip), passing the caller's key on, with `local=true` so that they answer for
 //! themselves only. `local=true` asks one node alone. Errors are JSON:
@@ -34,6 +36,12 @@ use broker::registry::SessionEntry;
 use mqtt::ReasonCode;
 
 use crate::server::App;
+
+mod nodes;
+mod subscriptions;
+
+pub use nodes::nodes;
+pub use subscriptions::subscriptions;
 
 /// Largest page.
 const MAX_LIMIT: usize = 1000;
@@ -88,7 +96,7 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
-type ApiResult = Result<Json<Value>, ApiError>;
+pub(crate) type ApiResult = Result<Json<Value>, ApiError>;
 
 /// A payload as JSON: text when it is UTF-8, else base64.
 fn payload_json(payload: &[u8]) -> Value {
@@ -125,7 +133,7 @@ pub struct LocalQuery {
 }
 
 /// The caller's key as an `Authorization` value, to pass on to other nodes.
-fn authorization(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn authorization(headers: &HeaderMap) -> Option<String> {
     if let Some(a) = headers.get(header::AUTHORIZATION) {
         return a.to_str().ok().map(str::to_string);
     }
@@ -135,7 +143,7 @@ fn authorization(headers: &HeaderMap) -> Option<String> {
 
 /// What each other broker answered to `method path` (JSON), by node id, asked all at
 /// once; a node that could not be asked or did not answer JSON gives its reason.
-async fn ask_peers(
+pub(crate) async fn ask_peers(
     app: &App,
     method: &'static str,
     path: String,
@@ -177,50 +185,8 @@ async fn ask_peers(
 }
 
 /// A node's failure to answer, as listed in `errors`.
-fn peer_error(node: &str, code: Option<u16>, reason: &str) -> Value {
+pub(crate) fn peer_error(node: &str, code: Option<u16>, reason: &str) -> Value {
     json!({"node": node, "status": code, "reason": reason})
-}
-
-/// `GET /nodes`: this node as it knows itself, then the other brokers gossip
-/// lists, with what they advertise (their own admin address among it).
-pub async fn nodes(State(app): State<Arc<App>>) -> ApiResult {
-    let (code, health) = app.health();
-    let health: Value = serde_json::from_str(&health).unwrap_or(Value::Null);
-    let mut me = json!({
-        "node_id": app.node_id(),
-        "self": true,
-        "status": health.get("status").cloned().unwrap_or(Value::Null),
-        "healthy": code == 200,
-        "version": env!("CARGO_PKG_VERSION"),
-        "mode": health.get("mode").cloned().unwrap_or(Value::Null),
-        "clients": health.get("clients").cloned().unwrap_or(Value::Null),
-        "sessions": app.broker.registry().len(),
-        "retained": app.broker.retained().len(),
-        "uptime_secs": app.started.elapsed().as_secs(),
-        "admin": app.addr.to_string(),
-    });
-    if let Some(redis) = health.get("redis") {
-        me["redis"] = redis.clone();
-    }
-    let mut nodes = vec![me];
-    if let Some(node) = &app.node {
-        for m in node.members() {
-            if m.meta.role != membership::Role::Broker {
-                continue;
-            }
-            nodes.push(json!({
-                "node_id": m.node_id,
-                "self": false,
-                "status": "alive",
-                "clients": m.meta.connections,
-                "admin": m.meta.admin.map(|a| a.to_string()),
-                "mqtt": m.meta.mqtt.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-                "gossip": m.gossip_addr.to_string(),
-                "source": "gossip",
-            }));
-        }
-    }
-    Ok(Json(json!({ "nodes": nodes })))
 }
 
 /// Query of `GET /clients`.
