@@ -33,6 +33,20 @@ async fn picture(b: &mut Browser, name: &str) {
     }
 }
 
+/// Opens the dashboard's `route` (`clients`, `client/ID`…) and waits until the page
+/// switched to it: its section is shown and its lists were cleared for the new
+/// load (rows still in the DOM from an earlier visit would otherwise be found
+/// before the `hashchange` arrives).
+async fn open(b: &mut Browser, admin: std::net::SocketAddr, route: &str) {
+    b.navigate(&format!("http://{admin}/ui/#/{route}")).await;
+    let page = route.split('/').next().unwrap();
+    b.wait_for(
+        &format!("location.hash === '#/{route}' && !document.getElementById('page-{page}').hidden"),
+        UI,
+    )
+    .await;
+}
+
 /// JavaScript: sets the input `id` to `value` (a JSON string literal).
 fn set(id: &str, value: &str) -> String {
     format!(
@@ -145,7 +159,7 @@ async fn every_page_shows_live_cluster_data_and_its_buttons_act() {
     }
 
     // Clients: the device connected on n2 is listed, found from n1.
-    b.navigate(&format!("http://{h1}/ui/#/clients")).await;
+    open(&mut b, h1, "clients").await;
     b.wait_for(
         &format!(
             "{r} && {r}.children[1].textContent === 'n2' && \
@@ -158,8 +172,7 @@ async fn every_page_shows_live_cluster_data_and_its_buttons_act() {
     picture(&mut b, "clients").await;
 
     // One client: its node and subscriptions.
-    b.navigate(&format!("http://{h1}/ui/#/client/dash-probe"))
-        .await;
+    open(&mut b, h1, "client/dash-probe").await;
     b.wait_for(
         "document.getElementById('client-subs').textContent.includes('dash/#') && \
          document.getElementById('client-fields').textContent.includes('n2')",
@@ -169,9 +182,7 @@ async fn every_page_shows_live_cluster_data_and_its_buttons_act() {
     picture(&mut b, "client").await;
 
     // Who gets a topic: the device's subscription, on n2.
-    b.navigate(&format!("http://{h1}/ui/#/subscriptions")).await;
-    b.wait_for("!document.getElementById('page-subscriptions').hidden", UI)
-        .await;
+    open(&mut b, h1, "subscriptions").await;
     b.eval(&format!(
         "{} document.getElementById('subs-form').requestSubmit(); true",
         set("subs-topic", "dash/lamp/1")
@@ -189,9 +200,7 @@ async fn every_page_shows_live_cluster_data_and_its_buttons_act() {
     picture(&mut b, "subscriptions").await;
 
     // Publish from the form: the device receives it.
-    b.navigate(&format!("http://{h1}/ui/#/publish")).await;
-    b.wait_for("!document.getElementById('page-publish').hidden", UI)
-        .await;
+    open(&mut b, h1, "publish").await;
     b.eval(&format!(
         "{} {} document.getElementById('publish-qos').value = '1'; \
          document.getElementById('publish-form').requestSubmit(); true",
@@ -212,7 +221,7 @@ async fn every_page_shows_live_cluster_data_and_its_buttons_act() {
     picture(&mut b, "publish").await;
 
     // Retained: listed, then cleared with two clicks; a new subscriber gets nothing.
-    b.navigate(&format!("http://{h1}/ui/#/retained")).await;
+    open(&mut b, h1, "retained").await;
     let state = row("retained", "data-topic", "dash/state");
     b.wait_for(
         &format!("{state} && {state}.textContent.includes('on')"),
@@ -229,7 +238,7 @@ async fn every_page_shows_live_cluster_data_and_its_buttons_act() {
     late.expect_no_publish(ABSENCE).await;
 
     // Kick from the clients page (two clicks): MQTT 5 DISCONNECT 0x98.
-    b.navigate(&format!("http://{h1}/ui/#/clients")).await;
+    open(&mut b, h1, "clients").await;
     let probe_row = row("clients", "data-client", "dash-probe");
     b.wait_for(
         &format!("{probe_row} && {probe_row}.querySelector('button')"),
