@@ -148,6 +148,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/clients/{id}/kick", post(api::kick))
         .route("/kick", post(api::kick_prefix))
         .route("/subscriptions", get(api::subscriptions))
+        .route("/routes", get(api::routes))
+        .route("/config", get(api::config))
         .route("/retained", get(api::retained).delete(api::delete_retained))
         .route("/publish", post(api::publish))
         .fallback(api::not_found)

@@ -65,6 +65,19 @@ enum CtlCommand {
         #[command(subcommand)]
         command: RetainedCommand,
     },
+    /// Who would receive a message on a topic: every matching subscription, on
+    /// every node.
+    Subscriptions {
+        /// Topic name (no wildcards).
+        topic: String,
+    },
+    /// Where the node's route table forwards a message on a topic (other nodes).
+    Routes {
+        /// Topic name (no wildcards).
+        topic: String,
+    },
+    /// The node's configuration, secrets redacted (JSON).
+    Config,
     /// Publish a message.
     Publish {
         /// Topic name.
@@ -223,6 +236,13 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
             &format!("/api/v1/retained?topic={}", encode(topic)),
             None,
         )?,
+        CtlCommand::Subscriptions { topic } => {
+            api.get(&format!("/api/v1/subscriptions?topic={}", encode(topic)))?
+        }
+        CtlCommand::Routes { topic } => {
+            api.get(&format!("/api/v1/routes?topic={}", encode(topic)))?
+        }
+        CtlCommand::Config => api.get("/api/v1/config")?,
         CtlCommand::Publish {
             topic,
             payload,
@@ -503,6 +523,19 @@ fn render(command: &CtlCommand, out: &Value) -> String {
             cell(&out["qos"]),
             cell(&out["local_deliveries"])
         ),
+        CtlCommand::Subscriptions { .. } => {
+            let f = ["client_id", "node", "filter", "qos", "connected"];
+            table(&f, &rows(&out["subscriptions"], &f))
+        }
+        CtlCommand::Routes { .. } => {
+            let f = ["node", "run", "groups"];
+            let mut t = table(&f, &rows(&out["remote"], &f));
+            if out["remote"].as_array().is_none_or(|r| r.is_empty()) {
+                t = format!("no other node subscribes to {}\n", cell(&out["topic"]));
+            }
+            t
+        }
+        CtlCommand::Config => format!("{:#}\n", out["config"]),
         CtlCommand::Key { .. } => String::new(),
     }
 }

@@ -24,6 +24,8 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("POST", "/api/v1/clients/someone/kick"),
     ("POST", "/api/v1/kick?prefix=some"),
     ("GET", "/api/v1/subscriptions?topic=a"),
+    ("GET", "/api/v1/routes?topic=a"),
+    ("GET", "/api/v1/config"),
     ("GET", "/api/v1/retained?filter=%23"),
     ("DELETE", "/api/v1/retained?topic=a"),
     ("POST", "/api/v1/publish"),
@@ -395,6 +397,42 @@ async fn any_node_lists_shows_and_kicks_clients_of_the_whole_cluster() {
     )
     .await;
     assert_eq!(code, 400, "a filter is not a topic: {r}");
+    // n1's route table, once the feed brought n2's and n3's routes: both get it,
+    // n3 for its shared group.
+    c.sync_feed(1, 0).await;
+    c.sync_feed(2, 0).await;
+    let (code, routes) = call(h1, "GET", "/api/v1/routes?topic=sub/x", Some(&read), None).await;
+    assert_eq!(code, 200, "{routes}");
+    let remote: Vec<Value> = routes["remote"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| json!([r["node"], r["groups"]]))
+        .collect();
+    assert_eq!(
+        remote,
+        [
+            json!(["n2", []]),
+            json!(["n3", [{"group": "g", "filter": "sub/+"}]])
+        ],
+        "{routes}"
+    );
+    let table = ctl(h1, &read, &["subscriptions", "sub/x"]).await;
+    assert!(
+        table.contains("dev-b") && table.contains("$share/g/sub/+"),
+        "{table}"
+    );
+    let table = ctl(h1, &read, &["routes", "sub/x"]).await;
+    assert!(table.contains("n2") && table.contains("n3"), "{table}");
+    // The configuration in force: this node's id and the key file's path.
+    let (code, config) = call(h1, "GET", "/api/v1/config", Some(&read), None).await;
+    assert_eq!(code, 200, "{config}");
+    assert_eq!(config["config"]["node_id"], "n1", "{config}");
+    assert_eq!(
+        config["config"]["admin_keys_file"],
+        file.to_str().unwrap(),
+        "{config}"
+    );
     let (_, local) = call(h1, "GET", "/api/v1/clients?local=true", Some(&read), None).await;
     assert_eq!(local["clients"].as_array().unwrap().len(), 1, "{local}");
     let (_, all) = call(h1, "GET", "/api/v1/clients?prefix=dev-", Some(&read), None).await;

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::listener::{ListenerSpec, Transport};
@@ -38,7 +38,7 @@ impl ConfigError {
 }
 
 /// Everything the broker needs to run.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// TCP addresses to accept MQTT connections on.
@@ -173,7 +173,7 @@ impl Default for Config {
 }
 
 /// What to do when a session's queue is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum QueueOverflow {
     /// Drop the oldest queued message to make room (the default: fresh data wins).
@@ -194,7 +194,7 @@ pub enum QueueOverflow {
 pub const DEFAULT_RECEIVE_MAXIMUM: u16 = 100;
 
 /// Protocol limits and per-session bounds.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Largest packet accepted, in bytes; sent as Maximum Packet Size in v5 CONNACK.
@@ -271,7 +271,7 @@ impl Default for Limits {
 }
 
 /// Shutdown behaviour.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Shutdown {
     /// How long clients get to be told and flushed before the process exits.

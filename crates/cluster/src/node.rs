@@ -414,6 +414,16 @@ impl ClusterNode {
         &self.me
     }
 
+    /// Where this node's route table sends a message published here on `topic`:
+    /// the other nodes (by run, `<node>@<generation>`) and the shared groups each
+    /// serves, then the groups this node serves itself (the admin API's
+    /// `/routes`; the routes come from the change feed, so each node may answer
+    /// differently while a change propagates).
+    pub fn routes_for(&self, topic: &str) -> crate::routes::Placement {
+        let me = self.identity();
+        self.routes.lock().place(topic, &me, None)
+    }
+
     /// The UDP address other nodes reach this node's gossip at, the one `--join`
     /// takes: the advertised address (`gossip_advertise`) if one is set, else the one
     /// gossip listens on. (A join must be addressed to the advertised address: gossip

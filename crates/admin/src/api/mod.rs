@@ -8,6 +8,8 @@
 //! | `POST /clients/{id}/kick` | admin | disconnects it (v5: DISCONNECT 0x98) |
 //! | `POST /kick?prefix=` | admin | disconnects every client whose id starts with the prefix |
 //! | `GET /subscriptions?topic=` | read | every subscription that would receive a message on the topic |
+//! | `GET /routes?topic=` | read | the other nodes this node's route table forwards the topic to |
+//! | `GET /config` | read | this node's configuration, secrets redacted |
 //! | `GET /retained?filter=&limit=&after=` | read | retained messages matching a filter |
 //! | `DELETE /retained?topic=` | admin | clears one topic's retained message, cluster-wide |
 //! | `POST /publish` | admin | publishes a message |
@@ -37,9 +39,11 @@ use mqtt::ReasonCode;
 
 use crate::server::App;
 
+mod config;
 mod nodes;
 mod subscriptions;
 
+pub use config::{config, routes};
 pub use nodes::nodes;
 pub use subscriptions::subscriptions;
 

@@ -1,9 +1,9 @@
 //! The keys of a single node's data directory (`data_dir`, `[store]`).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// When a write to the data directory is durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SyncPolicy {
     /// Every QoS 1/2 acknowledgement waits until what it acknowledges is on disk
@@ -15,7 +15,7 @@ pub enum SyncPolicy {
 }
 
 /// Tuning of the data directory (`data_dir`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreTuning {
     /// When writes are durable. Default `always`.
