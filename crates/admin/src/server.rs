@@ -150,6 +150,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/subscriptions", get(api::subscriptions))
         .route("/routes", get(api::routes))
         .route("/config", get(api::config))
+        .route("/drain", post(api::drain).delete(api::undrain))
         .route("/retained", get(api::retained).delete(api::delete_retained))
         .route("/publish", post(api::publish))
         .fallback(api::not_found)

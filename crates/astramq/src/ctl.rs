@@ -78,6 +78,15 @@ enum CtlCommand {
     },
     /// The node's configuration, secrets redacted (JSON).
     Config,
+    /// Take the node out of service: clients asked to move over SECS seconds, new
+    /// ones refused, no longer advertised to balancers (it keeps running).
+    Drain {
+        /// Seconds over which connected clients are asked to move.
+        #[arg(long, default_value_t = 30)]
+        secs: u64,
+    },
+    /// Put a drained node back in service.
+    Undrain,
     /// Publish a message.
     Publish {
         /// Topic name.
@@ -243,6 +252,10 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
             api.get(&format!("/api/v1/routes?topic={}", encode(topic)))?
         }
         CtlCommand::Config => api.get("/api/v1/config")?,
+        CtlCommand::Drain { secs } => {
+            api.send("POST", &format!("/api/v1/drain?secs={secs}"), None)?
+        }
+        CtlCommand::Undrain => api.send("DELETE", "/api/v1/drain", None)?,
         CtlCommand::Publish {
             topic,
             payload,
@@ -536,6 +549,26 @@ fn render(command: &CtlCommand, out: &Value) -> String {
             t
         }
         CtlCommand::Config => format!("{:#}\n", out["config"]),
+        CtlCommand::Drain { .. } => format!(
+            "{} is draining: {} connected clients asked to move over {} s{}\n",
+            cell(&out["node"]),
+            cell(&out["clients"]),
+            cell(&out["secs"]),
+            if out["already"] == true {
+                " (it was draining already)"
+            } else {
+                ""
+            }
+        ),
+        CtlCommand::Undrain => format!(
+            "{} accepts connections again{}\n",
+            cell(&out["node"]),
+            if out["was_draining"] == true {
+                ""
+            } else {
+                " (it was not draining)"
+            }
+        ),
         CtlCommand::Key { .. } => String::new(),
     }
 }

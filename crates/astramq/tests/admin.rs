@@ -26,6 +26,8 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("GET", "/api/v1/subscriptions?topic=a"),
     ("GET", "/api/v1/routes?topic=a"),
     ("GET", "/api/v1/config"),
+    ("POST", "/api/v1/drain?secs=0"),
+    ("DELETE", "/api/v1/drain"),
     ("GET", "/api/v1/retained?filter=%23"),
     ("DELETE", "/api/v1/retained?topic=a"),
     ("POST", "/api/v1/publish"),
@@ -611,4 +613,81 @@ async fn admin_tls_without_a_certificate_is_a_config_error() {
     .await;
     assert!(!out.status.success());
     assert!(out.stderr.contains("admin_tls"), "{}", out.stderr);
+}
+
+/// Waits until the node answering at `health` sees `node` advertise MQTT listeners
+/// through gossip (`serving`) or none.
+async fn wait_advertised(health: SocketAddr, key: &str, node: &str, serving: bool) {
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let (_, nodes) = call(health, "GET", "/api/v1/nodes", Some(key), None).await;
+        let mqtt = nodes["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node_id"] == node)
+            .and_then(|n| n["mqtt"].as_array().cloned())
+            .unwrap_or_default();
+        if mqtt.is_empty() != serving {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{node} still advertised as serving={}: {nodes}",
+            !serving
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// Drain for maintenance (`ctl drain`, `POST /api/v1/drain`): the node's clients are
+// asked to move (MQTT 5 DISCONNECT 0x9C Use another server), new CONNECTs are
+// refused with 0x9C, /health answers 503 `draining`, and gossip stops advertising
+// its listeners (what `astramq lb` follows). `ctl undrain` undoes all but the moved
+// clients. A read-only key may not drain.
+#[tokio::test]
+async fn drain_moves_clients_away_refuses_new_ones_and_undrain_takes_them_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = keys_file(&dir);
+    let read = add_key(&file, "viewer", "read").await;
+    let admin = add_key(&file, "ops", "admin").await;
+    let c = TestCluster::builder(2)
+        .args(&admin_args(&file))
+        .start()
+        .await;
+    let (h1, h2) = (c.node(0).health_addr(), c.node(1).health_addr());
+    let mut x = c.client(0, Version::V5, "drained-1").await;
+    wait_advertised(h2, &read, "n1", true).await;
+
+    let (code, r) = call(h1, "POST", "/api/v1/drain?secs=1", Some(&read), None).await;
+    assert_eq!(code, 403, "{r}");
+    let out = ctl(h1, &admin, &["drain", "--secs", "1"]).await;
+    assert!(out.starts_with("n1 is draining: 1 connected"), "{out}");
+    x.expect_disconnect(0x9C, T).await;
+    let (_, refused) = try_connect(c.node(0).addr(), Connect::new(Version::V5, "late"), T).await;
+    assert_eq!(
+        refused.map(|a| a.code),
+        Some(0x9C),
+        "CONNACK while draining"
+    );
+    let (_, refused) = try_connect(c.node(0).addr(), Connect::new(Version::V311, "late3"), T).await;
+    assert_eq!(
+        refused.map(|a| a.code),
+        Some(0x03),
+        "3.1.1 CONNACK while draining"
+    );
+    let (code, body) = http_get(h1, "/health").await.unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("\"status\":\"draining\""), "{body}");
+    wait_advertised(h2, &read, "n1", false).await;
+    // The other node serves as before.
+    let _ok = c.client(1, Version::V5, "elsewhere").await;
+
+    let out = ctl(h1, &admin, &["undrain"]).await;
+    assert_eq!(out.trim(), "n1 accepts connections again", "{out}");
+    let (_, accepted) = try_connect(c.node(0).addr(), Connect::new(Version::V5, "back"), T).await;
+    assert_eq!(accepted.map(|a| a.code), Some(0), "CONNACK after undrain");
+    let (code, body) = http_get(h1, "/health").await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    wait_advertised(h2, &read, "n1", true).await;
 }

@@ -77,6 +77,37 @@ impl Broker {
         self.router.matching(topic)
     }
 
+    /// Starts draining this node for maintenance (the admin API): from now on a
+    /// CONNECT is refused with 0x9C Use another server (3.1.1: 0x03 Server
+    /// unavailable), `/health` answers 503 `draining`, and the connected clients are
+    /// asked to move (DISCONNECT 0x9C), spread over `period`; persistent sessions
+    /// are then taken over where the clients reconnect. False if it was draining
+    /// already. Gossip's advertisement is the caller's (the cluster node's) to
+    /// withdraw.
+    pub fn start_drain(self: &Arc<Self>, period: std::time::Duration) -> bool {
+        if self
+            .draining
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return false;
+        }
+        let broker = self.clone();
+        tokio::spawn(async move { broker.drain(period).await });
+        true
+    }
+
+    /// Accepts connections again after [`Broker::start_drain`] (clients already
+    /// asked to move are not called back). False if it was not draining.
+    pub fn stop_drain(&self) -> bool {
+        self.draining
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// Whether an operator is draining this node.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// The gate that holds connections after this process was frozen (driven by the
     /// cluster's liveness loop).
     pub fn stall(&self) -> &StallGate {

@@ -123,6 +123,9 @@ pub struct Broker {
     store: OnceLock<Arc<dyn SessionStore>>,
     /// Holds connections after this process was frozen (cluster only).
     pub(crate) stall: StallGate,
+    /// Drained by an operator (the admin API): new connections are refused with
+    /// 0x9C Use another server and the connected ones were asked to move.
+    pub(crate) draining: std::sync::atomic::AtomicBool,
 }
 
 /// The outcome of publishing one message on this node.
@@ -153,6 +156,7 @@ impl Broker {
             cluster: OnceLock::new(),
             store: OnceLock::new(),
             stall: StallGate::default(),
+            draining: Default::default(),
         })
     }
 

@@ -35,6 +35,8 @@ pub fn health(broker: &Broker, probe: Option<&dyn HealthProbe>, stopping: bool) 
     let healthy = report.as_ref().is_none_or(|r| r.healthy);
     let status = if stopping {
         "stopping"
+    } else if broker.is_draining() {
+        "draining"
     } else if healthy {
         "ok"
     } else {

@@ -105,6 +105,8 @@ pub struct ClusterNode {
     /// Last takeover of a failed node's sessions, ms.
     pub last_repair_ms: std::sync::atomic::AtomicU64,
     membership: Mutex<Option<MembershipHandle>>,
+    /// What gossip advertised before a drain withdrew the listeners.
+    advertised: Mutex<Option<membership::NodeMeta>>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -255,6 +257,7 @@ impl ClusterNode {
             last_confirm_ms: Default::default(),
             last_repair_ms: Default::default(),
             membership: Mutex::new(None),
+            advertised: Mutex::new(None),
             stop: stop_tx,
             tasks: Mutex::new(tasks),
         });
@@ -288,9 +291,28 @@ impl ClusterNode {
     pub fn set_draining(&self) {
         if let Some(m) = self.membership.lock().as_ref() {
             let mut meta = m.meta();
+            let mut advertised = self.advertised.lock();
+            if advertised.is_none() {
+                *advertised = Some(meta.clone());
+            }
             meta.mqtt.clear();
             meta.proxy.clear();
             meta.listeners.clear();
+            m.set_meta(meta);
+        }
+    }
+
+    /// Advertises again the listeners [`ClusterNode::set_draining`] withdrew (an
+    /// operator ended a drain).
+    pub fn set_serving(&self) {
+        let Some(before) = self.advertised.lock().take() else {
+            return;
+        };
+        if let Some(m) = self.membership.lock().as_ref() {
+            let mut meta = m.meta();
+            meta.mqtt = before.mqtt;
+            meta.proxy = before.proxy;
+            meta.listeners = before.listeners;
             m.set_meta(meta);
         }
     }

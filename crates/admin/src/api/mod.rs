@@ -10,6 +10,8 @@
 //! | `GET /subscriptions?topic=` | read | every subscription that would receive a message on the topic |
 //! | `GET /routes?topic=` | read | the other nodes this node's route table forwards the topic to |
 //! | `GET /config` | read | this node's configuration, secrets redacted |
+//! | `POST /drain?secs=` | admin | takes this node out of service: clients asked to move, new ones refused |
+//! | `DELETE /drain` | admin | puts it back |
 //! | `GET /retained?filter=&limit=&after=` | read | retained messages matching a filter |
 //! | `DELETE /retained?topic=` | admin | clears one topic's retained message, cluster-wide |
 //! | `POST /publish` | admin | publishes a message |
@@ -40,10 +42,12 @@ use mqtt::ReasonCode;
 use crate::server::App;
 
 mod config;
+mod drain;
 mod nodes;
 mod subscriptions;
 
 pub use config::{config, routes};
+pub use drain::{drain, undrain};
 pub use nodes::nodes;
 pub use subscriptions::subscriptions;
 

@@ -204,6 +204,13 @@ where
         return None;
     }
 
+    if broker.is_draining() {
+        // Drained for maintenance: the client should connect elsewhere (v5 §4.11).
+        tracing::debug!(%peer, client_id = %client_id, "connection refused: node draining");
+        refuse(&mut conn, protocol, ReasonCode::UseAnotherServer, listener).await;
+        return None;
+    }
+
     if let Some(w) = &c.will {
         if !valid_topic_name(&w.topic) {
             refuse(&mut conn, protocol, ReasonCode::TopicNameInvalid, listener).await;
