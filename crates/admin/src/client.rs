@@ -1,10 +1,26 @@
 //! A minimal HTTP/1.1 client for another node's admin API (one request per
-//! connection, `Connection: close`), used to answer for the whole cluster.
+//! connection, `Connection: close`), used to answer for the whole cluster; over
+//! HTTPS when the nodes' admin listeners speak it (`admin_tls`).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_rustls::rustls;
+
+/// How this node reaches the other nodes' admin listeners: as it serves its own.
+#[derive(Debug, Clone)]
+pub enum PeerTransport {
+    /// Plain HTTP (no `admin_tls`).
+    Http,
+    /// HTTPS, verifying the peers' certificates against `admin_tls_ca` and
+    /// presenting this node's own certificate.
+    Https(Arc<rustls::ClientConfig>),
+    /// HTTPS without `admin_tls_ca`: the peers cannot be verified, so they are not
+    /// asked (each shows in the answer's `errors`).
+    Unverifiable,
+}
 
 /// How long another node has to answer.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
@@ -12,39 +28,67 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest answer read from another node.
 const MAX_RESPONSE: u64 = 64 * 1024 * 1024;
 
-/// Sends `method path` to `addr` with `authorization` (the caller's header, passed
-/// on as it came); the status and the body.
+/// Sends `method path` to `addr` over `transport` with `authorization` (the
+/// caller's header, passed on as it came); the status and the body.
 pub async fn request(
     addr: SocketAddr,
+    transport: &PeerTransport,
     method: &str,
     path: &str,
     authorization: Option<&str>,
 ) -> Result<(u16, Vec<u8>), String> {
     let exchange = async {
-        let mut s = tokio::net::TcpStream::connect(addr)
+        let tcp = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| e.to_string())?;
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n"
-        );
-        if let Some(a) = authorization {
-            head.push_str(&format!("Authorization: {a}\r\n"));
+        match transport {
+            PeerTransport::Http => exchange(tcp, addr, method, path, authorization).await,
+            PeerTransport::Https(config) => {
+                let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+                let tls = tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("TLS handshake with {addr}: {e}"))?;
+                exchange(tls, addr, method, path, authorization).await
+            }
+            PeerTransport::Unverifiable => {
+                Err("HTTPS admin listener, but this node has no admin_tls_ca to verify it".into())
+            }
         }
-        head.push_str("\r\n");
-        s.write_all(head.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut raw = Vec::new();
-        s.take(MAX_RESPONSE)
-            .read_to_end(&mut raw)
-            .await
-            .map_err(|e| e.to_string())?;
-        parse(&raw)
     };
     match tokio::time::timeout(TIMEOUT, exchange).await {
         Ok(r) => r,
         Err(_) => Err(format!("no answer within {TIMEOUT:?}")),
     }
+}
+
+/// One request and its whole answer on an open connection.
+async fn exchange(
+    mut s: impl AsyncRead + AsyncWrite + Unpin,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+) -> Result<(u16, Vec<u8>), String> {
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n"
+    );
+    if let Some(a) = authorization {
+        head.push_str(&format!("Authorization: {a}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    // A TLS peer may close without close_notify after `Connection: close`; what was
+    // read is the whole answer if it parses.
+    if let Err(e) = (&mut s).take(MAX_RESPONSE).read_to_end(&mut raw).await {
+        if raw.is_empty() || e.kind() != std::io::ErrorKind::UnexpectedEof {
+            return Err(e.to_string());
+        }
+    }
+    parse(&raw)
 }
 
 /// Percent-encodes a path segment or query value (everything but RFC 3986's

@@ -53,6 +53,8 @@ pub struct App {
     pub started: Instant,
     /// The admin listener's address.
     pub addr: SocketAddr,
+    /// How the other nodes' admin listeners are reached (HTTP or HTTPS).
+    pub peers: crate::client::PeerTransport,
     refused_log: LogLimiter,
     /// Failed key checks per client address in the current window.
     failures: parking_lot::Mutex<HashMap<IpAddr, (Instant, u32)>>,
@@ -110,6 +112,7 @@ impl AdminServer {
         probe: Option<Arc<dyn HealthProbe>>,
         keys: Arc<KeyStore>,
         tls: Option<Arc<broker::listener::tls::TlsReloader>>,
+        peers: crate::client::PeerTransport,
     ) -> io::Result<JoinHandle<()>> {
         let app = Arc::new(App {
             broker,
@@ -119,6 +122,7 @@ impl AdminServer {
             stopping: self.stopping.clone(),
             started: Instant::now(),
             addr: self.listener.local_addr()?,
+            peers,
             refused_log: LogLimiter::default(),
             failures: Default::default(),
         });
@@ -362,7 +366,16 @@ mod tests {
         let addr = server.local_addr().unwrap();
         let stopping = server.stopping_flag();
         let keys = Arc::new(KeyStore::load(None).unwrap());
-        let task = server.spawn(broker, None, None, keys, None).unwrap();
+        let task = server
+            .spawn(
+                broker,
+                None,
+                None,
+                keys,
+                None,
+                crate::client::PeerTransport::Http,
+            )
+            .unwrap();
         let close = "Connection: close\r\n\r\n";
         let r = get(addr, &format!("GET /health HTTP/1.1\r\nHost: x\r\n{close}")).await;
         assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");

@@ -247,6 +247,7 @@ const TOP_KEYS: &[&str] = &[
     "data_dir",
     "sys_interval_secs",
     "admin_tls",
+    "admin_tls_ca",
     "node_id",
     "redis",
     "gossip_listen",

@@ -2,14 +2,18 @@
 //! API of a node from a terminal (`nodes`, `clients list`, `client show|kick`,
 //! `retained list|rm`, `publish`): a table by default, the API's JSON with `--json`.
 //!
-//! Which node: `--url` (default `http://127.0.0.1:9100`, env `ASTRAMQ_ADMIN_URL`);
+//! Which node: `--url` (default `http://127.0.0.1:9100`, env `ASTRAMQ_ADMIN_URL`;
+//! `https://` for a node with `admin_tls`, verified against `--cacert`);
 //! `--node ID` asks that node first for the cluster's nodes and then talks to node
 //! ID's admin address. The key: `--key` or `ASTRAMQ_API_KEY`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio_rustls::rustls;
 
 use admin::client::encode;
 use anyhow::{anyhow, bail, Context};
@@ -37,6 +41,17 @@ pub struct CtlArgs {
     /// Print the API's JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
+    /// With an `https://` URL: the PEM bundle of the CA that signed the nodes' admin
+    /// certificates (required: no system store is used).
+    #[arg(long, env = "ASTRAMQ_ADMIN_CACERT", global = true)]
+    cacert: Option<PathBuf>,
+    /// With `https://`: a client certificate (PEM chain) for nodes whose admin
+    /// listener requires one (`require_certificate`).
+    #[arg(long, env = "ASTRAMQ_ADMIN_CERT", global = true, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of `--tls-cert`.
+    #[arg(long, env = "ASTRAMQ_ADMIN_KEY", global = true, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     #[command(subcommand)]
     command: CtlCommand,
 }
@@ -187,12 +202,31 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
     if let CtlCommand::Key { command } = &args.command {
         return key(command);
     }
+    let (addr, host, https) = resolve(&args.url)?;
+    let tls = if https {
+        let ca = args.cacert.as_deref().ok_or_else(|| {
+            anyhow!(
+                "--url {}: HTTPS needs --cacert (the CA of the nodes' admin certificates)",
+                args.url
+            )
+        })?;
+        let identity = match (&args.tls_cert, &args.tls_key) {
+            (Some(c), Some(k)) => Some((("--tls-cert", c.as_path()), ("--tls-key", k.as_path()))),
+            _ => None,
+        };
+        Some(tls::client::client_config("--cacert", ca, identity)?)
+    } else {
+        None
+    };
     let mut api = Api {
-        addr: resolve(&args.url)?,
+        addr,
+        host,
         key: args.key.clone(),
+        tls,
     };
     if let Some(node) = &args.node {
         api.addr = node_admin(&api, node)?;
+        api.host = api.addr.ip().to_string();
     }
     let out = match &args.command {
         CtlCommand::Key { .. } => unreachable!("handled above"),
@@ -299,10 +333,18 @@ fn key(command: &KeyCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A plain or TLS connection.
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
 /// One node's admin API.
 struct Api {
     addr: SocketAddr,
+    /// The name its certificate must carry (the URL's host; an IP for `--node`).
+    host: String,
     key: Option<String>,
+    /// HTTPS with this configuration.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Api {
@@ -312,8 +354,9 @@ impl Api {
 
     /// One request; the JSON answer, or an error carrying the API's reason.
     fn send(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
-        let (status, text) = http(self.addr, method, path, self.key.as_deref(), body)
-            .with_context(|| format!("{method} http://{}{path}", self.addr))?;
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let (status, text) = http(self, method, path, body)
+            .with_context(|| format!("{method} {scheme}://{}{path}", self.addr))?;
         let value: Value = serde_json::from_str(&text)
             .with_context(|| format!("{method} {path}: HTTP {status}, not JSON: {text:?}"))?;
         if !(200..300).contains(&status) {
@@ -342,17 +385,26 @@ fn node_admin(api: &Api, id: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("node {id:?}'s admin address {admin:?}"))
 }
 
-fn resolve(url: &str) -> anyhow::Result<SocketAddr> {
-    let hostport = url.strip_prefix("http://").unwrap_or(url);
-    let hostport = hostport.trim_end_matches('/');
-    if url.starts_with("https://") {
-        bail!("--url {url}: the admin listener speaks plain HTTP");
-    }
-    hostport
+/// `http://HOST:PORT` or `https://HOST:PORT` (a bare `HOST:PORT` is HTTP): its
+/// address, its host (what the certificate must name) and whether it is HTTPS.
+fn resolve(url: &str) -> anyhow::Result<(SocketAddr, String, bool)> {
+    let (https, rest) = match url.split_once("://") {
+        Some(("http", rest)) => (false, rest),
+        Some(("https", rest)) => (true, rest),
+        Some((scheme, _)) => bail!("--url {url}: {scheme}:// is not http:// or https://"),
+        None => (false, url),
+    };
+    let hostport = rest.trim_end_matches('/');
+    let addr = hostport
         .to_socket_addrs()
         .with_context(|| format!("--url {url}"))?
         .next()
-        .ok_or_else(|| anyhow!("--url {url}: no address"))
+        .ok_or_else(|| anyhow!("--url {url}: no address"))?;
+    let host = match hostport.rsplit_once(':') {
+        Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']').to_string(),
+        None => hostport.to_string(),
+    };
+    Ok((addr, host, https))
 }
 
 fn push(q: &mut Vec<String>, name: &str, value: Option<&str>) {
@@ -371,16 +423,25 @@ fn query(q: &[String]) -> String {
 
 /// A plain HTTP/1.1 exchange (`Connection: close`): the status and the body.
 fn http(
-    addr: SocketAddr,
+    api: &Api,
     method: &str,
     path: &str,
-    key: Option<&str>,
     body: Option<&Value>,
 ) -> anyhow::Result<(u16, String)> {
+    let (addr, key) = (api.addr, api.key.as_deref());
     let timeout = Duration::from_secs(15);
-    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
+    let tcp = TcpStream::connect_timeout(&addr, timeout)?;
+    tcp.set_read_timeout(Some(timeout))?;
+    tcp.set_write_timeout(Some(timeout))?;
+    let mut s: Box<dyn ReadWrite> = match &api.tls {
+        None => Box::new(tcp),
+        Some(config) => {
+            let name = rustls::pki_types::ServerName::try_from(api.host.clone())
+                .with_context(|| format!("{:?} as a TLS server name", api.host))?;
+            let conn = rustls::ClientConnection::new(config.clone(), name)?;
+            Box::new(rustls::StreamOwned::new(conn, tcp))
+        }
+    };
     let body = body.map(Value::to_string).unwrap_or_default();
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if let Some(k) = key {
@@ -396,7 +457,12 @@ fn http(
     s.write_all(head.as_bytes())?;
     s.write_all(body.as_bytes())?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
+    if let Err(e) = s.read_to_end(&mut raw) {
+        // A TLS peer may close without close_notify after `Connection: close`.
+        if raw.is_empty() || e.kind() != std::io::ErrorKind::UnexpectedEof {
+            return Err(e.into());
+        }
+    }
     let (status, body) = admin::client::parse(&raw).map_err(|e| anyhow!(e))?;
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
@@ -587,9 +653,15 @@ mod tests {
             ],
         );
         assert_eq!(t, "a    bb\nxyz  1\nq    22\n");
+        let local: SocketAddr = "127.0.0.1:9100".parse().unwrap();
         assert_eq!(
             resolve("http://127.0.0.1:9100/").unwrap(),
-            "127.0.0.1:9100".parse().unwrap()
+            (local, "127.0.0.1".to_string(), false)
         );
+        assert_eq!(
+            resolve("https://127.0.0.1:9100").unwrap(),
+            (local, "127.0.0.1".to_string(), true)
+        );
+        assert!(resolve("ftp://127.0.0.1:9100").is_err());
     }
 }

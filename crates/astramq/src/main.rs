@@ -54,6 +54,7 @@ fn run_broker(args: cli::BrokerArgs) -> anyhow::Result<()> {
         let cluster_settings = config.cluster_settings();
         let health_listen = config.health_listen;
         let admin_tls = config.admin_tls;
+        let peers = admin_peers(&config)?;
         let keys = admin::keys::KeyStore::load(config.admin_keys_file.as_deref())
             .context("admin_keys_file")?;
         let data_dir = config.data_dir.clone();
@@ -158,6 +159,7 @@ fn run_broker(args: cli::BrokerArgs) -> anyhow::Result<()> {
                     probe,
                     Arc::new(keys),
                     tls,
+                    peers,
                 )?;
                 (Some(task), Some(stopping))
             }
@@ -193,6 +195,31 @@ fn run_broker(args: cli::BrokerArgs) -> anyhow::Result<()> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// How this node's admin API reaches the other nodes' (for the cluster-wide
+/// answers): as it serves its own, over HTTPS verified with `admin_tls_ca`.
+fn admin_peers(config: &broker::Config) -> anyhow::Result<admin::client::PeerTransport> {
+    use admin::client::PeerTransport;
+    if !config.admin_tls {
+        return Ok(PeerTransport::Http);
+    }
+    let (Some(ca), Some(cert), Some(key)) = (
+        config.admin_tls_ca.as_deref(),
+        config.tls_cert.as_deref(),
+        config.tls_key.as_deref(),
+    ) else {
+        tracing::warn!(
+            "admin_tls without admin_tls_ca: the admin API answers for this node only (the other nodes' HTTPS listeners cannot be verified)"
+        );
+        return Ok(PeerTransport::Unverifiable);
+    };
+    let client = tls::client::client_config(
+        "admin_tls_ca",
+        ca,
+        Some((("tls_cert", cert), ("tls_key", key))),
+    )?;
+    Ok(PeerTransport::Https(client))
 }
 
 fn run_lb(args: lb::LbArgs) -> anyhow::Result<()> {

@@ -597,6 +597,77 @@ async fn the_admin_listener_serves_https_with_the_nodes_certificate() {
     }
 }
 
+// `admin_tls` on a cluster, with client certificates required: the node asked
+// answers for the whole cluster by asking the other node over HTTPS (verifying it
+// with `admin_tls_ca`, presenting its own certificate), and `astramq ctl` speaks
+// HTTPS (`--cacert`, `--tls-cert`/`--tls-key`), also to the node `--node` names.
+#[tokio::test]
+async fn the_cluster_wide_answers_and_ctl_work_over_https() {
+    let pki = common::certs::Pki::new();
+    let (node_cert, node_key) = pki.ca.node().write(pki.dir.path(), "node");
+    let (ctl_cert, ctl_key) = pki
+        .ca
+        .client(&[(rcgen::DnType::CommonName, "operator")])
+        .write(pki.dir.path(), "operator");
+    let dir = tempfile::tempdir().unwrap();
+    let file = keys_file(&dir);
+    let read = add_key(&file, "viewer", "read").await;
+    let ca = pki.ca_file.to_str().unwrap();
+    let config = dir.path().join("astramq.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "admin_tls = true\nadmin_tls_ca = {ca:?}\ntls_cert = {:?}\ntls_key = {:?}\n\
+             tls_client_ca = {ca:?}\nrequire_certificate = true\n",
+            node_cert.to_str().unwrap(),
+            node_key.to_str().unwrap(),
+        ),
+    )
+    .unwrap();
+    let mut args = admin_args(&file).to_vec();
+    args.extend(["--config", config.to_str().unwrap()]);
+    let c = TestCluster::builder(2).args(&args).start().await;
+    let _b = c.client(1, Version::V5, "tls-b").await;
+    let url = format!("https://{}", c.node(0).health_addr());
+    let tls = [
+        "--url",
+        url.as_str(),
+        "--cacert",
+        ca,
+        "--tls-cert",
+        ctl_cert.to_str().unwrap(),
+        "--tls-key",
+        ctl_key.to_str().unwrap(),
+        "--key",
+        read.as_str(),
+    ];
+    let run = |extra: &[&str]| {
+        let mut all = vec!["ctl"];
+        all.extend_from_slice(&tls);
+        all.extend_from_slice(extra);
+        all.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    // tls-b is on n2: n1 can only list it by asking n2 over HTTPS.
+    let list = run(&["--json", "clients", "list"]);
+    let list: Vec<&str> = list.iter().map(String::as_str).collect();
+    let out = run_astramq(&list, &[], T).await;
+    assert!(out.status.success(), "{out:?}");
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["clients"][0]["client_id"], "tls-b", "{v}");
+    assert_eq!(v["clients"][0]["node"], "n2", "{v}");
+    assert!(v.get("errors").is_none(), "{v}");
+    let nodes = run(&["--node", "n2", "--json", "nodes"]);
+    let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
+    let out = run_astramq(&nodes, &[], T).await;
+    assert!(out.status.success(), "{out:?}");
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["nodes"][0]["node_id"], "n2", "{v}");
+    // No CA: a clear refusal, nothing sent in plain text.
+    let out = run_astramq(&["ctl", "--url", &url, "--key", &read, "nodes"], &[], T).await;
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("--cacert"), "{}", out.stderr);
+}
+
 #[tokio::test]
 async fn admin_tls_without_a_certificate_is_a_config_error() {
     let out = run_astramq(

@@ -119,6 +119,11 @@ pub struct Config {
     /// HTTPS on the admin listener (`health_listen`), with the TLS settings of the
     /// MQTT listeners (`tls_cert`, `tls_key`, `tls_client_ca`, `require_certificate`).
     pub admin_tls: bool,
+    /// With `admin_tls`: the PEM bundle of the CA(s) that signed the other nodes'
+    /// admin certificates, which this node verifies when it asks them for the
+    /// cluster-wide answers (presenting its own `tls_cert` as client certificate).
+    /// Without it a node with `admin_tls` answers for itself only.
+    pub admin_tls_ca: Option<PathBuf>,
     /// How often the `$SYS/broker/...` topics are published, seconds (0: never).
     /// Mosquitto's `sys_interval`.
     pub sys_interval_secs: u64,
@@ -165,6 +170,7 @@ impl Default for Config {
             cluster_key: None,
             cluster: ClusterTuning::default(),
             admin_tls: false,
+            admin_tls_ca: None,
             sys_interval_secs: 10,
             data_dir: None,
             store: StoreTuning::default(),
@@ -355,6 +361,12 @@ impl Config {
         }
         if self.admin_tls && (self.tls_cert.is_none() || self.tls_key.is_none()) {
             return Err(ConfigError::new("admin_tls", "needs tls_cert and tls_key"));
+        }
+        if self.admin_tls_ca.is_some() && !self.admin_tls {
+            return Err(ConfigError::new(
+                "admin_tls_ca",
+                "is for admin_tls (the other nodes' HTTPS admin listeners); set admin_tls too",
+            ));
         }
         if self.redis.is_some() && self.data_dir.is_some() {
             return Err(ConfigError::new(

@@ -7,10 +7,13 @@
 //! - [`server`] — [`ServerTls`] (which files, whether clients need a certificate) into
 //!   a rustls [`ServerConfig`](tokio_rustls::rustls::ServerConfig): TLS 1.2 and 1.3
 //!   only, the provider's safe cipher suites.
+//! - [`client`] — rustls client configurations for our own HTTPS admin listeners
+//!   (a given CA bundle, an optional client certificate).
 //! - [`identity`] — the subject of a client certificate (its Common Name, or the whole
 //!   name in RFC 4514 form) for `use_identity_as_username` /
 //!   `use_subject_as_username`.
 
+pub mod client;
 pub mod identity;
 pub mod pem;
 pub mod server;

@@ -170,9 +170,9 @@ pub(crate) async fn ask_peers(
             asks.spawn(async move { (m.node_id, Err(reason)) });
             continue;
         };
-        let (path, auth) = (path.clone(), auth.clone());
+        let (path, auth, transport) = (path.clone(), auth.clone(), app.peers.clone());
         asks.spawn(async move {
-            let answer = crate::client::request(addr, method, &path, auth.as_deref())
+            let answer = crate::client::request(addr, &transport, method, &path, auth.as_deref())
                 .await
                 .and_then(|(code, body)| {
                     serde_json::from_slice(&body)

@@ -82,6 +82,21 @@ impl Ca {
         self.sign(p)
     }
 
+    /// A node certificate for `localhost` and 127.0.0.1 that also serves as a client
+    /// certificate (server and client authentication): what a node presents when it
+    /// asks another node's admin listener that requires client certificates.
+    pub fn node(&self) -> Issued {
+        let mut p = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+        p.distinguished_name = DistinguishedName::new();
+        p.distinguished_name
+            .push(DnType::CommonName, "astramq-node");
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        self.sign(p)
+    }
+
     /// A client certificate whose subject is `dn` (in certificate order).
     pub fn client(&self, dn: &[(DnType, &str)]) -> Issued {
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
