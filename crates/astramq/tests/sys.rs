@@ -144,3 +144,47 @@ async fn the_acl_applies_to_sys_topics() {
     let m = c.recv_publish(Duration::from_secs(5)).await;
     assert_eq!(m.topic, "$SYS/broker/uptime");
 }
+
+// Cluster-wide totals (`$SYS/cluster/`, issue #16 item 2): each node writes its
+// counters to Redis every interval and publishes the sums to its own subscribers.
+// A watcher on n1 sees both nodes, the clients connected to each, and the messages
+// received on n2 in the cluster's count.
+#[tokio::test]
+async fn cluster_totals_add_up_every_nodes_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("astramq.toml");
+    std::fs::write(&config, "sys_interval_secs = 1\n").unwrap();
+    let c = common::cluster::TestCluster::builder(2)
+        .args(&["--config", config.to_str().unwrap()])
+        .start()
+        .await;
+    let mut watcher = c.client(0, Version::V5, "watcher").await;
+    let mut other = c.client(1, Version::V5, "elsewhere").await;
+    for _ in 0..5 {
+        other.publish("t", b"x", 1, false).await;
+    }
+    watcher.sub("$SYS/cluster/#", 0).await;
+    let want = [
+        "$SYS/cluster/nodes",
+        "$SYS/cluster/clients/connected",
+        "$SYS/cluster/messages/received",
+        "$SYS/cluster/subscriptions/count",
+    ];
+    // A tick of n1 after n2 wrote a record counting the five publishes.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let seen = collect(&mut watcher, &want).await;
+        let n = |t: &str| seen[t].parse::<u64>().unwrap();
+        if n("$SYS/cluster/nodes") == 2
+            && n("$SYS/cluster/clients/connected") == 2
+            && n("$SYS/cluster/messages/received") >= 5
+            && n("$SYS/cluster/subscriptions/count") >= 1
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "cluster totals never counted both nodes: {seen:?}"
+        );
+    }
+}

@@ -54,10 +54,9 @@ pub async fn run(broker: Arc<Broker>, interval: Duration) {
         tick.tick().await;
         let dt = last.elapsed();
         last = Instant::now();
-        let m = &broker.metrics;
-        let (rx, tx) = (m.received_total(), m.sent_total());
-        let rx_load = received.update(rx, dt);
-        let tx_load = sent.update(tx, dt);
+        let c = Counters::of(&broker);
+        let rx_load = received.update(c.received, dt);
+        let tx_load = sent.update(c.sent, dt);
         let mut values: Vec<(String, String)> = vec![
             (
                 "version".into(),
@@ -67,23 +66,13 @@ pub async fn run(broker: Arc<Broker>, interval: Duration) {
                 "uptime".into(),
                 format!("{} seconds", start.elapsed().as_secs()),
             ),
-            (
-                "clients/connected".into(),
-                Metrics::get(&m.clients_connected).to_string(),
-            ),
-            ("clients/total".into(), broker.registry.len().to_string()),
-            ("messages/received".into(), rx.to_string()),
-            ("messages/sent".into(), tx.to_string()),
-            ("publish/messages/dropped".into(), dropped(m).to_string()),
-            (
-                "subscriptions/count".into(),
-                broker.router.len().to_string(),
-            ),
-            (
-                "retained messages/count".into(),
-                broker.retained.len().to_string(),
-            ),
         ];
+        values.extend(c.topics());
+        // Not a counter that adds up: every node of a cluster holds every one.
+        values.push((
+            "retained messages/count".into(),
+            broker.retained.len().to_string(),
+        ));
         for (window, i) in [("1min", 0), ("5min", 1), ("15min", 2)] {
             let (r, t) = (rx_load[i], tx_load[i]);
             values.push((
@@ -92,16 +81,97 @@ pub async fn run(broker: Arc<Broker>, interval: Duration) {
             ));
             values.push((format!("load/messages/sent/{window}"), format!("{t:.2}")));
         }
-        for (name, value) in values {
-            let publish = mqtt::Publish {
-                topic: format!("$SYS/broker/{name}"),
-                payload: value.into_bytes().into(),
-                retain: true,
-                ..Default::default()
-            };
-            let msg = Arc::new(Message::new(&publish, None, Instant::now()));
-            broker.publish_local(&msg);
+        publish(&broker, "$SYS/broker/", values);
+    }
+}
+
+/// Publishes each `(name, value)` as a retained QoS 0 message on `prefix` + name to
+/// this node's subscribers (the cluster publishes its totals under `$SYS/cluster/`
+/// this way).
+pub fn publish(broker: &Broker, prefix: &str, values: Vec<(String, String)>) {
+    for (name, value) in values {
+        let publish = mqtt::Publish {
+            topic: format!("{prefix}{name}"),
+            payload: value.into_bytes().into(),
+            retain: true,
+            ..Default::default()
+        };
+        let msg = Arc::new(Message::new(&publish, None, Instant::now()));
+        broker.publish_local(&msg);
+    }
+}
+
+/// A node's counters as `$SYS` publishes them; they add up across nodes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Connections open (`clients/connected`).
+    pub connected: u64,
+    /// Sessions, connected or not (`clients/total`).
+    pub sessions: u64,
+    /// PUBLISH packets received from clients (`messages/received`).
+    pub received: u64,
+    /// PUBLISH packets sent to clients (`messages/sent`).
+    pub sent: u64,
+    /// Messages dropped for any reason (`publish/messages/dropped`).
+    pub dropped: u64,
+    /// Subscriptions (`subscriptions/count`).
+    pub subscriptions: u64,
+}
+
+impl Counters {
+    /// This node's counters now.
+    pub fn of(broker: &Broker) -> Counters {
+        let m = &broker.metrics;
+        Counters {
+            connected: Metrics::get(&m.clients_connected),
+            sessions: broker.registry.len() as u64,
+            received: m.received_total(),
+            sent: m.sent_total(),
+            dropped: dropped(m),
+            subscriptions: broker.router.len() as u64,
         }
+    }
+
+    /// The `$SYS` topic names (after the prefix) and values of these counters.
+    pub fn topics(&self) -> Vec<(String, String)> {
+        [
+            ("clients/connected", self.connected),
+            ("clients/total", self.sessions),
+            ("messages/received", self.received),
+            ("messages/sent", self.sent),
+            ("publish/messages/dropped", self.dropped),
+            ("subscriptions/count", self.subscriptions),
+        ]
+        .into_iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect()
+    }
+
+    /// The counters as one record (`connected,sessions,received,sent,dropped,subscriptions`).
+    pub fn encode(&self) -> String {
+        format!(
+            "{},{},{},{},{},{}",
+            self.connected,
+            self.sessions,
+            self.received,
+            self.sent,
+            self.dropped,
+            self.subscriptions
+        )
+    }
+
+    /// [`Counters::encode`]'s record back; `None` if it is not one.
+    pub fn decode(s: &str) -> Option<Counters> {
+        let mut it = s.split(',').map(|v| v.parse::<u64>().ok());
+        let c = Counters {
+            connected: it.next()??,
+            sessions: it.next()??,
+            received: it.next()??,
+            sent: it.next()??,
+            dropped: it.next()??,
+            subscriptions: it.next()??,
+        };
+        it.next().is_none().then_some(c)
     }
 }
 
@@ -112,9 +182,42 @@ fn dropped(m: &Metrics) -> u64 {
         + Metrics::get(&m.expired_dropped)
 }
 
+impl std::ops::Add for Counters {
+    type Output = Counters;
+
+    /// The sum of two nodes' counters.
+    fn add(self, o: Counters) -> Counters {
+        Counters {
+            connected: self.connected + o.connected,
+            sessions: self.sessions + o.sessions,
+            received: self.received + o.received,
+            sent: self.sent + o.sent,
+            dropped: self.dropped + o.dropped,
+            subscriptions: self.subscriptions + o.subscriptions,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counters_round_trip_and_add_up() {
+        let a = Counters {
+            connected: 1,
+            sessions: 2,
+            received: 3,
+            sent: 4,
+            dropped: 5,
+            subscriptions: 6,
+        };
+        assert_eq!(Counters::decode(&a.encode()), Some(a));
+        assert_eq!(Counters::decode("1,2,3"), None);
+        assert_eq!(Counters::decode("1,2,3,4,5,6,7"), None);
+        assert_eq!(Counters::decode("1,2,x,4,5,6"), None);
+        assert_eq!((a + a).received, 6);
+    }
 
     #[test]
     fn load_averages_follow_a_steady_rate() {

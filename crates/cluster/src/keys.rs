@@ -95,6 +95,12 @@ impl Keys {
         format!("{}:{{n:{node}}}:draining", self.prefix)
     }
 
+    /// Every node's counters for the cluster-wide `$SYS` totals: field node id,
+    /// value `<unix ms>,<counters>`.
+    pub fn stats(&self) -> String {
+        format!("{}:{{cluster}}:stats", self.prefix)
+    }
+
     /// The marker telling one Redis incarnation (data set) from the next.
     pub fn incarnation(&self) -> String {
         format!("{}:{{cluster}}:incarnation", self.prefix)
@@ -109,6 +115,7 @@ impl Keys {
             self.retained(),
             self.feed(),
             self.incarnation(),
+            self.stats(),
             self.inbox(n),
             self.alive(n),
             self.owned(n),

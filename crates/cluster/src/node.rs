@@ -48,6 +48,7 @@ mod liveness;
 mod metrics;
 mod outage;
 mod repair;
+mod stats;
 
 use drain::Taken;
 
@@ -188,7 +189,7 @@ impl ClusterNode {
         );
         broker.stall().set_limit(settings.liveness_ttl);
         let (this_tx, this_rx) = oneshot::channel::<std::sync::Weak<ClusterNode>>();
-        let tasks = vec![
+        let mut tasks = vec![
             sessions_task,
             tokio::spawn(liveness::liveness(
                 redis.conn(),
@@ -232,6 +233,17 @@ impl ClusterNode {
                 stop_rx.clone(),
             )),
         ];
+        let sys_interval = broker.config().sys_interval_secs;
+        if sys_interval > 0 {
+            tasks.push(tokio::spawn(stats::publisher(
+                redis.conn(),
+                keys.clone(),
+                me.clone(),
+                broker.clone(),
+                Duration::from_secs(sys_interval),
+                stop_rx.clone(),
+            )));
+        }
 
         tracing::info!(node_id = %me, gossip = %membership.local_addr(), redis = %redis.url(), "joined the cluster");
 

@@ -690,7 +690,7 @@ pub fn inbox_key(node: &str, entry: &str, index: usize) -> String {
 }
 
 /// Milliseconds since the Unix epoch.
-pub(super) fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
