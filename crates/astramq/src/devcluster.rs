@@ -321,6 +321,7 @@ fn terminate(mut procs: Vec<Proc>) {
     }
 }
 
+#[allow(unsafe_code)]
 fn signal(child: &Child, sig: libc::c_int) {
     let Ok(pid) = libc::pid_t::try_from(child.id()) else {
         return;
@@ -334,6 +335,7 @@ fn signal(child: &Child, sig: libc::c_int) {
 
 /// Spawns `cmd` with standard output captured line by line, standard error
 /// inherited (the children's logs), and standard input closed.
+#[allow(unsafe_code)]
 fn spawn(name: &str, mut cmd: Command) -> anyhow::Result<Proc> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())

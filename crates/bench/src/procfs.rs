@@ -31,6 +31,7 @@ pub fn sample(pid: Option<u32>) -> io::Result<ProcSample> {
 }
 
 /// Clock ticks per second (`_SC_CLK_TCK`, almost always 100).
+#[allow(unsafe_code)]
 pub fn ticks_per_second() -> u64 {
     // SAFETY: sysconf has no preconditions; it returns -1 on error.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -70,6 +71,7 @@ fn parse_cpu_ticks(stat: &str) -> Option<u64> {
 
 /// Raises this process' open-file limit to its hard limit, for thousands of sockets.
 /// Returns the soft limit now in force.
+#[allow(unsafe_code)]
 pub fn raise_nofile_limit() -> io::Result<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
