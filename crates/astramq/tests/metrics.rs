@@ -317,3 +317,38 @@ async fn refused_connects_are_counted_per_listener_by_reason() {
         "an accepted CONNECT is not counted"
     );
 }
+
+// Queue depth in total (read at each scrape): a parked persistent session with three
+// QoS 1 messages queued shows in `astramq_queued_messages`, `astramq_queued_bytes`
+// and `astramq_sessions_parked`; once it reconnects and they are sent (no longer
+// queued: in flight), all fall back to 0.
+#[tokio::test]
+async fn queue_depth_counts_what_waits_for_parked_sessions() {
+    let b = broker_with_health();
+    let h = b.health_addr();
+    let v = Version::V5;
+    let (mut s, _) =
+        RawClient::connect(b.addr(), Connect::persistent(v, "depth", false, 600)).await;
+    s.sub("depth/#", 1).await;
+    s.disconnect().await;
+    until(h, "astramq_sessions_parked", 1).await;
+    let mut p = b.client(v, "depth-pub").await;
+    for i in 0..3 {
+        assert_eq!(
+            p.publish("depth/x", format!("m{i}").as_bytes(), 1, false)
+                .await,
+            0
+        );
+    }
+    until(h, "astramq_queued_messages", 3).await;
+    assert!(metric_at(h, "astramq_queued_bytes").await > 0);
+    let (mut s, ack) =
+        RawClient::connect(b.addr(), Connect::persistent(v, "depth", false, 600)).await;
+    assert!(ack.session_present);
+    for _ in 0..3 {
+        s.recv_publish(T).await;
+    }
+    until(h, "astramq_queued_messages", 0).await;
+    until(h, "astramq_queued_bytes", 0).await;
+    until(h, "astramq_sessions_parked", 0).await;
+}

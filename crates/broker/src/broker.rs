@@ -146,7 +146,7 @@ pub struct Published {
 impl Broker {
     /// A broker with empty state.
     pub fn new(config: Config, auth: Authenticator) -> Arc<Broker> {
-        Arc::new(Broker {
+        let broker = Arc::new(Broker {
             config,
             router: Router::new(),
             retained: RetainStore::new(),
@@ -157,7 +157,11 @@ impl Broker {
             store: OnceLock::new(),
             stall: StallGate::default(),
             draining: Default::default(),
-        })
+        });
+        broker
+            .metrics
+            .register_collector(Box::new(crate::depth::QueueDepth(Arc::downgrade(&broker))));
+        broker
     }
 
     /// Joins this broker to a cluster, which is also its session store. Only the

@@ -17,7 +17,8 @@
 //! - [`cluster`] — the interface a cluster offers the broker (none on a single node).
 //! - [`message`] — a message as it travels through the broker.
 //! - [`auth`] — anonymous access, password file and ACL decisions.
-//! - [`metrics`] — typed metrics (counters, gauges, histograms) in one registry.
+//! - [`metrics`] — typed metrics (counters, gauges, histograms) in one registry;
+//!   `depth` adds the queue depths, read at each scrape.
 //! - [`rate`] — token buckets for publish and connection rate limits.
 //! - [`health`] — the node's health as `GET /health` reports it.
 //! - [`signal`] — a small wake-up for the one task waiting on it.
@@ -30,6 +31,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod connection;
+mod depth;
 pub mod health;
 pub mod listener;
 pub mod mailbox;

@@ -460,6 +460,12 @@ impl Mailbox {
         self.queue.lock().items.len()
     }
 
+    /// Queued messages and their bytes (as the byte bound counts them).
+    pub fn depth(&self) -> (usize, usize) {
+        let q = self.queue.lock();
+        (q.items.len(), q.bytes)
+    }
+
     /// Whether nothing is queued.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

@@ -214,6 +214,29 @@ impl Router {
         self.len() == 0
     }
 
+    /// Messages and bytes queued in the mailboxes of every subscribed session, each
+    /// mailbox counted once (for the queue-depth metrics, read at each scrape; a
+    /// session without subscriptions has nothing new queued).
+    pub fn queued(&self) -> (usize, usize) {
+        let index = self.index.read();
+        let mut seen = std::collections::HashSet::new();
+        let (mut messages, mut bytes) = (0, 0);
+        index.for_each(|_, _, entry| {
+            let members = match entry {
+                Entry::Client(s) => std::slice::from_ref(s),
+                Entry::Group(g) => &g.members[..],
+            };
+            for s in members {
+                if seen.insert(Arc::as_ptr(&s.mailbox)) {
+                    let (m, b) = s.mailbox.depth();
+                    messages += m;
+                    bytes += b;
+                }
+            }
+        });
+        (messages, bytes)
+    }
+
     /// Every local subscription whose filter matches `topic`, for an operator asking
     /// who gets a message (the admin API); a shared group lists each member. Not
     /// for routing: it allocates, and ignores the ACL and No Local.

@@ -400,6 +400,21 @@ impl<K: Eq + Hash + Clone, V> TopicTree<K, V> {
         self.len() == 0
     }
 
+    /// Calls `f(filter, key, value)` for every entry, in no particular order (for
+    /// totals taken now and then, not for routing).
+    pub fn for_each(&self, mut f: impl FnMut(&str, &K, &V)) {
+        let mut stack = vec![&self.root];
+        while let Some(node) = stack.pop() {
+            for subs in [&node.exact, &node.multi].into_iter().flatten() {
+                for (key, value) in &subs.entries {
+                    f(&subs.filter, key, value);
+                }
+            }
+            stack.extend(node.children.values());
+            stack.extend(node.plus.as_deref());
+        }
+    }
+
     /// Number of trie nodes, root included: lets tests check that removal prunes.
     #[doc(hidden)]
     pub fn node_count(&self) -> usize {
@@ -572,6 +587,11 @@ mod tests {
             for ((f, k), v) in &model {
                 prop_assert_eq!(tree.get(f, k), Some(v));
             }
+            let mut every = BTreeMap::new();
+            tree.for_each(|f, k, v| {
+                every.insert((f.to_string(), *k), *v);
+            });
+            prop_assert_eq!(&every, &model, "for_each visits every entry once");
             let expected: BTreeSet<(String, u8, u32)> = model
                 .iter()
                 .filter(|((f, _), _)| reference_matches(f, &topic))
