@@ -164,28 +164,15 @@ async fn failover_under_load(
         recover_ms: flowing.then_some(recover.as_millis() as u64),
         note,
     };
-    row.emit();
-    for d in &details {
-        println!("  {d}");
-    }
-    assert!(row.counts.acknowledged > 0, "nothing acknowledged: {row:?}");
-    assert!(
-        flowing,
-        "invariant 6: the load was not acknowledged again within {RECOVER:?} of the \
-         promotion ({} more needed)\n{}\n{}",
-        AFTER_RECOVERY,
-        tail(&ch.cluster.node(0).stderr(), 4000),
-        sentinel(&ch.cluster).logs()
-    );
-    if wait {
-        assert_eq!(
-            row.counts.lost,
-            0,
-            "invariant 1 with cluster.redis_wait_replicas = 1: acknowledged deliveries lost \
-             in the failover:\n{}",
-            details.join("\n")
-        );
-    }
+    report(&row, &details, flowing, wait, || {
+        format!(
+            "the load was not acknowledged again within {RECOVER:?} of the promotion \
+             ({} more needed)\n{}\n{}",
+            AFTER_RECOVERY,
+            tail(&ch.cluster.node(0).stderr(), 4000),
+            sentinel(&ch.cluster).logs()
+        )
+    });
     for (i, ok) in reachable.iter().enumerate() {
         assert!(
             ok,
@@ -195,6 +182,34 @@ async fn failover_under_load(
         );
     }
     row
+}
+
+/// Emits the row of a failover scenario and prints its details; checks that the
+/// load was acknowledged at all, that it flowed again (`flowing`, else fails with
+/// `stuck`), and with `wait` (`cluster.redis_wait_replicas = 1`) that nothing
+/// acknowledged was lost.
+fn report(
+    row: &Row,
+    details: &[String],
+    flowing: bool,
+    wait: bool,
+    stuck: impl FnOnce() -> String,
+) {
+    row.emit();
+    for d in details {
+        println!("  {d}");
+    }
+    assert!(row.counts.acknowledged > 0, "nothing acknowledged: {row:?}");
+    assert!(flowing, "invariant 6: {}", stuck());
+    if wait {
+        assert_eq!(
+            row.counts.lost,
+            0,
+            "invariant 1 with cluster.redis_wait_replicas = 1: acknowledged deliveries lost \
+             in the failover:\n{}",
+            details.join("\n")
+        );
+    }
 }
 
 async fn bounded(f: impl std::future::Future<Output = Row>) -> Row {
@@ -467,26 +482,13 @@ async fn redis_cluster_failover_under_load(scenario: &str, prefix: &str, wait: b
         recover_ms: flowing.then_some(recover.as_millis() as u64),
         note,
     };
-    row.emit();
-    for d in &details {
-        println!("  {d}");
-    }
-    assert!(row.counts.acknowledged > 0, "nothing acknowledged: {row:?}");
-    assert!(
-        flowing,
-        "invariant 6: the load was not acknowledged again within {RECOVER:?} of the \
-         Redis Cluster failover\n{}",
-        tail(&ch.cluster.node(0).stderr(), 4000)
-    );
-    if wait {
-        assert_eq!(
-            row.counts.lost,
-            0,
-            "invariant 1 with cluster.redis_wait_replicas = 1 on Redis Cluster: \
-             acknowledged deliveries lost in the failover:\n{}",
-            details.join("\n")
-        );
-    }
+    report(&row, &details, flowing, wait, || {
+        format!(
+            "the load was not acknowledged again within {RECOVER:?} of the Redis Cluster \
+             failover\n{}",
+            tail(&ch.cluster.node(0).stderr(), 4000)
+        )
+    });
 }
 
 // Invariant 6 on Redis Cluster, setting off: lost and duplicates are reported

@@ -53,13 +53,7 @@ pub async fn routes(
     q: Result<Query<RoutesQuery>, QueryRejection>,
 ) -> ApiResult {
     let Query(q) = q?;
-    if !mqtt::topic::valid_topic_name(&q.topic) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "topic must be a topic name (no wildcards, not empty)",
-        ));
-    }
+    super::topic_name(&q.topic)?;
     let Some(node) = &app.node else {
         return Ok(Json(
             json!({"node": app.node_id(), "topic": q.topic, "remote": [], "local_groups": []}),

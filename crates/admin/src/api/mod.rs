@@ -193,6 +193,19 @@ pub(crate) async fn ask_peers(
 }
 
 /// A node's failure to answer, as listed in `errors`.
+/// `Ok` if `topic` is a topic name (no wildcards, not empty), else the `400` that
+/// says so (`/subscriptions` and `/routes` take a topic, not a filter).
+pub(crate) fn topic_name(topic: &str) -> Result<(), ApiError> {
+    if mqtt::topic::valid_topic_name(topic) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "topic must be a topic name (no wildcards, not empty)",
+    ))
+}
+
 pub(crate) fn peer_error(node: &str, code: Option<u16>, reason: &str) -> Value {
     json!({"node": node, "status": code, "reason": reason})
 }

@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{ask_peers, authorization, peer_error, ApiError, ApiResult};
+use super::{ask_peers, authorization, peer_error, ApiResult};
 use crate::server::App;
 
 /// Most subscriptions one answer lists (per node, and merged).
@@ -35,13 +35,7 @@ pub async fn subscriptions(
     q: Result<Query<SubscriptionsQuery>, QueryRejection>,
 ) -> ApiResult {
     let Query(q) = q?;
-    if !mqtt::topic::valid_topic_name(&q.topic) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "topic must be a topic name (no wildcards, not empty)",
-        ));
-    }
+    super::topic_name(&q.topic)?;
     let mine = app.broker.subscriptions_matching(&q.topic);
     let mut truncated = mine.len() > MAX_LISTED;
     let mut list: Vec<Value> = mine
