@@ -10,11 +10,14 @@ use broker::message::Message;
 /// Which of a failed node's sessions takes each shared group's copy of a message
 /// drained from its inbox (`groups`: those the sending node assigned to the failed
 /// node): one member per group, like the router's choice on a live node, so the
-/// message reaches the group once. Members are taken in turn, starting at `turn`.
+/// message reaches the group once. A member that already holds the message
+/// (`held[i]`: the failed node delivered it there before it died) takes it again;
+/// otherwise members are taken in turn, starting at `turn`.
 pub(super) fn group_members(
     targets: &Taken,
     groups: &LocalGroups,
     turn: usize,
+    held: &[bool],
 ) -> Vec<LocalGroups> {
     let mut per_target = vec![LocalGroups::default(); targets.len()];
     if targets.is_empty() {
@@ -26,9 +29,13 @@ pub(super) fn group_members(
                 mqtt::topic::parse_shared(f) == Ok(Some((group.as_str(), inner.as_str())))
             })
         };
-        let chosen = (0..targets.len())
-            .map(|k| (turn + k) % targets.len())
-            .find(|&i| is_member(&targets[i].1));
+        let holder = (0..targets.len())
+            .find(|&i| held.get(i).copied().unwrap_or(false) && is_member(&targets[i].1));
+        let chosen = holder.or_else(|| {
+            (0..targets.len())
+                .map(|k| (turn + k) % targets.len())
+                .find(|&i| is_member(&targets[i].1))
+        });
         if let Some(i) = chosen {
             per_target[i].0.push((group.clone(), inner.clone()));
         }
@@ -137,7 +144,7 @@ mod tests {
         let g = groups(&[("g", "t/#")]);
         let mut chosen = Vec::new();
         for turn in 0..4 {
-            let m = group_members(&targets, &g, turn);
+            let m = group_members(&targets, &g, turn, &[]);
             let members: Vec<usize> = (0..3).filter(|&i| !m[i].0.is_empty()).collect();
             assert_eq!(members.len(), 1, "turn {turn}: {m:?}");
             assert_ne!(members[0], 1, "b is not a member");
@@ -149,6 +156,28 @@ mod tests {
         );
     }
 
+    /// A copy the failed node had already delivered to one member (its journal or
+    /// done set has it) goes back to that member, whatever the turn: a second member
+    /// would receive the message twice within the group (QoS 2: exactly once).
+    #[test]
+    fn a_drained_group_copy_goes_back_to_the_member_that_holds_it() {
+        let targets: Taken = vec![
+            session("a", &["$share/g/t/#"]),
+            session("b", &["plain/#"]),
+            session("c", &["$share/g/t/#"]),
+        ];
+        let g = groups(&[("g", "t/#")]);
+        for turn in 0..4 {
+            let m = group_members(&targets, &g, turn, &[false, false, true]);
+            let members: Vec<usize> = (0..3).filter(|&i| !m[i].0.is_empty()).collect();
+            assert_eq!(members, [2], "turn {turn}: {m:?}");
+        }
+        // Holding it without being a member of the group changes nothing.
+        let m = group_members(&targets, &g, 0, &[false, true, false]);
+        let members: Vec<usize> = (0..3).filter(|&i| !m[i].0.is_empty()).collect();
+        assert_eq!(members, [0]);
+    }
+
     #[test]
     fn a_drained_group_copy_is_delivered_to_the_chosen_member_only() {
         let msg = message("t/1");
@@ -156,7 +185,7 @@ mod tests {
             session("a", &["$share/g/t/#"]),
             session("c", &["$share/g/t/#"]),
         ];
-        let m = group_members(&targets, &groups(&[("g", "t/#")]), 0);
+        let m = group_members(&targets, &groups(&[("g", "t/#")]), 0, &[]);
         let d: Vec<bool> = targets
             .iter()
             .zip(&m)
@@ -164,7 +193,7 @@ mod tests {
             .collect();
         assert_eq!(d, vec![true, false]);
         // A group this node was not assigned: no member gets it from the drain.
-        let m = group_members(&targets, &groups(&[("other", "t/#")]), 0);
+        let m = group_members(&targets, &groups(&[("other", "t/#")]), 0, &[]);
         assert!(targets
             .iter()
             .zip(&m)
@@ -175,7 +204,7 @@ mod tests {
     fn plain_subscriptions_of_every_session_match_as_usual() {
         let msg = message("plain/x");
         let targets: Taken = vec![session("a", &["plain/#"]), session("b", &["other"])];
-        let m = group_members(&targets, &LocalGroups::default(), 0);
+        let m = group_members(&targets, &LocalGroups::default(), 0, &[]);
         assert!(delivery_for("a", &targets[0].1, &msg, &m[0]).is_some());
         assert!(delivery_for("b", &targets[1].1, &msg, &m[1]).is_none());
     }

@@ -254,6 +254,46 @@ impl ClusterNode {
         }
     }
 
+    /// For each message (with its journal key), which of `targets` already has it in
+    /// its journal or its done set — asked only of shared groups' members, for
+    /// messages with group copies: one round trip per session.
+    async fn holders(
+        &self,
+        targets: &Taken,
+        messages: &[(
+            Arc<broker::message::Message>,
+            broker::cluster::LocalGroups,
+            String,
+        )],
+    ) -> Result<Vec<Vec<bool>>, redis::RedisError> {
+        let mut held = vec![vec![false; targets.len()]; messages.len()];
+        let mut cmds = Vec::new();
+        let mut at = Vec::new();
+        for (m, (_, groups, key)) in messages.iter().enumerate() {
+            if groups.0.is_empty() {
+                continue;
+            }
+            for (t, (id, subs)) in targets.iter().enumerate() {
+                if !subs.iter().any(|(f, _)| f.starts_with("$share/")) {
+                    continue;
+                }
+                let mut exists = redis::cmd("HEXISTS");
+                exists.arg(self.keys.journal(id)).arg(key);
+                let mut done = redis::cmd("ZSCORE");
+                done.arg(self.keys.done(id)).arg(key);
+                cmds.push((self.keys.session(id), exists));
+                cmds.push((self.keys.session(id), done));
+                at.push((m, t));
+            }
+        }
+        let values = crate::conn::query_per_key(&self.redis.conn(), cmds).await?;
+        for ((m, t), pair) in at.into_iter().zip(values.chunks(2)) {
+            held[m][t] =
+                matches!(pair[0], redis::Value::Int(1)) || !matches!(pair[1], redis::Value::Nil);
+        }
+        Ok(held)
+    }
+
     /// Stores what a dead node's inbox holds (pending and unread entries) in the
     /// journals of the sessions it held, then acknowledges and deletes the entries.
     pub(super) async fn take_inbox(&self, dead: &str, targets: &Taken) -> usize {
@@ -313,34 +353,51 @@ impl ClusterNode {
                     break;
                 }
                 let mut ids = Vec::with_capacity(entries.len());
-                // Per session, everything this batch of entries holds for it: one
-                // round trip per session per batch.
-                let mut per_target: Vec<Vec<(String, broker::mailbox::Delivery)>> =
-                    vec![Vec::new(); targets.len()];
+                // Every message record of the batch, with the key its journal entries
+                // have (the same the failed node's own delivery used).
+                let mut messages = Vec::new();
                 for entry in entries {
                     if let Some(redis::Value::BulkString(bytes)) = entry.map.get("b") {
                         if let Ok(records) = crate::wire::read_records(bytes) {
-                            for (i, r) in records.iter().enumerate() {
+                            for (i, r) in records.into_iter().enumerate() {
                                 let crate::wire::BusRecord::Message { msg, groups } = r else {
                                     continue;
                                 };
-                                delivered += 1;
-                                let members = group_members(targets, groups, delivered);
-                                for (((id, subs), out), groups) in
-                                    targets.iter().zip(per_target.iter_mut()).zip(&members)
-                                {
-                                    if let Some(d) = delivery_for(id, subs, msg, groups) {
-                                        let key = match msg.id.get() {
-                                            Some(k) => k.to_string(),
-                                            None => crate::sessions::inbox_key(dead, &entry.id, i),
-                                        };
-                                        out.push((key, d));
-                                    }
-                                }
+                                let key = match msg.id.get() {
+                                    Some(k) => k.to_string(),
+                                    None => crate::sessions::inbox_key(dead, &entry.id, i),
+                                };
+                                messages.push((msg, groups, key));
                             }
                         }
                     }
                     ids.push(entry.id);
+                }
+                // A shared group's copy the failed node had already delivered (the
+                // member's journal or done set has it: its PUBLISH may have reached
+                // the client) goes back to that member, where it is known, never to a
+                // second one [MQTT-4.8.2, and exactly once at QoS 2].
+                let held = match self.holders(targets, &messages).await {
+                    Ok(held) => held,
+                    Err(e) => {
+                        tracing::warn!(node = %dead, error = %e, "failed node's inbox: cannot check which members hold its copies; left for a later repair");
+                        return delivered;
+                    }
+                };
+                // Per session, everything this batch of entries holds for it: one
+                // round trip per session per batch.
+                let mut per_target: Vec<Vec<(String, broker::mailbox::Delivery)>> =
+                    vec![Vec::new(); targets.len()];
+                for ((msg, groups, key), held) in messages.iter().zip(&held) {
+                    delivered += 1;
+                    let members = group_members(targets, groups, delivered, held);
+                    for (((id, subs), out), groups) in
+                        targets.iter().zip(per_target.iter_mut()).zip(&members)
+                    {
+                        if let Some(d) = delivery_for(id, subs, msg, groups) {
+                            out.push((key.clone(), d));
+                        }
+                    }
                 }
                 for ((id, _), ds) in targets.iter().zip(per_target) {
                     if let Err(e) = self.sessions.journal_stored(id, ds).await {
