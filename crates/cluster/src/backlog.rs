@@ -57,6 +57,9 @@ pub struct Dest {
     pub qos12_bytes: usize,
     /// The node's inbox held at least `inbox_backlog_entries` entries when last seen.
     pub inbox_full: bool,
+    /// Entries the node's inbox stream held when last seen (after this node's last
+    /// write to it): what it has not read and acknowledged yet, from every sender.
+    pub inbox_entries: usize,
 }
 
 /// QoS 0 copies not queued, by reason.
@@ -190,8 +193,11 @@ impl Backlog {
         let mut s = self.state.lock();
         if let Some(d) = s.dests.get_mut(node) {
             d.inbox_full = full;
-        } else if full {
-            s.dests.entry(node.to_string()).or_default().inbox_full = true;
+            d.inbox_entries = entries;
+        } else if entries > 0 {
+            let d = s.dests.entry(node.to_string()).or_default();
+            d.inbox_full = full;
+            d.inbox_entries = entries;
         }
     }
 
@@ -289,6 +295,30 @@ mod tests {
         assert_eq!(b.push_qos0(to(&["a"], 600)).bus_backlog, 1);
     }
 
+    /// The peer's inbox length seen after each write is kept as its lag, and marks
+    /// it full at the bound (`inbox_entries` = 4 here); back to 0, nothing is kept.
+    #[test]
+    fn the_inbox_length_seen_is_the_peers_lag() {
+        let b = Backlog::new(limits());
+        b.inbox_len("a", 3);
+        assert_eq!(
+            (b.dest("a").inbox_entries, b.dest("a").inbox_full),
+            (3, false)
+        );
+        b.inbox_len("a", 9);
+        assert_eq!(
+            (b.dest("a").inbox_entries, b.dest("a").inbox_full),
+            (9, true)
+        );
+        assert_eq!(b.inbox_full(), ["a"]);
+        b.inbox_len("a", 0);
+        assert_eq!(b.dest("a").inbox_entries, 0);
+        b.prune();
+        assert_eq!(b.dest("a"), Dest::default());
+        b.inbox_len("never-written", 0);
+        assert_eq!(b.dest("never-written"), Dest::default());
+    }
+
     #[test]
     fn qos12_is_queued_and_throttles_past_the_bound() {
         let b = Backlog::new(limits());
@@ -331,6 +361,9 @@ mod tests {
         assert_eq!(b.push_qos0(to(&["a"], 1)), Shed::default());
         let mut out = Vec::new();
         b.take(10, &mut out);
+        // Its lag (3 entries) is kept until the inbox is seen empty.
+        assert_eq!(b.dest("a").inbox_entries, 3);
+        b.inbox_len("a", 0);
         b.prune();
         assert_eq!(b.dest("a"), Dest::default());
     }

@@ -114,6 +114,7 @@ impl Collector for ClusterMetrics {
         let mut messages = Vec::with_capacity(peers.len() * 2);
         let mut bytes = Vec::with_capacity(peers.len());
         let mut full = Vec::with_capacity(peers.len());
+        let mut entries = Vec::with_capacity(peers.len());
         for peer in peers {
             let d = node.backlog.dest(&peer);
             let p = || ("peer", peer.clone());
@@ -121,6 +122,7 @@ impl Collector for ClusterMetrics {
             messages.push((vec![p(), ("lane", "qos12".into())], d.qos12 as i64));
             bytes.push((vec![p()], (d.qos0_bytes + d.qos12_bytes) as i64));
             full.push((vec![p()], i64::from(d.inbox_full)));
+            entries.push((vec![p()], d.inbox_entries as i64));
         }
         s.gauges_by(
             "astramq_cluster_peer_backlog_messages",
@@ -137,6 +139,13 @@ impl Collector for ClusterMetrics {
             "1 while the peer's inbox stream held cluster.inbox_backlog_entries or more \
              unread entries when last written to (it is falling behind; QoS 0 to it is shed).",
             &full,
+        )?;
+        s.gauges_by(
+            "astramq_cluster_peer_inbox_entries",
+            "Entries in each other broker's inbox stream when this node last wrote to \
+             it (XLEN after the XADD): batches that broker has not yet read and \
+             acknowledged, from every sender — its lag.",
+            &entries,
         )?;
         s.gauge(
             "astramq_cluster_inbox_backlog_full_nodes",
