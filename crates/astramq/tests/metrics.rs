@@ -320,8 +320,8 @@ async fn refused_connects_are_counted_per_listener_by_reason() {
 
 // Queue depth in total (read at each scrape): a parked persistent session with three
 // QoS 1 messages queued shows in `astramq_queued_messages`, `astramq_queued_bytes`
-// and `astramq_sessions_parked`; once it reconnects and they are sent (no longer
-// queued: in flight), all fall back to 0.
+// and `astramq_sessions_parked`; once it reconnects they are sent: no longer queued
+// but in flight (`astramq_inflight_messages`) until the client's PUBACKs.
 #[tokio::test]
 async fn queue_depth_counts_what_waits_for_parked_sessions() {
     let b = broker_with_health();
@@ -345,10 +345,18 @@ async fn queue_depth_counts_what_waits_for_parked_sessions() {
     let (mut s, ack) =
         RawClient::connect(b.addr(), Connect::persistent(v, "depth", false, 600)).await;
     assert!(ack.session_present);
+    s.auto_ack = false;
+    let mut pids = Vec::new();
     for _ in 0..3 {
-        s.recv_publish(T).await;
+        pids.push(s.recv_publish(T).await.pid);
     }
+    // Sent, not acknowledged: in flight, no longer queued.
     until(h, "astramq_queued_messages", 0).await;
     until(h, "astramq_queued_bytes", 0).await;
+    until(h, "astramq_inflight_messages", 3).await;
     until(h, "astramq_sessions_parked", 0).await;
+    for pid in pids {
+        s.send(&encode_ack(PUBACK, pid, 0, v)).await;
+    }
+    until(h, "astramq_inflight_messages", 0).await;
 }

@@ -1,6 +1,7 @@
 //! Queue-depth metrics, read at each scrape: messages and bytes queued for the
-//! node's sessions in total (`astramq_queued_messages`, `astramq_queued_bytes`) and
-//! sessions parked without a connection (`astramq_sessions_parked`). Per session:
+//! node's sessions in total (`astramq_queued_messages`, `astramq_queued_bytes`),
+//! deliveries in flight (`astramq_inflight_messages`) and sessions parked without a
+//! connection (`astramq_sessions_parked`). Per session:
 //! `GET /api/v1/clients/{id}`.
 
 use std::fmt;
@@ -22,7 +23,7 @@ impl Collector for QueueDepth {
         let Some(broker) = self.0.upgrade() else {
             return Ok(());
         };
-        let (messages, bytes) = broker.router.queued();
+        let (messages, bytes, inflight) = broker.router.queued();
         let mut s = Scrape::new(encoder);
         s.gauge(
             "astramq_queued_messages",
@@ -35,6 +36,12 @@ impl Collector for QueueDepth {
             "Bytes of the messages queued for this node's sessions; bounded per session \
              by limits.max_queued_bytes.",
             bytes as i64,
+        )?;
+        s.gauge(
+            "astramq_inflight_messages",
+            "Deliveries sent to this node's subscribed sessions and not yet acknowledged \
+             (QoS 1 PUBACK, QoS 2 PUBCOMP); bounded per session by its Receive Maximum.",
+            inflight as i64,
         )?;
         s.gauge(
             "astramq_sessions_parked",

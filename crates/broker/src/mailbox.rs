@@ -156,6 +156,9 @@ pub struct Mailbox {
     limits: MailboxLimits,
     /// The next packet id to hand out (see [`Mailbox::reserve_packet_id`]).
     next_packet_id: AtomicU16,
+    /// Deliveries sent and not yet acknowledged, as the session last said (for the
+    /// in-flight metric; the session's own state is the truth).
+    inflight: std::sync::atomic::AtomicU32,
     /// [`Durability`], kept as atomics because every delivery reads it: the
     /// ownership epoch of a stored session (0: in memory only) ...
     journal_epoch: AtomicU64,
@@ -175,6 +178,7 @@ impl Mailbox {
             online: AtomicBool::new(false),
             limits,
             next_packet_id: AtomicU16::new(1),
+            inflight: Default::default(),
             journal_epoch: AtomicU64::new(0),
             journal_owner: OnceLock::new(),
             forward_only: AtomicBool::new(false),
@@ -458,6 +462,18 @@ impl Mailbox {
     /// Queued message count.
     pub fn len(&self) -> usize {
         self.queue.lock().items.len()
+    }
+
+    /// Records how many deliveries the session has in flight (sent, not yet
+    /// acknowledged).
+    pub fn set_inflight(&self, n: usize) {
+        self.inflight
+            .store(u32::try_from(n).unwrap_or(u32::MAX), Ordering::Relaxed);
+    }
+
+    /// Deliveries in flight, as last recorded.
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Relaxed) as usize
     }
 
     /// Queued messages and their bytes (as the byte bound counts them).

@@ -214,13 +214,13 @@ impl Router {
         self.len() == 0
     }
 
-    /// Messages and bytes queued in the mailboxes of every subscribed session, each
-    /// mailbox counted once (for the queue-depth metrics, read at each scrape; a
-    /// session without subscriptions has nothing new queued).
-    pub fn queued(&self) -> (usize, usize) {
+    /// Messages and bytes queued in the mailboxes of every subscribed session, and
+    /// deliveries in flight, each mailbox counted once (for the queue-depth metrics,
+    /// read at each scrape; a session without subscriptions gets nothing new).
+    pub fn queued(&self) -> (usize, usize, usize) {
         let index = self.index.read();
         let mut seen = std::collections::HashSet::new();
-        let (mut messages, mut bytes) = (0, 0);
+        let (mut messages, mut bytes, mut inflight) = (0, 0, 0);
         index.for_each(|_, _, entry| {
             let members = match entry {
                 Entry::Client(s) => std::slice::from_ref(s),
@@ -231,10 +231,11 @@ impl Router {
                     let (m, b) = s.mailbox.depth();
                     messages += m;
                     bytes += b;
+                    inflight += s.mailbox.inflight();
                 }
             }
         });
-        (messages, bytes)
+        (messages, bytes, inflight)
     }
 
     /// Every local subscription whose filter matches `topic`, for an operator asking

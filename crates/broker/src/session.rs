@@ -214,6 +214,7 @@ impl Session {
             if let btree_map::Entry::Vacant(slot) = self.outbound.entry(id) {
                 slot.insert(Outbound::Published(delivery));
                 self.order.push(id);
+                self.mailbox.set_inflight(self.outbound.len());
                 return Some(id);
             }
         }
@@ -288,6 +289,7 @@ impl Session {
         if let Some(pos) = self.order.iter().position(|&x| x == id) {
             self.order.remove(pos);
         }
+        self.mailbox.set_inflight(self.outbound.len());
     }
 
     /// Every outbound message in send order, for resending on session resume
@@ -342,6 +344,7 @@ impl Session {
         self.mailbox.drain_into(&mut queued, usize::MAX);
         let order = std::mem::take(&mut self.order);
         let mut outbound = std::mem::take(&mut self.outbound);
+        self.mailbox.set_inflight(0);
         SessionSnapshot {
             expiry_secs: self.expiry_secs,
             subscriptions: std::mem::take(&mut self.subscriptions)
@@ -368,6 +371,7 @@ impl Session {
             self.order.push(id);
             last = id;
         }
+        self.mailbox.set_inflight(self.outbound.len());
         for d in &snapshot.queued {
             if let Some(j) = &d.journal {
                 last = last.max(j.packet_id);
@@ -451,6 +455,7 @@ impl Session {
     /// Forgets all in-flight state, both directions.
     pub fn clear_inflight(&mut self) {
         self.outbound.clear();
+        self.mailbox.set_inflight(0);
         self.order.clear();
         self.inbound_qos2.clear();
         self.unsettled.clear();
