@@ -38,7 +38,25 @@ impl Browser {
     pub async fn launch() -> Browser {
         let bin = chromium().expect("chromium is not installed (apt-get install chromium)");
         let profile = tempfile::tempdir().expect("profile dir");
-        let child = Command::new(bin)
+        let mut cmd = Command::new(bin);
+        {
+            use std::os::unix::process::CommandExt;
+            // Its own process group (Drop kills the browser with its zygote and
+            // renderers), and killed with the test process if that dies first.
+            cmd.process_group(0);
+            // SAFETY: the closure runs between fork and exec and only calls prctl(2),
+            // which is async-signal-safe.
+            #[allow(unsafe_code)]
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .args([
                 "--headless=new",
                 "--no-sandbox",
@@ -205,6 +223,15 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // The whole group: the browser, its zygote and renderers.
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: kill(2) has no memory-safety preconditions; the group is the
+            // one this child leads, not yet reaped.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
