@@ -760,5 +760,6 @@ async fn drain_moves_clients_away_refuses_new_ones_and_undrain_takes_them_back()
     assert_eq!(accepted.map(|a| a.code), Some(0), "CONNACK after undrain");
     let (code, body) = http_get(h1, "/health").await.unwrap();
     assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"mode\":\"cluster\""), "{body}");
     wait_advertised(h2, &read, "n1", true).await;
 }

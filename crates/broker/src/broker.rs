@@ -5,7 +5,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::auth::Authenticator;
-use crate::cluster::{Cluster, ClusterError, LocalGroups, SessionChange};
+use crate::cluster::{
+    Cluster, ClusterError, Forwarded, LocalGroups, Peers, SessionChange, SingleNode,
+};
 use crate::config::Config;
 use crate::mailbox::{Delivery, Mailbox, MailboxLimits, Pushed};
 use crate::message::Message;
@@ -116,8 +118,9 @@ pub struct Broker {
     pub(crate) auth: Authenticator,
     /// Counters.
     pub(crate) metrics: Metrics,
-    /// The cluster this node belongs to, if any (set once at start).
-    cluster: OnceLock<Arc<dyn Cluster>>,
+    /// The other nodes, when this node is in a cluster (set once at start);
+    /// [`SingleNode`] stands in until then (see [`Broker::peers`]).
+    peers: OnceLock<Arc<dyn Peers>>,
     /// Where persistent sessions outlive their connection: the cluster's store, the
     /// disk, or none (in memory only; set once at start).
     store: OnceLock<Arc<dyn SessionStore>>,
@@ -153,7 +156,7 @@ impl Broker {
             registry: Registry::new(),
             auth,
             metrics: Metrics::default(),
-            cluster: OnceLock::new(),
+            peers: OnceLock::new(),
             store: OnceLock::new(),
             stall: StallGate::default(),
             draining: Default::default(),
@@ -168,7 +171,7 @@ impl Broker {
     /// first call has an effect.
     pub fn set_cluster(&self, cluster: Arc<dyn Cluster>) {
         let store: Arc<dyn SessionStore> = cluster.clone();
-        if self.cluster.set(cluster).is_ok() {
+        if self.peers.set(cluster).is_ok() {
             let _ = self.store.set(store);
         }
     }
@@ -184,18 +187,19 @@ impl Broker {
         self.store.get()
     }
 
-    /// The cluster, if this node is in one.
-    pub fn cluster(&self) -> Option<&Arc<dyn Cluster>> {
-        self.cluster.get()
+    /// The other nodes: the cluster, or [`SingleNode`] on a node of its own.
+    pub fn peers(&self) -> &dyn Peers {
+        match self.peers.get() {
+            Some(p) => &**p,
+            None => &SingleNode,
+        }
     }
 
     /// Adds a local subscription (telling the cluster); true if it replaced one.
     pub fn subscribe(&self, filter: &str, sub: Subscriber) -> bool {
         let existed = self.router.subscribe(filter, sub);
         if !existed {
-            if let Some(c) = self.cluster() {
-                c.subscribed(filter);
-            }
+            self.peers().subscribed(filter);
         }
         existed
     }
@@ -204,9 +208,7 @@ impl Broker {
     pub fn unsubscribe(&self, filter: &str, client_id: &Arc<str>) -> bool {
         let existed = self.router.unsubscribe(filter, client_id);
         if existed {
-            if let Some(c) = self.cluster() {
-                c.unsubscribed(filter);
-            }
+            self.peers().unsubscribed(filter);
         }
         existed
     }
@@ -242,11 +244,12 @@ impl Broker {
                 s.retained(msg);
             }
         }
-        let forwarded = self.cluster().map(|c| c.forward(msg));
-        let (groups, durable, throttle, remote) = match forwarded {
-            Some(f) => (Some(f.local_groups), f.durable, f.throttle, f.remote),
-            None => (None, None, false, false),
-        };
+        let Forwarded {
+            local_groups: groups,
+            durable,
+            throttle,
+            remote,
+        } = self.peers().forward(msg);
         let mut journal = Vec::new();
         let routed = self.route_locally(
             msg,
@@ -462,9 +465,7 @@ impl Broker {
                 tokio::time::sleep(HANDOVER_GRACE).await;
                 for f in filters {
                     if broker.router.unsubscribe_if(&f, &client_id, &mailbox) {
-                        if let Some(c) = broker.cluster() {
-                            c.unsubscribed(&f);
-                        }
+                        broker.peers().unsubscribed(&f);
                     }
                 }
             });

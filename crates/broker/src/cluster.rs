@@ -1,7 +1,9 @@
 //! What the broker needs from a cluster, as a trait the `cluster` crate implements;
 //! the session-store half of it is [`crate::store`].
 //!
-//! A single node runs without one. With one, the broker tells it about local
+//! The broker talks to the other nodes through [`Peers`] only, and a single node
+//! always has one: [`SingleNode`], which has no one to tell and nothing to forward,
+//! so no broker code asks whether it is clustered. In a cluster the broker tells it about local
 //! subscriptions (so other nodes can route to us) and retained messages, hands it every
 //! message published here (it forwards to nodes whose routes match and decides where
 //! each shared-subscription group's copy goes), and claims client ids cluster-wide.
@@ -37,8 +39,9 @@ impl LocalGroups {
 /// The outcome of handing a message to the cluster.
 #[derive(Debug, Default)]
 pub struct Forwarded {
-    /// The groups to deliver to locally.
-    pub local_groups: LocalGroups,
+    /// The shared-subscription groups to deliver to locally; `None`: every group
+    /// (no other node serves any).
+    pub local_groups: Option<LocalGroups>,
     /// Resolves once every remote copy is stored in the cluster (`Ok`) or could not be
     /// (`Err`); `None` when no other node needed the message.
     pub durable: Option<oneshot::Receiver<Result<(), ClusterError>>>,
@@ -51,13 +54,42 @@ pub struct Forwarded {
     pub remote: bool,
 }
 
-/// The cluster as the broker sees it: routes to and from other nodes. Its session
-/// store (the [`SessionStore`] half) keeps persistent sessions in Redis.
-pub trait Cluster: SessionStore {
+/// The other nodes as the broker sees them: where local subscriptions are announced
+/// and published messages are forwarded. A single node uses [`SingleNode`].
+pub trait Peers: Send + Sync + std::fmt::Debug + 'static {
     /// A local session subscribed to `filter` (full filter, `$share/...` included).
     fn subscribed(&self, filter: &str);
     /// A local session dropped its subscription to `filter`.
     fn unsubscribed(&self, filter: &str);
     /// Sends a message published on this node to the other nodes that need it.
     fn forward(&self, msg: &Arc<Message>) -> Forwarded;
+    /// What `/health` reports as the node's mode (`single`, `cluster`).
+    fn mode(&self) -> &'static str;
 }
+
+/// The in-process [`Peers`] of a node on its own: no routes to announce, every
+/// message and every shared-subscription group served here.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SingleNode;
+
+impl Peers for SingleNode {
+    fn subscribed(&self, _filter: &str) {}
+
+    fn unsubscribed(&self, _filter: &str) {}
+
+    fn forward(&self, _msg: &Arc<Message>) -> Forwarded {
+        Forwarded::default()
+    }
+
+    fn mode(&self) -> &'static str {
+        "single"
+    }
+}
+
+/// The cluster as the broker sees it: its [`Peers`] and its [`SessionStore`] (which
+/// keeps persistent sessions in Redis), set together by [`Broker::set_cluster`].
+///
+/// [`Broker::set_cluster`]: crate::broker::Broker::set_cluster
+pub trait Cluster: SessionStore + Peers {}
+
+impl<T: SessionStore + Peers> Cluster for T {}

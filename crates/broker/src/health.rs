@@ -43,11 +43,7 @@ pub fn health(broker: &Broker, probe: Option<&dyn HealthProbe>, stopping: bool) 
         "unhealthy"
     };
     let mut body = format!("{{\"status\":{}", json_string(status));
-    let mode = if broker.cluster().is_some() {
-        "cluster"
-    } else {
-        "single"
-    };
+    let mode = broker.peers().mode();
     let _ = write!(body, ",\"mode\":{}", json_string(mode));
     let clients = Metrics::get(&broker.metrics.clients_connected);
     let _ = write!(body, ",\"clients\":{clients}");

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use broker::broker::Broker;
 use broker::cluster::{
-    BoxFuture, ClaimRequest, Cluster, ClusterClaim, ClusterError, Forwarded, LocalGroups,
+    BoxFuture, ClaimRequest, ClusterClaim, ClusterError, Forwarded, LocalGroups, Peers,
     SessionChange, SessionStore,
 };
 use broker::config::ClusterSettings;
@@ -577,7 +577,11 @@ async fn watch_members(
     }
 }
 
-impl Cluster for ClusterNode {
+impl Peers for ClusterNode {
+    fn mode(&self) -> &'static str {
+        "cluster"
+    }
+
     fn subscribed(&self, filter: &str) {
         let mut local = self.local_filters.lock();
         let n = local.entry(filter.to_string()).or_insert(0);
@@ -611,7 +615,7 @@ impl Cluster for ClusterNode {
         // nodes (and members), the same for a publisher's resend.
         let key = (msg.qos != mqtt::QoS::AtMostOnce).then(|| self.sessions.message_id(msg));
         let placement = self.routes.lock().place(msg.topic(), &me, key);
-        let local_groups = LocalGroups(placement.local_groups);
+        let local_groups = Some(LocalGroups(placement.local_groups));
         if placement.remote.is_empty() {
             return Forwarded {
                 local_groups,

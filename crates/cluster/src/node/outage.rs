@@ -64,7 +64,11 @@ pub(super) fn refusal(msg: &Message) -> Refused {
 /// The outcome of a forward refused because Redis is unreachable: QoS 0 copies are
 /// dropped; a QoS 1/2 publisher's acknowledgement carries the error (0x80, or a
 /// closed 3.1.1 connection).
-pub(super) fn refused(msg: &Message, local_groups: LocalGroups, e: ClusterError) -> Forwarded {
+pub(super) fn refused(
+    msg: &Message,
+    local_groups: Option<LocalGroups>,
+    e: ClusterError,
+) -> Forwarded {
     let durable = (msg.qos != mqtt::QoS::AtMostOnce).then(|| {
         let (tx, rx) = oneshot::channel();
         let _ = tx.send(Err(e));
