@@ -316,7 +316,13 @@ impl Sessions {
             .await?;
         Ok(fields
             .into_iter()
-            .filter_map(|(f, v)| read_subscription(&v).ok().map(|s| (f, s)))
+            .filter_map(|(f, v)| match read_subscription(&v) {
+                Ok(s) => Some((f, s)),
+                Err(e) => {
+                    tracing::error!(%client_id, filter = %f, error = %e, "stored subscription unreadable; skipped");
+                    None
+                }
+            })
             .collect())
     }
 

@@ -64,15 +64,19 @@ impl FeedRecord {
     }
 }
 
-/// A retained message as stored in Redis: absolute expiry (Unix ms, 0 = none) and
-/// the v5 PUBLISH bytes.
+/// The format of a stored retained message (its first byte).
+pub const RETAINED_FORMAT: u8 = 0x52;
+
+/// A retained message as stored in Redis: format byte, absolute expiry (Unix ms,
+/// 0 = none) and the v5 PUBLISH bytes.
 pub fn retained_value(msg: &Message) -> Vec<u8> {
     let expires_unix_ms = msg
         .remaining_expiry(Instant::now())
         .map(|s| unix_ms() + u64::from(s) * 1000)
         .unwrap_or(0);
     let publish = publish_bytes(msg);
-    let mut out = Vec::with_capacity(8 + publish.len());
+    let mut out = Vec::with_capacity(9 + publish.len());
+    out.put_u8(RETAINED_FORMAT);
     out.put_u64(expires_unix_ms);
     out.put_slice(&publish);
     out
@@ -81,6 +85,7 @@ pub fn retained_value(msg: &Message) -> Vec<u8> {
 /// Reads a stored retained message; `None` if it has expired.
 pub fn read_retained(value: &[u8]) -> Result<Option<Arc<Message>>, WireError> {
     let mut buf = value;
+    super::parts::expect_format(&mut buf, "stored retained message", RETAINED_FORMAT)?;
     if buf.remaining() < 8 {
         return Err(WireError("truncated retained value".into()));
     }

@@ -142,6 +142,23 @@ pub(super) fn put_str(out: &mut BytesMut, s: &str) {
     out.put_slice(s.as_bytes());
 }
 
+/// The first byte of a stored subscription, will or retained message: its format.
+/// A node meeting another value (a record written by a node of another version)
+/// gets an error naming both, which its caller logs before skipping the record.
+pub(super) fn put_format(out: &mut BytesMut, format: u8) {
+    out.put_u8(format);
+}
+
+/// Reads a record's format byte and checks it is `format` (see [`put_format`]).
+pub(super) fn expect_format(buf: &mut &[u8], what: &str, format: u8) -> Result<(), WireError> {
+    match get_u8(buf)? {
+        f if f == format => Ok(()),
+        other => Err(WireError(format!(
+            "{what} in format {other:#04x}; this node reads {format:#04x} (written by a node of another version?)"
+        ))),
+    }
+}
+
 pub(super) fn get_u8(buf: &mut &[u8]) -> Result<u8, WireError> {
     if buf.remaining() < 1 {
         return Err(WireError("truncated".into()));

@@ -12,8 +12,14 @@ use mqtt::{decode, Packet, Protocol};
 use super::parts::*;
 use super::WireError;
 
+/// The format of a stored subscription (its first byte).
+pub const SUBSCRIPTION_FORMAT: u8 = 0x51;
+/// The format of a stored will (its first byte).
+pub const WILL_FORMAT: u8 = 0x57;
+
 /// A journal entry's value: the delivery, or (`R` + packet id) once the client sent
-/// PUBREC for it.
+/// PUBREC for it. The first byte, the entry's kind (`D`, `F`, `P`, `R`), is also its
+/// format: a kind this node does not know is an error its caller logs and skips.
 pub fn journal_value(d: &Queued) -> Vec<u8> {
     let mut out = BytesMut::new();
     out.put_u8(b'D');
@@ -69,9 +75,10 @@ pub fn read_journal(mut value: &[u8]) -> Result<JournalEntry, WireError> {
     }
 }
 
-/// A stored subscription's value.
+/// A stored subscription's value: format byte, options, identifier (0: none).
 pub fn subscription_value(sub: &Subscription) -> Vec<u8> {
     let mut out = BytesMut::new();
+    put_format(&mut out, SUBSCRIPTION_FORMAT);
     out.put_u8(options_byte(&sub.options));
     out.put_u32(sub.id.unwrap_or(0));
     out.to_vec()
@@ -79,6 +86,7 @@ pub fn subscription_value(sub: &Subscription) -> Vec<u8> {
 
 /// Decodes a stored subscription.
 pub fn read_subscription(mut value: &[u8]) -> Result<Subscription, WireError> {
+    expect_format(&mut value, "stored subscription", SUBSCRIPTION_FORMAT)?;
     let options = options_from(get_u8(&mut value)?)?;
     let id = get_u32(&mut value)?;
     Ok(Subscription {
@@ -87,10 +95,11 @@ pub fn read_subscription(mut value: &[u8]) -> Result<Subscription, WireError> {
     })
 }
 
-/// A will as stored with its session: user name, then the will as a v5 PUBLISH
+/// A will as stored with its session: format byte, user name, then the will as a v5 PUBLISH
 /// (its properties ride along) with the Will Delay Interval.
 pub fn will_value(w: &PendingWill) -> Vec<u8> {
     let mut out = BytesMut::new();
+    put_format(&mut out, WILL_FORMAT);
     put_str(&mut out, w.username.as_deref().unwrap_or(""));
     out.put_u32(w.will.properties.will_delay_interval.unwrap_or(0));
     let publish = w.to_publish();
@@ -103,6 +112,7 @@ pub fn will_value(w: &PendingWill) -> Vec<u8> {
 
 /// Decodes a stored will of `client_id`.
 pub fn read_will(client_id: &str, mut value: &[u8]) -> Result<PendingWill, WireError> {
+    expect_format(&mut value, "stored will", WILL_FORMAT)?;
     let username = get_str(&mut value)?;
     let delay = get_u32(&mut value)?;
     let len = get_u32(&mut value)? as usize;

@@ -178,8 +178,12 @@ fn retained_value_round_trips_and_expires() {
     let back = read_retained(&stored).unwrap().unwrap();
     assert_eq!(back.topic(), "a/b");
     let mut expired = stored.clone();
-    expired[..8].copy_from_slice(&1u64.to_be_bytes());
+    expired[1..9].copy_from_slice(&1u64.to_be_bytes());
     assert!(read_retained(&expired).unwrap().is_none());
+    let mut future = stored.clone();
+    future[0] = RETAINED_FORMAT + 1;
+    let e = read_retained(&future).unwrap_err().to_string();
+    assert!(e.contains("format 0x53; this node reads 0x52"), "{e}");
 }
 
 #[test]
@@ -222,6 +226,10 @@ fn journal_entries_and_subscriptions_round_trip() {
         id: Some(77),
     };
     assert_eq!(read_subscription(&subscription_value(&sub)).unwrap(), sub);
+    let mut other = subscription_value(&sub);
+    other[0] = 0x01;
+    let e = read_subscription(&other).unwrap_err().to_string();
+    assert!(e.contains("stored subscription in format 0x01"), "{e}");
 }
 
 #[test]
@@ -245,4 +253,8 @@ fn a_stored_will_round_trips_with_its_delay_and_properties() {
     assert_eq!(back.will, w.will);
     assert_eq!(back.username.as_deref(), Some("u"));
     assert!(read_will("c", b"\x00").is_err());
+    let mut other = will_value(&w);
+    other[0] = 0x01;
+    let e = read_will("c", &other).unwrap_err().to_string();
+    assert!(e.contains("stored will in format 0x01"), "{e}");
 }
