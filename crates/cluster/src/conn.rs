@@ -629,11 +629,35 @@ pub async fn query_per_key(
     conn: &Conn,
     cmds: Vec<(String, redis::Cmd)>,
 ) -> Result<Vec<redis::Value>, redis::RedisError> {
+    query(conn, cmds, false).await
+}
+
+/// Runs commands like [`query_per_key`], but an error answer to one command is
+/// returned in its place (`Value::ServerError`) instead of failing them all.
+pub async fn query_per_key_lenient(
+    conn: &Conn,
+    cmds: &[(String, redis::Cmd)],
+) -> Result<Vec<redis::Value>, redis::RedisError> {
+    query(conn, cmds.to_vec(), true).await
+}
+
+async fn query(
+    conn: &Conn,
+    cmds: Vec<(String, redis::Cmd)>,
+    lenient: bool,
+) -> Result<Vec<redis::Value>, redis::RedisError> {
+    let new_pipe = || {
+        let mut pipe = redis::pipe();
+        if lenient {
+            pipe.ignore_errors();
+        }
+        pipe
+    };
     if cmds.is_empty() {
         return Ok(Vec::new());
     }
     if !conn.is_cluster() {
-        let mut pipe = redis::pipe();
+        let mut pipe = new_pipe();
         for (_, cmd) in cmds {
             pipe.add_command(cmd);
         }
@@ -649,7 +673,7 @@ pub async fn query_per_key(
                 at.push(i);
             }
             None => {
-                let mut pipe = redis::pipe();
+                let mut pipe = new_pipe();
                 pipe.add_command(cmd);
                 per_key.push((key, pipe, vec![i]));
             }

@@ -5,7 +5,9 @@
 //! `sessions.rs`, `sessions/changes.rs` and `lifetime.rs`.
 //!
 //! Sent with `EVAL` (the text each time, or `redis::Script`, which falls back from
-//! `EVALSHA`): a Redis that restarted has no script cache.
+//! `EVALSHA`): a Redis that restarted has no script cache. The two the data path
+//! runs per round trip ([`JOURNAL_SCRIPT`], [`UPDATES_SCRIPT`]) go as `EVALSHA`;
+//! a call answered `NOSCRIPT` is sent again as `EVAL` (`sessions/batch.rs`).
 
 use crate::lifetime::keep_ttl_lua;
 
@@ -75,45 +77,64 @@ redis.call('HSET', KEYS[1], 'owner', ARGV[2])
 return {epoch, exp, will or ''}
 ";
 
-/// Appends journal entries to a session; returns 0 when the session's epoch moved on
-/// (another node claimed it meanwhile). The entries are written either way: the
-/// journal belongs to the session, not to a node, and a delivery racing a takeover
-/// travels with the handed-over session or is found in Redis by the next owner.
+/// Appends journal entries to sessions (one or several: every session of a batch on
+/// a single Redis, one on Redis Cluster, where a call reaches one slot). KEYS: per
+/// session, its hash, `:j` and `:done`. ARGV: 1 if the new keys' TTLs are to be
+/// checked in this call, then per session, in the same order, the epoch the writer
+/// holds, the entry count n, then n × (key, value).
 ///
-/// Returns the epoch flag followed by one flag per entry: 1 if it was new, 0 if an
-/// entry with that key existed (the same inbox entry delivered again after a crash:
-/// it is not queued twice) or was delivered, 2 if the owner replaced an entry that
-/// no owner had queued. A writer that is not the owner (a node still routing to a
-/// session that moved, a stale copy after a partition) stores its entry as `F`:
-/// nobody queued it, so the owner's own copy of that message, arriving later, is
-/// queued instead of being taken for a duplicate (the new owner otherwise only
-/// found it by reading the journal, in the few seconds after a takeover it does so).
-/// A repair's `P` entries are nobody's in the same way.
+/// Returns one array per session: its epoch flag (0 when the session's epoch moved
+/// on: another node claimed it meanwhile), then one flag per entry: 1 if it was new,
+/// 0 if an entry with that key existed (the same inbox entry delivered again after a
+/// crash: it is not queued twice) or was delivered, 2 if the owner replaced an entry
+/// that no owner had queued. The entries are written either way: the journal belongs
+/// to the session, not to a node, and a delivery racing a takeover travels with the
+/// handed-over session or is found in Redis by the next owner. A writer that is not
+/// the owner (a node still routing to a session that moved, a stale copy after a
+/// partition) stores its entry as `F`: nobody queued it, so the owner's own copy of
+/// that message, arriving later, is queued instead of being taken for a duplicate
+/// (the new owner otherwise only found it by reading the journal, in the few seconds
+/// after a takeover it does so). A repair's `P` entries are nobody's in the same way.
+///
+/// Three calls per new entry and one per session (`ZSCORE`, `HSETNX`; `HGET` of the
+/// epoch): every `redis.call` costs about 2 µs of script overhead beyond the command.
+/// The TTL check (`keep_ttl`) runs in the writer's first round trip of each second
+/// only; a journal created in between gets its TTL then, or from its owner's refresh
+/// (`crate::lifetime`).
 pub(crate) const JOURNAL_SCRIPT: &str = concat!(
     keep_ttl_lua!(),
     r"
-local out = {1}
-local owner = redis.call('HGET', KEYS[1], 'epoch') == ARGV[1]
-if not owner then out[1] = 0 end
-for i = 2, #ARGV, 2 do
-  if redis.call('ZSCORE', KEYS[3], ARGV[i]) then
-    out[#out + 1] = 0
-  else
-    local v = redis.call('HGET', KEYS[2], ARGV[i])
-    if not v then
-      local value = ARGV[i + 1]
-      if not owner then value = 'F' .. string.sub(value, 2) end
-      redis.call('HSET', KEYS[2], ARGV[i], value)
-      out[#out + 1] = 1
-    elseif owner and (string.sub(v, 1, 1) == 'F' or string.sub(v, 1, 1) == 'P') then
-      redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
-      out[#out + 1] = 2
+local out = {}
+local ttl = ARGV[1] == '1'
+local a = 2
+for g = 1, #KEYS, 3 do
+  local s, j, d = KEYS[g], KEYS[g + 1], KEYS[g + 2]
+  local flags = {1}
+  local owner = redis.call('HGET', s, 'epoch') == ARGV[a]
+  if not owner then flags[1] = 0 end
+  local n = tonumber(ARGV[a + 1])
+  a = a + 2
+  for _ = 1, n do
+    local k, value = ARGV[a], ARGV[a + 1]
+    a = a + 2
+    if not owner then value = 'F' .. string.sub(value, 2) end
+    if redis.call('ZSCORE', d, k) then
+      flags[#flags + 1] = 0
+    elseif redis.call('HSETNX', j, k, value) == 1 then
+      flags[#flags + 1] = 1
     else
-      out[#out + 1] = 0
+      local v = redis.call('HGET', j, k)
+      if owner and (string.sub(v, 1, 1) == 'F' or string.sub(v, 1, 1) == 'P') then
+        redis.call('HSET', j, k, value)
+        flags[#flags + 1] = 2
+      else
+        flags[#flags + 1] = 0
+      end
     end
   end
+  if ttl then keep_ttl(j, s) end
+  out[#out + 1] = flags
 end
-keep_ttl(KEYS[2], KEYS[1])
 return out
 "
 );
@@ -136,16 +157,40 @@ return 1
 "
 );
 
-/// Forgets a delivered journal entry and remembers its key (ARGV 1) for ARGV 3 ms
-/// after ARGV 2 (now), dropping keys remembered longer (KEYS 3: the session hash,
-/// whose TTL a new set takes).
-pub(crate) const DONE_SCRIPT: &str = concat!(
+/// Applies what clients acknowledged to the journals of sessions (one or several,
+/// as [`JOURNAL_SCRIPT`]), in order per session. KEYS: per session, `:j`, `:done` and
+/// its hash (whose TTL a new `:done` takes). ARGV: now (Unix ms), how long a
+/// delivered key is remembered (ms; 0: prune nothing and check no TTL in this call,
+/// which the writer does in its first round trip of each second only), then per
+/// session the update count n and n × (key, value): an empty value forgets a
+/// delivered entry (PUBACK, PUBCOMP) and remembers its key; any other value replaces
+/// the entry (`R` + packet id: PUBREC received).
+pub(crate) const UPDATES_SCRIPT: &str = concat!(
     keep_ttl_lua!(),
     r"
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[2]) - tonumber(ARGV[3]))
-keep_ttl(KEYS[2], KEYS[3])
+local now, keep = tonumber(ARGV[1]), tonumber(ARGV[2])
+local a = 3
+for g = 1, #KEYS, 3 do
+  local j, d, s = KEYS[g], KEYS[g + 1], KEYS[g + 2]
+  local n = tonumber(ARGV[a])
+  a = a + 1
+  local done = false
+  for _ = 1, n do
+    local k, v = ARGV[a], ARGV[a + 1]
+    a = a + 2
+    if v == '' then
+      redis.call('HDEL', j, k)
+      redis.call('ZADD', d, now, k)
+      done = true
+    else
+      redis.call('HSET', j, k, v)
+    end
+  end
+  if done and keep > 0 then
+    redis.call('ZREMRANGEBYSCORE', d, '-inf', now - keep)
+    keep_ttl(d, s)
+  end
+end
 return 1
 "
 );

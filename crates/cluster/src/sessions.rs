@@ -22,20 +22,19 @@ use broker::router::Blocked;
 use broker::session::{Outbound, PendingWill, SessionSnapshot};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::conn::{query_per_key, Backoff, Conn, Keys};
+use crate::conn::{Backoff, Conn, Keys};
 use crate::wire::{
     journal_value, journal_value_unnumbered, read_journal, read_subscription, read_will,
     JournalEntry,
 };
 
-use crate::scripts::{
-    ADOPT_SCRIPT, BEGIN_HANDOVER_SCRIPT, JOURNAL_ANY_SCRIPT, JOURNAL_SCRIPT, RELEASE_SCRIPT,
-};
+use crate::scripts::{ADOPT_SCRIPT, BEGIN_HANDOVER_SCRIPT, JOURNAL_ANY_SCRIPT, RELEASE_SCRIPT};
 
 mod queue;
 pub use queue::StoreQueue;
+mod batch;
 mod changes;
-use changes::change_cmds;
+use batch::Batch;
 
 /// What became of a claim given up for want of a handover ([`Sessions::release`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -487,6 +486,8 @@ async fn writer(
     let mut uncertain: HashSet<(Arc<str>, String)> = HashSet::new();
     let mut backoff = Backoff::default();
     let mut failing_since: Option<std::time::Instant> = None;
+    // The second of the last round trip that checked TTLs and pruned delivered ids.
+    let mut last_upkeep = 0;
     loop {
         let mut batch = Vec::new();
         if retry.is_empty() {
@@ -510,50 +511,33 @@ async fn writer(
         // Changes that failed before go first, in their order.
         let mut changes: Vec<(SessionChange, Stored)> = std::mem::take(&mut retry);
         let mut journals = Vec::new();
-        let mut cmds: Vec<(String, redis::Cmd)> = Vec::new();
-        // Where each change's first command is, to read its reply.
-        let mut change_at = Vec::with_capacity(changes.len());
+        let second = unix_ms() / 1000;
+        let upkeep = second != last_upkeep;
+        last_upkeep = second;
+        let mut round = Batch::new(&keys, (&me, grace), conn.is_cluster(), upkeep);
         for (c, _) in &changes {
-            change_at.push(cmds.len());
-            change_cmds(&keys, (&me, grace), c, &mut cmds);
+            round.change(c);
         }
         for op in batch {
             match op {
                 Op::Change(c, stored) => {
-                    change_at.push(cmds.len());
-                    change_cmds(&keys, (&me, grace), &c, &mut cmds);
+                    round.change(&c);
                     changes.push((c, stored));
                 }
                 Op::Journal(j) => {
-                    let mut at = Vec::new();
-                    for group in groups(&j.entries) {
-                        let (client_id, epoch) = (
-                            &j.entries[group.start].client_id,
-                            j.entries[group.start].epoch,
-                        );
-                        // EVAL with the script text each time: a Redis that restarted
-                        // has no script cache, and a pipeline cannot fall back from
-                        // EVALSHA.
-                        let mut cmd = redis::cmd("EVAL");
-                        cmd.arg(JOURNAL_SCRIPT)
-                            .arg(3)
-                            .arg(keys.session(client_id))
-                            .arg(keys.journal(client_id))
-                            .arg(keys.done(client_id))
-                            .arg(epoch);
-                        for e in &j.entries[group.clone()] {
-                            cmd.arg(&e.key).arg(e.value.as_slice());
-                        }
-                        at.push((cmds.len(), group));
-                        cmds.push((keys.session(client_id), cmd));
-                    }
-                    journals.push((j, at));
+                    round.journal(&j.entries);
+                    journals.push(j);
                 }
             }
         }
-        let writing: usize = journals.iter().map(|(j, _)| j.entries.len()).sum();
+        let batch::Round {
+            cmds,
+            change_at,
+            journal_at,
+        } = round.finish();
+        let writing: usize = journals.iter().map(|j| j.entries.len()).sum();
         queue.set_writing(writing);
-        let result = query_per_key(&conn, cmds).await;
+        let result = batch::send(&conn, cmds).await;
         queue.set_writing(0);
         match result {
             Ok(values) => {
@@ -566,6 +550,7 @@ async fn writer(
                 backoff.reset();
                 for ((c, stored), at) in changes.into_iter().zip(change_at) {
                     let Some(tx) = stored else { continue };
+                    let at = at.unwrap_or(usize::MAX);
                     // An inbound QoS 2 id is stored only while the connection still
                     // owns its session (the script answers 0 otherwise).
                     let fenced = matches!(
@@ -581,13 +566,21 @@ async fn writer(
                         Ok(())
                     });
                 }
-                for (j, at) in journals {
+                for (j, at) in journals.into_iter().zip(journal_at) {
                     let mut entries: Vec<Option<_>> = j.entries.into_iter().map(Some).collect();
                     let mut full = Vec::new();
-                    for (i, group) in at {
-                        let flags: Vec<i64> = match values.get(i) {
-                            Some(v) => redis::from_redis_value_ref(v).unwrap_or_default(),
-                            None => Vec::new(),
+                    for batch::JournalAt {
+                        cmd,
+                        session,
+                        entries: group,
+                    } in at
+                    {
+                        let flags: Vec<i64> = match values.get(cmd) {
+                            Some(redis::Value::Array(per_session)) => per_session
+                                .get(session)
+                                .and_then(|v| redis::from_redis_value_ref(v).ok())
+                                .unwrap_or_default(),
+                            _ => Vec::new(),
                         };
                         if flags.first() == Some(&0) {
                             tracing::debug!("journaled for a session being taken over");
@@ -640,7 +633,7 @@ async fn writer(
                     tracing::warn!(error = %e, "session store: redis unreachable; persistent-session messages are refused until it is back");
                 }
                 let err = ClusterError::unavailable(&e);
-                for (j, _) in journals {
+                for j in journals {
                     // Their write may have happened, its answer lost: a retry that
                     // finds them stored still queues them.
                     if uncertain.len() < MAX_RETRY {
@@ -665,23 +658,6 @@ async fn writer(
             }
         }
     }
-}
-
-/// Consecutive runs of entries for one session (and epoch): one script call each.
-fn groups(entries: &[Entry]) -> Vec<std::ops::Range<usize>> {
-    let mut out: Vec<std::ops::Range<usize>> = Vec::new();
-    for (i, e) in entries.iter().enumerate() {
-        match out.last_mut() {
-            Some(r)
-                if entries[r.start].client_id == e.client_id
-                    && entries[r.start].epoch == e.epoch =>
-            {
-                r.end = i + 1
-            }
-            _ => out.push(i..i + 1),
-        }
-    }
-    out
 }
 
 /// The journal key of record `index` of inbox entry `entry` (a stream id,

@@ -12,10 +12,12 @@ use std::time::{Duration, Instant};
 use astramq_cluster::conn::{Keys, Redis};
 use astramq_cluster::sessions::Sessions;
 use astramq_cluster::tls::RedisTls;
+use broker::cluster::SessionChange;
 use broker::config::QueueOverflow;
 use broker::mailbox::{Delivery, Mailbox, MailboxLimits};
 use broker::message::Message;
 use broker::router::Blocked;
+use broker::session::JournalUpdate;
 
 /// A `redis-server` for one test, killed on drop.
 struct Server(Child);
@@ -141,4 +143,117 @@ async fn the_owners_copy_of_an_entry_a_non_owner_journaled_is_queued() {
     // The same copy again at the owner (an inbox entry read twice) is not queued twice.
     journal(copy(&owner, &msg)).await.unwrap().unwrap();
     assert_eq!(owner.len(), 1, "not queued twice");
+}
+
+/// `INFO commandstats` calls of `name` since the last `CONFIG RESETSTAT`.
+async fn calls(redis: &Redis, name: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut redis.conn())
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{name}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+async fn redis_do(redis: &Redis, args: &[&str]) {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    let _: redis::Value = cmd.query_async(&mut redis.conn()).await.unwrap();
+}
+
+// The data path's scripts go as EVALSHA, the journal writes of every session in one
+// round trip as one call: a Redis that lost its script cache (restarted, failed over,
+// SCRIPT FLUSH) still gets every write and every acknowledgement, and nothing is
+// refused or lost.
+#[tokio::test]
+async fn journal_writes_and_acknowledgements_of_many_sessions_survive_a_lost_script_cache() {
+    let (_server, redis) = redis_server().await;
+    let keys = Keys::new("t");
+    let grace = Duration::from_secs(300);
+    let (sessions, _writer) =
+        Sessions::start(redis.durable_conn(), keys.clone(), "n1".into(), 100, grace);
+    let ids = ["a", "b", "c"];
+    for id in ids {
+        let _: () = redis::cmd("HSET")
+            .arg(keys.session(id))
+            .arg("epoch")
+            .arg(1)
+            .arg("owner")
+            .arg("n1")
+            .query_async(&mut redis.conn())
+            .await
+            .unwrap();
+    }
+    let boxes: Vec<_> = ids.iter().map(|id| mailbox(id, 1)).collect();
+    let publish = mqtt::packet::Publish {
+        qos: mqtt::QoS::AtLeastOnce,
+        topic: "t".into(),
+        packet_id: Some(1),
+        payload: bytes::Bytes::from_static(b"m"),
+        ..Default::default()
+    };
+    let now = tokio::time::Instant::now().into();
+    let key = |n: u64| format!("0000000000001:n2:{n:016x}");
+    let journal = |n: u64| {
+        let msg = Arc::new(Message::new(&publish, None, now));
+        sessions.journal(boxes.iter().map(|b| copy(b, &msg)).collect(), Some(key(n)))
+    };
+
+    redis_do(&redis, &["SCRIPT", "FLUSH"]).await;
+    journal(1).await.unwrap().expect("written after NOSCRIPT");
+    for b in &boxes {
+        assert_eq!(b.len(), 1, "queued once");
+    }
+
+    // One call for the three sessions.
+    redis_do(&redis, &["CONFIG", "RESETSTAT"]).await;
+    journal(2).await.unwrap().unwrap();
+    assert_eq!(calls(&redis, "evalsha").await, 1, "one script call");
+    assert_eq!(calls(&redis, "eval").await, 0);
+    for b in &boxes {
+        assert_eq!(b.len(), 2);
+    }
+
+    // Acknowledgements after the cache is lost again.
+    redis_do(&redis, &["SCRIPT", "FLUSH"]).await;
+    for id in ids {
+        sessions.changed(SessionChange::Journal {
+            client_id: id.into(),
+            updates: vec![JournalUpdate::Done(key(1).into())],
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for id in ids {
+        loop {
+            let left: Vec<String> = redis::cmd("HKEYS")
+                .arg(keys.journal(id))
+                .query_async(&mut redis.conn())
+                .await
+                .unwrap();
+            let done: Option<f64> = redis::cmd("ZSCORE")
+                .arg(keys.done(id))
+                .arg(key(1))
+                .query_async(&mut redis.conn())
+                .await
+                .unwrap();
+            if left == [key(2)] && done.is_some() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{id}: journal {left:?}, done {done:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    // A delivered message journaled again is not queued again.
+    journal(1).await.unwrap().unwrap();
+    for b in &boxes {
+        assert_eq!(b.len(), 2, "delivered: not queued again");
+    }
 }

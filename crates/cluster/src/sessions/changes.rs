@@ -3,15 +3,11 @@
 //! use.
 
 use broker::cluster::SessionChange;
-use broker::session::{JournalUpdate, Outbound};
+use broker::session::Outbound;
 
-use super::unix_ms;
 use crate::conn::Keys;
-use crate::scripts::{DONE_SCRIPT, INBOUND_SCRIPT, KEEP_TTL_SCRIPT, RESTORE_SCRIPT};
+use crate::scripts::{INBOUND_SCRIPT, KEEP_TTL_SCRIPT, RESTORE_SCRIPT};
 use crate::wire::{journal_received, journal_value, subscription_value, will_value};
-
-/// How long a delivered message's key is remembered per session.
-const DONE_REMEMBERED: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The Redis commands that mirror one change.
 pub(super) fn change_cmds(
@@ -46,35 +42,8 @@ pub(super) fn change_cmds(
             cmd.arg(keys.subscriptions(client_id)).arg(filter);
             out.push((keys.session(client_id), cmd));
         }
-        SessionChange::Journal { client_id, updates } => {
-            for u in updates {
-                let mut cmd = match u {
-                    JournalUpdate::Done(key) => {
-                        // Deleted, and remembered for a while: a copy of the same
-                        // message arriving late (a repair, a publisher's resend) is
-                        // then not stored again.
-                        let mut cmd = redis::cmd("EVAL");
-                        cmd.arg(DONE_SCRIPT)
-                            .arg(3)
-                            .arg(keys.journal(client_id))
-                            .arg(keys.done(client_id))
-                            .arg(keys.session(client_id))
-                            .arg(&**key)
-                            .arg(unix_ms())
-                            .arg(DONE_REMEMBERED.as_millis() as u64);
-                        cmd
-                    }
-                    JournalUpdate::Received(j) => {
-                        let mut cmd = redis::cmd("HSET");
-                        cmd.arg(keys.journal(client_id))
-                            .arg(&*j.key)
-                            .arg(journal_received(j.packet_id));
-                        cmd
-                    }
-                };
-                out.push((keys.session(client_id), std::mem::take(&mut cmd)));
-            }
-        }
+        // Merged into one script call per round trip (`batch.rs`).
+        SessionChange::Journal { .. } => {}
         SessionChange::WillDone { client_id } => {
             let mut cmd = redis::cmd("HDEL");
             cmd.arg(keys.session(client_id)).arg("will");
