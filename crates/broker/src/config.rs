@@ -404,6 +404,10 @@ impl Config {
                 "cluster.session_store_max_queued",
                 c.session_store_max_queued,
             ),
+            (
+                "cluster.session_store_max_changes",
+                c.session_store_max_changes,
+            ),
         ] {
             if value == 0 {
                 return Err(ConfigError::new(key, "must be at least 1"));

@@ -92,6 +92,9 @@ pub struct Metrics {
     /// Times a client's socket was left unread because its QoS 1/2 message found the
     /// bus backlog toward another node full (`cluster.forward_qos12_backlog`).
     pub throttled_bus_backlog: Counter,
+    /// Times a persistent session's socket was left unread because the session store
+    /// held `cluster.session_store_max_changes` unstored changes.
+    pub throttled_session_store: Counter,
     /// SUBSCRIBE filters refused because the session had `limits.max_subscriptions`.
     pub subscriptions_refused: Counter,
     /// From a message's arrival on this node to its PUBLISH written to a
@@ -274,15 +277,16 @@ impl Metrics {
             "astramq_protocol_errors",
             "Connections closed for a protocol violation or malformed packet",
         );
-        let [throttled_message_rate, throttled_byte_rate, throttled_bus_backlog] =
+        let [throttled_message_rate, throttled_byte_rate, throttled_bus_backlog, throttled_session_store] =
             labelled_counters(
                 &mut r,
                 "astramq_publish_throttled",
-                "Times a publisher's socket was left unread, by reason: message_rate \
+                "Times a client's socket was left unread, by reason: message_rate \
                  (limits.max_publish_rate), byte_rate (limits.max_publish_bytes_rate), \
-                 bus_backlog (cluster.forward_qos12_backlog)",
+                 bus_backlog (cluster.forward_qos12_backlog), session_store \
+                 (cluster.session_store_max_changes)",
                 "reason",
-                ["message_rate", "byte_rate", "bus_backlog"],
+                ["message_rate", "byte_rate", "bus_backlog", "session_store"],
             );
         let subscriptions_refused = counter(
             &mut r,
@@ -351,6 +355,7 @@ impl Metrics {
             throttled_message_rate,
             throttled_byte_rate,
             throttled_bus_backlog,
+            throttled_session_store,
             subscriptions_refused,
             delivery_latency,
             listener_connections,

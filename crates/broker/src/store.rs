@@ -230,4 +230,12 @@ pub trait SessionStore: Send + Sync + Debug + 'static {
     ) -> oneshot::Receiver<Result<(), ClusterError>>;
     /// A retained message was set (or cleared, with an empty payload) on this node.
     fn retained(&self, msg: &Arc<Message>);
+    /// `None` while the store has room for more [`SessionStore::session_changed`]
+    /// changes; at its bound, a future that resolves once it has room again. The
+    /// connection of a persistent session does not read its socket meanwhile: a
+    /// change cannot be refused once the client was answered, so a store that falls
+    /// behind slows those clients instead of queueing without bound.
+    fn changes_room(&self) -> Option<BoxFuture<'static, ()>> {
+        None
+    }
 }

@@ -113,3 +113,66 @@ async fn a_store_that_cannot_claim_refuses_the_connection() {
         Some(rumqttc::v5::mqttbytes::v5::ConnectReturnCode::ServerUnavailable)
     );
 }
+
+/// cluster.session_store_max_changes: a store with no room for more changes (they
+/// cannot be refused once the client was answered) leaves the sockets of persistent
+/// sessions unread until it has room; clean sessions are not held.
+#[tokio::test]
+async fn a_store_without_room_for_changes_holds_persistent_sessions_only() {
+    let store = FakeStore::new(Mode::Store);
+    let (addr, _stop) = broker(store.clone()).await;
+    let (p, mut pev) = client(addr, "persistent", 600);
+    let (c, mut cev) = client(addr, "clean", 0);
+    p.subscribe("p/0", QoS::AtMostOnce).await.unwrap();
+    wait(&mut pev, "SUBACK", |p| {
+        matches!(p, Packet::SubAck(_)).then_some(())
+    })
+    .await;
+    c.subscribe("c", QoS::AtLeastOnce).await.unwrap();
+    wait(&mut cev, "SUBACK", |p| {
+        matches!(p, Packet::SubAck(_)).then_some(())
+    })
+    .await;
+
+    store.set_changes_full(true);
+    // A message wakes the persistent session's connection: it looks at the store
+    // before it reads again.
+    c.publish("p/0", QoS::AtMostOnce, false, "wake")
+        .await
+        .unwrap();
+    tokio::time::timeout(T, async {
+        while !matches!(
+            cev.poll().await,
+            Ok(Event::Outgoing(rumqttc::Outgoing::Publish(_)))
+        ) {}
+    })
+    .await
+    .expect("wake-up sent");
+    wait(&mut pev, "PUBLISH", |p| {
+        matches!(p, Packet::Publish(_)).then_some(())
+    })
+    .await;
+    // The clean session is served as before.
+    c.subscribe("c/2", QoS::AtLeastOnce).await.unwrap();
+    wait(&mut cev, "SUBACK (clean session)", |p| {
+        matches!(p, Packet::SubAck(_)).then_some(())
+    })
+    .await;
+    // The persistent one is not read: no SUBACK (an absence, waited for a bounded
+    // time).
+    p.subscribe("p/1", QoS::AtLeastOnce).await.unwrap();
+    let early = tokio::time::timeout(Duration::from_millis(500), async {
+        loop {
+            if let Ok(Event::Incoming(Packet::SubAck(_))) = pev.poll().await {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(early.is_err(), "SUBACK while the store had no room");
+    store.set_changes_full(false);
+    wait(&mut pev, "SUBACK once the store has room", |p| {
+        matches!(p, Packet::SubAck(_)).then_some(())
+    })
+    .await;
+}

@@ -184,7 +184,10 @@ impl ClusterNode {
             redis.durable_conn(),
             keys.clone(),
             me.clone(),
-            settings.session_store_max_queued,
+            (
+                settings.session_store_max_queued,
+                settings.session_store_max_changes,
+            ),
             settings.session_grace,
         );
         broker.stall().set_limit(settings.liveness_ttl);
@@ -672,6 +675,10 @@ impl Peers for ClusterNode {
 }
 
 impl SessionStore for ClusterNode {
+    fn changes_room(&self) -> Option<BoxFuture<'static, ()>> {
+        self.sessions.changes_room()
+    }
+
     fn retained(&self, msg: &Arc<Message>) {
         self.changes
             .push(feed::retained_change(self.identity(), msg));

@@ -105,18 +105,20 @@ impl Sessions {
         conn: Conn,
         keys: Keys,
         me: String,
-        max_queued: usize,
+        (max_queued, max_changes): (usize, usize),
         grace: std::time::Duration,
     ) -> (Arc<Sessions>, tokio::task::JoinHandle<()>) {
         // Journal entries, the data path, are bounded by `max_queued`: beyond it a
         // message is refused (not acknowledged) rather than queued. The other changes
         // (subscriptions, acknowledgements of journaled deliveries, wills, inbound
-        // QoS 2 ids) cannot be refused after the fact; they come one per client packet
-        // about a subscription or an in-flight message, so the protocol's own limits
-        // bound them (`limits.max_subscriptions`, Receive Maximum, the session queue),
-        // and they are counted (`astramq_session_store_queued{kind="change"}`).
+        // QoS 2 ids) cannot be refused after the fact: at `max_changes` not yet stored
+        // the connections of persistent sessions stop being read
+        // ([`Sessions::changes_room`]), so each adds at most the changes of the one
+        // packet it is handling. The channel itself is therefore not given a bound
+        // (a full one could only block or drop); its depth is the metric
+        // `astramq_session_store_queued{kind="change"}`.
         let (tx, rx) = mpsc::unbounded_channel();
-        let queue = Arc::new(StoreQueue::new(max_queued));
+        let queue = Arc::new(StoreQueue::new(max_queued, max_changes));
         let task = tokio::spawn(writer(
             conn.clone(),
             keys.clone(),
@@ -213,6 +215,13 @@ impl Sessions {
     /// What waits for the writer, and what it refused.
     pub fn queue(&self) -> &StoreQueue {
         &self.queue
+    }
+
+    /// `None` while changes have room; at `cluster.session_store_max_changes` not yet
+    /// stored, a future that resolves once Redis took some (the connections of
+    /// persistent sessions wait for it before reading on).
+    pub fn changes_room(&self) -> Option<broker::cluster::BoxFuture<'static, ()>> {
+        self.queue.changes_room()
     }
 
     /// Mirrors a change; the receiver resolves once it is stored.
@@ -548,6 +557,7 @@ async fn writer(
                     );
                 }
                 backoff.reset();
+                queue.changes_stored(changes.len());
                 for ((c, stored), at) in changes.into_iter().zip(change_at) {
                     let Some(tx) = stored else { continue };
                     let at = at.unwrap_or(usize::MAX);
@@ -652,6 +662,7 @@ async fn writer(
                         "session store: too many changes waiting for redis; oldest dropped"
                     );
                     changes.drain(..drop);
+                    queue.changes_stored(drop);
                 }
                 retry = changes;
                 backoff.wait().await;

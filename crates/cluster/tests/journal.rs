@@ -97,8 +97,13 @@ async fn the_owners_copy_of_an_entry_a_non_owner_journaled_is_queued() {
     let (_server, redis) = redis_server().await;
     let keys = Keys::new("t");
     let grace = Duration::from_secs(300);
-    let (sessions, _writer) =
-        Sessions::start(redis.durable_conn(), keys.clone(), "n3".into(), 100, grace);
+    let (sessions, _writer) = Sessions::start(
+        redis.durable_conn(),
+        keys.clone(),
+        "n3".into(),
+        (100, 100),
+        grace,
+    );
     // The session is at epoch 2 (its owner's claim); a stale node still has epoch 1.
     let _: () = redis::cmd("HSET")
         .arg(keys.session("c"))
@@ -175,8 +180,13 @@ async fn journal_writes_and_acknowledgements_of_many_sessions_survive_a_lost_scr
     let (_server, redis) = redis_server().await;
     let keys = Keys::new("t");
     let grace = Duration::from_secs(300);
-    let (sessions, _writer) =
-        Sessions::start(redis.durable_conn(), keys.clone(), "n1".into(), 100, grace);
+    let (sessions, _writer) = Sessions::start(
+        redis.durable_conn(),
+        keys.clone(),
+        "n1".into(),
+        (100, 100),
+        grace,
+    );
     let ids = ["a", "b", "c"];
     for id in ids {
         let _: () = redis::cmd("HSET")
@@ -256,4 +266,53 @@ async fn journal_writes_and_acknowledgements_of_many_sessions_survive_a_lost_scr
     for b in &boxes {
         assert_eq!(b.len(), 2, "delivered: not queued again");
     }
+}
+
+// cluster.session_store_max_changes: changes that cannot be refused (here
+// subscriptions) are counted until Redis stored them; at the bound the store says
+// "no room" (the connections of persistent sessions then stop reading), and room
+// comes back once Redis took them — here after a `CLIENT PAUSE` of its writes.
+#[tokio::test]
+async fn unstored_changes_are_bounded_and_room_comes_back_once_redis_takes_them() {
+    let (_server, redis) = redis_server().await;
+    let keys = Keys::new("t");
+    let grace = Duration::from_secs(300);
+    let (sessions, _writer) = Sessions::start(
+        redis.durable_conn(),
+        keys.clone(),
+        "n1".into(),
+        (100, 5),
+        grace,
+    );
+    redis_do(&redis, &["CLIENT", "PAUSE", "1500", "WRITE"]).await;
+    let paused = Instant::now();
+    let subscribe = |n: usize| SessionChange::Subscribed {
+        client_id: "c".into(),
+        filter: format!("f/{n}"),
+        sub: broker::session::Subscription {
+            options: Default::default(),
+            id: None,
+        },
+    };
+    for n in 0..4 {
+        sessions.changed(subscribe(n));
+    }
+    assert!(sessions.changes_room().is_none(), "4 of 5: room");
+    sessions.changed(subscribe(4));
+    let wait = sessions.changes_room().expect("5 of 5 unstored: no room");
+    tokio::time::timeout(Duration::from_secs(20), wait)
+        .await
+        .expect("room once Redis stored them");
+    assert!(
+        paused.elapsed() >= Duration::from_millis(1400),
+        "room came back only after the pause ({:?})",
+        paused.elapsed()
+    );
+    let stored: u64 = redis::cmd("HLEN")
+        .arg(keys.subscriptions("c"))
+        .query_async(&mut redis.conn())
+        .await
+        .unwrap();
+    assert!(stored >= 1, "stored before room came back");
+    assert!(sessions.changes_room().is_none());
 }

@@ -195,6 +195,27 @@ struct Throttle {
     /// A QoS 1/2 message found the bus backlog toward another node full: not read
     /// again until the pending acknowledgements' copies are stored.
     bus_wait: bool,
+    /// The session store holds as many unstored changes as it may
+    /// ([`crate::store::SessionStore::changes_room`]): not read again until it has
+    /// room.
+    store_wait: Option<StoreWait>,
+}
+
+/// Resolves once the session store has room for changes again.
+struct StoreWait(crate::store::BoxFuture<'static, ()>);
+
+impl std::fmt::Debug for StoreWait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreWait")
+    }
+}
+
+/// Resolves once the session store has room (never when nothing waits for it).
+async fn wait_store(throttle: &mut Option<Box<Throttle>>) {
+    match throttle.as_mut().and_then(|t| t.store_wait.as_mut()) {
+        Some(w) => (&mut w.0).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// A QoS 2 PUBLISH from a persistent session waiting for the cluster to store its
@@ -289,6 +310,11 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
             self.conn.rx.release_if_empty();
             self.pump();
             let can_take = self.conn.tx.wbuf.len() < WRITE_HIGH_WATER && self.window_open();
+            self.check_store_room();
+            let store_wait = self
+                .throttle
+                .as_ref()
+                .is_some_and(|t| t.store_wait.is_some());
             let reading = self.may_read();
             if !reading {
                 self.conn.rx.pause();
@@ -316,6 +342,11 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                 _ = async { Box::pin(wait_room(&self.blocked, self.blocked_until)).await }, if !self.blocked.is_empty() => {
                     if let Some(exit) = self.place_blocked() {
                         return exit;
+                    }
+                }
+                _ = wait_store(&mut self.throttle), if store_wait => {
+                    if let Some(t) = self.throttle.as_mut() {
+                        t.store_wait = None;
                     }
                 }
                 _ = wait_until(resume_at), if resume_at.is_some() => {
@@ -366,14 +397,35 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
     }
 
     /// Whether the socket may be read: no publish waits for room in a full queue, for
-    /// its packet id to be stored, for a rate limit or for the bus backlog.
+    /// its packet id to be stored, for a rate limit, for the bus backlog or for the
+    /// session store.
     fn may_read(&self) -> bool {
         self.blocked.is_empty()
             && self.deferred.is_none()
             && self
                 .throttle
                 .as_ref()
-                .is_none_or(|t| t.resume_at.is_none() && !t.bus_wait)
+                .is_none_or(|t| t.resume_at.is_none() && !t.bus_wait && t.store_wait.is_none())
+    }
+
+    /// A persistent session whose store is at its bound of unstored changes waits
+    /// for room before reading more packets (each may add changes: acknowledgements,
+    /// subscriptions, inbound QoS 2 ids).
+    fn check_store_room(&mut self) {
+        if !self.session.mailbox.durability().is_stored()
+            || self
+                .throttle
+                .as_ref()
+                .is_some_and(|t| t.store_wait.is_some())
+        {
+            return;
+        }
+        if let Some(wait) = self.broker.store().and_then(|s| s.changes_room()) {
+            crate::metrics::Metrics::add(&self.broker.metrics.throttled_session_store, 1);
+            self.throttle
+                .get_or_insert_with(Default::default)
+                .store_wait = Some(StoreWait(wait));
+        }
     }
 
     /// Ends a bus backpressure wait once no acknowledgement waits for its copies.

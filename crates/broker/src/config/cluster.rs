@@ -53,6 +53,12 @@ pub struct ClusterTuning {
     /// this node's inbox and is read again), so a Redis slower than the publishers
     /// costs them speed, not memory.
     pub session_store_max_queued: usize,
+    /// Other changes to persistent sessions waiting to be stored in Redis
+    /// (subscriptions, acknowledgements of journaled deliveries, wills, inbound QoS 2
+    /// ids). They cannot be refused once the client was answered: at the bound, the
+    /// connections of persistent sessions stop being read until Redis took some, so
+    /// a slow or unreachable Redis costs those clients speed, not the node's memory.
+    pub session_store_max_changes: usize,
     /// How long a session's Redis keys outlive the session, s: a parked session's
     /// keys expire `session expiry + this` after they were last refreshed, a clean
     /// session's this long after its node last refreshed them, refreshed every
@@ -99,6 +105,7 @@ impl Default for ClusterTuning {
             redis_wait_replicas: 0,
             redis_wait_timeout_ms: 1000,
             session_store_max_queued: 65_536,
+            session_store_max_changes: 65_536,
             session_grace_secs: 300,
             redis_tls_ca: None,
             redis_tls_cert: None,
@@ -142,6 +149,8 @@ pub struct ClusterSettings {
     pub redis_wait_timeout: std::time::Duration,
     /// See [`ClusterTuning::session_store_max_queued`].
     pub session_store_max_queued: usize,
+    /// See [`ClusterTuning::session_store_max_changes`].
+    pub session_store_max_changes: usize,
     /// See [`ClusterTuning::session_grace_secs`].
     pub session_grace: std::time::Duration,
     /// See [`ClusterTuning::redis_tls_ca`].
@@ -180,6 +189,7 @@ impl Config {
                 self.cluster.redis_wait_timeout_ms,
             ),
             session_store_max_queued: self.cluster.session_store_max_queued,
+            session_store_max_changes: self.cluster.session_store_max_changes,
             session_grace: std::time::Duration::from_secs(self.cluster.session_grace_secs),
             redis_tls_ca: self.cluster.redis_tls_ca.clone(),
             redis_tls_cert: self.cluster.redis_tls_cert.clone(),

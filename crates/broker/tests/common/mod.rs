@@ -48,6 +48,15 @@ pub struct FakeStore {
     /// Every delivery journaled so far: its topic, and whether its session had
     /// moved to another node (forward-only) when it was written.
     pub journaled: Mutex<Vec<(String, bool)>>,
+    /// Whether the store says it has no room for more changes (`changes_room`).
+    gate: Arc<Gate>,
+}
+
+/// The fake store's room for changes, shared with the futures waiting for it.
+#[derive(Default)]
+struct Gate {
+    full: std::sync::atomic::AtomicBool,
+    room: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for FakeStore {
@@ -73,7 +82,18 @@ impl FakeStore {
             held: Mutex::new(Vec::new()),
             seq: Default::default(),
             journaled: Mutex::new(Vec::new()),
+            gate: Default::default(),
         })
+    }
+
+    /// Makes the store report no room for changes (`full`), or room again.
+    pub fn set_changes_full(&self, full: bool) {
+        self.gate
+            .full
+            .store(full, std::sync::atomic::Ordering::SeqCst);
+        if !full {
+            self.gate.room.notify_waiters();
+        }
     }
 
     /// Completes every held write as stored.
@@ -164,6 +184,25 @@ impl SessionStore for FakeStore {
     }
 
     fn retained(&self, _msg: &Arc<Message>) {}
+
+    fn changes_room(&self) -> Option<BoxFuture<'static, ()>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if !self.gate.full.load(SeqCst) {
+            return None;
+        }
+        let gate = self.gate.clone();
+        Some(Box::pin(async move {
+            loop {
+                let room = gate.room.notified();
+                tokio::pin!(room);
+                room.as_mut().enable();
+                if !gate.full.load(SeqCst) {
+                    return;
+                }
+                room.await;
+            }
+        }))
+    }
 }
 
 /// A broker on a free loopback port with `store`; stops when the sender drops.
