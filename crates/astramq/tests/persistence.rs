@@ -717,3 +717,28 @@ async fn an_offline_session_keeps_the_oldest_on_disk_with_drop_newest() {
         (0..10).collect::<Vec<_>>()
     );
 }
+
+// store.max_queued bounds deliveries waiting for the disk; one message for more
+// persistent sessions than that passes alone (refused, a resend would be refused
+// again, forever) and reaches every one of them.
+#[tokio::test]
+async fn a_message_for_more_sessions_than_store_max_queued_passes_alone() {
+    let v = Version::V5;
+    let dir = data_dir();
+    let dir_s = dir.path().to_str().unwrap();
+    let b = Broker::builder()
+        .config("[store]\nmax_queued = 2\n")
+        .args(&["--data-dir", dir_s])
+        .start();
+    for id in ["s1", "s2", "s3", "s4"] {
+        offline_subscriber(&b, v, id, "many", 1).await;
+    }
+    let mut p = b.client(v, "pub").await;
+    assert_eq!(p.publish("many", b"m", 1, false).await, 0, "PUBACK success");
+    for id in ["s1", "s2", "s3", "s4"] {
+        let (mut s, present) = persistent(&b, v, id, 600).await;
+        assert!(present);
+        let got = s.recv_publishes(1, T).await;
+        assert_eq!(&got[0].payload[..], b"m", "{id}");
+    }
+}

@@ -252,7 +252,9 @@ impl SessionStore for DiskStore {
             .collect();
         let n = entries.len();
         let queued = self.stats.queued.fetch_add(n, Ordering::Relaxed);
-        if queued + n > self.max_queued {
+        // A message for more sessions than the bound passes alone (when nothing
+        // waits): refused, it would be refused every time it is sent again.
+        if queued > 0 && queued + n > self.max_queued {
             self.stats.queued.fetch_sub(n, Ordering::Relaxed);
             self.stats.refused.fetch_add(n as u64, Ordering::Relaxed);
             if let Some(count) = self.refused_log.due(n as u64) {
