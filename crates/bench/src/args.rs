@@ -118,6 +118,12 @@ pub struct BenchArgs {
     /// `flood`: messages per second per probe publisher.
     #[arg(long, default_value_t = 10.0)]
     pub probe_rate: f64,
+    /// Connect over TLS, trusting the CA certificates in this PEM file.
+    #[arg(long)]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// With `--tls-ca`: the name the broker's certificate must carry.
+    #[arg(long, default_value = "localhost")]
+    pub tls_server_name: String,
 }
 
 /// Checked, resolved arguments: what the runner executes.
@@ -169,6 +175,8 @@ pub struct Plan {
     pub probes: u32,
     /// `flood`: probe messages per second per publisher.
     pub probe_rate: f64,
+    /// TLS on every connection (`--tls-ca`).
+    pub tls: Option<crate::tls::TlsClient>,
 }
 
 impl BenchArgs {
@@ -214,6 +222,13 @@ impl BenchArgs {
         if self.session_expiry.is_some() && !self.protocol.is_v5() {
             return bad("--session-expiry needs --protocol 5".into());
         }
+        let tls = match &self.tls_ca {
+            Some(ca) => Some(
+                crate::tls::TlsClient::new(ca, &self.tls_server_name)
+                    .map_err(|e| BenchError::InvalidArgs(format!("{e:#}")))?,
+            ),
+            None => None,
+        };
         let threads = self.threads.unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -246,6 +261,7 @@ impl BenchArgs {
             progress: !self.no_progress,
             probes: self.probes,
             probe_rate: self.probe_rate,
+            tls,
         })
     }
 }

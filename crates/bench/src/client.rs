@@ -24,7 +24,6 @@ use mqtt::{
     Publish, QoS, ReasonCode, Subscribe, SubscribeFilter, SubscriptionOptions,
 };
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -102,12 +101,16 @@ pub struct ClientOptions {
     pub rate: Option<f64>,
     /// In-flight window per publisher.
     pub inflight: u16,
+    /// TLS over every connection, when set (`--tls-ca`).
+    pub tls: Option<crate::tls::TlsClient>,
 }
 
 /// An open MQTT connection with its buffers.
 #[derive(Debug)]
 pub struct Conn {
     stream: TcpStream,
+    /// Its TLS session (`--tls-ca`); `rbuf` and `wbuf` hold plaintext either way.
+    tls: Option<Box<crate::tls::Tls>>,
     rbuf: BytesMut,
     wbuf: BytesMut,
     protocol: Protocol,
@@ -130,8 +133,17 @@ impl Conn {
         }
         let stream = socket.connect(spec.host).await?;
         stream.set_nodelay(true)?;
+        let tls = match &opts.tls {
+            Some(t) => {
+                let mut session = t.session()?;
+                session.handshake(&stream).await?;
+                Some(Box::new(session))
+            }
+            None => None,
+        };
         let mut conn = Conn {
             stream,
+            tls,
             rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
             protocol: opts.protocol,
@@ -192,9 +204,13 @@ impl Conn {
 
     async fn send(&mut self, packet: &Packet) -> Result<(), ClientError> {
         mqtt::encode(packet, self.protocol, &mut self.wbuf)?;
-        self.stream.write_all(&self.wbuf).await?;
-        self.wbuf.clear();
-        Ok(())
+        loop {
+            self.write_some()?;
+            if !self.writing() {
+                return Ok(());
+            }
+            self.stream.writable().await?;
+        }
     }
 
     async fn recv(&mut self) -> Result<Packet, ClientError> {
@@ -202,15 +218,24 @@ impl Conn {
             if let Some(p) = mqtt::decode(&mut self.rbuf, Some(self.protocol), MAX_PACKET)? {
                 return Ok(p);
             }
-            self.rbuf.reserve(4096);
-            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
-                return Err(ClientError::Closed);
-            }
+            self.stream.readable().await?;
+            self.read_some(4096)?;
         }
+    }
+
+    /// Whether anything waits to be written (plaintext, or TLS records).
+    fn writing(&self) -> bool {
+        !self.wbuf.is_empty() || self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
     /// One non-blocking read; `Ok(false)` when nothing was there after all.
     fn read_some(&mut self, chunk: usize) -> Result<bool, ClientError> {
+        if let Some(tls) = self.tls.as_mut() {
+            return match tls.read(&self.stream, &mut self.rbuf) {
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(ClientError::Closed),
+                r => Ok(r?),
+            };
+        }
         self.rbuf.reserve(chunk);
         match self.stream.try_read_buf(&mut self.rbuf) {
             Ok(0) => Err(ClientError::Closed),
@@ -222,6 +247,9 @@ impl Conn {
 
     /// One non-blocking write of whatever is pending.
     fn write_some(&mut self) -> Result<(), ClientError> {
+        if let Some(tls) = self.tls.as_mut() {
+            return Ok(tls.write(&self.stream, &mut self.wbuf)?);
+        }
         match self.stream.try_write(&self.wbuf) {
             Ok(n) => {
                 self.wbuf.advance(n);
@@ -244,10 +272,16 @@ impl Conn {
     async fn close(mut self) {
         let d = Packet::Disconnect(Disconnect::default());
         if self.queue(&d).is_ok() {
-            let _ = tokio::time::timeout(
-                Duration::from_millis(500),
-                self.stream.write_all(&self.wbuf),
-            )
+            let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                loop {
+                    if self.write_some().is_err() || !self.writing() {
+                        return;
+                    }
+                    if self.stream.writable().await.is_err() {
+                        return;
+                    }
+                }
+            })
             .await;
         }
     }
@@ -349,7 +383,7 @@ async fn event_loop(
         local.flush(shared, pub_index, false);
         match (current, publisher.as_ref()) {
             (Phase::Done, _) => return Ok(()),
-            (Phase::Draining, Some(p)) if p.settled() && conn.wbuf.is_empty() => {
+            (Phase::Draining, Some(p)) if p.settled() && !conn.writing() => {
                 // A PINGREQ after the last PUBLISH: its answer means the broker has read
                 // them all (what waited in socket buffers included).
                 if !barrier_sent {
@@ -371,7 +405,7 @@ async fn event_loop(
                 wake.as_mut().reset(at);
             }
         }
-        let writing = !conn.wbuf.is_empty();
+        let writing = conn.writing();
         tokio::select! {
             biased;
             r = conn.stream.readable() => {

@@ -8,6 +8,7 @@
 //! - [`args`]: the flags ([`BenchArgs`]) and their check into a [`args::Plan`].
 //! - [`layout`]: which clients a scenario needs, on which node, from which address.
 //! - [`client`]: the lean MQTT client, one task per connection.
+//! - [`tls`]: TLS for it (`--tls-ca`), rustls driven over the non-blocking socket.
 //! - [`payload`]: the stamp (run, publisher, sequence, send time) in every payload.
 //! - [`seqset`]: sequence bitmaps and the exact loss count.
 //! - [`stats`]: counters and histograms shared by the connection tasks.
@@ -26,6 +27,7 @@ pub mod report;
 pub mod runner;
 pub mod seqset;
 pub mod stats;
+pub mod tls;
 
 use std::io;
 

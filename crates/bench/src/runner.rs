@@ -52,6 +52,7 @@ pub async fn execute(plan: Plan) -> Result<Report, BenchError> {
         payload: plan.payload,
         rate: plan.rate,
         inflight: plan.inflight,
+        tls: plan.tls.clone(),
     });
     let (phase_tx, phase_rx) = watch::channel(Phase::Connecting);
     let mut watcher = Watcher::start(&plan)?;

@@ -118,3 +118,83 @@ fn pairs_qos2_v311_stays_within_the_default_receive_maximum() {
     assert_exact(&r);
     assert_eq!(r.received, r.acknowledged, "{r:?}");
 }
+
+/// A broker with a TLS listener (a CA made here signs a `localhost` certificate);
+/// returns the TLS address and the CA's PEM file.
+fn start_tls_broker(dir: &std::path::Path) -> (SocketAddr, std::path::PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let (ca_pem, cert_pem, key_pem) = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&ca_pem, ca.pem()).unwrap();
+    std::fs::write(&cert_pem, cert.pem()).unwrap();
+    std::fs::write(&key_pem, key.serialize_pem()).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let config = broker::Config {
+                listen: vec!["127.0.0.1:0".parse().unwrap()],
+                tls_listen: vec!["127.0.0.1:0".parse().unwrap()],
+                tls_cert: Some(cert_pem),
+                tls_key: Some(key_pem),
+                limits: broker::config::Limits {
+                    max_publish_rate: 0,
+                    max_publish_bytes_rate: 0,
+                    ..Default::default()
+                },
+                ..broker::Config::default()
+            };
+            let server = broker::Server::bind(config).await.unwrap();
+            let tls = server
+                .listeners()
+                .iter()
+                .find(|l| l.transport == broker::listener::Transport::Tls)
+                .unwrap()
+                .addr;
+            tx.send(tls).unwrap();
+            server.run(std::future::pending()).await;
+        });
+    });
+    (rx.recv().unwrap(), ca_pem)
+}
+
+// `--tls-ca`: the whole run over TLS (handshake, then MQTT through rustls on the
+// non-blocking socket), the same accounting; a client that does not trust the
+// broker's certificate does not connect.
+#[test]
+fn pairs_over_tls_lose_nothing_and_an_untrusted_certificate_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, ca) = start_tls_broker(dir.path());
+    let r = bench(
+        addr,
+        &format!("pairs -n 4 --qos 1 --duration 1s --tls-ca {}", ca.display()),
+    );
+    assert_eq!(r.connections.connected, 8, "{:?}", r.connections);
+    assert!(r.acknowledged > 100, "{}", r.acknowledged);
+    assert_eq!(r.received, r.acknowledged);
+    assert_eq!(r.lost, Some(0));
+
+    let other = tempfile::tempdir().unwrap();
+    let (_, other_ca) = start_tls_broker(other.path());
+    let r = bench(
+        addr,
+        &format!("conn -n 2 --duration 1s --tls-ca {}", other_ca.display()),
+    );
+    assert_eq!(r.connections.connected, 0, "{:?}", r.connections);
+    assert_eq!(r.connections.failed, 2, "{:?}", r.connections);
+}
