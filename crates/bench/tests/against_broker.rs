@@ -15,6 +15,15 @@ struct Cli {
 
 /// Starts a broker on 127.0.0.1:0 on its own runtime thread; returns its address.
 fn start_broker() -> SocketAddr {
+    spawn_broker(Default::default(), |s| s.local_addrs()[0])
+}
+
+/// Runs a broker with `config` (its plain listener on 127.0.0.1:0, no publish rate
+/// limit) on its own runtime thread; returns what `addr` picks from the bound server.
+fn spawn_broker(
+    config: broker::Config,
+    addr: impl FnOnce(&broker::Server) -> SocketAddr + Send + 'static,
+) -> SocketAddr {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -33,10 +42,10 @@ fn start_broker() -> SocketAddr {
                     max_publish_bytes_rate: 0,
                     ..Default::default()
                 },
-                ..broker::Config::default()
+                ..config
             };
             let server = broker::Server::bind(config).await.unwrap();
-            tx.send(server.local_addrs()[0]).unwrap();
+            tx.send(addr(&server)).unwrap();
             server.run(std::future::pending()).await;
         });
     });
@@ -139,38 +148,21 @@ fn start_tls_broker(dir: &std::path::Path) -> (SocketAddr, std::path::PathBuf) {
     std::fs::write(&ca_pem, ca.pem()).unwrap();
     std::fs::write(&cert_pem, cert.pem()).unwrap();
     std::fs::write(&key_pem, key.serialize_pem()).unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let config = broker::Config {
-                listen: vec!["127.0.0.1:0".parse().unwrap()],
-                tls_listen: vec!["127.0.0.1:0".parse().unwrap()],
-                tls_cert: Some(cert_pem),
-                tls_key: Some(key_pem),
-                limits: broker::config::Limits {
-                    max_publish_rate: 0,
-                    max_publish_bytes_rate: 0,
-                    ..Default::default()
-                },
-                ..broker::Config::default()
-            };
-            let server = broker::Server::bind(config).await.unwrap();
-            let tls = server
-                .listeners()
-                .iter()
-                .find(|l| l.transport == broker::listener::Transport::Tls)
-                .unwrap()
-                .addr;
-            tx.send(tls).unwrap();
-            server.run(std::future::pending()).await;
-        });
+    let config = broker::Config {
+        tls_listen: vec!["127.0.0.1:0".parse().unwrap()],
+        tls_cert: Some(cert_pem),
+        tls_key: Some(key_pem),
+        ..Default::default()
+    };
+    let addr = spawn_broker(config, |server| {
+        server
+            .listeners()
+            .iter()
+            .find(|l| l.transport == broker::listener::Transport::Tls)
+            .unwrap()
+            .addr
     });
-    (rx.recv().unwrap(), ca_pem)
+    (addr, ca_pem)
 }
 
 // `--tls-ca`: the whole run over TLS (handshake, then MQTT through rustls on the

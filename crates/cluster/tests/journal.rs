@@ -58,6 +58,33 @@ async fn redis_server() -> (Server, Redis) {
     }
 }
 
+/// The session store of node `me` on `redis`, bounded at `bounds` (journal entries,
+/// other changes), with its writer task.
+fn store(redis: &Redis, me: &str, bounds: (usize, usize)) -> (Arc<Sessions>, Keys) {
+    let keys = Keys::new("t");
+    let (sessions, _writer) = Sessions::start(
+        redis.durable_conn(),
+        keys.clone(),
+        me.into(),
+        bounds,
+        Duration::from_secs(300),
+    );
+    (sessions, keys)
+}
+
+/// Makes `me` the owner of `client_id`'s session at `epoch`, as its claim would.
+async fn own(redis: &Redis, keys: &Keys, client_id: &str, epoch: u64, me: &str) {
+    let _: () = redis::cmd("HSET")
+        .arg(keys.session(client_id))
+        .arg("epoch")
+        .arg(epoch)
+        .arg("owner")
+        .arg(me)
+        .query_async(&mut redis.conn())
+        .await
+        .unwrap();
+}
+
 /// A session's mailbox as the node holding it at `epoch` has it.
 fn mailbox(client_id: &str, epoch: u64) -> Arc<Mailbox> {
     let m = Mailbox::new(MailboxLimits {
@@ -95,25 +122,9 @@ async fn first_byte(redis: &Redis, keys: &Keys, key: &str) -> u8 {
 #[tokio::test]
 async fn the_owners_copy_of_an_entry_a_non_owner_journaled_is_queued() {
     let (_server, redis) = redis_server().await;
-    let keys = Keys::new("t");
-    let grace = Duration::from_secs(300);
-    let (sessions, _writer) = Sessions::start(
-        redis.durable_conn(),
-        keys.clone(),
-        "n3".into(),
-        (100, 100),
-        grace,
-    );
+    let (sessions, keys) = store(&redis, "n3", (100, 100));
     // The session is at epoch 2 (its owner's claim); a stale node still has epoch 1.
-    let _: () = redis::cmd("HSET")
-        .arg(keys.session("c"))
-        .arg("epoch")
-        .arg(2)
-        .arg("owner")
-        .arg("n3")
-        .query_async(&mut redis.conn())
-        .await
-        .unwrap();
+    own(&redis, &keys, "c", 2, "n3").await;
     let (stale, owner) = (mailbox("c", 1), mailbox("c", 2));
     let publish = mqtt::packet::Publish {
         qos: mqtt::QoS::AtLeastOnce,
@@ -178,26 +189,10 @@ async fn redis_do(redis: &Redis, args: &[&str]) {
 #[tokio::test]
 async fn journal_writes_and_acknowledgements_of_many_sessions_survive_a_lost_script_cache() {
     let (_server, redis) = redis_server().await;
-    let keys = Keys::new("t");
-    let grace = Duration::from_secs(300);
-    let (sessions, _writer) = Sessions::start(
-        redis.durable_conn(),
-        keys.clone(),
-        "n1".into(),
-        (100, 100),
-        grace,
-    );
+    let (sessions, keys) = store(&redis, "n1", (100, 100));
     let ids = ["a", "b", "c"];
     for id in ids {
-        let _: () = redis::cmd("HSET")
-            .arg(keys.session(id))
-            .arg("epoch")
-            .arg(1)
-            .arg("owner")
-            .arg("n1")
-            .query_async(&mut redis.conn())
-            .await
-            .unwrap();
+        own(&redis, &keys, id, 1, "n1").await;
     }
     let boxes: Vec<_> = ids.iter().map(|id| mailbox(id, 1)).collect();
     let publish = mqtt::packet::Publish {
@@ -275,15 +270,7 @@ async fn journal_writes_and_acknowledgements_of_many_sessions_survive_a_lost_scr
 #[tokio::test]
 async fn unstored_changes_are_bounded_and_room_comes_back_once_redis_takes_them() {
     let (_server, redis) = redis_server().await;
-    let keys = Keys::new("t");
-    let grace = Duration::from_secs(300);
-    let (sessions, _writer) = Sessions::start(
-        redis.durable_conn(),
-        keys.clone(),
-        "n1".into(),
-        (100, 5),
-        grace,
-    );
+    let (sessions, keys) = store(&redis, "n1", (100, 5));
     redis_do(&redis, &["CLIENT", "PAUSE", "1500", "WRITE"]).await;
     let paused = Instant::now();
     let subscribe = |n: usize| SessionChange::Subscribed {
