@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# MQTT over TLS, AstraMQ against Mosquitto in the same run (issue #15 item 6): the
+# MQTT over TLS and WebSocket, AstraMQ against Mosquitto in the same run (issue #15
+# item 6): the
 # same certificates (a CA and a localhost server certificate, ECDSA P-256, made here
 # with openssl), the same limits as bench/compare.sh (100 in flight, 1,000 queued,
 # no persistence), each broker pinned to BROKER_CPU and `astramq bench --tls-ca` to
 # BENCH_CPU. Scenarios, interleaved broker by broker, REPEAT times:
 #   - tls-pairs-qos1: 500 QoS 1 pairs as fast as they go, msgs/s received;
 #   - tls-conn: 2,000 connections at once (TCP + TLS handshake + CONNECT/CONNACK),
-#     connections per second, and the broker's RSS per connection once they are idle.
+#     connections per second, and the broker's RSS per connection once they are idle;
+#   - ws-pairs-qos1: the pairs over WebSocket (`/mqtt`, subprotocol mqtt), against
+#     Mosquitto's websockets listener when it starts (it is skipped, and says so,
+#     where libwebsockets cannot open it).
 # Prints one line per run and the medians with the ratio astramq/mosquitto.
 #
 #   bench/tls.sh                         # 3 repetitions, 6 s runs
@@ -45,6 +49,7 @@ openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 
 chmod 644 server.key
 
 PORT_A=$((20000 + RANDOM % 10000)) PORT_M=$((PORT_A + 1)) PLAIN_A=$((PORT_A + 2))
+WS_A=$((PORT_A + 3)) WS_M=$((PORT_A + 4))
 cat >astramq.toml <<EOF
 log_level = "warn"
 [limits]
@@ -69,6 +74,8 @@ set_tcp_nodelay true
 persistence false
 log_type error
 EOF
+sed -e "s|^listener .*|listener $WS_M\nprotocol websockets|" -e '/^cafile\|^certfile\|^keyfile/d' \
+    mosquitto.conf >mosquitto-ws.conf
 
 wait_port() {
     for _ in $(seq 1 100); do
@@ -77,15 +84,20 @@ wait_port() {
     done
     log "nothing listens on $1"; return 1
 }
-start() { # astramq|mosquitto; sets PID and PORT
-    if [[ $1 == astramq ]]; then
+start() { # astramq|mosquitto|mosquitto-ws; sets PID and PORT
+    case $1 in
+    astramq)
         taskset -c "$BROKER_CPU" "$ASTRAMQ" --config astramq.toml --listen "127.0.0.1:$PLAIN_A" \
-            --tls-listen "127.0.0.1:$PORT_A" --tls-cert server.pem --tls-key server.key >>astramq.log 2>&1 &
-        PID=$! PORT=$PORT_A
-    else
+            --tls-listen "127.0.0.1:$PORT_A" --ws-listen "127.0.0.1:$WS_A" \
+            --tls-cert server.pem --tls-key server.key >>astramq.log 2>&1 &
+        PID=$! PORT=$PORT_A ;;
+    mosquitto)
         taskset -c "$BROKER_CPU" "$MOSQUITTO" -c mosquitto.conf >>mosquitto.log 2>&1 &
-        PID=$! PORT=$PORT_M
-    fi
+        PID=$! PORT=$PORT_M ;;
+    mosquitto-ws)
+        taskset -c "$BROKER_CPU" "$MOSQUITTO" -c mosquitto-ws.conf >>mosquitto-ws.log 2>&1 &
+        PID=$! PORT=$WS_M ;;
+    esac
     wait_port "$PORT"
 }
 field() { python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(eval(sys.argv[2], {}, r))' "$1" "$2"; }
@@ -114,6 +126,21 @@ for rep in $(seq 1 "$REPEAT"); do
         log "rep $rep $broker tls-conn: $cps conn/s (failed $failed), $per_conn B per idle connection"
         results+=("tls-conn $broker $cps" "tls-idle-bytes $broker $per_conn")
         stop
+        if [[ $broker == astramq ]]; then
+            start astramq && port=$WS_A
+        elif start mosquitto-ws 2>/dev/null; then
+            port=$WS_M
+        else
+            log "rep $rep mosquitto ws-pairs-qos1: its websockets listener did not start: $(tail -n 1 mosquitto-ws.log)"
+            stop; continue
+        fi
+        line=$(taskset -c "$BENCH_CPU" "$ASTRAMQ" bench pairs -n 500 --qos 1 --payload 64 \
+            --duration "$DURATION" --hosts "127.0.0.1:$port" --ws-path /mqtt --broker-pid "$PID" \
+            --no-progress 2>/dev/null | tail -n 1)
+        rate=$(field "$line" 'round(received_per_s)')
+        log "rep $rep $broker ws-pairs-qos1: $rate msg/s, lost $(field "$line" 'lost')"
+        results+=("ws-pairs-qos1 $broker $rate")
+        stop
     done
 done
 printf '%s\n' "${results[@]}" | python3 -c '
@@ -125,9 +152,12 @@ for line in sys.stdin:
 print("| scenario | astramq | mosquitto | ratio | runs (astramq / mosquitto) |")
 print("|---|---:|---:|---:|---|")
 for scenario, by in runs.items():
-    a, m = (statistics.median(by[b]) for b in ("astramq", "mosquitto"))
-    ratio = a / m if m else float("nan")
+    a = statistics.median(by["astramq"])
     ra = [round(x) for x in by["astramq"]]
+    if "mosquitto" not in by:
+        print(f"| {scenario} | {a:,.0f} | – | – | {ra} / – |")
+        continue
+    m = statistics.median(by["mosquitto"])
     rm = [round(x) for x in by["mosquitto"]]
-    print(f"| {scenario} | {a:,.0f} | {m:,.0f} | {ratio:.2f}x | {ra} / {rm} |")
+    print(f"| {scenario} | {a:,.0f} | {m:,.0f} | {a / m:.2f}x | {ra} / {rm} |")
 '

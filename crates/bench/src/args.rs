@@ -124,6 +124,10 @@ pub struct BenchArgs {
     /// With `--tls-ca`: the name the broker's certificate must carry.
     #[arg(long, default_value = "localhost")]
     pub tls_server_name: String,
+    /// Connect over WebSocket (subprotocol `mqtt`) on this HTTP path, e.g. `/mqtt`;
+    /// with `--tls-ca`, over TLS (wss).
+    #[arg(long)]
+    pub ws_path: Option<String>,
 }
 
 /// Checked, resolved arguments: what the runner executes.
@@ -177,6 +181,8 @@ pub struct Plan {
     pub probe_rate: f64,
     /// TLS on every connection (`--tls-ca`).
     pub tls: Option<crate::tls::TlsClient>,
+    /// WebSocket on this path (`--ws-path`).
+    pub ws_path: Option<String>,
 }
 
 impl BenchArgs {
@@ -262,6 +268,7 @@ impl BenchArgs {
             probes: self.probes,
             probe_rate: self.probe_rate,
             tls,
+            ws_path: self.ws_path.clone(),
         })
     }
 }

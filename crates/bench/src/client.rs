@@ -58,6 +58,9 @@ pub enum ClientError {
     /// CONNACK refused the connection.
     #[error("connection refused: {0:?}")]
     Refused(ReasonCode),
+    /// The WebSocket upgrade or a frame failed (`--ws-path`).
+    #[error("{0}")]
+    Ws(#[from] crate::ws::WsError),
     /// SUBACK refused the subscription.
     #[error("subscription refused: {0:?}")]
     SubscribeRefused(ReasonCode),
@@ -103,14 +106,18 @@ pub struct ClientOptions {
     pub inflight: u16,
     /// TLS over every connection, when set (`--tls-ca`).
     pub tls: Option<crate::tls::TlsClient>,
+    /// MQTT over WebSocket on this path, when set (`--ws-path`).
+    pub ws_path: Option<String>,
 }
 
 /// An open MQTT connection with its buffers.
 #[derive(Debug)]
 pub struct Conn {
     stream: TcpStream,
-    /// Its TLS session (`--tls-ca`); `rbuf` and `wbuf` hold plaintext either way.
+    /// Its TLS session (`--tls-ca`); `rbuf` and `wbuf` hold MQTT bytes either way.
     tls: Option<Box<crate::tls::Tls>>,
+    /// Its WebSocket framing (`--ws-path`), inside TLS when both are set.
+    ws: Option<Box<crate::ws::Ws>>,
     rbuf: BytesMut,
     wbuf: BytesMut,
     protocol: Protocol,
@@ -144,12 +151,30 @@ impl Conn {
         let mut conn = Conn {
             stream,
             tls,
+            ws: None,
             rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
             protocol: opts.protocol,
             receive_maximum: u16::MAX,
             pings_out: 0,
         };
+        if let Some(path) = &opts.ws_path {
+            conn.ws = Some(Box::new(crate::ws::Ws::start(&spec.host.to_string(), path)));
+            loop {
+                conn.write_some()?;
+                if !conn.writing() {
+                    break;
+                }
+                conn.stream.writable().await?;
+            }
+            while !conn.ws.as_mut().expect("just set").accepted()? {
+                conn.stream.readable().await?;
+                conn.read_transport(4096)?;
+            }
+            if let Some(ws) = conn.ws.as_mut() {
+                ws.decode(&mut conn.rbuf)?;
+            }
+        }
         let connect = Connect {
             protocol: opts.protocol,
             clean_start: opts.clean,
@@ -223,21 +248,38 @@ impl Conn {
         }
     }
 
-    /// Whether anything waits to be written (plaintext, or TLS records).
+    /// Whether anything waits to be written (MQTT bytes, WebSocket frames, TLS
+    /// records).
     fn writing(&self) -> bool {
-        !self.wbuf.is_empty() || self.tls.as_ref().is_some_and(|t| t.wants_write())
+        !self.wbuf.is_empty()
+            || self.ws.as_ref().is_some_and(|w| !w.out.is_empty())
+            || self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
     /// One non-blocking read; `Ok(false)` when nothing was there after all.
     fn read_some(&mut self, chunk: usize) -> Result<bool, ClientError> {
+        let got = self.read_transport(chunk)?;
+        if let Some(ws) = self.ws.as_mut() {
+            ws.decode(&mut self.rbuf)?;
+        }
+        Ok(got)
+    }
+
+    /// Reads what the socket has into the MQTT buffer, or the WebSocket's frame
+    /// buffer, through TLS when there is TLS.
+    fn read_transport(&mut self, chunk: usize) -> Result<bool, ClientError> {
+        let into = match self.ws.as_mut() {
+            Some(ws) => &mut ws.raw,
+            None => &mut self.rbuf,
+        };
         if let Some(tls) = self.tls.as_mut() {
-            return match tls.read(&self.stream, &mut self.rbuf) {
+            return match tls.read(&self.stream, into) {
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(ClientError::Closed),
                 r => Ok(r?),
             };
         }
-        self.rbuf.reserve(chunk);
-        match self.stream.try_read_buf(&mut self.rbuf) {
+        into.reserve(chunk);
+        match self.stream.try_read_buf(into) {
             Ok(0) => Err(ClientError::Closed),
             Ok(_) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
@@ -245,14 +287,24 @@ impl Conn {
         }
     }
 
-    /// One non-blocking write of whatever is pending.
+    /// One non-blocking write of whatever is pending (framed first with WebSocket).
     fn write_some(&mut self) -> Result<(), ClientError> {
+        let from = match self.ws.as_mut() {
+            Some(ws) => {
+                ws.encode(&mut self.wbuf);
+                &mut ws.out
+            }
+            None => &mut self.wbuf,
+        };
         if let Some(tls) = self.tls.as_mut() {
-            return Ok(tls.write(&self.stream, &mut self.wbuf)?);
+            return Ok(tls.write(&self.stream, from)?);
         }
-        match self.stream.try_write(&self.wbuf) {
+        if from.is_empty() {
+            return Ok(());
+        }
+        match self.stream.try_write(from) {
             Ok(n) => {
-                self.wbuf.advance(n);
+                from.advance(n);
                 Ok(())
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),

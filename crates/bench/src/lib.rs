@@ -9,6 +9,7 @@
 //! - [`layout`]: which clients a scenario needs, on which node, from which address.
 //! - [`client`]: the lean MQTT client, one task per connection.
 //! - [`tls`]: TLS for it (`--tls-ca`), rustls driven over the non-blocking socket.
+//! - [`ws`]: WebSocket for it (`--ws-path`): the upgrade and binary frames.
 //! - [`payload`]: the stamp (run, publisher, sequence, send time) in every payload.
 //! - [`seqset`]: sequence bitmaps and the exact loss count.
 //! - [`stats`]: counters and histograms shared by the connection tasks.
@@ -28,6 +29,7 @@ pub mod runner;
 pub mod seqset;
 pub mod stats;
 pub mod tls;
+pub mod ws;
 
 use std::io;
 

@@ -53,6 +53,7 @@ pub async fn execute(plan: Plan) -> Result<Report, BenchError> {
         rate: plan.rate,
         inflight: plan.inflight,
         tls: plan.tls.clone(),
+        ws_path: plan.ws_path.clone(),
     });
     let (phase_tx, phase_rx) = watch::channel(Phase::Connecting);
     let mut watcher = Watcher::start(&plan)?;

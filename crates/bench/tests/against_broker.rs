@@ -190,3 +190,31 @@ fn pairs_over_tls_lose_nothing_and_an_untrusted_certificate_is_refused() {
     assert_eq!(r.connections.connected, 0, "{:?}", r.connections);
     assert_eq!(r.connections.failed, 2, "{:?}", r.connections);
 }
+
+// `--ws-path`: the whole run over WebSocket (upgrade with subprotocol mqtt, binary
+// frames both ways), the same accounting.
+#[test]
+fn pairs_over_websocket_lose_nothing() {
+    let config = broker::Config {
+        ws_listen: vec!["127.0.0.1:0".parse().unwrap()],
+        ..Default::default()
+    };
+    let addr = spawn_broker(config, |server| {
+        server
+            .listeners()
+            .iter()
+            .find(|l| l.transport == broker::listener::Transport::Ws)
+            .unwrap()
+            .addr
+    });
+    let r = bench(addr, "pairs -n 4 --qos 1 --duration 1s --ws-path /mqtt");
+    assert_eq!(r.connections.connected, 8, "{:?}", r.connections);
+    assert!(r.acknowledged > 100, "{}", r.acknowledged);
+    assert_eq!(r.received, r.acknowledged);
+    assert_eq!(r.lost, Some(0));
+    let r = bench(addr, "conn -n 2 --duration 1s --ws-path /not-mqtt");
+    assert_eq!(
+        r.connections.failed, 2,
+        "an upgrade on another path is refused"
+    );
+}
