@@ -29,7 +29,7 @@ WORK=$(mktemp -d /tmp/astramq-tls.XXXXXX)
 PID=
 
 log() { printf '[tls] %s\n' "$*" >&2; }
-stop() { [[ -n $PID ]] && { kill -TERM "$PID" 2>/dev/null; wait "$PID" 2>/dev/null || true; }; PID=; }
+stop() { [[ -n $PID ]] && { kill -TERM "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; }; PID=; }
 trap 'stop; rm -rf "$WORK"' EXIT
 MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 [[ -x $MOSQUITTO ]] || { log "mosquitto missing (apt-get install mosquitto)"; exit 1; }
