@@ -5,6 +5,10 @@
 # CI is in when `cargo test --workspace` runs test binaries on a 2-core machine.
 #
 #   scripts/chaos-soak.sh [N]          # default N = 20; output under target/chaos-soak/
+#   ONLY=p5 scripts/chaos-soak.sh 40   # only the tests whose names contain p5
+#
+# Each run keeps its nodes' logs (ASTRAMQ_TEST_LOGS) under target/chaos-soak/run-N-logs/
+# when it fails, and deletes them when it passes.
 #
 # Prints one line per run and, at the end, per scenario: runs, failures, lost (total and
 # worst run), duplicates. Every scenario's JSON line is kept in target/chaos-soak/. Needs
@@ -39,10 +43,15 @@ trap 'kill "$companion" 2>/dev/null; pkill -P "$companion" 2>/dev/null' EXIT
 failed=0
 for i in $(seq 1 "$n"); do
     start=$(date +%s)
-    ASTRAMQ_CHAOS_OUT="$out/run-$i.jsonl" "$chaos" --test-threads=1 --nocapture >"$out/run-$i-chaos.log" 2>&1
+    logs="$out/run-$i-logs"
+    mkdir -p "$logs"
+    ASTRAMQ_TEST_LOGS="$logs" ASTRAMQ_CHAOS_OUT="$out/run-$i.jsonl" "$chaos" ${ONLY:+"$ONLY"} \
+        --test-threads=1 --nocapture >"$out/run-$i-chaos.log" 2>&1
     rc_c=$?
-    ASTRAMQ_CHAOS_OUT="$out/run-$i.jsonl" "$partition" --test-threads=1 --nocapture >"$out/run-$i-partition.log" 2>&1
+    ASTRAMQ_TEST_LOGS="$logs" ASTRAMQ_CHAOS_OUT="$out/run-$i.jsonl" "$partition" ${ONLY:+"$ONLY"} \
+        --test-threads=1 --nocapture >"$out/run-$i-partition.log" 2>&1
     rc_p=$?
+    [[ $rc_c -eq 0 && $rc_p -eq 0 ]] && rm -rf "$logs"
     lost=$(jq -s 'map(.lost) | add // 0' "$out/run-$i.jsonl" 2>/dev/null || echo "?")
     scenarios=$(jq -s 'length' "$out/run-$i.jsonl" 2>/dev/null || echo 0)
     [[ $rc_c -eq 0 && $rc_p -eq 0 ]] || failed=$((failed + 1))
