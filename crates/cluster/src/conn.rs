@@ -636,9 +636,9 @@ pub async fn query_per_key(
 /// returned in its place (`Value::ServerError`) instead of failing them all.
 pub async fn query_per_key_lenient(
     conn: &Conn,
-    cmds: &[(String, redis::Cmd)],
+    cmds: Vec<(String, redis::Cmd)>,
 ) -> Result<Vec<redis::Value>, redis::RedisError> {
-    query(conn, cmds.to_vec(), true).await
+    query(conn, cmds, true).await
 }
 
 async fn query(

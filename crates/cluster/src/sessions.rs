@@ -539,14 +539,10 @@ async fn writer(
                 }
             }
         }
-        let batch::Round {
-            cmds,
-            change_at,
-            journal_at,
-        } = round.finish();
+        let mut round = round.finish();
         let writing: usize = journals.iter().map(|j| j.entries.len()).sum();
         queue.set_writing(writing);
-        let result = batch::send(&conn, cmds).await;
+        let result = round.send(&conn).await;
         queue.set_writing(0);
         match result {
             Ok(values) => {
@@ -558,7 +554,7 @@ async fn writer(
                 }
                 backoff.reset();
                 queue.changes_stored(changes.len());
-                for ((c, stored), at) in changes.into_iter().zip(change_at) {
+                for ((c, stored), at) in changes.into_iter().zip(round.change_at) {
                     let Some(tx) = stored else { continue };
                     let at = at.unwrap_or(usize::MAX);
                     // An inbound QoS 2 id is stored only while the connection still
@@ -576,7 +572,7 @@ async fn writer(
                         Ok(())
                     });
                 }
-                for (j, at) in journals.into_iter().zip(journal_at) {
+                for (j, at) in journals.into_iter().zip(round.journal_at) {
                     let mut entries: Vec<Option<_>> = j.entries.into_iter().map(Some).collect();
                     let mut full = Vec::new();
                     for batch::JournalAt {

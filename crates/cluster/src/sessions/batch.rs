@@ -13,6 +13,7 @@
 //! answered "already there" (not queued twice) before the update and "delivered"
 //! after it.
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::LazyLock;
 
@@ -32,16 +33,91 @@ const DONE_REMEMBERED: std::time::Duration = std::time::Duration::from_secs(600)
 static JOURNAL: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(JOURNAL_SCRIPT));
 static UPDATES: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(UPDATES_SCRIPT));
 
-/// One merged script call being built: its keys and its arguments (after the
-/// fixed ones), for the sessions of one routing key.
+/// The two merged scripts.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// [`JOURNAL_SCRIPT`]: journal writes.
+    Journal,
+    /// [`UPDATES_SCRIPT`]: acknowledgements and PUBREC marks.
+    Updates,
+}
+
+impl Kind {
+    fn script(self) -> (&'static redis::Script, &'static str) {
+        match self {
+            Kind::Journal => (&JOURNAL, JOURNAL_SCRIPT),
+            Kind::Updates => (&UPDATES, UPDATES_SCRIPT),
+        }
+    }
+}
+
+/// One merged script call: its keys and arguments, for the sessions of one routing
+/// key, and whose answers it carries.
 #[derive(Debug, Default)]
-struct Call {
+pub(super) struct Call {
     /// `""` on a single Redis; the session's hash key on Redis Cluster.
     route: String,
     keys: Vec<String>,
+    /// The arguments every session shares (set when the stretch ends), then the
+    /// sessions' own.
+    fixed: Vec<Vec<u8>>,
     args: Vec<Vec<u8>>,
-    /// Sessions in the call so far (a journal call answers one array each).
-    sessions: usize,
+    /// Updates: the changes it stores.
+    changes: Vec<usize>,
+    /// Journal writes: per session, in the order of its answers, the operation and
+    /// the entries of it.
+    groups: Vec<(usize, Range<usize>)>,
+}
+
+impl Call {
+    /// The call as `EVALSHA` (`sha`) or as `EVAL` with the script's text.
+    fn cmd(&self, kind: Kind, sha: bool) -> redis::Cmd {
+        let (script, text) = kind.script();
+        let mut cmd = if sha {
+            let mut c = redis::cmd("EVALSHA");
+            c.arg(script.get_hash());
+            c
+        } else {
+            let mut c = redis::cmd("EVAL");
+            c.arg(text);
+            c
+        };
+        cmd.arg(self.keys.len());
+        for k in &self.keys {
+            cmd.arg(k);
+        }
+        for a in self.fixed.iter().chain(&self.args) {
+            cmd.arg(a.as_slice());
+        }
+        cmd
+    }
+}
+
+/// The calls of one kind in the stretch being merged, by routing key.
+#[derive(Debug, Default)]
+struct Calls {
+    list: Vec<Call>,
+    by_route: HashMap<String, usize>,
+}
+
+impl Calls {
+    /// The call of `route`, added if missing.
+    fn get(&mut self, route: String) -> &mut Call {
+        let list = &mut self.list;
+        let i = *self.by_route.entry(route).or_insert_with_key(|route| {
+            list.push(Call {
+                route: route.clone(),
+                ..Default::default()
+            });
+            list.len() - 1
+        });
+        &mut self.list[i]
+    }
+
+    fn take(&mut self) -> Vec<Call> {
+        self.by_route.clear();
+        std::mem::take(&mut self.list)
+    }
 }
 
 /// Where a journal write's answer is: the command, and the session's place in it.
@@ -65,12 +141,10 @@ pub(super) struct Batch<'k> {
     upkeep: bool,
     cmds: Vec<(String, redis::Cmd)>,
     /// The stretch being merged.
-    updates: Vec<Call>,
-    journals: Vec<Call>,
-    /// Changes merged into the stretch's update calls: (change index, route).
-    merged_changes: Vec<(usize, String)>,
-    /// Journal groups merged into the stretch: (op index, route, session, entries).
-    merged_journals: Vec<(usize, String, usize, Range<usize>)>,
+    updates: Calls,
+    journals: Calls,
+    /// The merged calls sent, with their command's index (for a `NOSCRIPT` answer).
+    scripted: Vec<(usize, Kind, Call)>,
     /// Per change, its first command's index.
     change_at: Vec<Option<usize>>,
     /// Per journal operation, where its answers are.
@@ -92,10 +166,9 @@ impl<'k> Batch<'k> {
             cluster,
             upkeep,
             cmds: Vec::new(),
-            updates: Vec::new(),
-            journals: Vec::new(),
-            merged_changes: Vec::new(),
-            merged_journals: Vec::new(),
+            updates: Calls::default(),
+            journals: Calls::default(),
+            scripted: Vec::new(),
             change_at: Vec::new(),
             journal_at: Vec::new(),
         }
@@ -119,11 +192,11 @@ impl<'k> Batch<'k> {
             change_cmds(self.keys, self.me_grace, c, &mut self.cmds);
             return;
         };
-        let route = self.route(client_id);
-        let call = call_for(&mut self.updates, &route);
-        call.keys.push(self.keys.journal(client_id));
-        call.keys.push(self.keys.done(client_id));
-        call.keys.push(self.keys.session(client_id));
+        let keys = self.keys;
+        let call = self.updates.get(self.route(client_id));
+        call.keys.push(keys.journal(client_id));
+        call.keys.push(keys.done(client_id));
+        call.keys.push(keys.session(client_id));
         call.args.push(updates.len().to_string().into_bytes());
         for u in updates {
             match u {
@@ -137,8 +210,7 @@ impl<'k> Batch<'k> {
                 }
             }
         }
-        call.sessions += 1;
-        self.merged_changes.push((index, route));
+        call.changes.push(index);
     }
 
     /// Adds a journal operation (the next in order): its entries, in groups of one
@@ -146,27 +218,28 @@ impl<'k> Batch<'k> {
     pub(super) fn journal(&mut self, entries: &[Entry]) {
         let index = self.journal_at.len();
         self.journal_at.push(Vec::new());
+        let keys = self.keys;
         for group in groups(entries) {
             let first = &entries[group.start];
-            let route = self.route(&first.client_id);
-            let call = call_for(&mut self.journals, &route);
-            call.keys.push(self.keys.session(&first.client_id));
-            call.keys.push(self.keys.journal(&first.client_id));
-            call.keys.push(self.keys.done(&first.client_id));
+            let call = self.journals.get(self.route(&first.client_id));
+            call.keys.push(keys.session(&first.client_id));
+            call.keys.push(keys.journal(&first.client_id));
+            call.keys.push(keys.done(&first.client_id));
             call.args.push(first.epoch.to_string().into_bytes());
             call.args.push(group.len().to_string().into_bytes());
             for e in &entries[group.clone()] {
                 call.args.push(e.key.as_bytes().to_vec());
                 call.args.push(e.value.clone());
             }
-            let session = call.sessions;
-            call.sessions += 1;
-            self.merged_journals.push((index, route, session, group));
+            call.groups.push((index, group));
         }
     }
 
     /// Ends the stretch: its merged calls take their place in the round trip.
     fn flush(&mut self) {
+        if self.updates.list.is_empty() && self.journals.list.is_empty() {
+            return;
+        }
         let now = unix_ms().to_string().into_bytes();
         let keep = match self.upkeep {
             true => DONE_REMEMBERED.as_millis() as u64,
@@ -174,32 +247,32 @@ impl<'k> Batch<'k> {
         };
         let keep = keep.to_string().into_bytes();
         let ttl = vec![if self.upkeep { b'1' } else { b'0' }];
-        for call in std::mem::take(&mut self.updates) {
+        for mut call in self.updates.take() {
             let at = self.cmds.len();
-            for (i, _) in self.merged_changes.iter().filter(|(_, r)| *r == call.route) {
-                self.change_at[*i] = Some(at);
+            for &i in &call.changes {
+                self.change_at[i] = Some(at);
             }
-            let fixed = [now.clone(), keep.clone()];
-            self.cmds.push(evalsha(&UPDATES, call, &fixed));
+            call.fixed = vec![now.clone(), keep.clone()];
+            self.push(Kind::Updates, call);
         }
-        self.merged_changes.clear();
-        for call in std::mem::take(&mut self.journals) {
+        for mut call in self.journals.take() {
             let at = self.cmds.len();
-            for (op, _, session, entries) in self
-                .merged_journals
-                .iter()
-                .filter(|(_, r, _, _)| *r == call.route)
-            {
+            for (session, (op, entries)) in call.groups.iter().enumerate() {
                 self.journal_at[*op].push(JournalAt {
                     cmd: at,
-                    session: *session,
+                    session,
                     entries: entries.clone(),
                 });
             }
-            self.cmds
-                .push(evalsha(&JOURNAL, call, std::slice::from_ref(&ttl)));
+            call.fixed = vec![ttl.clone()];
+            self.push(Kind::Journal, call);
         }
-        self.merged_journals.clear();
+    }
+
+    /// Adds `call` to the round trip as `EVALSHA`, keeping it for a `NOSCRIPT`.
+    fn push(&mut self, kind: Kind, call: Call) {
+        self.cmds.push((call.route.clone(), call.cmd(kind, true)));
+        self.scripted.push((self.cmds.len() - 1, kind, call));
     }
 
     /// The round trip: its commands and where their answers are.
@@ -207,6 +280,7 @@ impl<'k> Batch<'k> {
         self.flush();
         Round {
             cmds: self.cmds,
+            scripted: self.scripted,
             change_at: self.change_at,
             journal_at: self.journal_at,
         }
@@ -216,104 +290,49 @@ impl<'k> Batch<'k> {
 /// A round trip ready to send.
 #[derive(Debug)]
 pub(super) struct Round {
-    /// Its commands, each with its routing key.
-    pub cmds: Vec<(String, redis::Cmd)>,
+    /// Its commands, each with its routing key (taken by [`Round::send`]).
+    cmds: Vec<(String, redis::Cmd)>,
+    /// Its merged script calls, with their command's index.
+    scripted: Vec<(usize, Kind, Call)>,
     /// Per change (in the order added), the command whose answer is its own.
     pub change_at: Vec<Option<usize>>,
     /// Per journal operation (in the order added), where its answers are.
     pub journal_at: Vec<Vec<JournalAt>>,
 }
 
-/// The call of `route` in `calls`, added if missing.
-fn call_for<'c>(calls: &'c mut Vec<Call>, route: &str) -> &'c mut Call {
-    let i = match calls.iter().position(|c| c.route == route) {
-        Some(i) => i,
-        None => {
-            calls.push(Call {
-                route: route.to_string(),
-                ..Default::default()
-            });
-            calls.len() - 1
-        }
-    };
-    &mut calls[i]
-}
-
-/// `EVALSHA` of `script` with the call's keys, then `fixed`, then its arguments.
-fn evalsha(script: &redis::Script, call: Call, fixed: &[Vec<u8>]) -> (String, redis::Cmd) {
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(script.get_hash()).arg(call.keys.len());
-    for k in &call.keys {
-        cmd.arg(k);
-    }
-    for a in fixed.iter().chain(&call.args) {
-        cmd.arg(a.as_slice());
-    }
-    let route = match call.keys.first() {
-        Some(k) if call.route.is_empty() => k.clone(),
-        _ => call.route,
-    };
-    (route, cmd)
-}
-
-/// The same call as `EVAL` with the script's text, for one answered `NOSCRIPT`.
-fn as_eval(cmd: &redis::Cmd) -> Option<redis::Cmd> {
-    let mut args = cmd.args_iter().map(|a| match a {
-        redis::Arg::Simple(b) => b,
-        _ => &b""[..],
-    });
-    if args.next() != Some(&b"EVALSHA"[..]) {
-        return None;
-    }
-    let sha = args.next()?;
-    let text = [&*JOURNAL, &*UPDATES]
-        .into_iter()
-        .zip([JOURNAL_SCRIPT, UPDATES_SCRIPT])
-        .find(|(s, _)| s.get_hash().as_bytes() == sha)?
-        .1;
-    let mut eval = redis::cmd("EVAL");
-    eval.arg(text);
-    for a in args {
-        eval.arg(a);
-    }
-    Some(eval)
-}
-
-/// Sends a round trip's commands; calls answered `NOSCRIPT` go again as `EVAL`
-/// (they did not run: a script either runs whole or not at all). Any other error
-/// answer fails the round trip, as a failed connection does.
-pub(super) async fn send(
-    conn: &Conn,
-    cmds: Vec<(String, redis::Cmd)>,
-) -> Result<Vec<Value>, redis::RedisError> {
-    let mut again: Vec<(usize, (String, redis::Cmd))> = Vec::new();
-    let mut values = query_per_key_lenient(conn, &cmds).await?;
-    for (i, v) in values.iter().enumerate() {
-        if let Value::ServerError(e) = v {
-            if e.kind() == Some(redis::ServerErrorKind::NoScript) {
-                if let Some(eval) = as_eval(&cmds[i].1) {
-                    again.push((i, (cmds[i].0.clone(), eval)));
-                }
+impl Round {
+    /// Sends the commands (once); a merged call answered `NOSCRIPT` goes again as
+    /// `EVAL` (it did not run: a script either runs whole or not at all). Any other
+    /// error answer fails the round trip, as a failed connection does.
+    pub async fn send(&mut self, conn: &Conn) -> Result<Vec<Value>, redis::RedisError> {
+        let cmds = std::mem::take(&mut self.cmds);
+        let mut values = query_per_key_lenient(conn, cmds).await?;
+        let (at, again): (Vec<usize>, Vec<_>) = self
+            .scripted
+            .iter()
+            .filter(|(i, ..)| {
+                matches!(&values[*i], Value::ServerError(e)
+                    if e.kind() == Some(redis::ServerErrorKind::NoScript))
+            })
+            .map(|(i, kind, call)| (*i, (call.route.clone(), call.cmd(*kind, false))))
+            .unzip();
+        if !again.is_empty() {
+            tracing::info!(
+                calls = again.len(),
+                "session store: redis had no script cache (restarted or failed over); sent the scripts again"
+            );
+            let answers = query_per_key_lenient(conn, again).await?;
+            for (i, v) in at.into_iter().zip(answers) {
+                values[i] = v;
             }
         }
-    }
-    if !again.is_empty() {
-        tracing::info!(
-            calls = again.len(),
-            "session store: redis had no script cache (restarted or failed over); sent the scripts again"
-        );
-        let (at, retry): (Vec<usize>, Vec<_>) = again.into_iter().unzip();
-        let answers = query_per_key_lenient(conn, &retry).await?;
-        for (i, v) in at.into_iter().zip(answers) {
-            values[i] = v;
+        for v in &values {
+            if let Value::ServerError(e) = v {
+                return Err(e.clone().into());
+            }
         }
+        Ok(values)
     }
-    for v in &values {
-        if let Value::ServerError(e) = v {
-            return Err(e.clone().into());
-        }
-    }
-    Ok(values)
 }
 
 /// Consecutive runs of entries for one session (and epoch): one group each.

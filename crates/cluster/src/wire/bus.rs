@@ -181,14 +181,7 @@ fn get_snapshot(buf: &mut &[u8], now: Instant) -> Result<SessionSnapshot, WireEr
 
 /// Decodes every record of one stream entry.
 pub fn read_records(mut buf: &[u8]) -> Result<Vec<BusRecord>, WireError> {
-    match get_u8(&mut buf)? {
-        BUS_FORMAT => {}
-        other => {
-            return Err(WireError(format!(
-                "inbox entry in format {other:#04x}; this node reads {BUS_FORMAT:#04x} (a node of another version in the cluster?)"
-            )))
-        }
-    }
+    expect_format(&mut buf, "inbox entry", BUS_FORMAT)?;
     let mut records = Vec::new();
     let now = Instant::now();
     while buf.has_remaining() {

@@ -85,7 +85,7 @@ pub fn retained_value(msg: &Message) -> Vec<u8> {
 /// Reads a stored retained message; `None` if it has expired.
 pub fn read_retained(value: &[u8]) -> Result<Option<Arc<Message>>, WireError> {
     let mut buf = value;
-    super::parts::expect_format(&mut buf, "stored retained message", RETAINED_FORMAT)?;
+    expect_format(&mut buf, "stored retained message", RETAINED_FORMAT)?;
     if buf.remaining() < 8 {
         return Err(WireError("truncated retained value".into()));
     }

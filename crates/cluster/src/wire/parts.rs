@@ -142,14 +142,10 @@ pub(super) fn put_str(out: &mut BytesMut, s: &str) {
     out.put_slice(s.as_bytes());
 }
 
-/// The first byte of a stored subscription, will or retained message: its format.
-/// A node meeting another value (a record written by a node of another version)
-/// gets an error naming both, which its caller logs before skipping the record.
-pub(super) fn put_format(out: &mut BytesMut, format: u8) {
-    out.put_u8(format);
-}
-
-/// Reads a record's format byte and checks it is `format` (see [`put_format`]).
+/// Reads a record's first byte, its format (inbox entries, stored subscriptions,
+/// wills and retained messages), and checks it is `format`: another value (written
+/// by a node of another version) is an error naming both, which the caller logs
+/// before skipping the record.
 pub(super) fn expect_format(buf: &mut &[u8], what: &str, format: u8) -> Result<(), WireError> {
     match get_u8(buf)? {
         f if f == format => Ok(()),

@@ -78,7 +78,7 @@ pub fn read_journal(mut value: &[u8]) -> Result<JournalEntry, WireError> {
 /// A stored subscription's value: format byte, options, identifier (0: none).
 pub fn subscription_value(sub: &Subscription) -> Vec<u8> {
     let mut out = BytesMut::new();
-    put_format(&mut out, SUBSCRIPTION_FORMAT);
+    out.put_u8(SUBSCRIPTION_FORMAT);
     out.put_u8(options_byte(&sub.options));
     out.put_u32(sub.id.unwrap_or(0));
     out.to_vec()
@@ -99,7 +99,7 @@ pub fn read_subscription(mut value: &[u8]) -> Result<Subscription, WireError> {
 /// (its properties ride along) with the Will Delay Interval.
 pub fn will_value(w: &PendingWill) -> Vec<u8> {
     let mut out = BytesMut::new();
-    put_format(&mut out, WILL_FORMAT);
+    out.put_u8(WILL_FORMAT);
     put_str(&mut out, w.username.as_deref().unwrap_or(""));
     out.put_u32(w.will.properties.will_delay_interval.unwrap_or(0));
     let publish = w.to_publish();
