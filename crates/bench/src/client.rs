@@ -160,13 +160,7 @@ impl Conn {
         };
         if let Some(path) = &opts.ws_path {
             conn.ws = Some(Box::new(crate::ws::Ws::start(&spec.host.to_string(), path)));
-            loop {
-                conn.write_some()?;
-                if !conn.writing() {
-                    break;
-                }
-                conn.stream.writable().await?;
-            }
+            conn.flush().await?;
             while !conn.ws.as_mut().expect("just set").accepted()? {
                 conn.stream.readable().await?;
                 conn.read_transport(4096)?;
@@ -229,6 +223,11 @@ impl Conn {
 
     async fn send(&mut self, packet: &Packet) -> Result<(), ClientError> {
         mqtt::encode(packet, self.protocol, &mut self.wbuf)?;
+        self.flush().await
+    }
+
+    /// Writes everything pending (MQTT bytes, WebSocket frames, TLS records).
+    async fn flush(&mut self) -> Result<(), ClientError> {
         loop {
             self.write_some()?;
             if !self.writing() {
@@ -324,17 +323,7 @@ impl Conn {
     async fn close(mut self) {
         let d = Packet::Disconnect(Disconnect::default());
         if self.queue(&d).is_ok() {
-            let _ = tokio::time::timeout(Duration::from_millis(500), async {
-                loop {
-                    if self.write_some().is_err() || !self.writing() {
-                        return;
-                    }
-                    if self.stream.writable().await.is_err() {
-                        return;
-                    }
-                }
-            })
-            .await;
+            let _ = tokio::time::timeout(Duration::from_millis(500), self.flush()).await;
         }
     }
 }
