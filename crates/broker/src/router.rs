@@ -16,6 +16,10 @@ use crate::cluster::LocalGroups;
 use crate::mailbox::{Delivery, Mailbox, Pushed};
 use crate::message::Message;
 
+mod grant;
+
+pub use grant::{session_grants, Grant};
+
 /// Who a subscription belongs to, within one topic filter.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum SubKey {
@@ -89,9 +93,7 @@ pub struct Matching {
 #[derive(Debug)]
 pub struct Target {
     mailbox: Arc<Mailbox>,
-    qos: QoS,
-    retain: bool,
-    sub_ids: Vec<u32>,
+    grant: Grant,
     shared: bool,
 }
 
@@ -294,14 +296,17 @@ impl Router {
             let index = self.index.read();
             index.for_each_match(topic, |filter, key, entry| match entry {
                 Entry::Client(s) => {
-                    // [MQTT-3.8.3-3] No Local: not to the connection that published it.
-                    if s.options.no_local && msg.origin.as_deref() == Some(&*s.client_id) {
-                        return;
-                    }
                     if can_read.is_some_and(|f| !f(s, topic)) {
                         return;
                     }
-                    scratch.push(target(msg, s, false));
+                    // None: No Local, the publisher's own subscription.
+                    if let Some(grant) = Grant::of(msg, &s.client_id, &s.options, s.id) {
+                        scratch.push(Target {
+                            mailbox: s.mailbox.clone(),
+                            grant,
+                            shared: false,
+                        });
+                    }
                 }
                 Entry::Group(g) => {
                     if let (Some(local), SubKey::Group(name)) = (groups, key) {
@@ -310,8 +315,16 @@ impl Router {
                         }
                     }
                     let ok = |s: &Subscriber| can_read.is_none_or(|f| f(s, topic));
-                    if let Some(s) = g.pick(msg.id.get().map(|k| &**k), ok) {
-                        scratch.push(target(msg, s, true));
+                    let picked = g.pick(msg.id.get().map(|k| &**k), ok);
+                    // A shared subscription has no No Local [MQTT-3.8.3-4].
+                    if let Some(s) = picked {
+                        if let Some(grant) = Grant::of(msg, &s.client_id, &s.options, s.id) {
+                            scratch.push(Target {
+                                mailbox: s.mailbox.clone(),
+                                grant,
+                                shared: true,
+                            });
+                        }
                     }
                 }
             });
@@ -319,13 +332,7 @@ impl Router {
         merge_per_session(scratch);
         let mut routed = Routed::default();
         for t in scratch.drain(..) {
-            let d = Delivery {
-                msg: msg.clone(),
-                qos: t.qos,
-                retain: t.retain,
-                sub_ids: t.sub_ids,
-                journal: None,
-            };
+            let d = t.grant.deliver(msg);
             if d.qos != QoS::AtMostOnce && t.mailbox.durability().is_stored() {
                 // A persistent session in a cluster: stored first, queued after.
                 routed.delivered += 1;
@@ -416,17 +423,6 @@ pub fn rendezvous(key: &str, name: &str) -> u64 {
     h ^ (h >> 33)
 }
 
-fn target(msg: &Message, s: &Subscriber, shared: bool) -> Target {
-    Target {
-        mailbox: s.mailbox.clone(),
-        qos: msg.qos.min(s.options.qos),
-        // [MQTT-3.3.1-12, MQTT-3.3.1-13] Retain As Published.
-        retain: s.options.retain_as_published && msg.retain,
-        sub_ids: s.id.into_iter().collect(),
-        shared,
-    }
-}
-
 /// Folds several non-shared targets of one session into one delivery.
 fn merge_per_session(targets: &mut Vec<Target>) {
     if targets.len() < 2 {
@@ -442,9 +438,7 @@ fn merge_per_session(targets: &mut Vec<Target>) {
         if same {
             let (head, tail) = targets.split_at_mut(i);
             let (prev, cur) = (&mut head[out - 1], &mut tail[0]);
-            prev.qos = prev.qos.max(cur.qos);
-            prev.retain |= cur.retain;
-            prev.sub_ids.append(&mut cur.sub_ids);
+            prev.grant.fold(&mut cur.grant);
         } else {
             targets.swap(out, i);
             out += 1;

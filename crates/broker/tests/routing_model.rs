@@ -3,15 +3,19 @@
 //! messages, `Router::route` must give every session exactly what a direct reading of
 //! the specification gives. The model matches every filter against every topic by
 //! walking the levels, and folds overlapping subscriptions of one session by hand.
+//! The same model checks `session_grants`, the rules without the index that the
+//! cluster's dead-node drain applies to a failed node's sessions.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use astramq_broker::cluster::LocalGroups;
 use astramq_broker::config::QueueOverflow;
 use astramq_broker::mailbox::{Delivery, Mailbox, MailboxLimits};
 use astramq_broker::message::Message;
-use astramq_broker::router::{Router, Subscriber};
+use astramq_broker::router::{session_grants, Router, Subscriber};
+use astramq_broker::session::Subscription;
 use mqtt::{Publish, QoS, SubscriptionOptions};
 use proptest::prelude::*;
 
@@ -101,8 +105,123 @@ struct Got {
     plain: Vec<(u8, bool, Vec<u32>)>,
 }
 
+/// The last SUBSCRIBE of a client to a filter replaces the earlier ones.
+fn last_per_filter(subs: Vec<Sub>) -> Vec<Sub> {
+    let mut by_key: BTreeMap<(usize, String), Sub> = BTreeMap::new();
+    for s in subs {
+        by_key.insert((s.client, s.full_filter()), s);
+    }
+    by_key.into_values().collect()
+}
+
+/// The copy session `c` gets through its own (not shared) subscriptions, by the
+/// model: at most one.
+fn own_copy(
+    subs: &[Sub],
+    c: usize,
+    levels: &[&str],
+    msg_qos: u8,
+    retain: bool,
+    origin: Option<usize>,
+) -> Option<(u8, bool, Vec<u32>)> {
+    let matches = |s: &Sub| naive_match(&s.filter.split('/').collect::<Vec<_>>(), levels);
+    // [MQTT-3.8.3-3] No Local: not to the publishing client itself.
+    let own: Vec<&Sub> = subs
+        .iter()
+        .filter(|s| s.client == c && s.group.is_none() && matches(s))
+        .filter(|s| !(s.no_local && origin == Some(c)))
+        .collect();
+    if own.is_empty() {
+        return None;
+    }
+    // [MQTT-3.3.4-2]/[MQTT-3.3.4-3]: one copy at the highest granted QoS (never
+    // above the message's), with every identifier.
+    let q = own
+        .iter()
+        .map(|s| s.qos.min(qos(msg_qos)) as u8)
+        .max()
+        .unwrap();
+    let r = own.iter().any(|s| s.rap && retain);
+    let mut ids: Vec<u32> = own.iter().filter_map(|s| s.id).collect();
+    ids.sort();
+    Some((q, r, ids))
+}
+
+/// The copy a shared subscription's member gets: its own options.
+fn shape(s: &Sub, msg_qos: u8, retain: bool) -> (u8, bool, Vec<u32>) {
+    (
+        s.qos.min(qos(msg_qos)) as u8,
+        s.rap && retain,
+        s.id.into_iter().collect(),
+    )
+}
+
+fn message(topic: &str, msg_qos: u8, retain: bool, origin: Option<usize>) -> Arc<Message> {
+    let publish = Publish {
+        topic: topic.to_string(),
+        qos: qos(msg_qos),
+        retain,
+        packet_id: (msg_qos > 0).then_some(1),
+        ..Default::default()
+    };
+    let origin_id = origin.map(|o| Arc::from(CLIENTS[o]));
+    Arc::new(Message::new(&publish, origin_id, Instant::now()))
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// The rules the dead-node drain applies to a failed node's sessions (read back
+    /// from Redis, no index) give each session what the model gives it: its own
+    /// copy, and one per shared group whose copy it takes (here: every group it is
+    /// a member of).
+    #[test]
+    fn session_grants_match_the_naive_model(
+        subs in proptest::collection::vec(sub(), 0..12),
+        topic in topic(),
+        msg_qos in 0u8..3,
+        retain in any::<bool>(),
+        origin in proptest::option::of(0..CLIENTS.len()),
+    ) {
+        let subs = last_per_filter(subs);
+        let msg = message(&topic, msg_qos, retain, origin);
+        let levels: Vec<&str> = topic.split('/').collect();
+        for (c, client) in CLIENTS.iter().enumerate() {
+            let mine: Vec<&Sub> = subs.iter().filter(|s| s.client == c).collect();
+            let held: Vec<(String, Subscription)> = mine
+                .iter()
+                .map(|s| {
+                    let options = SubscriptionOptions {
+                        qos: s.qos,
+                        no_local: s.no_local,
+                        retain_as_published: s.rap,
+                        ..Default::default()
+                    };
+                    (s.full_filter(), Subscription { options, id: s.id })
+                })
+                .collect();
+            let groups = LocalGroups(
+                mine.iter()
+                    .filter_map(|s| s.group.map(|g| (g.to_string(), s.filter.clone())))
+                    .collect(),
+            );
+            let mut got: Vec<(u8, bool, Vec<u32>)> = session_grants(client, &held, &msg, &groups)
+                .into_iter()
+                .map(|g| {
+                    let mut ids = g.sub_ids;
+                    ids.sort();
+                    (g.qos as u8, g.retain, ids)
+                })
+                .collect();
+            let matches = |s: &Sub| naive_match(&s.filter.split('/').collect::<Vec<_>>(), &levels);
+            let mut want: Vec<(u8, bool, Vec<u32>)> =
+                own_copy(&subs, c, &levels, msg_qos, retain, origin).into_iter().collect();
+            want.extend(mine.iter().filter(|s| s.group.is_some() && matches(s)).map(|s| shape(s, msg_qos, retain)));
+            got.sort();
+            want.sort();
+            prop_assert_eq!(got, want, "session {}", c);
+        }
+    }
 
     #[test]
     fn route_matches_the_naive_model(
@@ -112,12 +231,7 @@ proptest! {
         retain in any::<bool>(),
         origin in proptest::option::of(0..CLIENTS.len()),
     ) {
-        // The last SUBSCRIBE of a client to a filter replaces the earlier ones.
-        let mut by_key: BTreeMap<(usize, String), Sub> = BTreeMap::new();
-        for s in subs {
-            by_key.insert((s.client, s.full_filter()), s);
-        }
-        let subs: Vec<Sub> = by_key.into_values().collect();
+        let subs = last_per_filter(subs);
 
         let mailboxes: Vec<Arc<Mailbox>> = CLIENTS
             .iter()
@@ -149,15 +263,7 @@ proptest! {
                 },
             );
         }
-        let publish = Publish {
-            topic: topic.clone(),
-            qos: qos(msg_qos),
-            retain,
-            packet_id: (msg_qos > 0).then_some(1),
-            ..Default::default()
-        };
-        let origin_id = origin.map(|o| Arc::from(CLIENTS[o]));
-        let msg = Arc::new(Message::new(&publish, origin_id, Instant::now()));
+        let msg = message(&topic, msg_qos, retain, origin);
         let routed = router.route(&msg, None, None, &mut Vec::new(), None, &mut Vec::new());
 
         // The model.
@@ -165,21 +271,7 @@ proptest! {
         let matches = |s: &Sub| naive_match(&s.filter.split('/').collect::<Vec<_>>(), &levels);
         let mut want: Vec<Got> = CLIENTS.iter().map(|_| Got::default()).collect();
         for (c, got) in want.iter_mut().enumerate() {
-            // [MQTT-3.8.3-3] No Local: not to the publishing client itself.
-            let own: Vec<&Sub> = subs
-                .iter()
-                .filter(|s| s.client == c && s.group.is_none() && matches(s))
-                .filter(|s| !(s.no_local && origin == Some(c)))
-                .collect();
-            if !own.is_empty() {
-                // [MQTT-3.3.4-2]/[MQTT-3.3.4-3]: one copy at the highest granted QoS
-                // (never above the message's), with every identifier.
-                let q = own.iter().map(|s| s.qos.min(qos(msg_qos)) as u8).max().unwrap();
-                let r = own.iter().any(|s| s.rap && retain);
-                let mut ids: Vec<u32> = own.iter().filter_map(|s| s.id).collect();
-                ids.sort();
-                got.plain.push((q, r, ids));
-            }
+            got.plain.extend(own_copy(&subs, c, &levels, msg_qos, retain, origin));
         }
         // [MQTT-4.8.2]: one copy per group and filter, to one of its members, with
         // that member's own options.
@@ -187,9 +279,7 @@ proptest! {
         for s in subs.iter().filter(|s| s.group.is_some() && matches(s)) {
             groups.entry((s.group.unwrap(), &s.filter)).or_default().push(s);
         }
-        let shape = |s: &Sub| {
-            (s.qos.min(qos(msg_qos)) as u8, s.rap && retain, s.id.into_iter().collect::<Vec<u32>>())
-        };
+        let shape = |s: &Sub| shape(s, msg_qos, retain);
 
         // What the router did.
         let mut got: Vec<Vec<(u8, bool, Vec<u32>)>> = Vec::new();

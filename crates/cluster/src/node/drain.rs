@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use broker::cluster::LocalGroups;
 use broker::message::Message;
+use broker::router::session_grants;
 
 /// Which of a failed node's sessions takes each shared group's copy of a message
 /// drained from its inbox (`groups`: those the sending node assigned to the failed
@@ -43,42 +44,25 @@ pub(super) fn group_members(
     per_target
 }
 
-/// What a session with `subs` would have been delivered of `msg` (`groups`: the
-/// shared groups, `(group, inner filter)`, whose copy this session takes), or `None`.
+/// What a failed node's session with `subs` is journaled of `msg` (`groups`: the
+/// shared groups, `(group, inner filter)`, whose copy this session takes), or
+/// `None`: the router's copies for it ([`session_grants`], the rules a live node
+/// applies), QoS 1/2 only (a QoS 0 copy is never stored), folded into one — a
+/// journal holds one entry per message.
 pub(super) fn delivery_for(
     client_id: &str,
     subs: &[(String, broker::session::Subscription)],
     msg: &Arc<Message>,
     groups: &LocalGroups,
 ) -> Option<broker::mailbox::Delivery> {
-    let mut best: Option<broker::mailbox::Delivery> = None;
-    for (filter, sub) in subs {
-        let matched = match mqtt::topic::parse_shared(filter) {
-            Ok(Some((group, inner))) => groups.contains(group, inner),
-            Ok(None) => {
-                mqtt::topic::matches(filter, msg.topic())
-                    && !(sub.options.no_local && msg.origin.as_deref() == Some(client_id))
-            }
-            Err(()) => false,
-        };
-        if !matched {
-            continue;
-        }
-        let qos = msg.qos.min(sub.options.qos);
-        if qos == mqtt::QoS::AtMostOnce {
-            continue;
-        }
-        let d = best.get_or_insert_with(|| broker::mailbox::Delivery {
-            msg: msg.clone(),
-            qos,
-            retain: sub.options.retain_as_published && msg.retain,
-            sub_ids: Vec::new(),
-            journal: None,
-        });
-        d.qos = d.qos.max(qos);
-        d.sub_ids.extend(sub.id);
+    let mut stored = session_grants(client_id, subs, msg, groups)
+        .into_iter()
+        .filter(|g| g.qos != mqtt::QoS::AtMostOnce);
+    let mut first = stored.next()?;
+    for mut g in stored {
+        first.fold(&mut g);
     }
-    best
+    Some(first.deliver(msg))
 }
 
 /// The sessions a failed node held, with their subscriptions: what a drain of its
