@@ -20,6 +20,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
+use broker::handle::LocalBroker;
 use clap::Parser;
 
 use cli::{Cli, Command};
@@ -69,7 +70,7 @@ fn run_broker(args: cli::BrokerArgs) -> anyhow::Result<()> {
                 server.broker().set_store(disk.clone());
                 disk.register_metrics(server.broker());
                 let (unreadable, waiting) = (loaded.unreadable, loaded.spilled());
-                let done = store::install(server.broker(), loaded).await;
+                let done = store::install(&LocalBroker::of(server.broker()), loaded).await;
                 tracing::info!(
                     path = %disk.path().display(),
                     sessions = done.sessions,
@@ -102,7 +103,7 @@ fn run_broker(args: cli::BrokerArgs) -> anyhow::Result<()> {
             Some(settings) => {
                 let node = cluster::ClusterNode::start(
                     &settings,
-                    server.broker().clone(),
+                    &LocalBroker::of(server.broker()),
                     server.local_addrs(),
                     server.proxy_addrs(),
                 )

@@ -1,14 +1,12 @@
-//! The broker as other crates see it. [`Broker`]'s parts are private to this
-//! crate; the cluster (feed, outage recovery, liveness, key lifetimes), the disk
-//! store's start-up restore and the admin API read and change it through these
-//! methods, each saying who needs it.
+//! The broker as the admin API and the binary see it. [`Broker`]'s parts are
+//! private to this crate; these methods, each saying who needs it, read and change
+//! it. The cluster and the disk store's restore drive it through
+//! [`crate::handle::LocalBroker`] instead.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::auth::Authenticator;
-use crate::broker::{Broker, StallGate};
-use crate::cluster::RestoredSession;
+use crate::broker::Broker;
 use crate::config::Config;
 use crate::message::Message;
 use crate::metrics::Metrics;
@@ -48,29 +46,6 @@ impl Broker {
         self.retained.set(msg);
     }
 
-    /// Removes the retained message on `topic` (another node cleared it).
-    pub fn clear_retained(&self, topic: &str) {
-        self.retained.remove(topic);
-    }
-
-    /// Every retained message not expired at `now` (written back to a Redis that
-    /// lost its data).
-    pub fn all_retained(&self, now: Instant) -> Vec<Arc<Message>> {
-        self.retained.all(now)
-    }
-
-    /// The ownership epoch of every session this node holds (the cluster refreshes
-    /// their keys' lifetimes and checks its claims with them).
-    pub fn held_epochs(&self) -> Vec<(Arc<str>, u64)> {
-        self.registry.epochs()
-    }
-
-    /// The persistent sessions held here without a connection, as a Redis that lost
-    /// its data must learn them again.
-    pub fn parked_sessions(&self) -> Vec<RestoredSession> {
-        self.registry.republish()
-    }
-
     /// Every local subscription whose filter matches `topic` (the admin API's
     /// "who gets this message").
     pub fn subscriptions_matching(&self, topic: &str) -> Vec<crate::router::Matching> {
@@ -106,11 +81,5 @@ impl Broker {
     /// Whether an operator is draining this node.
     pub fn is_draining(&self) -> bool {
         self.draining.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    /// The gate that holds connections after this process was frozen (driven by the
-    /// cluster's liveness loop).
-    pub fn stall(&self) -> &StallGate {
-        &self.stall
     }
 }

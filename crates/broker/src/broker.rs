@@ -294,7 +294,7 @@ impl Broker {
     /// never forwarded again), serving the shared groups that node assigned to us.
     /// Deliveries to persistent sessions land in `journal`: the caller stores them in
     /// the cluster before they are queued.
-    pub fn deliver_remote(
+    pub(crate) fn deliver_remote(
         &self,
         msg: &Arc<Message>,
         groups: &LocalGroups,
@@ -366,7 +366,7 @@ impl Broker {
 
     /// Places deliveries that found their queue full: waits for room up to
     /// `limits.queue_full_wait_ms` in all, then applies the overflow policy.
-    pub async fn place_blocked(&self, blocked: &mut Vec<Blocked>) {
+    pub(crate) async fn place_blocked(&self, blocked: &mut Vec<Blocked>) {
         let wait = Duration::from_millis(self.config.limits.queue_full_wait_ms);
         let deadline = tokio::time::Instant::now() + wait;
         for b in blocked.drain(..) {
@@ -444,7 +444,11 @@ impl Broker {
     /// (`HANDOVER_GRACE`), journaling into the cluster store what still arrives here
     /// without queueing it: until every node knows the new owner's routes, copies
     /// keep coming here, and the new owner picks them up from the store.
-    pub async fn kick(self: &Arc<Self>, client_id: &str, epoch: u64) -> Option<SessionSnapshot> {
+    pub(crate) async fn kick(
+        self: &Arc<Self>,
+        client_id: &str,
+        epoch: u64,
+    ) -> Option<SessionSnapshot> {
         let mut session = match self.registry.kick(client_id, epoch) {
             Kicked::Nothing => return None,
             Kicked::Now(session) => *session,
@@ -509,7 +513,7 @@ impl Broker {
     /// owner with `epoch`): it is installed as if its connection had just been lost,
     /// so its will goes out after its delay and it waits for its client to come
     /// back, here or on any node. False if a newer claim fenced it out.
-    pub async fn adopt(
+    pub(crate) async fn adopt(
         self: &Arc<Self>,
         client_id: Arc<str>,
         epoch: u64,

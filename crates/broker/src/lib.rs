@@ -13,7 +13,8 @@
 //! - [`retain`] — retained messages.
 //! - [`registry`] — one connection per client id, takeover, parked sessions.
 //! - [`broker`] — the state shared by all connections; publish, wills, session end.
-//! - [`access`] — what other crates may read or change in a broker.
+//! - [`access`] — what the admin API and the binary may read or change in a broker.
+//! - [`handle`] — what the cluster and the disk store's restore may do to it.
 //! - [`cluster`] — the interface a cluster offers the broker (none on a single node).
 //! - [`message`] — a message as it travels through the broker.
 //! - [`auth`] — anonymous access, password file and ACL decisions.
@@ -32,6 +33,7 @@ pub mod cluster;
 pub mod config;
 pub mod connection;
 mod depth;
+pub mod handle;
 pub mod health;
 pub mod listener;
 pub mod mailbox;

@@ -11,6 +11,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use astramq_broker::broker::HANDOVER_GRACE;
+use astramq_broker::handle::LocalBroker;
 use common::*;
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::mqttbytes::QoS;
@@ -116,7 +117,7 @@ async fn a_newer_claim_disconnects_the_connected_owner_with_0x8e() {
     // The fake store's claims give epoch 1; another node now holds epoch 2.
     let kicked = tokio::spawn({
         let broker = broker.clone();
-        async move { broker.kick("dev", 2).await }
+        async move { LocalBroker::of(&broker).kick("dev", 2).await }
     });
     let reason = raw
         .next(|p| match p {
@@ -148,7 +149,7 @@ async fn an_older_or_equal_claim_leaves_the_owner_connected() {
     let (c, mut ev) = subscribed(addr, "dev", "t/#").await;
     for epoch in [0, 1] {
         assert!(
-            broker.kick("dev", epoch).await.is_none(),
+            LocalBroker::of(&broker).kick("dev", epoch).await.is_none(),
             "epoch {epoch} took the session"
         );
     }
@@ -178,7 +179,10 @@ async fn a_parked_session_is_handed_over_and_forwards_during_the_grace() {
     }
 
     let kicked_at = Instant::now();
-    let snapshot = broker.kick("sub", 5).await.expect("the parked session");
+    let snapshot = LocalBroker::of(&broker)
+        .kick("sub", 5)
+        .await
+        .expect("the parked session");
     let queued: Vec<String> = snapshot
         .queued
         .iter()
@@ -231,7 +235,7 @@ async fn a_parked_session_is_handed_over_and_forwards_during_the_grace() {
 async fn a_claim_fences_out_an_older_local_connect() {
     let store = FakeStore::new(Mode::Store);
     let (addr, _stop, broker) = broker_handle(store).await;
-    assert!(broker.kick("dev", 3).await.is_none());
+    assert!(LocalBroker::of(&broker).kick("dev", 3).await.is_none());
     let (_c, mut ev) = client(addr, "dev", 600);
     let accepted = tokio::time::timeout(T, async {
         loop {

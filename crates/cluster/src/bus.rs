@@ -14,8 +14,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use broker::broker::Broker;
 use broker::cluster::ClusterError;
+use broker::handle::{BrokerHandle, LocalBroker};
 use bytes::{Bytes, BytesMut};
 use redis::streams::StreamReadReply;
 use tokio::sync::{oneshot, watch};
@@ -204,7 +204,7 @@ pub async fn consumer(
     redis: Redis,
     keys: Keys,
     node: String,
-    broker: Arc<Broker>,
+    broker: BrokerHandle,
     handovers: Arc<Handovers>,
     sessions: Arc<Sessions>,
     mut stop: watch::Receiver<bool>,
@@ -302,6 +302,10 @@ pub async fn consumer(
             from = ">";
             continue;
         }
+        // Gone: this process is shutting down; the entries stay for the next run.
+        let Some(broker) = broker.upgrade() else {
+            return;
+        };
         tracing::debug!(
             entries = entries.len(),
             from,
@@ -377,7 +381,7 @@ pub async fn consumer(
 /// What delivering inbox records needs.
 #[derive(Clone, Copy)]
 struct Ctx<'a> {
-    broker: &'a Arc<Broker>,
+    broker: &'a LocalBroker,
     redis: &'a Redis,
     keys: &'a Keys,
     handovers: &'a Handovers,
@@ -497,7 +501,7 @@ async fn deliver(
 /// its queue kept — as long as Redis still names this node at that epoch; otherwise a
 /// later claim took it and the copy is dropped (that claim resumes from Redis).
 async fn adopt_late(
-    broker: Arc<Broker>,
+    broker: LocalBroker,
     sessions: Arc<Sessions>,
     client_id: String,
     epoch: u64,

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use broker::broker::Broker;
+use broker::handle::{BrokerHandle, LocalBroker};
 use parking_lot::Mutex;
 use redis::streams::StreamReadReply;
 use tokio::sync::watch;
@@ -155,7 +155,7 @@ pub async fn resync(
     keys: &Keys,
     me: &str,
     routes: &Mutex<RouteTable>,
-    broker: &Broker,
+    broker: &LocalBroker,
 ) -> Result<String, redis::RedisError> {
     let last: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
         .arg(keys.feed())
@@ -198,7 +198,7 @@ pub async fn resync(
     Ok(from)
 }
 
-fn apply_retained(broker: &Broker, topic: &str, value: Option<&[u8]>) {
+fn apply_retained(broker: &LocalBroker, topic: &str, value: Option<&[u8]>) {
     match value.map(read_retained) {
         Some(Ok(Some(msg))) => broker.set_retained(&msg),
         Some(Ok(None)) | None => broker.clear_retained(topic),
@@ -212,7 +212,7 @@ pub async fn reader(
     keys: Keys,
     me: Arc<Mutex<String>>,
     routes: Arc<Mutex<RouteTable>>,
-    broker: Arc<Broker>,
+    handle: BrokerHandle,
     mut from: String,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -224,6 +224,10 @@ pub async fn reader(
         if *stop.borrow() {
             return;
         }
+        // Gone: this process is shutting down.
+        let Some(broker) = handle.upgrade() else {
+            return;
+        };
         let c = match &mut conn {
             Some(c) => c,
             None => match redis.dedicated(BLOCK).await {

@@ -80,7 +80,7 @@ pub fn refresher(
     conn: Conn,
     keys: Keys,
     me: &str,
-    broker: std::sync::Arc<broker::broker::Broker>,
+    broker: broker::handle::BrokerHandle,
     settings: &broker::config::ClusterSettings,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let (me, grace) = (me.to_string(), settings.session_grace);
@@ -92,13 +92,15 @@ async fn refresh_loop(
     keys: Keys,
     me: String,
     grace: Duration,
-    broker: std::sync::Arc<broker::broker::Broker>,
+    broker: broker::handle::BrokerHandle,
 ) {
     let mut tick = tokio::time::interval(refresh_period(grace));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let held = broker.held_epochs();
+        let Some(held) = broker.upgrade().map(|b| b.held_epochs()) else {
+            return;
+        };
         let mut rewritten = 0usize;
         for chunk in held.chunks(512) {
             let cmds = chunk

@@ -13,14 +13,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use broker::broker::Broker;
 use broker::cluster::{
     BoxFuture, ClaimRequest, ClusterClaim, ClusterError, Forwarded, LocalGroups, Peers,
     SessionChange, SessionStore,
 };
 use broker::config::ClusterSettings;
+use broker::handle::{BrokerHandle, LocalBroker};
 use broker::message::Message;
-use broker::metrics::Metrics;
 use broker::router::Blocked;
 use broker::session::SessionSnapshot;
 use bytes::BytesMut;
@@ -94,7 +93,8 @@ pub struct ClusterNode {
     session_grace: Duration,
     /// This node, for tasks it spawns from `&self`.
     this: std::sync::OnceLock<std::sync::Weak<ClusterNode>>,
-    broker: Arc<Broker>,
+    /// The broker this node serves, held weakly: the broker owns this node.
+    broker: BrokerHandle,
     /// Failed nodes whose sessions this node took over.
     pub nodes_repaired: std::sync::atomic::AtomicU64,
     /// Sessions taken over from failed nodes.
@@ -125,7 +125,7 @@ impl ClusterNode {
     /// `mqtt` (plain) and `proxy` (PROXY protocol v2) as this node's listeners.
     pub async fn start(
         settings: &ClusterSettings,
-        broker: Arc<Broker>,
+        broker: &LocalBroker,
         mqtt: Vec<SocketAddr>,
         proxy: Vec<SocketAddr>,
     ) -> Result<Arc<ClusterNode>, StartError> {
@@ -173,7 +173,7 @@ impl ClusterNode {
         // writer takes all that is queued in one round trip. While Redis is slow or
         // down nothing caps it in size: a known gap of issue #11.
         let changes = Arc::new(feed::FeedQueue::new());
-        let from = feed::resync(&mut conn, &keys, &me_route, &routes, &broker).await?;
+        let from = feed::resync(&mut conn, &keys, &me_route, &routes, broker).await?;
         let generation = std::sync::atomic::AtomicU64::new(membership.generation());
         let me_route = Arc::new(Mutex::new(me_route));
 
@@ -199,7 +199,7 @@ impl ClusterNode {
                 keys.alive(&me),
                 membership.generation(),
                 settings.liveness_ttl,
-                broker.clone(),
+                broker.handle(),
                 this_rx,
                 stop_rx.clone(),
             )),
@@ -208,7 +208,7 @@ impl ClusterNode {
                 redis.conn(),
                 keys.clone(),
                 &me,
-                broker.clone(),
+                broker.handle(),
                 settings,
             )),
             tokio::spawn(bus::forwarder(
@@ -221,7 +221,7 @@ impl ClusterNode {
                 redis.clone(),
                 keys.clone(),
                 me.clone(),
-                broker.clone(),
+                broker.handle(),
                 handovers.clone(),
                 sessions.clone(),
                 stop_rx.clone(),
@@ -231,18 +231,18 @@ impl ClusterNode {
                 keys.clone(),
                 me_route.clone(),
                 routes.clone(),
-                broker.clone(),
+                broker.handle(),
                 from,
                 stop_rx.clone(),
             )),
         ];
-        let sys_interval = broker.config().sys_interval_secs;
+        let sys_interval = broker.sys_interval_secs();
         if sys_interval > 0 {
             tasks.push(tokio::spawn(stats::publisher(
                 redis.conn(),
                 keys.clone(),
                 me.clone(),
-                broker.clone(),
+                broker.handle(),
                 Duration::from_secs(sys_interval),
                 stop_rx.clone(),
             )));
@@ -265,7 +265,7 @@ impl ClusterNode {
             sessions,
             session_grace: settings.session_grace,
             this: std::sync::OnceLock::new(),
-            broker: broker.clone(),
+            broker: broker.handle(),
             nodes_repaired: Default::default(),
             sessions_adopted: Default::default(),
             failures_detected: Default::default(),
@@ -276,12 +276,12 @@ impl ClusterNode {
             stop: stop_tx,
             tasks: Mutex::new(tasks),
         });
-        node.watch_redis(broker.clone());
-        node.register_metrics(&broker);
+        node.watch_redis(broker.handle());
+        node.register_metrics(broker);
         let watcher = tokio::spawn(watch_members(
             node.clone(),
             membership.events(),
-            broker,
+            broker.handle(),
             stop_rx,
         ));
         node.tasks.lock().push(watcher);
@@ -393,7 +393,10 @@ impl ClusterNode {
     /// (its connection closed with 0x8E), so no client has two live connections and
     /// nothing is delivered twice.
     async fn drop_lost_sessions(&self) -> bool {
-        let local = self.broker.held_epochs();
+        let Some(broker) = self.broker.upgrade() else {
+            return false;
+        };
+        let local = broker.held_epochs();
         // Every session's owner and epoch, in one round trip (per slot on a Redis
         // Cluster): connections are held until this is done.
         let cmds = local
@@ -429,7 +432,7 @@ impl ClusterNode {
             let current = current.unwrap_or(0);
             if owner.as_deref() != Some(self.me.as_str()) || current > epoch {
                 tracing::info!(%client_id, epoch, current, "session taken over while this node was away; dropping it here");
-                let broker = self.broker.clone();
+                let broker = broker.clone();
                 kicks.spawn(async move {
                     let _ = broker.kick(&client_id, current.max(epoch + 1)).await;
                 });
@@ -535,7 +538,7 @@ pub fn node_of(identity: &str) -> &str {
 async fn watch_members(
     node: Arc<ClusterNode>,
     mut events: tokio::sync::broadcast::Receiver<MemberEvent>,
-    broker: Arc<Broker>,
+    broker: BrokerHandle,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -563,8 +566,11 @@ async fn watch_members(
                 Err(_) => return,
             },
             _ = tick.tick() => {
+                let Some(connections) = broker.upgrade().map(|b| b.connections()) else {
+                    return;
+                };
                 let current = node.membership.lock().as_ref().map(|m| {
-                    m.set_connections(Metrics::get(&broker.metrics().clients_connected));
+                    m.set_connections(connections);
                     m.current_generation()
                 });
                 if let Some(g) = current {
@@ -651,7 +657,9 @@ impl Peers for ClusterNode {
         if msg.qos == mqtt::QoS::AtMostOnce {
             let shed = self.backlog.push_qos0(dests);
             if shed != Default::default() {
-                crate::backlog::count_shed(self.broker.metrics(), shed);
+                if let Some(broker) = self.broker.upgrade() {
+                    crate::backlog::count_shed(broker.metrics(), shed);
+                }
             }
             return Forwarded {
                 local_groups,

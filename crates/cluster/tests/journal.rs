@@ -5,58 +5,20 @@
 //! queued rather than taken for a duplicate. Without this, partition test p5 lost a
 //! message now and then (docs/reliability.md).
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use astramq_cluster::conn::{Keys, Redis};
 use astramq_cluster::sessions::Sessions;
-use astramq_cluster::tls::RedisTls;
 use broker::cluster::SessionChange;
 use broker::config::QueueOverflow;
 use broker::mailbox::{Delivery, Mailbox, MailboxLimits};
 use broker::message::Message;
 use broker::router::Blocked;
 use broker::session::JournalUpdate;
-
-/// A `redis-server` for one test, killed on drop.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `redis-server` on a free loopback port; returns it and its URL once it
-/// answers.
-async fn redis_server() -> (Server, Redis) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server on PATH");
-    let server = Server(child);
-    let url = format!("redis://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match Redis::connect(&url, &RedisTls::default(), Duration::from_secs(1)).await {
-            Ok(r) => return (server, r),
-            Err(e) => assert!(
-                Instant::now() < deadline,
-                "redis-server did not answer: {e}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use common::redis_server;
 
 /// The session store of node `me` on `redis`, bounded at `bounds` (journal entries,
 /// other changes), with its writer task.

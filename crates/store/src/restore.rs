@@ -3,9 +3,7 @@
 //! just been lost, with the time the process was stopped counted against its expiry
 //! and its will's delay (wall-clock time, [MQTT-3.1.2-23] and [MQTT-3.1.3-9]).
 
-use std::sync::Arc;
-
-use broker::broker::Broker;
+use broker::handle::LocalBroker;
 use broker::session::PendingWill;
 
 use crate::db::Loaded;
@@ -26,7 +24,7 @@ pub struct Installed {
 
 /// Installs `loaded` into `broker` (whose store is already the disk store, so the
 /// sessions' parking and ends are written back).
-pub async fn install(broker: &Arc<Broker>, loaded: Loaded) -> Installed {
+pub async fn install(broker: &LocalBroker, loaded: Loaded) -> Installed {
     let mut done = Installed::default();
     for msg in loaded.retained {
         broker.set_retained(&msg);
@@ -55,12 +53,7 @@ pub async fn install(broker: &Arc<Broker>, loaded: Loaded) -> Installed {
             // goes out now, late, rather than never.
             done.expired += 1;
             tracing::debug!(%client_id, "stored session expired while the broker was stopped");
-            broker.session_changed(broker::cluster::SessionChange::Ended {
-                client_id: client_id.clone(),
-            });
-            if let Some(w) = will {
-                broker.publish_will(w);
-            }
+            broker.end_expired(client_id, will);
             continue;
         };
         if let Some(w) = will.as_mut() {

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use broker::broker::Broker;
+use broker::handle::BrokerHandle;
 use tokio::sync::{oneshot, watch};
 
 use super::ClusterNode;
@@ -26,7 +26,7 @@ pub(super) async fn liveness(
     key: String,
     generation: u64,
     ttl: Duration,
-    broker: Arc<Broker>,
+    handle: BrokerHandle,
     this: oneshot::Receiver<std::sync::Weak<ClusterNode>>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -37,7 +37,9 @@ pub(super) async fn liveness(
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let Some(n) = node.upgrade() else { return };
+                let (Some(n), Some(broker)) = (node.upgrade(), handle.upgrade()) else {
+                    return;
+                };
                 if let Some(gap) = broker.stall().stalled() {
                     if lease.note_stall() {
                         tracing::warn!(ms = gap.as_millis() as u64, "this node was frozen or cut off longer than cluster.liveness_ttl_ms; checking which sessions it still owns before serving");

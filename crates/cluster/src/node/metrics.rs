@@ -7,7 +7,7 @@ use std::fmt;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};
 
-use broker::broker::Broker;
+use broker::handle::LocalBroker;
 use broker::metrics::prometheus_client::collector::Collector;
 use broker::metrics::prometheus_client::encoding::DescriptorEncoder;
 use broker::metrics::Scrape;
@@ -26,7 +26,7 @@ fn secs(ms: u64) -> f64 {
 
 impl ClusterNode {
     /// Registers the cluster's metrics in `broker`'s registry (once, at start).
-    pub(super) fn register_metrics(self: &Arc<Self>, broker: &Broker) {
+    pub(super) fn register_metrics(self: &Arc<Self>, broker: &LocalBroker) {
         broker.metrics().register(
             "astramq_redis_round_trip_seconds",
             "Round trips to Redis on the node's shared connection (every command and \

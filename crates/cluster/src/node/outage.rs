@@ -29,8 +29,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use broker::broker::Broker;
 use broker::cluster::{ClusterError, Forwarded, LocalGroups};
+use broker::handle::{BrokerHandle, LocalBroker};
 use broker::health::{json_string, HealthProbe, HealthReport};
 use broker::message::Message;
 use tokio::sync::{oneshot, watch};
@@ -85,7 +85,7 @@ pub(super) fn refused(
 impl ClusterNode {
     /// Starts the Redis watcher (see the module documentation). Called once by
     /// [`ClusterNode::start`].
-    pub(super) fn watch_redis(self: &Arc<Self>, broker: Arc<Broker>) {
+    pub(super) fn watch_redis(self: &Arc<Self>, broker: BrokerHandle) {
         let task = tokio::spawn(watcher(self.clone(), broker, self.stop.subscribe()));
         self.tasks.lock().push(task);
     }
@@ -119,7 +119,7 @@ impl ClusterNode {
 
     /// Writes back every retained message this node holds, without overwriting a
     /// value another node set meanwhile (`HSETNX`). Returns the count.
-    async fn republish_retained(&self, broker: &Broker) -> Result<usize, redis::RedisError> {
+    async fn republish_retained(&self, broker: &LocalBroker) -> Result<usize, redis::RedisError> {
         let conn = self.redis.conn();
         let all = broker.all_retained(Instant::now());
         for chunk in all.chunks(RETAINED_BATCH) {
@@ -139,7 +139,7 @@ impl ClusterNode {
     }
 
     /// After Redis lost its data: puts back this node's part of the cluster state.
-    async fn republish(&self, broker: &Broker) -> Result<(), redis::RedisError> {
+    async fn republish(&self, broker: &LocalBroker) -> Result<(), redis::RedisError> {
         let mut conn = self.redis.conn();
         crate::bus::ensure_group_from(&mut conn, &self.keys.inbox(&self.me), "0").await?;
         let routes = self.republish_routes();
@@ -277,7 +277,7 @@ async fn establish(conn: &mut Conn, key: &str) -> Result<String, redis::RedisErr
 
 /// Probes Redis every second: marks it unreachable or reachable, and after an
 /// outage or a flush, notices a data loss and re-publishes this node's state.
-async fn watcher(node: Arc<ClusterNode>, broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
+async fn watcher(node: Arc<ClusterNode>, broker: BrokerHandle, mut stop: watch::Receiver<bool>) {
     let health = node.redis.health().clone();
     let key = node.keys.incarnation();
     // The incarnation this node's state is known to be in (None until first read).
@@ -348,6 +348,9 @@ async fn watcher(node: Arc<ClusterNode>, broker: Arc<Broker>, mut stop: watch::R
                 marker = %key,
                 "redis lost its data (incarnation marker missing or changed); re-publishing this node's state"
             );
+            let Some(broker) = broker.upgrade() else {
+                return;
+            };
             if let Err(e) = node.republish(&broker).await {
                 // `known` stays as it was: the next probe sees the change again and
                 // retries.

@@ -68,6 +68,10 @@ impl ClusterNode {
     /// `from`'s inbox still held for them. Returns (sessions, inbox messages, and what
     /// a later drain of the inbox needs).
     pub(super) async fn adopt_sessions(&self, from: &str) -> (usize, usize, Option<Taken>) {
+        // Gone: this process is shutting down, the sessions stay for another node.
+        let Some(broker) = self.broker.upgrade() else {
+            return (0, 0, None);
+        };
         let ids = match self.sessions.owned_by(from).await {
             Ok(ids) => ids,
             Err(e) => {
@@ -82,8 +86,7 @@ impl ClusterNode {
                 Ok(Some((epoch, stored))) => {
                     let username = stored.will.as_ref().and_then(|w| w.username.clone());
                     let client_id: Arc<str> = id.as_str().into();
-                    if self
-                        .broker
+                    if broker
                         .adopt(
                             client_id,
                             epoch,

@@ -8,10 +8,9 @@
 //! than ten intervals (a node that died or left) are deleted by whoever sees them.
 //! With Redis unreachable nothing is published (the last values stay retained).
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use broker::broker::Broker;
+use broker::handle::BrokerHandle;
 use broker::sys::Counters;
 use tokio::sync::watch;
 
@@ -56,7 +55,7 @@ pub(super) async fn publisher(
     conn: Conn,
     keys: Keys,
     me: String,
-    broker: Arc<Broker>,
+    broker: BrokerHandle,
     interval: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -68,8 +67,11 @@ pub(super) async fn publisher(
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
+        let Some(broker) = broker.upgrade() else {
+            return;
+        };
         let now = unix_ms();
-        let mine = format!("{now},{}", Counters::of(&broker).encode());
+        let mine = format!("{now},{}", broker.counters().encode());
         let mut pipe = redis::pipe();
         pipe.cmd("HSET")
             .arg(&key)
@@ -93,7 +95,7 @@ pub(super) async fn publisher(
         }
         let mut values = vec![("nodes".to_string(), nodes.to_string())];
         values.extend(sum.topics());
-        broker::sys::publish(&broker, "$SYS/cluster/", values);
+        broker.publish_sys("$SYS/cluster/", values);
     }
 }
 
