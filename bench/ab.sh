@@ -6,6 +6,10 @@
 #   bench/ab.sh OLD_BINARY NEW_BINARY                    # 6 runs each, 5 s, 200 pairs
 #   BROKER_CPUS=0,1 bench/ab.sh OLD NEW                  # the brokers on both cores
 #   REPEAT=3 QOS=0 bench/ab.sh OLD NEW
+#   SYNC=periodic bench/ab.sh OLD NEW                    # persistent sessions on disk
+#
+# With SYNC (periodic or always) every run gets a fresh `--data-dir` with that
+# `store.sync`, and the pairs are persistent sessions (`--clean false`).
 #
 # Build OLD from the commit before the change (`git worktree add`, `cargo build
 # --release`), copy both binaries out of target/ first. Prints one line per run, then
@@ -18,6 +22,7 @@ REPEAT=${REPEAT:-6}
 DURATION=${DURATION:-5s}
 PAIRS=${PAIRS:-200}
 QOS=${QOS:-1}
+SYNC=${SYNC:-}
 BROKER_CPUS=${BROKER_CPUS:-0}
 BENCH_CPU=${BENCH_CPU:-1}
 WORK=$(mktemp -d /tmp/astramq-ab.XXXXXX)
@@ -41,12 +46,19 @@ max_publish_bytes_rate = 0
 max_connection_rate = 0
 max_connections = 0
 EOF
+[ -z "$SYNC" ] || printf '[store]\nsync = "%s"\n' "$SYNC" >> "$WORK/broker.toml"
 
 run() { # binary -> msg/s
     local bin=$1 port
+    local -a data=() clean=()
+    if [ -n "$SYNC" ]; then
+        rm -rf "$WORK/data"
+        data=(--data-dir "$WORK/data")
+        clean=(--clean false)
+    fi
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
     taskset -c "$BROKER_CPUS" "$bin" --listen "127.0.0.1:$port" --config "$WORK/broker.toml" \
-        > "$WORK/broker.out" 2>&1 &
+        "${data[@]}" > "$WORK/broker.out" 2>&1 &
     BROKER_PID=$!
     # Ready once it prints its address.
     for _ in $(seq 100); do
@@ -55,7 +67,7 @@ run() { # binary -> msg/s
     done
     grep -q "listening on" "$WORK/broker.out" || { cat "$WORK/broker.out" >&2; exit 1; }
     taskset -c "$BENCH_CPU" "$NEW" bench pairs -n "$PAIRS" --qos "$QOS" --duration "$DURATION" \
-        --hosts "127.0.0.1:$port" --no-progress 2>/dev/null | tail -1 |
+        "${clean[@]}" --hosts "127.0.0.1:$port" --no-progress 2>/dev/null | tail -1 |
         python3 -c 'import json,sys; print(round(json.loads(sys.stdin.read())["received_per_s"]))'
     stop_broker
 }

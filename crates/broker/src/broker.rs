@@ -9,6 +9,7 @@ use crate::cluster::{
     Cluster, ClusterError, Forwarded, LocalGroups, Peers, SessionChange, SingleNode,
 };
 use crate::config::Config;
+use crate::durable::Durable;
 use crate::mailbox::{Delivery, Mailbox, MailboxLimits, Pushed};
 use crate::message::Message;
 use crate::metrics::Metrics;
@@ -140,7 +141,7 @@ pub struct Published {
     pub forwarded: bool,
     /// Resolves once the remote copies are durable (QoS 1/2 acknowledgement waits for
     /// it); `None` when there are none.
-    pub durable: Option<tokio::sync::oneshot::Receiver<Result<(), ClusterError>>>,
+    pub durable: Option<Durable>,
     /// The bus backlog toward another node is full: the publisher should stop reading
     /// until `durable` resolves (QoS 1/2 only).
     pub throttle: bool,
@@ -264,8 +265,12 @@ impl Broker {
         }
         let forwarded = durable.is_some();
         let durable = match (self.store(), journal.is_empty()) {
-            (Some(s), false) => Some(self.journaled(durable, s.journal_routed(journal, inbound))),
-            _ => durable,
+            (Some(s), false) => Some(Durable::journaled(
+                durable,
+                s.journal_routed(journal, inbound),
+                self.clone(),
+            )),
+            _ => durable.map(Durable::stored),
         };
         Published {
             routed,
@@ -309,38 +314,6 @@ impl Broker {
             self.waits().then_some(blocked),
             journal,
         )
-    }
-
-    /// One receiver for a message's acknowledgement: resolves once its remote copies
-    /// (`forwarded`, if any) and its journaled deliveries are stored and the latter
-    /// queued — waiting for room in full queues up to `limits.queue_full_wait_ms`, so
-    /// an overloaded subscriber holds the publisher's acknowledgement instead of
-    /// losing the message.
-    fn journaled(
-        self: &Arc<Self>,
-        forwarded: Option<tokio::sync::oneshot::Receiver<Result<(), ClusterError>>>,
-        journaled: tokio::sync::oneshot::Receiver<crate::cluster::JournalOutcome>,
-    ) -> tokio::sync::oneshot::Receiver<Result<(), ClusterError>> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let broker = self.clone();
-        tokio::spawn(async move {
-            let stopped = || ClusterError::unavailable("cluster stopped");
-            let a = match forwarded {
-                Some(f) => f.await.unwrap_or_else(|_| Err(stopped())),
-                None => Ok(()),
-            };
-            let b = match journaled.await.unwrap_or_else(|_| Err(stopped())) {
-                Ok(mut full) => {
-                    if !full.is_empty() {
-                        broker.place_blocked(&mut full).await;
-                    }
-                    Ok(())
-                }
-                Err(e) => Err(e),
-            };
-            let _ = tx.send(a.and(b));
-        });
-        rx
     }
 
     /// Tells the session store (if any) about a change to a persistent session.

@@ -15,6 +15,7 @@
 //! - [`broker`] — the state shared by all connections; publish, wills, session end.
 //! - [`access`] — what the admin API and the binary may read or change in a broker.
 //! - [`handle`] — what the cluster and the disk store's restore may do to it.
+//! - [`durable`] — what a publisher's acknowledgement waits for (stored copies).
 //! - [`cluster`] — the interface a cluster offers the broker (none on a single node).
 //! - [`message`] — a message as it travels through the broker.
 //! - [`auth`] — anonymous access, password file and ACL decisions.
@@ -33,6 +34,7 @@ pub mod cluster;
 pub mod config;
 pub mod connection;
 mod depth;
+pub mod durable;
 pub mod handle;
 pub mod health;
 pub mod listener;

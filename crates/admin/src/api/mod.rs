@@ -658,7 +658,7 @@ pub async fn publish(
     }
     if let Some(durable) = published.durable {
         let stored = tokio::time::timeout(Duration::from_secs(10), durable).await;
-        if !matches!(stored, Ok(Ok(Ok(())))) {
+        if !matches!(stored, Ok(Ok(()))) {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",

@@ -22,6 +22,7 @@ use mqtt::{Disconnect, DisconnectProperties, Packet, Protocol, ReasonCode};
 use tokio::io::AsyncWrite;
 
 use crate::connection::ReadSide;
+use crate::durable::Durable;
 use tokio::sync::watch;
 
 use crate::broker::Broker;
@@ -89,10 +90,8 @@ async fn wait_durable(acks: &mut VecDeque<PendingAck>) {
     let Some(ack) = acks.front_mut() else {
         return;
     };
-    if let Some(rx) = ack.durable.as_mut() {
-        let outcome = rx
-            .await
-            .unwrap_or_else(|_| Err(ClusterError::unavailable("forwarder stopped")));
+    if let Some(durable) = ack.durable.as_mut() {
+        let outcome = durable.await;
         ack.durable = None;
         ack.failed = outcome.err();
     }
@@ -251,7 +250,7 @@ struct PendingAck {
     kind: AckKind,
     packet_id: u16,
     reason: ReasonCode,
-    durable: Option<tokio::sync::oneshot::Receiver<Result<(), ClusterError>>>,
+    durable: Option<Durable>,
     /// Set when the cluster could not store the message.
     failed: Option<ClusterError>,
     /// The cluster-wide id of a routed QoS 2 message, kept for a 3.1.1 client's

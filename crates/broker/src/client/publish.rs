@@ -16,11 +16,11 @@ use super::{AckKind, Client, Deferred, Exit, PendingAck};
 use crate::cluster::ClusterError;
 use crate::cluster::SessionChange;
 use crate::connection::WRITE_HIGH_WATER;
+use crate::durable::Durable;
 use crate::mailbox::Delivery;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::store::InboundRouted;
-use tokio::sync::oneshot::error::TryRecvError;
 
 thread_local! {
     /// Reused by every publish routed on this thread, rather than one per client
@@ -276,7 +276,7 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
         qos: QoS,
         packet_id: u16,
         reason: ReasonCode,
-        durable: Option<tokio::sync::oneshot::Receiver<Result<(), ClusterError>>>,
+        durable: Option<Durable>,
         failed: Option<ClusterError>,
         message_id: Option<Box<str>>,
     ) -> Option<Exit> {
@@ -310,13 +310,8 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
             }
             let outcome = match &mut front.durable {
                 None => front.failed.take().map_or(Ok(()), Err),
-                Some(rx) => match rx.try_recv() {
-                    Ok(r) => r,
-                    Err(TryRecvError::Empty) => return None,
-                    Err(TryRecvError::Closed) => {
-                        Err(ClusterError::unavailable("forwarder stopped"))
-                    }
-                },
+                // Not yet: the queue waits for it (acknowledgements go in order).
+                Some(durable) => durable.try_outcome()?,
             };
             let ack = self.acks.pop_front()?;
             let reason = match outcome {
@@ -420,7 +415,7 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                 kind: AckKind::Rel,
                 packet_id: a.packet_id,
                 reason: ReasonCode::Success,
-                durable: stored,
+                durable: stored.map(Durable::stored),
                 failed: None,
                 message_id: None,
                 held: false,
