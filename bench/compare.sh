@@ -13,8 +13,11 @@
 # Environment: REPEAT (3), DURATION (8s), BROKER_CPU (0), BENCH_CPU (1), MICRO (1: run the
 # codec and topic criterion benchmarks briefly), CONNS (19000), CARGO_TARGET_DIR,
 # RENDER_ONLY (1: skip the runs and rewrite the docs from docs/benchmarks/*, e.g. after
-# editing bench/notes.md, the hand-written findings included in the page). The cluster
-# and load-balancer sections come from docs/benchmarks/cluster.md (bench/cluster.sh).
+# editing bench/notes.md, the hand-written findings included in the page). The other
+# sections are kept in files of their own and included as they are: cluster and load
+# balancer in docs/benchmarks/cluster.md (bench/cluster.sh), flood in flood.md, and
+# round 2 (persistence, TLS, arrival order, the seam, the allocator) in round2.md. Edit
+# those, never docs/benchmarks.md: a run rewrites it.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -189,6 +192,6 @@ python3 "$ROOT/bench/render.py" --results "$RAW" --machine "$MACHINE" \
     --micro "$MICRO_OUT" --scenarios "$WORK/scenarios.txt" \
     --astramq-conf "$WORK/astramq.toml" --mosquitto-conf <(sed "s/$PORT_M/PORT/" "$WORK/mosquitto.conf") \
     --astramq-cmd "$(echo "${A_CMD//$PORT_A/PORT}" | sed "s|$ASTRAMQ|astramq|")" --mosquitto-cmd "$M_CMD" \
-    --notes "$ROOT/bench/notes.md" --extra "$DOCS/benchmarks/cluster.md" --extra "$DOCS/benchmarks/flood.md" --repeat "$REPEAT" --md "$DOCS/benchmarks.md" --svg "$DOCS/benchmarks.svg"
+    --notes "$ROOT/bench/notes.md" --extra "$DOCS/benchmarks/cluster.md" --extra "$DOCS/benchmarks/flood.md" --extra "$DOCS/benchmarks/round2.md" --repeat "$REPEAT" --md "$DOCS/benchmarks.md" --svg "$DOCS/benchmarks.svg"
 log "wrote docs/benchmarks.md, docs/benchmarks.svg, $RAW"
 rm -rf "$WORK"
