@@ -17,7 +17,10 @@ use crate::registry::{Kicked, Registry, Released};
 use crate::retain::RetainStore;
 use crate::router::{Blocked, ReadCheck, Routed, Router, Subscriber, Target};
 use crate::session::{PendingWill, Session, SessionSnapshot};
-use crate::store::{InboundRouted, SessionStore};
+use crate::store::{InMemory, InboundRouted, SessionStore};
+
+/// The store of a broker that was given none (see [`Broker::store`]).
+static IN_MEMORY: InMemory = InMemory::new();
 
 /// How long a persistent session handed over to another node keeps its
 /// subscriptions here, forwarding through the cluster store (see [`Broker::kick`]).
@@ -122,8 +125,8 @@ pub struct Broker {
     /// The other nodes, when this node is in a cluster (set once at start);
     /// [`SingleNode`] stands in until then (see [`Broker::peers`]).
     peers: OnceLock<Arc<dyn Peers>>,
-    /// Where persistent sessions outlive their connection: the cluster's store, the
-    /// disk, or none (in memory only; set once at start).
+    /// Where persistent sessions outlive their connection: the cluster's store or
+    /// the disk (set once at start); unset, [`InMemory`] (see [`Broker::store`]).
     store: OnceLock<Arc<dyn SessionStore>>,
     /// Holds connections after this process was frozen (cluster only).
     pub(crate) stall: StallGate,
@@ -183,9 +186,13 @@ impl Broker {
         let _ = self.store.set(store);
     }
 
-    /// The session store, if persistent sessions outlive this process.
-    pub fn store(&self) -> Option<&Arc<dyn SessionStore>> {
-        self.store.get()
+    /// The session store: the cluster's, the disk's, or [`InMemory`] (sessions end
+    /// with the process) until one is set.
+    pub fn store(&self) -> &dyn SessionStore {
+        match self.store.get() {
+            Some(s) => &**s,
+            None => &IN_MEMORY,
+        }
     }
 
     /// The other nodes: the cluster, or [`SingleNode`] on a node of its own.
@@ -241,9 +248,7 @@ impl Broker {
     ) -> Published {
         if msg.retain {
             self.retained.set(msg);
-            if let Some(s) = self.store() {
-                s.retained(msg);
-            }
+            self.store().retained(msg);
         }
         let Forwarded {
             local_groups: groups,
@@ -264,13 +269,14 @@ impl Broker {
             Metrics::add(&self.metrics.no_subscribers_dropped, 1);
         }
         let forwarded = durable.is_some();
-        let durable = match (self.store(), journal.is_empty()) {
-            (Some(s), false) => Some(Durable::journaled(
+        let durable = if journal.is_empty() {
+            durable.map(Durable::stored)
+        } else {
+            Some(Durable::journaled(
                 durable,
-                s.journal_routed(journal, inbound),
+                self.store().journal_routed(journal, inbound),
                 self.clone(),
-            )),
-            _ => durable.map(Durable::stored),
+            ))
         };
         Published {
             routed,
@@ -316,20 +322,18 @@ impl Broker {
         )
     }
 
-    /// Tells the session store (if any) about a change to a persistent session.
+    /// Tells the session store about a change to a persistent session.
     pub fn session_changed(&self, change: SessionChange) {
-        if let Some(s) = self.store() {
-            s.session_changed(change);
-        }
+        self.store().session_changed(change);
     }
 
-    /// Tells the session store (if any) about a change to a persistent session; the
-    /// receiver resolves once it is stored (`None` without a store).
+    /// Tells the session store about a change to a persistent session; the receiver
+    /// resolves once it is stored.
     pub fn session_changed_stored(
         &self,
         change: SessionChange,
-    ) -> Option<tokio::sync::oneshot::Receiver<Result<(), ClusterError>>> {
-        self.store().map(|s| s.session_changed_stored(change))
+    ) -> tokio::sync::oneshot::Receiver<Result<(), ClusterError>> {
+        self.store().session_changed_stored(change)
     }
 
     /// Whether publishers wait for room in full queues (`limits.queue_full_wait_ms`).
@@ -474,11 +478,11 @@ impl Broker {
             );
         }
         session.restore(snapshot);
-        if let (Some(s), true) = (self.store(), session.mailbox.durability().is_stored()) {
+        if session.mailbox.durability().is_stored() {
             session
                 .mailbox
                 .track_journal(session.inflight_journal_keys());
-            s.resumed(&session.client_id, &session.mailbox);
+            self.store().resumed(&session.client_id, &session.mailbox);
         }
     }
 

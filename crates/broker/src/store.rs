@@ -1,7 +1,7 @@
 //! Where persistent sessions outlive their connection, as a trait: the cluster
 //! crate keeps them in Redis (so they survive this node), the store crate on disk
-//! (so they survive this process). A node without either keeps sessions in memory
-//! only and has no store.
+//! (so they survive this process). A node without either has [`InMemory`]: sessions
+//! in memory only, nothing written.
 //!
 //! The broker hands the store every change to a persistent session (subscriptions,
 //! acknowledgements, wills, inbound QoS 2 ids) in order, and journals QoS 1/2
@@ -20,6 +20,10 @@ use crate::mailbox::Mailbox;
 use crate::message::Message;
 use crate::router::Blocked;
 use crate::session::{JournalUpdate, PendingWill, SessionSnapshot, Subscription};
+
+mod memory;
+
+pub use memory::InMemory;
 
 /// A session-store (or cluster) operation that could not be done. What a client is told follows from
 /// the kind: a refusal during a known outage is logged at debug level only (the
@@ -184,9 +188,15 @@ pub type JournalOutcome = Result<Vec<Blocked>, ClusterError>;
 /// A boxed future, for object-safe async methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Keeps persistent sessions beyond their connection: in Redis (a cluster) or on
-/// disk (a single node with `data_dir`).
+/// Keeps persistent sessions beyond their connection: in Redis (a cluster), on disk
+/// (a single node with `data_dir`), or in memory only ([`InMemory`]).
 pub trait SessionStore: Send + Sync + Debug + 'static {
+    /// Whether sessions outlive this process (or this node) here. A persistent
+    /// session's mailbox is marked stored only then: its QoS 1/2 deliveries are
+    /// written before they are queued. [`InMemory`] says no.
+    fn persists(&self) -> bool {
+        true
+    }
     /// Claims `client_id` for a connection on this node, taking it over from any
     /// other node, and records the session's expiry and will. The session comes from
     /// the previous owner or, if that node is gone, from the store.

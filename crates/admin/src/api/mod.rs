@@ -589,9 +589,7 @@ pub async fn delete_retained(
     let clear = message(&q.topic, Vec::new(), mqtt::QoS::AtMostOnce, true);
     app.broker.set_retained(&clear);
     // The store (Redis, or the data directory) forgets it too.
-    if let Some(s) = app.broker.store() {
-        s.retained(&clear);
-    }
+    app.broker.store().retained(&clear);
     tracing::info!(topic = %q.topic, "retained message deleted through the admin API");
     Ok(Json(json!({"deleted": q.topic})))
 }

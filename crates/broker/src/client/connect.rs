@@ -243,20 +243,17 @@ where
         will: will.as_deref(),
         username: c.username.as_deref(),
     };
-    let (epoch, handed_over, spilled) = match broker.store() {
-        None => (0, None, Vec::new()),
-        Some(store) => match store.claim(&client_id, request).await {
-            Ok(claim) => (claim.epoch, claim.session, claim.spilled),
-            Err(e) => {
-                if e.is_outage() {
-                    tracing::debug!(%peer, client_id = %client_id, error = %e, "connection refused: cannot claim the client id");
-                } else {
-                    tracing::warn!(%peer, client_id = %client_id, error = %e, "connection refused: cannot claim the client id");
-                }
-                refuse(&mut conn, protocol, ReasonCode::ServerUnavailable, listener).await;
-                return None;
+    let (epoch, handed_over, spilled) = match broker.store().claim(&client_id, request).await {
+        Ok(claim) => (claim.epoch, claim.session, claim.spilled),
+        Err(e) => {
+            if e.is_outage() {
+                tracing::debug!(%peer, client_id = %client_id, error = %e, "connection refused: cannot claim the client id");
+            } else {
+                tracing::warn!(%peer, client_id = %client_id, error = %e, "connection refused: cannot claim the client id");
             }
-        },
+            refuse(&mut conn, protocol, ReasonCode::ServerUnavailable, listener).await;
+            return None;
+        }
     };
     let conn_id = broker.registry.next_conn_id();
     let link = ConnLink::new();
@@ -290,7 +287,7 @@ where
                 broker.end_session(&prev);
             }
             let mailbox = Mailbox::new(broker.mailbox_limits());
-            if broker.store().is_some() && expiry > 0 {
+            if broker.store().persists() && expiry > 0 {
                 mailbox.set_stored(&client_id, epoch);
             }
             let mut session = Session::new(client_id.clone(), mailbox, expiry);
@@ -309,7 +306,7 @@ where
     if !spilled.is_empty() && !c.clean_start {
         session.queue_spilled(spilled);
     }
-    if broker.store().is_some() {
+    if broker.store().persists() {
         // A persistent session with a store: its QoS 1/2 deliveries are stored before
         // they are queued, so that it survives this node (or this process).
         if expiry > 0 {

@@ -419,7 +419,7 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
         {
             return;
         }
-        if let Some(wait) = self.broker.store().and_then(|s| s.changes_room()) {
+        if let Some(wait) = self.broker.store().changes_room() {
             crate::metrics::Metrics::add(&self.broker.metrics.throttled_session_store, 1);
             self.throttle
                 .get_or_insert_with(Default::default)

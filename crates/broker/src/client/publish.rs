@@ -173,7 +173,7 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
         packet_id: u16,
     ) -> Option<tokio::sync::oneshot::Receiver<Result<(), ClusterError>>> {
         self.session.mailbox.durability().owner()?;
-        let store = self.broker.store()?;
+        let store = self.broker.store();
         let id = store.message_id(msg).into();
         Some(store.session_changed_stored(SessionChange::InboundQos2 {
             client_id: self.client_id.clone(),
@@ -415,7 +415,7 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                 kind: AckKind::Rel,
                 packet_id: a.packet_id,
                 reason: ReasonCode::Success,
-                durable: stored.map(Durable::stored),
+                durable: Some(Durable::stored(stored)),
                 failed: None,
                 message_id: None,
                 held: false,
