@@ -92,7 +92,12 @@ log "nodes on $HOSTS, redis on $RP"
 declare -a rss0
 for i in 0 1 2; do rss0[i]=$(rss_kib "${NODES[i]}"); done
 mem0=$(redis_mem)
-hold=$(( CONNS / 2000 + 25 ))
+# Held long enough for a slow ramp (persistent sessions are claimed in Redis one by
+# one): the measurement below waits for every connection, not for a fixed time.
+hold=$(( CONNS / 200 + 30 ))
+fds() { ls "/proc/$1/fd" | wc -l; }
+declare -a fd0
+for i in 0 1 2; do fd0[i]=$(fds "${NODES[i]}"); done
 BENCHES=()
 for i in 0 1 2; do
     "$ASTRAMQ" bench conn -n "$CONNS" --conn-rate 3000 --keep-alive 300 --protocol 5 --clean false \
@@ -100,8 +105,16 @@ for i in 0 1 2; do
         --hosts "127.0.0.1:${PORTS[i]}" --no-progress >"$WORK/conn-$i.json" 2>"$WORK/conn-$i.err" &
     BENCHES+=($!)
 done
-# Measured once every connection is up and idle (the ramp takes CONNS/3000 s).
-sleep $(( CONNS / 3000 + 8 ))
+# Measured once every node holds all its connections (one socket each), and a moment
+# later, when the last sessions' writes are done.
+for _ in $(seq 1 $(( hold * 10 ))); do
+    up=0
+    for i in 0 1 2; do (( $(fds "${NODES[i]}") - fd0[i] >= CONNS )) && up=$((up + 1)); done
+    [ "$up" = 3 ] && break
+    sleep 0.1
+done
+[ "$up" = 3 ] || log "not every connection came up within ${hold}s"
+sleep 3
 declare -a rss1
 for i in 0 1 2; do rss1[i]=$(rss_kib "${NODES[i]}"); done
 mem1=$(redis_mem)
