@@ -147,47 +147,16 @@ impl Drop for Durable {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use mqtt::QoS;
-
     use super::*;
     use crate::auth::Authenticator;
-    use crate::config::{Config, QueueOverflow};
-    use crate::mailbox::{Delivery, Mailbox, MailboxLimits};
-    use crate::message::Message;
-    use crate::router::Blocked;
+    use crate::config::Config;
+    use crate::mailbox::Mailbox;
+    use crate::test_support::{blocked, mailbox};
 
     fn broker() -> Arc<Broker> {
         let config = Config::default();
         let auth = Authenticator::load(&config).expect("anonymous");
         Broker::new(config, auth)
-    }
-
-    fn blocked(mailbox: &Arc<Mailbox>) -> Blocked {
-        let publish = mqtt::Publish {
-            topic: "t".into(),
-            qos: QoS::AtLeastOnce,
-            packet_id: Some(1),
-            ..Default::default()
-        };
-        let msg = Arc::new(Message::new(&publish, None, Instant::now()));
-        Blocked {
-            mailbox: mailbox.clone(),
-            delivery: Delivery {
-                msg,
-                qos: QoS::AtLeastOnce,
-                retain: false,
-                sub_ids: Vec::new(),
-                journal: None,
-            },
-        }
-    }
-
-    fn mailbox() -> Arc<Mailbox> {
-        Mailbox::new(MailboxLimits {
-            max_messages: 10,
-            max_bytes: 1 << 20,
-            overflow: QueueOverflow::DropOldest,
-        })
     }
 
     /// Waits (bounded) until `mailbox` holds `n` deliveries.
@@ -244,7 +213,7 @@ mod tests {
     /// acknowledgement resolves.
     #[tokio::test]
     async fn full_queues_are_placed_before_it_resolves() {
-        let m = mailbox();
+        let m = mailbox(10);
         let (journal_tx, journal) = oneshot::channel();
         let durable = Durable::journaled(None, journal, broker());
         journal_tx.send(Ok(vec![blocked(&m)])).unwrap();
@@ -256,7 +225,7 @@ mod tests {
     /// queued all the same.
     #[tokio::test]
     async fn dropped_unresolved_its_deliveries_are_still_queued() {
-        let m = mailbox();
+        let m = mailbox(10);
         let (journal_tx, journal) = oneshot::channel();
         drop(Durable::journaled(None, journal, broker()));
         journal_tx.send(Ok(vec![blocked(&m)])).unwrap();

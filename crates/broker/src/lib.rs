@@ -51,6 +51,8 @@ pub mod session;
 pub mod signal;
 pub mod store;
 pub mod sys;
+#[cfg(test)]
+mod test_support;
 
 pub use config::Config;
 pub use server::{Server, ServerError};

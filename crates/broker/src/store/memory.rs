@@ -90,33 +90,8 @@ impl SessionStore for InMemory {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
-
-    use mqtt::QoS;
-
     use super::*;
-    use crate::config::QueueOverflow;
-    use crate::mailbox::{Delivery, MailboxLimits};
-
-    fn blocked(mailbox: &Arc<Mailbox>) -> Blocked {
-        let publish = mqtt::Publish {
-            topic: "t".into(),
-            qos: QoS::AtLeastOnce,
-            packet_id: Some(1),
-            ..Default::default()
-        };
-        let msg = Arc::new(Message::new(&publish, None, Instant::now()));
-        Blocked {
-            mailbox: mailbox.clone(),
-            delivery: Delivery {
-                msg,
-                qos: QoS::AtLeastOnce,
-                retain: false,
-                sub_ids: Vec::new(),
-                journal: None,
-            },
-        }
-    }
+    use crate::test_support::{blocked, mailbox};
 
     #[tokio::test]
     async fn it_claims_at_epoch_zero_and_says_it_does_not_persist() {
@@ -143,14 +118,9 @@ mod tests {
     /// session's applies its overflow policy.
     #[tokio::test]
     async fn journal_queues_at_once_and_hands_back_full_queues() {
-        let limits = MailboxLimits {
-            max_messages: 1,
-            max_bytes: 1 << 20,
-            overflow: QueueOverflow::DropNewest,
-        };
-        let online = Mailbox::new(limits);
+        let online = mailbox(1);
         online.set_online(true);
-        let offline = Mailbox::new(limits);
+        let offline = mailbox(1);
         let store = InMemory::new();
         let entries = vec![
             blocked(&online),
