@@ -15,9 +15,10 @@
 # RENDER_ONLY (1: skip the runs and rewrite the docs from docs/benchmarks/*, e.g. after
 # editing bench/notes.md, the hand-written findings included in the page). The other
 # sections are kept in files of their own and included as they are: cluster and load
-# balancer in docs/benchmarks/cluster.md (bench/cluster.sh), flood in flood.md, and
-# round 2 (persistence, TLS, arrival order, the seam, the allocator) in round2.md. Edit
-# those, never docs/benchmarks.md: a run rewrites it.
+# balancer in docs/benchmarks/cluster.md (rendered by bench/cluster.sh, whose
+# hand-written findings are bench/notes-cluster.md and notes-lb.md), flood in
+# flood.md, and round 2 (persistence, TLS, arrival order, the seam, the allocator,
+# scale) in round2.md. Edit those, never docs/benchmarks.md: a run rewrites it.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
