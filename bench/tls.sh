@@ -9,8 +9,7 @@
 #   - tls-conn: 2,000 connections at once (TCP + TLS handshake + CONNECT/CONNACK),
 #     connections per second, and the broker's RSS per connection once they are idle;
 #   - ws-pairs-qos1: the pairs over WebSocket (`/mqtt`, subprotocol mqtt), against
-#     Mosquitto's websockets listener when it starts (it is skipped, and says so,
-#     where libwebsockets cannot open it).
+#     Mosquitto's websockets listener (skipped, and said so, if it does not start).
 # Prints one line per run and the medians with the ratio astramq/mosquitto.
 #
 #   bench/tls.sh                         # 3 repetitions, 6 s runs
@@ -49,7 +48,7 @@ openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 
 chmod 644 server.key
 
 PORT_A=$((20000 + RANDOM % 10000)) PORT_M=$((PORT_A + 1)) PLAIN_A=$((PORT_A + 2))
-WS_A=$((PORT_A + 3)) WS_M=$((PORT_A + 4))
+WS_A=$((PORT_A + 3)) WS_M=$((PORT_A + 4)) PLAIN_M=$((PORT_A + 5))
 cat >astramq.toml <<EOF
 log_level = "warn"
 [limits]
@@ -74,8 +73,13 @@ set_tcp_nodelay true
 persistence false
 log_type error
 EOF
-sed -e "s|^listener .*|listener $WS_M\nprotocol websockets|" -e '/^cafile\|^certfile\|^keyfile/d' \
-    mosquitto.conf >mosquitto-ws.conf
+# Mosquitto 2.0's websockets listener (libwebsockets) does not start alone ("Unable to
+# start any listening sockets", eclipse-mosquitto/mosquitto#2284, #2578: this
+# libwebsockets is built without LWS_WITH_EXTERNAL_POLL), nor on an IP address
+# (#555, #3045): it gets an unused plain listener beside it and binds to the
+# interface `lo`.
+sed -e "s|^listener .*|listener $PLAIN_M 127.0.0.1\nlistener $WS_M lo\nprotocol websockets|" \
+    -e '/^cafile\|^certfile\|^keyfile/d' mosquitto.conf >mosquitto-ws.conf
 
 wait_port() {
     for _ in $(seq 1 100); do
