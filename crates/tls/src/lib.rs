@@ -9,6 +9,8 @@
 //!   only, the provider's safe cipher suites.
 //! - [`client`] — rustls client configurations for our own HTTPS admin listeners
 //!   (a given CA bundle, an optional client certificate).
+//! - [`stream`] — the broker's server-side TLS stream over rustls's unbuffered API,
+//!   which gives its buffers back while the connection is idle.
 //! - [`identity`] — the subject of a client certificate (its Common Name, or the whole
 //!   name in RFC 4514 form) for `use_identity_as_username` /
 //!   `use_subject_as_username`.
@@ -17,5 +19,6 @@ pub mod client;
 pub mod identity;
 pub mod pem;
 pub mod server;
+pub mod stream;
 
 pub use server::{provider, ServerTls, SettingNames, TlsError};

@@ -24,11 +24,10 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use tls::server::TlsFiles;
+use tls::stream::TlsStream;
 use tls::{ServerTls, TlsError};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::rustls::ServerConfig;
-use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
 
@@ -71,9 +70,15 @@ impl TlsReloader {
         metrics.register_collector(Box::new(ReloadMetrics(Arc::downgrade(self))));
     }
 
-    /// An acceptor with the configuration in force now.
-    pub fn acceptor(&self) -> TlsAcceptor {
-        TlsAcceptor::from(self.current.read().clone())
+    /// The configuration in force now.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.current.read().clone()
+    }
+
+    /// A tokio-rustls acceptor with the configuration in force now (the HTTPS admin
+    /// listener's; MQTT connections use [`tls::stream`]).
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.config())
     }
 
     /// Rebuilds the configuration from the files as they are now, even if they did
@@ -149,7 +154,7 @@ pub(crate) async fn accept<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let tls = match reloader.acceptor().accept(stream).await {
+    let tls = match tls::stream::accept(stream, reloader.config()).await {
         Ok(tls) => tls,
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
             // Closed before a ClientHello: a TCP health check, a port scan.
@@ -164,8 +169,6 @@ where
         }
     };
     let der = tls
-        .get_ref()
-        .1
         .peer_certificates()
         .and_then(|c| c.first())
         .map(|c| c.as_ref().to_vec());
