@@ -35,7 +35,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// mimalloc's `arena_eager_commit` (its option number 4 in mimalloc 3). Off, arenas
 /// are committed as they are used rather than all at once: measured (bench/tls.sh,
-/// 2,000 idle TLS connections) RSS 26.6 MiB instead of 37.5 MiB, 11.2 MiB at start
+/// 2,000 idle TLS connections) RSS 24.9 MiB instead of 36.6 MiB, 11.1 MiB at start
 /// instead of 18.5 MiB, with no loss of throughput (docs/benchmarks.md, Allocator).
 const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
 
