@@ -305,6 +305,26 @@ fn refuse(m: &Metrics, listener: &ListenerMetrics, counter: &Counter) {
 /// tokio aligns to 128 bytes) stays at 128 bytes instead of rounding the future up.
 type ConnectionFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+pin_project_lite::pin_project! {
+    /// A connection's future with the guard that counts it open. A struct rather than
+    /// `async move { let _open = open; serve.await }`: an async block keeps the future
+    /// it captured and the one it awaits in separate slots, doubling an idle
+    /// connection's largest allocation (1,032 B instead of ~520 B, measured with heaptrack).
+    struct Guarded<F> {
+        #[pin]
+        serve: F,
+        _open: OpenConnection,
+    }
+}
+
+impl<F: Future<Output = ()>> Future for Guarded<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        self.project().serve.poll(cx)
+    }
+}
+
 /// Serves one accepted TCP connection. A plain function returning the task's future,
 /// so that on a plain MQTT listener that future is [`client::serve`]'s small one
 /// alone, with none of this function's state (an idle connection's memory is mostly
@@ -322,14 +342,44 @@ fn serve_tcp(
     if spec.transport == Transport::Tcp && !spec.proxied {
         let (r, w) = stream.into_split();
         let serve = client::serve(broker, r, w, peer.to_string(), None, open.0.clone(), stop);
-        return Box::pin(async move {
-            let _open = open;
-            serve.await
-        });
+        return Box::pin(Guarded { serve, _open: open });
     }
     Box::pin(async move {
         let metrics = open.0.clone();
         let _open = open;
         listener::serve(broker, stream, peer, spec, &metrics, tls, stop).await;
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What an idle plain connection's task holds (besides tokio's cell, its socket
+    /// registration and the boxed client state) is this future: a size guard, so
+    /// that a change which makes every idle connection bigger is noticed. Measured
+    /// 520 B in the release build this was written with (an async block wrapping it
+    /// made it 1,032 B; see `Guarded`).
+    #[tokio::test]
+    async fn an_idle_plain_connection_future_stays_small() {
+        let config = Config::default();
+        let auth = Authenticator::load(&config).expect("anonymous");
+        let broker = Broker::new(config, auth);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        let spec = ListenerSpec {
+            addr,
+            transport: Transport::Tcp,
+            proxied: false,
+        };
+        let metrics = broker.metrics.listener(&spec);
+        let (_tx, stop) = watch::channel(false);
+        let open = OpenConnection(metrics.clone());
+        metrics.open.inc();
+        let fut = serve_tcp(broker, stream, open, peer, spec, None, stop);
+        let size = std::mem::size_of_val(&*fut);
+        assert!(size <= 600, "an idle connection's future grew to {size} B");
+    }
 }
