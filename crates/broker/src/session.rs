@@ -52,7 +52,8 @@ impl PendingWill {
                 user_properties: p.user_properties.clone(),
                 content_type: p.content_type.clone(),
                 ..Default::default()
-            },
+            }
+            .into(),
             payload: w.payload.clone(),
         }
     }
@@ -63,7 +64,7 @@ impl PendingWill {
     /// Will Delay Interval (0: none): how the cluster and the disk store read a
     /// stored will back.
     pub fn will_from_publish(p: mqtt::Publish, delay: u32) -> Will {
-        let pp = p.properties;
+        let pp = p.properties.into_inner();
         Will {
             topic: p.topic,
             payload: p.payload,

@@ -19,7 +19,8 @@ fn sample() -> Publish {
             content_type: Some("application/json".into()),
             user_properties: vec![("origin".into(), "gateway-12".into())],
             ..Default::default()
-        },
+        }
+        .into(),
         payload: Bytes::from(vec![b'x'; 64]),
         ..Default::default()
     }

@@ -265,7 +265,7 @@ pub struct Publish {
     /// Packet Identifier, present (non-zero) when QoS > 0.
     pub packet_id: Option<u16>,
     /// v5 PUBLISH properties.
-    pub properties: PublishProperties,
+    pub properties: PublishProps,
     /// Application payload.
     pub payload: Bytes,
 }
@@ -289,6 +289,97 @@ pub struct PublishProperties {
     pub subscription_identifiers: Vec<u32>,
     /// Content Type (0x03).
     pub content_type: Option<String>,
+}
+
+impl PublishProperties {
+    /// No property set (every 3.1.1 PUBLISH, most v5 ones).
+    pub const EMPTY: PublishProperties = PublishProperties {
+        payload_format_indicator: None,
+        message_expiry_interval: None,
+        topic_alias: None,
+        response_topic: None,
+        correlation_data: None,
+        user_properties: Vec::new(),
+        subscription_identifiers: Vec::new(),
+        content_type: None,
+    };
+
+    /// Whether no property is set.
+    pub fn is_empty(&self) -> bool {
+        self.payload_format_indicator.is_none()
+            && self.message_expiry_interval.is_none()
+            && self.topic_alias.is_none()
+            && self.response_topic.is_none()
+            && self.correlation_data.is_none()
+            && self.user_properties.is_empty()
+            && self.subscription_identifiers.is_empty()
+            && self.content_type.is_none()
+    }
+}
+
+/// A PUBLISH's [`PublishProperties`], boxed when there are any. Most PUBLISHes carry
+/// none (every 3.1.1 one), and a PUBLISH and the message made of it are moved several
+/// times between the socket and the subscribers' queues: empty, this is 8 bytes
+/// rather than 144 (a profile of QoS 0 ingest had a quarter of the broker's time in
+/// such moves). Reads go through `Deref` (an empty set when there is none); a write
+/// through `DerefMut` allocates the box.
+#[derive(Clone, Default)]
+pub struct PublishProps(Option<Box<PublishProperties>>);
+
+impl PublishProps {
+    /// `p`, boxed unless empty.
+    pub fn new(p: PublishProperties) -> PublishProps {
+        if p.is_empty() {
+            PublishProps(None)
+        } else {
+            PublishProps(Some(Box::new(p)))
+        }
+    }
+
+    /// The properties by value.
+    pub fn into_inner(self) -> PublishProperties {
+        self.0.map_or(PublishProperties::EMPTY, |b| *b)
+    }
+
+    /// Takes the Topic Alias out, without allocating when there is none.
+    pub fn take_topic_alias(&mut self) -> Option<u16> {
+        self.0.as_mut().and_then(|p| p.topic_alias.take())
+    }
+}
+
+impl From<PublishProperties> for PublishProps {
+    fn from(p: PublishProperties) -> PublishProps {
+        PublishProps::new(p)
+    }
+}
+
+impl std::ops::Deref for PublishProps {
+    type Target = PublishProperties;
+
+    fn deref(&self) -> &PublishProperties {
+        static EMPTY: PublishProperties = PublishProperties::EMPTY;
+        self.0.as_deref().unwrap_or(&EMPTY)
+    }
+}
+
+impl std::ops::DerefMut for PublishProps {
+    fn deref_mut(&mut self) -> &mut PublishProperties {
+        self.0.get_or_insert_with(Default::default)
+    }
+}
+
+impl PartialEq for PublishProps {
+    fn eq(&self, other: &PublishProps) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for PublishProps {}
+
+impl std::fmt::Debug for PublishProps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
 }
 
 /// PUBACK, PUBREC, PUBREL and PUBCOMP share one shape.
@@ -460,4 +551,38 @@ pub struct AuthProperties {
     pub reason_string: Option<String>,
     /// User Property (0x26).
     pub user_properties: Vec<UserProperty>,
+}
+
+#[cfg(test)]
+mod publish_props_tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_set_is_not_boxed_and_reads_as_empty() {
+        let p = PublishProps::new(PublishProperties::default());
+        assert!(p.0.is_none());
+        assert!(p.is_empty() && p.topic_alias.is_none());
+        assert_eq!(p, PublishProps::default());
+        assert_eq!(p.into_inner(), PublishProperties::default());
+    }
+
+    #[test]
+    fn a_write_boxes_and_equality_ignores_the_box() {
+        let mut p = PublishProps::default();
+        assert_eq!(p.take_topic_alias(), None);
+        assert!(p.0.is_none(), "taking no alias must not allocate");
+        p.topic_alias = Some(3);
+        assert_eq!(p.take_topic_alias(), Some(3));
+        // Boxed but empty again: equal to the unboxed empty set.
+        assert!(p.0.is_some());
+        assert_eq!(p, PublishProps::default());
+    }
+
+    /// A PUBLISH is moved several times per message on the broker's hot path: a size
+    /// guard (it was 208 bytes with the properties inline).
+    #[test]
+    fn a_publish_stays_small() {
+        let size = std::mem::size_of::<Publish>();
+        assert!(size <= 80, "a PUBLISH grew to {size} bytes");
+    }
 }

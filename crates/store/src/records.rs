@@ -382,7 +382,8 @@ mod tests {
                 message_expiry_interval: expiry,
                 content_type: Some("text/plain".into()),
                 ..Default::default()
-            },
+            }
+            .into(),
             ..Default::default()
         };
         Arc::new(Message::new(&p, Some("pub".into()), Instant::now()))

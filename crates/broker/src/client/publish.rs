@@ -77,7 +77,7 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
         {
             return Some(Exit::Server(ReasonCode::ReceiveMaximumExceeded));
         }
-        if let Some(alias) = p.properties.topic_alias.take() {
+        if let Some(alias) = p.properties.take_topic_alias() {
             // [MQTT-3.3.2-9, MQTT-3.3.2-10] Alias 0 or above our maximum.
             if alias == 0 || alias > limits.topic_alias_maximum {
                 return Some(Exit::Server(ReasonCode::TopicAliasInvalid));

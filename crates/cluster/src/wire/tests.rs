@@ -22,7 +22,8 @@ fn message() -> Arc<Message> {
             message_expiry_interval: Some(60),
             user_properties: vec![("k".into(), "v".into())],
             ..Default::default()
-        },
+        }
+        .into(),
         payload: Bytes::from_static(b"hello"),
         ..Default::default()
     };

@@ -161,7 +161,7 @@ fn publish<O: Out>(p: &Publish, v5: bool, o: &mut O) {
         o.u16(p.packet_id.unwrap_or(0));
     }
     if v5 {
-        props_block(o, &p.properties);
+        props_block(o, &*p.properties);
     }
     o.raw(&p.payload);
 }

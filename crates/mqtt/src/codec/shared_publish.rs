@@ -5,7 +5,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::packet::{Protocol, Publish, PublishProperties, QoS};
+use crate::packet::{Protocol, Publish, PublishProperties, PublishProps, QoS};
 
 use super::encode::publish_first_byte;
 use super::properties::{id, ConstPublishProps};
@@ -21,7 +21,7 @@ pub(crate) struct Inner {
     /// The constant properties, encoded once (identifiers and values, no length).
     pub(crate) props: Bytes,
     /// The constant properties as values, for [`super::SharedPublish::to_publish`].
-    pub(crate) const_props: PublishProperties,
+    pub(crate) const_props: PublishProps,
     /// The payload.
     pub(crate) payload: Bytes,
     /// The Message Expiry Interval the message was published with.
@@ -43,7 +43,7 @@ pub(crate) fn prepare(publish: &Publish) -> Result<Inner, EncodeError> {
 /// Like [`prepare`], taking the PUBLISH by value: the topic and properties move in
 /// instead of being copied (the hot path: a decoded PUBLISH is not needed afterwards).
 pub(crate) fn prepare_owned(publish: Publish) -> Result<Inner, EncodeError> {
-    let p = publish.properties;
+    let p = publish.properties.into_inner();
     let const_props = PublishProperties {
         payload_format_indicator: p.payload_format_indicator,
         content_type: p.content_type,
@@ -65,7 +65,7 @@ pub(crate) fn prepare_owned(publish: Publish) -> Result<Inner, EncodeError> {
     Ok(Inner {
         topic: publish.topic,
         props: props.freeze(),
-        const_props,
+        const_props: const_props.into(),
         payload: publish.payload,
         message_expiry: p.message_expiry_interval,
         qos: publish.qos,
@@ -158,7 +158,7 @@ pub(crate) fn encode(inner: &Inner, protocol: Protocol, d: &Delivery<'_>, out: &
 
 /// See [`super::SharedPublish::to_publish`].
 pub(crate) fn to_publish(inner: &Inner, d: &Delivery<'_>) -> Publish {
-    let mut properties = inner.const_props.clone();
+    let mut properties = inner.const_props.clone().into_inner();
     properties.message_expiry_interval = d.message_expiry;
     properties.topic_alias = d.topic_alias;
     properties.subscription_identifiers = d
@@ -181,7 +181,7 @@ pub(crate) fn to_publish(inner: &Inner, d: &Delivery<'_>) -> Publish {
         } else {
             d.packet_id
         },
-        properties,
+        properties: properties.into(),
         payload: inner.payload.clone(),
     }
 }

@@ -55,7 +55,8 @@ fn shared_publish_hidden_topic_with_alias() {
             topic_alias: Some(4),
             subscription_identifiers: vec![9],
             ..Default::default()
-        },
+        }
+        .into(),
         ..Default::default()
     };
     let shared = SharedPublish::new(&publ);
@@ -87,7 +88,7 @@ fn shared_publish_hidden_topic_with_alias() {
         panic!()
     };
     assert_eq!(got.topic, "sensors/1");
-    assert_eq!(got.properties, PublishProperties::default());
+    assert_eq!(got.properties, PublishProperties::default().into());
     assert_eq!(
         SharedPublish::try_new(&Publish {
             topic: "a".repeat(70_000),

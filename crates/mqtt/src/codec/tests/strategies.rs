@@ -236,7 +236,7 @@ fn publish(v5: bool) -> impl Strategy<Value = Publish> {
                     retain,
                     topic,
                     packet_id: q.then_some(id),
-                    properties,
+                    properties: properties.into(),
                     payload,
                 }
             },
