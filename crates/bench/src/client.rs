@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use mqtt::{
-    Connect, ConnectProperties, DecodeError, Disconnect, EncodeError, Packet, Protocol, PubResp,
-    Publish, QoS, ReasonCode, Subscribe, SubscribeFilter, SubscriptionOptions,
+    Connect, ConnectProperties, DecodeError, EncodeError, Packet, Protocol, PubResp, Publish, QoS,
+    ReasonCode, Subscribe, SubscribeFilter, SubscriptionOptions,
 };
 use thiserror::Error;
 use tokio::net::{TcpSocket, TcpStream};
@@ -321,7 +321,7 @@ impl Conn {
 
     /// Sends DISCONNECT after what is pending, giving up after a short while.
     async fn close(mut self) {
-        let d = Packet::Disconnect(Disconnect::default());
+        let d = Packet::Disconnect(Box::default());
         if self.queue(&d).is_ok() {
             let _ = tokio::time::timeout(Duration::from_millis(500), self.flush()).await;
         }

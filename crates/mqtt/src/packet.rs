@@ -69,8 +69,10 @@ pub type UserProperty = (String, String);
 pub enum Packet {
     /// CONNECT (1): client asks to connect.
     Connect(Box<Connect>),
-    /// CONNACK (2): server answers CONNECT.
-    ConnAck(ConnAck),
+    /// CONNACK (2): server answers CONNECT. Boxed, like CONNECT, DISCONNECT and AUTH:
+    /// once per connection, and large (its v5 properties), while the enum is moved
+    /// with every PUBLISH.
+    ConnAck(Box<ConnAck>),
     /// PUBLISH (3): an application message.
     Publish(Publish),
     /// PUBACK (4): QoS 1 acknowledgement.
@@ -94,9 +96,9 @@ pub enum Packet {
     /// PINGRESP (13).
     PingResp,
     /// DISCONNECT (14).
-    Disconnect(Disconnect),
+    Disconnect(Box<Disconnect>),
     /// AUTH (15), MQTT 5.0 only.
-    Auth(Auth),
+    Auth(Box<Auth>),
 }
 
 impl Packet {
@@ -584,5 +586,8 @@ mod publish_props_tests {
     fn a_publish_stays_small() {
         let size = std::mem::size_of::<Publish>();
         assert!(size <= 80, "a PUBLISH grew to {size} bytes");
+        // Every packet decoded is moved as a `Packet`: rare large ones are boxed.
+        let size = std::mem::size_of::<Packet>();
+        assert!(size <= 96, "a Packet grew to {size} bytes");
     }
 }

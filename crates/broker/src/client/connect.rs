@@ -133,7 +133,7 @@ async fn refuse<R, W>(
         properties: ConnAckProperties::default(),
     };
     listener.connack_refused(code);
-    conn.tx.queue(&Packet::ConnAck(ack), protocol);
+    conn.tx.queue(&Packet::ConnAck(Box::new(ack)), protocol);
     let _ = tokio::time::timeout(Duration::from_secs(1), conn.tx.close()).await;
 }
 
@@ -345,11 +345,11 @@ where
         ack_props.server_keep_alive = server_keep_alive;
     }
     conn.tx.queue(
-        &Packet::ConnAck(ConnAck {
+        &Packet::ConnAck(Box::new(ConnAck {
             session_present,
             code: ReasonCode::Success,
             properties: ack_props,
-        }),
+        })),
         protocol,
     );
 

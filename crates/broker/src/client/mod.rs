@@ -472,7 +472,7 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                 self.conn.tx.queue(&Packet::PingResp, self.protocol);
                 None
             }
-            Packet::Disconnect(d) => self.on_disconnect(d),
+            Packet::Disconnect(d) => self.on_disconnect(*d),
             // [MQTT-3.1.0-2] A second CONNECT is a protocol violation.
             Packet::Connect(_) => Some(Exit::Server(ReasonCode::ProtocolError)),
             // No authentication method was accepted at CONNECT, so AUTH is a protocol
@@ -546,7 +546,9 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                     reason,
                     properties: DisconnectProperties::default(),
                 };
-                self.conn.tx.queue(&Packet::Disconnect(d), self.protocol);
+                self.conn
+                    .tx
+                    .queue(&Packet::Disconnect(Box::new(d)), self.protocol);
                 told = true;
             }
         }

@@ -68,7 +68,7 @@ pub(crate) fn packet(first: u8, body: &[u8], protocol: Option<Protocol>) -> Resu
 
     let p = match kind {
         1 => Packet::Connect(Box::new(connect(&mut r)?)),
-        2 => Packet::ConnAck(connack(&mut r, v5)?),
+        2 => Packet::ConnAck(Box::new(connack(&mut r, v5)?)),
         3 => Packet::Publish(publish(flags, &mut r, v5)?),
         4 => Packet::PubAck(pub_resp(&mut r, v5)?),
         5 => Packet::PubRec(pub_resp(&mut r, v5)?),
@@ -80,8 +80,8 @@ pub(crate) fn packet(first: u8, body: &[u8], protocol: Option<Protocol>) -> Resu
         11 => Packet::UnsubAck(unsuback(&mut r, v5)?),
         12 => Packet::PingReq,
         13 => Packet::PingResp,
-        14 => Packet::Disconnect(disconnect(&mut r, v5)?),
-        15 if v5 => Packet::Auth(auth(&mut r)?),
+        14 => Packet::Disconnect(Box::new(disconnect(&mut r, v5)?)),
+        15 if v5 => Packet::Auth(Box::new(auth(&mut r)?)),
         // Type 0 is reserved (§2.1.2), and 15 is reserved before MQTT 5.0.
         _ => return Err(DecodeError::Malformed("reserved packet type")),
     };

@@ -165,7 +165,7 @@ fn connack() -> impl Strategy<Value = Packet> {
         opt(bin()),
     );
     (any::<bool>(), reason(), a, b, c).prop_map(|(session_present, code, a, b, c)| {
-        Packet::ConnAck(ConnAck {
+        Packet::ConnAck(Box::new(ConnAck {
             session_present,
             code,
             properties: ConnAckProperties {
@@ -187,7 +187,7 @@ fn connack() -> impl Strategy<Value = Packet> {
                 authentication_method: c.3,
                 authentication_data: c.4,
             },
-        })
+        }))
     })
 }
 
@@ -339,7 +339,7 @@ pub(super) fn packet(proto: Protocol) -> BoxedStrategy<Packet> {
             opt(text()),
         )
             .prop_map(|(reason, sei, rs, up, sr)| {
-                Packet::Disconnect(Disconnect {
+                Packet::Disconnect(Box::new(Disconnect {
                     reason,
                     properties: DisconnectProperties {
                         session_expiry_interval: sei,
@@ -347,7 +347,7 @@ pub(super) fn packet(proto: Protocol) -> BoxedStrategy<Packet> {
                         user_properties: up,
                         server_reference: sr,
                     },
-                })
+                }))
             })
             .boxed(),
     ];
@@ -355,7 +355,7 @@ pub(super) fn packet(proto: Protocol) -> BoxedStrategy<Packet> {
         arms.push(
             (reason(), opt(text()), opt(bin()), opt(text()), users())
                 .prop_map(|(reason, am, ad, rs, up)| {
-                    Packet::Auth(Auth {
+                    Packet::Auth(Box::new(Auth {
                         reason,
                         properties: AuthProperties {
                             authentication_method: am,
@@ -363,7 +363,7 @@ pub(super) fn packet(proto: Protocol) -> BoxedStrategy<Packet> {
                             reason_string: rs,
                             user_properties: up,
                         },
-                    })
+                    }))
                 })
                 .boxed(),
         );
@@ -425,7 +425,7 @@ pub(super) fn expected(p: &Packet, proto: Protocol) -> Packet {
             u.reasons.clear();
             u.properties = Default::default();
         }
-        Packet::Disconnect(d) => *d = Default::default(),
+        Packet::Disconnect(d) => **d = Default::default(),
         Packet::PingReq | Packet::PingResp | Packet::Auth(_) => {}
     }
     p

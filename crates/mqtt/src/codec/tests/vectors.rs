@@ -62,15 +62,15 @@ fn v5_short_forms() {
         &enc(&ack(ReasonCode::Success, Some("r")), v5)[..],
         [0x40, 8, 0, 1, 0, 4, 0x1F, 0, 1, b'r']
     );
-    let disc = Packet::Disconnect(Disconnect::default());
+    let disc = Packet::Disconnect(Box::default());
     assert_eq!(&enc(&disc, v5)[..], [0xE0, 0]);
     assert_eq!(&enc(&disc, Protocol::V311)[..], [0xE0, 0]);
-    let d2 = Packet::Disconnect(Disconnect {
+    let d2 = Packet::Disconnect(Box::new(Disconnect {
         reason: ReasonCode::ServerBusy,
         ..Default::default()
-    });
+    }));
     assert_eq!(&enc(&d2, v5)[..], [0xE0, 1, 0x89]);
-    assert_eq!(&enc(&Packet::Auth(Auth::default()), v5)[..], [0xF0, 0]);
+    assert_eq!(&enc(&Packet::Auth(Box::default()), v5)[..], [0xF0, 0]);
     // Decoding accepts every short form.
     let pubrel = pkt(0x62, &[0, 9]);
     let want = Packet::PubRel(PubResp {
@@ -81,12 +81,12 @@ fn v5_short_forms() {
     assert_eq!(dec(&[0xE0, 0], Some(v5)).unwrap(), Some(disc));
     assert_eq!(
         dec(&[0xF0, 0], Some(v5)).unwrap(),
-        Some(Packet::Auth(Auth::default()))
+        Some(Packet::Auth(Box::default()))
     );
-    let d1 = Packet::Disconnect(Disconnect {
+    let d1 = Packet::Disconnect(Box::new(Disconnect {
         reason: ReasonCode::DisconnectWithWill,
         ..Default::default()
-    });
+    }));
     assert_eq!(dec(&[0xE0, 1, 4], Some(v5)).unwrap(), Some(d1));
 }
 
@@ -110,11 +110,11 @@ fn v3_specific_encodings() {
         ..Default::default()
     });
     assert_eq!(&enc(&unsuback, v3)[..], [0xB0, 2, 0, 7]);
-    let connack = Packet::ConnAck(ConnAck {
+    let connack = Packet::ConnAck(Box::new(ConnAck {
         session_present: true,
         code: ReasonCode::ServerBusy,
         ..Default::default()
-    });
+    }));
     assert_eq!(&enc(&connack, v3)[..], [0x20, 2, 1, 3]);
     let want = ConnAck {
         session_present: true,
@@ -123,13 +123,13 @@ fn v3_specific_encodings() {
     };
     assert_eq!(
         dec(&[0x20, 2, 1, 3], Some(v3)).unwrap(),
-        Some(Packet::ConnAck(want))
+        Some(Packet::ConnAck(Box::new(want)))
     );
 }
 
 #[test]
 fn encode_errors() {
-    let auth = Packet::Auth(Auth::default());
+    let auth = Packet::Auth(Box::default());
     let mut out = BytesMut::new();
     assert_eq!(
         encode(&auth, Protocol::V311, &mut out),
