@@ -241,7 +241,7 @@ fn publish(flags: u8, r: &mut Reader<'_>, v5: bool) -> Result<Publish> {
         Some(packet_id(r)?)
     };
     let properties = if v5 {
-        crate::packet::PublishProps::new(props::publish(r)?)
+        props::publish(r)?
     } else {
         Default::default()
     };

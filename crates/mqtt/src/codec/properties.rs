@@ -3,7 +3,7 @@
 
 use crate::packet::{
     AckProperties, AuthProperties, ConnAckProperties, ConnectProperties, DisconnectProperties,
-    PublishProperties, UserProperty, WillProperties,
+    PublishProperties, PublishProps, UserProperty, WillProperties,
 };
 
 use super::read::Reader;
@@ -231,8 +231,9 @@ pub(crate) fn connack(r: &mut Reader<'_>) -> Result<ConnAckProperties> {
 }
 
 /// PUBLISH properties (§3.3.2.3).
-pub(crate) fn publish(r: &mut Reader<'_>) -> Result<PublishProperties> {
-    let mut p = PublishProperties::default();
+/// Boxed at the first property: most PUBLISHes carry none.
+pub(crate) fn publish(r: &mut Reader<'_>) -> Result<PublishProps> {
+    let mut p = PublishProps::default();
     read_props(
         r,
         bit(USER_PROPERTY) | bit(SUBSCRIPTION_IDENTIFIER),
