@@ -37,11 +37,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// are committed as they are used rather than all at once: measured (bench/tls.sh,
 /// 2,000 idle TLS connections) RSS 24.9 MiB instead of 36.6 MiB, 11.1 MiB at start
 /// instead of 18.5 MiB, with no loss of throughput (docs/benchmarks.md, Allocator).
+#[cfg(target_os = "linux")]
 const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
 
 /// Sets mimalloc's options before anything is allocated: an ELF constructor runs
 /// before the Rust runtime starts (and allocates). `MIMALLOC_*` environment variables
-/// cannot override these.
+/// cannot override these. Linux only (elsewhere mimalloc keeps its defaults).
+#[cfg(target_os = "linux")]
 #[used]
 #[allow(unsafe_code)]
 #[unsafe(link_section = ".init_array")]
@@ -327,5 +329,18 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    /// The constructor ran before the first allocation of this (test) binary, which
+    /// links it like the real one.
+    #[test]
+    fn mimalloc_commits_arenas_as_they_are_used() {
+        #[allow(unsafe_code)]
+        // SAFETY: reads an option value.
+        let eager = unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_ARENA_EAGER_COMMIT) };
+        assert_eq!(eager, 0);
     }
 }
