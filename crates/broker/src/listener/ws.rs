@@ -91,11 +91,14 @@ where
         }
     };
     // tungstenite's default buffers are 128 KiB each, allocated per connection: far
-    // too much for many idle clients. The read buffer grows when a large frame
-    // needs it; writes come in batches already (the connection's write buffer), so
-    // each goes out at once, and a full socket holds the next one back (backpressure).
+    // too much for many idle clients. Its read buffer is allocated (zero-filled) for
+    // the connection's life and grows when a large frame needs it: 1 KiB rather than
+    // 4 KiB took an idle WebSocket connection from 8.2 to 5.3 KB for no measurable
+    // loss (QoS 1 pairs 777k vs 767k msgs/s, 3 interleaved runs each). Writes come in
+    // batches already (the connection's write buffer), so each goes out at once, and
+    // a full socket holds the next one back (backpressure).
     let config = WebSocketConfig::default()
-        .read_buffer_size(4096)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message));
