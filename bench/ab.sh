@@ -7,6 +7,7 @@
 #   BROKER_CPUS=0,1 bench/ab.sh OLD NEW                  # the brokers on both cores
 #   REPEAT=3 QOS=0 bench/ab.sh OLD NEW
 #   SYNC=periodic bench/ab.sh OLD NEW                    # persistent sessions on disk
+#   SCENARIO=ingest bench/ab.sh OLD NEW                  # QoS 0 ingest, 100 publishers
 #
 # With SYNC (periodic or always) every run gets a fresh `--data-dir` with that
 # `store.sync`, and the pairs are persistent sessions (`--clean false`).
@@ -23,6 +24,7 @@ DURATION=${DURATION:-5s}
 PAIRS=${PAIRS:-200}
 QOS=${QOS:-1}
 SYNC=${SYNC:-}
+SCENARIO=${SCENARIO:-pairs}
 BROKER_CPUS=${BROKER_CPUS:-0}
 BENCH_CPU=${BENCH_CPU:-1}
 WORK=$(mktemp -d /tmp/astramq-ab.XXXXXX)
@@ -66,9 +68,16 @@ run() { # binary -> msg/s
         sleep 0.05
     done
     grep -q "listening on" "$WORK/broker.out" || { cat "$WORK/broker.out" >&2; exit 1; }
-    taskset -c "$BENCH_CPU" "$NEW" bench pairs -n "$PAIRS" --qos "$QOS" --duration "$DURATION" \
-        "${clean[@]}" --hosts "127.0.0.1:$port" --no-progress 2>/dev/null | tail -1 |
-        python3 -c 'import json,sys; print(round(json.loads(sys.stdin.read())["received_per_s"]))'
+    local -a load field
+    case $SCENARIO in
+    pairs) load=(pairs -n "$PAIRS" --qos "$QOS" "${clean[@]}") field=received_per_s ;;
+    # As bench/compare.sh's ingest-qos0: counted to each publisher's PINGREQ barrier.
+    ingest) load=(pub -n 100 --qos 0 --payload 64 --drain 60s) field=ingested_per_s ;;
+    *) echo "unknown SCENARIO $SCENARIO (pairs or ingest)" >&2; exit 2 ;;
+    esac
+    taskset -c "$BENCH_CPU" "$NEW" bench "${load[@]}" --duration "$DURATION" \
+        --hosts "127.0.0.1:$port" --no-progress 2>/dev/null | tail -1 |
+        python3 -c "import json,sys; print(round(json.loads(sys.stdin.read())['$field']))"
     stop_broker
 }
 

@@ -43,6 +43,21 @@ pub(crate) fn prepare(publish: &Publish) -> Result<Inner, EncodeError> {
 /// Like [`prepare`], taking the PUBLISH by value: the topic and properties move in
 /// instead of being copied (the hot path: a decoded PUBLISH is not needed afterwards).
 pub(crate) fn prepare_owned(publish: Publish) -> Result<Inner, EncodeError> {
+    if publish.topic.len() > FIELD_MAX {
+        return Err(EncodeError::FieldTooLong("topic name"));
+    }
+    if publish.properties.is_empty() {
+        // Every 3.1.1 PUBLISH and most v5 ones: nothing to encode.
+        return Ok(Inner {
+            topic: publish.topic,
+            props: Bytes::new(),
+            const_props: PublishProps::default(),
+            payload: publish.payload,
+            message_expiry: None,
+            qos: publish.qos,
+            retain: publish.retain,
+        });
+    }
     let p = publish.properties.into_inner();
     let const_props = PublishProperties {
         payload_format_indicator: p.payload_format_indicator,
@@ -54,9 +69,6 @@ pub(crate) fn prepare_owned(publish: Publish) -> Result<Inner, EncodeError> {
     };
     let mut s = Sizer::default();
     ConstPublishProps(&const_props).emit(&mut s);
-    if publish.topic.len() > FIELD_MAX {
-        return Err(EncodeError::FieldTooLong("topic name"));
-    }
     if let Some(e) = s.err {
         return Err(e);
     }
