@@ -282,10 +282,8 @@ impl SessionStore for DiskStore {
     }
 
     fn message_id<'m>(&self, msg: &'m Message) -> &'m str {
-        msg.id.get_or_init(|| {
-            let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-            format!("{seq:016x}").into()
-        })
+        msg.id
+            .get_or_init(|| records::message_key(self.seq.fetch_add(1, Ordering::Relaxed)))
     }
 
     fn session_changed(&self, change: SessionChange) {
