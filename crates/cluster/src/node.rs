@@ -636,24 +636,36 @@ impl Peers for ClusterNode {
         }
         let publish = publish_bytes(msg);
         let id = key.unwrap_or_else(|| self.sessions.message_id(msg));
-        // Two runs of one node id (a restart not yet noticed) share one inbox: one
-        // record for both.
-        let mut per_node: HashMap<&str, Vec<(String, String)>> = HashMap::new();
-        for (identity, groups) in &placement.remote {
+        let record = |node: &str, groups: &[(String, String)]| {
+            let mut record = BytesMut::with_capacity(publish.len() + 64);
+            put_message(&mut record, msg.origin.as_deref(), id, groups, &publish);
+            (node.to_string(), record.freeze())
+        };
+        let dests = if placement.remote.len() == 1 {
+            // The common case, without the map below.
+            placement
+                .remote
+                .iter()
+                .map(|(identity, groups)| (node_of(identity), groups))
+                .filter(|(node, _)| *node != self.me)
+                .map(|(node, groups)| record(node, groups))
+                .collect()
+        } else {
+            // Two runs of one node id (a restart not yet noticed) share one inbox: one
+            // record for both.
+            let mut per_node: HashMap<&str, Vec<(String, String)>> = HashMap::new();
+            for (identity, groups) in &placement.remote {
+                per_node
+                    .entry(node_of(identity))
+                    .or_default()
+                    .extend(groups.iter().cloned());
+            }
             per_node
-                .entry(node_of(identity))
-                .or_default()
-                .extend(groups.iter().cloned());
-        }
-        let dests = per_node
-            .into_iter()
-            .filter(|(node, _)| *node != self.me)
-            .map(|(node, groups)| {
-                let mut record = BytesMut::with_capacity(publish.len() + 64);
-                put_message(&mut record, msg.origin.as_deref(), id, &groups, &publish);
-                (node.to_string(), record.freeze())
-            })
-            .collect();
+                .into_iter()
+                .filter(|(node, _)| *node != self.me)
+                .map(|(node, groups)| record(node, &groups))
+                .collect()
+        };
         if msg.qos == mqtt::QoS::AtMostOnce {
             let shed = self.backlog.push_qos0(dests);
             if shed != Default::default() {

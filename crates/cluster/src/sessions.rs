@@ -198,7 +198,7 @@ impl Sessions {
     /// order a session resumes its journal entries in elsewhere.
     fn next_key(&self, now_ms: u64) -> String {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        format!("{now_ms:013}:{}:{seq:016x}", self.me)
+        crate::wire::message_key(now_ms, &self.me, seq)
     }
 
     /// The cluster-wide id of `msg`, given now if it has none yet.

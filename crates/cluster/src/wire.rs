@@ -21,7 +21,7 @@ mod tests;
 
 pub use bus::*;
 pub use feed::*;
-pub use parts::publish_bytes;
+pub use parts::{message_key, publish_bytes};
 pub use session::*;
 
 use thiserror::Error;

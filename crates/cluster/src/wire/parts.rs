@@ -20,6 +20,29 @@ pub(super) fn capped(len: usize) -> u16 {
     u16::try_from(len).unwrap_or(u16::MAX)
 }
 
+/// A message's cluster-wide id: Unix ms (13 digits, zero-padded), the node that gave
+/// it, and that node's sequence number (16 hex digits), so ids sort by time and then by
+/// the node's order. Written by hand: `format!` was 9 % of a forwarding node's samples.
+pub fn message_key(now_ms: u64, node: &str, seq: u64) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = Vec::with_capacity(13 + 1 + node.len() + 1 + 16);
+    let mut digits = [b'0'; 20];
+    let mut n = now_ms;
+    let mut i = digits.len();
+    while n > 0 {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    out.extend_from_slice(&digits[i.min(digits.len() - 13)..]);
+    out.push(b':');
+    out.extend_from_slice(node.as_bytes());
+    out.push(b':');
+    out.extend((0..16).map(|k| HEX[(seq >> (60 - 4 * k)) as usize & 0xf]));
+    // Digits, separators and the node id (a `str`): valid UTF-8.
+    String::from_utf8(out).unwrap_or_default()
+}
+
 /// The v5 PUBLISH bytes of `msg` as forwarded now (remaining expiry), shared by every
 /// destination's record.
 pub fn publish_bytes(msg: &Message) -> Bytes {

@@ -259,3 +259,22 @@ fn a_stored_will_round_trips_with_its_delay_and_properties() {
     let e = read_will("c", &other).unwrap_err().to_string();
     assert!(e.contains("stored will in format 0x01"), "{e}");
 }
+
+#[test]
+fn message_keys_read_as_the_format_they_replace_and_sort_by_time_then_sequence() {
+    for (ms, node, seq) in [
+        (0, "n1", 0),
+        (1_700_000_000_000, "node-a", 0x2a),
+        (9_999_999_999_999, "n", u64::MAX),
+        (12_345_678_901_234_567, "n2", 7),
+    ] {
+        assert_eq!(
+            message_key(ms, node, seq),
+            format!("{ms:013}:{node}:{seq:016x}")
+        );
+    }
+    assert!(
+        message_key(1_700_000_000_000, "n1", 0xff) < message_key(1_700_000_000_000, "n1", 0x100)
+    );
+    assert!(message_key(999_999_999_999, "n1", 5) < message_key(1_000_000_000_000, "n1", 0));
+}
