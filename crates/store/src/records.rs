@@ -98,7 +98,7 @@ pub fn session_value(row: &SessionRow) -> Vec<u8> {
                 will: w.clone(),
             };
             let msg = Message::new(&pending.to_publish(), None, Instant::now());
-            Publish::of(&msg).put(&mut out, &msg);
+            StoredPublish::of(&msg).put(&mut out, &msg);
         }
     }
     out.into()
@@ -168,9 +168,9 @@ pub fn message_key(seq: u64) -> Box<str> {
 pub fn journal_value(d: &Delivery) -> Vec<u8> {
     let n = d.sub_ids.len().min(usize::from(u16::MAX));
     let origin = d.msg.origin.as_deref().unwrap_or("");
-    let publish = Publish::of(&d.msg);
+    let publish = StoredPublish::of(&d.msg);
     // Sized once: the hot path of a persistent session writes one per delivery.
-    let mut out = BytesMut::with_capacity(7 + 4 * n + 2 + origin.len() + publish.len());
+    let mut out = BytesMut::with_capacity(7 + 4 * n + 2 + origin.len() + publish.record_len());
     out.put_u8(b'D');
     out.put_u8(d.qos as u8);
     out.put_u8(u8::from(d.retain));
@@ -273,8 +273,8 @@ pub fn read_journal(
 
 /// A retained message.
 pub fn retained_value(msg: &Message) -> Vec<u8> {
-    let publish = Publish::of(msg);
-    let mut out = BytesMut::with_capacity(publish.len());
+    let publish = StoredPublish::of(msg);
+    let mut out = BytesMut::with_capacity(publish.record_len());
     publish.put(&mut out, msg);
     out.into()
 }
@@ -287,20 +287,26 @@ pub fn read_retained(mut v: &[u8]) -> Result<Option<Arc<Message>>, RecordError> 
 
 /// A message as its absolute expiry (Unix ms, 0 = none) and its v5 PUBLISH bytes,
 /// sized before it is written.
-struct Publish {
+struct StoredPublish {
     remaining: Option<u32>,
-    len: usize,
+    /// The v5 PUBLISH packet's length.
+    packet_len: usize,
 }
 
-impl Publish {
+impl StoredPublish {
+    /// `msg` as it would be stored now (what is left of its expiry).
     fn of(msg: &Message) -> Self {
         let remaining = msg.remaining_expiry(Instant::now());
-        let len = msg
+        let packet_len = msg
             .publish
             .encoded_len(Protocol::V5, &Self::wire(msg, remaining));
-        Publish { remaining, len }
+        StoredPublish {
+            remaining,
+            packet_len,
+        }
     }
 
+    /// How the PUBLISH is encoded for storage (v5, packet id 1, no alias).
     fn wire(msg: &Message, remaining: Option<u32>) -> Wire<'static> {
         Wire {
             qos: msg.qos,
@@ -314,23 +320,24 @@ impl Publish {
         }
     }
 
-    /// The bytes [`Publish::put`] writes.
-    fn len(&self) -> usize {
-        12 + self.len
+    /// The bytes [`StoredPublish::put`] writes.
+    fn record_len(&self) -> usize {
+        12 + self.packet_len
     }
 
+    /// Appends the expiry, the length and the PUBLISH (`record_len` bytes).
     fn put(&self, out: &mut BytesMut, msg: &Message) {
         let expires = self
             .remaining
             .map_or(0, |s| unix_ms() + u64::from(s) * 1000);
         out.put_u64(expires);
-        out.put_u32(self.len as u32);
+        out.put_u32(self.packet_len as u32);
         msg.publish
             .encode(Protocol::V5, &Self::wire(msg, self.remaining), out);
     }
 }
 
-/// Reads what [`Publish::put`] wrote: whether it expired, and the PUBLISH with what
+/// Reads what [`StoredPublish::put`] wrote: whether it expired, and the PUBLISH with what
 /// is left of its expiry.
 fn get_publish(v: &mut &[u8]) -> Result<(bool, mqtt::Publish), RecordError> {
     let expires = get_u64(v)?;
