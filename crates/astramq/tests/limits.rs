@@ -334,54 +334,116 @@ async fn session_queue_bound_holds_for_messages_from_other_nodes() {
 }
 
 // ---------------------------------------------------------------------------
-// cluster.inbox_backlog_entries: QoS 0 shed, QoS 1 still carried
+// cluster.inbox_backlog_entries / inbox_backlog_hold_ms: QoS 0 shed, QoS 1 carried,
+// its publisher held back
 // ---------------------------------------------------------------------------
 
 // While n2 does not consume its inbox (frozen), n1 stops writing QoS 0 to it once it
-// holds `inbox_backlog_entries` entries (shed and counted by reason); QoS 1 is still
-// written and acknowledged, and arrives when n2 resumes — with none of the QoS 0.
+// holds `inbox_backlog_entries` entries (shed and counted by reason). QoS 1 is still
+// written, but the acknowledgement of a message that found the inbox at its bound
+// waits until n2 reads again, and its publisher is not read meanwhile: the inbox stays
+// at the bound instead of growing with everything the publisher sends. When n2
+// resumes, every QoS 1 message is acknowledged and arrives in order, none of the QoS 0.
 #[tokio::test]
-async fn full_inbox_sheds_qos0_and_carries_qos1() {
+async fn full_inbox_sheds_qos0_and_holds_qos1_publishers_back() {
     // Slow failure detection: n2 is frozen for a while on purpose.
     let (c, _config) = cluster_with(
         2,
         "[limits]\nmax_publish_rate = 0\n[cluster]\ninbox_backlog_entries = 2\n\
-         suspect_to_down_ms = 60000\nliveness_ttl_ms = 60000\n",
+         inbox_backlog_hold_ms = 60000\nsuspect_to_down_ms = 60000\nliveness_ttl_ms = 60000\n",
     )
     .await;
     let v = Version::V5;
+    let health = c.node(0).health_addr();
     let mut s = c.client(1, v, "sub").await;
     s.sub("f/#", 1).await;
     c.sync_feed(1, 0).await;
     let mut p = c.client(0, v, "pub").await;
+    let mut p0 = c.client(0, v, "pub0").await;
+    let qos1 = r#"astramq_messages_received_total{qos="1"}"#;
+    let before = metric_at(health, qos1).await;
     c.pause(1);
-    // Three acknowledged QoS 1 messages: three entries in n2's unread inbox, and n1
-    // has read its length after writing them.
-    for i in 1..=3 {
-        assert_eq!(
-            p.publish("f/1", format!("q1-{i}").as_bytes(), 1, false)
-                .await,
-            0
+    // One unread entry: acknowledged at once.
+    assert_eq!(p.publish("f/1", b"q1-1", 1, false).await, 0);
+    // The second brings the inbox to its bound: written, acknowledgement held.
+    p.send(&raw::Publish::new("f/1", b"q1-2", 1).pid(2).encode(v))
+        .await;
+    let held = "astramq_cluster_acks_held";
+    let deadline = Instant::now() + T;
+    while metric_at(health, held).await != 1 {
+        assert!(Instant::now() < deadline, "no acknowledgement was held");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Ten more in one write: the first finds the inbox full (its publisher is
+    // throttled), the others are not read while n2 is frozen.
+    let mut bytes = Vec::new();
+    for i in 3..=12u16 {
+        bytes.extend(
+            raw::Publish::new("f/1", format!("q1-{i}").as_bytes(), 1)
+                .pid(i)
+                .encode(v),
         );
     }
+    p.send(&bytes).await;
     for i in 0..100 {
-        p.publish("f/0", format!("q0-{i}").as_bytes(), 0, false)
+        p0.publish("f/0", format!("q0-{i}").as_bytes(), 0, false)
             .await;
     }
-    p.ping().await; // every QoS 0 PUBLISH above was handled
+    p0.ping().await; // every QoS 0 PUBLISH above was handled
     let shed = r#"astramq_dropped_total{reason="inbox_backlog_full"}"#;
-    assert_eq!(metric_at(c.node(0).health_addr(), shed).await, 100);
-    assert_eq!(
-        p.publish("f/1", b"q1-4", 1, false).await,
-        0,
-        "QoS 1 still carried"
+    assert_eq!(metric_at(health, shed).await, 100);
+    p.expect_silence(Duration::from_millis(500)).await; // no PUBACK while n2 is frozen
+    let read = metric_at(health, qos1).await - before;
+    assert!(
+        read <= 3,
+        "{read} QoS 1 PUBLISHes read while the inbox was full"
     );
-    assert!(c.inbox_len(1) <= 4, "inbox holds the QoS 1 entries only");
+    assert!(c.inbox_len(1) <= 3, "the inbox stays at its bound");
     c.resume(1);
-    let got = s.recv_publishes(4, T).await;
-    let payloads: Vec<String> = got.iter().map(|g| g.payload_str()).collect();
-    assert_eq!(payloads, ["q1-1", "q1-2", "q1-3", "q1-4"]);
+    for i in 2..=12u16 {
+        let reason = p
+            .wait_packet(T, "PUBACK", |x| match x {
+                raw::Packet::Puback(a) if a.pid == i => Some(a.reason),
+                _ => None,
+            })
+            .await;
+        assert_eq!(reason, 0, "PUBACK {i}");
+    }
+    let got = s.recv_publishes(12, T).await;
+    let want: Vec<String> = (1..=12).map(|i| format!("q1-{i}")).collect();
+    assert_eq!(
+        got.iter().map(|g| g.payload_str()).collect::<Vec<_>>(),
+        want
+    );
     s.expect_no_publish(Duration::from_millis(500)).await;
+}
+
+// `cluster.inbox_backlog_hold_ms` bounds the wait: with n2 still frozen, the held
+// acknowledgement is sent once it has passed (the message was written; it arrives
+// when n2 resumes).
+#[tokio::test]
+async fn held_acknowledgement_is_sent_after_the_hold() {
+    let (c, _config) = cluster_with(
+        2,
+        "[limits]\nmax_publish_rate = 0\n[cluster]\ninbox_backlog_entries = 1\n\
+         inbox_backlog_hold_ms = 300\nsuspect_to_down_ms = 60000\nliveness_ttl_ms = 60000\n",
+    )
+    .await;
+    let v = Version::V5;
+    let mut s = c.client(1, v, "sub").await;
+    s.sub("h/#", 1).await;
+    c.sync_feed(1, 0).await;
+    let mut p = c.client(0, v, "pub").await;
+    c.pause(1);
+    let sent = Instant::now();
+    assert_eq!(p.publish("h/1", b"held", 1, false).await, 0);
+    assert!(
+        sent.elapsed() >= Duration::from_millis(300),
+        "acknowledged after {:?}, before the hold ran out",
+        sent.elapsed()
+    );
+    c.resume(1);
+    assert_eq!(s.recv_publish(T).await.payload_str(), "held");
 }
 
 // ---------------------------------------------------------------------------

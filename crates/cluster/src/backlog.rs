@@ -12,18 +12,25 @@
 //! - a QoS 1/2 message is never dropped: one that finds its lane full is queued all
 //!   the same and the caller is told to throttle its publisher (stop reading it until
 //!   the message is written). Each publisher adds at most one message past the bound,
-//!   so the lane holds at most the bound plus one message per connection.
+//!   so the lane holds at most the bound plus one message per connection;
+//! - a QoS 1/2 message toward a node whose inbox is over its bound is written all the
+//!   same (never dropped), but its publisher is throttled and its acknowledgement
+//!   held ([`Backlog::settle`]) until that inbox is seen below the bound again, or
+//!   `cluster.inbox_backlog_hold_ms` at most: a slow node slows its publishers
+//!   instead of growing its inbox in Redis without bound.
 //!
 //! The queue is a mutex and a wake-up rather than a channel: a channel can bound only
 //! its length, not per destination or in bytes, and has no second lane.
 
 use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
 
+use broker::cluster::ClusterError;
 use broker::config::ForwardLimits;
 use broker::metrics::Metrics;
 use bytes::Bytes;
 use parking_lot::Mutex;
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 
 use crate::bus::Outgoing;
 
@@ -42,6 +49,19 @@ struct State {
     /// QoS 0, oldest first.
     bulk: VecDeque<Outgoing>,
     dests: HashMap<String, Dest>,
+    /// Acknowledgements of written messages waiting for room in a destination's inbox.
+    held: VecDeque<Held>,
+}
+
+/// A QoS 1/2 publisher's acknowledgement held after its message was written to
+/// inboxes over their bound (see [`Backlog::settle`]).
+#[derive(Debug)]
+struct Held {
+    /// The destinations whose inbox was over its bound.
+    nodes: Vec<String>,
+    done: oneshot::Sender<Result<(), ClusterError>>,
+    /// Sent at this instant at the latest.
+    until: Instant,
 }
 
 /// What waits for one destination node.
@@ -82,6 +102,8 @@ pub struct Totals {
     pub bytes: usize,
     /// Destinations whose inbox is over its bound.
     pub inbox_full: usize,
+    /// Acknowledgements held until a destination's inbox has room.
+    pub held: usize,
 }
 
 impl Backlog {
@@ -126,14 +148,18 @@ impl Backlog {
     }
 
     /// Queues a QoS 1/2 message. True when a destination's lane was already at its
-    /// bound: the caller throttles the publisher until the message is written.
+    /// bound, or its inbox over its bound: the caller throttles the publisher until
+    /// the message is acknowledged (written, and for a full inbox, see
+    /// [`Backlog::settle`]).
     pub fn push_qos12(&self, o: Outgoing) -> bool {
         let mut full = false;
         {
             let mut s = self.state.lock();
             for (node, record) in &o.dests {
                 let d = s.dests.entry(node.clone()).or_default();
-                full |= d.qos12 >= self.limits.qos12_messages || d.qos12_bytes >= self.limits.bytes;
+                full |= d.qos12 >= self.limits.qos12_messages
+                    || d.qos12_bytes >= self.limits.bytes
+                    || (d.inbox_full && !self.limits.inbox_hold.is_zero());
                 d.qos12 += 1;
                 d.qos12_bytes += record.len();
             }
@@ -151,6 +177,7 @@ impl Backlog {
             urgent,
             bulk,
             dests,
+            ..
         } = &mut *s;
         for (lane, qos0) in [(urgent, false), (bulk, true)] {
             while out.len() < max {
@@ -208,6 +235,55 @@ impl Backlog {
         full.map(|(n, _)| n.clone()).collect()
     }
 
+    /// Answers the publisher of a message the forwarder wrote, or failed to write:
+    /// at once, unless it was written and a destination's inbox is now over its
+    /// bound; that acknowledgement is held until [`Backlog::release`] finds room
+    /// there or `inbox_hold` has passed since `now`.
+    pub fn settle(&self, o: Outgoing, outcome: &Result<(), ClusterError>, now: Instant) {
+        let Some(done) = o.done else { return };
+        if outcome.is_ok() && !self.limits.inbox_hold.is_zero() {
+            let mut s = self.state.lock();
+            let full: Vec<String> = o
+                .dests
+                .into_iter()
+                .map(|(node, _)| node)
+                .filter(|node| s.dests.get(node).is_some_and(|d| d.inbox_full))
+                .collect();
+            if !full.is_empty() {
+                s.held.push_back(Held {
+                    nodes: full,
+                    done,
+                    until: now + self.limits.inbox_hold,
+                });
+                return;
+            }
+        }
+        let _ = done.send(outcome.clone());
+    }
+
+    /// Sends the held acknowledgements whose inboxes are below their bound again (as
+    /// last seen), or whose wait is over at `now`; `None` sends them all (the
+    /// forwarder stops: every held message was written). Returns how many are still
+    /// held.
+    pub fn release(&self, now: Option<Instant>) -> usize {
+        let mut s = self.state.lock();
+        let State { held, dests, .. } = &mut *s;
+        for h in std::mem::take(held) {
+            let wait = now.is_some_and(|now| {
+                now < h.until
+                    && h.nodes
+                        .iter()
+                        .any(|n| dests.get(n).is_some_and(|d| d.inbox_full))
+            });
+            if wait {
+                held.push_back(h);
+            } else {
+                let _ = h.done.send(Ok(()));
+            }
+        }
+        held.len()
+    }
+
     /// Forgets destinations with nothing queued and a healthy inbox (nodes that left).
     pub fn prune(&self) {
         self.state.lock().dests.retain(|_, d| *d != Dest::default());
@@ -226,12 +302,20 @@ impl Backlog {
     /// Totals over every destination.
     pub fn totals(&self) -> Totals {
         let s = self.state.lock();
-        s.dests.values().fold(Totals::default(), |t, d| Totals {
-            qos0: t.qos0 + d.qos0,
-            qos12: t.qos12 + d.qos12,
-            bytes: t.bytes + d.qos0_bytes + d.qos12_bytes,
-            inbox_full: t.inbox_full + usize::from(d.inbox_full),
-        })
+        let held = s.held.len();
+        s.dests.values().fold(
+            Totals {
+                held,
+                ..Totals::default()
+            },
+            |t, d| Totals {
+                qos0: t.qos0 + d.qos0,
+                qos12: t.qos12 + d.qos12,
+                bytes: t.bytes + d.qos0_bytes + d.qos12_bytes,
+                inbox_full: t.inbox_full + usize::from(d.inbox_full),
+                held: t.held,
+            },
+        )
     }
 }
 
@@ -254,6 +338,7 @@ pub fn count_shed(m: &Metrics, shed: Shed) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn limits() -> ForwardLimits {
         ForwardLimits {
@@ -261,6 +346,7 @@ mod tests {
             qos12_messages: 2,
             bytes: 1000,
             inbox_entries: 4,
+            inbox_hold: Duration::from_secs(5),
         }
     }
 
@@ -356,7 +442,11 @@ mod tests {
         b.inbox_len("a", 4);
         assert_eq!(b.inbox_full(), vec!["a".to_string()]);
         assert_eq!(b.push_qos0(to(&["a"], 1)).inbox_backlog, 1);
-        assert!(!b.push_qos12(qos12(&["a"], 1)));
+        assert!(
+            b.push_qos12(qos12(&["a"], 1)),
+            "queued; its publisher throttled"
+        );
+        assert_eq!(b.dest("a").qos12, 1);
         b.inbox_len("a", 3);
         assert_eq!(b.push_qos0(to(&["a"], 1)), Shed::default());
         let mut out = Vec::new();
@@ -366,6 +456,74 @@ mod tests {
         b.inbox_len("a", 0);
         b.prune();
         assert_eq!(b.dest("a"), Dest::default());
+    }
+
+    fn waited(done: oneshot::Sender<Result<(), ClusterError>>, nodes: &[&str]) -> Outgoing {
+        Outgoing {
+            dests: to(nodes, 1),
+            done: Some(done),
+        }
+    }
+
+    /// A written message toward an inbox over its bound: its publisher is throttled
+    /// and its acknowledgement held until the inbox is seen below the bound; toward
+    /// healthy inboxes, or when the write failed, answered at once.
+    #[test]
+    fn an_acknowledgement_waits_for_room_in_a_full_inbox() {
+        let b = Backlog::new(limits());
+        let now = Instant::now();
+        b.inbox_len("a", 4);
+        assert!(
+            b.push_qos12(qos12(&["a"], 1)),
+            "toward a full inbox: throttle"
+        );
+        let (tx, mut held) = oneshot::channel();
+        b.settle(waited(tx, &["a", "b"]), &Ok(()), now);
+        let (tx, mut healthy) = oneshot::channel();
+        b.settle(waited(tx, &["b"]), &Ok(()), now);
+        let (tx, mut failed) = oneshot::channel();
+        b.settle(waited(tx, &["a"]), &Err(ClusterError::TakenOver), now);
+        assert!(matches!(healthy.try_recv(), Ok(Ok(()))));
+        assert!(matches!(failed.try_recv(), Ok(Err(_))), "a failure at once");
+        assert!(held.try_recv().is_err(), "held");
+        assert_eq!(b.totals().held, 1);
+        assert_eq!(b.release(Some(now)), 1, "still over the bound");
+        assert!(held.try_recv().is_err());
+        b.inbox_len("a", 3);
+        assert_eq!(b.release(Some(now)), 0);
+        assert!(matches!(held.try_recv(), Ok(Ok(()))), "room: acknowledged");
+        let mut out = Vec::new();
+        b.take(10, &mut out);
+        assert!(!b.push_qos12(qos12(&["a"], 1)), "room: not throttled");
+    }
+
+    /// A held acknowledgement is sent after `inbox_hold` at the latest, and all of
+    /// them when the forwarder stops; with `inbox_hold` 0 nothing is held.
+    #[test]
+    fn an_acknowledgement_is_held_no_longer_than_the_bound() {
+        let b = Backlog::new(limits());
+        let now = Instant::now();
+        b.inbox_len("a", 9);
+        let (tx, mut first) = oneshot::channel();
+        b.settle(waited(tx, &["a"]), &Ok(()), now);
+        let (tx, mut second) = oneshot::channel();
+        b.settle(waited(tx, &["a"]), &Ok(()), now + Duration::from_secs(1));
+        assert_eq!(b.release(Some(now + Duration::from_millis(4999))), 2);
+        assert_eq!(b.release(Some(now + Duration::from_secs(5))), 1);
+        assert!(matches!(first.try_recv(), Ok(Ok(()))));
+        assert!(second.try_recv().is_err());
+        assert_eq!(b.release(None), 0, "the forwarder stops");
+        assert!(matches!(second.try_recv(), Ok(Ok(()))));
+
+        let b = Backlog::new(ForwardLimits {
+            inbox_hold: Duration::ZERO,
+            ..limits()
+        });
+        b.inbox_len("a", 9);
+        assert!(!b.push_qos12(qos12(&["a"], 1)));
+        let (tx, mut at_once) = oneshot::channel();
+        b.settle(waited(tx, &["a"]), &Ok(()), now);
+        assert!(matches!(at_once.try_recv(), Ok(Ok(()))));
     }
 
     #[tokio::test]

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use broker::cluster::ClusterError;
 use broker::handle::{BrokerHandle, LocalBroker};
@@ -91,7 +91,9 @@ const INBOX_RECHECK: Duration = Duration::from_millis(50);
 /// while the previous round trip was in flight (QoS 1/2 first, see [`Backlog`]) goes
 /// in one pipelined round trip, one entry per destination. Each write also reads the
 /// destination inbox's length, which decides whether QoS 0 to it is shed
-/// (`cluster.inbox_backlog_entries`). Runs until `stop` turns true.
+/// (`cluster.inbox_backlog_entries`) and whether QoS 1/2 publishers wait for room in
+/// it before they are acknowledged (`cluster.inbox_backlog_hold_ms`). Runs until
+/// `stop` turns true.
 pub async fn forwarder(
     redis: Redis,
     keys: Keys,
@@ -103,10 +105,13 @@ pub async fn forwarder(
     let conn = redis.durable_conn();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut rounds: u64 = 0;
+    // Acknowledgements the backlog holds for a full inbox (see `Backlog::settle`).
+    let mut held = 0;
     loop {
         let recheck = backlog.inbox_full();
         let wait = async {
-            if recheck.is_empty() {
+            // Held acknowledgements wait for a full inbox: looked at again below.
+            if recheck.is_empty() && held == 0 {
                 backlog.ready().await;
             } else {
                 let _ = tokio::time::timeout(INBOX_RECHECK, backlog.ready()).await;
@@ -114,7 +119,11 @@ pub async fn forwarder(
         };
         tokio::select! {
             _ = wait => {}
-            _ = stop.changed() => return,
+            _ = stop.changed() => {
+                // Every held message was written: its publisher is answered.
+                backlog.release(None);
+                return;
+            }
         }
         backlog.take(MAX_BATCH, &mut batch);
         let mut per_node: HashMap<&str, BytesMut> = HashMap::new();
@@ -171,11 +180,11 @@ pub async fn forwarder(
         } else {
             Err(redis.health().unavailable())
         };
+        let now = Instant::now();
         for o in batch.drain(..) {
-            if let Some(done) = o.done {
-                let _ = done.send(outcome.clone());
-            }
+            backlog.settle(o, &outcome, now);
         }
+        held = backlog.release(Some(now));
         rounds += 1;
         if rounds.is_multiple_of(1024) {
             backlog.prune();

@@ -41,6 +41,14 @@ pub struct ClusterTuning {
     /// (`reason="inbox_backlog_full"`): a slow consumer neither grows Redis nor delays
     /// the QoS 1/2 records queued behind them.
     pub inbox_backlog_entries: usize,
+    /// Longest a QoS 1/2 publisher's acknowledgement waits, ms, once its message was
+    /// written to another node's inbox holding `inbox_backlog_entries` or more: the
+    /// acknowledgement is sent when that inbox is seen below the bound again, and
+    /// the publisher is not read meanwhile, so a slow node slows its publishers
+    /// instead of growing Redis. After this long it is sent all the same (the
+    /// message is stored either way: a node that stopped reading is declared failed
+    /// and its inbox taken over long before). 0 = never wait.
+    pub inbox_backlog_hold_ms: u64,
     /// Replicas that must confirm the Redis writes a QoS 1/2 acknowledgement depends
     /// on (`WAIT`) before it is sent, so that a Redis failover cannot lose an
     /// acknowledged message; 0 = off (Redis replicates asynchronously).
@@ -87,6 +95,8 @@ pub struct ForwardLimits {
     pub bytes: usize,
     /// See [`ClusterTuning::inbox_backlog_entries`].
     pub inbox_entries: usize,
+    /// See [`ClusterTuning::inbox_backlog_hold_ms`].
+    pub inbox_hold: std::time::Duration,
 }
 
 impl Default for ClusterTuning {
@@ -102,6 +112,7 @@ impl Default for ClusterTuning {
             forward_qos12_backlog: 10_000,
             forward_backlog_bytes: 16 * 1024 * 1024,
             inbox_backlog_entries: 16,
+            inbox_backlog_hold_ms: 5000,
             redis_wait_replicas: 0,
             redis_wait_timeout_ms: 1000,
             session_store_max_queued: 65_536,
@@ -183,6 +194,7 @@ impl Config {
                 qos12_messages: self.cluster.forward_qos12_backlog,
                 bytes: self.cluster.forward_backlog_bytes,
                 inbox_entries: self.cluster.inbox_backlog_entries,
+                inbox_hold: std::time::Duration::from_millis(self.cluster.inbox_backlog_hold_ms),
             },
             redis_wait_replicas: self.cluster.redis_wait_replicas,
             redis_wait_timeout: std::time::Duration::from_millis(

@@ -150,8 +150,17 @@ impl Collector for ClusterMetrics {
         s.gauge(
             "astramq_cluster_inbox_backlog_full_nodes",
             "Destination nodes whose inbox stream held cluster.inbox_backlog_entries or \
-             more unread entries when last written to (QoS 0 to them is shed).",
+             more unread entries when last written to (QoS 0 to them is shed, QoS 1/2 \
+             publishers wait for room).",
             backlog.inbox_full as i64,
+        )?;
+        s.gauge(
+            "astramq_cluster_acks_held",
+            "QoS 1/2 acknowledgements of messages already written to another node's \
+             inbox, held until that inbox is below cluster.inbox_backlog_entries again \
+             (at most cluster.inbox_backlog_hold_ms); their publishers are not read \
+             meanwhile.",
+            backlog.held as i64,
         )?;
         s.gauge(
             "astramq_cluster_feed_queued",
