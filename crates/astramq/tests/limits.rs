@@ -10,6 +10,7 @@
 
 mod common;
 
+use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
 use common::cluster::*;
@@ -376,15 +377,7 @@ async fn full_inbox_sheds_qos0_and_holds_qos1_publishers_back() {
     }
     // Ten more in one write: the first finds the inbox full (its publisher is
     // throttled), the others are not read while n2 is frozen.
-    let mut bytes = Vec::new();
-    for i in 3..=12u16 {
-        bytes.extend(
-            raw::Publish::new("f/1", format!("q1-{i}").as_bytes(), 1)
-                .pid(i)
-                .encode(v),
-        );
-    }
-    p.send(&bytes).await;
+    p.send(&qos1_burst("f/1", 3..=12, "q1-", v)).await;
     for i in 0..100 {
         p0.publish("f/0", format!("q0-{i}").as_bytes(), 0, false)
             .await;
@@ -400,7 +393,28 @@ async fn full_inbox_sheds_qos0_and_holds_qos1_publishers_back() {
     );
     assert!(c.inbox_len(1) <= 3, "the inbox stays at its bound");
     c.resume(1);
-    for i in 2..=12u16 {
+    expect_pubacks(&mut p, 2..=12).await;
+    expect_payloads(&mut s, 1..=12, "q1-").await;
+    s.expect_no_publish(Duration::from_millis(500)).await;
+}
+
+/// QoS 1 PUBLISHes on `topic` with packet ids `ids` and payloads `prefix` + id, in
+/// one write.
+fn qos1_burst(topic: &str, ids: RangeInclusive<u16>, prefix: &str, v: Version) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for i in ids {
+        bytes.extend(
+            raw::Publish::new(topic, format!("{prefix}{i}").as_bytes(), 1)
+                .pid(i)
+                .encode(v),
+        );
+    }
+    bytes
+}
+
+/// A PUBACK with reason 0 (success) for each of `ids`.
+async fn expect_pubacks(p: &mut RawClient, ids: RangeInclusive<u16>) {
+    for i in ids {
         let reason = p
             .wait_packet(T, "PUBACK", |x| match x {
                 raw::Packet::Puback(a) if a.pid == i => Some(a.reason),
@@ -409,13 +423,16 @@ async fn full_inbox_sheds_qos0_and_holds_qos1_publishers_back() {
             .await;
         assert_eq!(reason, 0, "PUBACK {i}");
     }
-    let got = s.recv_publishes(12, T).await;
-    let want: Vec<String> = (1..=12).map(|i| format!("q1-{i}")).collect();
+}
+
+/// The payloads `prefix` + each of `ids`, in that order.
+async fn expect_payloads(s: &mut RawClient, ids: RangeInclusive<u16>, prefix: &str) {
+    let want: Vec<String> = ids.map(|i| format!("{prefix}{i}")).collect();
+    let got = s.recv_publishes(want.len(), T).await;
     assert_eq!(
         got.iter().map(|g| g.payload_str()).collect::<Vec<_>>(),
         want
     );
-    s.expect_no_publish(Duration::from_millis(500)).await;
 }
 
 // `cluster.inbox_backlog_hold_ms` bounds the wait: with n2 still frozen, the held
@@ -467,15 +484,7 @@ async fn full_qos12_lane_throttles_the_publisher_without_loss() {
     let qos1 = r#"astramq_messages_received_total{qos="1"}"#;
     let before = metric_at(health, qos1).await;
     c.redis().cmd(&["CLIENT", "PAUSE", "4000", "WRITE"]);
-    let mut bytes = Vec::new();
-    for i in 1..=10u16 {
-        bytes.extend(
-            raw::Publish::new("b/1", format!("{i}").as_bytes(), 1)
-                .pid(i)
-                .encode(v),
-        );
-    }
-    p.send(&bytes).await;
+    p.send(&qos1_burst("b/1", 1..=10, "", v)).await;
     let throttled = r#"astramq_publish_throttled_total{reason="bus_backlog"}"#;
     let deadline = Instant::now() + T;
     while metric_at(health, throttled).await == 0 {
@@ -488,21 +497,8 @@ async fn full_qos12_lane_throttles_the_publisher_without_loss() {
     let read = metric_at(health, qos1).await - before;
     assert!(read <= 3, "{read} PUBLISHes read while the lane was full");
     c.redis().cmd(&["CLIENT", "UNPAUSE"]);
-    for i in 1..=10u16 {
-        let reason = p
-            .wait_packet(T, "PUBACK", |x| match x {
-                raw::Packet::Puback(a) if a.pid == i => Some(a.reason),
-                _ => None,
-            })
-            .await;
-        assert_eq!(reason, 0, "PUBACK {i}");
-    }
-    let got = s.recv_publishes(10, T).await;
-    let want: Vec<String> = (1..=10).map(|i| format!("{i}")).collect();
-    assert_eq!(
-        got.iter().map(|g| g.payload_str()).collect::<Vec<_>>(),
-        want
-    );
+    expect_pubacks(&mut p, 1..=10).await;
+    expect_payloads(&mut s, 1..=10, "").await;
 }
 
 // ---------------------------------------------------------------------------
