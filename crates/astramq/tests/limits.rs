@@ -347,18 +347,9 @@ async fn session_queue_bound_holds_for_messages_from_other_nodes() {
 // resumes, every QoS 1 message is acknowledged and arrives in order, none of the QoS 0.
 #[tokio::test]
 async fn full_inbox_sheds_qos0_and_holds_qos1_publishers_back() {
-    // Slow failure detection: n2 is frozen for a while on purpose.
-    let (c, _config) = cluster_with(
-        2,
-        "[limits]\nmax_publish_rate = 0\n[cluster]\ninbox_backlog_entries = 2\n\
-         inbox_backlog_hold_ms = 60000\nsuspect_to_down_ms = 60000\nliveness_ttl_ms = 60000\n",
-    )
-    .await;
+    let (c, _config, mut s) = frozen_inbox_pair(2, 60_000, "f/#").await;
     let v = Version::V5;
     let health = c.node(0).health_addr();
-    let mut s = c.client(1, v, "sub").await;
-    s.sub("f/#", 1).await;
-    c.sync_feed(1, 0).await;
     let mut p = c.client(0, v, "pub").await;
     let mut p0 = c.client(0, v, "pub0").await;
     let qos1 = r#"astramq_messages_received_total{qos="1"}"#;
@@ -396,6 +387,27 @@ async fn full_inbox_sheds_qos0_and_holds_qos1_publishers_back() {
     expect_pubacks(&mut p, 2..=12).await;
     expect_payloads(&mut s, 1..=12, "q1-").await;
     s.expect_no_publish(Duration::from_millis(500)).await;
+}
+
+/// Two nodes with these inbox bounds and slow failure detection (n2 is frozen for a
+/// while on purpose), and a v5 subscriber to `filter` on n2 whose route n1 knows.
+async fn frozen_inbox_pair(
+    entries: usize,
+    hold_ms: u64,
+    filter: &str,
+) -> (TestCluster, tempfile::TempDir, RawClient) {
+    let (c, config) = cluster_with(
+        2,
+        &format!(
+            "[limits]\nmax_publish_rate = 0\n[cluster]\ninbox_backlog_entries = {entries}\n\
+             inbox_backlog_hold_ms = {hold_ms}\nsuspect_to_down_ms = 60000\nliveness_ttl_ms = 60000\n"
+        ),
+    )
+    .await;
+    let mut s = c.client(1, Version::V5, "sub").await;
+    s.sub(filter, 1).await;
+    c.sync_feed(1, 0).await;
+    (c, config, s)
 }
 
 /// QoS 1 PUBLISHes on `topic` with packet ids `ids` and payloads `prefix` + id, in
@@ -440,16 +452,8 @@ async fn expect_payloads(s: &mut RawClient, ids: RangeInclusive<u16>, prefix: &s
 // when n2 resumes).
 #[tokio::test]
 async fn held_acknowledgement_is_sent_after_the_hold() {
-    let (c, _config) = cluster_with(
-        2,
-        "[limits]\nmax_publish_rate = 0\n[cluster]\ninbox_backlog_entries = 1\n\
-         inbox_backlog_hold_ms = 300\nsuspect_to_down_ms = 60000\nliveness_ttl_ms = 60000\n",
-    )
-    .await;
+    let (c, _config, mut s) = frozen_inbox_pair(1, 300, "h/#").await;
     let v = Version::V5;
-    let mut s = c.client(1, v, "sub").await;
-    s.sub("h/#", 1).await;
-    c.sync_feed(1, 0).await;
     let mut p = c.client(0, v, "pub").await;
     c.pause(1);
     let sent = Instant::now();
