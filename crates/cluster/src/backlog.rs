@@ -123,7 +123,7 @@ impl Backlog {
         {
             let mut s = self.state.lock();
             dests.retain(|(node, record)| {
-                let d = s.dests.entry(node.clone()).or_default();
+                let d = dest_mut(&mut s.dests, node);
                 if d.inbox_full {
                     shed.inbox_backlog += 1;
                     return false;
@@ -156,7 +156,7 @@ impl Backlog {
         {
             let mut s = self.state.lock();
             for (node, record) in &o.dests {
-                let d = s.dests.entry(node.clone()).or_default();
+                let d = dest_mut(&mut s.dests, node);
                 full |= d.qos12 >= self.limits.qos12_messages
                     || d.qos12_bytes >= self.limits.bytes
                     || (d.inbox_full && !self.limits.inbox_hold.is_zero());
@@ -317,6 +317,15 @@ impl Backlog {
             },
         )
     }
+}
+
+/// The destination's entry, made if missing: the node's name is copied only then
+/// (`entry` would take an owned key for every message).
+fn dest_mut<'a>(dests: &'a mut HashMap<String, Dest>, node: &str) -> &'a mut Dest {
+    if !dests.contains_key(node) {
+        dests.insert(node.to_string(), Dest::default());
+    }
+    dests.get_mut(node).expect("inserted above")
 }
 
 /// Counts shed QoS 0 copies by reason, and warns at most once a second with the

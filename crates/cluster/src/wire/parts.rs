@@ -46,7 +46,11 @@ pub fn message_key(now_ms: u64, node: &str, seq: u64) -> String {
 /// The v5 PUBLISH bytes of `msg` as forwarded now (remaining expiry), shared by every
 /// destination's record.
 pub fn publish_bytes(msg: &Message) -> Bytes {
-    let now = Instant::now();
+    // The clock only for a message that expires (most do not: a clock read per
+    // forwarded message was 0.7 % of a cross-node profile).
+    let message_expiry = msg
+        .expires_at
+        .and_then(|_| msg.remaining_expiry(Instant::now()));
     let delivery = Wire {
         qos: msg.qos,
         retain: msg.retain,
@@ -55,7 +59,7 @@ pub fn publish_bytes(msg: &Message) -> Bytes {
         topic_alias: None,
         send_topic: true,
         subscription_ids: &[],
-        message_expiry: msg.remaining_expiry(now),
+        message_expiry,
     };
     let mut out = BytesMut::with_capacity(msg.publish.encoded_len(Protocol::V5, &delivery));
     msg.publish.encode(Protocol::V5, &delivery, &mut out);
