@@ -75,17 +75,19 @@ run() { # binary -> msg/s
     ingest) load=(pub -n 100 --qos 0 --payload 64 --drain 60s) field=ingested_per_s ;;
     *) echo "unknown SCENARIO $SCENARIO (pairs or ingest)" >&2; exit 2 ;;
     esac
+    # "msg/s lost peak-RSS-MiB" (every run reports what it lost and its peak memory).
     taskset -c "$BENCH_CPU" "$NEW" bench "${load[@]}" --duration "$DURATION" \
-        --hosts "127.0.0.1:$port" --no-progress 2>/dev/null | tail -1 |
-        python3 -c "import json,sys; print(round(json.loads(sys.stdin.read())['$field']))"
+        --hosts "127.0.0.1:$port" --broker-pid "$BROKER_PID" --no-progress 2>/dev/null | tail -1 |
+        python3 -c "import json,sys; r = json.loads(sys.stdin.read()); print(round(r['$field']), '-' if r['lost'] is None else r['lost'], round(r['broker']['rss_peak'] / 1048576, 1))"
     stop_broker
 }
 
 declare -a old_runs new_runs
 for i in $(seq "$REPEAT"); do
-    o=$(run "$OLD"); n=$(run "$NEW")
+    read -r o o_lost o_rss <<<"$(run "$OLD")"
+    read -r n n_lost n_rss <<<"$(run "$NEW")"
     old_runs+=("$o"); new_runs+=("$n")
-    echo "run $i: old $o msg/s, new $n msg/s"
+    echo "run $i: old $o msg/s (lost $o_lost, peak RSS $o_rss MiB), new $n msg/s (lost $n_lost, peak RSS $n_rss MiB)"
 done
 python3 - "${old_runs[*]}" "${new_runs[*]}" <<'EOF'
 import sys

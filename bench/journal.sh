@@ -3,7 +3,8 @@
 # three-node cluster, with clean sessions (nothing written to Redis per message but the
 # inbox entry) and with persistent sessions (every delivery journaled in Redis before
 # it is queued, and deleted on PUBACK). Runs interleaved (clean, persistent, clean, ...)
-# and prints one line per run and the median ratio persistent/clean.
+# and prints one line per run (rate, lost, peak memory of the nodes and of Redis) and
+# the median ratio persistent/clean.
 #
 #   bench/journal.sh                       # 3 repetitions of 6 s, 200 pairs
 #   REPEAT=1 DURATION=3s bench/journal.sh  # a quick look
@@ -88,7 +89,11 @@ for rep in $(seq 1 "$REPEAT"); do
         line=$(tail -n 1 "$WORK/out.json")
         rate=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["received_per_s"])' "$line")
         lost=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["lost"])' "$line")
-        log "rep $rep $mode: $rate msg/s, lost $lost"
+        # Peak memory: each node's (VmHWM) and Redis's, which holds what waits in the
+        # inbox streams and journals.
+        rss=$(for pid in "${PIDS[@]:1}"; do awk '/^VmHWM/ {printf "%d ", $2 / 1024}' "/proc/$pid/status"; done)
+        redis_peak=$(redis-cli -p "$RP" INFO memory | tr -d '\r' | awk -F: '/^used_memory_peak:/ {printf "%d", $2 / 1048576}')
+        log "rep $rep $mode: $rate msg/s, lost $lost, peak RSS of n1 n2 n3: ${rss% }MiB, Redis peak ${redis_peak} MiB"
         results+=("$mode $rate $lost")
         [[ -n ${VERBOSE:-} ]] && echo "$line" >&2
         stop_all

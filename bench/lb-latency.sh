@@ -4,7 +4,8 @@
 # pairs at RATE msg/s each) on core 1, through no balancer (`direct`), through
 # `astramq lb` pinned to the load generator's core (`lb-bench-core`), to the node's
 # core (`lb-node-core`), or left to the scheduler (`lb-unpinned`). Interleaved,
-# REPEAT times; one line per run (msgs/s received, p50 and p99 in ms, lost).
+# REPEAT times; one line per run (msgs/s received, p50 and p99 in ms, lost, the node's
+# peak RSS; through the balancer, also its peak RSS).
 #
 #   bench/lb-latency.sh                 # RATE=10 (5,000 msgs/s), REPEAT=2
 #   RATE=50 bench/lb-latency.sh         # 25,000 msgs/s
@@ -27,8 +28,8 @@ NODE=$!
 sleep 1
 run() { # name port
     taskset -c 1 "$A" bench pairs -n 500 --qos 1 --rate "$RATE" --duration 10s \
-        --hosts "127.0.0.1:$2" --no-progress 2>/dev/null | tail -n 1 |
-        python3 -c 'import json,sys; r=json.load(sys.stdin); l=r["latency_ms"]; print("%-14s %7d msg/s  p50 %7.3f ms  p99 %7.3f ms  lost %s" % (sys.argv[1], r["received_per_s"], l["p50"], l["p99"], r["lost"]))' "$1"
+        --hosts "127.0.0.1:$2" --broker-pid "$NODE" --no-progress 2>/dev/null | tail -n 1 |
+        python3 -c 'import json,sys; r=json.load(sys.stdin); l=r["latency_ms"]; print("%-14s %7d msg/s  p50 %7.3f ms  p99 %7.3f ms  lost %s  node peak RSS %.1f MiB" % (sys.argv[1], r["received_per_s"], l["p50"], l["p99"], r["lost"], r["broker"]["rss_peak"] / 1048576))' "$1"
 }
 for rep in $(seq 1 "$REPEAT"); do
     for cfg in direct lb-bench-core lb-node-core lb-unpinned; do
@@ -46,6 +47,7 @@ for rep in $(seq 1 "$REPEAT"); do
         lb=$!
         sleep 0.5
         run "$cfg" "$LB_PORT"
+        awk '/^VmHWM/ {printf "%14s balancer peak RSS %.1f MiB\n", "", $2 / 1024}' "/proc/$lb/status"
         kill "$lb"
         wait "$lb" 2>/dev/null
     done

@@ -98,7 +98,8 @@ for rep in $(seq 1 "$REPEAT"); do
             rate=$(python3 -c 'import json,sys; print(round(json.loads(sys.argv[1])["received_per_s"]))' "$line")
             lost=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["lost"])' "$line")
             p99=$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(r["latency_ms"]["p99"])' "$line" 2>/dev/null || echo "?")
-            log "rep $rep $b: $rate msg/s, p99 $p99 ms, lost $lost"
+            peak=$(python3 -c 'import json,sys; print(round(json.loads(sys.argv[1])["broker"]["rss_peak"] / 1048576, 1))' "$line" 2>/dev/null || echo "?")
+            log "rep $rep $b: $rate msg/s, p99 $p99 ms, lost $lost, peak RSS $peak MiB"
             results+=("$b $rate $lost")
         else
             log "rep $rep $b: bench failed: $(tail -n 3 "$WORK/bench.err")"
