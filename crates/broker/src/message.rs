@@ -95,4 +95,42 @@ impl Message {
             secs.min(u64::from(u32::MAX)) as u32
         })
     }
+
+    /// [`Message::remaining_expiry`] now, reading the clock only for a message that
+    /// expires (most do not; a clock read per forwarded message was 0.7 % of a
+    /// cross-node profile).
+    pub fn remaining_expiry_now(&self) -> Option<u32> {
+        self.expires_at?;
+        self.remaining_expiry(Instant::now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(expiry: Option<u32>, now: Instant) -> Message {
+        let mut p = Publish {
+            topic: "t".into(),
+            ..Publish::default()
+        };
+        p.properties.message_expiry_interval = expiry;
+        Message::new(&p, None, now)
+    }
+
+    /// What is left of the expiry, rounded up [MQTT-3.3.2-6]; none without one.
+    #[test]
+    fn remaining_expiry_now_is_what_is_left_or_none() {
+        let now = Instant::now();
+        assert_eq!(message(None, now).remaining_expiry_now(), None);
+        let left = message(Some(60), now).remaining_expiry_now();
+        assert!(matches!(left, Some(59..=60)), "{left:?}");
+        let past = message(Some(1), now - Duration::from_secs(5));
+        assert_eq!(past.remaining_expiry_now(), Some(0));
+        assert_eq!(
+            message(Some(60), now).remaining_expiry(now + Duration::from_millis(500)),
+            Some(60),
+            "rounded up"
+        );
+    }
 }

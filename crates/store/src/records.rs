@@ -296,7 +296,7 @@ struct StoredPublish {
 impl StoredPublish {
     /// `msg` as it would be stored now (what is left of its expiry).
     fn of(msg: &Message) -> Self {
-        let remaining = msg.remaining_expiry(Instant::now());
+        let remaining = msg.remaining_expiry_now();
         let packet_len = msg
             .publish
             .encoded_len(Protocol::V5, &Self::wire(msg, remaining));

@@ -409,7 +409,7 @@ impl<R: ReadSide, W: AsyncWrite + Unpin> Client<R, W> {
                         topic_alias: None,
                         send_topic: true,
                         subscription_ids: if protocol.is_v5() { &d.sub_ids } else { &[] },
-                        message_expiry: d.msg.remaining_expiry(Instant::now()),
+                        message_expiry: d.msg.remaining_expiry_now(),
                     };
                     d.msg
                         .publish

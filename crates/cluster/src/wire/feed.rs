@@ -71,7 +71,7 @@ pub const RETAINED_FORMAT: u8 = 0x52;
 /// 0 = none) and the v5 PUBLISH bytes.
 pub fn retained_value(msg: &Message) -> Vec<u8> {
     let expires_unix_ms = msg
-        .remaining_expiry(Instant::now())
+        .remaining_expiry_now()
         .map(|s| unix_ms() + u64::from(s) * 1000)
         .unwrap_or(0);
     let publish = publish_bytes(msg);
