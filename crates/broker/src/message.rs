@@ -6,6 +6,19 @@ use std::time::{Duration, Instant};
 
 use mqtt::{Publish, QoS, SharedPublish};
 
+/// `n` as 16 lower-case hex digits, zero-padded, so that the strings sort as the
+/// numbers do: the sequence part of message keys (the disk store's journal, the
+/// cluster's message ids). Written by hand: `format!` was 4–9 % of the hot paths that
+/// name a message per delivery.
+pub fn sortable_hex(n: u64) -> [u8; 16] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 16];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = HEX[(n >> (60 - 4 * i)) as usize & 0xf];
+    }
+    out
+}
+
 /// One PUBLISH as it travels through the broker (from a client, a will, or the
 /// retained store). Shared behind an `Arc`: subscribers never copy it.
 #[derive(Debug)]
@@ -116,6 +129,14 @@ mod tests {
         };
         p.properties.message_expiry_interval = expiry;
         Message::new(&p, None, now)
+    }
+
+    #[test]
+    fn sortable_hex_is_zero_padded_lower_case_hex_in_number_order() {
+        for n in [0, 1, 0xab, 0x0123_4567_89ab_cdef, u64::MAX] {
+            assert_eq!(sortable_hex(n).as_slice(), format!("{n:016x}").as_bytes());
+        }
+        assert!(sortable_hex(0xff) < sortable_hex(0x100));
     }
 
     /// What is left of the expiry, rounded up [MQTT-3.3.2-6]; none without one.

@@ -24,7 +24,6 @@ pub(super) fn capped(len: usize) -> u16 {
 /// it, and that node's sequence number (16 hex digits), so ids sort by time and then by
 /// the node's order. Written by hand: `format!` was 9 % of a forwarding node's samples.
 pub fn message_key(now_ms: u64, node: &str, seq: u64) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = Vec::with_capacity(13 + 1 + node.len() + 1 + 16);
     let mut digits = [b'0'; 20];
     let mut n = now_ms;
@@ -38,7 +37,7 @@ pub fn message_key(now_ms: u64, node: &str, seq: u64) -> String {
     out.push(b':');
     out.extend_from_slice(node.as_bytes());
     out.push(b':');
-    out.extend((0..16).map(|k| HEX[(seq >> (60 - 4 * k)) as usize & 0xf]));
+    out.extend_from_slice(&broker::message::sortable_hex(seq));
     // Digits, separators and the node id (a `str`): valid UTF-8.
     String::from_utf8(out).unwrap_or_default()
 }
