@@ -623,8 +623,8 @@ impl Peers for ClusterNode {
         // QoS 1/2 get their cluster-wide id now: it also picks the shared groups'
         // nodes (and members), the same for a publisher's resend.
         let key = (msg.qos != mqtt::QoS::AtMostOnce).then(|| self.sessions.message_id(msg));
-        let placement = self.routes.lock().place(msg.topic(), &me, key);
-        let local_groups = Some(LocalGroups(placement.local_groups));
+        let mut placement = self.routes.lock().place(msg.topic(), &me, key);
+        let local_groups = Some(LocalGroups(std::mem::take(&mut placement.local_groups)));
         if placement.remote.is_empty() {
             return Forwarded {
                 local_groups,
@@ -636,36 +636,15 @@ impl Peers for ClusterNode {
         }
         let publish = publish_bytes(msg);
         let id = key.unwrap_or_else(|| self.sessions.message_id(msg));
-        let record = |node: &str, groups: &[(String, String)]| {
-            let mut record = BytesMut::with_capacity(publish.len() + 64);
-            put_message(&mut record, msg.origin.as_deref(), id, groups, &publish);
-            (node.to_string(), record.freeze())
-        };
-        let dests = if placement.remote.len() == 1 {
-            // The common case, without the map below.
-            placement
-                .remote
-                .iter()
-                .map(|(identity, groups)| (node_of(identity), groups))
-                .filter(|(node, _)| *node != self.me)
-                .map(|(node, groups)| record(node, groups))
-                .collect()
-        } else {
-            // Two runs of one node id (a restart not yet noticed) share one inbox: one
-            // record for both.
-            let mut per_node: HashMap<&str, Vec<(String, String)>> = HashMap::new();
-            for (identity, groups) in &placement.remote {
-                per_node
-                    .entry(node_of(identity))
-                    .or_default()
-                    .extend(groups.iter().cloned());
-            }
-            per_node
-                .into_iter()
-                .filter(|(node, _)| *node != self.me)
-                .map(|(node, groups)| record(node, &groups))
-                .collect()
-        };
+        let dests = placement
+            .per_node(&self.me)
+            .iter()
+            .map(|(node, groups)| {
+                let mut record = BytesMut::with_capacity(publish.len() + 64);
+                put_message(&mut record, msg.origin.as_deref(), id, groups, &publish);
+                (node.to_string(), record.freeze())
+            })
+            .collect();
         if msg.qos == mqtt::QoS::AtMostOnce {
             let shed = self.backlog.push_qos0(dests);
             if shed != Default::default() {

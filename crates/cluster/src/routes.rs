@@ -5,6 +5,7 @@
 //! subscription group the one node that serves it this time (round robin over the
 //! nodes holding members), so each message reaches exactly one member cluster-wide.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -25,6 +26,30 @@ pub struct Placement {
     pub remote: HashMap<String, Vec<(String, String)>>,
     /// Shared groups this node serves.
     pub local_groups: Vec<(String, String)>,
+}
+
+/// The shared groups (group, filter) one node serves for a message.
+pub type Groups<'a> = Cow<'a, [(String, String)]>;
+
+impl Placement {
+    /// The shared groups of the other nodes, by node id, `me` left out. Two runs of one
+    /// node id (a restart not yet noticed) share one inbox, so they get one record:
+    /// their groups are merged; otherwise they are borrowed. A handful of nodes: a
+    /// list, not a map.
+    pub fn per_node(&self, me: &str) -> Vec<(&str, Groups<'_>)> {
+        let mut out: Vec<(&str, Groups<'_>)> = Vec::with_capacity(self.remote.len());
+        for (identity, groups) in &self.remote {
+            let node = crate::node::node_of(identity);
+            if node == me {
+                continue;
+            }
+            match out.iter_mut().find(|(n, _)| *n == node) {
+                Some((_, merged)) => merged.to_mut().extend(groups.iter().cloned()),
+                None => out.push((node, Cow::Borrowed(groups))),
+            }
+        }
+        out
+    }
 }
 
 /// Routes of every node.
@@ -176,6 +201,36 @@ impl RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One record per node id: two runs of one id merge their groups, a single run's
+    /// are borrowed, this node's own runs are left out.
+    #[test]
+    fn a_placement_gives_one_destination_per_node_id() {
+        let g = |name: &str| vec![(name.to_string(), "f".to_string())];
+        let p = Placement {
+            remote: HashMap::from([
+                ("n2@1".to_string(), g("a")),
+                ("n2@2".to_string(), g("b")),
+                ("n3@1".to_string(), g("c")),
+                ("n1@7".to_string(), g("mine")),
+            ]),
+            local_groups: Vec::new(),
+        };
+        let mut per = p.per_node("n1");
+        per.sort_by_key(|(n, _)| *n);
+        assert_eq!(per.len(), 2, "{per:?}");
+        let (n2, n3) = (&per[0], &per[1]);
+        assert_eq!(n2.0, "n2");
+        let mut merged: Vec<&str> = n2.1.iter().map(|(g, _)| g.as_str()).collect();
+        merged.sort();
+        assert_eq!(merged, ["a", "b"]);
+        assert_eq!(n3.0, "n3");
+        assert!(
+            matches!(n3.1, Cow::Borrowed(_)),
+            "a single run is not copied"
+        );
+        assert_eq!(n3.1.as_ref(), g("c").as_slice());
+    }
 
     // A node declared down while alive rejoins under a new identity and announces its
     // routes again; other nodes apply the feed one entry at a time, publishing in
